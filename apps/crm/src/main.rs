@@ -1,0 +1,4 @@
+//! CRM example app (built in a later issue on sync-sdk).
+fn main() {
+    eprintln!("crm: not built yet; see the README");
+}

@@ -1,0 +1,4 @@
+//! HRMS example app (built in a later issue on sync-sdk).
+fn main() {
+    eprintln!("hrms: not built yet; see the README");
+}

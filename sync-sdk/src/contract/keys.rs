@@ -1,0 +1,105 @@
+//! Redis key naming and the tenant → partition function.
+//!
+//! Every key starts with a namespace (`tsync` by default) so that several deployments, or many
+//! tests, share one Redis server without seeing each other's data. Partition streams carry the
+//! partition number as a hash tag (`tsync:events:{3}`), which spreads them over Redis Cluster
+//! slots while keeping each stream in one slot.
+
+use uuid::Uuid;
+
+/// The key prefix used when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "tsync";
+
+/// The number of partition streams used when none is configured.
+pub const DEFAULT_PARTITIONS: u32 = 8;
+
+/// The partition a tenant's events go to, for `partitions` partitions.
+///
+/// This is FNV-1a (64 bit) over the tenant id's 16 bytes, modulo `partitions`. It must never
+/// change: every tenant's order depends on all its events landing in one stream, and a test
+/// vector pins it. Changing the partition count is a migration (drain, then switch), not a
+/// configuration tweak.
+///
+/// # Panics
+/// If `partitions` is zero; [`StreamKeys::new`] refuses that before it can happen.
+pub fn partition_of(tenant_id: Uuid, partitions: u32) -> u32 {
+    assert!(partitions > 0, "partition count must be positive");
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = tenant_id
+        .as_bytes()
+        .iter()
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
+    (hash % u64::from(partitions)) as u32
+}
+
+/// Names of every Redis key Tenantsync uses, under one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamKeys {
+    namespace: String,
+    partitions: u32,
+}
+
+impl StreamKeys {
+    /// Keys under `namespace` with `partitions` partition streams.
+    ///
+    /// Returns `None` when `partitions` is zero or the namespace is empty or contains a brace
+    /// (which would break the hash tags).
+    pub fn new(namespace: impl Into<String>, partitions: u32) -> Option<Self> {
+        let namespace = namespace.into();
+        let valid = partitions > 0 && !namespace.is_empty() && !namespace.contains(['{', '}']);
+        valid.then_some(Self {
+            namespace,
+            partitions,
+        })
+    }
+
+    /// The namespace every key starts with.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The number of partition streams.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The partition of `tenant_id`.
+    pub fn partition_of(&self, tenant_id: Uuid) -> u32 {
+        partition_of(tenant_id, self.partitions)
+    }
+
+    /// The stream of partition `partition`: `{ns}:events:{P}`.
+    pub fn events(&self, partition: u32) -> String {
+        format!("{}:events:{{{partition}}}", self.namespace)
+    }
+
+    /// The stream `tenant_id`'s events go to.
+    pub fn events_for(&self, tenant_id: Uuid) -> String {
+        self.events(self.partition_of(tenant_id))
+    }
+
+    /// Every partition stream, in partition order.
+    pub fn all_events(&self) -> Vec<String> {
+        (0..self.partitions).map(|p| self.events(p)).collect()
+    }
+
+    /// The dead-letter stream of application `app`: `{ns}:dlq:{app}`.
+    pub fn dlq(&self, app: &str) -> String {
+        format!("{}:dlq:{app}", self.namespace)
+    }
+
+    /// A lock or lease key: `{ns}:lock:{name}`.
+    pub fn lock(&self, name: &str) -> String {
+        format!("{}:lock:{name}", self.namespace)
+    }
+}
+
+impl Default for StreamKeys {
+    fn default() -> Self {
+        Self {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            partitions: DEFAULT_PARTITIONS,
+        }
+    }
+}

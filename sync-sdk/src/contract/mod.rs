@@ -1,0 +1,29 @@
+//! The event contract (v1) shared by the wrapper, which produces events, and every app, which
+//! consumes them.
+//!
+//! Both sides compile against these types, so a producer and a consumer can never disagree on a
+//! field name. The module guarantees:
+//!
+//! * **One wire shape.** [`Envelope`] serialises to the camelCase JSON of DESIGN.md, and
+//!   [`Envelope::from_json`] reads it back. Unknown fields are ignored (a newer MINOR version may
+//!   add some); an unknown MAJOR version is refused with [`ContractError::UnsupportedVersion`].
+//! * **Typed payloads.** [`Event`] has one variant per event type, each carrying the aggregate's
+//!   new state. A payload that does not match its `eventType` is refused with the field named.
+//! * **Stable routing.** [`partition_of`] maps a tenant to a partition stream with a hash that is
+//!   pinned by a test vector: changing it would reorder every tenant's history.
+//! * **One stream encoding.** [`Envelope::to_stream_fields`] / [`Envelope::from_stream_fields`]
+//!   are the only way events are written to and read from a Redis stream entry.
+
+mod envelope;
+mod keys;
+mod payload;
+
+pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion};
+pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, partition_of};
+pub use payload::{
+    CreditAllocated, CreditConfigState, CreditConsumed, Event, EventType, MembershipState,
+    RoleState, SettingsState, TenantState, TenantStatus, UserState,
+};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+//! Helpers for tests against real servers (feature `test-support`).
+//!
+//! Tests run in parallel on shared Redis, Postgres and MongoDB-wire servers, so each test gets
+//! its own Postgres database, its own Redis key prefix and its own Mongo database, named
+//! `tsync_t_<random>` (scripts/test drops leftovers of earlier runs by that prefix). Tests that
+//! stop or restart Redis get a private `redis-server` on a free port. Nothing here sleeps to
+//! synchronise: [`eventually`] polls a condition until a deadline.
+//!
+//! The servers come from the environment that `scripts/services` prints: `DATABASE_URL`,
+//! `REDIS_URL`, `MONGODB_URL`.
+
+use std::{
+    future::Future,
+    net::{SocketAddr, TcpListener as StdListener},
+    path::PathBuf,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use sqlx::{Connection, Executor, PgConnection, PgPool, postgres::PgPoolOptions};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    process::{Child, Command},
+    task::JoinHandle,
+};
+use uuid::Uuid;
+
+/// Prefix of every per-test database, Mongo database and Redis namespace.
+pub const TEST_PREFIX: &str = "tsync_t_";
+
+/// A fresh name `tsync_t_<32 hex>`, unique to the calling test.
+pub fn unique_name() -> String {
+    format!("{TEST_PREFIX}{}", Uuid::new_v4().simple())
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The shared Redis server (`REDIS_URL`, default `redis://127.0.0.1:6379`).
+pub fn redis_url() -> String {
+    env_or("REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// The shared Postgres server's admin URL (`DATABASE_URL`).
+pub fn database_url() -> String {
+    env_or(
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+/// The shared MongoDB-wire server (`MONGODB_URL`).
+pub fn mongodb_url() -> String {
+    env_or("MONGODB_URL", "mongodb://127.0.0.1:27017/")
+}
+
+/// A Redis key namespace of the test's own, e.g. `tsync_t_4f…`.
+pub fn redis_namespace() -> String {
+    unique_name()
+}
+
+/// A Postgres database created for one test.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    /// The database's name.
+    pub name: String,
+    /// A URL that connects to it.
+    pub url: String,
+    /// A pool connected to it.
+    pub pool: PgPool,
+}
+
+/// Create an empty Postgres database for the calling test.
+pub async fn fresh_database() -> anyhow::Result<TestDatabase> {
+    let admin_url = database_url();
+    let name = unique_name();
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .with_context(|| format!("connecting to Postgres at {admin_url}"))?;
+    // The name is generated above from hex digits only, so interpolating it is safe; CREATE
+    // DATABASE takes no bind parameters.
+    admin
+        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
+        .await
+        .context("creating the test database")?;
+    let url = with_database(&admin_url, &name)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&url)
+        .await?;
+    Ok(TestDatabase { name, url, pool })
+}
+
+/// `url` with its database path replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let scheme_end = url.find("://").context("database URL without a scheme")? + 3;
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    Ok(format!("{}/{database}{query}", &base[..host_end]))
+}
+
+/// A Mongo database of the calling test's own.
+pub async fn fresh_mongo() -> anyhow::Result<mongodb::Database> {
+    let client = mongodb::Client::with_uri_str(mongodb_url())
+        .await
+        .context("parsing MONGODB_URL")?;
+    Ok(client.database(&unique_name()))
+}
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A private `redis-server` for tests that stop, kill or restart Redis.
+///
+/// It keeps its port across restarts, so clients can reconnect to the same URL. It persists
+/// nothing unless asked (`with_aof`), and it is killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    aof: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Start a private server on a free port.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Start a private server with the append-only file on, so data survives a restart.
+    pub async fn start_with_aof() -> anyhow::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(aof: bool) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique_name());
+        std::fs::create_dir_all(&dir)?;
+        let mut server = Self {
+            port: free_port()?,
+            dir,
+            aof,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Whether the server process is running (as far as this handle knows).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Start the server again on the same port (after [`stop`](Self::stop) or
+    /// [`kill`](Self::kill)); waits until it answers PING.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("redis-server on port {} is already running", self.port);
+        }
+        let port = self.port.to_string();
+        let aof = if self.aof { "yes" } else { "no" };
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", aof, "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning redis-server (is it installed? run scripts/services)")?;
+        self.child = Some(child);
+        let port = self.port;
+        eventually(Duration::from_secs(10), || async move {
+            redis_pings(port).await
+        })
+        .await
+        .with_context(|| format!("private redis-server on port {port} did not answer"))?;
+        Ok(())
+    }
+
+    /// Stop the server abruptly (SIGKILL) and wait until it is gone.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+
+    /// Stop the server (SIGKILL; the private server has nothing to flush unless AOF is on, and
+    /// the AOF is written on every write with `appendfsync` left at its default).
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
+        self.kill().await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn redis_pings(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut reply = [0u8; 7];
+    stream.write_all(b"PING\r\n").await.is_ok()
+        && stream.read_exact(&mut reply).await.is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+/// Poll `condition` every 20 ms until it returns true, or fail after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("condition not met within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll `probe` until it yields `Some`, or fail after `timeout`; returns the value.
+pub async fn eventually_some<T, F, Fut>(timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("no value within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An axum router served on a random loopback port for the duration of a test.
+#[derive(Debug)]
+pub struct TestServer {
+    /// Where the router listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serve `router` on `127.0.0.1:0`; the server stops when the returned handle is dropped.
+pub async fn serve(router: axum::Router) -> anyhow::Result<TestServer> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(TestServer { addr, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn with_database_replaces_the_path() {
+        let cases = [
+            ("postgres://u@h:5432/postgres", "postgres://u@h:5432/x"),
+            ("postgres://u@h:5432", "postgres://u@h:5432/x"),
+            (
+                "postgres://u@h/db?sslmode=disable",
+                "postgres://u@h/x?sslmode=disable",
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(with_database(input, "x").unwrap(), want);
+        }
+    }
+}
