@@ -1,5 +1,18 @@
-//! The Tenantsync wrapper: identity, tenants and credits in Postgres, every change published
-//! through a transactional outbox.
+//! The Tenantsync wrapper: the single source of truth for identity, tenants and credits.
+//!
+//! Every change it accepts is written to Postgres together with its event in the outbox, in one
+//! transaction ([`outbox`]); the relay publishes the outbox to Redis Streams. `main.rs` only
+//! parses the configuration ([`config`]) and calls [`startup`].
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod outbox;
+pub mod startup;
+pub mod validate;
 
 /// The wrapper's schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -1,1 +1,76 @@
-fn main() {}
+//! `wrapper`: parse the configuration, then serve, migrate or run an admin command.
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+use wrapper::{
+    config::{AdminCommand, Cli, Command, ServiceClientCommand},
+    startup,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.settings.log_json);
+    let settings = cli.settings;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = startup::Application::build(settings).await?;
+            let cancel = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            app.run_until_stopped(cancel).await
+        }
+        Command::Migrate => {
+            let db = startup::connect_db(&settings).await?;
+            wrapper::MIGRATOR.run(&db).await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Admin(AdminCommand::Create(args)) => {
+            let db = startup::connect_db(&settings).await?;
+            wrapper::MIGRATOR.run(&db).await?;
+            let id = startup::create_platform_admin(&db, &args.email, &args.password.0, &args.name)
+                .await?;
+            println!("platform admin {} ({id})", args.email);
+            Ok(())
+        }
+        Command::ServiceClient(ServiceClientCommand::Create { app, secret }) => {
+            let db = startup::connect_db(&settings).await?;
+            wrapper::MIGRATOR.run(&db).await?;
+            startup::upsert_service_client(&db, &app, &secret.0).await?;
+            println!("service client {app} ready");
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_on_signal(cancel: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    cancel.cancel();
+}

@@ -1,0 +1,74 @@
+//! `GET /api/tenants/{id}/audit`: the tenant's security events, newest first, for its admins.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    audit::AuditRecord,
+    auth::{Access, Caller},
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    startup::AppState,
+};
+
+/// Audit routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/tenants/{tenant_id}/audit", get(list))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    /// Entries older than this id.
+    before: Option<i64>,
+    limit: Option<i64>,
+    action: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditPage {
+    items: Vec<AuditRecord>,
+    next_before: Option<i64>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<AuditPage>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    let limit = match q.limit {
+        None => 50,
+        Some(n) if (1..=500).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 500")),
+    };
+    let mut items: Vec<AuditRecord> = sqlx::query_as(
+        "select id, tenant_id, actor_id, action, target, outcome, details, request_id, created_at
+         from audit_log where tenant_id = $1 and ($2::bigint is null or id < $2)
+           and ($3::text is null or action = $3)
+         order by id desc limit $4",
+    )
+    .bind(tenant_id)
+    .bind(q.before)
+    .bind(q.action)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next_before = if more {
+        items.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok(Json(AuditPage { items, next_before }))
+}

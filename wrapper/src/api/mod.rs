@@ -1,0 +1,122 @@
+//! The REST API, one module per resource, composed here.
+
+pub mod audit_log;
+pub mod domains;
+pub mod health;
+pub mod memberships;
+pub mod openapi;
+pub mod roles;
+pub mod settings;
+pub mod tenants;
+pub mod users;
+
+use axum::{
+    Router,
+    extract::{FromRequest, Request, rejection::JsonRejection},
+    http::StatusCode,
+    response::Response,
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use crate::{error::ApiError, startup::AppState};
+
+/// Every route of the API.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(health::router())
+        .merge(crate::auth::routes::router())
+        .merge(tenants::router())
+        .merge(users::router())
+        .merge(roles::router())
+        .merge(memberships::router())
+        .merge(settings::router())
+        .merge(domains::router())
+        .merge(audit_log::router())
+        .merge(openapi::router())
+        .fallback(not_found)
+}
+
+async fn not_found() -> Response {
+    crate::error::problem(
+        StatusCode::NOT_FOUND,
+        "Not Found",
+        serde_json::json!({"detail": "no such route"}),
+    )
+}
+
+/// A JSON body whose rejection is a problem naming the field at fault.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let text = rejection.body_text();
+    // serde names a missing field as "missing field `x`" and a bad one by its path "x: ...".
+    let field = text
+        .split("missing field `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .or_else(|| {
+            text.strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                .and_then(|rest| rest.split_once(": "))
+                .map(|(path, _)| path)
+                .filter(|p| !p.contains(' '))
+        })
+        .unwrap_or("body")
+        .to_owned();
+    ApiError::invalid(&field, text)
+}
+
+/// `?cursor=<id>&limit=<n>` of a paged list.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    /// The last id of the previous page.
+    pub cursor: Option<Uuid>,
+    /// Page size (1–500, default 50).
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    /// The validated page size.
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=500).contains(&n) => Ok(n),
+            Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 500")),
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    /// The items, in id order.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+impl<T> Page<T> {
+    /// Build a page from `limit + 1` fetched rows.
+    pub fn from_rows(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> Self {
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = if more { rows.last().map(id) } else { None };
+        Self {
+            items: rows,
+            next_cursor,
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Roles of a tenant: named sets of permissions. The built-in `admin` role (permission
+//! `tenant.admin`) makes its holders tenant admins and cannot be deleted.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::get,
+};
+use serde::Deserialize;
+use sync_sdk::contract::{Event, RoleState};
+use uuid::Uuid;
+
+use super::{ApiJson, Page, PageQuery};
+use crate::{
+    audit,
+    auth::{Access, Caller},
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    outbox::{self, Aggregate},
+    startup::AppState,
+    validate,
+};
+
+/// Role routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tenants/{tenant_id}/roles", get(list).post(create))
+        .route(
+            "/api/tenants/{tenant_id}/roles/{role_id}",
+            get(read).patch(update).delete(delete),
+        )
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct RoleRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    name: String,
+    permissions: sqlx::types::Json<Vec<String>>,
+    deleted: bool,
+    version: i64,
+}
+
+impl From<RoleRow> for RoleState {
+    fn from(r: RoleRow) -> Self {
+        RoleState {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            name: r.name,
+            permissions: r.permissions.0,
+            deleted: r.deleted,
+        }
+    }
+}
+
+const ROLE_COLUMNS: &str = "id, tenant_id, name, permissions, deleted, version";
+
+fn permissions(value: &[String]) -> ApiResult<Vec<String>> {
+    value
+        .iter()
+        .map(|p| {
+            let ok = !p.is_empty()
+                && p.len() <= 100
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:-*".contains(c));
+            ok.then(|| p.clone()).ok_or_else(|| {
+                ApiError::invalid("permissions", format!("`{p}` is not a permission name"))
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateRole {
+    name: String,
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    ApiJson(req): ApiJson<CreateRole>,
+) -> ApiResult<(StatusCode, Json<RoleState>)> {
+    let me = caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    let role = RoleState {
+        id: Uuid::now_v7(),
+        tenant_id,
+        name: validate::short_text("name", &req.name, 60)?,
+        permissions: permissions(&req.permissions)?,
+        deleted: false,
+    };
+    let mut tx = state.db.begin().await?;
+    super::users::ensure_active_tenant(&mut tx, tenant_id).await?;
+    sqlx::query("insert into roles (id, tenant_id, name, permissions) values ($1, $2, $3, $4)")
+        .bind(role.id)
+        .bind(tenant_id)
+        .bind(&role.name)
+        .bind(sqlx::types::Json(&role.permissions))
+        .execute(&mut *tx)
+        .await?;
+    let aggregate = Aggregate {
+        id: role.id,
+        version: 1,
+    };
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::RoleCreated(role.clone()),
+    )
+    .await?;
+    role_audit(&mut tx, &ctx, me.id, &role, "role.created").await;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(role)))
+}
+
+async fn role_audit(
+    tx: &mut sqlx::PgConnection,
+    ctx: &Ctx,
+    actor: Uuid,
+    role: &RoleState,
+    action: &str,
+) {
+    let entry = audit::Entry {
+        tenant_id: Some(role.tenant_id),
+        actor_id: Some(actor),
+        action,
+        target: Some(role.id.to_string()),
+        outcome: "success",
+        details: serde_json::json!({"name": role.name, "permissions": role.permissions}),
+    };
+    audit::record(tx, ctx, entry).await;
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Json<Page<RoleState>>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Read)
+        .await?;
+    let limit = page.limit()?;
+    let rows: Vec<RoleRow> = sqlx::query_as(&format!(
+        "select {ROLE_COLUMNS} from roles
+         where tenant_id = $1 and not deleted and ($2::uuid is null or id > $2) order by id limit $3"
+    ))
+    .bind(tenant_id)
+    .bind(page.cursor)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let items = rows.into_iter().map(RoleState::from).collect();
+    Ok(Json(Page::from_rows(items, limit, |r| r.id)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant_id, role_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Json<RoleState>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Read)
+        .await?;
+    let row: RoleRow = sqlx::query_as(&format!(
+        "select {ROLE_COLUMNS} from roles where tenant_id = $1 and id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(role_id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(ApiError::NotFound("role"))?;
+    Ok(Json(row.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateRole {
+    name: Option<String>,
+    permissions: Option<Vec<String>>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant_id, role_id)): Path<(Uuid, Uuid)>,
+    ApiJson(req): ApiJson<UpdateRole>,
+) -> ApiResult<Json<RoleState>> {
+    let me = caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    let name = req
+        .name
+        .as_deref()
+        .map(|n| validate::short_text("name", n, 60))
+        .transpose()?;
+    let perms = req.permissions.as_deref().map(permissions).transpose()?;
+    let mut tx = state.db.begin().await?;
+    let row: RoleRow = sqlx::query_as(&format!(
+        "update roles set name = coalesce($3, name), permissions = coalesce($4, permissions),
+                version = version + 1, updated_at = now()
+         where tenant_id = $1 and id = $2 and not deleted and name <> 'admin' returning {ROLE_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(role_id)
+    .bind(name)
+    .bind(perms.map(sqlx::types::Json))
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound("editable role"))?;
+    let aggregate = Aggregate {
+        id: role_id,
+        version: row.version,
+    };
+    let role = RoleState::from(row);
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::RoleUpdated(role.clone()),
+    )
+    .await?;
+    role_audit(&mut tx, &ctx, me.id, &role, "role.updated").await;
+    tx.commit().await?;
+    Ok(Json(role))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant_id, role_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Json<RoleState>> {
+    let me = caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    let mut tx = state.db.begin().await?;
+    let row: RoleRow = sqlx::query_as(&format!(
+        "update roles set deleted = true, version = version + 1, updated_at = now()
+         where tenant_id = $1 and id = $2 and not deleted and name <> 'admin' returning {ROLE_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(role_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound("deletable role"))?;
+    let aggregate = Aggregate {
+        id: role_id,
+        version: row.version,
+    };
+    let role = RoleState::from(row);
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::RoleDeleted(role.clone()),
+    )
+    .await?;
+    role_audit(&mut tx, &ctx, me.id, &role, "role.deleted").await;
+    tx.commit().await?;
+    Ok(Json(role))
+}

@@ -1,0 +1,101 @@
+//! A tenant's settings: one JSON object, replaced as a whole by `PUT` (its event carries the
+//! whole new state, like every state event).
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::get,
+};
+use serde::Deserialize;
+use sync_sdk::contract::{Event, SettingsState};
+use uuid::Uuid;
+
+use super::ApiJson;
+use crate::{
+    auth::{Access, Caller},
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    outbox::{self, Aggregate},
+    startup::AppState,
+};
+
+/// Settings routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/tenants/{tenant_id}/settings", get(read).put(replace))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<SettingsState>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Read)
+        .await?;
+    let values: Option<sqlx::types::Json<BTreeMap<String, serde_json::Value>>> =
+        sqlx::query_scalar(r#"select "values" from settings where tenant_id = $1"#)
+            .bind(tenant_id)
+            .fetch_optional(&state.db)
+            .await?;
+    Ok(Json(SettingsState {
+        tenant_id,
+        values: values.map(|v| v.0).unwrap_or_default(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replace {
+    values: BTreeMap<String, serde_json::Value>,
+}
+
+async fn replace(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    ApiJson(req): ApiJson<Replace>,
+) -> ApiResult<Json<SettingsState>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    if let Some(key) = req.values.keys().find(|k| k.is_empty() || k.len() > 100) {
+        return Err(ApiError::invalid(
+            "values",
+            format!("key `{key}` must be 1-100 characters"),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    super::users::ensure_active_tenant(&mut tx, tenant_id).await?;
+    let version: i64 = sqlx::query_scalar(
+        r#"insert into settings (tenant_id, "values") values ($1, $2)
+           on conflict (tenant_id) do update
+             set "values" = excluded."values", version = settings.version + 1, updated_at = now()
+           returning version"#,
+    )
+    .bind(tenant_id)
+    .bind(sqlx::types::Json(&req.values))
+    .fetch_one(&mut *tx)
+    .await?;
+    let settings = SettingsState {
+        tenant_id,
+        values: req.values,
+    };
+    let aggregate = Aggregate {
+        id: tenant_id,
+        version,
+    };
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::SettingsUpdated(settings.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(settings))
+}

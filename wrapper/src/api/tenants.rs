@@ -1,0 +1,333 @@
+//! Tenants: create (platform admins, with the built-in admin role and optionally a first
+//! admin), read, update, archive. Each change is one transaction with its events.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::get,
+};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use sync_sdk::contract::{Event, RoleState, TenantState, TenantStatus, UserState};
+use uuid::Uuid;
+
+use super::{ApiJson, Page, PageQuery};
+use crate::{
+    auth::{Access, Caller, TENANT_ADMIN_PERMISSION, password},
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    outbox::{self, Aggregate},
+    startup::AppState,
+    validate,
+};
+
+/// Tenant routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tenants", get(list).post(create))
+        .route(
+            "/api/tenants/{tenant_id}",
+            get(read).patch(update).delete(archive),
+        )
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    id: Uuid,
+    name: String,
+    subdomain: String,
+    domain: Option<String>,
+    plan: String,
+    features: sqlx::types::Json<Vec<String>>,
+    theme: serde_json::Value,
+    status: String,
+    pub(crate) version: i64,
+}
+
+impl From<TenantRow> for TenantState {
+    fn from(r: TenantRow) -> Self {
+        TenantState {
+            id: r.id,
+            name: r.name,
+            subdomain: r.subdomain,
+            domain: r.domain,
+            plan: r.plan,
+            features: r.features.0,
+            theme: r.theme,
+            status: if r.status == "archived" {
+                TenantStatus::Archived
+            } else {
+                TenantStatus::Active
+            },
+        }
+    }
+}
+
+pub(crate) const TENANT_COLUMNS: &str =
+    "id, name, subdomain, domain, plan, features, theme, status, version";
+
+pub(crate) async fn fetch(db: &mut PgConnection, id: Uuid) -> ApiResult<TenantRow> {
+    sqlx::query_as(&format!(
+        "select {TENANT_COLUMNS} from tenants where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("tenant"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FirstAdmin {
+    email: String,
+    full_name: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateTenant {
+    name: String,
+    subdomain: String,
+    domain: Option<String>,
+    plan: Option<String>,
+    #[serde(default)]
+    features: Vec<String>,
+    theme: Option<serde_json::Value>,
+    admin: Option<FirstAdmin>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateTenant>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    caller.require_platform_admin()?;
+    let name = validate::short_text("name", &req.name, 100)?;
+    let subdomain = validate::subdomain("subdomain", &req.subdomain)?;
+    let plan = validate::short_text("plan", req.plan.as_deref().unwrap_or("free"), 40)?;
+    let admin = match &req.admin {
+        Some(a) => {
+            let email = validate::email("admin.email", &a.email)?;
+            let full_name = validate::full_name("admin.fullName", &a.full_name)?;
+            validate::password("admin.password", &a.password)?;
+            Some((email, full_name, password::hash(a.password.clone()).await?))
+        }
+        None => None,
+    };
+
+    let tenant_id = Uuid::now_v7();
+    let mut tx = state.db.begin().await?;
+    sqlx::query(
+        "insert into tenants (id, name, subdomain, domain, plan, features, theme)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tenant_id)
+    .bind(&name)
+    .bind(&subdomain)
+    .bind(&req.domain)
+    .bind(&plan)
+    .bind(sqlx::types::Json(&req.features))
+    .bind(req.theme.clone().unwrap_or_else(|| serde_json::json!({})))
+    .execute(&mut *tx)
+    .await?;
+    let tenant = TenantState::from(fetch(&mut tx, tenant_id).await?);
+    let aggregate = Aggregate {
+        id: tenant_id,
+        version: 1,
+    };
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::TenantCreated(tenant.clone()),
+    )
+    .await?;
+
+    let role = RoleState {
+        id: Uuid::now_v7(),
+        tenant_id,
+        name: "admin".into(),
+        permissions: vec![TENANT_ADMIN_PERMISSION.into()],
+        deleted: false,
+    };
+    sqlx::query("insert into roles (id, tenant_id, name, permissions) values ($1, $2, $3, $4)")
+        .bind(role.id)
+        .bind(tenant_id)
+        .bind(&role.name)
+        .bind(sqlx::types::Json(&role.permissions))
+        .execute(&mut *tx)
+        .await?;
+    let aggregate = Aggregate {
+        id: role.id,
+        version: 1,
+    };
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::RoleCreated(role.clone()),
+    )
+    .await?;
+
+    let mut admin_user_id = None;
+    if let Some((email, full_name, hash)) = admin {
+        let user = UserState {
+            id: Uuid::now_v7(),
+            tenant_id,
+            email,
+            full_name,
+            avatar_url: None,
+            email_verified: false,
+            active: true,
+            deleted_at: None,
+        };
+        super::users::insert(&mut tx, &ctx, &user, Some(hash)).await?;
+        super::memberships::grant(&mut tx, &ctx, tenant_id, user.id, role.id).await?;
+        admin_user_id = Some(user.id);
+    }
+    tx.commit().await?;
+    state.domains.invalidate();
+    let mut body = serde_json::to_value(&tenant).map_err(anyhow::Error::from)?;
+    body["adminRoleId"] = serde_json::json!(role.id);
+    body["adminUserId"] = serde_json::json!(admin_user_id);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(page): Query<PageQuery>,
+) -> ApiResult<Json<Page<TenantState>>> {
+    caller.require_platform_admin()?;
+    let limit = page.limit()?;
+    let rows: Vec<TenantRow> = sqlx::query_as(&format!(
+        "select {TENANT_COLUMNS} from tenants where ($1::uuid is null or id > $1) order by id limit $2"
+    ))
+    .bind(page.cursor)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let items = rows.into_iter().map(TenantState::from).collect();
+    Ok(Json(Page::from_rows(items, limit, |t| t.id)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<TenantState>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Read)
+        .await?;
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(fetch(&mut conn, tenant_id).await?.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateTenant {
+    name: Option<String>,
+    domain: Option<String>,
+    plan: Option<String>,
+    features: Option<Vec<String>>,
+    theme: Option<serde_json::Value>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    ApiJson(req): ApiJson<UpdateTenant>,
+) -> ApiResult<Json<TenantState>> {
+    let user = caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    if (req.plan.is_some() || req.features.is_some()) && !user.platform_admin {
+        return Err(ApiError::Forbidden(
+            "only platform admins change plan and features",
+        ));
+    }
+    let name = req
+        .name
+        .as_deref()
+        .map(|n| validate::short_text("name", n, 100))
+        .transpose()?;
+    let plan = req
+        .plan
+        .as_deref()
+        .map(|p| validate::short_text("plan", p, 40))
+        .transpose()?;
+    let mut tx = state.db.begin().await?;
+    let row: Option<TenantRow> = sqlx::query_as(&format!(
+        "update tenants set name = coalesce($2, name), domain = coalesce($3, domain),
+                plan = coalesce($4, plan), features = coalesce($5, features),
+                theme = coalesce($6, theme), version = version + 1, updated_at = now()
+         where id = $1 and status = 'active' returning {TENANT_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(name)
+    .bind(&req.domain)
+    .bind(plan)
+    .bind(req.features.as_ref().map(sqlx::types::Json))
+    .bind(&req.theme)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or(ApiError::NotFound("active tenant"))?;
+    let aggregate = Aggregate {
+        id: tenant_id,
+        version: row.version,
+    };
+    let tenant = TenantState::from(row);
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::TenantUpdated(tenant.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    state.domains.invalidate();
+    Ok(Json(tenant))
+}
+
+async fn archive(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<TenantState>> {
+    caller.require_platform_admin()?;
+    let mut tx = state.db.begin().await?;
+    let row: Option<TenantRow> = sqlx::query_as(&format!(
+        "update tenants set status = 'archived', version = version + 1, updated_at = now()
+         where id = $1 and status = 'active' returning {TENANT_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or(ApiError::NotFound("active tenant"))?;
+    let aggregate = Aggregate {
+        id: tenant_id,
+        version: row.version,
+    };
+    let tenant = TenantState::from(row);
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::TenantArchived(tenant.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    state.domains.invalidate();
+    Ok(Json(tenant))
+}

@@ -1,0 +1,336 @@
+//! Users of a tenant: create, list (paged), read, update, soft delete. Responses and events
+//! carry [`UserState`], which has no field for a password hash, MFA secret or token.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::get,
+};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use sync_sdk::contract::{Event, UserState};
+use uuid::Uuid;
+
+use super::{ApiJson, Page, PageQuery};
+use crate::{
+    auth::{Access, Caller, password},
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    outbox::{self, Aggregate},
+    startup::AppState,
+    validate,
+};
+
+/// User routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/tenants/{tenant_id}/users", get(list).post(create))
+        .route(
+            "/api/tenants/{tenant_id}/users/{user_id}",
+            get(read).patch(update).delete(soft_delete),
+        )
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct UserRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    email: String,
+    full_name: String,
+    avatar_url: Option<String>,
+    email_verified: bool,
+    active: bool,
+    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    version: i64,
+}
+
+impl From<UserRow> for UserState {
+    fn from(r: UserRow) -> Self {
+        UserState {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            email: r.email,
+            full_name: r.full_name,
+            avatar_url: r.avatar_url,
+            email_verified: r.email_verified,
+            active: r.active,
+            deleted_at: r.deleted_at,
+        }
+    }
+}
+
+const USER_COLUMNS: &str =
+    "id, tenant_id, email, full_name, avatar_url, email_verified, active, deleted_at, version";
+
+/// Insert a new user of a tenant with its `user.created` event.
+pub(crate) async fn insert(
+    tx: &mut PgConnection,
+    ctx: &Ctx,
+    user: &UserState,
+    password_hash: Option<String>,
+) -> ApiResult<()> {
+    sqlx::query(
+        "insert into users (id, tenant_id, email, full_name, avatar_url, password_hash)
+         values ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(user.id)
+    .bind(user.tenant_id)
+    .bind(&user.email)
+    .bind(&user.full_name)
+    .bind(&user.avatar_url)
+    .bind(password_hash)
+    .execute(&mut *tx)
+    .await?;
+    let aggregate = Aggregate {
+        id: user.id,
+        version: 1,
+    };
+    outbox::append(
+        tx,
+        ctx,
+        user.tenant_id,
+        aggregate,
+        Event::UserCreated(user.clone()),
+    )
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateUser {
+    email: String,
+    full_name: String,
+    password: Option<String>,
+    avatar_url: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    ApiJson(req): ApiJson<CreateUser>,
+) -> ApiResult<(StatusCode, Json<UserState>)> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    let email = validate::email("email", &req.email)?;
+    let full_name = validate::full_name("fullName", &req.full_name)?;
+    let hash = match req.password {
+        Some(p) => {
+            validate::password("password", &p)?;
+            Some(password::hash(p).await?)
+        }
+        None => None,
+    };
+    let user = UserState {
+        id: Uuid::now_v7(),
+        tenant_id,
+        email,
+        full_name,
+        avatar_url: req.avatar_url,
+        email_verified: false,
+        active: true,
+        deleted_at: None,
+    };
+    let mut tx = state.db.begin().await?;
+    ensure_active_tenant(&mut tx, tenant_id).await?;
+    insert(&mut tx, &ctx, &user, hash).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+pub(crate) async fn ensure_active_tenant(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<()> {
+    let active: Option<bool> =
+        sqlx::query_scalar("select status = 'active' from tenants where id = $1")
+            .bind(tenant_id)
+            .fetch_optional(db)
+            .await?;
+    match active {
+        Some(true) => Ok(()),
+        Some(false) => Err(ApiError::Conflict("the tenant is archived".into())),
+        None => Err(ApiError::NotFound("tenant")),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    cursor: Option<Uuid>,
+    limit: Option<i64>,
+    #[serde(default, rename = "includeDeleted")]
+    include_deleted: bool,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Page<UserState>>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Read)
+        .await?;
+    let limit = PageQuery {
+        cursor: q.cursor,
+        limit: q.limit,
+    }
+    .limit()?;
+    let rows: Vec<UserRow> = sqlx::query_as(&format!(
+        "select {USER_COLUMNS} from users
+         where tenant_id = $1 and ($2::uuid is null or id > $2) and ($3 or deleted_at is null)
+         order by id limit $4"
+    ))
+    .bind(tenant_id)
+    .bind(q.cursor)
+    .bind(q.include_deleted)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let items = rows.into_iter().map(UserState::from).collect();
+    Ok(Json(Page::from_rows(items, limit, |u| u.id)))
+}
+
+async fn read(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant_id, user_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Json<UserState>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Read)
+        .await?;
+    let row: UserRow = sqlx::query_as(&format!(
+        "select {USER_COLUMNS} from users where tenant_id = $1 and id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_optional(&state.db)
+    .await?
+    .ok_or(ApiError::NotFound("user"))?;
+    Ok(Json(row.into()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UpdateUser {
+    email: Option<String>,
+    full_name: Option<String>,
+    avatar_url: Option<String>,
+    active: Option<bool>,
+    password: Option<String>,
+}
+
+async fn update(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant_id, user_id)): Path<(Uuid, Uuid)>,
+    ApiJson(req): ApiJson<UpdateUser>,
+) -> ApiResult<Json<UserState>> {
+    let me = caller
+        .authorize(&state, &ctx, tenant_id, Access::Read)
+        .await?;
+    let is_self = me.id == user_id;
+    let admin = me.platform_admin || me.tenant_admin;
+    // Users may edit their own name, avatar and password; everything else is for admins.
+    if !admin && (!is_self || req.email.is_some() || req.active.is_some()) {
+        return Err(ApiError::Forbidden("tenant admins only"));
+    }
+    let email = req
+        .email
+        .as_deref()
+        .map(|e| validate::email("email", e))
+        .transpose()?;
+    let full_name = req
+        .full_name
+        .as_deref()
+        .map(|n| validate::full_name("fullName", n))
+        .transpose()?;
+    let hash = match req.password {
+        Some(p) => {
+            validate::password("password", &p)?;
+            Some(password::hash(p).await?)
+        }
+        None => None,
+    };
+    let mut tx = state.db.begin().await?;
+    let before: Option<(String, bool)> = sqlx::query_as(
+        "select email, active from users where tenant_id = $1 and id = $2 and deleted_at is null for update",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (old_email, was_active) = before.ok_or(ApiError::NotFound("user"))?;
+    let row: UserRow = sqlx::query_as(&format!(
+        "update users set email = coalesce($3, email), full_name = coalesce($4, full_name),
+                avatar_url = coalesce($5, avatar_url), active = coalesce($6, active),
+                password_hash = coalesce($7, password_hash),
+                email_verified = case when $3 is not null and $3 <> email then false else email_verified end,
+                version = version + 1, updated_at = now()
+         where tenant_id = $1 and id = $2 returning {USER_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(&email)
+    .bind(full_name)
+    .bind(req.avatar_url)
+    .bind(req.active)
+    .bind(hash)
+    .fetch_one(&mut *tx)
+    .await?;
+    let aggregate = Aggregate {
+        id: user_id,
+        version: row.version,
+    };
+    let user = UserState::from(row);
+    let event = if was_active && !user.active {
+        Event::UserDeactivated(user.clone())
+    } else if user.email != old_email {
+        Event::UserEmailChanged(user.clone())
+    } else {
+        Event::UserUpdated(user.clone())
+    };
+    outbox::append(&mut tx, &ctx, tenant_id, aggregate, event).await?;
+    tx.commit().await?;
+    Ok(Json(user))
+}
+
+async fn soft_delete(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant_id, user_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Json<UserState>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    let mut tx = state.db.begin().await?;
+    let row: UserRow = sqlx::query_as(&format!(
+        "update users set deleted_at = now(), active = false, version = version + 1, updated_at = now()
+         where tenant_id = $1 and id = $2 and deleted_at is null returning {USER_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound("user"))?;
+    let aggregate = Aggregate {
+        id: user_id,
+        version: row.version,
+    };
+    let user = UserState::from(row);
+    outbox::append(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::UserDeleted(user.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Json(user))
+}

@@ -1,0 +1,201 @@
+//! Authentication and authorization.
+//!
+//! A caller presents a JWT as `Authorization: Bearer` or in the session cookie. User tokens are
+//! checked against the database on every request (a deactivated or deleted user is refused at
+//! once, and a tenant-admin role revoked takes effect at once). Three user levels exist:
+//! platform admin (no tenant), tenant admin (a membership in a role granting `tenant.admin`) and
+//! member. Service tokens (apps) reach only the sync and credit endpoints.
+//!
+//! Every tenant-scoped endpoint goes through [`Caller::authorize`], which compares the caller's
+//! tenant with the path's tenant; a mismatch is a 403 and an audit entry, whether or not the
+//! other tenant exists.
+
+pub mod keys;
+pub mod password;
+pub mod routes;
+
+use axum::{
+    extract::FromRequestParts,
+    http::{header, request::Parts},
+};
+use uuid::Uuid;
+
+use crate::{audit, context::Ctx, error::ApiError, startup::AppState};
+use keys::TokenKind;
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "tsync_session";
+/// The permission that makes a role's holders tenant admins.
+pub const TENANT_ADMIN_PERMISSION: &str = "tenant.admin";
+
+/// A signed-in user, as the database sees them now.
+#[derive(Debug, Clone)]
+pub struct UserCaller {
+    /// User id.
+    pub id: Uuid,
+    /// The user's tenant (none for platform admins).
+    pub tenant_id: Option<Uuid>,
+    /// Platform admin: may act on every tenant.
+    pub platform_admin: bool,
+    /// Holds a role granting `tenant.admin` in their tenant.
+    pub tenant_admin: bool,
+}
+
+/// Whoever presented a valid token.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// A person.
+    User(UserCaller),
+    /// An app's service.
+    Service {
+        /// The application, e.g. `crm`.
+        app: String,
+    },
+}
+
+/// What a request needs on a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any member of the tenant (or a platform admin).
+    Read,
+    /// A tenant admin of the tenant (or a platform admin).
+    Admin,
+    /// Platform admins only.
+    Platform,
+}
+
+/// The token a request carries: the Bearer header first, then the session cookie.
+pub fn token_from(parts: &Parts) -> Option<String> {
+    if let Some(bearer) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim().to_owned());
+    }
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = token_from(parts).ok_or(ApiError::Unauthorized)?;
+        let claims = match state.keys.verify(&token).await {
+            Ok(claims) => claims,
+            Err(keys::TokenError::Invalid(reason)) => {
+                tracing::info!(%reason, "token refused");
+                return Err(ApiError::Unauthorized);
+            }
+            Err(keys::TokenError::Storage(e)) => return Err(ApiError::Internal(e)),
+        };
+        match claims.kind {
+            TokenKind::Service => Ok(Caller::Service {
+                app: claims.app.ok_or(ApiError::Unauthorized)?,
+            }),
+            TokenKind::User => {
+                let id: Uuid = claims.sub.parse().map_err(|_| ApiError::Unauthorized)?;
+                load_user_caller(state, id)
+                    .await?
+                    .filter(|u| u.tenant_id == claims.tid)
+                    .map(Caller::User)
+                    .ok_or(ApiError::Unauthorized)
+            }
+        }
+    }
+}
+
+/// The user as an authorization subject, if they exist and are active.
+pub async fn load_user_caller(state: &AppState, id: Uuid) -> Result<Option<UserCaller>, ApiError> {
+    let row: Option<(Option<Uuid>, bool, bool)> = sqlx::query_as(
+        "select u.tenant_id, u.is_platform_admin,
+                exists(select 1 from memberships m join roles r on r.id = m.role_id
+                       where m.user_id = u.id and m.active and not r.deleted
+                         and r.permissions ? $2)
+         from users u
+         left join tenants t on t.id = u.tenant_id
+         where u.id = $1 and u.active and u.deleted_at is null
+           and (u.tenant_id is null or t.status = 'active')",
+    )
+    .bind(id)
+    .bind(TENANT_ADMIN_PERMISSION)
+    .fetch_optional(&state.db)
+    .await?;
+    Ok(
+        row.map(|(tenant_id, platform_admin, tenant_admin)| UserCaller {
+            id,
+            tenant_id,
+            platform_admin,
+            tenant_admin,
+        }),
+    )
+}
+
+impl Caller {
+    /// The user behind the request; services are refused.
+    pub fn user(&self) -> Result<&UserCaller, ApiError> {
+        match self {
+            Caller::User(u) => Ok(u),
+            Caller::Service { .. } => Err(ApiError::Forbidden(
+                "service tokens may only call the sync and credit endpoints",
+            )),
+        }
+    }
+
+    /// Check that the caller may act on `tenant_id` with `access`. A user of another tenant gets
+    /// 403 and an audit entry on the targeted tenant.
+    pub async fn authorize(
+        &self,
+        state: &AppState,
+        ctx: &Ctx,
+        tenant_id: Uuid,
+        access: Access,
+    ) -> Result<&UserCaller, ApiError> {
+        let user = self.user()?;
+        if user.platform_admin {
+            return Ok(user);
+        }
+        if user.tenant_id != Some(tenant_id) {
+            audit::record(
+                &state.db,
+                ctx,
+                audit::Entry {
+                    tenant_id: Some(tenant_id),
+                    actor_id: Some(user.id),
+                    action: "cross_tenant_attempt",
+                    target: Some(tenant_id.to_string()),
+                    outcome: "denied",
+                    details: serde_json::json!({ "callerTenantId": user.tenant_id }),
+                },
+            )
+            .await;
+            metrics::counter!("tsync_wrapper_cross_tenant_attempts_total").increment(1);
+            return Err(ApiError::Forbidden("not a member of this tenant"));
+        }
+        match access {
+            Access::Read => Ok(user),
+            Access::Admin if user.tenant_admin => Ok(user),
+            Access::Admin => Err(ApiError::Forbidden("tenant admins only")),
+            Access::Platform => Err(ApiError::Forbidden("platform admins only")),
+        }
+    }
+
+    /// Platform admins only.
+    pub fn require_platform_admin(&self) -> Result<&UserCaller, ApiError> {
+        let user = self.user()?;
+        if user.platform_admin {
+            Ok(user)
+        } else {
+            Err(ApiError::Forbidden("platform admins only"))
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! `/auth/*` and `/.well-known/jwks.json`: sign-in for local accounts, sign-out, the current
+//! user, service tokens for apps, and the public keys.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{
+    Caller, SESSION_COOKIE,
+    keys::{Claims, TokenKind},
+    password,
+};
+use crate::{
+    audit,
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    startup::AppState,
+};
+
+/// The auth routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/login", post(login))
+        .route("/auth/logout", post(logout))
+        .route("/auth/me", get(me))
+        .route("/auth/service-token", post(service_token))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LoginRequest {
+    email: String,
+    password: String,
+    /// Subdomain or id of the tenant; when absent, the Host header's subdomain, else platform
+    /// accounts.
+    tenant: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Json(req): Json<LoginRequest>,
+) -> ApiResult<Response> {
+    let tenant_id = match req.tenant.as_deref() {
+        Some(t) => Some(
+            state
+                .domains
+                .resolve_tenant_ref(&state.db, t)
+                .await?
+                .ok_or(ApiError::invalid("tenant", "no such tenant"))?,
+        ),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            state
+                .domains
+                .lookup(&state.db, host)
+                .await?
+                .map(|d| d.tenant_id)
+        }
+    };
+    let email = req.email.trim().to_lowercase();
+    let row: Option<(Uuid, Option<String>)> = sqlx::query_as(
+        "select u.id, u.password_hash from users u left join tenants t on t.id = u.tenant_id
+         where lower(u.email) = $1 and u.tenant_id is not distinct from $2
+           and u.active and u.deleted_at is null and (t.id is null or t.status = 'active')",
+    )
+    .bind(&email)
+    .bind(tenant_id)
+    .fetch_optional(&state.db)
+    .await?;
+    let (user_id, stored) = row.map_or((None, None), |(id, h)| (Some(id), h));
+    let ok = password::verify(req.password, stored).await;
+    let entry = |outcome| audit::Entry {
+        tenant_id,
+        actor_id: user_id,
+        action: "login",
+        target: Some(email.clone()),
+        outcome,
+        details: json!({}),
+    };
+    let Some(user_id) = user_id.filter(|_| ok) else {
+        audit::record(&state.db, &ctx, entry("failure")).await;
+        metrics::counter!("tsync_wrapper_logins_total", "outcome" => "failure").increment(1);
+        return Err(ApiError::Unauthorized);
+    };
+    audit::record(&state.db, &ctx, entry("success")).await;
+    metrics::counter!("tsync_wrapper_logins_total", "outcome" => "success").increment(1);
+    let ttl = state.settings.session_ttl_secs;
+    let token = issue(
+        &state,
+        user_id.to_string(),
+        TokenKind::User,
+        tenant_id,
+        Some(email),
+        None,
+        ttl,
+    )
+    .await?;
+    let mut response = Json(json!({
+        "token": token, "tokenType": "Bearer", "expiresIn": ttl, "userId": user_id, "tenantId": tenant_id,
+    }))
+    .into_response();
+    set_cookie(&state, &mut response, &token, ttl as i64);
+    Ok(response)
+}
+
+/// Sign a token for `sub`.
+pub async fn issue(
+    state: &AppState,
+    sub: String,
+    kind: TokenKind,
+    tid: Option<Uuid>,
+    email: Option<String>,
+    app: Option<String>,
+    ttl_secs: u64,
+) -> ApiResult<String> {
+    let now = Utc::now().timestamp();
+    let claims = Claims {
+        iss: state.keys.issuer().to_owned(),
+        sub,
+        iat: now,
+        exp: now + ttl_secs as i64,
+        jti: Uuid::now_v7().to_string(),
+        kind,
+        tid,
+        email,
+        app,
+    };
+    Ok(state.keys.sign(&claims).await?)
+}
+
+fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: i64) {
+    let mut cookie =
+        format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}");
+    if let Some(domain) = &state.settings.cookie_domain {
+        cookie.push_str(&format!("; Domain={domain}"));
+    }
+    if state.settings.cookie_secure {
+        cookie.push_str("; Secure");
+    }
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+async fn logout(State(state): State<AppState>) -> Response {
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    set_cookie(&state, &mut response, "", 0);
+    response
+}
+
+async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
+    let user = caller.user()?;
+    let (email, full_name): (String, String) =
+        sqlx::query_as("select email, full_name from users where id = $1")
+            .bind(user.id)
+            .fetch_one(&state.db)
+            .await?;
+    Ok(Json(json!({
+        "id": user.id, "tenantId": user.tenant_id, "email": email, "fullName": full_name,
+        "platformAdmin": user.platform_admin, "tenantAdmin": user.tenant_admin,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ServiceTokenRequest {
+    client_id: String,
+    client_secret: String,
+}
+
+async fn service_token(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Json(req): Json<ServiceTokenRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let row: Option<(String, String)> =
+        sqlx::query_as("select secret_hash, application from service_clients where client_id = $1")
+            .bind(&req.client_id)
+            .fetch_optional(&state.db)
+            .await?;
+    let (stored, app) = row.map_or((None, None), |(h, a)| (Some(h), Some(a)));
+    let ok = password::verify(req.client_secret, stored).await;
+    let Some(app) = app.filter(|_| ok) else {
+        let entry = audit::Entry {
+            tenant_id: None,
+            actor_id: None,
+            action: "service_token",
+            target: Some(req.client_id.clone()),
+            outcome: "failure",
+            details: json!({}),
+        };
+        audit::record(&state.db, &ctx, entry).await;
+        return Err(ApiError::Unauthorized);
+    };
+    let ttl = state.settings.service_ttl_secs;
+    let token = issue(
+        &state,
+        req.client_id,
+        TokenKind::Service,
+        None,
+        None,
+        Some(app),
+        ttl,
+    )
+    .await?;
+    Ok(Json(
+        json!({"accessToken": token, "tokenType": "Bearer", "expiresIn": ttl}),
+    ))
+}
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    let mut response = Json(state.keys.jwks().await).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    response
+}

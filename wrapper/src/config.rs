@@ -1,0 +1,161 @@
+//! Typed configuration, parsed once at start-up. `wrapper --help` is the reference: every flag
+//! has an environment fallback, and secrets are wrapped so they are never printed.
+
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The Tenantsync wrapper: identity, tenants and credits, published through an outbox.
+#[derive(Debug, Parser)]
+#[command(name = "wrapper", version, about)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands of the wrapper binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Manage platform administrators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Manage service clients (apps that call the sync and credit endpoints).
+    #[command(subcommand)]
+    ServiceClient(ServiceClientCommand),
+}
+
+/// `wrapper admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create a platform administrator (idempotent: an existing email is left as it is).
+    Create(AdminArgs),
+}
+
+/// A platform administrator's credentials.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Email address of the administrator.
+    #[arg(long)]
+    pub email: String,
+    /// Password (≥ 12 characters with upper, lower, digit and special character).
+    #[arg(long, env = "TSYNC_ADMIN_PASSWORD")]
+    pub password: Secret,
+    /// Full name.
+    #[arg(long, default_value = "Platform Admin")]
+    pub name: String,
+}
+
+/// `wrapper service-client ...`
+#[derive(Debug, Subcommand)]
+pub enum ServiceClientCommand {
+    /// Create (or replace the secret of) the service client of an application.
+    Create {
+        /// The application, e.g. `crm`; also the client id.
+        #[arg(long)]
+        app: String,
+        /// The client secret (at least 24 characters).
+        #[arg(long, env = "TSYNC_SERVICE_SECRET")]
+        secret: Secret,
+    },
+}
+
+/// Settings of the running service.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "WRAPPER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL of the wrapper's database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/tsync"
+    )]
+    pub database_url: Secret,
+    /// Largest number of Postgres connections.
+    #[arg(long, env = "WRAPPER_DB_MAX_CONNECTIONS", default_value_t = 20)]
+    pub db_max_connections: u32,
+    /// Redis URL (the event streams).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: Secret,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
+    pub namespace: String,
+    /// Number of partition streams (changing it is a migration).
+    #[arg(long, env = "TSYNC_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+    /// Issuer (`iss`) of the tokens the wrapper signs.
+    #[arg(long, env = "WRAPPER_ISSUER", default_value = "tenantsync")]
+    pub issuer: String,
+    /// Parent domain the session cookie is set on, e.g. `.yourapp.test` (none: host-only).
+    #[arg(long, env = "WRAPPER_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+    /// Mark the session cookie Secure (turn off only for plain-http loopback tests).
+    #[arg(long, env = "WRAPPER_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub cookie_secure: bool,
+    /// Lifetime of a session token, in seconds.
+    #[arg(long, env = "WRAPPER_SESSION_TTL_SECS", default_value_t = 3600)]
+    pub session_ttl_secs: u64,
+    /// Lifetime of a service token, in seconds.
+    #[arg(long, env = "WRAPPER_SERVICE_TTL_SECS", default_value_t = 300)]
+    pub service_ttl_secs: u64,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "WRAPPER_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// Requests taking longer than this many seconds are answered 408.
+    #[arg(long, env = "WRAPPER_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Seconds a domain-cache entry is trusted before it is read again (changes made through
+    /// this replica invalidate it at once).
+    #[arg(long, env = "WRAPPER_DOMAIN_CACHE_TTL_SECS", default_value_t = 30)]
+    pub domain_cache_ttl_secs: u64,
+    /// Apply migrations when serving starts.
+    #[arg(long, env = "WRAPPER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub migrate: bool,
+    /// Bootstrap: create this platform admin at start-up if missing (for containers).
+    #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_EMAIL")]
+    pub bootstrap_admin_email: Option<String>,
+    /// Bootstrap: the password of that admin.
+    #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_PASSWORD")]
+    pub bootstrap_admin_password: Option<Secret>,
+    /// Log as JSON (production) instead of human-readable text.
+    #[arg(long, env = "WRAPPER_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// Settings with every default, for tests and embedding.
+    pub fn defaults() -> Self {
+        Cli::parse_from(["wrapper"]).settings
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}

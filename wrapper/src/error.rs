@@ -1,0 +1,121 @@
+//! The API's one error type. Every failure a client sees is an RFC 7807
+//! `application/problem+json` body; internal causes are logged with their chain, never leaked.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+/// What went wrong, in the API client's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the request is invalid; nothing was written.
+    #[error("invalid field `{field}`: {message}")]
+    Validation {
+        /// The field (JSON name) at fault.
+        field: String,
+        /// Why it is refused.
+        message: String,
+    },
+    /// No valid credentials were presented.
+    #[error("authentication required")]
+    Unauthorized,
+    /// The credentials do not allow this.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    /// The resource does not exist (or is not visible to the caller).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request conflicts with existing state (e.g. a duplicate email).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// Anything else; details are logged, not returned.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// A validation error for `field`.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => Self::NotFound("resource"),
+            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(
+                match db.constraint() {
+                    Some("users_email_unique") => "a user with this email already exists",
+                    Some("tenants_subdomain_key") => "this subdomain is taken",
+                    Some("tenants_domain_key") => "this domain is taken",
+                    Some("roles_name_unique") => "a role with this name already exists",
+                    Some("memberships_user_id_role_id_key") => "the user already has this role",
+                    _ => "already exists",
+                }
+                .to_owned(),
+            ),
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                Self::NotFound("referenced resource")
+            }
+            _ => Self::Internal(e.into()),
+        }
+    }
+}
+
+/// Build a problem+json response.
+pub fn problem(status: StatusCode, title: &str, detail: serde_json::Value) -> Response {
+    let mut body = json!({
+        "type": "about:blank",
+        "title": title,
+        "status": status.as_u16(),
+    });
+    if let (Some(obj), serde_json::Value::Object(extra)) = (body.as_object_mut(), detail) {
+        obj.extend(extra);
+    }
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            Self::Validation { field, message } => json!({
+                "detail": format!("{field}: {message}"),
+                "field": field,
+                "errors": [{"field": field, "message": message}],
+            }),
+            Self::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                json!({"detail": "internal error; see the server log"})
+            }
+            other => json!({"detail": other.to_string()}),
+        };
+        problem(status, status.canonical_reason().unwrap_or("error"), detail)
+    }
+}
+
+/// Result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

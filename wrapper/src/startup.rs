@@ -1,0 +1,212 @@
+//! Building and running the wrapper: connect, migrate, bind (port 0 in tests), serve until the
+//! cancellation token fires, then drain in-flight requests.
+
+use std::{net::SocketAddr, sync::Arc, sync::OnceLock, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, middleware};
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use sync_sdk::contract::StreamKeys;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
+use uuid::Uuid;
+
+use crate::{
+    api::{self, domains::DomainCache},
+    auth::{keys::KeyStore, password},
+    config::Settings,
+    validate,
+};
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The wrapper's database.
+    pub db: PgPool,
+    /// Redis (event streams).
+    pub redis: fred::clients::Client,
+    /// Signing keys.
+    pub keys: Arc<KeyStore>,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Stream key names.
+    pub stream_keys: StreamKeys,
+    /// Host → tenant cache.
+    pub domains: Arc<DomainCache>,
+    /// Prometheus exporter handle.
+    pub metrics: PrometheusHandle,
+}
+
+/// The process-wide Prometheus recorder (one per process, shared by every in-process app in
+/// tests).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if an embedding program installed its own recorder first; then metrics
+            // go there and /metrics stays empty, which is that program's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Connect to Postgres with the configured pool size.
+pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&settings.database_url.0)
+        .await
+        .context("connecting to Postgres (DATABASE_URL)")
+}
+
+/// A Redis client that reconnects with exponential backoff; commands wait for the connection.
+pub async fn connect_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
+    let config = RedisConfig::from_url(url).context("parsing REDIS_URL")?;
+    let client = Builder::from_config(config)
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
+        .build()
+        .context("building the Redis client")?;
+    client.connect();
+    Ok(client)
+}
+
+/// The wrapper, bound to its port and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connect, migrate (if configured), load keys, bootstrap the admin, bind the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = connect_db(&settings).await?;
+        if settings.migrate {
+            crate::MIGRATOR
+                .run(&db)
+                .await
+                .context("applying migrations")?;
+        }
+        if let (Some(email), Some(pw)) = (
+            &settings.bootstrap_admin_email,
+            &settings.bootstrap_admin_password,
+        ) {
+            create_platform_admin(&db, email, &pw.0, "Platform Admin").await?;
+        }
+        let redis = connect_redis(&settings.redis_url.0).await?;
+        let keys = KeyStore::load(db.clone(), settings.issuer.clone()).await?;
+        let stream_keys = StreamKeys::new(settings.namespace.clone(), settings.partitions)
+            .context("TSYNC_NAMESPACE must be non-empty without braces and TSYNC_PARTITIONS > 0")?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        let state = AppState {
+            db,
+            redis,
+            keys: Arc::new(keys),
+            stream_keys,
+            domains: Arc::new(DomainCache::new(
+                Duration::from_secs(settings.domain_cache_ttl_secs),
+                settings.cookie_domain.clone(),
+            )),
+            metrics: metrics_handle(),
+            settings: Arc::new(settings),
+        };
+        Ok(Self { listener, state })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The shared state (for tests and embedding).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serve until `cancel` fires, then finish in-flight requests.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr(), "wrapper listening");
+        let app = router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The full router with its middleware.
+pub fn router(state: AppState) -> Router {
+    let timeout = state.settings.request_timeout();
+    let body_limit = state.settings.body_limit;
+    api::router()
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
+        .layer(middleware::from_fn(crate::context::attach))
+        .with_state(state)
+}
+
+/// Create a platform admin unless one with that email exists. Returns the user id.
+pub async fn create_platform_admin(
+    db: &PgPool,
+    email: &str,
+    password_text: &str,
+    name: &str,
+) -> anyhow::Result<Uuid> {
+    let email = validate::email("email", email)?;
+    validate::password("password", password_text)?;
+    let name = validate::full_name("name", name)?;
+    let hash = password::hash(password_text.to_owned()).await?;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "insert into users (id, tenant_id, email, full_name, password_hash, is_platform_admin, email_verified)
+         values ($1, null, $2, $3, $4, true, true)
+         on conflict do nothing returning id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&email)
+    .bind(&name)
+    .bind(&hash)
+    .fetch_optional(db)
+    .await?;
+    match id {
+        Some(id) => Ok(id),
+        None => Ok(sqlx::query_scalar(
+            "select id from users where tenant_id is null and lower(email) = $1",
+        )
+        .bind(&email)
+        .fetch_one(db)
+        .await?),
+    }
+}
+
+/// Create or replace the service client of `app` (client id = app name).
+pub async fn upsert_service_client(db: &PgPool, app: &str, secret: &str) -> anyhow::Result<()> {
+    validate::short_text("app", app, 40)?;
+    anyhow::ensure!(
+        secret.len() >= 24,
+        "a service secret needs at least 24 characters"
+    );
+    let hash = password::hash(secret.to_owned()).await?;
+    sqlx::query(
+        "insert into service_clients (client_id, secret_hash, application) values ($1, $2, $1)
+         on conflict (client_id) do update set secret_hash = excluded.secret_hash",
+    )
+    .bind(app)
+    .bind(hash)
+    .execute(db)
+    .await?;
+    Ok(())
+}
