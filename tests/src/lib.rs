@@ -10,3 +10,5 @@ pub async fn redis_client(url: &str) -> anyhow::Result<fred::clients::Client> {
     client.init().await?;
     Ok(client)
 }
+
+pub mod wrapper_app;

@@ -48,7 +48,8 @@ pub fn password(field: &str, value: &str) -> Result<(), ApiError> {
     if value.chars().count() < MIN_PASSWORD_CHARS {
         missing.push(format!("at least {MIN_PASSWORD_CHARS} characters"));
     }
-    let rules: [(&str, fn(char) -> bool); 4] = [
+    type Rule = (&'static str, fn(char) -> bool);
+    let rules: [Rule; 4] = [
         ("an uppercase letter", char::is_uppercase),
         ("a lowercase letter", char::is_lowercase),
         ("a digit", |c| c.is_ascii_digit()),

@@ -97,15 +97,15 @@ impl DomainCache {
         if host.is_empty() {
             return Ok(None);
         }
-        if let Some((at, info)) = self
+        let cached = self
             .entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&host)
-        {
-            if at.elapsed() < self.ttl {
-                return Ok(info.clone());
-            }
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, info)| info.clone());
+        if let Some(info) = cached {
+            return Ok(info);
         }
         let subdomain = if host.contains('.') {
             self.subdomain_of(&host)

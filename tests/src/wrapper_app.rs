@@ -1,0 +1,205 @@
+//! `spawn_wrapper()`: the real wrapper on port 0 with its own database and Redis namespace, and
+//! typed helpers so tests read as scenarios.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
+use wrapper::{
+    config::Settings,
+    startup::{AppState, Application},
+};
+
+use crate::{TestDatabase, fresh_database, redis_namespace, redis_url};
+
+/// Password of every account the helpers create.
+pub const PASSWORD: &str = "Correct-Horse-9-Battery";
+/// The platform admin every test app starts with.
+pub const ROOT_EMAIL: &str = "root@platform.test";
+
+/// A running wrapper.
+pub struct TestApp {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its database.
+    pub db: TestDatabase,
+    /// Its state (keys, settings).
+    pub state: AppState,
+    /// A client that keeps no cookies.
+    pub http: reqwest::Client,
+    /// The platform admin's token.
+    pub root: String,
+    _stop: DropGuard,
+}
+
+/// A tenant created through the API, with its first admin signed in.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    /// Tenant id.
+    pub id: Uuid,
+    /// Subdomain.
+    pub subdomain: String,
+    /// The built-in admin role.
+    pub admin_role: Uuid,
+    /// The first admin's user id.
+    pub admin_id: Uuid,
+    /// The first admin's token.
+    pub admin: String,
+}
+
+/// Start a wrapper with default settings adjusted for tests.
+pub async fn spawn_wrapper() -> anyhow::Result<TestApp> {
+    spawn_wrapper_with(|_| {}).await
+}
+
+/// Start a wrapper, letting the test adjust the settings first.
+pub async fn spawn_wrapper_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<TestApp> {
+    let db = fresh_database().await?;
+    let mut settings = Settings::defaults();
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings.database_url = wrapper::config::Secret(db.url.clone());
+    settings.redis_url = wrapper::config::Secret(redis_url());
+    settings.namespace = redis_namespace();
+    settings.cookie_secure = false;
+    settings.cookie_domain = Some(".yourapp.test".into());
+    settings.db_max_connections = 30;
+    settings.bootstrap_admin_email = Some(ROOT_EMAIL.into());
+    settings.bootstrap_admin_password = Some(wrapper::config::Secret(PASSWORD.into()));
+    adjust(&mut settings);
+    let app = Application::build(settings).await?;
+    let url = format!("http://{}", app.addr());
+    let state = app.state().clone();
+    let cancel = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(cancel.clone()));
+    let http = reqwest::Client::builder().build()?;
+    let mut test_app = TestApp {
+        url,
+        db,
+        state,
+        http,
+        root: String::new(),
+        _stop: cancel.drop_guard(),
+    };
+    test_app.root = test_app.login(ROOT_EMAIL, PASSWORD, None).await?;
+    Ok(test_app)
+}
+
+impl TestApp {
+    /// Send a request; returns the status and the JSON body (Null when empty or not JSON).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("the wrapper answers");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// GET as `token`, expecting 2xx.
+    pub async fn get_ok(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self.call(Method::GET, path, Some(token), None).await;
+        assert!(status.is_success(), "GET {path}: {status} {body}");
+        body
+    }
+
+    /// Send as `token`, expecting 2xx.
+    pub async fn send_ok(&self, method: Method, path: &str, token: &str, body: Value) -> Value {
+        let (status, resp) = self
+            .call(method.clone(), path, Some(token), Some(body))
+            .await;
+        assert!(status.is_success(), "{method} {path}: {status} {resp}");
+        resp
+    }
+
+    /// Sign in; returns the token.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        tenant: Option<&str>,
+    ) -> anyhow::Result<String> {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/auth/login",
+                None,
+                Some(json!({"email": email, "password": password, "tenant": tenant})),
+            )
+            .await;
+        anyhow::ensure!(status == StatusCode::OK, "login {email}: {status} {body}");
+        Ok(body["token"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Create tenant `subdomain` with admin `admin@<subdomain>.test`, signed in.
+    pub async fn create_tenant(&self, subdomain: &str) -> TestTenant {
+        let admin_email = format!("admin@{subdomain}.test");
+        let body = self
+            .send_ok(
+                Method::POST,
+                "/api/tenants",
+                &self.root,
+                json!({"name": subdomain.to_uppercase(), "subdomain": subdomain, "plan": "pro",
+                       "features": ["crm", "hrms"],
+                       "admin": {"email": admin_email, "fullName": "First Admin", "password": PASSWORD}}),
+            )
+            .await;
+        let id: Uuid = serde_json::from_value(body["id"].clone()).expect("tenant id");
+        let admin = self
+            .login(&admin_email, PASSWORD, Some(subdomain))
+            .await
+            .expect("admin login");
+        TestTenant {
+            id,
+            subdomain: subdomain.to_owned(),
+            admin_role: serde_json::from_value(body["adminRoleId"].clone()).expect("role id"),
+            admin_id: serde_json::from_value(body["adminUserId"].clone()).expect("admin id"),
+            admin,
+        }
+    }
+
+    /// Create a member of `tenant` and sign them in; returns (user id, token).
+    pub async fn create_member(&self, tenant: &TestTenant, email: &str) -> (Uuid, String) {
+        let body = self
+            .send_ok(
+                Method::POST,
+                &format!("/api/tenants/{}/users", tenant.id),
+                &tenant.admin,
+                json!({"email": email, "fullName": "A Member", "password": PASSWORD}),
+            )
+            .await;
+        let id = serde_json::from_value(body["id"].clone()).expect("user id");
+        let token = self
+            .login(email, PASSWORD, Some(&tenant.subdomain))
+            .await
+            .expect("member login");
+        (id, token)
+    }
+
+    /// Every outbox envelope of `tenant`, in seq order.
+    pub async fn outbox(&self, tenant: Uuid) -> Vec<Value> {
+        sqlx::query_scalar("select envelope from outbox where tenant_id = $1 order by seq")
+            .bind(tenant)
+            .fetch_all(&self.db.pool)
+            .await
+            .expect("outbox rows")
+    }
+
+    /// Row count of `table` (a fixed name from the test).
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("select count(*) from {table}"))
+            .fetch_one(&self.db.pool)
+            .await
+            .expect("count")
+    }
+}
