@@ -15,6 +15,8 @@ create table tenants (
     theme       jsonb not null default '{}',
     status      text not null default 'active' check (status in ('active', 'archived')),
     last_seq    bigint not null default 0,
+    -- The partition stream of the tenant's events, fixed at creation: partition_of(id, N).
+    partition   integer not null check (partition >= 0),
     version     bigint not null default 1,
     created_at  timestamptz not null default now(),
     updated_at  timestamptz not null default now()
@@ -109,10 +111,12 @@ create table outbox (
     event_id     uuid not null unique,
     tenant_id    uuid not null,
     seq          bigint not null,
+    partition    integer not null,
     event_type   text not null,
     envelope     jsonb not null,
     created_at   timestamptz not null default now(),
     published_at timestamptz,
     unique (tenant_id, seq)
 );
-create index outbox_unpublished on outbox (tenant_id, seq) where published_at is null;
+create index outbox_unpublished on outbox (partition, id) where published_at is null;
+create index outbox_published_at on outbox (published_at) where published_at is not null;

@@ -41,6 +41,8 @@ pub enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Run only the outbox relay (no HTTP API).
+    Relay,
     /// Manage platform administrators.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -143,6 +145,24 @@ pub struct Settings {
     /// Bootstrap: the password of that admin.
     #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_PASSWORD")]
     pub bootstrap_admin_password: Option<Secret>,
+    /// Run the outbox relay inside `serve` (`wrapper relay` runs it alone).
+    #[arg(long, env = "WRAPPER_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub relay: bool,
+    /// Outbox rows per pipelined publish batch.
+    #[arg(long, env = "WRAPPER_RELAY_BATCH_SIZE", default_value_t = 500)]
+    pub relay_batch_size: i64,
+    /// Fallback poll interval of the relay, in milliseconds (NOTIFY wakes it sooner).
+    #[arg(long, env = "WRAPPER_RELAY_POLL_MS", default_value_t = 500)]
+    pub relay_poll_ms: u64,
+    /// How often a follower relay tries to take a partition over, in milliseconds.
+    #[arg(long, env = "WRAPPER_RELAY_LEASE_RETRY_MS", default_value_t = 1000)]
+    pub relay_lease_retry_ms: u64,
+    /// How often streams are trimmed and outbox metrics refreshed, in seconds.
+    #[arg(long, env = "WRAPPER_RELAY_MAINTENANCE_SECS", default_value_t = 30)]
+    pub relay_maintenance_secs: u64,
+    /// Published outbox rows are deleted after this many seconds.
+    #[arg(long, env = "WRAPPER_OUTBOX_RETENTION_SECS", default_value_t = 86_400)]
+    pub outbox_retention_secs: u64,
     /// Log as JSON (production) instead of human-readable text.
     #[arg(long, env = "WRAPPER_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
     pub log_json: bool,
@@ -152,6 +172,18 @@ impl Settings {
     /// Settings with every default, for tests and embedding.
     pub fn defaults() -> Self {
         Cli::parse_from(["wrapper"]).settings
+    }
+
+    /// The relay's configuration.
+    pub fn relay_config(&self) -> crate::relay::RelayConfig {
+        crate::relay::RelayConfig {
+            database_url: self.database_url.0.clone(),
+            batch_size: self.relay_batch_size.max(1),
+            poll_interval: Duration::from_millis(self.relay_poll_ms),
+            lease_retry: Duration::from_millis(self.relay_lease_retry_ms),
+            maintenance_interval: Duration::from_secs(self.relay_maintenance_secs),
+            retention: Duration::from_secs(self.outbox_retention_secs),
+        }
     }
 
     /// The request timeout.

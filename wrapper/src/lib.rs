@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod error;
 pub mod outbox;
+pub mod relay;
 pub mod startup;
 pub mod validate;
 

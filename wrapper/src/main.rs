@@ -20,6 +20,21 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(shutdown_on_signal(cancel.clone()));
             app.run_until_stopped(cancel).await
         }
+        Command::Relay => {
+            let db = startup::connect_db(&settings).await?;
+            let redis = startup::connect_redis(&settings.redis_url.0).await?;
+            let keys = sync_sdk::contract::StreamKeys::new(
+                settings.namespace.clone(),
+                settings.partitions,
+            )
+            .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
+            let relay = wrapper::relay::Relay::new(db, redis, keys, settings.relay_config());
+            let cancel = CancellationToken::new();
+            tokio::spawn(shutdown_on_signal(cancel.clone()));
+            tracing::info!("relay running");
+            relay.run(cancel).await;
+            Ok(())
+        }
         Command::Migrate => {
             let db = startup::connect_db(&settings).await?;
             wrapper::MIGRATOR.run(&db).await?;

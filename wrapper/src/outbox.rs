@@ -33,8 +33,8 @@ pub async fn append(
     aggregate: Aggregate,
     event: Event,
 ) -> Result<Envelope, sqlx::Error> {
-    let seq: i64 = sqlx::query_scalar(
-        "update tenants set last_seq = last_seq + 1 where id = $1 returning last_seq",
+    let (seq, partition): (i64, i32) = sqlx::query_as(
+        "update tenants set last_seq = last_seq + 1 where id = $1 returning last_seq, partition",
     )
     .bind(tenant_id)
     .fetch_one(&mut *tx)
@@ -53,12 +53,13 @@ pub async fn append(
         event,
     };
     sqlx::query(
-        "insert into outbox (event_id, tenant_id, seq, event_type, envelope)
-         values ($1, $2, $3, $4, $5)",
+        "insert into outbox (event_id, tenant_id, seq, partition, event_type, envelope)
+         values ($1, $2, $3, $4, $5, $6)",
     )
     .bind(envelope.event_id)
     .bind(tenant_id)
     .bind(seq)
+    .bind(partition)
     .bind(envelope.event_type().as_str())
     .bind(envelope.to_json())
     .execute(&mut *tx)
@@ -69,4 +70,69 @@ pub async fn append(
         .await?;
     tracing::debug!(event_id = %envelope.event_id, seq, event_type = %envelope.event_type(), "outbox append");
     Ok(envelope)
+}
+
+/// Helpers for tests and benchmarks that need committed changes without going through HTTP.
+#[doc(hidden)]
+pub mod testing {
+    use sqlx::PgPool;
+    use sync_sdk::contract::{Envelope, Event, StreamKeys, TenantState, TenantStatus};
+    use uuid::Uuid;
+
+    use super::{Aggregate, append};
+    use crate::context::Ctx;
+
+    /// Insert a tenant row (no event), in the partition `keys` gives it.
+    pub async fn insert_tenant(db: &PgPool, keys: &StreamKeys) -> sqlx::Result<Uuid> {
+        let id = Uuid::now_v7();
+        let sub = format!("t{}", id.simple());
+        sqlx::query("insert into tenants (id, name, subdomain, partition) values ($1, $2, $2, $3)")
+            .bind(id)
+            .bind(&sub)
+            .bind(keys.partition_of(id) as i32)
+            .execute(db)
+            .await?;
+        Ok(id)
+    }
+
+    /// Commit one change of `tenant` (a theme update) with its event, like the API does.
+    pub async fn commit_change(db: &PgPool, tenant: Uuid, n: i64) -> sqlx::Result<Envelope> {
+        let mut tx = db.begin().await?;
+        let (version, name, subdomain): (i64, String, String) = sqlx::query_as(
+            "update tenants set theme = jsonb_build_object('n', $2::bigint), version = version + 1
+             where id = $1 returning version, name, subdomain",
+        )
+        .bind(tenant)
+        .bind(n)
+        .fetch_one(&mut *tx)
+        .await?;
+        let state = TenantState {
+            id: tenant,
+            name,
+            subdomain,
+            domain: None,
+            plan: "free".into(),
+            features: vec![],
+            theme: serde_json::json!({ "n": n }),
+            status: TenantStatus::Active,
+        };
+        let ctx = Ctx {
+            request_id: "test".into(),
+            correlation_id: "test".into(),
+        };
+        let aggregate = Aggregate {
+            id: tenant,
+            version,
+        };
+        let envelope = append(
+            &mut tx,
+            &ctx,
+            tenant,
+            aggregate,
+            Event::TenantUpdated(state),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(envelope)
+    }
 }

@@ -68,7 +68,9 @@ pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
 
 /// A Redis client that reconnects with exponential backoff; commands wait for the connection.
 pub async fn connect_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
-    let config = RedisConfig::from_url(url).context("parsing REDIS_URL")?;
+    let mut config = RedisConfig::from_url(url).context("parsing REDIS_URL")?;
+    // Starting while Redis is down must not be fatal: the outbox simply waits for it.
+    config.fail_fast = false;
     let client = Builder::from_config(config)
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
@@ -82,6 +84,16 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+}
+
+/// The relay for `state`'s database, Redis and settings.
+pub fn relay_for(state: &AppState) -> Arc<crate::relay::Relay> {
+    crate::relay::Relay::new(
+        state.db.clone(),
+        state.redis.clone(),
+        state.stream_keys.clone(),
+        state.settings.relay_config(),
+    )
 }
 
 impl Application {
@@ -137,10 +149,20 @@ impl Application {
     /// Serve until `cancel` fires, then finish in-flight requests.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr(), "wrapper listening");
+        let relay = self
+            .state
+            .settings
+            .relay
+            .then(|| tokio::spawn(relay_for(&self.state).run(cancel.clone())));
         let app = router(self.state);
+        let stop = cancel.clone();
         axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { cancel.cancelled().await })
+            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await?;
+        if let Some(relay) = relay {
+            cancel.cancel();
+            relay.await?;
+        }
         Ok(())
     }
 }

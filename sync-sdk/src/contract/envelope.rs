@@ -215,12 +215,12 @@ impl Envelope {
 
     /// The fields of the Redis stream entry that carries this event.
     pub fn to_stream_fields(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("eventType", self.event_type().as_str().to_owned()),
-            ("tenantId", self.tenant_id.to_string()),
-            ("seq", self.seq.to_string()),
-            (FIELD_ENVELOPE, self.to_json_string()),
-        ]
+        stream_fields(
+            self.event_type().as_str(),
+            self.tenant_id,
+            self.seq,
+            self.to_json_string(),
+        )
     }
 
     /// Decode the event carried by a Redis stream entry's fields.
@@ -237,6 +237,22 @@ impl Envelope {
             .ok_or_else(|| ContractError::MissingField(FIELD_ENVELOPE.into()))?;
         Self::from_json_str(envelope.1.as_ref())
     }
+}
+
+/// The fields of a stream entry for an envelope already encoded as JSON (the relay publishes
+/// outbox rows without re-encoding them). [`Envelope::to_stream_fields`] uses the same layout.
+pub fn stream_fields(
+    event_type: &str,
+    tenant_id: Uuid,
+    seq: i64,
+    envelope_json: String,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("eventType", event_type.to_owned()),
+        ("tenantId", tenant_id.to_string()),
+        ("seq", seq.to_string()),
+        (FIELD_ENVELOPE, envelope_json),
+    ]
 }
 
 impl Serialize for Envelope {

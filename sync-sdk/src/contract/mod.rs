@@ -18,7 +18,7 @@ mod envelope;
 mod keys;
 mod payload;
 
-pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion};
+pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion, stream_fields};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, partition_of};
 pub use payload::{
     CreditAllocated, CreditConfigState, CreditConsumed, Event, EventType, MembershipState,

@@ -121,8 +121,8 @@ async fn create(
     let tenant_id = Uuid::now_v7();
     let mut tx = state.db.begin().await?;
     sqlx::query(
-        "insert into tenants (id, name, subdomain, domain, plan, features, theme)
-         values ($1, $2, $3, $4, $5, $6, $7)",
+        "insert into tenants (id, name, subdomain, domain, plan, features, theme, partition)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(tenant_id)
     .bind(&name)
@@ -131,6 +131,7 @@ async fn create(
     .bind(&plan)
     .bind(sqlx::types::Json(&req.features))
     .bind(req.theme.clone().unwrap_or_else(|| serde_json::json!({})))
+    .bind(state.stream_keys.partition_of(tenant_id) as i32)
     .execute(&mut *tx)
     .await?;
     let tenant = TenantState::from(fetch(&mut tx, tenant_id).await?);

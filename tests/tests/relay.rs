@@ -1,0 +1,231 @@
+//! The outbox relay against real Postgres and Redis: outages, two relays at once, safe trimming.
+
+use std::{sync::Arc, time::Duration};
+
+use fred::prelude::*;
+use sync_sdk::contract::StreamKeys;
+use tokio_util::sync::CancellationToken;
+use tsync_e2e::*;
+use uuid::Uuid;
+use wrapper::{
+    outbox::testing::{commit_change, insert_tenant},
+    relay::{Relay, RelayConfig},
+};
+
+struct Fixture {
+    db: TestDatabase,
+    keys: StreamKeys,
+    tenants: Vec<Uuid>,
+}
+
+async fn fixture(tenants: usize) -> anyhow::Result<Fixture> {
+    let db = fresh_database().await?;
+    wrapper::MIGRATOR.run(&db.pool).await?;
+    let keys = StreamKeys::new(redis_namespace(), 8).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..tenants {
+        ids.push(insert_tenant(&db.pool, &keys).await?);
+    }
+    Ok(Fixture {
+        db,
+        keys,
+        tenants: ids,
+    })
+}
+
+fn config(db: &TestDatabase) -> RelayConfig {
+    RelayConfig {
+        database_url: db.url.clone(),
+        batch_size: 100,
+        poll_interval: Duration::from_millis(200),
+        lease_retry: Duration::from_millis(200),
+        maintenance_interval: Duration::from_secs(3600),
+        retention: Duration::from_secs(3600),
+    }
+}
+
+async fn redis_with_reconnect(url: &str) -> anyhow::Result<Client> {
+    Ok(wrapper::startup::connect_redis(url).await?)
+}
+
+async fn commit_round_robin(f: &Fixture, total: usize) -> anyhow::Result<()> {
+    for i in 0..total {
+        commit_change(&f.db.pool, f.tenants[i % f.tenants.len()], i as i64).await?;
+    }
+    Ok(())
+}
+
+async fn unpublished(f: &Fixture) -> i64 {
+    sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        .fetch_one(&f.db.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn redis_down_during_1000_changes_then_back_all_arrive_in_order() -> anyhow::Result<()> {
+    let mut server = RedisServer::start().await?;
+    let f = fixture(10).await?;
+    let redis = redis_with_reconnect(&server.url()).await?;
+    let cancel = CancellationToken::new();
+    let relay = Relay::new(
+        f.db.pool.clone(),
+        redis.clone(),
+        f.keys.clone(),
+        config(&f.db),
+    );
+    let running = tokio::spawn(relay.run(cancel.clone()));
+
+    server.stop().await?;
+    commit_round_robin(&f, 1000).await?;
+    assert_eq!(
+        unpublished(&f).await,
+        1000,
+        "nothing can be published while Redis is down"
+    );
+
+    server.restart().await?;
+    eventually(Duration::from_secs(60), || async {
+        unpublished(&f).await == 0
+    })
+    .await?;
+    let events = read_all_events(&redis, &f.keys).await?;
+    assert_eq!(check_per_tenant_order(&events), 1000, "every event arrived");
+    cancel.cancel();
+    running.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_committed_on_an_idle_system_is_published_promptly() -> anyhow::Result<()> {
+    let f = fixture(1).await?;
+    let redis = redis_client(&redis_url()).await?;
+    let mut cfg = config(&f.db);
+    cfg.poll_interval = Duration::from_secs(3600); // only NOTIFY can wake it
+    let cancel = CancellationToken::new();
+    let relay = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
+    let running = tokio::spawn(relay.run(cancel.clone()));
+    // Let it become leader and go idle first.
+    eventually(Duration::from_secs(10), || async {
+        commit_change(&f.db.pool, f.tenants[0], 0).await.is_ok()
+    })
+    .await?;
+    eventually(Duration::from_secs(10), || async {
+        unpublished(&f).await == 0
+    })
+    .await?;
+    let envelope = commit_change(&f.db.pool, f.tenants[0], 1).await?;
+    eventually(Duration::from_secs(5), || async {
+        read_all_events(&redis, &f.keys)
+            .await
+            .map(|e| e.iter().any(|(_, x)| x.event_id == envelope.event_id))
+            .unwrap_or(false)
+    })
+    .await?;
+    cancel.cancel();
+    running.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_relays_at_once_keep_order_and_publish_once() -> anyhow::Result<()> {
+    let f = Arc::new(fixture(16).await?);
+    let redis = redis_client(&redis_url()).await?;
+    let cancel = CancellationToken::new();
+    let mut relays = Vec::new();
+    for _ in 0..2 {
+        let relay = Relay::new(
+            f.db.pool.clone(),
+            redis.clone(),
+            f.keys.clone(),
+            config(&f.db),
+        );
+        relays.push(tokio::spawn(relay.run(cancel.clone())));
+    }
+    // Writers run while both relays are up.
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let f = f.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..150 {
+                commit_change(
+                    &f.db.pool,
+                    f.tenants[(w * 4 + i) % f.tenants.len()],
+                    i as i64,
+                )
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    eventually(Duration::from_secs(30), || async {
+        unpublished(&f).await == 0
+    })
+    .await?;
+    let events = read_all_events(&redis, &f.keys).await?;
+    assert_eq!(check_per_tenant_order(&events), 600);
+    assert_eq!(
+        events.len(),
+        600,
+        "in steady state nothing is published twice"
+    );
+    cancel.cancel();
+    for r in relays {
+        r.await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn trimming_keeps_every_entry_a_lagging_group_has_not_acknowledged() -> anyhow::Result<()> {
+    let f = fixture(1).await?;
+    let redis = redis_client(&redis_url()).await?;
+    let relay = Relay::new(
+        f.db.pool.clone(),
+        redis.clone(),
+        f.keys.clone(),
+        config(&f.db),
+    );
+    let partition = f.keys.partition_of(f.tenants[0]);
+    let stream = f.keys.events(partition);
+    let _: () = redis.xgroup_create(&stream, "fast", "0", true).await?;
+    let _: () = redis.xgroup_create(&stream, "slow", "0", true).await?;
+    commit_round_robin(&f, 100).await?;
+    while relay.publish_batch(partition).await? > 0 {}
+    let all: Vec<(String, std::collections::HashMap<String, String>)> =
+        redis.xrange(&stream, "-", "+", None).await?;
+    assert_eq!(all.len(), 100);
+    let ids: Vec<String> = all.into_iter().map(|(id, _)| id).collect();
+
+    // "fast" reads and acknowledges everything; "slow" reads 60, acknowledges only the first 40.
+    let _: fred::types::Value = redis
+        .xreadgroup("fast", "c1", Some(100), None, false, &stream, ">")
+        .await?;
+    let _: u64 = redis.xack(&stream, "fast", ids.clone()).await?;
+    let _: fred::types::Value = redis
+        .xreadgroup("slow", "c1", Some(60), None, false, &stream, ">")
+        .await?;
+    let _: u64 = redis.xack(&stream, "slow", ids[..40].to_vec()).await?;
+
+    let removed = relay.maintain(partition).await?;
+    assert_eq!(removed, 40, "only what every group acknowledged is removed");
+    let left: Vec<(String, std::collections::HashMap<String, String>)> =
+        redis.xrange(&stream, "-", "+", None).await?;
+    let left: Vec<String> = left.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        left,
+        ids[40..].to_vec(),
+        "entries 41..100 (pending or unread for slow) remain"
+    );
+
+    // "slow" catches up: now everything may go but the last delivered entry.
+    let _: fred::types::Value = redis
+        .xreadgroup("slow", "c1", Some(100), None, false, &stream, ">")
+        .await?;
+    let _: u64 = redis.xack(&stream, "slow", ids[40..].to_vec()).await?;
+    assert_eq!(relay.maintain(partition).await?, 59);
+    Ok(())
+}
