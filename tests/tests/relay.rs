@@ -44,10 +44,6 @@ fn config(db: &TestDatabase) -> RelayConfig {
     }
 }
 
-async fn redis_with_reconnect(url: &str) -> anyhow::Result<Client> {
-    Ok(wrapper::startup::connect_redis(url).await?)
-}
-
 async fn commit_round_robin(f: &Fixture, total: usize) -> anyhow::Result<()> {
     for i in 0..total {
         commit_change(&f.db.pool, f.tenants[i % f.tenants.len()], i as i64).await?;
@@ -66,7 +62,7 @@ async fn unpublished(f: &Fixture) -> i64 {
 async fn redis_down_during_1000_changes_then_back_all_arrive_in_order() -> anyhow::Result<()> {
     let mut server = RedisServer::start().await?;
     let f = fixture(10).await?;
-    let redis = redis_with_reconnect(&server.url()).await?;
+    let redis = wrapper::startup::connect_redis(&server.url()).await?;
     let cancel = CancellationToken::new();
     let relay = Relay::new(
         f.db.pool.clone(),
