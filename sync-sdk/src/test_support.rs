@@ -300,6 +300,61 @@ pub async fn serve(router: axum::Router) -> anyhow::Result<TestServer> {
     Ok(TestServer { addr, task })
 }
 
+/// A connected fred client for `url`.
+pub async fn redis_client(url: &str) -> anyhow::Result<fred::clients::Client> {
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(url)?).build()?;
+    client.init().await?;
+    Ok(client)
+}
+
+/// Every entry of every partition stream under `keys`, decoded, in stream order per partition.
+pub async fn read_all_events(
+    redis: &fred::clients::Client,
+    keys: &crate::contract::StreamKeys,
+) -> anyhow::Result<Vec<(String, crate::contract::Envelope)>> {
+    use fred::prelude::*;
+    let mut out = Vec::new();
+    for stream in keys.all_events() {
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+            redis.xrange(&stream, "-", "+", None).await?;
+        for (id, fields) in entries {
+            out.push((
+                id,
+                crate::contract::Envelope::from_stream_fields(fields)?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that, per tenant, the first occurrences of events come in strictly increasing `seq`
+/// and that every duplicate repeats an earlier event exactly (same eventId and seq). Returns the
+/// number of distinct events.
+pub fn check_per_tenant_order(events: &[(String, crate::contract::Envelope)]) -> usize {
+    use std::collections::{HashMap, HashSet};
+    let mut last: HashMap<uuid::Uuid, i64> = HashMap::new();
+    let mut seen: HashMap<uuid::Uuid, i64> = HashMap::new();
+    let mut distinct = HashSet::new();
+    for (_, e) in events {
+        if let Some(seq) = seen.get(&e.event_id) {
+            assert_eq!(*seq, e.seq, "a duplicate must repeat the same event");
+            continue;
+        }
+        seen.insert(e.event_id, e.seq);
+        distinct.insert(e.event_id);
+        let prev = last.insert(e.tenant_id, e.seq).unwrap_or(0);
+        assert_eq!(
+            e.seq,
+            prev + 1,
+            "tenant {} jumped from seq {prev} to {}",
+            e.tenant_id,
+            e.seq
+        );
+    }
+    distinct.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;
