@@ -6,6 +6,41 @@
 //!
 //! * [`contract`] — the event envelope (contract v1), typed payloads, stream keys and the
 //!   tenant → partition function, shared with the wrapper so both sides agree on every field.
+//! * [`store`] — the app-side copy of tenant data ([`store::TenantStore`]), on MongoDB
+//!   (feature `mongo`) or Postgres (feature `postgres`), applied idempotently by version.
+//! * [`consumer`] — the stream consumer: ordered per partition, retries with backoff, dead
+//!   letters, takeover of a crashed consumer's entries, gap detection, graceful shutdown.
+//! * [`dlq`] — list, re-drive and purge dead letters; per-group lag (also the `tsync` CLI).
+//!
+//! ## Example: keeping a store current
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use sync_sdk::{consumer::{Consumer, ConsumerConfig, Handler, HandlerError}, contract::*};
+//! use sync_sdk::store::mongo::MongoStore;
+//!
+//! struct Crm;
+//! impl Handler for Crm {
+//!     async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
+//!         if let Event::UserEmailChanged(user) = &envelope.event {
+//!             println!("refresh cached owner email of {} to {}", user.id, user.email);
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use fred::prelude::*;
+//! let redis = Builder::from_config(Config::from_url("redis://127.0.0.1:6379")?).build()?;
+//! redis.init().await?;
+//! let mongo = mongodb::Client::with_uri_str("mongodb://127.0.0.1:27017/").await?;
+//! let store = Arc::new(MongoStore::new(mongo.database("crm")));
+//! store.init().await?;
+//! let config = ConsumerConfig::new("crm", StreamKeys::default());
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! Consumer::new(redis, store, Arc::new(Crm), config).run(cancel).await?;
+//! # Ok(()) }
+//! ```
 //!
 //! ## Example: decoding an event read from a stream
 //!
@@ -40,7 +75,10 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod consumer;
 pub mod contract;
+pub mod dlq;
+pub mod store;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;

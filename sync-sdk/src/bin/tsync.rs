@@ -1,0 +1,126 @@
+//! `tsync`: operator tooling for Tenantsync apps: dead letters and consumer-group lag.
+
+use clap::{Parser, Subcommand};
+use fred::prelude::*;
+use sync_sdk::{
+    contract::StreamKeys,
+    dlq::{self, Filter},
+};
+use uuid::Uuid;
+
+/// Tenantsync operator CLI.
+#[derive(Debug, Parser)]
+#[command(name = "tsync", version, about)]
+struct Cli {
+    /// Redis holding the streams.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// Key namespace.
+    #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
+    namespace: String,
+    /// Partition count.
+    #[arg(long, env = "TSYNC_PARTITIONS", default_value_t = 8)]
+    partitions: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Dead letters of an app.
+    Dlq {
+        /// The app (consumer group), e.g. `crm`.
+        #[arg(long, env = "TSYNC_APP")]
+        app: String,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Lag and pending counts of every group on every partition.
+    Lag,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqAction {
+    /// List dead letters (one line each).
+    List {
+        /// At most this many.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Show one dead letter in full (JSON).
+    Show {
+        /// Its DLQ entry id.
+        id: String,
+    },
+    /// Put dead letters back on their streams.
+    Redrive(FilterArgs),
+    /// Delete dead letters.
+    Purge(FilterArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Only this event type.
+    #[arg(long)]
+    event_type: Option<String>,
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<Uuid>,
+    /// Required to act on every dead letter when no filter is given.
+    #[arg(long)]
+    all: bool,
+}
+
+impl FilterArgs {
+    fn filter(&self) -> anyhow::Result<Filter> {
+        anyhow::ensure!(
+            self.all || self.event_type.is_some() || self.tenant.is_some(),
+            "give --event-type, --tenant or --all"
+        );
+        Ok(Filter { event_type: self.event_type.clone(), tenant_id: self.tenant })
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let keys = StreamKeys::new(cli.namespace.clone(), cli.partitions)
+        .ok_or_else(|| anyhow::anyhow!("invalid namespace or partition count"))?;
+    let redis = Builder::from_config(Config::from_url(&cli.redis_url)?).build()?;
+    redis.init().await?;
+    match cli.command {
+        Command::Lag => {
+            println!("{:>9}  {:<16} {:>8} {:>8} {:>8}", "partition", "group", "lag", "pending", "length");
+            for g in dlq::lag(&redis, &keys).await? {
+                let lag = g.lag.map_or("?".to_owned(), |l| l.to_string());
+                println!("{:>9}  {:<16} {:>8} {:>8} {:>8}", g.partition, g.group, lag, g.pending, g.length);
+            }
+        }
+        Command::Dlq { app, action } => match action {
+            DlqAction::List { count } => {
+                for (id, l) in dlq::list(&redis, &keys, &app, count).await? {
+                    println!(
+                        "{id}  {}  {}  tenant={}  attempts={}  {}",
+                        l.at,
+                        l.event_type.as_deref().unwrap_or("?"),
+                        l.tenant_id.as_deref().unwrap_or("?"),
+                        l.attempts,
+                        l.error
+                    );
+                }
+            }
+            DlqAction::Show { id } => {
+                let found = dlq::list(&redis, &keys, &app, None).await?.into_iter().find(|(i, _)| *i == id);
+                let (_, letter) = found.ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
+                println!("{}", serde_json::to_string_pretty(&letter)?);
+            }
+            DlqAction::Redrive(f) => {
+                println!("re-driven: {}", dlq::redrive(&redis, &keys, &app, &f.filter()?).await?);
+            }
+            DlqAction::Purge(f) => {
+                println!("purged: {}", dlq::purge(&redis, &keys, &app, &f.filter()?).await?);
+            }
+        },
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! The app-side copy of tenant data, behind the [`TenantStore`] trait.
+//!
+//! A store keeps, per loaded tenant, the latest state of every aggregate (tenant, users, roles,
+//! memberships, settings, credit configs) with its `aggregateVersion`, the tenant's sync
+//! watermarks, and the ids of the events it has processed. Its one write path,
+//! [`TenantStore::apply`], is atomic: the event id is recorded together with the effect, an
+//! event seen before is a no-op ([`Applied::Duplicate`]) and an older or equal version changes
+//! nothing ([`Applied::Stale`]). That is what makes at-least-once delivery safe (invariant 2).
+//!
+//! Two implementations pass one conformance suite (`test_support::store_conformance`):
+//! [`mongo::MongoStore`] (feature `mongo`) and [`postgres::PostgresStore`] (feature `postgres`).
+
+#[cfg(feature = "mongo")]
+pub mod mongo;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+use std::future::Future;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::contract::{Envelope, Event};
+
+/// What [`TenantStore::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The state changed.
+    Applied,
+    /// The store already had this or a newer version; the event id was recorded.
+    Stale,
+    /// The event was processed before; nothing happened.
+    Duplicate,
+}
+
+/// A store failure (always worth a retry: the consumer treats it as transient).
+#[derive(Debug, thiserror::Error)]
+#[error("store error: {0}")]
+pub struct StoreError(pub String);
+
+/// Where a tenant's sync stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncState {
+    /// The seq the last snapshot covered: stream events at or below it are already in the store.
+    pub snapshot_seq: i64,
+    /// The highest seq applied from the stream (or the snapshot), for gap detection.
+    pub last_seq: i64,
+}
+
+/// The kinds of aggregate a store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    /// `tenant.*`
+    Tenant,
+    /// `user.*`
+    User,
+    /// `role.*`
+    Role,
+    /// `membership.*`
+    Membership,
+    /// `settings.updated` (id = tenant id)
+    Settings,
+    /// `credit.config_updated`
+    CreditConfig,
+}
+
+impl EntityKind {
+    /// Every kind.
+    pub const ALL: [EntityKind; 6] = [
+        EntityKind::Tenant,
+        EntityKind::User,
+        EntityKind::Role,
+        EntityKind::Membership,
+        EntityKind::Settings,
+        EntityKind::CreditConfig,
+    ];
+
+    /// The collection / kind name, e.g. `users`.
+    pub fn name(self) -> &'static str {
+        match self {
+            EntityKind::Tenant => "tenants",
+            EntityKind::User => "users",
+            EntityKind::Role => "roles",
+            EntityKind::Membership => "memberships",
+            EntityKind::Settings => "settings",
+            EntityKind::CreditConfig => "credit_configs",
+        }
+    }
+
+    /// The state an event carries, as (kind, id); None for events that change no state
+    /// (credit movements, which handlers react to).
+    pub fn of(event: &Event) -> Option<(EntityKind, Uuid)> {
+        Some(match event {
+            Event::TenantCreated(s) | Event::TenantUpdated(s) | Event::TenantArchived(s) => {
+                (EntityKind::Tenant, s.id)
+            }
+            Event::UserCreated(s)
+            | Event::UserUpdated(s)
+            | Event::UserEmailChanged(s)
+            | Event::UserDeactivated(s)
+            | Event::UserDeleted(s) => (EntityKind::User, s.id),
+            Event::RoleCreated(s) | Event::RoleUpdated(s) | Event::RoleDeleted(s) => {
+                (EntityKind::Role, s.id)
+            }
+            Event::MembershipGranted(s) | Event::MembershipRevoked(s) => {
+                (EntityKind::Membership, s.id)
+            }
+            Event::SettingsUpdated(s) => (EntityKind::Settings, s.tenant_id),
+            Event::CreditConfigUpdated(s) => (EntityKind::CreditConfig, s.id),
+            Event::CreditAllocated(_) | Event::CreditConsumed(_) => return None,
+        })
+    }
+}
+
+/// A stored aggregate: its version and its state (the event payload's JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned {
+    /// `aggregateVersion` of the state.
+    pub version: i64,
+    /// The state.
+    pub state: Value,
+}
+
+/// The app-side copy of tenant data. Implementations must make [`apply`](Self::apply) atomic.
+pub trait TenantStore: Send + Sync + 'static {
+    /// The tenant's sync state, or None if the tenant was never loaded.
+    fn sync_state(
+        &self,
+        tenant_id: Uuid,
+    ) -> impl Future<Output = Result<Option<SyncState>, StoreError>> + Send;
+
+    /// Mark the tenant loaded by a snapshot taken at `watermark` (never lowers `last_seq`).
+    fn mark_loaded(
+        &self,
+        tenant_id: Uuid,
+        watermark: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether the event was processed before.
+    fn is_processed(&self, event_id: Uuid)
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Apply the event atomically: record its id, apply its state if newer, raise `last_seq`.
+    fn apply(&self, envelope: &Envelope) -> impl Future<Output = Result<Applied, StoreError>> + Send;
+
+    /// An aggregate of a tenant.
+    fn get(
+        &self,
+        kind: EntityKind,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+}
+
+/// The state to write for `envelope`, if it carries one: (kind, id, version, JSON state).
+pub(crate) fn state_of(envelope: &Envelope) -> Option<(EntityKind, Uuid, i64, Value)> {
+    EntityKind::of(&envelope.event)
+        .map(|(kind, id)| (kind, id, envelope.aggregate_version, envelope.event.payload_json()))
+}

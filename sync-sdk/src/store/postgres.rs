@@ -1,0 +1,144 @@
+//! [`TenantStore`] on Postgres (sqlx). Three tables, created by [`PostgresStore::init`]:
+//! `tsync_entities` (kind, id → tenant, version, state), `tsync_sync` (tenant → watermarks) and
+//! `tsync_processed` (event ids). `apply` is one transaction.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Applied, EntityKind, StoreError, SyncState, TenantStore, Versioned, state_of};
+use crate::contract::Envelope;
+
+/// A Postgres-backed store.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    db: PgPool,
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+const SCHEMA: &[&str] = &[
+    "create table if not exists tsync_entities (
+        kind text not null, id uuid not null, tenant_id uuid not null,
+        version bigint not null, state jsonb not null, primary key (kind, id))",
+    "create index if not exists tsync_entities_tenant on tsync_entities (tenant_id, kind)",
+    "create table if not exists tsync_sync (
+        tenant_id uuid primary key, snapshot_seq bigint not null, last_seq bigint not null)",
+    "create table if not exists tsync_processed (
+        event_id uuid primary key, tenant_id uuid not null, at timestamptz not null default now())",
+];
+
+impl PostgresStore {
+    /// A store on `db`; call [`init`](Self::init) once to create its tables.
+    pub fn new(db: PgPool) -> Self {
+        Self { db }
+    }
+
+    /// Create the tables if missing (idempotent).
+    pub async fn init(&self) -> Result<(), StoreError> {
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&self.db).await.map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+impl TenantStore for PostgresStore {
+    async fn sync_state(&self, tenant_id: Uuid) -> Result<Option<SyncState>, StoreError> {
+        let row: Option<(i64, i64)> =
+            sqlx::query_as("select snapshot_seq, last_seq from tsync_sync where tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(err)?;
+        Ok(row.map(|(snapshot_seq, last_seq)| SyncState { snapshot_seq, last_seq }))
+    }
+
+    async fn mark_loaded(&self, tenant_id: Uuid, watermark: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into tsync_sync (tenant_id, snapshot_seq, last_seq) values ($1, $2, $2)
+             on conflict (tenant_id) do update set snapshot_seq = excluded.snapshot_seq,
+               last_seq = greatest(tsync_sync.last_seq, excluded.last_seq)",
+        )
+        .bind(tenant_id)
+        .bind(watermark)
+        .execute(&self.db)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn is_processed(&self, event_id: Uuid) -> Result<bool, StoreError> {
+        sqlx::query_scalar("select exists(select 1 from tsync_processed where event_id = $1)")
+            .bind(event_id)
+            .fetch_one(&self.db)
+            .await
+            .map_err(err)
+    }
+
+    async fn apply(&self, envelope: &Envelope) -> Result<Applied, StoreError> {
+        let mut tx = self.db.begin().await.map_err(err)?;
+        let fresh = sqlx::query(
+            "insert into tsync_processed (event_id, tenant_id) values ($1, $2) on conflict do nothing",
+        )
+        .bind(envelope.event_id)
+        .bind(envelope.tenant_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        if fresh == 0 {
+            return Ok(Applied::Duplicate);
+        }
+        let mut outcome = Applied::Stale;
+        if let Some((kind, id, version, state)) = state_of(envelope) {
+            let changed = sqlx::query(
+                "insert into tsync_entities (kind, id, tenant_id, version, state)
+                 values ($1, $2, $3, $4, $5)
+                 on conflict (kind, id) do update set version = excluded.version, state = excluded.state
+                 where tsync_entities.version < excluded.version",
+            )
+            .bind(kind.name())
+            .bind(id)
+            .bind(envelope.tenant_id)
+            .bind(version)
+            .bind(state)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?
+            .rows_affected();
+            if changed > 0 {
+                outcome = Applied::Applied;
+            }
+        } else {
+            outcome = Applied::Applied;
+        }
+        sqlx::query("update tsync_sync set last_seq = greatest(last_seq, $2) where tenant_id = $1")
+            .bind(envelope.tenant_id)
+            .bind(envelope.seq)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(outcome)
+    }
+
+    async fn get(
+        &self,
+        kind: EntityKind,
+        tenant_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Versioned>, StoreError> {
+        let row: Option<(i64, serde_json::Value)> = sqlx::query_as(
+            "select version, state from tsync_entities where kind = $1 and id = $2 and tenant_id = $3",
+        )
+        .bind(kind.name())
+        .bind(id)
+        .bind(tenant_id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(err)?;
+        Ok(row.map(|(version, state)| Versioned { version, state }))
+    }
+}
