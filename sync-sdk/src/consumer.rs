@@ -140,18 +140,24 @@ type Entry = (String, HashMap<String, String>);
 impl<S: TenantStore, H: Handler> Consumer<S, H> {
     /// A consumer of `config.app`'s group.
     pub fn new(redis: Client, store: Arc<S>, handler: Arc<H>, config: ConsumerConfig) -> Arc<Self> {
-        Arc::new(Self { redis, store, handler, config })
+        Arc::new(Self {
+            redis,
+            store,
+            handler,
+            config,
+        })
     }
 
     /// Create the app's group on every partition (idempotent).
     pub async fn ensure_groups(&self) -> Result<(), Error> {
         for stream in self.config.keys.all_events() {
-            let created: Result<(), Error> =
-                self.redis.xgroup_create(&stream, self.config.app.as_str(), "0", true).await;
-            if let Err(e) = created {
-                if !e.details().contains("BUSYGROUP") {
-                    return Err(e);
-                }
+            let created: Result<(), Error> = self
+                .redis
+                .xgroup_create(&stream, self.config.app.as_str(), "0", true)
+                .await;
+            match created {
+                Err(e) if !e.details().contains("BUSYGROUP") => return Err(e),
+                _ => {}
             }
         }
         Ok(())
@@ -202,7 +208,8 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 }
                 Err(e) => {
                     failures += 1;
-                    let delay = backoff(Duration::from_millis(100), failures).min(Duration::from_secs(5));
+                    let delay =
+                        backoff(Duration::from_millis(100), failures).min(Duration::from_secs(5));
                     tracing::warn!(%stream, error = %e, ?delay, "consumer: read failed");
                     tokio::select! {
                         _ = cancel.cancelled() => {},
@@ -233,7 +240,8 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
             for entry in entries {
                 claimed += 1;
                 let deliveries = self.delivery_count(stream, &entry.0).await.unwrap_or(1);
-                metrics::counter!("tsync_consumer_claimed_total", "app" => self.config.app.clone()).increment(1);
+                metrics::counter!("tsync_consumer_claimed_total", "app" => self.config.app.clone())
+                    .increment(1);
                 self.process(stream, entry, deliveries).await;
             }
             if next == "0-0" {
@@ -267,10 +275,15 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         tracing::warn!(%stream, id = %entry.0, error = %letter.error, attempts, "consumer: dead-lettered");
         // Retry the DLQ write: acknowledging without it would lose the entry.
         let mut tries = 0;
-        while let Err(e) = dlq::push(&self.redis, &self.config.keys, &self.config.app, &letter).await {
+        while let Err(e) =
+            dlq::push(&self.redis, &self.config.keys, &self.config.app, &letter).await
+        {
             tries += 1;
             tracing::warn!(error = %e, "consumer: DLQ write failed; retrying");
-            tokio::time::sleep(backoff(Duration::from_millis(100), tries).min(Duration::from_secs(5))).await;
+            tokio::time::sleep(
+                backoff(Duration::from_millis(100), tries).min(Duration::from_secs(5)),
+            )
+            .await;
         }
         self.ack(stream, &entry.0).await;
     }
@@ -281,13 +294,18 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         let envelope = match Envelope::from_stream_fields(entry.1.iter()) {
             Ok(e) => e,
             Err(e) => {
-                return self.dead_letter(stream, &entry, format!("undecodable entry: {e}"), 0).await;
+                return self
+                    .dead_letter(stream, &entry, format!("undecodable entry: {e}"), 0)
+                    .await;
             }
         };
         let event_type = envelope.event_type().as_str();
         metrics::counter!("tsync_consumer_consumed_total", "app" => app.clone(), "event_type" => event_type).increment(1);
         if deliveries > self.config.max_deliveries {
-            let reason = format!("delivered {deliveries} times (limit {})", self.config.max_deliveries);
+            let reason = format!(
+                "delivered {deliveries} times (limit {})",
+                self.config.max_deliveries
+            );
             return self.dead_letter(stream, &entry, reason, 0).await;
         }
         let span = tracing::info_span!("event", event_id = %envelope.event_id, tenant_id = %envelope.tenant_id,
@@ -310,14 +328,18 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         match outcome {
             Ok(label) => {
                 metrics::counter!("tsync_consumer_events_total", "app" => app.clone(), "event_type" => event_type, "outcome" => label).increment(1);
-                let lag = (chrono::Utc::now() - envelope.occurred_at).num_milliseconds().max(0) as f64 / 1000.0;
+                let lag = (chrono::Utc::now() - envelope.occurred_at)
+                    .num_milliseconds()
+                    .max(0) as f64
+                    / 1000.0;
                 metrics::histogram!("tsync_consumer_lag_seconds", "app" => app).record(lag);
                 self.ack(stream, &entry.0).await;
             }
             Err(e) => {
                 metrics::counter!("tsync_consumer_events_total", "app" => app, "event_type" => event_type, "outcome" => "failed").increment(1);
                 drop(_guard);
-                self.dead_letter(stream, &entry, e.to_string(), attempt).await;
+                self.dead_letter(stream, &entry, e.to_string(), attempt)
+                    .await;
             }
         }
     }
@@ -325,13 +347,23 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
     /// One attempt: skip what needs no work, wait out a gap, run the handler, apply.
     async fn try_apply(&self, envelope: &Envelope) -> Result<&'static str, HandlerError> {
         let transient = |e: crate::store::StoreError| HandlerError::Transient(e.to_string());
-        let Some(sync) = self.store.sync_state(envelope.tenant_id).await.map_err(transient)? else {
+        let Some(sync) = self
+            .store
+            .sync_state(envelope.tenant_id)
+            .await
+            .map_err(transient)?
+        else {
             return Ok("skipped_not_loaded");
         };
         if envelope.seq <= sync.snapshot_seq {
             return Ok("skipped_in_snapshot");
         }
-        if self.store.is_processed(envelope.event_id).await.map_err(transient)? {
+        if self
+            .store
+            .is_processed(envelope.event_id)
+            .await
+            .map_err(transient)?
+        {
             return Ok("duplicate");
         }
         if envelope.seq > sync.last_seq + 1 {
@@ -359,7 +391,8 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         }
         if last_seq + 1 < envelope.seq {
             tracing::warn!(tenant_id = %envelope.tenant_id, last_seq, seq = envelope.seq, "consumer: seq gap; re-sync");
-            metrics::counter!("tsync_consumer_gaps_total", "app" => self.config.app.clone()).increment(1);
+            metrics::counter!("tsync_consumer_gaps_total", "app" => self.config.app.clone())
+                .increment(1);
             if let Some(hook) = &self.config.on_gap {
                 hook(envelope.tenant_id);
             }

@@ -37,7 +37,13 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     /// A dead letter for entry `id` of `stream`.
-    pub fn new(stream: &str, id: &str, fields: &HashMap<String, String>, error: String, attempts: u32) -> Self {
+    pub fn new(
+        stream: &str,
+        id: &str,
+        fields: &HashMap<String, String>,
+        error: String,
+        attempts: u32,
+    ) -> Self {
         Self {
             stream: stream.to_owned(),
             entry_id: id.to_owned(),
@@ -59,7 +65,10 @@ impl DeadLetter {
             ("at", self.at.clone()),
             ("eventType", self.event_type.clone().unwrap_or_default()),
             ("tenantId", self.tenant_id.clone().unwrap_or_default()),
-            ("fields", serde_json::to_string(&self.fields).unwrap_or_default()),
+            (
+                "fields",
+                serde_json::to_string(&self.fields).unwrap_or_default(),
+            ),
         ]
     }
 
@@ -90,7 +99,9 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, letter: &DeadLetter) -> bool {
-        self.event_type.as_ref().is_none_or(|t| letter.event_type.as_ref() == Some(t))
+        self.event_type
+            .as_ref()
+            .is_none_or(|t| letter.event_type.as_ref() == Some(t))
             && self
                 .tenant_id
                 .is_none_or(|t| letter.tenant_id.as_deref() == Some(t.to_string().as_str()))
@@ -98,27 +109,50 @@ impl Filter {
 }
 
 /// Append a dead letter to the app's DLQ.
-pub async fn push(redis: &Client, keys: &StreamKeys, app: &str, letter: &DeadLetter) -> Result<(), Error> {
-    let _: String = redis.xadd(keys.dlq(app), false, None::<()>, "*", letter.to_fields()).await?;
+pub async fn push(
+    redis: &Client,
+    keys: &StreamKeys,
+    app: &str,
+    letter: &DeadLetter,
+) -> Result<(), Error> {
+    let _: String = redis
+        .xadd(keys.dlq(app), false, None::<()>, "*", letter.to_fields())
+        .await?;
     Ok(())
 }
 
 /// Dead letters of `app`, oldest first, with their DLQ entry ids (at most `count`).
-pub async fn list(redis: &Client, keys: &StreamKeys, app: &str, count: Option<u64>) -> Result<Vec<(String, DeadLetter)>, Error> {
-    let entries: Vec<(String, HashMap<String, String>)> = redis.xrange(keys.dlq(app), "-", "+", count).await?;
-    Ok(entries.into_iter().map(|(id, f)| (id, DeadLetter::from_fields(&f))).collect())
+pub async fn list(
+    redis: &Client,
+    keys: &StreamKeys,
+    app: &str,
+    count: Option<u64>,
+) -> Result<Vec<(String, DeadLetter)>, Error> {
+    let entries: Vec<(String, HashMap<String, String>)> =
+        redis.xrange(keys.dlq(app), "-", "+", count).await?;
+    Ok(entries
+        .into_iter()
+        .map(|(id, f)| (id, DeadLetter::from_fields(&f)))
+        .collect())
 }
 
 /// Put matching dead letters back on their original streams and remove them from the DLQ;
 /// returns how many.
-pub async fn redrive(redis: &Client, keys: &StreamKeys, app: &str, filter: &Filter) -> Result<usize, Error> {
+pub async fn redrive(
+    redis: &Client,
+    keys: &StreamKeys,
+    app: &str,
+    filter: &Filter,
+) -> Result<usize, Error> {
     let mut moved = 0;
     for (id, letter) in list(redis, keys, app, None).await? {
         if !filter.matches(&letter) || letter.fields.is_empty() {
             continue;
         }
         let fields: Vec<(String, String)> = letter.fields.into_iter().collect();
-        let _: String = redis.xadd(letter.stream.as_str(), false, None::<()>, "*", fields).await?;
+        let _: String = redis
+            .xadd(letter.stream.as_str(), false, None::<()>, "*", fields)
+            .await?;
         let _: u64 = redis.xdel(keys.dlq(app), id.as_str()).await?;
         moved += 1;
     }
@@ -126,7 +160,12 @@ pub async fn redrive(redis: &Client, keys: &StreamKeys, app: &str, filter: &Filt
 }
 
 /// Remove matching dead letters; returns how many.
-pub async fn purge(redis: &Client, keys: &StreamKeys, app: &str, filter: &Filter) -> Result<usize, Error> {
+pub async fn purge(
+    redis: &Client,
+    keys: &StreamKeys,
+    app: &str,
+    filter: &Filter,
+) -> Result<usize, Error> {
     let ids: Vec<String> = list(redis, keys, app, None)
         .await?
         .into_iter()
@@ -170,7 +209,10 @@ pub async fn lag(redis: &Client, keys: &StreamKeys) -> Result<Vec<GroupLag>, Err
         for g in groups {
             out.push(GroupLag {
                 partition,
-                group: g.get("name").and_then(|v| v.as_string()).unwrap_or_default(),
+                group: g
+                    .get("name")
+                    .and_then(|v| v.as_string())
+                    .unwrap_or_default(),
                 lag: g.get("lag").and_then(|v| v.as_u64()),
                 pending: g.get("pending").and_then(|v| v.as_u64()).unwrap_or(0),
                 length,

@@ -77,7 +77,10 @@ impl FilterArgs {
             self.all || self.event_type.is_some() || self.tenant.is_some(),
             "give --event-type, --tenant or --all"
         );
-        Ok(Filter { event_type: self.event_type.clone(), tenant_id: self.tenant })
+        Ok(Filter {
+            event_type: self.event_type.clone(),
+            tenant_id: self.tenant,
+        })
     }
 }
 
@@ -90,10 +93,16 @@ async fn main() -> anyhow::Result<()> {
     redis.init().await?;
     match cli.command {
         Command::Lag => {
-            println!("{:>9}  {:<16} {:>8} {:>8} {:>8}", "partition", "group", "lag", "pending", "length");
+            println!(
+                "{:>9}  {:<16} {:>8} {:>8} {:>8}",
+                "partition", "group", "lag", "pending", "length"
+            );
             for g in dlq::lag(&redis, &keys).await? {
                 let lag = g.lag.map_or("?".to_owned(), |l| l.to_string());
-                println!("{:>9}  {:<16} {:>8} {:>8} {:>8}", g.partition, g.group, lag, g.pending, g.length);
+                println!(
+                    "{:>9}  {:<16} {:>8} {:>8} {:>8}",
+                    g.partition, g.group, lag, g.pending, g.length
+                );
             }
         }
         Command::Dlq { app, action } => match action {
@@ -110,15 +119,24 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             DlqAction::Show { id } => {
-                let found = dlq::list(&redis, &keys, &app, None).await?.into_iter().find(|(i, _)| *i == id);
+                let found = dlq::list(&redis, &keys, &app, None)
+                    .await?
+                    .into_iter()
+                    .find(|(i, _)| *i == id);
                 let (_, letter) = found.ok_or_else(|| anyhow::anyhow!("no dead letter {id}"))?;
                 println!("{}", serde_json::to_string_pretty(&letter)?);
             }
             DlqAction::Redrive(f) => {
-                println!("re-driven: {}", dlq::redrive(&redis, &keys, &app, &f.filter()?).await?);
+                println!(
+                    "re-driven: {}",
+                    dlq::redrive(&redis, &keys, &app, &f.filter()?).await?
+                );
             }
             DlqAction::Purge(f) => {
-                println!("purged: {}", dlq::purge(&redis, &keys, &app, &f.filter()?).await?);
+                println!(
+                    "purged: {}",
+                    dlq::purge(&redis, &keys, &app, &f.filter()?).await?
+                );
             }
         },
     }

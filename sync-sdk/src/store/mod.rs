@@ -141,7 +141,10 @@ pub trait TenantStore: Send + Sync + 'static {
     -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Apply the event atomically: record its id, apply its state if newer, raise `last_seq`.
-    fn apply(&self, envelope: &Envelope) -> impl Future<Output = Result<Applied, StoreError>> + Send;
+    fn apply(
+        &self,
+        envelope: &Envelope,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
 
     /// An aggregate of a tenant.
     fn get(
@@ -153,7 +156,14 @@ pub trait TenantStore: Send + Sync + 'static {
 }
 
 /// The state to write for `envelope`, if it carries one: (kind, id, version, JSON state).
+#[cfg(any(feature = "mongo", feature = "postgres"))]
 pub(crate) fn state_of(envelope: &Envelope) -> Option<(EntityKind, Uuid, i64, Value)> {
-    EntityKind::of(&envelope.event)
-        .map(|(kind, id)| (kind, id, envelope.aggregate_version, envelope.event.payload_json()))
+    EntityKind::of(&envelope.event).map(|(kind, id)| {
+        (
+            kind,
+            id,
+            envelope.aggregate_version,
+            envelope.event.payload_json(),
+        )
+    })
 }

@@ -27,7 +27,10 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 impl MongoStore {
     /// A store in database `db`; call [`init`](Self::init) once to create its indexes.
     pub fn new(db: Database) -> Self {
-        Self { client: db.client().clone(), db }
+        Self {
+            client: db.client().clone(),
+            db,
+        }
     }
 
     /// The database the store writes to (apps keep their own collections beside it).
@@ -68,11 +71,21 @@ impl MongoStore {
         self.db.collection("tsync_processed")
     }
 
-    async fn apply_once(&self, session: &mut ClientSession, envelope: &Envelope) -> Result<Applied, MongoError> {
+    async fn apply_once(
+        &self,
+        session: &mut ClientSession,
+        envelope: &Envelope,
+    ) -> Result<Applied, MongoError> {
         session.start_transaction().await?;
         let event_id = envelope.event_id.to_string();
         let tenant = envelope.tenant_id.to_string();
-        if self.processed().find_one(doc! {"_id": &event_id}).session(&mut *session).await?.is_some() {
+        if self
+            .processed()
+            .find_one(doc! {"_id": &event_id})
+            .session(&mut *session)
+            .await?
+            .is_some()
+        {
             session.abort_transaction().await?;
             return Ok(Applied::Duplicate);
         }
@@ -84,7 +97,10 @@ impl MongoStore {
         if let Some((kind, id, version, state)) = state_of(envelope) {
             let coll = self.entities(kind);
             let id = id.to_string();
-            let current = coll.find_one(doc! {"_id": &id}).session(&mut *session).await?;
+            let current = coll
+                .find_one(doc! {"_id": &id})
+                .session(&mut *session)
+                .await?;
             let current_version = current.as_ref().and_then(|d| d.get_i64("version").ok());
             if current_version.is_some_and(|v| v >= version) {
                 outcome = Applied::Stale;
@@ -100,7 +116,10 @@ impl MongoStore {
             }
         }
         self.sync()
-            .update_one(doc! {"_id": &tenant}, doc! {"$max": {"lastSeq": envelope.seq}})
+            .update_one(
+                doc! {"_id": &tenant},
+                doc! {"$max": {"lastSeq": envelope.seq}},
+            )
             .session(&mut *session)
             .await?;
         loop {

@@ -38,7 +38,10 @@ impl PostgresStore {
     /// Create the tables if missing (idempotent).
     pub async fn init(&self) -> Result<(), StoreError> {
         for statement in SCHEMA {
-            sqlx::query(statement).execute(&self.db).await.map_err(err)?;
+            sqlx::query(statement)
+                .execute(&self.db)
+                .await
+                .map_err(err)?;
         }
         Ok(())
     }
@@ -52,7 +55,10 @@ impl TenantStore for PostgresStore {
                 .fetch_optional(&self.db)
                 .await
                 .map_err(err)?;
-        Ok(row.map(|(snapshot_seq, last_seq)| SyncState { snapshot_seq, last_seq }))
+        Ok(row.map(|(snapshot_seq, last_seq)| SyncState {
+            snapshot_seq,
+            last_seq,
+        }))
     }
 
     async fn mark_loaded(&self, tenant_id: Uuid, watermark: i64) -> Result<(), StoreError> {

@@ -79,7 +79,10 @@ async fn relay(events: usize) -> anyhow::Result<()> {
     for w in writers {
         w.await??;
     }
-    println!("committed {events} changes in {:.2?} (setup)", started.elapsed());
+    println!(
+        "committed {events} changes in {:.2?} (setup)",
+        started.elapsed()
+    );
 
     // Raw: the same payloads, pipelined XADD in batches of 500 to one scratch stream per partition.
     let rows: Vec<(Uuid, i64, String, String, i32)> = sqlx::query_as(
@@ -94,7 +97,13 @@ async fn relay(events: usize) -> anyhow::Result<()> {
         for (tenant, seq, event_type, envelope, partition) in chunk {
             let fields = stream_fields(event_type, *tenant, *seq, envelope.clone());
             let _: () = pipeline
-                .xadd(raw_keys.events(*partition as u32), false, None::<()>, "*", fields)
+                .xadd(
+                    raw_keys.events(*partition as u32),
+                    false,
+                    None::<()>,
+                    "*",
+                    fields,
+                )
                 .await?;
         }
         let replies: Vec<Result<String, Error>> = pipeline.try_all().await;
@@ -143,9 +152,15 @@ async fn relay(events: usize) -> anyhow::Result<()> {
             // arriving between calls).
             let mut last = Vec::new();
             for s in &streams {
-                let newest: Vec<(String, HashMap<String, String>)> =
-                    redis.xrevrange(s, "+", "-", Some(1)).await.unwrap_or_default();
-                last.push(newest.first().map_or_else(|| "0-0".to_owned(), |e| e.0.clone()));
+                let newest: Vec<(String, HashMap<String, String>)> = redis
+                    .xrevrange(s, "+", "-", Some(1))
+                    .await
+                    .unwrap_or_default();
+                last.push(
+                    newest
+                        .first()
+                        .map_or_else(|| "0-0".to_owned(), |e| e.0.clone()),
+                );
             }
             while !stop.is_cancelled() {
                 let reply: Option<XReadResponse<String, String, String, String>> = redis
