@@ -188,7 +188,7 @@ impl TestApp {
 
     /// Every outbox envelope of `tenant`, in seq order.
     pub async fn outbox(&self, tenant: Uuid) -> Vec<Value> {
-        sqlx::query_scalar("select envelope from outbox where tenant_id = $1 order by seq")
+        sqlx::query_scalar("select envelope::jsonb from outbox where tenant_id = $1 order by seq")
             .bind(tenant)
             .fetch_all(&self.db.pool)
             .await

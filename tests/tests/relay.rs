@@ -52,7 +52,7 @@ async fn commit_round_robin(f: &Fixture, total: usize) -> anyhow::Result<()> {
 }
 
 async fn unpublished(f: &Fixture) -> i64 {
-    sqlx::query_scalar("select count(*) from outbox where published_at is null")
+    sqlx::query_scalar("select count(*) from outbox_pending")
         .fetch_one(&f.db.pool)
         .await
         .unwrap()
@@ -179,12 +179,9 @@ async fn two_relays_at_once_keep_order_and_publish_once() -> anyhow::Result<()> 
 async fn trimming_keeps_every_entry_a_lagging_group_has_not_acknowledged() -> anyhow::Result<()> {
     let f = fixture(1).await?;
     let redis = redis_client(&redis_url()).await?;
-    let relay = Relay::new(
-        f.db.pool.clone(),
-        redis.clone(),
-        f.keys.clone(),
-        config(&f.db),
-    );
+    let mut cfg = config(&f.db);
+    cfg.retention = Duration::ZERO;
+    let relay = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
     let partition = f.keys.partition_of(f.tenants[0]);
     let stream = f.keys.events(partition);
     let _: () = redis.xgroup_create(&stream, "fast", "0", true).await?;
@@ -223,5 +220,14 @@ async fn trimming_keeps_every_entry_a_lagging_group_has_not_acknowledged() -> an
         .await?;
     let _: u64 = redis.xack(&stream, "slow", ids[40..].to_vec()).await?;
     assert_eq!(relay.maintain(partition).await?, 59);
+
+    // Retention (zero here) removes published outbox rows and never an unpublished one.
+    commit_change(&f.db.pool, f.tenants[0], 1000).await?;
+    relay.maintain(partition).await?;
+    let rows: i64 = sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(&f.db.pool)
+        .await?;
+    assert_eq!(rows, 1, "only the unpublished row is left");
+    assert_eq!(unpublished(&f).await, 1);
     Ok(())
 }

@@ -104,8 +104,11 @@ create table signing_keys (
     retired_at  timestamptz
 );
 
--- The outbox: written in the same transaction as the change it describes. The relay publishes
--- rows where published_at is null (never "rows above a mark": serial ids commit out of order).
+-- The outbox: written in the same transaction as the change it describes, together with a row
+-- in outbox_pending. The relay publishes the rows listed in outbox_pending (never "rows above a
+-- mark": serial ids commit out of order) and deletes their pending rows once Redis acknowledged.
+-- Outbox rows themselves are never updated (cheap inserts, no index churn on publish) and are
+-- deleted after the retention period.
 create table outbox (
     id           bigserial primary key,
     event_id     uuid not null unique,
@@ -113,10 +116,15 @@ create table outbox (
     seq          bigint not null,
     partition    integer not null,
     event_type   text not null,
-    envelope     jsonb not null,
+    envelope     text not null, -- the JSON envelope, published byte for byte
     created_at   timestamptz not null default now(),
-    published_at timestamptz,
     unique (tenant_id, seq)
 );
-create index outbox_unpublished on outbox (partition, id) where published_at is null;
-create index outbox_published_at on outbox (published_at) where published_at is not null;
+create index outbox_retention on outbox (partition, created_at);
+
+-- Unpublished outbox rows (no foreign key: the pair is only ever written together).
+create table outbox_pending (
+    id        bigint primary key,
+    partition integer not null
+);
+create index outbox_pending_partition on outbox_pending (partition, id);

@@ -149,7 +149,7 @@ pub struct Settings {
     #[arg(long, env = "WRAPPER_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay: bool,
     /// Outbox rows per pipelined publish batch.
-    #[arg(long, env = "WRAPPER_RELAY_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "WRAPPER_RELAY_BATCH_SIZE", default_value_t = 1000)]
     pub relay_batch_size: i64,
     /// Fallback poll interval of the relay, in milliseconds (NOTIFY wakes it sooner).
     #[arg(long, env = "WRAPPER_RELAY_POLL_MS", default_value_t = 500)]

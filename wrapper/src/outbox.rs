@@ -3,8 +3,8 @@
 //!
 //! The tenant's next `seq` is taken with `UPDATE tenants SET last_seq = last_seq + 1 ...
 //! RETURNING`, which row-locks the tenant until commit: concurrent writers of one tenant are
-//! serialised there, so seq is gap-free and follows commit order. The relay publishes rows whose
-//! `published_at` is null (a NOTIFY on `tsync_outbox` wakes it).
+//! serialised there, so seq is gap-free and follows commit order. The row is listed in
+//! `outbox_pending` until the relay published it (a NOTIFY on `tsync_outbox` wakes the relay).
 
 use chrono::Utc;
 use sqlx::PgConnection;
@@ -53,15 +53,17 @@ pub async fn append(
         event,
     };
     sqlx::query(
-        "insert into outbox (event_id, tenant_id, seq, partition, event_type, envelope)
-         values ($1, $2, $3, $4, $5, $6)",
+        "with ins as (
+             insert into outbox (event_id, tenant_id, seq, partition, event_type, envelope)
+             values ($1, $2, $3, $4, $5, $6) returning id, partition)
+         insert into outbox_pending (id, partition) select id, partition from ins",
     )
     .bind(envelope.event_id)
     .bind(tenant_id)
     .bind(seq)
     .bind(partition)
     .bind(envelope.event_type().as_str())
-    .bind(envelope.to_json())
+    .bind(envelope.to_json_string())
     .execute(&mut *tx)
     .await?;
     sqlx::query("select pg_notify($1, '')")

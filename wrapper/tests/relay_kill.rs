@@ -36,7 +36,7 @@ async fn relay_killed_mid_stream_and_restarted_loses_nothing() -> anyhow::Result
     }
     let redis = redis_client(&redis_url()).await?;
     let unpublished = || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null")
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox_pending")
             .fetch_one(&db.pool)
             .await
             .unwrap_or(-1)

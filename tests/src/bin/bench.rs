@@ -1,6 +1,6 @@
 //! Benchmarks against the real servers (not tests: they measure, they do not assert).
 //!
-//! `cargo run --release -p tsync-e2e --bin bench -- relay [--events N]`
+//! `cargo run --release -p tsync-e2e --bin bench -- relay [--events N] [--batch N]`
 //!
 //! relay: raw pipelined XADD of the outbox's payloads vs. the relay publishing the same number
 //! of committed outbox rows, on the same Redis in one run; then commit → stream latency at a
@@ -33,19 +33,25 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(20_000usize);
+    let batch = args
+        .iter()
+        .position(|a| a == "--batch")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500i64);
     match args.get(1).map(String::as_str) {
-        Some("relay") => relay(events).await,
+        Some("relay") => relay(events, batch).await,
         _ => {
-            eprintln!("usage: bench relay [--events N]");
+            eprintln!("usage: bench relay [--events N] [--batch N]");
             std::process::exit(2);
         }
     }
 }
 
-fn config(db: &TestDatabase) -> RelayConfig {
+fn config(db: &TestDatabase, batch_size: i64) -> RelayConfig {
     RelayConfig {
         database_url: db.url.clone(),
-        batch_size: 500,
+        batch_size,
         poll_interval: Duration::from_millis(500),
         lease_retry: Duration::from_millis(100),
         maintenance_interval: Duration::from_secs(3600),
@@ -53,7 +59,7 @@ fn config(db: &TestDatabase) -> RelayConfig {
     }
 }
 
-async fn relay(events: usize) -> anyhow::Result<()> {
+async fn relay(events: usize, batch: i64) -> anyhow::Result<()> {
     let db = fresh_database().await?;
     wrapper::MIGRATOR.run(&db.pool).await?;
     let keys = StreamKeys::new(redis_namespace(), 8).unwrap();
@@ -86,7 +92,7 @@ async fn relay(events: usize) -> anyhow::Result<()> {
 
     // Raw: the same payloads, pipelined XADD in batches of 500 to one scratch stream per partition.
     let rows: Vec<(Uuid, i64, String, String, i32)> = sqlx::query_as(
-        "select tenant_id, seq, event_type, envelope::text, partition from outbox order by id",
+        "select tenant_id, seq, event_type, envelope, partition from outbox order by id",
     )
     .fetch_all(&db.pool)
     .await?;
@@ -115,11 +121,16 @@ async fn relay(events: usize) -> anyhow::Result<()> {
 
     // Relay: publish the committed rows.
     let cancel = CancellationToken::new();
-    let relay = Relay::new(db.pool.clone(), redis.clone(), keys.clone(), config(&db));
+    let relay = Relay::new(
+        db.pool.clone(),
+        redis.clone(),
+        keys.clone(),
+        config(&db, batch),
+    );
     let started = Instant::now();
     let running = tokio::spawn(relay.run(cancel.clone()));
     eventually(Duration::from_secs(600), || async {
-        sqlx::query_scalar::<_, i64>("select count(*) from outbox where published_at is null")
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox_pending")
             .fetch_one(&db.pool)
             .await
             .map(|n| n == 0)

@@ -32,7 +32,7 @@ async fn health(State(state): State<AppState>) -> Response {
         .map(|r| r.is_ok())
         .unwrap_or(false);
     let outbox_depth: Option<i64> = if db {
-        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+        sqlx::query_scalar("select count(*) from outbox_pending")
             .fetch_one(&state.db)
             .await
             .ok()

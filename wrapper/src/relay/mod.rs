@@ -1,9 +1,9 @@
 //! The outbox relay: the only bridge from Postgres to Redis.
 //!
 //! Guarantees:
-//! * **Nothing lost.** It selects rows whose `published_at` is null (never "ids above a mark":
-//!   serial ids commit out of order), publishes them with one pipelined XADD per batch, and marks
-//!   them published only after Redis acknowledged every entry of the batch. A failure anywhere
+//! * **Nothing lost.** It selects the rows listed in `outbox_pending` (never "ids above a mark":
+//!   serial ids commit out of order), publishes them with one pipelined XADD per batch, and
+//!   deletes their pending rows only after Redis acknowledged every entry of the batch. A failure anywhere
 //!   means the batch is sent again: duplicates are possible and carry the same eventId.
 //! * **Per-tenant order.** A tenant's rows become visible in `seq` order (the writer holds the
 //!   tenant row lock until commit), and a batch is sent in id order, so each tenant's entries are
@@ -198,8 +198,9 @@ impl Relay {
     /// Publish up to one batch of the partition's unpublished rows; returns how many.
     pub async fn publish_batch(&self, partition: u32) -> anyhow::Result<usize> {
         let rows: Vec<(i64, Uuid, i64, String, String)> = sqlx::query_as(
-            "select id, tenant_id, seq, event_type, envelope::text from outbox
-             where partition = $1 and published_at is null order by id limit $2",
+            "select o.id, o.tenant_id, o.seq, o.event_type, o.envelope
+             from outbox_pending p join outbox o on o.id = p.id
+             where p.partition = $1 order by p.id limit $2",
         )
         .bind(partition as i32)
         .bind(self.config.batch_size)
@@ -229,7 +230,7 @@ impl Relay {
             replies.len(),
             ids.len()
         );
-        sqlx::query("update outbox set published_at = now() where id = any($1)")
+        sqlx::query("delete from outbox_pending where id = any($1)")
             .bind(&ids)
             .execute(&self.db)
             .await?;
@@ -249,16 +250,17 @@ impl Relay {
             .await?;
         let retention = self.config.retention.as_secs_f64();
         sqlx::query(
-            "delete from outbox where partition = $1 and published_at is not null
-               and published_at < now() - make_interval(secs => $2)",
+            "delete from outbox o where o.partition = $1
+               and o.created_at < now() - make_interval(secs => $2)
+               and not exists (select 1 from outbox_pending p where p.id = o.id)",
         )
         .bind(partition as i32)
         .bind(retention)
         .execute(&self.db)
         .await?;
         let (depth, oldest): (i64, Option<f64>) = sqlx::query_as(
-            "select count(*), extract(epoch from now() - min(created_at))::float8
-             from outbox where partition = $1 and published_at is null",
+            "select count(*), extract(epoch from now() - min(o.created_at))::float8
+             from outbox_pending p join outbox o on o.id = p.id where p.partition = $1",
         )
         .bind(partition as i32)
         .fetch_one(&self.db)
