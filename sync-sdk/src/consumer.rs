@@ -176,6 +176,10 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
 
     async fn partition_loop(self: Arc<Self>, partition: u32, cancel: CancellationToken) {
         let stream = self.config.keys.events(partition);
+        // A blocking XREADGROUP holds its connection until it returns, so each partition reads
+        // on a connection of its own; everything else shares the app's client.
+        let reader = self.redis.clone_new();
+        let _connection = reader.connect();
         let mut last_claim = tokio::time::Instant::now() - self.config.claim_interval;
         let mut failures = 0u32;
         while !cancel.is_cancelled() {
@@ -185,26 +189,29 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 }
                 last_claim = tokio::time::Instant::now();
             }
-            let read: Result<XReadResponse<String, String, String, String>, Error> = self
-                .redis
-                .xreadgroup_map(
-                    self.config.app.as_str(),
-                    self.config.consumer.as_str(),
-                    Some(self.config.batch),
-                    Some(self.config.block.as_millis() as u64),
-                    false,
-                    stream.as_str(),
-                    ">",
-                )
-                .await;
+            let read = read_group(
+                &reader,
+                &self.config.app,
+                &self.config.consumer,
+                &stream,
+                self.config.batch,
+                Some(self.config.block),
+            )
+            .await;
             match read {
-                Ok(mut reply) => {
+                Ok(entries) => {
                     failures = 0;
                     // Finish the whole batch even if cancellation arrives meanwhile: what was
-                    // read must be acknowledged, not left pending.
-                    for entry in reply.remove(&stream).unwrap_or_default() {
-                        self.process(&stream, entry, 1).await;
+                    // read must be acknowledged, not left pending. One XACK per batch: an entry
+                    // processed but not yet acknowledged when the process dies is delivered
+                    // again and found processed.
+                    let mut done = Vec::with_capacity(entries.len());
+                    for entry in entries {
+                        if self.process(&stream, &entry, 1).await {
+                            done.push(entry.0);
+                        }
                     }
+                    self.ack(&stream, done).await;
                 }
                 Err(e) => {
                     failures += 1;
@@ -218,6 +225,7 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 }
             }
         }
+        let _ = reader.quit().await;
     }
 
     /// Claim entries other consumers left pending past the visibility timeout, and process them.
@@ -242,7 +250,9 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 let deliveries = self.delivery_count(stream, &entry.0).await.unwrap_or(1);
                 metrics::counter!("tsync_consumer_claimed_total", "app" => self.config.app.clone())
                     .increment(1);
-                self.process(stream, entry, deliveries).await;
+                if self.process(stream, &entry, deliveries).await {
+                    self.ack(stream, vec![entry.0]).await;
+                }
             }
             if next == "0-0" {
                 return Ok(claimed);
@@ -259,11 +269,15 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         Ok(rows.first().map_or(1, |r| r.3))
     }
 
-    async fn ack(&self, stream: &str, id: &str) {
-        let acked: Result<u64, Error> = self.redis.xack(stream, self.config.app.as_str(), id).await;
+    async fn ack(&self, stream: &str, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let acked: Result<u64, Error> =
+            self.redis.xack(stream, self.config.app.as_str(), ids).await;
         if let Err(e) = acked {
-            // Left pending: it will be claimed and found processed.
-            tracing::warn!(%stream, id, error = %e, "consumer: ack failed");
+            // Left pending: they will be claimed and found processed.
+            tracing::warn!(%stream, error = %e, "consumer: ack failed");
         }
     }
 
@@ -285,18 +299,19 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
             )
             .await;
         }
-        self.ack(stream, &entry.0).await;
+        self.ack(stream, vec![entry.0.clone()]).await;
     }
 
-    /// Process one entry to the end: applied, skipped or dead-lettered, then acknowledged.
-    async fn process(&self, stream: &str, entry: Entry, deliveries: u64) {
+    /// Process one entry to the end: applied or skipped (returns true: the caller acknowledges
+    /// it), or dead-lettered (acknowledged here, returns false).
+    async fn process(&self, stream: &str, entry: &Entry, deliveries: u64) -> bool {
         let app = self.config.app.clone();
         let envelope = match Envelope::from_stream_fields(entry.1.iter()) {
             Ok(e) => e,
             Err(e) => {
-                return self
-                    .dead_letter(stream, &entry, format!("undecodable entry: {e}"), 0)
+                self.dead_letter(stream, entry, format!("undecodable entry: {e}"), 0)
                     .await;
+                return false;
             }
         };
         let event_type = envelope.event_type().as_str();
@@ -306,7 +321,8 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 "delivered {deliveries} times (limit {})",
                 self.config.max_deliveries
             );
-            return self.dead_letter(stream, &entry, reason, 0).await;
+            self.dead_letter(stream, entry, reason, 0).await;
+            return false;
         }
         let span = tracing::info_span!("event", event_id = %envelope.event_id, tenant_id = %envelope.tenant_id,
             correlation_id = envelope.correlation_id.as_deref().unwrap_or(""), event_type);
@@ -333,13 +349,14 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                     .max(0) as f64
                     / 1000.0;
                 metrics::histogram!("tsync_consumer_lag_seconds", "app" => app).record(lag);
-                self.ack(stream, &entry.0).await;
+                true
             }
             Err(e) => {
                 metrics::counter!("tsync_consumer_events_total", "app" => app, "event_type" => event_type, "outcome" => "failed").increment(1);
                 drop(_guard);
-                self.dead_letter(stream, &entry, e.to_string(), attempt)
+                self.dead_letter(stream, entry, e.to_string(), attempt)
                     .await;
+                false
             }
         }
     }
@@ -398,6 +415,34 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
             }
         }
     }
+}
+
+/// One XREADGROUP of new entries (`>`) on one stream: the entries, oldest first. A read that
+/// times out (nil reply) is an empty batch, not an error.
+pub async fn read_group(
+    redis: &Client,
+    group: &str,
+    consumer: &str,
+    stream: &str,
+    count: u64,
+    block: Option<Duration>,
+) -> Result<Vec<(String, HashMap<String, String>)>, Error> {
+    let reply: fred::types::Value = redis
+        .xreadgroup(
+            group,
+            consumer,
+            Some(count),
+            block.map(|b| b.as_millis() as u64),
+            false,
+            stream,
+            ">",
+        )
+        .await?;
+    if reply.is_null() {
+        return Ok(Vec::new());
+    }
+    let mut map: XReadResponse<String, String, String, String> = reply.into_xread_response()?;
+    Ok(map.remove(stream).unwrap_or_default())
 }
 
 /// `base * 2^(attempt-1)`, with jitter in [50 %, 100 %].

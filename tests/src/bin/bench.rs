@@ -2,6 +2,12 @@
 //!
 //! `cargo run --release -p tsync-e2e --bin bench -- relay [--events N] [--batch N]`
 //!
+//! `cargo run --release -p tsync-e2e --bin bench -- consumer [--events N]`
+//!
+//! consumer: raw XREADGROUP + XACK of N entries vs. the SDK consumer applying the same entries
+//! into the Postgres store and into the Mongo store (N / 10 there: the MongoDB-wire test server
+//! is much slower than mongod), all on the same Redis in one run.
+//!
 //! relay: raw pipelined XADD of the outbox's payloads vs. the relay publishing the same number
 //! of committed outbox rows, on the same Redis in one run; then commit → stream latency at a
 //! steady write rate.
@@ -26,6 +32,9 @@ use wrapper::{
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args: Vec<String> = std::env::args().collect();
     let events = args
         .iter()
@@ -41,8 +50,9 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(500i64);
     match args.get(1).map(String::as_str) {
         Some("relay") => relay(events, batch).await,
+        Some("consumer") => consumer(events).await,
         _ => {
-            eprintln!("usage: bench relay [--events N] [--batch N]");
+            eprintln!("usage: bench relay [--events N] [--batch N] | bench consumer [--events N]");
             std::process::exit(2);
         }
     }
@@ -227,5 +237,168 @@ async fn relay(events: usize, batch: i64) -> anyhow::Result<()> {
     );
     cancel.cancel();
     running.await?;
+    Ok(())
+}
+
+async fn publish_user_events(
+    redis: &Client,
+    keys: &StreamKeys,
+    tenants: &[Uuid],
+    events: usize,
+) -> anyhow::Result<()> {
+    let mut seqs: HashMap<Uuid, i64> = HashMap::new();
+    let mut batch = Vec::new();
+    for i in 0..events {
+        let tenant = tenants[i % tenants.len()];
+        let seq = seqs.entry(tenant).or_default();
+        *seq += 1;
+        batch.push(user_event(tenant, Uuid::now_v7(), 1, *seq, "bench@x.test"));
+        if batch.len() == 500 || i + 1 == events {
+            let pipeline = redis.pipeline();
+            for e in batch.drain(..) {
+                let _: () = pipeline
+                    .xadd(
+                        keys.events_for(e.tenant_id),
+                        false,
+                        None::<()>,
+                        "*",
+                        e.to_stream_fields(),
+                    )
+                    .await?;
+            }
+            let _: Vec<String> = pipeline.all().await?;
+        }
+    }
+    Ok(())
+}
+
+async fn raw_read_ack(
+    redis: &Client,
+    keys: &StreamKeys,
+    events: usize,
+) -> anyhow::Result<Duration> {
+    for stream in keys.all_events() {
+        let _: () = redis.xgroup_create(&stream, "raw", "0", true).await?;
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for stream in keys.all_events() {
+        let redis = redis.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            loop {
+                let entries =
+                    sync_sdk::consumer::read_group(&redis, "raw", "r1", &stream, 100, None).await?;
+                let ids: Vec<String> = entries.into_iter().map(|(id, _)| id).collect();
+                if ids.is_empty() {
+                    return anyhow::Ok(n);
+                }
+                n += ids.len();
+                let _: u64 = redis.xack(&stream, "raw", ids).await?;
+            }
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    anyhow::ensure!(total == events, "raw read {total} of {events}");
+    Ok(started.elapsed())
+}
+
+async fn consume_into<S: sync_sdk::store::TenantStore>(
+    redis: &Client,
+    keys: &StreamKeys,
+    store: Arc<S>,
+    tenants: &[Uuid],
+    events: usize,
+    processed: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
+) -> anyhow::Result<Duration> {
+    for t in tenants {
+        store.mark_loaded(*t, 0).await?;
+    }
+    let mut config = sync_sdk::consumer::ConsumerConfig::new("crm", keys.clone());
+    config.block = Duration::from_millis(100);
+    let cancel = CancellationToken::new();
+    let consumer = sync_sdk::consumer::Consumer::new(
+        redis.clone(),
+        store,
+        Arc::new(sync_sdk::consumer::NoHandler),
+        config,
+    );
+    let started = Instant::now();
+    let running = tokio::spawn(consumer.run(cancel.clone()));
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while processed().await < events {
+        anyhow::ensure!(Instant::now() < deadline, "consumer did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    cancel.cancel();
+    running.await??;
+    Ok(elapsed)
+}
+
+async fn consumer(events: usize) -> anyhow::Result<()> {
+    use sync_sdk::store::{mongo::MongoStore, postgres::PostgresStore};
+    let redis = redis_client(&redis_url()).await?;
+    let tenants: Vec<Uuid> = (0..16).map(|_| Uuid::now_v7()).collect();
+
+    // Postgres store, with the raw rate on the same entries.
+    let keys = StreamKeys::new(redis_namespace(), 8).unwrap();
+    publish_user_events(&redis, &keys, &tenants, events).await?;
+    let raw = raw_read_ack(&redis, &keys, events).await?;
+    let raw_rate = events as f64 / raw.as_secs_f64();
+    println!("raw XREADGROUP+XACK: {events} entries in {raw:.2?} = {raw_rate:.0}/s");
+    let db = fresh_database().await?;
+    let pg = Arc::new(PostgresStore::new(db.pool.clone()));
+    pg.init().await?;
+    let pool = db.pool.clone();
+    let took = consume_into(&redis, &keys, pg, &tenants, events, move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from tsync_processed")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(0) as usize
+        })
+    })
+    .await?;
+    let rate = events as f64 / took.as_secs_f64();
+    println!(
+        "consumer → Postgres store: {events} events in {took:.2?} = {rate:.0}/s ({:.0}% of raw)",
+        100.0 * rate / raw_rate
+    );
+
+    // Mongo store (MongoDB-wire test server), fewer events.
+    let mongo_events = (events / 10).max(100);
+    let keys = StreamKeys::new(redis_namespace(), 8).unwrap();
+    publish_user_events(&redis, &keys, &tenants, mongo_events).await?;
+    let mongo = MongoStore::new(fresh_mongo().await?);
+    mongo.init().await?;
+    let processed = mongo
+        .database()
+        .collection::<mongodb::bson::Document>("tsync_processed");
+    let took = consume_into(
+        &redis,
+        &keys,
+        Arc::new(mongo),
+        &tenants,
+        mongo_events,
+        move || {
+            let processed = processed.clone();
+            Box::pin(async move {
+                processed
+                    .count_documents(mongodb::bson::doc! {})
+                    .await
+                    .unwrap_or(0) as usize
+            })
+        },
+    )
+    .await?;
+    let rate = mongo_events as f64 / took.as_secs_f64();
+    println!(
+        "consumer → Mongo store (MongoDB-wire test server): {mongo_events} events in {took:.2?} = {rate:.0}/s"
+    );
     Ok(())
 }
