@@ -187,6 +187,7 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 if let Err(e) = self.claim_stale(&stream).await {
                     tracing::warn!(%stream, error = %e, "consumer: claim failed");
                 }
+                self.record_pending(&stream, partition).await;
                 last_claim = tokio::time::Instant::now();
             }
             let read = read_group(
@@ -258,6 +259,21 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 return Ok(claimed);
             }
             start = next;
+        }
+    }
+
+    async fn record_pending(&self, stream: &str, partition: u32) {
+        let summary: Result<Vec<fred::types::Value>, Error> = self
+            .redis
+            .xpending(stream, self.config.app.as_str(), ())
+            .await;
+        if let Some(count) = summary
+            .ok()
+            .and_then(|s| s.first().and_then(|v| v.as_u64()))
+        {
+            metrics::gauge!("tsync_consumer_pending", "app" => self.config.app.clone(),
+                "partition" => partition.to_string())
+            .set(count as f64);
         }
     }
 

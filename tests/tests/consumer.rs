@@ -375,6 +375,67 @@ async fn a_dead_consumers_pending_entries_are_claimed_and_applied_once() -> anyh
     Ok(())
 }
 
+/// A consumer process killed with SIGKILL in the middle of a batch: its pending entries are
+/// claimed by a live consumer after the visibility timeout, and every event ends applied once.
+#[tokio::test]
+async fn a_consumer_process_killed_mid_batch_is_taken_over() -> anyhow::Result<()> {
+    let db = fresh_database().await?;
+    let store = Arc::new(PostgresStore::new(db.pool.clone()));
+    store.init().await?;
+    let rig = Rig::new(store).await?;
+    let users: Vec<Uuid> = (0..100).map(|_| Uuid::now_v7()).collect();
+    for (i, u) in users.iter().enumerate() {
+        rig.publish(&user_event(rig.tenant, *u, 1, i as i64 + 1, "k@x.test"))
+            .await?;
+    }
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_consume"))
+        .env("DATABASE_URL", &db.url)
+        .env("REDIS_URL", redis_url())
+        .env("TSYNC_NAMESPACE", rig.keys.namespace())
+        .env("TSYNC_PARTITIONS", rig.keys.partitions().to_string())
+        .env("TSYNC_APP", "crm")
+        .env("HANDLER_DELAY_MS", "20")
+        .kill_on_drop(true)
+        .spawn()?;
+    let processed = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from tsync_processed")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap_or(0)
+    };
+    // Kill it once it has applied some of its batch of 100.
+    eventually(Duration::from_secs(30), || async {
+        processed().await >= 10
+    })
+    .await?;
+    child.kill().await?;
+    let applied_before = processed().await;
+    assert!(
+        applied_before < 100,
+        "killed mid-batch ({applied_before} applied)"
+    );
+    assert!(
+        rig.pending().await > 0,
+        "the dead consumer left entries pending"
+    );
+
+    let (cancel, running) = rig.start(rig.config());
+    eventually(Duration::from_secs(30), || async {
+        processed().await == 100 && rig.pending().await == 0
+    })
+    .await?;
+    for u in &users {
+        assert_eq!(rig.user_version(*u).await, Some(1));
+    }
+    let distinct: i64 = sqlx::query_scalar("select count(distinct event_id) from tsync_processed")
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(distinct, 100, "each event recorded once");
+    cancel.cancel();
+    running.await??;
+    Ok(())
+}
+
 #[tokio::test]
 async fn shutdown_during_a_burst_leaves_nothing_pending() -> anyhow::Result<()> {
     let rig = Rig::new(pg_store().await?).await?;
