@@ -1,5 +1,5 @@
-//! The relay process killed with SIGKILL while publishing, then restarted: nothing is missing,
-//! and duplicates (if any) carry the same eventId.
+//! The leading relay process killed with SIGKILL while publishing: a standby relay takes the
+//! partitions over; nothing is missing, and duplicates (if any) carry the same eventId.
 
 use std::{process::Stdio, time::Duration};
 
@@ -22,7 +22,7 @@ fn start_relay(db_url: &str, ns: &str) -> std::io::Result<Child> {
 }
 
 #[tokio::test]
-async fn relay_killed_mid_stream_and_restarted_loses_nothing() -> anyhow::Result<()> {
+async fn leader_killed_mid_stream_standby_takes_over_and_nothing_is_lost() -> anyhow::Result<()> {
     let db = fresh_database().await?;
     wrapper::MIGRATOR.run(&db.pool).await?;
     let ns = redis_namespace();
@@ -43,7 +43,13 @@ async fn relay_killed_mid_stream_and_restarted_loses_nothing() -> anyhow::Result
     };
 
     let mut first = start_relay(&db.url, &ns)?;
-    // Kill it once it has published some, but not all.
+    // A standby replica starts while the first leads every partition.
+    eventually(Duration::from_secs(60), || async {
+        unpublished().await < 2000
+    })
+    .await?;
+    let mut standby = start_relay(&db.url, &ns)?;
+    // Kill the leader once it has published some, but not all.
     eventually(Duration::from_secs(60), || async {
         let left = unpublished().await;
         (0..1900).contains(&left)
@@ -56,12 +62,13 @@ async fn relay_killed_mid_stream_and_restarted_loses_nothing() -> anyhow::Result
         "the relay was killed before it finished"
     );
 
-    let mut second = start_relay(&db.url, &ns)?;
+    // The standby takes the partitions over (its lease attempts succeed once the dead
+    // leader's connections are gone) and publishes the rest.
     eventually(Duration::from_secs(60), || async {
         unpublished().await == 0
     })
     .await?;
-    second.kill().await?;
+    standby.kill().await?;
 
     let events = read_all_events(&redis, &keys).await?;
     assert_eq!(
