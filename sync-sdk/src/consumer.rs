@@ -388,7 +388,7 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         else {
             return Ok("skipped_not_loaded");
         };
-        if envelope.seq <= sync.snapshot_seq {
+        if !sync.is_loading() && envelope.seq <= sync.snapshot_seq {
             return Ok("skipped_in_snapshot");
         }
         if self
@@ -399,7 +399,7 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         {
             return Ok("duplicate");
         }
-        if envelope.seq > sync.last_seq + 1 {
+        if !sync.is_loading() && envelope.seq > sync.last_seq + 1 {
             self.wait_for_gap(envelope, sync.last_seq).await;
         }
         let started = std::time::Instant::now();

@@ -78,6 +78,7 @@
 pub mod consumer;
 pub mod contract;
 pub mod dlq;
+pub mod loader;
 pub mod store;
 
 #[cfg(feature = "test-support")]

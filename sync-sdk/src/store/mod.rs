@@ -42,10 +42,24 @@ pub struct StoreError(pub String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncState {
     /// The seq the last snapshot covered: stream events at or below it are already in the store.
+    /// [`LOADING`] while a snapshot is being loaded: every event is applied meanwhile.
     pub snapshot_seq: i64,
     /// The highest seq applied from the stream (or the snapshot), for gap detection.
     pub last_seq: i64,
 }
+
+/// `snapshot_seq` of a tenant whose snapshot is being loaded.
+pub const LOADING: i64 = -1;
+
+impl SyncState {
+    /// Whether a snapshot is being loaded (the tenant is not ready to serve).
+    pub fn is_loading(&self) -> bool {
+        self.snapshot_seq == LOADING
+    }
+}
+
+/// One aggregate of a snapshot: kind, id, version, state.
+pub type SnapshotItem = (EntityKind, Uuid, i64, Value);
 
 /// The kinds of aggregate a store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,6 +148,18 @@ pub trait TenantStore: Send + Sync + 'static {
         &self,
         tenant_id: Uuid,
         watermark: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Mark the tenant as loading: from now on the consumer applies all its events, so none
+    /// committed while the snapshot is read can be missed. [`mark_loaded`](Self::mark_loaded)
+    /// ends it.
+    fn mark_loading(&self, tenant_id: Uuid) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Write snapshot aggregates, each only if newer than what the store has.
+    fn upsert_many(
+        &self,
+        tenant_id: Uuid,
+        items: Vec<SnapshotItem>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Whether the event was processed before.

@@ -10,7 +10,10 @@ use mongodb::{
 };
 use uuid::Uuid;
 
-use super::{Applied, EntityKind, StoreError, SyncState, TenantStore, Versioned, state_of};
+use super::{
+    Applied, EntityKind, LOADING, SnapshotItem, StoreError, SyncState, TenantStore, Versioned,
+    state_of,
+};
 use crate::contract::Envelope;
 
 /// A MongoDB-backed store.
@@ -131,6 +134,15 @@ impl MongoStore {
     }
 }
 
+fn is_duplicate_key(e: &MongoError) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000") || e.to_string().contains("duplicate key"),
+    }
+}
+
 impl TenantStore for MongoStore {
     async fn sync_state(&self, tenant_id: Uuid) -> Result<Option<SyncState>, StoreError> {
         let doc = self
@@ -153,6 +165,42 @@ impl TenantStore for MongoStore {
             .upsert(true)
             .await
             .map_err(err)?;
+        Ok(())
+    }
+
+    async fn mark_loading(&self, tenant_id: Uuid) -> Result<(), StoreError> {
+        self.sync()
+            .update_one(
+                doc! {"_id": tenant_id.to_string()},
+                doc! {"$set": {"snapshotSeq": LOADING}, "$max": {"lastSeq": 0_i64}},
+            )
+            .upsert(true)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn upsert_many(&self, tenant_id: Uuid, items: Vec<SnapshotItem>) -> Result<(), StoreError> {
+        let tenant = tenant_id.to_string();
+        for (kind, id, version, state) in items {
+            let id = id.to_string();
+            let state = bson::to_bson(&state).map_err(err)?;
+            // Only a newer version replaces; an existing newer document makes the upsert try an
+            // insert of its _id, which fails as a duplicate: that is the "keep the newer" case.
+            let result = self
+                .entities(kind)
+                .replace_one(
+                    doc! {"_id": &id, "version": {"$lt": version}},
+                    doc! {"_id": &id, "tenantId": &tenant, "version": version, "state": state},
+                )
+                .upsert(true)
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
         Ok(())
     }
 

@@ -5,7 +5,10 @@
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Applied, EntityKind, StoreError, SyncState, TenantStore, Versioned, state_of};
+use super::{
+    Applied, EntityKind, LOADING, SnapshotItem, StoreError, SyncState, TenantStore, Versioned,
+    state_of,
+};
 use crate::contract::Envelope;
 
 /// A Postgres-backed store.
@@ -72,6 +75,45 @@ impl TenantStore for PostgresStore {
         .execute(&self.db)
         .await
         .map_err(err)?;
+        Ok(())
+    }
+
+    async fn mark_loading(&self, tenant_id: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into tsync_sync (tenant_id, snapshot_seq, last_seq) values ($1, $2, 0)
+             on conflict (tenant_id) do update set snapshot_seq = excluded.snapshot_seq",
+        )
+        .bind(tenant_id)
+        .bind(LOADING)
+        .execute(&self.db)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn upsert_many(&self, tenant_id: Uuid, items: Vec<SnapshotItem>) -> Result<(), StoreError> {
+        for chunk in items.chunks(2_000) {
+            let kinds: Vec<&str> = chunk.iter().map(|i| i.0.name()).collect();
+            let ids: Vec<Uuid> = chunk.iter().map(|i| i.1).collect();
+            let versions: Vec<i64> = chunk.iter().map(|i| i.2).collect();
+            let states: Vec<sqlx::types::Json<&serde_json::Value>> =
+                chunk.iter().map(|i| sqlx::types::Json(&i.3)).collect();
+            sqlx::query(
+                "insert into tsync_entities (kind, id, tenant_id, version, state)
+                 select k, i, $5, v, s from unnest($1::text[], $2::uuid[], $3::bigint[], $4::jsonb[])
+                   as t(k, i, v, s)
+                 on conflict (kind, id) do update set version = excluded.version, state = excluded.state
+                 where tsync_entities.version < excluded.version",
+            )
+            .bind(kinds)
+            .bind(ids)
+            .bind(versions)
+            .bind(states)
+            .bind(tenant_id)
+            .execute(&self.db)
+            .await
+            .map_err(err)?;
+        }
         Ok(())
     }
 

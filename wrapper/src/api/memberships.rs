@@ -35,13 +35,13 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct MembershipRow {
+pub(crate) struct MembershipRow {
     id: Uuid,
     tenant_id: Uuid,
     user_id: Uuid,
     role_id: Uuid,
     active: bool,
-    version: i64,
+    pub(crate) version: i64,
 }
 
 impl From<MembershipRow> for MembershipState {
@@ -56,7 +56,7 @@ impl From<MembershipRow> for MembershipState {
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, user_id, role_id, active, version";
+pub(crate) const COLUMNS: &str = "id, tenant_id, user_id, role_id, active, version";
 
 /// Grant `role_id` to `user_id` (both of `tenant_id`), reactivating a revoked membership.
 pub(crate) async fn grant(

@@ -7,6 +7,7 @@ pub mod memberships;
 pub mod openapi;
 pub mod roles;
 pub mod settings;
+pub mod sync;
 pub mod tenants;
 pub mod users;
 
@@ -33,6 +34,7 @@ pub fn router() -> Router<AppState> {
         .merge(settings::router())
         .merge(domains::router())
         .merge(audit_log::router())
+        .merge(sync::router())
         .merge(openapi::router())
         .fallback(not_found)
 }

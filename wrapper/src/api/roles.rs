@@ -33,13 +33,13 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct RoleRow {
+pub(crate) struct RoleRow {
     id: Uuid,
     tenant_id: Uuid,
     name: String,
     permissions: sqlx::types::Json<Vec<String>>,
     deleted: bool,
-    version: i64,
+    pub(crate) version: i64,
 }
 
 impl From<RoleRow> for RoleState {
@@ -54,7 +54,7 @@ impl From<RoleRow> for RoleState {
     }
 }
 
-const ROLE_COLUMNS: &str = "id, tenant_id, name, permissions, deleted, version";
+pub(crate) const ROLE_COLUMNS: &str = "id, tenant_id, name, permissions, deleted, version";
 
 fn permissions(value: &[String]) -> ApiResult<Vec<String>> {
     value

@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-struct UserRow {
+pub(crate) struct UserRow {
     id: Uuid,
     tenant_id: Uuid,
     email: String,
@@ -42,7 +42,7 @@ struct UserRow {
     email_verified: bool,
     active: bool,
     deleted_at: Option<chrono::DateTime<chrono::Utc>>,
-    version: i64,
+    pub(crate) version: i64,
 }
 
 impl From<UserRow> for UserState {
@@ -60,7 +60,7 @@ impl From<UserRow> for UserState {
     }
 }
 
-const USER_COLUMNS: &str =
+pub(crate) const USER_COLUMNS: &str =
     "id, tenant_id, email, full_name, avatar_url, email_verified, active, deleted_at, version";
 
 /// Insert a new user of a tenant with its `user.created` event.

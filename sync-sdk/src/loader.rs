@@ -1,0 +1,288 @@
+//! Lazy loading: a tenant is loaded the first time one of its users visits, from the wrapper's
+//! snapshot, and kept current by the stream from then on.
+//!
+//! Guarantees (DESIGN.md invariant 4):
+//! * **No gap at the handoff.** Before the snapshot is read the tenant is marked *loading*, and
+//!   the consumer applies every event of a loading tenant. The snapshot carries the tenant's seq
+//!   watermark read in the same transaction; once it is written (version-gated, so it never
+//!   overwrites a newer event already applied) the watermark is recorded and the consumer skips
+//!   events at or below it. An event the consumer ignored before the mark was committed before
+//!   the snapshot was read, so the snapshot has it.
+//! * **One fetch for many visitors.** Concurrent first visits of one tenant share one load
+//!   (single-flight); the others wait for it and find the tenant loaded.
+//! * **Re-sync on demand.** [`Loader::reload`] runs the same load for a tenant already loaded
+//!   (the consumer's gap hook uses it).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::{
+    consumer::ResyncHook,
+    store::{EntityKind, SnapshotItem, StoreError, SyncState, TenantStore},
+};
+
+/// Why a tenant could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The wrapper could not be reached or failed: serve what is loaded, retry later.
+    #[error("wrapper unavailable: {0}")]
+    Unavailable(String),
+    /// The wrapper does not know the tenant.
+    #[error("no such tenant")]
+    NotFound,
+    /// The app's credentials were refused.
+    #[error("the wrapper refused the app's credentials")]
+    Unauthorized,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How an app reaches the wrapper: base URL and service credentials.
+#[derive(Clone)]
+pub struct WrapperConfig {
+    /// e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// The service client id (the app's name).
+    pub client_id: String,
+    /// The service client secret.
+    pub client_secret: String,
+    /// Users per snapshot page.
+    pub page_size: u32,
+    /// Timeout of one wrapper request.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for WrapperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrapperConfig")
+            .field("base_url", &self.base_url)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client of the wrapper's sync endpoints, with a cached service token.
+pub struct WrapperClient {
+    http: reqwest::Client,
+    config: WrapperConfig,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Versioned {
+    version: i64,
+    state: Value,
+}
+
+/// One page of a tenant snapshot.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotPage {
+    /// The tenant's seq when the page was read.
+    pub watermark: i64,
+    /// Continue with this cursor; None on the last page.
+    pub next_cursor: Option<Uuid>,
+    #[serde(default)]
+    tenant: Option<Versioned>,
+    #[serde(default)]
+    users: Vec<Versioned>,
+    #[serde(default)]
+    roles: Vec<Versioned>,
+    #[serde(default)]
+    memberships: Vec<Versioned>,
+    #[serde(default)]
+    settings: Option<Versioned>,
+    #[serde(default)]
+    credit_configs: Vec<Versioned>,
+}
+
+impl SnapshotPage {
+    /// The page's aggregates as store items.
+    pub fn items(self, tenant_id: Uuid) -> Vec<SnapshotItem> {
+        let id_of = |v: &Versioned, field: &str| {
+            v.state.get(field).and_then(|i| i.as_str()).and_then(|s| s.parse().ok())
+        };
+        let mut items = Vec::new();
+        let mut push = |kind: EntityKind, v: Versioned, field: &str| {
+            if let Some(id) = id_of(&v, field) {
+                items.push((kind, id, v.version, v.state));
+            }
+        };
+        if let Some(v) = self.tenant {
+            push(EntityKind::Tenant, v, "id");
+        }
+        for v in self.users {
+            push(EntityKind::User, v, "id");
+        }
+        for v in self.roles {
+            push(EntityKind::Role, v, "id");
+        }
+        for v in self.memberships {
+            push(EntityKind::Membership, v, "id");
+        }
+        if let Some(v) = self.settings {
+            push(EntityKind::Settings, v, "tenantId");
+        }
+        for v in self.credit_configs {
+            push(EntityKind::CreditConfig, v, "id");
+        }
+        // Settings are keyed by tenant: a page for another tenant would be a wrapper bug.
+        items.retain(|i| i.0 != EntityKind::Settings || i.1 == tenant_id);
+        items
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Unavailable(e.to_string())
+}
+
+impl WrapperClient {
+    /// A client for `config`.
+    pub fn new(config: WrapperConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .unwrap_or_default();
+        Self { http, config, token: tokio::sync::Mutex::new(None) }
+    }
+
+    async fn token(&self, refresh: bool) -> Result<String, LoadError> {
+        let mut cached = self.token.lock().await;
+        if let Some((token, until)) = cached.as_ref() {
+            if !refresh && Instant::now() < *until {
+                return Ok(token.clone());
+            }
+        }
+        let resp = self
+            .http
+            .post(format!("{}/auth/service-token", self.config.base_url))
+            .json(&serde_json::json!({
+                "clientId": self.config.client_id, "clientSecret": self.config.client_secret,
+            }))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match resp.status().as_u16() {
+            200 => {}
+            401 | 403 => return Err(LoadError::Unauthorized),
+            s => return Err(unavailable(format!("service token: HTTP {s}"))),
+        }
+        let body: Value = resp.json().await.map_err(unavailable)?;
+        let token = body["accessToken"].as_str().unwrap_or_default().to_owned();
+        let ttl = body["expiresIn"].as_u64().unwrap_or(60);
+        // Renew a little before expiry.
+        let until = Instant::now() + Duration::from_secs(ttl.saturating_sub(ttl / 5).max(1));
+        *cached = Some((token.clone(), until));
+        Ok(token)
+    }
+
+    /// One page of `tenant_id`'s snapshot.
+    pub async fn snapshot_page(&self, tenant_id: Uuid, cursor: Option<Uuid>) -> Result<SnapshotPage, LoadError> {
+        let mut url = format!(
+            "{}/api/sync/tenant/{tenant_id}?limit={}",
+            self.config.base_url, self.config.page_size
+        );
+        if let Some(c) = cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        for refresh in [false, true] {
+            let token = self.token(refresh).await?;
+            let resp = self.http.get(&url).bearer_auth(token).send().await.map_err(unavailable)?;
+            match resp.status().as_u16() {
+                200 => return resp.json().await.map_err(unavailable),
+                401 if !refresh => continue,
+                401 | 403 => return Err(LoadError::Unauthorized),
+                404 => return Err(LoadError::NotFound),
+                s => return Err(unavailable(format!("snapshot: HTTP {s}"))),
+            }
+        }
+        Err(LoadError::Unauthorized)
+    }
+}
+
+/// Loads tenants into a store on first visit; one load per tenant at a time.
+pub struct Loader<S> {
+    client: WrapperClient,
+    store: Arc<S>,
+    inflight: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<S: TenantStore> Loader<S> {
+    /// A loader writing into `store`.
+    pub fn new(client: WrapperClient, store: Arc<S>) -> Arc<Self> {
+        Arc::new(Self { client, store, inflight: Mutex::new(HashMap::new()) })
+    }
+
+    /// The tenant's sync state, loading it first if it was never loaded.
+    pub async fn ensure_tenant(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
+        if let Some(state) = self.loaded(tenant_id).await? {
+            return Ok(state);
+        }
+        let gate = self.gate(tenant_id);
+        let _turn = gate.lock().await;
+        // Whoever held the gate before us may have loaded it.
+        if let Some(state) = self.loaded(tenant_id).await? {
+            return Ok(state);
+        }
+        self.load(tenant_id).await
+    }
+
+    /// Load the tenant again (after a gap, or when local data is stale).
+    pub async fn reload(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
+        let gate = self.gate(tenant_id);
+        let _turn = gate.lock().await;
+        self.load(tenant_id).await
+    }
+
+    /// A re-sync hook for the consumer: reloads the tenant in the background.
+    pub fn resync_hook(self: &Arc<Self>) -> ResyncHook {
+        let loader = self.clone();
+        Arc::new(move |tenant_id| {
+            let loader = loader.clone();
+            tokio::spawn(async move {
+                if let Err(e) = loader.reload(tenant_id).await {
+                    tracing::warn!(%tenant_id, error = %e, "re-sync failed; the nightly sync will repair it");
+                }
+            });
+        })
+    }
+
+    async fn loaded(&self, tenant_id: Uuid) -> Result<Option<SyncState>, LoadError> {
+        Ok(self.store.sync_state(tenant_id).await?.filter(|s| !s.is_loading()))
+    }
+
+    fn gate(&self, tenant_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(tenant_id).or_default().clone()
+    }
+
+    async fn load(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
+        let started = Instant::now();
+        self.store.mark_loading(tenant_id).await?;
+        let first = self.client.snapshot_page(tenant_id, None).await?;
+        let watermark = first.watermark;
+        let mut cursor = first.next_cursor;
+        self.store.upsert_many(tenant_id, first.items(tenant_id)).await?;
+        while let Some(c) = cursor {
+            let page = self.client.snapshot_page(tenant_id, Some(c)).await?;
+            cursor = page.next_cursor;
+            self.store.upsert_many(tenant_id, page.items(tenant_id)).await?;
+        }
+        // The first page's watermark is the lowest: events after it are applied from the stream.
+        self.store.mark_loaded(tenant_id, watermark).await?;
+        metrics::histogram!("tsync_loader_load_seconds").record(started.elapsed().as_secs_f64());
+        tracing::info!(%tenant_id, watermark, elapsed_ms = started.elapsed().as_millis() as u64, "tenant loaded");
+        self.store
+            .sync_state(tenant_id)
+            .await?
+            .ok_or_else(|| LoadError::Store(StoreError("tenant vanished after loading".into())))
+    }
+}

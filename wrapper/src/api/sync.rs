@@ -1,0 +1,167 @@
+//! `GET /api/sync/tenant/{tenantId}`: the snapshot an app lazy-loads a tenant from.
+//!
+//! Everything is read in one REPEATABLE READ transaction together with the tenant's `last_seq`
+//! (the watermark), so the snapshot is exactly the state after event `watermark`: the app
+//! applies stream events above it and skips those at or below (invariant 4). Users are paged by
+//! cursor for large tenants; each page is its own consistent read with its own watermark, and
+//! the app keeps the first page's (lowest) watermark, so events between pages are applied again
+//! from the stream, harmlessly (version gating). Only app service tokens may call it, and every
+//! first-page read is audited as an export.
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::{
+    memberships::{self, MembershipRow},
+    roles::{ROLE_COLUMNS, RoleRow},
+    tenants::{TENANT_COLUMNS, TenantRow},
+    users::{USER_COLUMNS, UserRow},
+};
+use crate::{
+    audit,
+    auth::Caller,
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    startup::AppState,
+};
+use sync_sdk::contract::{MembershipState, RoleState, TenantState, UserState};
+
+/// Sync routes.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/sync/tenant/{tenant_id}", get(snapshot))
+}
+
+#[derive(Debug, Deserialize)]
+struct SnapshotQuery {
+    /// Continue the user list after this id (later pages carry users only).
+    cursor: Option<Uuid>,
+    /// Users per page (1–10,000, default 5,000).
+    limit: Option<i64>,
+}
+
+/// An aggregate with its version.
+#[derive(Debug, Serialize)]
+struct Versioned<T> {
+    version: i64,
+    state: T,
+}
+
+fn versioned<R, T: From<R>>(version: i64, row: R) -> Versioned<T> {
+    Versioned { version, state: T::from(row) }
+}
+
+async fn snapshot(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    Query(q): Query<SnapshotQuery>,
+) -> ApiResult<Json<Value>> {
+    let Caller::Service { app } = &caller else {
+        return Err(ApiError::Forbidden("app service tokens only"));
+    };
+    let limit = match q.limit {
+        None => 5_000,
+        Some(n) if (1..=10_000).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 10000")),
+    };
+    let mut tx = state.db.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let tenant: TenantRow =
+        sqlx::query_as(&format!("select {TENANT_COLUMNS} from tenants where id = $1"))
+            .bind(tenant_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(ApiError::NotFound("tenant"))?;
+    let watermark: i64 = sqlx::query_scalar("select last_seq from tenants where id = $1")
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    let users: Vec<UserRow> = sqlx::query_as(&format!(
+        "select {USER_COLUMNS} from users
+         where tenant_id = $1 and ($2::uuid is null or id > $2) order by id limit $3"
+    ))
+    .bind(tenant_id)
+    .bind(q.cursor)
+    .bind(limit + 1)
+    .fetch_all(&mut *tx)
+    .await?;
+    let more = users.len() as i64 > limit;
+    let users: Vec<Versioned<UserState>> = users
+        .into_iter()
+        .take(limit as usize)
+        .map(|u| versioned(u.version, u))
+        .collect();
+    let next_cursor = if more { users.last().map(|u| u.state.id) } else { None };
+    let mut body = json!({
+        "tenantId": tenant_id,
+        "users": users,
+        "watermark": watermark,
+        "nextCursor": next_cursor,
+    });
+    if q.cursor.is_none() {
+        let roles: Vec<RoleRow> =
+            sqlx::query_as(&format!("select {ROLE_COLUMNS} from roles where tenant_id = $1 order by id"))
+                .bind(tenant_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut permissions: Vec<String> = Vec::new();
+        let roles: Vec<Versioned<RoleState>> = roles
+            .into_iter()
+            .map(|r| {
+                let r: Versioned<RoleState> = versioned(r.version, r);
+                if !r.state.deleted {
+                    permissions.extend(r.state.permissions.iter().cloned());
+                }
+                r
+            })
+            .collect();
+        permissions.sort();
+        permissions.dedup();
+        let members: Vec<MembershipRow> = sqlx::query_as(&format!(
+            "select {} from memberships where tenant_id = $1 order by id",
+            memberships::COLUMNS
+        ))
+        .bind(tenant_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let members: Vec<Versioned<MembershipState>> =
+            members.into_iter().map(|m| versioned(m.version, m)).collect();
+        let settings: Option<(i64, Value)> =
+            sqlx::query_as(r#"select version, "values" from settings where tenant_id = $1"#)
+                .bind(tenant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let tenant_version = tenant.version;
+        body["tenant"] = json!(versioned::<_, TenantState>(tenant_version, tenant));
+        body["roles"] = json!(roles);
+        body["permissions"] = json!(permissions);
+        body["memberships"] = json!(members);
+        body["settings"] = settings.map_or(Value::Null, |(version, values)| {
+            json!({"version": version, "state": {"tenantId": tenant_id, "values": values}})
+        });
+        body["creditConfigs"] = json!([]);
+    }
+    tx.commit().await?;
+    if q.cursor.is_none() {
+        metrics::counter!("tsync_wrapper_snapshots_total", "app" => app.clone()).increment(1);
+        let entry = audit::Entry {
+            tenant_id: Some(tenant_id),
+            actor_id: None,
+            action: "snapshot.export",
+            target: Some(app.clone()),
+            outcome: "success",
+            details: json!({"watermark": watermark}),
+        };
+        audit::record(&state.db, &ctx, entry).await;
+    }
+    Ok(Json(body))
+}
