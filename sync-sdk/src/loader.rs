@@ -108,7 +108,10 @@ impl SnapshotPage {
     /// The page's aggregates as store items.
     pub fn items(self, tenant_id: Uuid) -> Vec<SnapshotItem> {
         let id_of = |v: &Versioned, field: &str| {
-            v.state.get(field).and_then(|i| i.as_str()).and_then(|s| s.parse().ok())
+            v.state
+                .get(field)
+                .and_then(|i| i.as_str())
+                .and_then(|s| s.parse().ok())
         };
         let mut items = Vec::new();
         let mut push = |kind: EntityKind, v: Versioned, field: &str| {
@@ -151,7 +154,11 @@ impl WrapperClient {
             .timeout(config.timeout)
             .build()
             .unwrap_or_default();
-        Self { http, config, token: tokio::sync::Mutex::new(None) }
+        Self {
+            http,
+            config,
+            token: tokio::sync::Mutex::new(None),
+        }
     }
 
     async fn token(&self, refresh: bool) -> Result<String, LoadError> {
@@ -185,7 +192,11 @@ impl WrapperClient {
     }
 
     /// One page of `tenant_id`'s snapshot.
-    pub async fn snapshot_page(&self, tenant_id: Uuid, cursor: Option<Uuid>) -> Result<SnapshotPage, LoadError> {
+    pub async fn snapshot_page(
+        &self,
+        tenant_id: Uuid,
+        cursor: Option<Uuid>,
+    ) -> Result<SnapshotPage, LoadError> {
         let mut url = format!(
             "{}/api/sync/tenant/{tenant_id}?limit={}",
             self.config.base_url, self.config.page_size
@@ -195,7 +206,13 @@ impl WrapperClient {
         }
         for refresh in [false, true] {
             let token = self.token(refresh).await?;
-            let resp = self.http.get(&url).bearer_auth(token).send().await.map_err(unavailable)?;
+            let resp = self
+                .http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(unavailable)?;
             match resp.status().as_u16() {
                 200 => return resp.json().await.map_err(unavailable),
                 401 if !refresh => continue,
@@ -218,7 +235,11 @@ pub struct Loader<S> {
 impl<S: TenantStore> Loader<S> {
     /// A loader writing into `store`.
     pub fn new(client: WrapperClient, store: Arc<S>) -> Arc<Self> {
-        Arc::new(Self { client, store, inflight: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            client,
+            store,
+            inflight: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The tenant's sync state, loading it first if it was never loaded.
@@ -256,7 +277,11 @@ impl<S: TenantStore> Loader<S> {
     }
 
     async fn loaded(&self, tenant_id: Uuid) -> Result<Option<SyncState>, LoadError> {
-        Ok(self.store.sync_state(tenant_id).await?.filter(|s| !s.is_loading()))
+        Ok(self
+            .store
+            .sync_state(tenant_id)
+            .await?
+            .filter(|s| !s.is_loading()))
     }
 
     fn gate(&self, tenant_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
@@ -270,11 +295,15 @@ impl<S: TenantStore> Loader<S> {
         let first = self.client.snapshot_page(tenant_id, None).await?;
         let watermark = first.watermark;
         let mut cursor = first.next_cursor;
-        self.store.upsert_many(tenant_id, first.items(tenant_id)).await?;
+        self.store
+            .upsert_many(tenant_id, first.items(tenant_id))
+            .await?;
         while let Some(c) = cursor {
             let page = self.client.snapshot_page(tenant_id, Some(c)).await?;
             cursor = page.next_cursor;
-            self.store.upsert_many(tenant_id, page.items(tenant_id)).await?;
+            self.store
+                .upsert_many(tenant_id, page.items(tenant_id))
+                .await?;
         }
         // The first page's watermark is the lowest: events after it are applied from the stream.
         self.store.mark_loaded(tenant_id, watermark).await?;

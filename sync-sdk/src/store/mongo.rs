@@ -180,7 +180,11 @@ impl TenantStore for MongoStore {
         Ok(())
     }
 
-    async fn upsert_many(&self, tenant_id: Uuid, items: Vec<SnapshotItem>) -> Result<(), StoreError> {
+    async fn upsert_many(
+        &self,
+        tenant_id: Uuid,
+        items: Vec<SnapshotItem>,
+    ) -> Result<(), StoreError> {
         let tenant = tenant_id.to_string();
         for (kind, id, version, state) in items {
             let id = id.to_string();

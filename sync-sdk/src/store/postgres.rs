@@ -91,7 +91,11 @@ impl TenantStore for PostgresStore {
         Ok(())
     }
 
-    async fn upsert_many(&self, tenant_id: Uuid, items: Vec<SnapshotItem>) -> Result<(), StoreError> {
+    async fn upsert_many(
+        &self,
+        tenant_id: Uuid,
+        items: Vec<SnapshotItem>,
+    ) -> Result<(), StoreError> {
         for chunk in items.chunks(2_000) {
             let kinds: Vec<&str> = chunk.iter().map(|i| i.0.name()).collect();
             let ids: Vec<Uuid> = chunk.iter().map(|i| i.1).collect();

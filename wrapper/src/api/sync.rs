@@ -53,7 +53,10 @@ struct Versioned<T> {
 }
 
 fn versioned<R, T: From<R>>(version: i64, row: R) -> Versioned<T> {
-    Versioned { version, state: T::from(row) }
+    Versioned {
+        version,
+        state: T::from(row),
+    }
 }
 
 async fn snapshot(
@@ -75,12 +78,13 @@ async fn snapshot(
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
-    let tenant: TenantRow =
-        sqlx::query_as(&format!("select {TENANT_COLUMNS} from tenants where id = $1"))
-            .bind(tenant_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(ApiError::NotFound("tenant"))?;
+    let tenant: TenantRow = sqlx::query_as(&format!(
+        "select {TENANT_COLUMNS} from tenants where id = $1"
+    ))
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or(ApiError::NotFound("tenant"))?;
     let watermark: i64 = sqlx::query_scalar("select last_seq from tenants where id = $1")
         .bind(tenant_id)
         .fetch_one(&mut *tx)
@@ -100,7 +104,11 @@ async fn snapshot(
         .take(limit as usize)
         .map(|u| versioned(u.version, u))
         .collect();
-    let next_cursor = if more { users.last().map(|u| u.state.id) } else { None };
+    let next_cursor = if more {
+        users.last().map(|u| u.state.id)
+    } else {
+        None
+    };
     let mut body = json!({
         "tenantId": tenant_id,
         "users": users,
@@ -108,11 +116,12 @@ async fn snapshot(
         "nextCursor": next_cursor,
     });
     if q.cursor.is_none() {
-        let roles: Vec<RoleRow> =
-            sqlx::query_as(&format!("select {ROLE_COLUMNS} from roles where tenant_id = $1 order by id"))
-                .bind(tenant_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let roles: Vec<RoleRow> = sqlx::query_as(&format!(
+            "select {ROLE_COLUMNS} from roles where tenant_id = $1 order by id"
+        ))
+        .bind(tenant_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut permissions: Vec<String> = Vec::new();
         let roles: Vec<Versioned<RoleState>> = roles
             .into_iter()
@@ -133,8 +142,10 @@ async fn snapshot(
         .bind(tenant_id)
         .fetch_all(&mut *tx)
         .await?;
-        let members: Vec<Versioned<MembershipState>> =
-            members.into_iter().map(|m| versioned(m.version, m)).collect();
+        let members: Vec<Versioned<MembershipState>> = members
+            .into_iter()
+            .map(|m| versioned(m.version, m))
+            .collect();
         let settings: Option<(i64, Value)> =
             sqlx::query_as(r#"select version, "values" from settings where tenant_id = $1"#)
                 .bind(tenant_id)

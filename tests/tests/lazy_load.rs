@@ -1,0 +1,250 @@
+//! Lazy loading against the real wrapper (with its relay), Redis and Postgres: the snapshot to
+//! stream handoff loses nothing, and concurrent first visits share one snapshot fetch.
+
+use std::{sync::Arc, time::Duration};
+
+use reqwest::Method;
+use serde_json::json;
+use sync_sdk::{
+    consumer::{Consumer, ConsumerConfig, NoHandler},
+    contract::StreamKeys,
+    loader::{LoadError, Loader, WrapperClient, WrapperConfig},
+    store::{EntityKind, TenantStore, postgres::PostgresStore},
+};
+use tokio_util::sync::CancellationToken;
+use tsync_e2e::{wrapper_app::*, *};
+use uuid::Uuid;
+
+const SECRET: &str = "crm-service-secret-for-tests";
+
+struct App {
+    wrapper: TestApp,
+    store: Arc<PostgresStore>,
+    loader: Arc<Loader<PostgresStore>>,
+    cancel: CancellationToken,
+}
+
+async fn app_with_consumer(page_size: u32) -> anyhow::Result<App> {
+    let wrapper = spawn_wrapper().await?;
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
+    let db = fresh_database().await?;
+    let store = Arc::new(PostgresStore::new(db.pool.clone()));
+    store.init().await?;
+    let client = WrapperClient::new(WrapperConfig {
+        base_url: wrapper.url.clone(),
+        client_id: "crm".into(),
+        client_secret: SECRET.into(),
+        page_size,
+        timeout: Duration::from_secs(10),
+    });
+    let loader = Loader::new(client, store.clone());
+    let keys = StreamKeys::new(
+        wrapper.state.settings.namespace.clone(),
+        wrapper.state.settings.partitions,
+    )
+    .unwrap();
+    let mut config = ConsumerConfig::new("crm", keys);
+    config.block = Duration::from_millis(200);
+    config.on_gap = Some(loader.resync_hook());
+    let cancel = CancellationToken::new();
+    let consumer = Consumer::new(
+        redis_client(&redis_url()).await?,
+        store.clone(),
+        Arc::new(NoHandler),
+        config,
+    );
+    consumer.ensure_groups().await?;
+    tokio::spawn(consumer.run(cancel.clone()));
+    Ok(App {
+        wrapper,
+        store,
+        loader,
+        cancel,
+    })
+}
+
+/// Every user, role and membership of the tenant, and the tenant itself, has the wrapper's
+/// version in the app's store, with the same state.
+async fn store_matches_wrapper(app: &App, tenant: Uuid) -> bool {
+    let db = &app.wrapper.db.pool;
+    let users: Vec<(Uuid, i64, String, String, bool)> = sqlx::query_as(
+        "select id, version, email, full_name, active from users where tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    for (id, version, email, name, active) in users {
+        match app.store.get(EntityKind::User, tenant, id).await {
+            Ok(Some(v))
+                if v.version == version
+                    && v.state["email"] == email.as_str()
+                    && v.state["fullName"] == name.as_str()
+                    && v.state["active"] == active => {}
+            _ => return false,
+        }
+    }
+    for (table, kind) in [
+        ("roles", EntityKind::Role),
+        ("memberships", EntityKind::Membership),
+    ] {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(&format!(
+            "select id, version from {table} where tenant_id = $1"
+        ))
+        .bind(tenant)
+        .fetch_all(db)
+        .await
+        .unwrap();
+        for (id, version) in rows {
+            if app
+                .store
+                .get(kind, tenant, id)
+                .await
+                .ok()
+                .flatten()
+                .map(|v| v.version)
+                != Some(version)
+            {
+                return false;
+            }
+        }
+    }
+    let tenant_version: i64 = sqlx::query_scalar("select version from tenants where id = $1")
+        .bind(tenant)
+        .fetch_one(db)
+        .await
+        .unwrap();
+    app.store
+        .get(EntityKind::Tenant, tenant, tenant)
+        .await
+        .ok()
+        .flatten()
+        .map(|v| v.version)
+        == Some(tenant_version)
+}
+
+#[tokio::test]
+async fn a_tenant_loaded_while_500_changes_are_written_ends_equal_to_the_wrapper()
+-> anyhow::Result<()> {
+    // Small pages, so the snapshot itself spans several reads while writes go on.
+    let app = app_with_consumer(7).await?;
+    let t = app.wrapper.create_tenant("race").await;
+    let base = format!("/api/tenants/{}", t.id);
+    let mut users = Vec::new();
+    for i in 0..20 {
+        let body = app
+            .wrapper
+            .send_ok(
+                Method::POST,
+                &format!("{base}/users"),
+                &t.admin,
+                json!({"email": format!("u{i}@race.test"), "fullName": "U"}),
+            )
+            .await;
+        users.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // 4 writers, 119 updates each (plus the 20 creations and the tenant's own 4 events: 500).
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (http, url, token, users) = (
+            app.wrapper.http.clone(),
+            app.wrapper.url.clone(),
+            t.admin.clone(),
+            users.clone(),
+        );
+        let base = base.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..119 {
+                let user = &users[(w * 7 + i) % users.len()];
+                let resp = http
+                    .patch(format!("{url}{base}/users/{user}"))
+                    .bearer_auth(&token)
+                    .json(&json!({"fullName": format!("W{w} change {i}")}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    resp.status().is_success(),
+                    "update failed: {}",
+                    resp.status()
+                );
+            }
+            anyhow::Ok(())
+        }));
+    }
+    // The first visit comes in the middle of the writes.
+    eventually(Duration::from_secs(30), || async {
+        app.wrapper.outbox(t.id).await.len() >= 150
+    })
+    .await?;
+    let loaded = app.loader.ensure_tenant(t.id).await?;
+    assert!(
+        loaded.snapshot_seq >= 150,
+        "loaded mid-stream at seq {}",
+        loaded.snapshot_seq
+    );
+    for w in writers {
+        w.await??;
+    }
+    assert_eq!(app.wrapper.outbox(t.id).await.len(), 500);
+    eventually(Duration::from_secs(60), || {
+        store_matches_wrapper(&app, t.id)
+    })
+    .await?;
+    // Not only the end state: every event after the snapshot's watermark was applied from the
+    // stream (none was dropped in the handoff and papered over by later full-state events).
+    let after: Vec<Uuid> = sqlx::query_scalar(
+        "select event_id from outbox where tenant_id = $1 and seq > $2 order by seq",
+    )
+    .bind(t.id)
+    .bind(loaded.snapshot_seq)
+    .fetch_all(&app.wrapper.db.pool)
+    .await?;
+    assert!(!after.is_empty());
+    for event_id in after {
+        assert!(
+            app.store.is_processed(event_id).await?,
+            "event {event_id} after the watermark was skipped"
+        );
+    }
+    app.cancel.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_first_visits_fetch_one_snapshot() -> anyhow::Result<()> {
+    let app = app_with_consumer(1000).await?;
+    let t = app.wrapper.create_tenant("crowd").await;
+    let visits = (0..100).map(|_| app.loader.ensure_tenant(t.id));
+    let results = futures_util::future::join_all(visits).await;
+    assert!(
+        results.iter().all(Result::is_ok),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    let fetches: i64 = sqlx::query_scalar(
+        "select count(*) from audit_log where tenant_id = $1 and action = 'snapshot.export'",
+    )
+    .bind(t.id)
+    .fetch_one(&app.wrapper.db.pool)
+    .await?;
+    assert_eq!(fetches, 1, "one snapshot for 100 first visits");
+    assert!(store_matches_wrapper(&app, t.id).await);
+    // Another visit does not fetch again.
+    app.loader.ensure_tenant(t.id).await?;
+    let unknown = app.loader.ensure_tenant(Uuid::now_v7()).await;
+    assert!(matches!(unknown, Err(LoadError::NotFound)), "{unknown:?}");
+    app.cancel.cancel();
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_app_service_tokens_read_snapshots() -> anyhow::Result<()> {
+    let wrapper = spawn_wrapper().await?;
+    let t = wrapper.create_tenant("guarded").await;
+    let path = format!("/api/sync/tenant/{}", t.id);
+    for token in [None, Some(t.admin.as_str()), Some(wrapper.root.as_str())] {
+        let (status, _) = wrapper.call(Method::GET, &path, token, None).await;
+        assert!(status == 401 || status == 403, "{status}");
+    }
+    Ok(())
+}
