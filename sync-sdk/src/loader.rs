@@ -163,10 +163,11 @@ impl WrapperClient {
 
     async fn token(&self, refresh: bool) -> Result<String, LoadError> {
         let mut cached = self.token.lock().await;
-        if let Some((token, until)) = cached.as_ref() {
-            if !refresh && Instant::now() < *until {
-                return Ok(token.clone());
-            }
+        let fresh = cached
+            .as_ref()
+            .filter(|(_, until)| !refresh && Instant::now() < *until);
+        if let Some((token, _)) = fresh {
+            return Ok(token.clone());
         }
         let resp = self
             .http
