@@ -78,6 +78,7 @@
 pub mod consumer;
 pub mod contract;
 pub mod dlq;
+pub mod fullsync;
 pub mod loader;
 pub mod store;
 

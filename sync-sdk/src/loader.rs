@@ -15,7 +15,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -226,21 +229,131 @@ impl WrapperClient {
     }
 }
 
+/// A tenant's digests as the wrapper computes them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteDigest {
+    /// The tenant's seq when the digests were computed.
+    pub watermark: i64,
+    /// Digest per kind name (`users`, `roles`, …).
+    pub digests: HashMap<String, String>,
+}
+
+impl WrapperClient {
+    /// The wrapper's digests of `tenant_id`.
+    pub async fn digest(&self, tenant_id: Uuid) -> Result<RemoteDigest, LoadError> {
+        let url = format!(
+            "{}/api/sync/tenant/{tenant_id}/digest",
+            self.config.base_url
+        );
+        self.get_json(&url).await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, LoadError> {
+        for refresh in [false, true] {
+            let token = self.token(refresh).await?;
+            let resp = self
+                .http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            match resp.status().as_u16() {
+                200 => return resp.json().await.map_err(unavailable),
+                401 if !refresh => continue,
+                401 | 403 => return Err(LoadError::Unauthorized),
+                404 => return Err(LoadError::NotFound),
+                s => return Err(unavailable(format!("{url}: HTTP {s}"))),
+            }
+        }
+        Err(LoadError::Unauthorized)
+    }
+}
+
+/// How a request for a tenant can be served (graceful degradation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Loaded, and the wrapper is reachable.
+    Fresh(SyncState),
+    /// Loaded, but the wrapper is unreachable: serve from the store and say so (the SDK's HTTP
+    /// layer sets a header); a background refresh keeps trying.
+    Degraded(SyncState),
+    /// Not loaded and the wrapper is unreachable: answer 503 with this Retry-After.
+    Unavailable {
+        /// When to try again.
+        retry_after: Duration,
+    },
+}
+
 /// Loads tenants into a store on first visit; one load per tenant at a time.
 pub struct Loader<S> {
     client: WrapperClient,
     store: Arc<S>,
     inflight: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    refreshed: Mutex<HashMap<Uuid, Instant>>,
+    wrapper_down: AtomicBool,
+    staleness: Duration,
 }
 
 impl<S: TenantStore> Loader<S> {
-    /// A loader writing into `store`.
+    /// A loader writing into `store`; loaded tenants are refreshed in the background once their
+    /// last load is older than 15 minutes (see [`with_staleness`](Self::with_staleness)).
     pub fn new(client: WrapperClient, store: Arc<S>) -> Arc<Self> {
+        Self::with_staleness(client, store, Duration::from_secs(15 * 60))
+    }
+
+    /// A loader refreshing tenants whose last load is older than `staleness`.
+    pub fn with_staleness(client: WrapperClient, store: Arc<S>, staleness: Duration) -> Arc<Self> {
         Arc::new(Self {
             client,
             store,
             inflight: Mutex::new(HashMap::new()),
+            refreshed: Mutex::new(HashMap::new()),
+            wrapper_down: AtomicBool::new(false),
+            staleness,
         })
+    }
+
+    /// Whether the tenant can be served, loading it if needed, refreshing it in the background
+    /// when stale, and degrading to the local copy when the wrapper is unreachable.
+    pub async fn availability(
+        self: &Arc<Self>,
+        tenant_id: Uuid,
+    ) -> Result<Availability, LoadError> {
+        if let Some(state) = self.loaded(tenant_id).await? {
+            if self.is_stale(tenant_id) {
+                let loader = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = loader.reload(tenant_id).await {
+                        tracing::warn!(%tenant_id, error = %e, "background refresh failed");
+                    }
+                });
+            }
+            return Ok(if self.wrapper_down.load(Ordering::SeqCst) {
+                Availability::Degraded(state)
+            } else {
+                Availability::Fresh(state)
+            });
+        }
+        match self.ensure_tenant(tenant_id).await {
+            Ok(state) => Ok(Availability::Fresh(state)),
+            Err(LoadError::Unavailable(_)) => Ok(Availability::Unavailable {
+                retry_after: Duration::from_secs(5),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn is_stale(&self, tenant_id: Uuid) -> bool {
+        let refreshed = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        refreshed
+            .get(&tenant_id)
+            .is_none_or(|at| at.elapsed() >= self.staleness)
+    }
+
+    /// The wrapper client the loader fetches with.
+    pub fn client(&self) -> &WrapperClient {
+        &self.client
     }
 
     /// The tenant's sync state, loading it first if it was never loaded.
@@ -291,8 +404,30 @@ impl<S: TenantStore> Loader<S> {
     }
 
     async fn load(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
+        let result = self.load_once(tenant_id).await;
+        match &result {
+            Ok(_) => {
+                self.wrapper_down.store(false, Ordering::SeqCst);
+                self.refreshed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(tenant_id, Instant::now());
+            }
+            Err(LoadError::Unavailable(_)) => self.wrapper_down.store(true, Ordering::SeqCst),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn load_once(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
         let started = Instant::now();
-        self.store.mark_loading(tenant_id).await?;
+        // A first load marks the tenant loading so the consumer stops ignoring its events. A
+        // reload of a loaded tenant needs no mark (its events are being applied) and must not
+        // make the tenant unservable if the wrapper fails halfway.
+        let previous = self.store.sync_state(tenant_id).await?;
+        if previous.is_none_or(|s| s.is_loading()) {
+            self.store.mark_loading(tenant_id).await?;
+        }
         let first = self.client.snapshot_page(tenant_id, None).await?;
         let watermark = first.watermark;
         let mut cursor = first.next_cursor;

@@ -3,7 +3,7 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use wrapper::{
     config::Settings,
@@ -29,7 +29,20 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The platform admin's token.
     pub root: String,
-    _stop: DropGuard,
+    stop: CancellationToken,
+}
+
+impl TestApp {
+    /// Stop serving (and the relay), as if the wrapper went down.
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// A tenant created through the API, with its first admin signed in.
@@ -78,7 +91,7 @@ pub async fn spawn_wrapper_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::R
         state,
         http,
         root: String::new(),
-        _stop: cancel.drop_guard(),
+        stop: cancel,
     };
     test_app.root = test_app.login(ROOT_EMAIL, PASSWORD, None).await?;
     Ok(test_app)

@@ -8,7 +8,8 @@ use serde_json::json;
 use sync_sdk::{
     consumer::{Consumer, ConsumerConfig, NoHandler},
     contract::StreamKeys,
-    loader::{LoadError, Loader, WrapperClient, WrapperConfig},
+    fullsync::{FullSync, Integrity, NoIntegrity, Orphan, OrphanReason, Reference},
+    loader::{Availability, LoadError, Loader, WrapperClient, WrapperConfig},
     store::{EntityKind, TenantStore, postgres::PostgresStore},
 };
 use tokio_util::sync::CancellationToken;
@@ -20,11 +21,17 @@ const SECRET: &str = "crm-service-secret-for-tests";
 struct App {
     wrapper: TestApp,
     store: Arc<PostgresStore>,
+    store_db: sqlx::PgPool,
     loader: Arc<Loader<PostgresStore>>,
     cancel: CancellationToken,
+    consumer: tokio::task::JoinHandle<Result<(), fred::error::Error>>,
 }
 
 async fn app_with_consumer(page_size: u32) -> anyhow::Result<App> {
+    app_with(page_size, Duration::from_secs(900)).await
+}
+
+async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
     let wrapper = spawn_wrapper().await?;
     wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
     let db = fresh_database().await?;
@@ -37,7 +44,7 @@ async fn app_with_consumer(page_size: u32) -> anyhow::Result<App> {
         page_size,
         timeout: Duration::from_secs(10),
     });
-    let loader = Loader::new(client, store.clone());
+    let loader = Loader::with_staleness(client, store.clone(), staleness);
     let keys = StreamKeys::new(
         wrapper.state.settings.namespace.clone(),
         wrapper.state.settings.partitions,
@@ -54,12 +61,14 @@ async fn app_with_consumer(page_size: u32) -> anyhow::Result<App> {
         config,
     );
     consumer.ensure_groups().await?;
-    tokio::spawn(consumer.run(cancel.clone()));
+    let consumer = tokio::spawn(consumer.run(cancel.clone()));
     Ok(App {
         wrapper,
         store,
+        store_db: db.pool.clone(),
         loader,
         cancel,
+        consumer,
     })
 }
 
@@ -246,5 +255,202 @@ async fn only_app_service_tokens_read_snapshots() -> anyhow::Result<()> {
         let (status, _) = wrapper.call(Method::GET, &path, token, None).await;
         assert!(status == 401 || status == 403, "{status}");
     }
+    Ok(())
+}
+
+async fn snapshot_fetches(app: &App, tenant: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from audit_log where tenant_id = $1 and action = 'snapshot.export'",
+    )
+    .bind(tenant)
+    .fetch_one(&app.wrapper.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn full_sync_repairs_exactly_the_drifted_tenant() -> anyhow::Result<()> {
+    let app = app_with_consumer(1000).await?;
+    let mut tenants = Vec::new();
+    for name in ["drift-a", "drift-b", "drift-c"] {
+        let t = app.wrapper.create_tenant(name).await;
+        app.loader.ensure_tenant(t.id).await?;
+        tenants.push(t);
+    }
+    for t in &tenants {
+        eventually(Duration::from_secs(20), || {
+            store_matches_wrapper(&app, t.id)
+        })
+        .await?;
+    }
+    let full = FullSync::new(app.loader.clone(), app.store.clone(), Arc::new(NoIntegrity));
+    let clean = full.run_once(|_, _| {}).await?;
+    assert!(clean.repaired.is_empty(), "nothing drifted yet: {clean:?}");
+
+    // Drift: an older version of b's admin, written straight into the app's store.
+    let b = &tenants[1];
+    sqlx::query(
+        "update tsync_entities set version = version - 1, state = jsonb_set(state, '{fullName}', '\"drifted\"')
+         where tenant_id = $1 and kind = 'users' and id = $2",
+    )
+    .bind(b.id)
+    .bind(b.admin_id)
+    .execute(&app.store_db)
+    .await?;
+    assert!(!store_matches_wrapper(&app, b.id).await);
+    let before: Vec<i64> =
+        futures_util::future::join_all(tenants.iter().map(|t| snapshot_fetches(&app, t.id))).await;
+
+    let progress = std::sync::Mutex::new(Vec::new());
+    let report = full
+        .run_once(|done, total| progress.lock().unwrap().push((done, total)))
+        .await?;
+    assert_eq!(report.tenants_checked, 3);
+    assert_eq!(report.repaired, vec![b.id]);
+    assert!(report.failed.is_empty());
+    assert_eq!(progress.lock().unwrap().last(), Some(&(3, 3)));
+    let after: Vec<i64> =
+        futures_util::future::join_all(tenants.iter().map(|t| snapshot_fetches(&app, t.id))).await;
+    assert_eq!(
+        after,
+        vec![before[0], before[1] + 1, before[2]],
+        "only b was fetched again"
+    );
+    assert!(store_matches_wrapper(&app, b.id).await);
+    app.cancel.cancel();
+    Ok(())
+}
+
+/// The app's references for the integrity pass: accounts owned by users.
+struct Accounts(Vec<Reference>, std::sync::Mutex<Vec<Orphan>>);
+
+impl Integrity for Accounts {
+    async fn references(&self, _: Uuid) -> Vec<Reference> {
+        self.0.clone()
+    }
+    async fn on_orphan(&self, orphan: &Orphan) {
+        self.1.lock().unwrap().push(orphan.clone());
+    }
+}
+
+#[tokio::test]
+async fn a_lost_delete_is_repaired_by_the_full_sync_and_the_orphan_reported() -> anyhow::Result<()>
+{
+    let app = app_with_consumer(1000).await?;
+    let t = app.wrapper.create_tenant("lost").await;
+    let (gone, _) = app.wrapper.create_member(&t, "gone@lost.test").await;
+    app.loader.ensure_tenant(t.id).await?;
+    eventually(Duration::from_secs(20), || {
+        store_matches_wrapper(&app, t.id)
+    })
+    .await?;
+
+    // The app stops reading; the user is deleted upstream; the event is lost before the app
+    // reads it.
+    app.cancel.cancel();
+    let App { consumer, .. } = &app;
+    while !consumer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.wrapper
+        .send_ok(
+            Method::DELETE,
+            &format!("/api/tenants/{}/users/{gone}", t.id),
+            &t.admin,
+            json!(null),
+        )
+        .await;
+    let deleted = app.wrapper.outbox(t.id).await.pop().unwrap();
+    assert_eq!(deleted["eventType"], "user.deleted");
+    let redis = redis_client(&redis_url()).await?;
+    let keys = StreamKeys::new(app.wrapper.state.settings.namespace.clone(), 8).unwrap();
+    let stream = keys.events_for(t.id);
+    let entry_id = eventually_some(Duration::from_secs(20), || async {
+        read_all_events(&redis, &keys)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|(_, e)| e.event_id.to_string() == deleted["eventId"].as_str().unwrap())
+            .map(|(id, _)| id)
+    })
+    .await?;
+    let removed: u64 =
+        fred::interfaces::StreamsInterface::xdel(&redis, &stream, entry_id.as_str()).await?;
+    assert_eq!(removed, 1);
+    let before = app.store.get(EntityKind::User, t.id, gone).await?.unwrap();
+    assert_eq!(
+        before.state["active"], true,
+        "the app never heard of the delete"
+    );
+
+    let accounts = Arc::new(Accounts(
+        vec![
+            Reference {
+                record: "account:1".into(),
+                user_id: gone,
+            },
+            Reference {
+                record: "account:2".into(),
+                user_id: t.admin_id,
+            },
+            Reference {
+                record: "account:3".into(),
+                user_id: Uuid::now_v7(),
+            },
+        ],
+        Default::default(),
+    ));
+    let full = FullSync::new(app.loader.clone(), app.store.clone(), accounts.clone());
+    let report = full.run_once(|_, _| {}).await?;
+    assert_eq!(report.repaired, vec![t.id]);
+    let after = app.store.get(EntityKind::User, t.id, gone).await?.unwrap();
+    assert_eq!(after.state["active"], false, "marked inactive");
+    assert!(!after.state["deletedAt"].is_null());
+    assert_eq!(after.state["email"], "gone@lost.test", "the data is kept");
+    let named: Vec<(&str, OrphanReason)> = report
+        .orphans
+        .iter()
+        .map(|o| (o.reference.record.as_str(), o.reason))
+        .collect();
+    assert_eq!(
+        named,
+        vec![
+            ("account:1", OrphanReason::Inactive),
+            ("account:3", OrphanReason::Missing)
+        ]
+    );
+    assert_eq!(
+        accounts.1.lock().unwrap().len(),
+        2,
+        "the app's policy ran for each orphan"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_the_wrapper_down_loaded_tenants_degrade_and_unknown_ones_are_unavailable()
+-> anyhow::Result<()> {
+    let app = app_with(1000, Duration::ZERO).await?;
+    let t = app.wrapper.create_tenant("degrade").await;
+    let never_loaded = app.wrapper.create_tenant("cold").await;
+    assert!(matches!(
+        app.loader.availability(t.id).await?,
+        Availability::Fresh(_)
+    ));
+    app.wrapper.stop();
+    // Each request finds the tenant stale (bound zero) and refreshes it in the background; the
+    // refresh fails, and from then on the tenant is served degraded.
+    eventually(Duration::from_secs(20), || async {
+        matches!(
+            app.loader.availability(t.id).await,
+            Ok(Availability::Degraded(_))
+        )
+    })
+    .await?;
+    match app.loader.availability(never_loaded.id).await? {
+        Availability::Unavailable { retry_after } => assert!(retry_after > Duration::ZERO),
+        other => panic!("a tenant never loaded cannot be served: {other:?}"),
+    }
+    app.cancel.cancel();
     Ok(())
 }

@@ -162,6 +162,16 @@ pub trait TenantStore: Send + Sync + 'static {
         items: Vec<SnapshotItem>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Every tenant that is loaded (or loading).
+    fn loaded_tenants(&self) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
+
+    /// `(id, version)` of every aggregate of one kind of a tenant, in id order.
+    fn versions(
+        &self,
+        tenant_id: Uuid,
+        kind: EntityKind,
+    ) -> impl Future<Output = Result<Vec<(Uuid, i64)>, StoreError>> + Send;
+
     /// Whether the event was processed before.
     fn is_processed(&self, event_id: Uuid)
     -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -179,6 +189,21 @@ pub trait TenantStore: Send + Sync + 'static {
         tenant_id: Uuid,
         id: Uuid,
     ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+}
+
+/// The digest of one kind, as the wrapper computes it: SHA-256 (hex) over `id:version` lines in
+/// id order, joined by newlines.
+pub fn digest(versions: &[(Uuid, i64)]) -> String {
+    use sha2::{Digest, Sha256};
+    let text = versions
+        .iter()
+        .map(|(id, v)| format!("{id}:{v}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The state to write for `envelope`, if it carries one: (kind, id, version, JSON state).

@@ -208,6 +208,43 @@ impl TenantStore for MongoStore {
         Ok(())
     }
 
+    async fn loaded_tenants(&self) -> Result<Vec<Uuid>, StoreError> {
+        let mut cursor = self.sync().find(doc! {}).await.map_err(err)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(err)? {
+            let doc = cursor.deserialize_current().map_err(err)?;
+            if let Some(id) = doc.get_str("_id").ok().and_then(|s| s.parse().ok()) {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn versions(
+        &self,
+        tenant_id: Uuid,
+        kind: EntityKind,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let mut cursor = self
+            .entities(kind)
+            .find(doc! {"tenantId": tenant_id.to_string()})
+            .projection(doc! {"version": 1})
+            .await
+            .map_err(err)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(err)? {
+            let doc = cursor.deserialize_current().map_err(err)?;
+            let id = doc.get_str("_id").ok().and_then(|s| s.parse().ok());
+            if let (Some(id), Ok(v)) = (id, doc.get_i64("version")) {
+                out.push((id, v));
+            }
+        }
+        // Sort by the UUID's bytes, as Postgres orders uuid values.
+        out.sort();
+        Ok(out)
+    }
+
     async fn is_processed(&self, event_id: Uuid) -> Result<bool, StoreError> {
         Ok(self
             .processed()

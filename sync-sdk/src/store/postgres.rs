@@ -121,6 +121,28 @@ impl TenantStore for PostgresStore {
         Ok(())
     }
 
+    async fn loaded_tenants(&self) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query_scalar("select tenant_id from tsync_sync order by tenant_id")
+            .fetch_all(&self.db)
+            .await
+            .map_err(err)
+    }
+
+    async fn versions(
+        &self,
+        tenant_id: Uuid,
+        kind: EntityKind,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        sqlx::query_as(
+            "select id, version from tsync_entities where tenant_id = $1 and kind = $2 order by id",
+        )
+        .bind(tenant_id)
+        .bind(kind.name())
+        .fetch_all(&self.db)
+        .await
+        .map_err(err)
+    }
+
     async fn is_processed(&self, event_id: Uuid) -> Result<bool, StoreError> {
         sqlx::query_scalar("select exists(select 1 from tsync_processed where event_id = $1)")
             .bind(event_id)

@@ -1,0 +1,263 @@
+//! The nightly full sync: repairs whatever drifted between the wrapper and an app's copy.
+//!
+//! For every loaded tenant it compares per-kind digests (SHA-256 over `id:version` in id order,
+//! [`crate::store::digest`]) with the wrapper's and reloads only the tenants that differ. An
+//! integrity pass then asks the app for its references to users ([`Integrity`]) and reports
+//! those pointing at users that are missing or soft-deleted upstream; the app applies the
+//! source specification's soft-delete policy in [`Integrity::on_orphan`] (keep the data, show
+//! the user as inactive). One replica runs it at a time, under a Redis lock, on a cron schedule
+//! (default `0 0 2 * * *`), and it can be run on demand (`tsync full-sync`).
+
+use std::{future::Future, str::FromStr, sync::Arc, time::Duration};
+
+use fred::{prelude::*, types::scripts::Script};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    contract::StreamKeys,
+    loader::{LoadError, Loader},
+    store::{EntityKind, TenantStore, digest},
+};
+
+/// The default schedule: every night at 02:00 UTC (seconds field first).
+pub const DEFAULT_SCHEDULE: &str = "0 0 2 * * *";
+
+/// An app record that points at a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reference {
+    /// The app's record, e.g. `account:123`.
+    pub record: String,
+    /// The user it points at.
+    pub user_id: Uuid,
+}
+
+/// Why a reference is orphaned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrphanReason {
+    /// The user does not exist upstream.
+    Missing,
+    /// The user was deleted or deactivated upstream.
+    Inactive,
+}
+
+/// A reference to a user who is gone or inactive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Orphan {
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The app record and the user.
+    pub reference: Reference,
+    /// Why.
+    pub reason: OrphanReason,
+}
+
+/// The app's side of the integrity pass.
+pub trait Integrity: Send + Sync + 'static {
+    /// The app's records of `tenant_id` that point at users.
+    fn references(&self, tenant_id: Uuid) -> impl Future<Output = Vec<Reference>> + Send;
+    /// Apply the soft-delete policy to an orphaned record (keep it; mark the owner inactive).
+    fn on_orphan(&self, orphan: &Orphan) -> impl Future<Output = ()> + Send;
+}
+
+/// An app with no references to check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoIntegrity;
+
+impl Integrity for NoIntegrity {
+    async fn references(&self, _: Uuid) -> Vec<Reference> {
+        Vec::new()
+    }
+    async fn on_orphan(&self, _: &Orphan) {}
+}
+
+/// What a run found and did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Tenants compared.
+    pub tenants_checked: usize,
+    /// Tenants reloaded because their digests differed.
+    pub repaired: Vec<Uuid>,
+    /// Tenants that could not be checked (wrapper or store errors).
+    pub failed: Vec<Uuid>,
+    /// Orphaned references.
+    pub orphans: Vec<Orphan>,
+}
+
+/// Runs full syncs for one app.
+pub struct FullSync<S, I> {
+    loader: Arc<Loader<S>>,
+    store: Arc<S>,
+    integrity: Arc<I>,
+}
+
+impl<S: TenantStore, I: Integrity> FullSync<S, I> {
+    /// A full sync over `store`, reloading through `loader`.
+    pub fn new(loader: Arc<Loader<S>>, store: Arc<S>, integrity: Arc<I>) -> Arc<Self> {
+        Arc::new(Self {
+            loader,
+            store,
+            integrity,
+        })
+    }
+
+    /// Whether the tenant's local copy matches the wrapper's digests.
+    pub async fn in_sync(&self, tenant_id: Uuid) -> Result<bool, LoadError> {
+        let remote = self.loader.client().digest(tenant_id).await?;
+        for kind in EntityKind::ALL {
+            let local = digest(&self.store.versions(tenant_id, kind).await?);
+            if remote.digests.get(kind.name()) != Some(&local) {
+                tracing::info!(%tenant_id, kind = kind.name(), "full sync: digest differs");
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One pass over every loaded tenant; `progress(done, total)` after each.
+    pub async fn run_once(&self, progress: impl Fn(usize, usize)) -> Result<Report, LoadError> {
+        let tenants = self.store.loaded_tenants().await?;
+        let mut report = Report::default();
+        for (i, tenant_id) in tenants.iter().copied().enumerate() {
+            report.tenants_checked += 1;
+            let checked = match self.in_sync(tenant_id).await {
+                Ok(true) => Ok(()),
+                Ok(false) => self
+                    .loader
+                    .reload(tenant_id)
+                    .await
+                    .map(|_| report.repaired.push(tenant_id)),
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(()) => self.integrity_pass(tenant_id, &mut report).await?,
+                Err(e) => {
+                    tracing::warn!(%tenant_id, error = %e, "full sync: tenant not checked");
+                    report.failed.push(tenant_id);
+                }
+            }
+            progress(i + 1, tenants.len());
+        }
+        metrics::counter!("tsync_fullsync_tenants_checked_total")
+            .increment(report.tenants_checked as u64);
+        metrics::counter!("tsync_fullsync_tenants_repaired_total")
+            .increment(report.repaired.len() as u64);
+        metrics::counter!("tsync_fullsync_orphans_total").increment(report.orphans.len() as u64);
+        tracing::info!(
+            checked = report.tenants_checked,
+            repaired = report.repaired.len(),
+            failed = report.failed.len(),
+            orphans = report.orphans.len(),
+            "full sync done"
+        );
+        Ok(report)
+    }
+
+    async fn integrity_pass(&self, tenant_id: Uuid, report: &mut Report) -> Result<(), LoadError> {
+        for reference in self.integrity.references(tenant_id).await {
+            let user = self
+                .store
+                .get(EntityKind::User, tenant_id, reference.user_id)
+                .await?;
+            let reason = match user {
+                None => OrphanReason::Missing,
+                Some(u) if u.state["active"] == false || !u.state["deletedAt"].is_null() => {
+                    OrphanReason::Inactive
+                }
+                Some(_) => continue,
+            };
+            let orphan = Orphan {
+                tenant_id,
+                reference,
+                reason,
+            };
+            self.integrity.on_orphan(&orphan).await;
+            report.orphans.push(orphan);
+        }
+        Ok(())
+    }
+
+    /// Run on `schedule` (cron with seconds) until cancelled; one replica per run, by a Redis
+    /// lock held for at most `lock_ttl`.
+    pub async fn run_scheduled(
+        self: Arc<Self>,
+        schedule: &str,
+        redis: Client,
+        keys: StreamKeys,
+        app: String,
+        lock_ttl: Duration,
+        cancel: CancellationToken,
+    ) -> Result<(), cron::error::Error> {
+        let schedule = cron::Schedule::from_str(schedule)?;
+        let lock = RedisLock::new(redis, keys.lock(&format!("fullsync:{app}")));
+        for next in schedule.upcoming(chrono::Utc) {
+            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(wait) => {},
+            }
+            match lock.try_acquire(lock_ttl).await {
+                Ok(Some(token)) => {
+                    if let Err(e) = self.run_once(|_, _| {}).await {
+                        tracing::warn!(error = %e, "full sync failed");
+                    }
+                    let _ = lock.release(&token).await;
+                }
+                Ok(None) => tracing::info!("full sync: another replica holds the lock"),
+                Err(e) => tracing::warn!(error = %e, "full sync: lock unavailable"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A lease in Redis: `SET key token NX PX ttl`, released only by its holder.
+pub struct RedisLock {
+    redis: Client,
+    key: String,
+    release: Script,
+}
+
+impl RedisLock {
+    /// A lock on `key`.
+    pub fn new(redis: Client, key: String) -> Self {
+        let release = Script::from_lua(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        );
+        Self {
+            redis,
+            key,
+            release,
+        }
+    }
+
+    /// The holder's token, or None if someone else holds the lock.
+    pub async fn try_acquire(&self, ttl: Duration) -> Result<Option<String>, Error> {
+        let token = Uuid::now_v7().to_string();
+        let set: Option<String> = self
+            .redis
+            .set(
+                &self.key,
+                token.as_str(),
+                Some(Expiration::PX(ttl.as_millis() as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(set.map(|_| token))
+    }
+
+    /// Release the lock if `token` still holds it.
+    pub async fn release(&self, token: &str) -> Result<bool, Error> {
+        let released: i64 = self
+            .release
+            .evalsha_with_reload(&self.redis, self.key.as_str(), token)
+            .await?;
+        Ok(released == 1)
+    }
+}
