@@ -8,6 +8,11 @@
 //! into the Postgres store and into the Mongo store (N / 10 there: the MongoDB-wire test server
 //! is much slower than mongod), all on the same Redis in one run.
 //!
+//! `cargo run --release -p tsync-e2e --bin bench -- load --events 10000`
+//!
+//! load: lazy-loading a tenant of N users (paged snapshot, 5,000 users a page) from a running
+//! wrapper into a fresh Postgres store, five times.
+//!
 //! relay: raw pipelined XADD of the outbox's payloads vs. the relay publishing the same number
 //! of committed outbox rows, on the same Redis in one run; then commit → stream latency at a
 //! steady write rate.
@@ -51,8 +56,11 @@ async fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("relay") => relay(events, batch).await,
         Some("consumer") => consumer(events).await,
+        Some("load") => load(events).await,
         _ => {
-            eprintln!("usage: bench relay [--events N] [--batch N] | bench consumer [--events N]");
+            eprintln!(
+                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS]"
+            );
             std::process::exit(2);
         }
     }
@@ -400,5 +408,48 @@ async fn consumer(events: usize) -> anyhow::Result<()> {
     println!(
         "consumer → Mongo store (MongoDB-wire test server): {mongo_events} events in {took:.2?} = {rate:.0}/s"
     );
+    Ok(())
+}
+
+async fn load(users: usize) -> anyhow::Result<()> {
+    use sync_sdk::{
+        loader::{Loader, WrapperClient, WrapperConfig},
+        store::postgres::PostgresStore,
+    };
+    let wrapper = tsync_e2e::wrapper_app::spawn_wrapper().await?;
+    let tenant = wrapper.create_tenant("big").await;
+    sqlx::query(
+        "insert into users (id, tenant_id, email, full_name)
+         select gen_random_uuid(), $1, 'u' || g || '@big.test', 'User ' || g
+         from generate_series(1, $2) g",
+    )
+    .bind(tenant.id)
+    .bind(users as i64)
+    .execute(&wrapper.db.pool)
+    .await?;
+    let secret = "bench-service-secret-long-enough";
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", secret).await?;
+    for run in 1..=5 {
+        let db = fresh_database().await?;
+        let store = Arc::new(PostgresStore::new(db.pool.clone()));
+        store.init().await?;
+        let client = WrapperClient::new(WrapperConfig {
+            base_url: wrapper.url.clone(),
+            client_id: "crm".into(),
+            client_secret: secret.into(),
+            page_size: 5_000,
+            timeout: Duration::from_secs(30),
+        });
+        let loader = Loader::new(client, store.clone());
+        // Fetch the service token first (an argon2 check at the wrapper), as a running app has.
+        loader.client().digest(tenant.id).await?;
+        let started = Instant::now();
+        loader.ensure_tenant(tenant.id).await?;
+        let took = started.elapsed();
+        let loaded: i64 = sqlx::query_scalar("select count(*) from tsync_entities where kind = 'users'")
+            .fetch_one(&db.pool)
+            .await?;
+        println!("run {run}: loaded a tenant of {loaded} users in {took:.2?}");
+    }
     Ok(())
 }
