@@ -454,3 +454,31 @@ async fn with_the_wrapper_down_loaded_tenants_degrade_and_unknown_ones_are_unava
     app.cancel.cancel();
     Ok(())
 }
+
+#[tokio::test]
+async fn the_full_sync_lock_admits_one_holder_and_only_it_releases() -> anyhow::Result<()> {
+    use sync_sdk::fullsync::RedisLock;
+    let redis = redis_client(&redis_url()).await?;
+    let key = StreamKeys::new(redis_namespace(), 8)
+        .unwrap()
+        .lock("fullsync:crm");
+    let (a, b) = (
+        RedisLock::new(redis.clone(), key.clone()),
+        RedisLock::new(redis, key),
+    );
+    let token = a
+        .try_acquire(Duration::from_secs(60))
+        .await?
+        .expect("first holder");
+    assert!(
+        b.try_acquire(Duration::from_secs(60)).await?.is_none(),
+        "one holder at a time"
+    );
+    assert!(
+        !b.release("not-the-token").await?,
+        "only the holder releases"
+    );
+    assert!(a.release(&token).await?);
+    assert!(b.try_acquire(Duration::from_secs(60)).await?.is_some());
+    Ok(())
+}

@@ -2,9 +2,14 @@
 
 use clap::{Parser, Subcommand};
 use fred::prelude::*;
+use std::{io::Write, sync::Arc, time::Duration};
+
 use sync_sdk::{
     contract::StreamKeys,
     dlq::{self, Filter},
+    fullsync::{FullSync, NoIntegrity},
+    loader::{Loader, WrapperClient, WrapperConfig},
+    store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
 };
 use uuid::Uuid;
 
@@ -37,6 +42,24 @@ enum Command {
     },
     /// Lag and pending counts of every group on every partition.
     Lag,
+    /// Run the full sync of an app's store now (digest compare, repair, integrity counts).
+    FullSync {
+        /// The app, e.g. `crm` (also its service client id).
+        #[arg(long, env = "TSYNC_APP")]
+        app: String,
+        /// The wrapper's base URL.
+        #[arg(long, env = "WRAPPER_URL", default_value = "http://127.0.0.1:8080")]
+        wrapper_url: String,
+        /// The app's service client secret.
+        #[arg(long, env = "TSYNC_SERVICE_SECRET")]
+        client_secret: String,
+        /// The app's store: a `postgres://` or `mongodb://` URL (Mongo: the database is `--mongo-db`).
+        #[arg(long, env = "TSYNC_STORE_URL")]
+        store_url: String,
+        /// The Mongo database of the store.
+        #[arg(long, env = "TSYNC_MONGO_DB", default_value = "app")]
+        mongo_db: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,6 +128,30 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::FullSync {
+            app,
+            wrapper_url,
+            client_secret,
+            store_url,
+            mongo_db,
+        } => {
+            let client = WrapperClient::new(WrapperConfig {
+                base_url: wrapper_url,
+                client_id: app,
+                client_secret,
+                page_size: 5_000,
+                timeout: Duration::from_secs(30),
+            });
+            if store_url.starts_with("mongodb") {
+                let db = mongodb::Client::with_uri_str(&store_url)
+                    .await?
+                    .database(&mongo_db);
+                full_sync(client, Arc::new(MongoStore::new(db))).await?;
+            } else {
+                let pool = sqlx::PgPool::connect(&store_url).await?;
+                full_sync(client, Arc::new(PostgresStore::new(pool))).await?;
+            }
+        }
         Command::Dlq { app, action } => match action {
             DlqAction::List { count } => {
                 for (id, l) in dlq::list(&redis, &keys, &app, count).await? {
@@ -140,5 +187,30 @@ async fn main() -> anyhow::Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+/// Run one full sync with a progress bar on stderr, then print the report as JSON.
+async fn full_sync<S: TenantStore>(client: WrapperClient, store: Arc<S>) -> anyhow::Result<()> {
+    let loader = Loader::new(client, store.clone());
+    let full = FullSync::new(loader, store, Arc::new(NoIntegrity));
+    let report = full
+        .run_once(|done, total| {
+            let width = 30;
+            let filled = if total == 0 {
+                width
+            } else {
+                done * width / total
+            };
+            eprint!(
+                "\r[{}{}] {done}/{total} tenants",
+                "#".repeat(filled),
+                " ".repeat(width - filled)
+            );
+            let _ = std::io::stderr().flush();
+        })
+        .await?;
+    eprintln!();
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

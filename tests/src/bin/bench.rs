@@ -446,9 +446,10 @@ async fn load(users: usize) -> anyhow::Result<()> {
         let started = Instant::now();
         loader.ensure_tenant(tenant.id).await?;
         let took = started.elapsed();
-        let loaded: i64 = sqlx::query_scalar("select count(*) from tsync_entities where kind = 'users'")
-            .fetch_one(&db.pool)
-            .await?;
+        let loaded: i64 =
+            sqlx::query_scalar("select count(*) from tsync_entities where kind = 'users'")
+                .fetch_one(&db.pool)
+                .await?;
         println!("run {run}: loaded a tenant of {loaded} users in {took:.2?}");
     }
     Ok(())
