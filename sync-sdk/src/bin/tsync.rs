@@ -197,11 +197,7 @@ async fn full_sync<S: TenantStore>(client: WrapperClient, store: Arc<S>) -> anyh
     let report = full
         .run_once(|done, total| {
             let width = 30;
-            let filled = if total == 0 {
-                width
-            } else {
-                done * width / total
-            };
+            let filled = (done * width).checked_div(total).unwrap_or(width);
             eprint!(
                 "\r[{}{}] {done}/{total} tenants",
                 "#".repeat(filled),
