@@ -79,6 +79,8 @@ pub mod consumer;
 pub mod contract;
 pub mod dlq;
 pub mod fullsync;
+#[cfg(feature = "axum")]
+pub mod http;
 pub mod loader;
 pub mod store;
 

@@ -451,6 +451,43 @@ async fn with_the_wrapper_down_loaded_tenants_degrade_and_unknown_ones_are_unava
         Availability::Unavailable { retry_after } => assert!(retry_after > Duration::ZERO),
         other => panic!("a tenant never loaded cannot be served: {other:?}"),
     }
+
+    // Through the SDK's HTTP helper, as an app serves it.
+    let loader = app.loader.clone();
+    let router = axum::Router::new().route(
+        "/t/{id}",
+        axum::routing::get(move |axum::extract::Path(id): axum::extract::Path<Uuid>| {
+            let loader = loader.clone();
+            async move {
+                sync_sdk::http::serve_tenant(&loader, id, |_| async {
+                    axum::response::IntoResponse::into_response("records")
+                })
+                .await
+            }
+        }),
+    );
+    let server = serve(router).await?;
+    let http = reqwest::Client::new();
+    let served = http
+        .get(format!("{}/t/{}", server.url(), t.id))
+        .send()
+        .await?;
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.headers()[sync_sdk::http::DEGRADED_HEADER],
+        "wrapper-unreachable"
+    );
+    assert_eq!(served.text().await?, "records");
+    let refused = http
+        .get(format!("{}/t/{}", server.url(), never_loaded.id))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
     app.cancel.cancel();
     Ok(())
 }
@@ -480,5 +517,47 @@ async fn the_full_sync_lock_admits_one_holder_and_only_it_releases() -> anyhow::
     );
     assert!(a.release(&token).await?);
     assert!(b.try_acquire(Duration::from_secs(60)).await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_scheduled_full_sync_repairs_drift_on_its_cron_schedule() -> anyhow::Result<()> {
+    let app = app_with_consumer(1000).await?;
+    let t = app.wrapper.create_tenant("nightly").await;
+    app.loader.ensure_tenant(t.id).await?;
+    eventually(Duration::from_secs(20), || {
+        store_matches_wrapper(&app, t.id)
+    })
+    .await?;
+    sqlx::query("delete from tsync_entities where tenant_id = $1 and kind = 'roles'")
+        .bind(t.id)
+        .execute(&app.store_db)
+        .await?;
+    assert!(!store_matches_wrapper(&app, t.id).await);
+
+    let full = FullSync::new(app.loader.clone(), app.store.clone(), Arc::new(NoIntegrity));
+    let keys = StreamKeys::new(app.wrapper.state.settings.namespace.clone(), 8).unwrap();
+    let stop = CancellationToken::new();
+    // Every second (cron with a seconds field), two replicas sharing the lock.
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(tokio::spawn(full.clone().run_scheduled(
+            "* * * * * *",
+            redis_client(&redis_url()).await?,
+            keys.clone(),
+            "crm".into(),
+            Duration::from_secs(30),
+            stop.clone(),
+        )));
+    }
+    eventually(Duration::from_secs(20), || {
+        store_matches_wrapper(&app, t.id)
+    })
+    .await?;
+    stop.cancel();
+    for r in replicas {
+        r.await??;
+    }
+    app.cancel.cancel();
     Ok(())
 }

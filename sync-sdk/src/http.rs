@@ -1,0 +1,79 @@
+//! Serving app requests by tenant availability (feature `axum`).
+//!
+//! [`serve_tenant`] loads the tenant on its first visit and runs the app's handler; when the
+//! wrapper is unreachable a loaded tenant is still served from the store and the response carries
+//! [`DEGRADED_HEADER`], while a tenant never loaded gets `503` with `Retry-After`.
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use uuid::Uuid;
+
+use crate::{
+    loader::{Availability, LoadError, Loader},
+    store::{SyncState, TenantStore},
+};
+
+/// Set on responses served from local data while the wrapper is unreachable.
+pub const DEGRADED_HEADER: &str = "x-tsync-degraded";
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut response = (status, Json(body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// Serve a request for `tenant_id`: load it if needed, then run `handler` with its sync state.
+pub async fn serve_tenant<S, F, Fut>(
+    loader: &Arc<Loader<S>>,
+    tenant_id: Uuid,
+    handler: F,
+) -> Response
+where
+    S: TenantStore,
+    F: FnOnce(SyncState) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    match loader.availability(tenant_id).await {
+        Ok(Availability::Fresh(state)) => handler(state).await,
+        Ok(Availability::Degraded(state)) => {
+            let mut response = handler(state).await;
+            response.headers_mut().insert(
+                DEGRADED_HEADER,
+                HeaderValue::from_static("wrapper-unreachable"),
+            );
+            response
+        }
+        Ok(Availability::Unavailable { retry_after }) => {
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this tenant is not loaded yet and the identity service is unreachable",
+            );
+            if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            response
+        }
+        Err(LoadError::NotFound) => problem(StatusCode::NOT_FOUND, "no such tenant"),
+        Err(e) => {
+            tracing::error!(%tenant_id, error = %e, "tenant could not be served");
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the tenant could not be loaded",
+            )
+        }
+    }
+}
