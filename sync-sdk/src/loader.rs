@@ -208,24 +208,7 @@ impl WrapperClient {
         if let Some(c) = cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        for refresh in [false, true] {
-            let token = self.token(refresh).await?;
-            let resp = self
-                .http
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(unavailable)?;
-            match resp.status().as_u16() {
-                200 => return resp.json().await.map_err(unavailable),
-                401 if !refresh => continue,
-                401 | 403 => return Err(LoadError::Unauthorized),
-                404 => return Err(LoadError::NotFound),
-                s => return Err(unavailable(format!("snapshot: HTTP {s}"))),
-            }
-        }
-        Err(LoadError::Unauthorized)
+        self.get_json(&url).await
     }
 }
 
