@@ -28,6 +28,14 @@ pub enum ApiError {
     /// The resource does not exist (or is not visible to the caller).
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// The balance does not cover the amount; nothing was charged.
+    #[error("insufficient credits: balance {balance}, required {required}")]
+    InsufficientCredits {
+        /// The balance now.
+        balance: i64,
+        /// What the operation needs.
+        required: i64,
+    },
     /// The request conflicts with existing state (e.g. a duplicate email).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -52,6 +60,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +115,9 @@ impl IntoResponse for ApiError {
                 "detail": format!("{field}: {message}"),
                 "field": field,
                 "errors": [{"field": field, "message": message}],
+            }),
+            Self::InsufficientCredits { balance, required } => json!({
+                "detail": self.to_string(), "balance": balance, "required": required,
             }),
             Self::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");

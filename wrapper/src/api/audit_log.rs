@@ -2,12 +2,13 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     routing::get,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::ApiQuery;
 use crate::{
     audit::AuditRecord,
     auth::{Access, Caller},
@@ -41,7 +42,7 @@ async fn list(
     ctx: Ctx,
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<AuditPage>> {
     caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)

@@ -2,7 +2,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     routing::{delete, get},
 };
@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use sync_sdk::contract::{Event, MembershipState};
 use uuid::Uuid;
 
-use super::{ApiJson, Page, PageQuery};
+use super::{ApiJson, ApiQuery, Page, PageQuery};
 use crate::{
     audit,
     auth::{Access, Caller},
@@ -159,7 +159,7 @@ async fn list(
     ctx: Ctx,
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<MembershipState>>> {
     caller
         .authorize(&state, &ctx, tenant_id, Access::Read)

@@ -1,6 +1,7 @@
 //! The REST API, one module per resource, composed here.
 
 pub mod audit_log;
+pub mod credits;
 pub mod domains;
 pub mod health;
 pub mod memberships;
@@ -35,6 +36,7 @@ pub fn router() -> Router<AppState> {
         .merge(domains::router())
         .merge(audit_log::router())
         .merge(sync::router())
+        .merge(credits::router())
         .merge(openapi::router())
         .fallback(not_found)
 }
@@ -78,6 +80,24 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         .unwrap_or("body")
         .to_owned();
     ApiError::invalid(&field, text)
+}
+
+/// A query string whose rejection is a problem (`field` is `query`).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Self(v))
+            .map_err(|rejection| ApiError::invalid("query", rejection.body_text()))
+    }
 }
 
 /// `?cursor=<id>&limit=<n>` of a paged list.

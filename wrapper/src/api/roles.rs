@@ -3,7 +3,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     routing::get,
 };
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use sync_sdk::contract::{Event, RoleState};
 use uuid::Uuid;
 
-use super::{ApiJson, Page, PageQuery};
+use super::{ApiJson, ApiQuery, Page, PageQuery};
 use crate::{
     audit,
     auth::{Access, Caller},
@@ -145,7 +145,7 @@ async fn list(
     ctx: Ctx,
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<RoleState>>> {
     caller
         .authorize(&state, &ctx, tenant_id, Access::Read)

@@ -10,13 +10,14 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     routing::get,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::ApiQuery;
 use super::{
     memberships::{self, MembershipRow},
     roles::{ROLE_COLUMNS, RoleRow},
@@ -66,7 +67,7 @@ async fn snapshot(
     ctx: Ctx,
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
-    Query(q): Query<SnapshotQuery>,
+    ApiQuery(q): ApiQuery<SnapshotQuery>,
 ) -> ApiResult<Json<Value>> {
     let Caller::Service { app } = &caller else {
         return Err(ApiError::Forbidden("app service tokens only"));

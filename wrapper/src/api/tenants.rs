@@ -3,7 +3,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     routing::get,
 };
@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use sync_sdk::contract::{Event, RoleState, TenantState, TenantStatus, UserState};
 use uuid::Uuid;
 
-use super::{ApiJson, Page, PageQuery};
+use super::{ApiJson, ApiQuery, Page, PageQuery};
 use crate::{
     auth::{Access, Caller, TENANT_ADMIN_PERMISSION, password},
     context::Ctx,
@@ -202,7 +202,7 @@ async fn create(
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(page): Query<PageQuery>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<TenantState>>> {
     caller.require_platform_admin()?;
     let limit = page.limit()?;

@@ -3,7 +3,7 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
     routing::get,
 };
@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use sync_sdk::contract::{Event, UserState};
 use uuid::Uuid;
 
-use super::{ApiJson, Page, PageQuery};
+use super::{ApiJson, ApiQuery, Page, PageQuery};
 use crate::{
     auth::{Access, Caller, password},
     context::Ctx,
@@ -168,7 +168,7 @@ async fn list(
     ctx: Ctx,
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<UserState>>> {
     caller
         .authorize(&state, &ctx, tenant_id, Access::Read)

@@ -1,0 +1,478 @@
+//! Credits: allocation to a tenant (or an entity in it), allocation from the tenant's pool to an
+//! application, consumption by applications, balances and the ledger.
+//!
+//! Guarantees (DESIGN.md invariant 8):
+//! * **Never overspent.** A consumption decrements the balance only where it covers the amount
+//!   (`UPDATE … WHERE balance >= amount`, under the row lock), and a check constraint forbids a
+//!   negative balance; concurrent consumers serialise on the balance row.
+//! * **Never double-charged.** Consumption is idempotent by `(tenant, operationId)`: requests
+//!   with one operation id are serialised by a transaction-scoped advisory lock, a repeat returns
+//!   the original ledger entry unchanged and charges nothing, and a unique index backs it up.
+//!   A refused consumption (402) is not recorded, so it may be retried after a top-up.
+//! * **The ledger is the truth.** Every allocation and consumption is a ledger row written in
+//!   the same transaction as the balance change and its `credit.*` event.
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::StatusCode,
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use sync_sdk::contract::{CreditAllocated, CreditConsumed, Event};
+use uuid::Uuid;
+
+use super::ApiJson;
+use super::ApiQuery;
+use crate::{
+    auth::{Access, Caller},
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    outbox::{self, Aggregate},
+    startup::AppState,
+    validate,
+};
+
+/// Credit routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/admin/credits/allocate", post(allocate))
+        .route(
+            "/api/admin/credits/allocate/application",
+            post(allocate_application),
+        )
+        .route("/api/credits/consume", post(consume))
+        .route("/api/credits/balance", get(balance))
+        .route("/api/credits/ledger", get(ledger))
+}
+
+/// Largest amount accepted in one request.
+const MAX_AMOUNT: i64 = 1_000_000_000;
+const POOL: &str = "tenant";
+
+fn app_scope(application: &str) -> String {
+    format!("app:{application}")
+}
+
+fn amount(field: &str, value: i64) -> ApiResult<i64> {
+    if (1..=MAX_AMOUNT).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("must be between 1 and {MAX_AMOUNT}"),
+        ))
+    }
+}
+
+/// A ledger entry as the API returns it (a consumption's reply, replayed verbatim).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// Ledger position (cursor).
+    pub id: i64,
+    /// The entry's id (for allocations, the allocation id).
+    pub entry_id: Uuid,
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// `allocation` or `consumption`.
+    pub kind: String,
+    /// The balance that received or paid.
+    pub scope: String,
+    /// For application allocations, the pool the credits came from.
+    pub source_scope: Option<String>,
+    /// Credits.
+    pub amount: i64,
+    /// The consuming or receiving application.
+    pub application: Option<String>,
+    /// What was done.
+    pub operation_code: Option<String>,
+    /// The consumption's idempotency key.
+    pub operation_id: Option<String>,
+    /// The balance of `scope` after this entry.
+    pub balance_after: i64,
+    /// When.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+const LEDGER_COLUMNS: &str =
+    "id, entry_id, tenant_id, kind, scope, source_scope, amount, application,
+     operation_code, operation_id, balance_after, created_at";
+
+struct NewEntry<'a> {
+    tenant_id: Uuid,
+    kind: &'a str,
+    scope: &'a str,
+    source_scope: Option<&'a str>,
+    amount: i64,
+    application: Option<&'a str>,
+    operation_code: Option<&'a str>,
+    operation_id: Option<&'a str>,
+    balance_after: i64,
+}
+
+async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
+    Ok(sqlx::query_as(&format!(
+        "insert into credit_ledger (entry_id, tenant_id, kind, scope, source_scope, amount,
+             application, operation_code, operation_id, balance_after)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning {LEDGER_COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(e.tenant_id)
+    .bind(e.kind)
+    .bind(e.scope)
+    .bind(e.source_scope)
+    .bind(e.amount)
+    .bind(e.application)
+    .bind(e.operation_code)
+    .bind(e.operation_id)
+    .bind(e.balance_after)
+    .fetch_one(tx)
+    .await?)
+}
+
+/// Add `amount` to a balance (creating it); returns (balance, version).
+async fn credit(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    scope: &str,
+    amount: i64,
+) -> ApiResult<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "insert into credit_balances (tenant_id, scope, balance) values ($1, $2, $3)
+         on conflict (tenant_id, scope) do update
+           set balance = credit_balances.balance + excluded.balance, version = credit_balances.version + 1
+         returning balance, version",
+    )
+    .bind(tenant)
+    .bind(scope)
+    .bind(amount)
+    .fetch_one(tx)
+    .await?)
+}
+
+/// Take `amount` from a balance if it covers it; otherwise a 402 with the balance.
+async fn debit(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    scope: &str,
+    amount: i64,
+) -> ApiResult<(i64, i64)> {
+    let taken: Option<(i64, i64)> = sqlx::query_as(
+        "update credit_balances set balance = balance - $3, version = version + 1
+         where tenant_id = $1 and scope = $2 and balance >= $3 returning balance, version",
+    )
+    .bind(tenant)
+    .bind(scope)
+    .bind(amount)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match taken {
+        Some(b) => Ok(b),
+        None => {
+            let balance: Option<i64> = sqlx::query_scalar(
+                "select balance from credit_balances where tenant_id = $1 and scope = $2",
+            )
+            .bind(tenant)
+            .bind(scope)
+            .fetch_optional(&mut *tx)
+            .await?;
+            Err(ApiError::InsufficientCredits {
+                balance: balance.unwrap_or(0),
+                required: amount,
+            })
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Allocate {
+    tenant_id: Uuid,
+    entity_id: Option<String>,
+    amount: i64,
+}
+
+async fn allocate(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    ApiJson(req): ApiJson<Allocate>,
+) -> ApiResult<(StatusCode, Json<LedgerEntry>)> {
+    caller.require_platform_admin()?;
+    let amount = amount("amount", req.amount)?;
+    let scope = match &req.entity_id {
+        Some(e) => format!("entity:{}", validate::short_text("entityId", e, 100)?),
+        None => POOL.to_owned(),
+    };
+    let mut tx = state.db.begin().await?;
+    super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
+    let (balance_after, version) = credit(&mut tx, req.tenant_id, &scope, amount).await?;
+    let entry = insert_entry(
+        &mut tx,
+        NewEntry {
+            tenant_id: req.tenant_id,
+            kind: "allocation",
+            scope: &scope,
+            source_scope: None,
+            amount,
+            application: None,
+            operation_code: None,
+            operation_id: None,
+            balance_after,
+        },
+    )
+    .await?;
+    let event = Event::CreditAllocated(CreditAllocated {
+        allocation_id: entry.entry_id,
+        tenant_id: req.tenant_id,
+        entity_id: req.entity_id.clone(),
+        application: None,
+        amount,
+        balance_after,
+    });
+    let aggregate = Aggregate {
+        id: entry.entry_id,
+        version,
+    };
+    outbox::append(&mut tx, &ctx, req.tenant_id, aggregate, event).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AllocateApplication {
+    tenant_id: Uuid,
+    application: String,
+    amount: i64,
+}
+
+async fn allocate_application(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    ApiJson(req): ApiJson<AllocateApplication>,
+) -> ApiResult<(StatusCode, Json<LedgerEntry>)> {
+    caller
+        .authorize(&state, &ctx, req.tenant_id, Access::Admin)
+        .await?;
+    let amount = amount("amount", req.amount)?;
+    let application = validate::short_text("application", &req.application, 40)?;
+    let scope = app_scope(&application);
+    let mut tx = state.db.begin().await?;
+    super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
+    debit(&mut tx, req.tenant_id, POOL, amount).await?;
+    let (balance_after, version) = credit(&mut tx, req.tenant_id, &scope, amount).await?;
+    let entry = insert_entry(
+        &mut tx,
+        NewEntry {
+            tenant_id: req.tenant_id,
+            kind: "allocation",
+            scope: &scope,
+            source_scope: Some(POOL),
+            amount,
+            application: Some(&application),
+            operation_code: None,
+            operation_id: None,
+            balance_after,
+        },
+    )
+    .await?;
+    let event = Event::CreditAllocated(CreditAllocated {
+        allocation_id: entry.entry_id,
+        tenant_id: req.tenant_id,
+        entity_id: None,
+        application: Some(application),
+        amount,
+        balance_after,
+    });
+    let aggregate = Aggregate {
+        id: entry.entry_id,
+        version,
+    };
+    outbox::append(&mut tx, &ctx, req.tenant_id, aggregate, event).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Consume {
+    tenant_id: Uuid,
+    application: String,
+    credit_amount: i64,
+    operation_code: String,
+    operation_id: String,
+}
+
+async fn consume(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    ApiJson(req): ApiJson<Consume>,
+) -> ApiResult<Json<LedgerEntry>> {
+    match &caller {
+        Caller::Service { app } if *app == req.application => {}
+        Caller::Service { .. } => {
+            return Err(ApiError::Forbidden("an app consumes only its own credits"));
+        }
+        Caller::User(_) => return Err(ApiError::Forbidden("app service tokens only")),
+    }
+    let amount = amount("creditAmount", req.credit_amount)?;
+    let code = validate::short_text("operationCode", &req.operation_code, 100)?;
+    let op = validate::short_text("operationId", &req.operation_id, 200)?;
+    let scope = app_scope(&req.application);
+    let mut tx = state.db.begin().await?;
+    // Serialise requests carrying the same operation id (the lock ends with the transaction).
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+        .bind(req.tenant_id.to_string())
+        .bind(&op)
+        .execute(&mut *tx)
+        .await?;
+    let original: Option<LedgerEntry> = sqlx::query_as(&format!(
+        "select {LEDGER_COLUMNS} from credit_ledger
+         where tenant_id = $1 and operation_id = $2 and kind = 'consumption'"
+    ))
+    .bind(req.tenant_id)
+    .bind(&op)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(entry) = original {
+        metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => "replayed")
+            .increment(1);
+        return Ok(Json(entry));
+    }
+    let (balance_after, version) = match debit(&mut tx, req.tenant_id, &scope, amount).await {
+        Ok(b) => b,
+        Err(e) => {
+            metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => "refused")
+                .increment(1);
+            return Err(e);
+        }
+    };
+    let entry = insert_entry(
+        &mut tx,
+        NewEntry {
+            tenant_id: req.tenant_id,
+            kind: "consumption",
+            scope: &scope,
+            source_scope: None,
+            amount,
+            application: Some(&req.application),
+            operation_code: Some(&code),
+            operation_id: Some(&op),
+            balance_after,
+        },
+    )
+    .await?;
+    let event = Event::CreditConsumed(CreditConsumed {
+        operation_id: op,
+        tenant_id: req.tenant_id,
+        application: req.application.clone(),
+        operation_code: code,
+        amount,
+        balance_after,
+    });
+    let aggregate = Aggregate {
+        id: entry.entry_id,
+        version,
+    };
+    outbox::append(&mut tx, &ctx, req.tenant_id, aggregate, event).await?;
+    tx.commit().await?;
+    metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => "charged")
+        .increment(1);
+    Ok(Json(entry))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BalanceQuery {
+    tenant_id: Uuid,
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Balance {
+    scope: String,
+    balance: i64,
+}
+
+/// Users of the tenant (or platform admins) and app services may read credits.
+async fn authorize_read(
+    state: &AppState,
+    ctx: &Ctx,
+    caller: &Caller,
+    tenant: Uuid,
+) -> ApiResult<()> {
+    match caller {
+        Caller::Service { .. } => Ok(()),
+        Caller::User(_) => caller
+            .authorize(state, ctx, tenant, Access::Read)
+            .await
+            .map(|_| ()),
+    }
+}
+
+async fn balance(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<BalanceQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
+    let balances: Vec<Balance> = sqlx::query_as(
+        "select scope, balance from credit_balances where tenant_id = $1 order by scope",
+    )
+    .bind(q.tenant_id)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(
+        serde_json::json!({"tenantId": q.tenant_id, "balances": balances}),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LedgerQuery {
+    tenant_id: Uuid,
+    application: Option<String>,
+    operation_code: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn ledger(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<LedgerQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
+    let limit = match q.limit {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 1000")),
+    };
+    let mut items: Vec<LedgerEntry> = sqlx::query_as(&format!(
+        "select {LEDGER_COLUMNS} from credit_ledger
+         where tenant_id = $1 and ($2::bigint is null or id > $2)
+           and ($3::text is null or application = $3) and ($4::text is null or operation_code = $4)
+         order by id limit $5"
+    ))
+    .bind(q.tenant_id)
+    .bind(q.after)
+    .bind(&q.application)
+    .bind(&q.operation_code)
+    .bind(limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next = if more {
+        items.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(serde_json::json!({"items": items, "nextAfter": next})))
+}
