@@ -77,6 +77,7 @@
 
 pub mod consumer;
 pub mod contract;
+pub mod credits;
 pub mod dlq;
 pub mod fullsync;
 #[cfg(feature = "axum")]

@@ -231,6 +231,46 @@ impl WrapperClient {
         self.get_json(&url).await
     }
 
+    /// Consume credits directly at the wrapper (idempotent by `operation_id`). `Ok(Err(balance))`
+    /// is a refusal for insufficient credits (nothing charged); the receipt is the ledger entry.
+    pub async fn consume(
+        &self,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+        operation_id: &str,
+        amount: i64,
+    ) -> Result<Result<Value, i64>, LoadError> {
+        let url = format!("{}/api/credits/consume", self.config.base_url);
+        let body = serde_json::json!({
+            "tenantId": tenant_id, "application": application, "creditAmount": amount,
+            "operationCode": operation_code, "operationId": operation_id,
+        });
+        for refresh in [false, true] {
+            let token = self.token(refresh).await?;
+            let resp = self
+                .http
+                .post(&url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .map_err(unavailable)?;
+            match resp.status().as_u16() {
+                200 => return resp.json().await.map(Ok).map_err(unavailable),
+                402 => {
+                    let problem: Value = resp.json().await.map_err(unavailable)?;
+                    return Ok(Err(problem["balance"].as_i64().unwrap_or(0)));
+                }
+                401 if !refresh => continue,
+                401 | 403 => return Err(LoadError::Unauthorized),
+                404 => return Err(LoadError::NotFound),
+                s => return Err(unavailable(format!("consume: HTTP {s}"))),
+            }
+        }
+        Err(LoadError::Unauthorized)
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, LoadError> {
         for refresh in [false, true] {
             let token = self.token(refresh).await?;

@@ -265,3 +265,246 @@ async fn refused_credit_requests_write_nothing() -> anyhow::Result<()> {
     assert_eq!(before, after);
     Ok(())
 }
+
+mod fast_path {
+    use std::{sync::Arc, time::Duration};
+
+    use sync_sdk::{
+        contract::StreamKeys,
+        credits::{CreditMirror, FastOutcome},
+        test_support::{RedisServer, eventually, redis_client},
+    };
+    use uuid::Uuid;
+    use wrapper::{config::Secret, credit_ingest::CreditIngest};
+
+    use super::*;
+
+    struct Rig {
+        app: TestApp,
+        tenant: TestTenant,
+        mirror: Arc<CreditMirror>,
+        redis: fred::clients::Client,
+        keys: StreamKeys,
+        _redis_server: Option<RedisServer>,
+    }
+
+    /// A funded tenant whose 1,000-credit crm allocation is mirrored in Redis, as the app's
+    /// handler of `credit.allocated` does it.
+    async fn rig(name: &str, private_redis: bool) -> anyhow::Result<Rig> {
+        let server = if private_redis {
+            Some(RedisServer::start().await?)
+        } else {
+            None
+        };
+        let url = server.as_ref().map(|s| s.url());
+        let app = spawn_wrapper_with(|s| {
+            if let Some(url) = url {
+                s.redis_url = Secret(url);
+            }
+        })
+        .await?;
+        let (tenant, _) = funded(&app, name).await;
+        let redis = redis_client(&app.state.settings.redis_url.0).await?;
+        let keys = StreamKeys::new(app.state.settings.namespace.clone(), 8).unwrap();
+        let mirror = Arc::new(CreditMirror::new(redis.clone(), keys.clone()));
+        let allocation: Uuid = sqlx::query_scalar(
+            "select entry_id from credit_ledger where tenant_id = $1 and scope = 'app:crm' and kind = 'allocation'",
+        )
+        .bind(tenant.id)
+        .fetch_one(&app.db.pool)
+        .await?;
+        assert!(
+            mirror
+                .apply_allocation(tenant.id, "crm", allocation, 1000)
+                .await?
+        );
+        assert!(
+            !mirror
+                .apply_allocation(tenant.id, "crm", allocation, 1000)
+                .await?,
+            "once per allocation id"
+        );
+        assert_eq!(mirror.balance(tenant.id, "crm").await?, Some(1000));
+        Ok(Rig {
+            app,
+            tenant,
+            mirror,
+            redis,
+            keys,
+            _redis_server: server,
+        })
+    }
+
+    async fn ingested(rig: &Rig, n: i64) -> bool {
+        consumptions(&rig.app, &rig.tenant).await == (n, n)
+    }
+
+    #[tokio::test]
+    async fn sixty_four_concurrent_fast_consumes_charge_exactly_28_and_the_ledger_follows()
+    -> anyhow::Result<()> {
+        let rig = rig("fast", false).await?;
+        let outcomes = futures_util::future::join_all((0..64).map(|i| {
+            let mirror = rig.mirror.clone();
+            let tenant = rig.tenant.id;
+            async move {
+                mirror
+                    .consume(tenant, "crm", "crm.accounts.create", &format!("op-{i}"), 35)
+                    .await
+                    .unwrap()
+            }
+        }))
+        .await;
+        let charged = outcomes
+            .iter()
+            .filter(|o| matches!(o, FastOutcome::Charged(_)))
+            .count();
+        let refused = outcomes
+            .iter()
+            .filter(|o| matches!(o, FastOutcome::Insufficient { balance } if *balance < 35))
+            .count();
+        assert_eq!((charged, refused), (28, 36));
+        assert_eq!(rig.mirror.balance(rig.tenant.id, "crm").await?, Some(20));
+        eventually(Duration::from_secs(20), || ingested(&rig, 28)).await?;
+        assert_eq!(
+            crm_balance(&rig.app, &rig.tenant).await,
+            20,
+            "the ledger agrees with the mirror"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn one_fast_operation_id_ten_times_is_charged_once_with_identical_receipts()
+    -> anyhow::Result<()> {
+        let rig = rig("fastonce", false).await?;
+        let outcomes = futures_util::future::join_all((0..10).map(|_| {
+            rig.mirror
+                .consume(rig.tenant.id, "crm", "crm.accounts.create", "same-op", 35)
+        }))
+        .await;
+        let receipts: Vec<_> = outcomes
+            .into_iter()
+            .map(|o| match o.unwrap() {
+                FastOutcome::Charged(r) | FastOutcome::Replayed(r) => r,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(receipts.iter().all(|r| *r == receipts[0]));
+        assert_eq!(rig.mirror.balance(rig.tenant.id, "crm").await?, Some(965));
+        eventually(Duration::from_secs(20), || ingested(&rig, 1)).await?;
+        // Re-ingesting the same entry (a redelivery) changes nothing.
+        let ingest =
+            CreditIngest::new(rig.app.db.pool.clone(), rig.redis.clone(), rig.keys.clone());
+        let entry = &receipts[0].entry;
+        let stream = rig.keys.credit_stream(rig.keys.partition_of(rig.tenant.id));
+        let fields: Vec<(String, std::collections::HashMap<String, String>)> =
+            fred::interfaces::StreamsInterface::xrange(
+                &rig.redis,
+                &stream,
+                entry.as_str(),
+                entry.as_str(),
+                None,
+            )
+            .await?;
+        ingest.ingest(entry, &fields[0].1).await?;
+        assert_eq!(consumptions(&rig.app, &rig.tenant).await, (1, 1));
+        assert_eq!(crm_balance(&rig.app, &rig.tenant).await, 965);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn after_redis_is_flushed_reconciliation_restores_the_mirror_from_the_ledger()
+    -> anyhow::Result<()> {
+        let rig = rig("flushed", true).await?;
+        for i in 0..4 {
+            let outcome = rig
+                .mirror
+                .consume(
+                    rig.tenant.id,
+                    "crm",
+                    "crm.accounts.create",
+                    &format!("f-{i}"),
+                    35,
+                )
+                .await?;
+            assert!(matches!(outcome, FastOutcome::Charged(_)));
+        }
+        eventually(Duration::from_secs(20), || ingested(&rig, 4)).await?;
+        let _: () = fred::interfaces::ClientLike::flushall(&rig.redis, false).await?;
+        assert_eq!(
+            rig.mirror.balance(rig.tenant.id, "crm").await?,
+            None,
+            "Redis lost the mirror"
+        );
+        assert!(matches!(
+            rig.mirror
+                .consume(rig.tenant.id, "crm", "c", "after-flush", 35)
+                .await?,
+            FastOutcome::NotMirrored
+        ));
+
+        let ingest =
+            CreditIngest::new(rig.app.db.pool.clone(), rig.redis.clone(), rig.keys.clone());
+        let corrections = ingest.reconcile().await?;
+        assert_eq!(corrections.len(), 1, "{corrections:?}");
+        assert_eq!((corrections[0].mirror, corrections[0].ledger), (None, 860));
+        assert_eq!(rig.mirror.balance(rig.tenant.id, "crm").await?, Some(860));
+        // The allocation already in the ledger is not added again if its event is redelivered.
+        let allocation: Uuid = sqlx::query_scalar(
+            "select entry_id from credit_ledger where tenant_id = $1 and scope = 'app:crm' and kind = 'allocation'",
+        )
+        .bind(rig.tenant.id)
+        .fetch_one(&rig.app.db.pool)
+        .await?;
+        assert!(
+            !rig.mirror
+                .apply_allocation(rig.tenant.id, "crm", allocation, 1000)
+                .await?
+        );
+        assert!(
+            ingest.reconcile().await?.is_empty(),
+            "nothing left to correct"
+        );
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_sdk_direct_path_charges_exactly_28_of_64_concurrent_consumes() -> anyhow::Result<()> {
+    use sync_sdk::loader::{WrapperClient, WrapperConfig};
+    let app = spawn_wrapper().await?;
+    let (t, _) = funded(&app, "sdkdirect").await;
+    let client = WrapperClient::new(WrapperConfig {
+        base_url: app.url.clone(),
+        client_id: "crm".into(),
+        client_secret: SECRET.into(),
+        page_size: 1000,
+        timeout: std::time::Duration::from_secs(10),
+    });
+    let ops: Vec<String> = (0..64).map(|i| format!("sdk-{i}")).collect();
+    let results = futures_util::future::join_all(
+        ops.iter()
+            .map(|op| client.consume(t.id, "crm", "crm.accounts.create", op, 35)),
+    )
+    .await;
+    let charged = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Err(balance)) if *balance < 35))
+        .count();
+    assert_eq!((charged, refused), (28, 36));
+    assert_eq!(crm_balance(&app, &t).await, 20);
+    assert_eq!(consumptions(&app, &t).await, (28, 28));
+    // A retry of a charged operation returns the same receipt and charges nothing.
+    let first: Value = results
+        .into_iter()
+        .find_map(|r| r.ok()?.ok())
+        .expect("28 were charged");
+    let op = first["operationId"].as_str().unwrap().to_owned();
+    let again = client
+        .consume(t.id, "crm", "crm.accounts.create", &op, 35)
+        .await?;
+    assert_eq!(again, Ok(first));
+    assert_eq!(crm_balance(&app, &t).await, 20);
+    Ok(())
+}

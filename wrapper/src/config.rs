@@ -145,7 +145,8 @@ pub struct Settings {
     /// Bootstrap: the password of that admin.
     #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_PASSWORD")]
     pub bootstrap_admin_password: Option<Secret>,
-    /// Run the outbox relay inside `serve` (`wrapper relay` runs it alone).
+    /// Run the outbox relay and the credit-stream ingester inside `serve` (`wrapper relay` runs
+    /// the relay alone).
     #[arg(long, env = "WRAPPER_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
     pub relay: bool,
     /// Outbox rows per pipelined publish batch.

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod context;
+pub mod credit_ingest;
 pub mod error;
 pub mod outbox;
 pub mod relay;

@@ -149,11 +149,17 @@ impl Application {
     /// Serve until `cancel` fires, then finish in-flight requests.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.addr(), "wrapper listening");
-        let relay = self
-            .state
-            .settings
-            .relay
-            .then(|| tokio::spawn(relay_for(&self.state).run(cancel.clone())));
+        let relay = self.state.settings.relay.then(|| {
+            let ingest = crate::credit_ingest::CreditIngest::new(
+                self.state.db.clone(),
+                self.state.redis.clone(),
+                self.state.stream_keys.clone(),
+            );
+            let (relay, cancel) = (relay_for(&self.state), cancel.clone());
+            tokio::spawn(async move {
+                tokio::join!(relay.run(cancel.clone()), ingest.run(cancel));
+            })
+        });
         let app = router(self.state);
         let stop = cancel.clone();
         axum::serve(self.listener, app)

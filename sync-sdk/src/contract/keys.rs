@@ -89,6 +89,48 @@ impl StreamKeys {
         format!("{}:dlq:{app}", self.namespace)
     }
 
+    /// The credit stream of partition `partition` (fast-path consumptions the wrapper ingests):
+    /// `{ns}:credits:{P}`.
+    pub fn credit_stream(&self, partition: u32) -> String {
+        format!("{}:credits:{{{partition}}}", self.namespace)
+    }
+
+    /// The mirrored balance of an application's allocation:
+    /// `{ns}:credits:{P}:balance:{tenant}:{app}`. It shares its partition's hash tag with the
+    /// credit stream, so one script can update both atomically on Redis Cluster.
+    pub fn credit_balance(&self, tenant_id: Uuid, app: &str) -> String {
+        let p = self.partition_of(tenant_id);
+        format!(
+            "{}:credits:{{{p}}}:balance:{tenant_id}:{app}",
+            self.namespace
+        )
+    }
+
+    /// The remembered reply of one fast-path consumption (its idempotency record).
+    pub fn credit_operation(&self, tenant_id: Uuid, app: &str, operation_id: &str) -> String {
+        let p = self.partition_of(tenant_id);
+        format!(
+            "{}:credits:{{{p}}}:op:{tenant_id}:{app}:{operation_id}",
+            self.namespace
+        )
+    }
+
+    /// The allocation ids already added to a mirrored balance.
+    pub fn credit_allocations(&self, tenant_id: Uuid, app: &str) -> String {
+        let p = self.partition_of(tenant_id);
+        format!(
+            "{}:credits:{{{p}}}:allocs:{tenant_id}:{app}",
+            self.namespace
+        )
+    }
+
+    /// Every credit stream, in partition order.
+    pub fn all_credit_streams(&self) -> Vec<String> {
+        (0..self.partitions)
+            .map(|p| self.credit_stream(p))
+            .collect()
+    }
+
     /// A lock or lease key: `{ns}:lock:{name}`.
     pub fn lock(&self, name: &str) -> String {
         format!("{}:lock:{name}", self.namespace)

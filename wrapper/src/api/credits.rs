@@ -51,7 +51,7 @@ pub fn router() -> Router<AppState> {
 const MAX_AMOUNT: i64 = 1_000_000_000;
 const POOL: &str = "tenant";
 
-fn app_scope(application: &str) -> String {
+pub(crate) fn app_scope(application: &str) -> String {
     format!("app:{application}")
 }
 
@@ -96,23 +96,23 @@ pub struct LedgerEntry {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-const LEDGER_COLUMNS: &str =
+pub(crate) const LEDGER_COLUMNS: &str =
     "id, entry_id, tenant_id, kind, scope, source_scope, amount, application,
      operation_code, operation_id, balance_after, created_at";
 
-struct NewEntry<'a> {
-    tenant_id: Uuid,
-    kind: &'a str,
-    scope: &'a str,
-    source_scope: Option<&'a str>,
-    amount: i64,
-    application: Option<&'a str>,
-    operation_code: Option<&'a str>,
-    operation_id: Option<&'a str>,
-    balance_after: i64,
+pub(crate) struct NewEntry<'a> {
+    pub(crate) tenant_id: Uuid,
+    pub(crate) kind: &'a str,
+    pub(crate) scope: &'a str,
+    pub(crate) source_scope: Option<&'a str>,
+    pub(crate) amount: i64,
+    pub(crate) application: Option<&'a str>,
+    pub(crate) operation_code: Option<&'a str>,
+    pub(crate) operation_id: Option<&'a str>,
+    pub(crate) balance_after: i64,
 }
 
-async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
+pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
     Ok(sqlx::query_as(&format!(
         "insert into credit_ledger (entry_id, tenant_id, kind, scope, source_scope, amount,
              application, operation_code, operation_id, balance_after)
@@ -153,7 +153,7 @@ async fn credit(
 }
 
 /// Take `amount` from a balance if it covers it; otherwise a 402 with the balance.
-async fn debit(
+pub(crate) async fn debit(
     tx: &mut PgConnection,
     tenant: Uuid,
     scope: &str,

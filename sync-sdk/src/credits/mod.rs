@@ -1,0 +1,147 @@
+//! Credits from the app's side: two ways to consume.
+//!
+//! * **Direct** ([`crate::loader::WrapperClient::consume`]): the wrapper charges its ledger in
+//!   one transaction; idempotent by operation id; a 402 carries the balance.
+//! * **Fast path** ([`CreditMirror`]): the app's allocation is mirrored in Redis and one Lua
+//!   script checks the operation id, checks and decrements the balance and appends a
+//!   `credit.consumed` entry to the partition's credit stream, atomically. The wrapper ingests
+//!   that stream into its ledger, idempotently by operation id. An allocation raises the mirror
+//!   once per allocation id ([`CreditMirror::apply_allocation`], from the app's handler of
+//!   `credit.allocated`). The wrapper's reconciliation corrects a mirror that drifted (for
+//!   example after Redis lost its data).
+
+use fred::{prelude::*, types::scripts::Script};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::contract::StreamKeys;
+
+/// How long a fast-path operation id is remembered (its replay window): 7 days.
+pub const OPERATION_TTL_SECS: u64 = 7 * 24 * 3600;
+
+/// The reply of a charged fast-path consumption (replayed verbatim for a repeated id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FastReceipt {
+    /// The idempotency key.
+    pub operation_id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The consuming application.
+    pub application: String,
+    /// What was done.
+    pub operation_code: String,
+    /// Credits charged.
+    pub amount: i64,
+    /// The mirrored balance after the charge.
+    pub balance_after: i64,
+    /// The credit stream entry the wrapper ingests.
+    pub entry: String,
+}
+
+/// What a fast-path consumption did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastOutcome {
+    /// Charged now.
+    Charged(FastReceipt),
+    /// Charged before under the same operation id; nothing charged now.
+    Replayed(FastReceipt),
+    /// The balance does not cover the amount; nothing charged.
+    Insufficient {
+        /// The mirrored balance.
+        balance: i64,
+    },
+    /// No mirror exists for this tenant and application (use the direct path or reconcile).
+    NotMirrored,
+}
+
+/// The mirrored allocations of one app, in Redis.
+pub struct CreditMirror {
+    redis: Client,
+    keys: StreamKeys,
+    consume: Script,
+    allocate: Script,
+}
+
+fn parse_error(e: impl std::fmt::Display) -> Error {
+    Error::new(fred::error::ErrorKind::Parse, e.to_string())
+}
+
+impl CreditMirror {
+    /// Mirrors under `keys`' namespace.
+    pub fn new(redis: Client, keys: StreamKeys) -> Self {
+        Self {
+            redis,
+            keys,
+            consume: Script::from_lua(include_str!("consume.lua")),
+            allocate: Script::from_lua(include_str!("allocate.lua")),
+        }
+    }
+
+    /// Consume `amount` credits of `app`'s allocation in `tenant_id` for an operation.
+    pub async fn consume(
+        &self,
+        tenant_id: Uuid,
+        app: &str,
+        operation_code: &str,
+        operation_id: &str,
+        amount: i64,
+    ) -> Result<FastOutcome, Error> {
+        let keys = vec![
+            self.keys.credit_balance(tenant_id, app),
+            self.keys.credit_operation(tenant_id, app, operation_id),
+            self.keys.credit_stream(self.keys.partition_of(tenant_id)),
+        ];
+        let args = vec![
+            operation_id.to_owned(),
+            amount.to_string(),
+            tenant_id.to_string(),
+            app.to_owned(),
+            operation_code.to_owned(),
+            OPERATION_TTL_SECS.to_string(),
+        ];
+        let (status, text): (i64, String) = self
+            .consume
+            .evalsha_with_reload(&self.redis, keys, args)
+            .await?;
+        let receipt = || serde_json::from_str::<FastReceipt>(&text).map_err(parse_error);
+        Ok(match status {
+            0 => FastOutcome::Charged(receipt()?),
+            1 => FastOutcome::Replayed(receipt()?),
+            2 => FastOutcome::Insufficient {
+                balance: text.parse().map_err(parse_error)?,
+            },
+            _ => FastOutcome::NotMirrored,
+        })
+    }
+
+    /// Raise the mirror by an allocation, once per allocation id; true if applied now.
+    pub async fn apply_allocation(
+        &self,
+        tenant_id: Uuid,
+        app: &str,
+        allocation_id: Uuid,
+        amount: i64,
+    ) -> Result<bool, Error> {
+        let keys = vec![
+            self.keys.credit_balance(tenant_id, app),
+            self.keys.credit_allocations(tenant_id, app),
+        ];
+        let applied: i64 = self
+            .allocate
+            .evalsha_with_reload(
+                &self.redis,
+                keys,
+                vec![allocation_id.to_string(), amount.to_string()],
+            )
+            .await?;
+        Ok(applied == 1)
+    }
+
+    /// The mirrored balance, if mirrored.
+    pub async fn balance(&self, tenant_id: Uuid, app: &str) -> Result<Option<i64>, Error> {
+        self.redis
+            .get(self.keys.credit_balance(tenant_id, app))
+            .await
+    }
+}
