@@ -13,6 +13,11 @@
 //! load: lazy-loading a tenant of N users (paged snapshot, 5,000 users a page) from a running
 //! wrapper into a fresh Postgres store, five times.
 //!
+//! `cargo run --release -p tsync-e2e --bin bench -- credits --events 50000`
+//!
+//! credits: consumes per second on the direct path (HTTP to the wrapper's ledger, N / 10 of
+//! them) and on the fast path (the Lua script on the Redis mirror, N), 32 at a time.
+//!
 //! relay: raw pipelined XADD of the outbox's payloads vs. the relay publishing the same number
 //! of committed outbox rows, on the same Redis in one run; then commit → stream latency at a
 //! steady write rate.
@@ -57,9 +62,10 @@ async fn main() -> anyhow::Result<()> {
         Some("relay") => relay(events, batch).await,
         Some("consumer") => consumer(events).await,
         Some("load") => load(events).await,
+        Some("credits") => credits(events).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS]"
+                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS] | credits [--events N]"
             );
             std::process::exit(2);
         }
@@ -452,5 +458,70 @@ async fn load(users: usize) -> anyhow::Result<()> {
                 .await?;
         println!("run {run}: loaded a tenant of {loaded} users in {took:.2?}");
     }
+    Ok(())
+}
+
+async fn credits(events: usize) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use reqwest::Method;
+    use sync_sdk::{
+        credits::{CreditMirror, FastOutcome},
+        loader::{WrapperClient, WrapperConfig},
+    };
+    let wrapper = tsync_e2e::wrapper_app::spawn_wrapper().await?;
+    let tenant = wrapper.create_tenant("credits").await;
+    let total = (events as i64) * 2;
+    wrapper
+        .send_ok(Method::POST, "/api/admin/credits/allocate", &wrapper.root,
+            serde_json::json!({"tenantId": tenant.id, "amount": total}))
+        .await;
+    wrapper
+        .send_ok(Method::POST, "/api/admin/credits/allocate/application", &tenant.admin,
+            serde_json::json!({"tenantId": tenant.id, "application": "crm", "amount": total}))
+        .await;
+    let secret = "bench-service-secret-long-enough";
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", secret).await?;
+    let client = WrapperClient::new(WrapperConfig {
+        base_url: wrapper.url.clone(),
+        client_id: "crm".into(),
+        client_secret: secret.into(),
+        page_size: 1000,
+        timeout: Duration::from_secs(30),
+    });
+    client.consume(tenant.id, "crm", "warm", "warm-up", 1).await?.ok();
+
+    let direct = (events / 10).max(100);
+    let started = Instant::now();
+    let ok = futures_util::stream::iter(0..direct)
+        .map(|i| {
+            let client = &client;
+            let tenant = tenant.id;
+            async move { client.consume(tenant, "crm", "bench", &format!("d-{i}"), 1).await }
+        })
+        .buffer_unordered(32)
+        .filter(|r| std::future::ready(matches!(r, Ok(Ok(_)))))
+        .count()
+        .await;
+    let took = started.elapsed();
+    anyhow::ensure!(ok == direct, "{ok} of {direct} direct consumes charged");
+    println!("direct path: {direct} consumes in {took:.2?} = {:.0}/s", direct as f64 / took.as_secs_f64());
+
+    let keys = StreamKeys::new(wrapper.state.settings.namespace.clone(), 8).unwrap();
+    let mirror = CreditMirror::new(redis_client(&redis_url()).await?, keys);
+    mirror.apply_allocation(tenant.id, "crm", Uuid::now_v7(), total).await?;
+    let started = Instant::now();
+    let ok = futures_util::stream::iter(0..events)
+        .map(|i| {
+            let mirror = &mirror;
+            let tenant = tenant.id;
+            async move { mirror.consume(tenant, "crm", "bench", &format!("f-{i}"), 1).await }
+        })
+        .buffer_unordered(32)
+        .filter(|r| std::future::ready(matches!(r, Ok(FastOutcome::Charged(_)))))
+        .count()
+        .await;
+    let took = started.elapsed();
+    anyhow::ensure!(ok == events, "{ok} of {events} fast consumes charged");
+    println!("fast path: {events} consumes in {took:.2?} = {:.0}/s", events as f64 / took.as_secs_f64());
     Ok(())
 }
