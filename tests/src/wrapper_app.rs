@@ -29,6 +29,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     /// The platform admin's token.
     pub root: String,
+    settings: Settings,
     stop: CancellationToken,
 }
 
@@ -36,6 +37,21 @@ impl TestApp {
     /// Stop serving (and the relay), as if the wrapper went down.
     pub fn stop(&self) {
         self.stop.cancel();
+    }
+
+    /// Start the wrapper again on the same port and database (after [`stop`](Self::stop)).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let settings = self.settings.clone();
+        let app = crate::eventually_some(std::time::Duration::from_secs(10), || {
+            let settings = settings.clone();
+            async move { Application::build(settings).await.ok() }
+        })
+        .await?;
+        self.state = app.state().clone();
+        self.stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(self.stop.clone()));
+        Ok(())
     }
 }
 
@@ -79,8 +95,9 @@ pub async fn spawn_wrapper_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::R
     settings.bootstrap_admin_email = Some(ROOT_EMAIL.into());
     settings.bootstrap_admin_password = Some(wrapper::config::Secret(PASSWORD.into()));
     adjust(&mut settings);
-    let app = Application::build(settings).await?;
+    let app = Application::build(settings.clone()).await?;
     let url = format!("http://{}", app.addr());
+    settings.listen = app.addr();
     let state = app.state().clone();
     let cancel = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(cancel.clone()));
@@ -91,6 +108,7 @@ pub async fn spawn_wrapper_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::R
         state,
         http,
         root: String::new(),
+        settings,
         stop: cancel,
     };
     test_app.root = test_app.login(ROOT_EMAIL, PASSWORD, None).await?;

@@ -508,3 +508,143 @@ async fn the_sdk_direct_path_charges_exactly_28_of_64_concurrent_consumes() -> a
     assert_eq!(crm_balance(&app, &t).await, 20);
     Ok(())
 }
+
+mod offline {
+    use std::{sync::Arc, time::Duration};
+
+    use sync_sdk::{
+        credits::offline::{Consumed, CreditClient, CreditError, CreditQueue},
+        loader::{WrapperClient, WrapperConfig},
+        store::{mongo::MongoStore, postgres::PostgresStore},
+        test_support::{fresh_database, fresh_mongo},
+    };
+
+    use super::*;
+
+    async fn wrapper_down_then_back<Q: CreditQueue>(
+        queue: Arc<Q>,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let mut app = spawn_wrapper().await?;
+        let (t, _) = funded(&app, name).await;
+        let wrapper = Arc::new(WrapperClient::new(WrapperConfig {
+            base_url: app.url.clone(),
+            client_id: "crm".into(),
+            client_secret: SECRET.into(),
+            page_size: 1000,
+            timeout: Duration::from_secs(5),
+        }));
+        let credits = CreditClient::new(wrapper, queue.clone(), 100);
+        // Online: charged at once.
+        assert!(matches!(
+            credits
+                .consume(t.id, "crm", "crm.accounts.create", "on-1", 35)
+                .await?,
+            Consumed::Charged(_)
+        ));
+
+        app.stop();
+        // Offline: 35 + 35 fit the allowance of 100, the next 35 does not.
+        for op in ["off-1", "off-2"] {
+            assert_eq!(
+                credits
+                    .consume(t.id, "crm", "crm.accounts.create", op, 35)
+                    .await?,
+                Consumed::Queued
+            );
+        }
+        assert_eq!(
+            credits
+                .consume(t.id, "crm", "crm.accounts.create", "off-1", 35)
+                .await?,
+            Consumed::Queued,
+            "a retry of a queued operation is not queued twice"
+        );
+        match credits
+            .consume(t.id, "crm", "crm.accounts.create", "off-3", 35)
+            .await
+        {
+            Err(CreditError::AllowanceExhausted {
+                allowance: 100,
+                queued: 70,
+            }) => {}
+            other => panic!("beyond the allowance: {other:?}"),
+        }
+        assert_eq!(queue.queued().await?.len(), 2);
+        let still_down = credits.replay().await?;
+        assert_eq!((still_down.charged, still_down.left), (0, 2));
+
+        app.restart().await?;
+        let report = credits.replay().await?;
+        assert_eq!(
+            (report.charged, report.left, report.refused.len()),
+            (2, 0, 0)
+        );
+        assert!(queue.queued().await?.is_empty());
+        // Replaying again (say, after a crash before the dequeue) charges nothing new.
+        assert_eq!(credits.replay().await?.charged, 0);
+        assert_eq!(
+            consumptions(&app, &t).await,
+            (3, 3),
+            "on-1, off-1, off-2: once each"
+        );
+        assert_eq!(crm_balance(&app, &t).await, 1000 - 3 * 35);
+        Ok(())
+    }
+
+    async fn concurrent_offline_consumes_stay_within_the_allowance<Q: CreditQueue>(
+        queue: Arc<Q>,
+    ) -> anyhow::Result<()> {
+        use sync_sdk::credits::offline::{Enqueued, QueuedConsumption};
+        let tenant = uuid::Uuid::now_v7();
+        let outcomes = futures_util::future::join_all((0..10).map(|i| {
+            let queue = queue.clone();
+            async move {
+                let c = QueuedConsumption {
+                    operation_id: format!("{tenant}-c{i}"),
+                    tenant_id: tenant,
+                    application: "crm".into(),
+                    operation_code: "c".into(),
+                    amount: 35,
+                };
+                queue.enqueue(&c, 100).await.unwrap()
+            }
+        }))
+        .await;
+        let queued = outcomes.iter().filter(|o| **o == Enqueued::Queued).count();
+        assert_eq!(queued, 2, "{outcomes:?}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn concurrent_offline_consumes_stay_within_the_allowance_postgres() -> anyhow::Result<()>
+    {
+        let store = PostgresStore::new(fresh_database().await?.pool);
+        store.init().await?;
+        concurrent_offline_consumes_stay_within_the_allowance(Arc::new(store)).await
+    }
+
+    #[tokio::test]
+    async fn concurrent_offline_consumes_stay_within_the_allowance_mongo() -> anyhow::Result<()> {
+        let store = MongoStore::new(fresh_mongo().await?);
+        store.init().await?;
+        concurrent_offline_consumes_stay_within_the_allowance(Arc::new(store)).await
+    }
+
+    #[tokio::test]
+    async fn offline_consumption_within_the_allowance_replays_once_postgres_queue()
+    -> anyhow::Result<()> {
+        let db = fresh_database().await?;
+        let store = PostgresStore::new(db.pool.clone());
+        store.init().await?;
+        wrapper_down_then_back(Arc::new(store), "offpg").await
+    }
+
+    #[tokio::test]
+    async fn offline_consumption_within_the_allowance_replays_once_mongo_queue()
+    -> anyhow::Result<()> {
+        let store = MongoStore::new(fresh_mongo().await?);
+        store.init().await?;
+        wrapper_down_then_back(Arc::new(store), "offmongo").await
+    }
+}

@@ -10,6 +10,8 @@
 //!   `credit.allocated`). The wrapper's reconciliation corrects a mirror that drifted (for
 //!   example after Redis lost its data).
 
+pub mod offline;
+
 use fred::{prelude::*, types::scripts::Script};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

@@ -46,7 +46,12 @@ impl MongoStore {
     pub async fn init(&self) -> Result<(), StoreError> {
         let existing = self.db.list_collection_names().await.map_err(err)?;
         let mut names: Vec<&str> = EntityKind::ALL.iter().map(|k| k.name()).collect();
-        names.extend(["tsync_sync", "tsync_processed"]);
+        names.extend([
+            "tsync_sync",
+            "tsync_processed",
+            "tsync_credit_queue",
+            "tsync_credit_allowance",
+        ]);
         for name in names {
             if !existing.iter().any(|e| e == name) {
                 // A concurrent init may create it first; that is fine.
@@ -294,5 +299,126 @@ impl TenantStore for MongoStore {
             Ok(Versioned { version, state })
         })
         .transpose()
+    }
+}
+
+impl MongoStore {
+    async fn enqueue_once(
+        &self,
+        session: &mut ClientSession,
+        c: &crate::credits::offline::QueuedConsumption,
+        allowance: i64,
+    ) -> Result<crate::credits::offline::Enqueued, MongoError> {
+        use crate::credits::offline::Enqueued;
+        let queue = self.db.collection::<Document>("tsync_credit_queue");
+        let counters = self.db.collection::<Document>("tsync_credit_allowance");
+        session.start_transaction().await?;
+        if queue
+            .find_one(doc! {"_id": &c.operation_id})
+            .session(&mut *session)
+            .await?
+            .is_some()
+        {
+            session.abort_transaction().await?;
+            return Ok(Enqueued::AlreadyQueued);
+        }
+        let key = format!("{}:{}", c.tenant_id, c.application);
+        let used = counters
+            .find_one(doc! {"_id": &key})
+            .session(&mut *session)
+            .await?
+            .and_then(|d| d.get_i64("used").ok())
+            .unwrap_or(0);
+        if used + c.amount > allowance {
+            session.abort_transaction().await?;
+            return Ok(Enqueued::OverAllowance { queued: used });
+        }
+        queue
+            .insert_one(doc! {
+                "_id": &c.operation_id, "tenantId": c.tenant_id.to_string(),
+                "application": &c.application, "operationCode": &c.operation_code,
+                "amount": c.amount, "queuedAt": bson::DateTime::now(),
+            })
+            .session(&mut *session)
+            .await?;
+        counters
+            .update_one(doc! {"_id": &key}, doc! {"$inc": {"used": c.amount}})
+            .upsert(true)
+            .session(&mut *session)
+            .await?;
+        loop {
+            match session.commit_transaction().await {
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+                other => return other.map(|_| Enqueued::Queued),
+            }
+        }
+    }
+}
+
+impl crate::credits::offline::CreditQueue for MongoStore {
+    async fn enqueue(
+        &self,
+        c: &crate::credits::offline::QueuedConsumption,
+        allowance: i64,
+    ) -> Result<crate::credits::offline::Enqueued, StoreError> {
+        let mut session = self.client.start_session().await.map_err(err)?;
+        for attempt in 1..=8u64 {
+            match self.enqueue_once(&mut session, c, allowance).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) => {
+                    let _ = session.abort_transaction().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempt)).await;
+                }
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(err(e));
+                }
+            }
+        }
+        Err(StoreError("offline queue: too many write conflicts".into()))
+    }
+
+    async fn queued(&self) -> Result<Vec<crate::credits::offline::QueuedConsumption>, StoreError> {
+        let mut cursor = self
+            .db
+            .collection::<Document>("tsync_credit_queue")
+            .find(doc! {})
+            .sort(doc! {"queuedAt": 1, "_id": 1})
+            .await
+            .map_err(err)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(err)? {
+            let d = cursor.deserialize_current().map_err(err)?;
+            out.push(crate::credits::offline::QueuedConsumption {
+                operation_id: d.get_str("_id").map_err(err)?.to_owned(),
+                tenant_id: d.get_str("tenantId").map_err(err)?.parse().map_err(err)?,
+                application: d.get_str("application").map_err(err)?.to_owned(),
+                operation_code: d.get_str("operationCode").map_err(err)?.to_owned(),
+                amount: d.get_i64("amount").map_err(err)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn dequeue(&self, operation_id: &str) -> Result<(), StoreError> {
+        let queue = self.db.collection::<Document>("tsync_credit_queue");
+        let removed = queue
+            .find_one_and_delete(doc! {"_id": operation_id})
+            .await
+            .map_err(err)?;
+        if let Some(d) = removed {
+            let key = format!(
+                "{}:{}",
+                d.get_str("tenantId").unwrap_or_default(),
+                d.get_str("application").unwrap_or_default()
+            );
+            let amount = d.get_i64("amount").unwrap_or(0);
+            self.db
+                .collection::<Document>("tsync_credit_allowance")
+                .update_one(doc! {"_id": key}, doc! {"$inc": {"used": -amount}})
+                .await
+                .map_err(err)?;
+        }
+        Ok(())
     }
 }

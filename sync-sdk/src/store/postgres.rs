@@ -28,6 +28,9 @@ const SCHEMA: &[&str] = &[
     "create index if not exists tsync_entities_tenant on tsync_entities (tenant_id, kind)",
     "create table if not exists tsync_sync (
         tenant_id uuid primary key, snapshot_seq bigint not null, last_seq bigint not null)",
+    "create table if not exists tsync_credit_queue (
+        operation_id text primary key, tenant_id uuid not null, application text not null,
+        operation_code text not null, amount bigint not null, queued_at timestamptz not null default now())",
     "create table if not exists tsync_processed (
         event_id uuid primary key, tenant_id uuid not null, at timestamptz not null default now())",
 ];
@@ -214,5 +217,91 @@ impl TenantStore for PostgresStore {
         .await
         .map_err(err)?;
         Ok(row.map(|(version, state)| Versioned { version, state }))
+    }
+}
+
+impl crate::credits::offline::CreditQueue for PostgresStore {
+    async fn enqueue(
+        &self,
+        c: &crate::credits::offline::QueuedConsumption,
+        allowance: i64,
+    ) -> Result<crate::credits::offline::Enqueued, StoreError> {
+        use crate::credits::offline::Enqueued;
+        let mut tx = self.db.begin().await.map_err(err)?;
+        // One writer per tenant and application at a time, so the allowance check holds.
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 1))")
+            .bind(c.tenant_id.to_string())
+            .bind(&c.application)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+        let exists: bool = sqlx::query_scalar(
+            "select exists(select 1 from tsync_credit_queue where operation_id = $1)",
+        )
+        .bind(&c.operation_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        if exists {
+            return Ok(Enqueued::AlreadyQueued);
+        }
+        let queued: i64 = sqlx::query_scalar(
+            "select coalesce(sum(amount), 0)::bigint from tsync_credit_queue where tenant_id = $1 and application = $2",
+        )
+        .bind(c.tenant_id)
+        .bind(&c.application)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        if queued + c.amount > allowance {
+            return Ok(Enqueued::OverAllowance { queued });
+        }
+        sqlx::query(
+            "insert into tsync_credit_queue (operation_id, tenant_id, application, operation_code, amount)
+             values ($1, $2, $3, $4, $5)",
+        )
+        .bind(&c.operation_id)
+        .bind(c.tenant_id)
+        .bind(&c.application)
+        .bind(&c.operation_code)
+        .bind(c.amount)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(Enqueued::Queued)
+    }
+
+    async fn queued(&self) -> Result<Vec<crate::credits::offline::QueuedConsumption>, StoreError> {
+        let rows: Vec<(String, Uuid, String, String, i64)> = sqlx::query_as(
+            "select operation_id, tenant_id, application, operation_code, amount
+             from tsync_credit_queue order by queued_at, operation_id",
+        )
+        .fetch_all(&self.db)
+        .await
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(operation_id, tenant_id, application, operation_code, amount)| {
+                    crate::credits::offline::QueuedConsumption {
+                        operation_id,
+                        tenant_id,
+                        application,
+                        operation_code,
+                        amount,
+                    }
+                },
+            )
+            .collect())
+    }
+
+    async fn dequeue(&self, operation_id: &str) -> Result<(), StoreError> {
+        sqlx::query("delete from tsync_credit_queue where operation_id = $1")
+            .bind(operation_id)
+            .execute(&self.db)
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 }

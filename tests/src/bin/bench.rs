@@ -472,12 +472,20 @@ async fn credits(events: usize) -> anyhow::Result<()> {
     let tenant = wrapper.create_tenant("credits").await;
     let total = (events as i64) * 2;
     wrapper
-        .send_ok(Method::POST, "/api/admin/credits/allocate", &wrapper.root,
-            serde_json::json!({"tenantId": tenant.id, "amount": total}))
+        .send_ok(
+            Method::POST,
+            "/api/admin/credits/allocate",
+            &wrapper.root,
+            serde_json::json!({"tenantId": tenant.id, "amount": total}),
+        )
         .await;
     wrapper
-        .send_ok(Method::POST, "/api/admin/credits/allocate/application", &tenant.admin,
-            serde_json::json!({"tenantId": tenant.id, "application": "crm", "amount": total}))
+        .send_ok(
+            Method::POST,
+            "/api/admin/credits/allocate/application",
+            &tenant.admin,
+            serde_json::json!({"tenantId": tenant.id, "application": "crm", "amount": total}),
+        )
         .await;
     let secret = "bench-service-secret-long-enough";
     wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", secret).await?;
@@ -488,7 +496,10 @@ async fn credits(events: usize) -> anyhow::Result<()> {
         page_size: 1000,
         timeout: Duration::from_secs(30),
     });
-    client.consume(tenant.id, "crm", "warm", "warm-up", 1).await?.ok();
+    client
+        .consume(tenant.id, "crm", "warm", "warm-up", 1)
+        .await?
+        .ok();
 
     let direct = (events / 10).max(100);
     let started = Instant::now();
@@ -496,7 +507,11 @@ async fn credits(events: usize) -> anyhow::Result<()> {
         .map(|i| {
             let client = &client;
             let tenant = tenant.id;
-            async move { client.consume(tenant, "crm", "bench", &format!("d-{i}"), 1).await }
+            async move {
+                client
+                    .consume(tenant, "crm", "bench", &format!("d-{i}"), 1)
+                    .await
+            }
         })
         .buffer_unordered(32)
         .filter(|r| std::future::ready(matches!(r, Ok(Ok(_)))))
@@ -504,17 +519,26 @@ async fn credits(events: usize) -> anyhow::Result<()> {
         .await;
     let took = started.elapsed();
     anyhow::ensure!(ok == direct, "{ok} of {direct} direct consumes charged");
-    println!("direct path: {direct} consumes in {took:.2?} = {:.0}/s", direct as f64 / took.as_secs_f64());
+    println!(
+        "direct path: {direct} consumes in {took:.2?} = {:.0}/s",
+        direct as f64 / took.as_secs_f64()
+    );
 
     let keys = StreamKeys::new(wrapper.state.settings.namespace.clone(), 8).unwrap();
     let mirror = CreditMirror::new(redis_client(&redis_url()).await?, keys);
-    mirror.apply_allocation(tenant.id, "crm", Uuid::now_v7(), total).await?;
+    mirror
+        .apply_allocation(tenant.id, "crm", Uuid::now_v7(), total)
+        .await?;
     let started = Instant::now();
     let ok = futures_util::stream::iter(0..events)
         .map(|i| {
             let mirror = &mirror;
             let tenant = tenant.id;
-            async move { mirror.consume(tenant, "crm", "bench", &format!("f-{i}"), 1).await }
+            async move {
+                mirror
+                    .consume(tenant, "crm", "bench", &format!("f-{i}"), 1)
+                    .await
+            }
         })
         .buffer_unordered(32)
         .filter(|r| std::future::ready(matches!(r, Ok(FastOutcome::Charged(_)))))
@@ -522,6 +546,9 @@ async fn credits(events: usize) -> anyhow::Result<()> {
         .await;
     let took = started.elapsed();
     anyhow::ensure!(ok == events, "{ok} of {events} fast consumes charged");
-    println!("fast path: {events} consumes in {took:.2?} = {:.0}/s", events as f64 / took.as_secs_f64());
+    println!(
+        "fast path: {events} consumes in {took:.2?} = {:.0}/s",
+        events as f64 / took.as_secs_f64()
+    );
     Ok(())
 }
