@@ -561,3 +561,60 @@ async fn the_scheduled_full_sync_repairs_drift_on_its_cron_schedule() -> anyhow:
     app.cancel.cancel();
     Ok(())
 }
+
+#[tokio::test]
+async fn credit_configs_reach_the_app_by_snapshot_and_by_stream() -> anyhow::Result<()> {
+    let app = app_with_consumer(1000).await?;
+    let t = app.wrapper.create_tenant("pricing").await;
+    let path = format!("/api/tenants/{}/credit-configs", t.id);
+    let body = json!({"application": "crm", "operationCode": "crm.accounts.create", "cost": 35});
+    let (status, _) = app
+        .wrapper
+        .call(Method::PUT, &path, Some(&t.admin), Some(body.clone()))
+        .await;
+    assert_eq!(status, 403, "prices are set by platform admins");
+    let config = app
+        .wrapper
+        .send_ok(Method::PUT, &path, &app.wrapper.root, body)
+        .await;
+    let id: Uuid = serde_json::from_value(config["id"].clone())?;
+    let listed = app.wrapper.get_ok(&path, &t.admin).await;
+    assert_eq!(listed[0]["cost"], 35);
+
+    app.loader.ensure_tenant(t.id).await?;
+    let loaded = app
+        .store
+        .get(EntityKind::CreditConfig, t.id, id)
+        .await?
+        .expect("in the snapshot");
+    assert_eq!(
+        (loaded.version, loaded.state["cost"].as_i64()),
+        (1, Some(35))
+    );
+
+    app.wrapper
+        .send_ok(
+            Method::PUT,
+            &path,
+            &app.wrapper.root,
+            json!({"application": "crm", "operationCode": "crm.accounts.create", "cost": 40}),
+        )
+        .await;
+    eventually(Duration::from_secs(20), || async {
+        app.store
+            .get(EntityKind::CreditConfig, t.id, id)
+            .await
+            .ok()
+            .flatten()
+            .map(|v| v.version)
+            == Some(2)
+    })
+    .await?;
+    let full = FullSync::new(app.loader.clone(), app.store.clone(), Arc::new(NoIntegrity));
+    assert!(
+        full.in_sync(t.id).await?,
+        "digests agree, credit configs included"
+    );
+    app.cancel.cancel();
+    Ok(())
+}

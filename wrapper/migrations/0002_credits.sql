@@ -31,3 +31,16 @@ create table credit_ledger (
 create unique index credit_ledger_operation on credit_ledger (tenant_id, operation_id)
     where kind = 'consumption';
 create index credit_ledger_page on credit_ledger (tenant_id, id);
+
+-- The cost of an operation per tenant, synced to apps (credit.config_updated).
+create table credit_configs (
+    id             uuid primary key,
+    tenant_id      uuid not null references tenants (id),
+    application    text not null,
+    operation_code text not null,
+    cost           bigint not null check (cost >= 0),
+    active         boolean not null default true,
+    version        bigint not null default 1,
+    updated_at     timestamptz not null default now(),
+    unique (tenant_id, application, operation_code)
+);

@@ -164,6 +164,9 @@ pub struct Settings {
     /// Published outbox rows are deleted after this many seconds.
     #[arg(long, env = "WRAPPER_OUTBOX_RETENTION_SECS", default_value_t = 86_400)]
     pub outbox_retention_secs: u64,
+    /// How often mirrored credit balances are reconciled with the ledger, in seconds (0: never).
+    #[arg(long, env = "WRAPPER_CREDIT_RECONCILE_SECS", default_value_t = 300)]
+    pub credit_reconcile_secs: u64,
     /// Log as JSON (production) instead of human-readable text.
     #[arg(long, env = "WRAPPER_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
     pub log_json: bool,

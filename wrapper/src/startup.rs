@@ -156,8 +156,13 @@ impl Application {
                 self.state.stream_keys.clone(),
             );
             let (relay, cancel) = (relay_for(&self.state), cancel.clone());
+            let every = Duration::from_secs(self.state.settings.credit_reconcile_secs);
             tokio::spawn(async move {
-                tokio::join!(relay.run(cancel.clone()), ingest.run(cancel));
+                tokio::join!(
+                    relay.run(cancel.clone()),
+                    ingest.clone().run(cancel.clone()),
+                    reconcile_periodically(ingest, every, cancel),
+                );
             })
         });
         let app = router(self.state);
@@ -170,6 +175,30 @@ impl Application {
             relay.await?;
         }
         Ok(())
+    }
+}
+
+/// Reconcile credit mirrors every `every` (zero: never) until cancelled.
+async fn reconcile_periodically(
+    ingest: Arc<crate::credit_ingest::CreditIngest>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    if every.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {},
+        }
+        match ingest.reconcile().await {
+            Ok(c) if !c.is_empty() => {
+                tracing::warn!(corrections = c.len(), "credit mirrors corrected")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "credit reconciliation failed"),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The REST API, one module per resource, composed here.
 
 pub mod audit_log;
+pub mod credit_configs;
 pub mod credits;
 pub mod domains;
 pub mod health;
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .merge(audit_log::router())
         .merge(sync::router())
         .merge(credits::router())
+        .merge(credit_configs::router())
         .merge(openapi::router())
         .fallback(not_found)
 }

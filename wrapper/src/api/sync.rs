@@ -162,7 +162,13 @@ async fn snapshot(
         body["settings"] = settings.map_or(Value::Null, |(version, values)| {
             json!({"version": version, "state": {"tenantId": tenant_id, "values": values}})
         });
-        body["creditConfigs"] = json!([]);
+        let configs: Vec<Versioned<sync_sdk::contract::CreditConfigState>> =
+            super::credit_configs::all(&mut tx, tenant_id)
+                .await?
+                .into_iter()
+                .map(|c| versioned(c.version, c))
+                .collect();
+        body["creditConfigs"] = json!(configs);
     }
     tx.commit().await?;
     if q.cursor.is_none() {
@@ -224,7 +230,7 @@ async fn digest(
         ),
         (
             "credit_configs",
-            "(select $1::uuid as id, 0::bigint as version where false)",
+            "(select id, version from credit_configs where tenant_id = $1)",
         ),
     ];
     for (kind, source) in sources {
