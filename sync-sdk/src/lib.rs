@@ -75,6 +75,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "axum")]
+pub mod auth;
 pub mod consumer;
 pub mod contract;
 pub mod credits;

@@ -49,6 +49,24 @@ pub enum Command {
     /// Manage service clients (apps that call the sync and credit endpoints).
     #[command(subcommand)]
     ServiceClient(ServiceClientCommand),
+    /// Manage the token signing keys (published at /.well-known/jwks.json).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `wrapper keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// List the active keys (kid, newest first; the first signs).
+    List,
+    /// Add a new signing key: new tokens are signed with it, old ones still verify.
+    Rotate,
+    /// Retire a key: tokens it signed stop verifying (apps drop it at their next JWKS refresh).
+    Retire {
+        /// The key id.
+        #[arg(long)]
+        kid: String,
+    },
 }
 
 /// `wrapper admin ...`
@@ -65,7 +83,7 @@ pub struct AdminArgs {
     #[arg(long)]
     pub email: String,
     /// Password (≥ 12 characters with upper, lower, digit and special character).
-    #[arg(long, env = "TSYNC_ADMIN_PASSWORD")]
+    #[arg(long, env = "TSYNC_ADMIN_PASSWORD", hide_env_values = true)]
     pub password: Secret,
     /// Full name.
     #[arg(long, default_value = "Platform Admin")]
@@ -81,7 +99,7 @@ pub enum ServiceClientCommand {
         #[arg(long)]
         app: String,
         /// The client secret (at least 24 characters).
-        #[arg(long, env = "TSYNC_SERVICE_SECRET")]
+        #[arg(long, env = "TSYNC_SERVICE_SECRET", hide_env_values = true)]
         secret: Secret,
     },
 }
@@ -96,6 +114,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://postgres@127.0.0.1:5432/tsync"
     )]
     pub database_url: Secret,
@@ -103,7 +122,12 @@ pub struct Settings {
     #[arg(long, env = "WRAPPER_DB_MAX_CONNECTIONS", default_value_t = 20)]
     pub db_max_connections: u32,
     /// Redis URL (the event streams).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     pub redis_url: Secret,
     /// Prefix of every Redis key.
     #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
@@ -143,7 +167,7 @@ pub struct Settings {
     #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_EMAIL")]
     pub bootstrap_admin_email: Option<String>,
     /// Bootstrap: the password of that admin.
-    #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_PASSWORD")]
+    #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", hide_env_values = true)]
     pub bootstrap_admin_password: Option<Secret>,
     /// Run the outbox relay and the credit-stream ingester inside `serve` (`wrapper relay` runs
     /// the relay alone).

@@ -4,7 +4,8 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use wrapper::{
-    config::{AdminCommand, Cli, Command, ServiceClientCommand},
+    auth::keys::KeyStore,
+    config::{AdminCommand, Cli, Command, KeysCommand, ServiceClientCommand},
     startup,
 };
 
@@ -47,6 +48,20 @@ async fn main() -> anyhow::Result<()> {
             let id = startup::create_platform_admin(&db, &args.email, &args.password.0, &args.name)
                 .await?;
             println!("platform admin {} ({id})", args.email);
+            Ok(())
+        }
+        Command::Keys(command) => {
+            let db = startup::connect_db(&settings).await?;
+            wrapper::MIGRATOR.run(&db).await?;
+            let keys = KeyStore::load(db, settings.issuer.clone()).await?;
+            match command {
+                KeysCommand::List => {}
+                KeysCommand::Rotate => println!("new signing key {}", keys.rotate().await?),
+                KeysCommand::Retire { kid } => keys.retire(&kid).await?,
+            }
+            for key in keys.jwks().await["keys"].as_array().into_iter().flatten() {
+                println!("{}", key["kid"].as_str().unwrap_or_default());
+            }
             Ok(())
         }
         Command::ServiceClient(ServiceClientCommand::Create { app, secret }) => {

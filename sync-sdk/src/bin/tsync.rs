@@ -18,7 +18,12 @@ use uuid::Uuid;
 #[command(name = "tsync", version, about)]
 struct Cli {
     /// Redis holding the streams.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
     redis_url: String,
     /// Key namespace.
     #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
@@ -51,10 +56,10 @@ enum Command {
         #[arg(long, env = "WRAPPER_URL", default_value = "http://127.0.0.1:8080")]
         wrapper_url: String,
         /// The app's service client secret.
-        #[arg(long, env = "TSYNC_SERVICE_SECRET")]
+        #[arg(long, env = "TSYNC_SERVICE_SECRET", hide_env_values = true)]
         client_secret: String,
         /// The app's store: a `postgres://` or `mongodb://` URL (Mongo: the database is `--mongo-db`).
-        #[arg(long, env = "TSYNC_STORE_URL")]
+        #[arg(long, env = "TSYNC_STORE_URL", hide_env_values = true)]
         store_url: String,
         /// The Mongo database of the store.
         #[arg(long, env = "TSYNC_MONGO_DB", default_value = "app")]

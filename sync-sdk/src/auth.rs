@@ -1,0 +1,278 @@
+//! Authentication for apps (feature `axum`): verify the wrapper's session tokens against its
+//! published keys, and bind every request to one tenant.
+//!
+//! * Tokens are EdDSA JWTs; the public keys come from the wrapper's `/.well-known/jwks.json`.
+//!   They are cached; a token signed with a key the cache does not know makes it refresh (at
+//!   most once per `min_refresh`), so a rotated key is picked up without a restart and a retired
+//!   one stops verifying after the next refresh.
+//! * [`TenantUser`] is an axum extractor: the token comes from `Authorization: Bearer` or the
+//!   session cookie, and the tenant it names must equal the request's tenant (the `X-Tenant`
+//!   header that NGINX derives from the subdomain). A mismatch is a 403 and is logged and
+//!   counted as a cross-tenant attempt.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{FromRef, FromRequestParts},
+    http::{StatusCode, header, request::Parts},
+    response::{IntoResponse, Response},
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::RwLock;
+use uuid::Uuid;
+
+/// The session cookie the wrapper sets.
+pub const SESSION_COOKIE: &str = "tsync_session";
+/// The header carrying the request's tenant (set by NGINX from the subdomain).
+pub const TENANT_HEADER: &str = "x-tenant";
+
+/// The claims apps rely on.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionClaims {
+    /// The user id.
+    pub sub: String,
+    /// The user's tenant.
+    #[serde(default)]
+    pub tid: Option<Uuid>,
+    /// The user's email.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// `user` or `service`.
+    pub kind: String,
+    /// Expiry.
+    pub exp: i64,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No token on the request.
+    #[error("authentication required")]
+    Missing,
+    /// Bad signature, unknown key, expired, wrong issuer or algorithm.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The token's tenant is not the request's tenant.
+    #[error("this session belongs to another tenant")]
+    WrongTenant,
+    /// The keys could not be fetched.
+    #[error("key set unavailable: {0}")]
+    Keys(String),
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
+            AuthError::WrongTenant => StatusCode::FORBIDDEN,
+            AuthError::Keys(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let body = serde_json::json!({
+            "type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(),
+            "detail": self.to_string(),
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+struct Keys {
+    by_kid: HashMap<String, DecodingKey>,
+    fetched: Option<Instant>,
+}
+
+/// The wrapper's public keys, cached, refreshed on an unknown `kid`.
+pub struct Jwks {
+    http: reqwest::Client,
+    url: String,
+    issuer: String,
+    min_refresh: Duration,
+    max_age: Duration,
+    keys: RwLock<Keys>,
+}
+
+#[derive(Deserialize)]
+struct JwkSet {
+    keys: Vec<Jwk>,
+}
+
+#[derive(Deserialize)]
+struct Jwk {
+    kid: String,
+    kty: String,
+    #[serde(default)]
+    crv: Option<String>,
+    #[serde(default)]
+    x: Option<String>,
+}
+
+impl Jwks {
+    /// Keys from `wrapper_url/.well-known/jwks.json`, for tokens issued by `issuer`. The set is
+    /// fetched again when a token names an unknown key (at most once per `min_refresh`) and
+    /// when it is older than `max_age` (so a retired key stops verifying).
+    pub fn new(
+        wrapper_url: &str,
+        issuer: &str,
+        min_refresh: Duration,
+        max_age: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            url: format!("{wrapper_url}/.well-known/jwks.json"),
+            issuer: issuer.to_owned(),
+            min_refresh,
+            max_age,
+            keys: RwLock::new(Keys {
+                by_kid: HashMap::new(),
+                fetched: None,
+            }),
+        })
+    }
+
+    async fn refresh(&self) -> Result<(), AuthError> {
+        let mut keys = self.keys.write().await;
+        if keys
+            .fetched
+            .is_some_and(|at| at.elapsed() < self.min_refresh)
+        {
+            return Ok(());
+        }
+        let set: JwkSet = self
+            .http
+            .get(&self.url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| AuthError::Keys(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| AuthError::Keys(e.to_string()))?;
+        keys.by_kid = set
+            .keys
+            .into_iter()
+            .filter(|k| k.kty == "OKP" && k.crv.as_deref() == Some("Ed25519"))
+            .filter_map(|k| {
+                Some((
+                    k.kid,
+                    DecodingKey::from_ed_components(k.x.as_deref()?).ok()?,
+                ))
+            })
+            .collect();
+        keys.fetched = Some(Instant::now());
+        metrics::counter!("tsync_auth_jwks_refreshes_total").increment(1);
+        Ok(())
+    }
+
+    /// Verify a session token.
+    pub async fn verify(&self, token: &str) -> Result<SessionClaims, AuthError> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(AuthError::Invalid(format!("algorithm {:?}", header.alg)));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| AuthError::Invalid("no kid".into()))?;
+        let (known, fresh) = {
+            let keys = self.keys.read().await;
+            let fresh = keys.fetched.is_some_and(|at| at.elapsed() < self.max_age);
+            (keys.by_kid.contains_key(&kid), fresh)
+        };
+        if !known || !fresh {
+            self.refresh().await?;
+        }
+        let keys = self.keys.read().await;
+        let key = keys
+            .by_kid
+            .get(&kid)
+            .ok_or_else(|| AuthError::Invalid(format!("unknown kid {kid}")))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_issuer(&[&self.issuer]);
+        validation.validate_aud = false;
+        validation.leeway = 5;
+        let claims = jsonwebtoken::decode::<SessionClaims>(token, key, &validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?
+            .claims;
+        if claims.kind != "user" {
+            return Err(AuthError::Invalid("not a session token".into()));
+        }
+        Ok(claims)
+    }
+}
+
+/// A signed-in user of the request's tenant.
+#[derive(Debug, Clone)]
+pub struct TenantUser {
+    /// The user id.
+    pub user_id: Uuid,
+    /// The tenant (token and request agree).
+    pub tenant_id: Uuid,
+    /// The user's email, when the token carries it.
+    pub email: Option<String>,
+}
+
+fn token(parts: &Parts) -> Option<String> {
+    if let Some(bearer) = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(bearer.trim().to_owned());
+    }
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+impl<S> FromRequestParts<S> for TenantUser
+where
+    Arc<Jwks>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = AuthError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
+        let jwks = Arc::<Jwks>::from_ref(state);
+        let claims = jwks
+            .verify(&token(parts).ok_or(AuthError::Missing)?)
+            .await?;
+        let tenant_id = claims.tid.ok_or(AuthError::WrongTenant)?;
+        let requested = parts
+            .headers
+            .get(TENANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(requested) = requested.filter(|r| *r != tenant_id.to_string()) {
+            tracing::warn!(%tenant_id, requested, user = claims.sub, "cross-tenant attempt refused");
+            metrics::counter!("tsync_auth_cross_tenant_attempts_total").increment(1);
+            return Err(AuthError::WrongTenant);
+        }
+        Ok(TenantUser {
+            user_id: claims
+                .sub
+                .parse()
+                .map_err(|_| AuthError::Invalid("bad subject".into()))?,
+            tenant_id,
+            email: claims.email,
+        })
+    }
+}
