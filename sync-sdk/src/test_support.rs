@@ -378,7 +378,9 @@ pub fn user_event(
         seq,
         aggregate_id: user.to_string(),
         aggregate_version: version,
-        occurred_at: chrono::Utc::now(),
+        // The wire carries milliseconds; keep test envelopes exactly representable.
+        occurred_at: chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis())
+            .unwrap_or_default(),
         source: "test".into(),
         correlation_id: Some(format!("corr-{seq}")),
         traceparent: None,
