@@ -3,4 +3,5 @@
 
 pub use sync_sdk::test_support::*;
 
+pub mod nginx;
 pub mod wrapper_app;

@@ -1,0 +1,77 @@
+//! The real nginx binary running the loopback rendering of `nginx/nginx.conf`.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+use crate::{eventually, free_port, unique_name};
+
+/// A running nginx; killed when dropped.
+pub struct Nginx {
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    prefix: PathBuf,
+    _child: Child,
+}
+
+impl Nginx {
+    /// Render the loopback config for these upstream ports and start nginx.
+    pub async fn start(wrapper_port: u16, crm_port: u16, hrms_port: u16) -> anyhow::Result<Self> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let prefix = std::env::temp_dir().join(unique_name());
+        let port = free_port()?;
+        let rendered = Command::new(root.join("nginx/render"))
+            .env("NGINX_PORT", port.to_string())
+            .env("WRAPPER_PORT", wrapper_port.to_string())
+            .env("CRM_PORT", crm_port.to_string())
+            .env("HRMS_PORT", hrms_port.to_string())
+            .env("NGINX_PREFIX", &prefix)
+            .output()
+            .await
+            .context("running nginx/render")?;
+        anyhow::ensure!(rendered.status.success(), "nginx/render failed");
+        let conf = prefix.join("nginx.conf");
+        std::fs::write(&conf, rendered.stdout)?;
+        let bin = std::env::var("NGINX_BIN").unwrap_or_else(|_| "nginx".into());
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {bin} (run scripts/services)"))?;
+        eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "nginx did not listen; see {}",
+                prefix.join("logs/error.log").display()
+            )
+        })?;
+        Ok(Self {
+            port,
+            prefix,
+            _child: child,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.prefix);
+    }
+}
