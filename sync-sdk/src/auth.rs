@@ -7,7 +7,7 @@
 //!   one stops verifying after the next refresh.
 //! * [`TenantUser`] is an axum extractor: the token comes from `Authorization: Bearer` or the
 //!   session cookie, and the tenant it names must equal the request's tenant (the `X-Tenant`
-//!   header that NGINX derives from the subdomain). A mismatch is a 403 and is logged and
+//!   header that NGINX derives from the subdomain: the tenant's subdomain or id). A mismatch is a 403 and is logged and
 //!   counted as a cross-tenant attempt.
 
 use std::{
@@ -39,6 +39,9 @@ pub struct SessionClaims {
     /// The user's tenant.
     #[serde(default)]
     pub tid: Option<Uuid>,
+    /// The subdomain of the user's tenant.
+    #[serde(default)]
+    pub tsd: Option<String>,
     /// The user's email.
     #[serde(default)]
     pub email: Option<String>,
@@ -261,7 +264,8 @@ where
             .get(TENANT_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        if let Some(requested) = requested.filter(|r| *r != tenant_id.to_string()) {
+        let matches = |r: &String| *r == tenant_id.to_string() || Some(r) == claims.tsd.as_ref();
+        if let Some(requested) = requested.filter(|r| !matches(r)) {
             tracing::warn!(%tenant_id, requested, user = claims.sub, "cross-tenant attempt refused");
             metrics::counter!("tsync_auth_cross_tenant_attempts_total").increment(1);
             return Err(AuthError::WrongTenant);

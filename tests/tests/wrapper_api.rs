@@ -680,6 +680,7 @@ async fn forged_expired_and_unsigned_tokens_are_refused() -> anyhow::Result<()> 
         jti: Uuid::now_v7().to_string(),
         kind: TokenKind::User,
         tid: Some(t.id),
+        tsd: None,
         email: None,
         app: None,
     };

@@ -45,6 +45,9 @@ pub struct Claims {
     /// The user's tenant (none for platform admins and services).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tid: Option<Uuid>,
+    /// The subdomain of the user's tenant (apps compare it with the X-Tenant header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tsd: Option<String>,
     /// The user's email, for display.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,

@@ -128,6 +128,15 @@ pub async fn issue(
     ttl_secs: u64,
 ) -> ApiResult<String> {
     let now = Utc::now().timestamp();
+    let tsd: Option<String> = match tid {
+        Some(t) => {
+            sqlx::query_scalar("select subdomain from tenants where id = $1")
+                .bind(t)
+                .fetch_optional(&state.db)
+                .await?
+        }
+        None => None,
+    };
     let claims = Claims {
         iss: state.keys.issuer().to_owned(),
         sub,
@@ -136,6 +145,7 @@ pub async fn issue(
         jti: Uuid::now_v7().to_string(),
         kind,
         tid,
+        tsd,
         email,
         app,
     };
