@@ -85,6 +85,7 @@ pub mod fullsync;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod loader;
+pub mod redis;
 pub mod store;
 
 #[cfg(feature = "test-support")]

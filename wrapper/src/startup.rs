@@ -5,7 +5,6 @@ use std::{net::SocketAddr, sync::Arc, sync::OnceLock, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, middleware};
-use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use sync_sdk::contract::StreamKeys;
@@ -68,16 +67,7 @@ pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
 
 /// A Redis client that reconnects with exponential backoff; commands wait for the connection.
 pub async fn connect_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
-    let mut config = RedisConfig::from_url(url).context("parsing REDIS_URL")?;
-    // Starting while Redis is down must not be fatal: the outbox simply waits for it.
-    config.fail_fast = false;
-    let client = Builder::from_config(config)
-        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(5))
-        .build()
-        .context("building the Redis client")?;
-    client.connect();
-    Ok(client)
+    sync_sdk::redis::connect(url).context("connecting to Redis (REDIS_URL)")
 }
 
 /// The wrapper, bound to its port and ready to serve.

@@ -1,0 +1,394 @@
+//! CRM: accounts owned by the wrapper's users, on MongoDB. Everything about tenants, users,
+//! sessions and credits comes from sync-sdk; this crate is only the CRM's own domain.
+//!
+//! * Accounts reference their owner by user id; listings show the owner's current name and email
+//!   from the synced copy, and "[Deleted User]" when the owner is gone upstream.
+//! * Creating an account consumes the `crm.accounts.create` cost (35 unless the tenant's credit
+//!   config says otherwise) and is refused without credits.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::{FromRef, Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use clap::Parser;
+use mongodb::{
+    Collection,
+    bson::{Document, doc},
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sync_sdk::{
+    auth::{Jwks, TenantUser},
+    consumer::{Consumer, ConsumerConfig, NoHandler},
+    contract::StreamKeys,
+    credits::offline::{Consumed, CreditClient, CreditError},
+    http::serve_tenant,
+    loader::{Loader, WrapperClient, WrapperConfig},
+    store::{EntityKind, TenantStore, mongo::MongoStore},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The operation code of account creation.
+pub const CREATE_ACCOUNT: &str = "crm.accounts.create";
+/// Its cost when the tenant has no credit config for it.
+pub const DEFAULT_COST: i64 = 35;
+/// Shown for owners deleted or missing upstream.
+pub const DELETED_USER: &str = "[Deleted User]";
+
+/// CRM settings (`crm --help`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "crm", version, about = "Tenantsync example CRM")]
+pub struct Settings {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "CRM_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// MongoDB URL.
+    #[arg(
+        long,
+        env = "MONGODB_URL",
+        hide_env_values = true,
+        default_value = "mongodb://127.0.0.1:27017/"
+    )]
+    pub mongodb_url: String,
+    /// MongoDB database of the CRM.
+    #[arg(long, env = "CRM_MONGO_DB", default_value = "crm")]
+    pub mongo_db: String,
+    /// Redis URL (the event streams).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
+    pub namespace: String,
+    /// Number of partition streams.
+    #[arg(long, env = "TSYNC_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+    /// The wrapper's base URL.
+    #[arg(long, env = "WRAPPER_URL", default_value = "http://127.0.0.1:8080")]
+    pub wrapper_url: String,
+    /// Issuer of the wrapper's tokens.
+    #[arg(long, env = "WRAPPER_ISSUER", default_value = "tenantsync")]
+    pub issuer: String,
+    /// The CRM's service client secret at the wrapper (client id `crm`).
+    #[arg(long, env = "CRM_SERVICE_SECRET", hide_env_values = true)]
+    pub service_secret: String,
+    /// Credits the CRM may consume per tenant while the wrapper is unreachable.
+    #[arg(long, env = "CRM_OFFLINE_ALLOWANCE", default_value_t = 350)]
+    pub offline_allowance: i64,
+}
+
+#[derive(Clone)]
+struct AppState {
+    jwks: Arc<Jwks>,
+    loader: Arc<Loader<MongoStore>>,
+    store: Arc<MongoStore>,
+    accounts: Collection<Document>,
+    credits: Arc<CreditClient<MongoStore>>,
+}
+
+impl FromRef<AppState> for Arc<Jwks> {
+    fn from_ref(s: &AppState) -> Self {
+        s.jwks.clone()
+    }
+}
+
+/// The CRM, bound and ready.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    consumer: Arc<Consumer<MongoStore, NoHandler>>,
+}
+
+impl Application {
+    /// Connect, create indexes and groups, bind.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let mongo = mongodb::Client::with_uri_str(&settings.mongodb_url).await?;
+        let db = mongo.database(&settings.mongo_db);
+        let store = Arc::new(MongoStore::new(db.clone()));
+        store.init().await?;
+        let accounts = db.collection::<Document>("accounts");
+        accounts
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! {"tenantId": 1, "_id": 1})
+                    .build(),
+            )
+            .await?;
+        let wrapper = || {
+            WrapperClient::new(WrapperConfig {
+                base_url: settings.wrapper_url.clone(),
+                client_id: "crm".into(),
+                client_secret: settings.service_secret.clone(),
+                page_size: 5_000,
+                timeout: Duration::from_secs(10),
+            })
+        };
+        let loader = Loader::new(wrapper(), store.clone());
+        let keys = StreamKeys::new(settings.namespace.clone(), settings.partitions)
+            .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
+        let redis = sync_sdk::redis::connect(&settings.redis_url)?;
+        let mut config = ConsumerConfig::new("crm", keys);
+        config.on_gap = Some(loader.resync_hook());
+        let consumer = Consumer::new(redis, store.clone(), Arc::new(NoHandler), config);
+        let credits = Arc::new(CreditClient::new(
+            Arc::new(wrapper()),
+            store.clone(),
+            settings.offline_allowance,
+        ));
+        let state = AppState {
+            jwks: Jwks::new(
+                &settings.wrapper_url,
+                &settings.issuer,
+                Duration::from_secs(10),
+                Duration::from_secs(300),
+            ),
+            loader,
+            store,
+            accounts,
+            credits,
+        };
+        let router = Router::new()
+            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/accounts", get(list).post(create))
+            .route("/accounts/{id}", get(read).delete(remove))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        Ok(Self {
+            listener,
+            router,
+            consumer,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serve and consume until `cancel` fires.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let consuming = tokio::spawn(self.consumer.run(cancel.clone()));
+        let stop = cancel.clone();
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await?;
+        cancel.cancel();
+        consuming.await??;
+        Ok(())
+    }
+}
+
+fn problem(status: StatusCode, field: Option<&str>, detail: &str) -> Response {
+    let mut body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail});
+    if let Some(f) = field {
+        body["field"] = json!(f);
+    }
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        "application/problem+json".parse().expect("static"),
+    );
+    r
+}
+
+/// The owner as listings show it: current name and email, or "[Deleted User]".
+async fn owner(store: &MongoStore, tenant: Uuid, owner_id: Uuid) -> Value {
+    match store
+        .get(EntityKind::User, tenant, owner_id)
+        .await
+        .ok()
+        .flatten()
+    {
+        Some(u) if u.state["active"] == true && u.state["deletedAt"].is_null() => {
+            json!({"id": owner_id, "name": u.state["fullName"], "email": u.state["email"]})
+        }
+        _ => json!({"id": owner_id, "name": DELETED_USER, "email": null}),
+    }
+}
+
+async fn account_json(store: &MongoStore, tenant: Uuid, d: &Document) -> Value {
+    let owner_id = d
+        .get_str("ownerId")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    json!({
+        "id": d.get_str("_id").unwrap_or_default(),
+        "name": d.get_str("name").unwrap_or_default(),
+        "value": d.get_i64("value").unwrap_or_default(),
+        "owner": owner(store, tenant, owner_id).await,
+    })
+}
+
+async fn list(State(s): State<AppState>, user: TenantUser) -> Response {
+    let t = user.tenant_id;
+    serve_tenant(&s.loader, t, |_| async {
+        let found = async {
+            let mut cursor = s
+                .accounts
+                .find(doc! {"tenantId": t.to_string()})
+                .sort(doc! {"_id": 1})
+                .await?;
+            let mut out = Vec::new();
+            while cursor.advance().await? {
+                out.push(account_json(&s.store, t, &cursor.deserialize_current()?).await);
+            }
+            Ok::<_, mongodb::error::Error>(out)
+        };
+        match found.await {
+            Ok(items) => Json(json!({"items": items})).into_response(),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewAccount {
+    name: String,
+    value: i64,
+    owner_id: Uuid,
+}
+
+/// The tenant's cost of creating an account (its synced credit config, else the default).
+async fn cost(store: &MongoStore, tenant: Uuid) -> i64 {
+    let config = store
+        .database()
+        .collection::<Document>(EntityKind::CreditConfig.name())
+        .find_one(
+            doc! {"tenantId": tenant.to_string(), "state.application": "crm",
+            "state.operationCode": CREATE_ACCOUNT, "state.active": true},
+        )
+        .await
+        .ok()
+        .flatten();
+    config
+        .and_then(|d| {
+            d.get_document("state")
+                .ok()
+                .and_then(|s| s.get_i64("cost").ok())
+        })
+        .unwrap_or(DEFAULT_COST)
+}
+
+async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::Bytes) -> Response {
+    let t = user.tenant_id;
+    let req: NewAccount = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, Some("body"), &e.to_string()),
+    };
+    let name = req.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 200 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some("name"),
+            "must be 1-200 characters",
+        );
+    }
+    if req.value < 0 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some("value"),
+            "must not be negative",
+        );
+    }
+    serve_tenant(&s.loader, t, |_| async {
+        let owner_known = s
+            .store
+            .get(EntityKind::User, t, req.owner_id)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if !owner_known {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                Some("ownerId"),
+                "no such user in this tenant",
+            );
+        }
+        let id = Uuid::now_v7();
+        let charged = s
+            .credits
+            .consume(
+                t,
+                "crm",
+                CREATE_ACCOUNT,
+                &id.to_string(),
+                cost(&s.store, t).await,
+            )
+            .await;
+        match charged {
+            Ok(Consumed::Charged(_) | Consumed::Queued) => {}
+            Err(CreditError::Insufficient { balance }) => {
+                let mut r = problem(
+                    StatusCode::PAYMENT_REQUIRED,
+                    None,
+                    "not enough credits to create an account",
+                );
+                r.headers_mut().insert(
+                    "x-credit-balance",
+                    balance.to_string().parse().expect("digits"),
+                );
+                return r;
+            }
+            Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+        }
+        let doc = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
+        "value": req.value, "ownerId": req.owner_id.to_string()};
+        match s.accounts.insert_one(doc.clone()).await {
+            Ok(_) => (
+                StatusCode::CREATED,
+                Json(account_json(&s.store, t, &doc).await),
+            )
+                .into_response(),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+        }
+    })
+    .await
+}
+
+async fn read(State(s): State<AppState>, user: TenantUser, Path(id): Path<Uuid>) -> Response {
+    let t = user.tenant_id;
+    serve_tenant(&s.loader, t, |_| async {
+        match s
+            .accounts
+            .find_one(doc! {"_id": id.to_string(), "tenantId": t.to_string()})
+            .await
+        {
+            Ok(Some(d)) => Json(account_json(&s.store, t, &d).await).into_response(),
+            Ok(None) => problem(StatusCode::NOT_FOUND, None, "no such account"),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+        }
+    })
+    .await
+}
+
+async fn remove(State(s): State<AppState>, user: TenantUser, Path(id): Path<Uuid>) -> Response {
+    let t = user.tenant_id;
+    serve_tenant(&s.loader, t, |_| async {
+        match s
+            .accounts
+            .delete_one(doc! {"_id": id.to_string(), "tenantId": t.to_string()})
+            .await
+        {
+            Ok(r) if r.deleted_count == 1 => StatusCode::NO_CONTENT.into_response(),
+            Ok(_) => problem(StatusCode::NOT_FOUND, None, "no such account"),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+        }
+    })
+    .await
+}

@@ -1,0 +1,162 @@
+//! The CRM end to end through the real nginx, with the real wrapper, Redis, Postgres and the
+//! MongoDB-wire server.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use tsync_e2e::{nginx::Nginx, wrapper_app::*, *};
+
+const SECRET: &str = "crm-service-secret-end-to-end";
+
+#[tokio::test]
+async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
+    let wrapper = spawn_wrapper().await?;
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
+    let acme = wrapper.create_tenant("acme").await;
+    let poor = wrapper.create_tenant("poor").await;
+    let (owner, _) = wrapper.create_member(&acme, "owner@acme.test").await;
+    wrapper
+        .send_ok(
+            Method::POST,
+            "/api/admin/credits/allocate",
+            &wrapper.root,
+            json!({"tenantId": acme.id, "amount": 1000}),
+        )
+        .await;
+    wrapper
+        .send_ok(
+            Method::POST,
+            "/api/admin/credits/allocate/application",
+            &acme.admin,
+            json!({"tenantId": acme.id, "application": "crm", "amount": 1000}),
+        )
+        .await;
+
+    let settings = crm::Settings {
+        listen: "127.0.0.1:0".parse()?,
+        mongodb_url: mongodb_url(),
+        mongo_db: unique_name(),
+        redis_url: redis_url(),
+        namespace: wrapper.state.settings.namespace.clone(),
+        partitions: wrapper.state.settings.partitions,
+        wrapper_url: wrapper.url.clone(),
+        issuer: wrapper.state.keys.issuer().to_owned(),
+        service_secret: SECRET.into(),
+        offline_allowance: 0,
+    };
+    let app = crm::Application::build(settings).await?;
+    let crm_port = app.addr().port();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+    let wrapper_port: u16 = wrapper.url.rsplit(':').next().unwrap().parse()?;
+    let nginx = Nginx::start(wrapper_port, crm_port, free_port()?).await?;
+
+    let http = reqwest::Client::new();
+    let send = |method: Method, path: &str, host: &str, token: &str, body: Option<Value>| {
+        let mut req = http
+            .request(method, format!("{}{path}", nginx.url()))
+            .header("host", host)
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+    };
+    // First visit: acme is lazy-loaded, the account costs 35 credits.
+    let created = send(
+        Method::POST,
+        "/crm/accounts",
+        "acme.yourapp.test",
+        &acme.admin,
+        Some(json!({"name": "Initech", "value": 5000, "ownerId": owner})),
+    )
+    .await?;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let account: Value = created.json().await?;
+    assert_eq!(account["owner"]["email"], "owner@acme.test");
+    let balance = wrapper
+        .get_ok(
+            &format!("/api/credits/balance?tenantId={}", acme.id),
+            &acme.admin,
+        )
+        .await;
+    let crm_balance = balance["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["scope"] == "app:crm")
+        .unwrap()["balance"]
+        .clone();
+    assert_eq!(crm_balance, 965);
+
+    // The same token on another tenant's host is refused.
+    let other = send(
+        Method::GET,
+        "/crm/accounts",
+        "globex.yourapp.test",
+        &acme.admin,
+        None,
+    )
+    .await?;
+    assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    // No credits, no account.
+    let refused = send(
+        Method::POST,
+        "/crm/accounts",
+        "poor.yourapp.test",
+        &poor.admin,
+        Some(json!({"name": "X", "value": 1, "ownerId": poor.admin_id})),
+    )
+    .await?;
+    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+
+    let list = || async {
+        let resp = send(
+            Method::GET,
+            "/crm/accounts",
+            "acme.yourapp.test",
+            &acme.admin,
+            None,
+        )
+        .await
+        .ok()?;
+        let body: Value = resp.json().await.ok()?;
+        Some(body["items"][0]["owner"].clone())
+    };
+    // An email changed at the wrapper reaches the CRM listing.
+    let changed_at = Instant::now();
+    wrapper
+        .send_ok(
+            Method::PATCH,
+            &format!("/api/tenants/{}/users/{owner}", acme.id),
+            &acme.admin,
+            json!({"email": "new@acme.test"}),
+        )
+        .await;
+    eventually(Duration::from_secs(20), || async {
+        list().await.is_some_and(|o| o["email"] == "new@acme.test")
+    })
+    .await?;
+    eprintln!(
+        "email change visible in CRM after {:?}",
+        changed_at.elapsed()
+    );
+
+    // A deleted owner shows as [Deleted User], and the listing still works.
+    wrapper
+        .send_ok(
+            Method::DELETE,
+            &format!("/api/tenants/{}/users/{owner}", acme.id),
+            &acme.admin,
+            json!(null),
+        )
+        .await;
+    eventually(Duration::from_secs(20), || async {
+        list().await.is_some_and(|o| o["name"] == crm::DELETED_USER)
+    })
+    .await?;
+    stop.cancel();
+    Ok(())
+}
