@@ -75,6 +75,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "app")]
+pub mod app;
 #[cfg(feature = "axum")]
 pub mod auth;
 pub mod consumer;

@@ -234,3 +234,18 @@ impl TestApp {
             .expect("count")
     }
 }
+
+/// The shared app flags for an app talking to `wrapper`, with a Mongo database of its own.
+pub fn app_args(wrapper: &TestApp, service_secret: &str) -> sync_sdk::app::AppArgs {
+    sync_sdk::app::AppArgs {
+        mongodb_url: crate::mongodb_url(),
+        mongo_db: Some(crate::unique_name()),
+        redis_url: crate::redis_url(),
+        namespace: wrapper.state.settings.namespace.clone(),
+        partitions: wrapper.state.settings.partitions,
+        wrapper_url: wrapper.url.clone(),
+        issuer: wrapper.state.keys.issuer().to_owned(),
+        service_secret: service_secret.to_owned(),
+        offline_allowance: 0,
+    }
+}

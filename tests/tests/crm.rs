@@ -1,5 +1,5 @@
-//! The CRM end to end through the real nginx, with the real wrapper, Redis, Postgres and the
-//! MongoDB-wire server.
+//! The CRM and HRMS end to end through the real nginx, with the real wrapper, Redis, Postgres
+//! and the MongoDB-wire server.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
     let acme = wrapper.create_tenant("acme").await;
     let poor = wrapper.create_tenant("poor").await;
-    let (owner, _) = wrapper.create_member(&acme, "owner@acme.test").await;
+    let (owner, owner_token) = wrapper.create_member(&acme, "owner@acme.test").await;
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "hrms", SECRET).await?;
     wrapper
         .send_ok(
             Method::POST,
@@ -36,22 +37,21 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
 
     let settings = crm::Settings {
         listen: "127.0.0.1:0".parse()?,
-        mongodb_url: mongodb_url(),
-        mongo_db: unique_name(),
-        redis_url: redis_url(),
-        namespace: wrapper.state.settings.namespace.clone(),
-        partitions: wrapper.state.settings.partitions,
-        wrapper_url: wrapper.url.clone(),
-        issuer: wrapper.state.keys.issuer().to_owned(),
-        service_secret: SECRET.into(),
-        offline_allowance: 0,
+        app: app_args(&wrapper, SECRET),
     };
     let app = crm::Application::build(settings).await?;
     let crm_port = app.addr().port();
     let stop = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(stop.clone()));
+    let hrms_app = hrms::Application::build(hrms::Settings {
+        listen: "127.0.0.1:0".parse()?,
+        app: app_args(&wrapper, SECRET),
+    })
+    .await?;
+    let hrms_port = hrms_app.addr().port();
+    tokio::spawn(hrms_app.run_until_stopped(stop.clone()));
     let wrapper_port: u16 = wrapper.url.rsplit(':').next().unwrap().parse()?;
-    let nginx = Nginx::start(wrapper_port, crm_port, free_port()?).await?;
+    let nginx = Nginx::start(wrapper_port, crm_port, hrms_port).await?;
 
     let http = reqwest::Client::new();
     let send = |method: Method, path: &str, host: &str, token: &str, body: Option<Value>| {
@@ -112,6 +112,45 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     .await?;
     assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
 
+    // HRMS: an admin records the owner's salary; only admins see salaries.
+    let hired = send(
+        Method::POST,
+        "/hrms/employees",
+        "acme.yourapp.test",
+        &acme.admin,
+        Some(json!({"userId": owner, "department": "Sales", "salary": 72000})),
+    )
+    .await?;
+    assert_eq!(hired.status(), StatusCode::CREATED);
+    let as_member = send(
+        Method::POST,
+        "/hrms/employees",
+        "acme.yourapp.test",
+        &owner_token,
+        Some(json!({"userId": owner, "department": "Sales", "salary": 1})),
+    )
+    .await?;
+    assert_eq!(
+        as_member.status(),
+        StatusCode::FORBIDDEN,
+        "members do not hire"
+    );
+    let staff = |token: String| {
+        let req = http
+            .get(format!("{}/hrms/employees", nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .bearer_auth(token);
+        async move { req.send().await.ok()?.json::<Value>().await.ok() }
+    };
+    let admin_view = staff(acme.admin.clone()).await.unwrap();
+    assert_eq!(admin_view["items"][0]["salary"], 72000);
+    let member_view = staff(owner_token.clone()).await.unwrap();
+    assert_eq!(member_view["items"][0]["department"], "Sales");
+    assert!(
+        member_view["items"][0].get("salary").is_none(),
+        "members see no salary: {member_view}"
+    );
+
     let list = || async {
         let resp = send(
             Method::GET,
@@ -141,6 +180,16 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     .await?;
     eprintln!(
         "email change visible in CRM after {:?}",
+        changed_at.elapsed()
+    );
+    eventually(Duration::from_secs(20), || async {
+        staff(acme.admin.clone())
+            .await
+            .is_some_and(|v| v["items"][0]["email"] == "new@acme.test")
+    })
+    .await?;
+    eprintln!(
+        "email change visible in CRM and HRMS after {:?}",
         changed_at.elapsed()
     );
 

@@ -6,7 +6,7 @@
 //! * Creating an account consumes the `crm.accounts.create` cost (35 unless the tenant's credit
 //!   config says otherwise) and is refused without credits.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -23,12 +23,12 @@ use mongodb::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sync_sdk::{
+    app::{AppArgs, AppKit},
     auth::{Jwks, TenantUser},
-    consumer::{Consumer, ConsumerConfig, NoHandler},
-    contract::StreamKeys,
+    consumer::NoHandler,
     credits::offline::{Consumed, CreditClient, CreditError},
     http::serve_tenant,
-    loader::{Loader, WrapperClient, WrapperConfig},
+    loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
 };
 use tokio_util::sync::CancellationToken;
@@ -48,43 +48,9 @@ pub struct Settings {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "CRM_LISTEN", default_value = "127.0.0.1:8081")]
     pub listen: SocketAddr,
-    /// MongoDB URL.
-    #[arg(
-        long,
-        env = "MONGODB_URL",
-        hide_env_values = true,
-        default_value = "mongodb://127.0.0.1:27017/"
-    )]
-    pub mongodb_url: String,
-    /// MongoDB database of the CRM.
-    #[arg(long, env = "CRM_MONGO_DB", default_value = "crm")]
-    pub mongo_db: String,
-    /// Redis URL (the event streams).
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        hide_env_values = true,
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    pub redis_url: String,
-    /// Prefix of every Redis key.
-    #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
-    pub namespace: String,
-    /// Number of partition streams.
-    #[arg(long, env = "TSYNC_PARTITIONS", default_value_t = 8)]
-    pub partitions: u32,
-    /// The wrapper's base URL.
-    #[arg(long, env = "WRAPPER_URL", default_value = "http://127.0.0.1:8080")]
-    pub wrapper_url: String,
-    /// Issuer of the wrapper's tokens.
-    #[arg(long, env = "WRAPPER_ISSUER", default_value = "tenantsync")]
-    pub issuer: String,
-    /// The CRM's service client secret at the wrapper (client id `crm`).
-    #[arg(long, env = "CRM_SERVICE_SECRET", hide_env_values = true)]
-    pub service_secret: String,
-    /// Credits the CRM may consume per tenant while the wrapper is unreachable.
-    #[arg(long, env = "CRM_OFFLINE_ALLOWANCE", default_value_t = 350)]
-    pub offline_allowance: i64,
+    /// What every Tenantsync app is configured with.
+    #[command(flatten)]
+    pub app: AppArgs,
 }
 
 #[derive(Clone)]
@@ -106,17 +72,14 @@ impl FromRef<AppState> for Arc<Jwks> {
 pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
-    consumer: Arc<Consumer<MongoStore, NoHandler>>,
+    kit: AppKit<NoHandler>,
 }
 
 impl Application {
     /// Connect, create indexes and groups, bind.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let mongo = mongodb::Client::with_uri_str(&settings.mongodb_url).await?;
-        let db = mongo.database(&settings.mongo_db);
-        let store = Arc::new(MongoStore::new(db.clone()));
-        store.init().await?;
-        let accounts = db.collection::<Document>("accounts");
+        let kit = AppKit::start("crm", &settings.app, NoHandler).await?;
+        let accounts = kit.database.collection::<Document>("accounts");
         accounts
             .create_index(
                 mongodb::IndexModel::builder()
@@ -124,38 +87,12 @@ impl Application {
                     .build(),
             )
             .await?;
-        let wrapper = || {
-            WrapperClient::new(WrapperConfig {
-                base_url: settings.wrapper_url.clone(),
-                client_id: "crm".into(),
-                client_secret: settings.service_secret.clone(),
-                page_size: 5_000,
-                timeout: Duration::from_secs(10),
-            })
-        };
-        let loader = Loader::new(wrapper(), store.clone());
-        let keys = StreamKeys::new(settings.namespace.clone(), settings.partitions)
-            .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
-        let redis = sync_sdk::redis::connect(&settings.redis_url)?;
-        let mut config = ConsumerConfig::new("crm", keys);
-        config.on_gap = Some(loader.resync_hook());
-        let consumer = Consumer::new(redis, store.clone(), Arc::new(NoHandler), config);
-        let credits = Arc::new(CreditClient::new(
-            Arc::new(wrapper()),
-            store.clone(),
-            settings.offline_allowance,
-        ));
         let state = AppState {
-            jwks: Jwks::new(
-                &settings.wrapper_url,
-                &settings.issuer,
-                Duration::from_secs(10),
-                Duration::from_secs(300),
-            ),
-            loader,
-            store,
+            jwks: kit.jwks.clone(),
+            loader: kit.loader.clone(),
+            store: kit.store.clone(),
             accounts,
-            credits,
+            credits: kit.credits.clone(),
         };
         let router = Router::new()
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -166,7 +103,7 @@ impl Application {
         Ok(Self {
             listener,
             router,
-            consumer,
+            kit,
         })
     }
 
@@ -179,14 +116,7 @@ impl Application {
 
     /// Serve and consume until `cancel` fires.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let consuming = tokio::spawn(self.consumer.run(cancel.clone()));
-        let stop = cancel.clone();
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
-        cancel.cancel();
-        consuming.await??;
-        Ok(())
+        self.kit.run(self.listener, self.router, cancel).await
     }
 }
 

@@ -1,0 +1,236 @@
+//! HRMS: employees (a wrapper user, a department, a salary) on MongoDB. Salaries are visible
+//! to tenant admins only; who is an admin comes from the synced roles and memberships.
+
+use std::net::SocketAddr;
+
+use axum::{
+    Json, Router,
+    extract::{FromRef, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use clap::Parser;
+use mongodb::bson::{Document, doc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use sync_sdk::{
+    app::{AppArgs, AppKit},
+    auth::{Jwks, TenantUser},
+    consumer::NoHandler,
+    http::serve_tenant,
+    loader::Loader,
+    store::{EntityKind, TenantStore, mongo::MongoStore},
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The permission of tenant admins (the wrapper's built-in `admin` role).
+pub const ADMIN_PERMISSION: &str = "tenant.admin";
+
+/// HRMS settings (`hrms --help`).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hrms", version, about = "Tenantsync example HRMS")]
+pub struct Settings {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "HRMS_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    /// What every Tenantsync app is configured with.
+    #[command(flatten)]
+    pub app: AppArgs,
+}
+
+#[derive(Clone)]
+struct AppState {
+    jwks: Arc<Jwks>,
+    loader: Arc<Loader<MongoStore>>,
+    store: Arc<MongoStore>,
+    employees: mongodb::Collection<Document>,
+}
+
+impl FromRef<AppState> for Arc<Jwks> {
+    fn from_ref(s: &AppState) -> Self {
+        s.jwks.clone()
+    }
+}
+
+/// The HRMS, bound and ready.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    kit: AppKit<NoHandler>,
+}
+
+impl Application {
+    /// Connect, prepare, bind.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let kit = AppKit::start("hrms", &settings.app, NoHandler).await?;
+        let employees = kit.database.collection::<Document>("employees");
+        employees
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! {"tenantId": 1, "userId": 1})
+                    .build(),
+            )
+            .await?;
+        let state = AppState {
+            jwks: kit.jwks.clone(),
+            loader: kit.loader.clone(),
+            store: kit.store.clone(),
+            employees,
+        };
+        let router = Router::new()
+            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+            .route("/employees", get(list).post(create))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        Ok(Self {
+            listener,
+            router,
+            kit,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serve and consume until `cancel` fires.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        self.kit.run(self.listener, self.router, cancel).await
+    }
+}
+
+fn problem(status: StatusCode, field: Option<&str>, detail: &str) -> Response {
+    let mut body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail});
+    if let Some(f) = field {
+        body["field"] = json!(f);
+    }
+    let mut r = (status, Json(body)).into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        "application/problem+json".parse().expect("static"),
+    );
+    r
+}
+
+/// Whether `user` holds, in the synced copy, an active role granting `tenant.admin`.
+async fn is_admin(s: &AppState, tenant: Uuid, user: Uuid) -> bool {
+    let db = s.store.database();
+    let memberships = db.collection::<Document>(EntityKind::Membership.name());
+    let Ok(mut cursor) = memberships
+        .find(doc! {"tenantId": tenant.to_string(), "state.userId": user.to_string(), "state.active": true})
+        .await
+    else {
+        return false;
+    };
+    while cursor.advance().await.unwrap_or(false) {
+        let Ok(m) = cursor.deserialize_current() else {
+            continue;
+        };
+        let role_id = m
+            .get_document("state")
+            .ok()
+            .and_then(|s| s.get_str("roleId").ok())
+            .and_then(|r| r.parse().ok());
+        let Some(role_id) = role_id else { continue };
+        if let Ok(Some(role)) = s.store.get(EntityKind::Role, tenant, role_id).await {
+            let grants = role.state["permissions"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|x| x == ADMIN_PERMISSION));
+            if grants && role.state["deleted"] != true {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+async fn list(State(s): State<AppState>, user: TenantUser) -> Response {
+    let t = user.tenant_id;
+    serve_tenant(&s.loader, t, |_| async {
+        let admin = is_admin(&s, t, user.user_id).await;
+        let Ok(mut cursor) = s.employees.find(doc! {"tenantId": t.to_string()}).sort(doc! {"_id": 1}).await else {
+            return problem(StatusCode::SERVICE_UNAVAILABLE, None, "employees unavailable");
+        };
+        let mut items = Vec::new();
+        while cursor.advance().await.unwrap_or(false) {
+            let Ok(e) = cursor.deserialize_current() else { continue };
+            let user_id: Uuid = e.get_str("userId").ok().and_then(|u| u.parse().ok()).unwrap_or_default();
+            let person = s.store.get(EntityKind::User, t, user_id).await.ok().flatten();
+            let mut item = json!({
+                "id": e.get_str("_id").unwrap_or_default(),
+                "userId": user_id,
+                "name": person.as_ref().map_or(json!("[Deleted User]"), |p| p.state["fullName"].clone()),
+                "email": person.as_ref().map_or(Value::Null, |p| p.state["email"].clone()),
+                "department": e.get_str("department").unwrap_or_default(),
+            });
+            if admin {
+                item["salary"] = json!(e.get_i64("salary").unwrap_or_default());
+            }
+            items.push(item);
+        }
+        Json(json!({"items": items, "salariesVisible": admin})).into_response()
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewEmployee {
+    user_id: Uuid,
+    department: String,
+    salary: i64,
+}
+
+async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::Bytes) -> Response {
+    let t = user.tenant_id;
+    let req: NewEmployee = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, Some("body"), &e.to_string()),
+    };
+    if req.department.trim().is_empty() || req.department.len() > 100 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some("department"),
+            "must be 1-100 characters",
+        );
+    }
+    if req.salary < 0 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some("salary"),
+            "must not be negative",
+        );
+    }
+    serve_tenant(&s.loader, t, |_| async {
+        if !is_admin(&s, t, user.user_id).await {
+            return problem(StatusCode::FORBIDDEN, None, "tenant admins only");
+        }
+        if s.store
+            .get(EntityKind::User, t, req.user_id)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+        {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                Some("userId"),
+                "no such user in this tenant",
+            );
+        }
+        let id = Uuid::now_v7().to_string();
+        let doc = doc! {"_id": &id, "tenantId": t.to_string(), "userId": req.user_id.to_string(),
+        "department": req.department.trim(), "salary": req.salary};
+        match s.employees.insert_one(doc).await {
+            Ok(_) => (StatusCode::CREATED, Json(json!({"id": id}))).into_response(),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+        }
+    })
+    .await
+}

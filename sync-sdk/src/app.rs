@@ -1,0 +1,141 @@
+//! Starting an app service (feature `app`): the flags every app shares and the pieces they
+//! configure — a MongoDB store, the lazy loader, the stream consumer (with the loader as its
+//! re-sync hook), session verification and the credit client. An app adds its own routes and
+//! handler and calls [`AppKit::run`].
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    auth::Jwks,
+    consumer::{Consumer, ConsumerConfig, Handler},
+    contract::StreamKeys,
+    credits::offline::CreditClient,
+    loader::{Loader, WrapperClient, WrapperConfig},
+    store::mongo::MongoStore,
+};
+
+/// Flags every app shares (`--help` of each app lists them).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppArgs {
+    /// MongoDB URL.
+    #[arg(
+        long,
+        env = "MONGODB_URL",
+        hide_env_values = true,
+        default_value = "mongodb://127.0.0.1:27017/"
+    )]
+    pub mongodb_url: String,
+    /// MongoDB database of the app (default: the app's name).
+    #[arg(long, env = "APP_MONGO_DB")]
+    pub mongo_db: Option<String>,
+    /// Redis URL (the event streams).
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
+    pub namespace: String,
+    /// Number of partition streams.
+    #[arg(long, env = "TSYNC_PARTITIONS", default_value_t = 8)]
+    pub partitions: u32,
+    /// The wrapper's base URL.
+    #[arg(long, env = "WRAPPER_URL", default_value = "http://127.0.0.1:8080")]
+    pub wrapper_url: String,
+    /// Issuer of the wrapper's tokens.
+    #[arg(long, env = "WRAPPER_ISSUER", default_value = "tenantsync")]
+    pub issuer: String,
+    /// The app's service client secret at the wrapper (the client id is the app's name).
+    #[arg(long, env = "APP_SERVICE_SECRET", hide_env_values = true)]
+    pub service_secret: String,
+    /// Credits the app may consume per tenant while the wrapper is unreachable.
+    #[arg(long, env = "APP_OFFLINE_ALLOWANCE", default_value_t = 0)]
+    pub offline_allowance: i64,
+}
+
+/// The SDK pieces of a running app.
+pub struct AppKit<H> {
+    /// The app's copy of tenant data.
+    pub store: Arc<MongoStore>,
+    /// Loads tenants on first visit.
+    pub loader: Arc<Loader<MongoStore>>,
+    /// Verifies sessions.
+    pub jwks: Arc<Jwks>,
+    /// Consumes credits (direct, with the offline allowance).
+    pub credits: Arc<CreditClient<MongoStore>>,
+    /// The app's Mongo database (for its own collections).
+    pub database: mongodb::Database,
+    consumer: Arc<Consumer<MongoStore, H>>,
+}
+
+impl<H: Handler> AppKit<H> {
+    /// Connect and prepare everything for app `name`, with `handler` reacting to events.
+    pub async fn start(name: &str, args: &AppArgs, handler: H) -> anyhow::Result<Self> {
+        let mongo = mongodb::Client::with_uri_str(&args.mongodb_url).await?;
+        let database = mongo.database(args.mongo_db.as_deref().unwrap_or(name));
+        let store = Arc::new(MongoStore::new(database.clone()));
+        store.init().await?;
+        let wrapper = || {
+            WrapperClient::new(WrapperConfig {
+                base_url: args.wrapper_url.clone(),
+                client_id: name.to_owned(),
+                client_secret: args.service_secret.clone(),
+                page_size: 5_000,
+                timeout: Duration::from_secs(10),
+            })
+        };
+        let loader = Loader::new(wrapper(), store.clone());
+        let keys = StreamKeys::new(args.namespace.clone(), args.partitions)
+            .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
+        let mut config = ConsumerConfig::new(name, keys);
+        config.on_gap = Some(loader.resync_hook());
+        let consumer = Consumer::new(
+            crate::redis::connect(&args.redis_url)?,
+            store.clone(),
+            Arc::new(handler),
+            config,
+        );
+        consumer.ensure_groups().await?;
+        let credits = Arc::new(CreditClient::new(
+            Arc::new(wrapper()),
+            store.clone(),
+            args.offline_allowance,
+        ));
+        let jwks = Jwks::new(
+            &args.wrapper_url,
+            &args.issuer,
+            Duration::from_secs(10),
+            Duration::from_secs(300),
+        );
+        Ok(Self {
+            store,
+            loader,
+            jwks,
+            credits,
+            database,
+            consumer,
+        })
+    }
+
+    /// Serve `router` on `listener` and consume events until `cancel` fires.
+    pub async fn run(
+        self,
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let consuming = tokio::spawn(self.consumer.run(cancel.clone()));
+        let stop = cancel.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await?;
+        cancel.cancel();
+        consuming.await??;
+        Ok(())
+    }
+}
