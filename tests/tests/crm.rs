@@ -91,6 +91,30 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
         .clone();
     assert_eq!(crm_balance, 965);
 
+    // Update, read back, and a bad change is a problem naming the field.
+    let path = format!("/crm/accounts/{}", account["id"].as_str().unwrap());
+    let renamed = send(
+        Method::PATCH,
+        &path,
+        "acme.yourapp.test",
+        &acme.admin,
+        Some(json!({"name": "Initrode"})),
+    )
+    .await?;
+    assert_eq!(renamed.json::<Value>().await?["name"], "Initrode");
+    let bad = send(
+        Method::PATCH,
+        &path,
+        "acme.yourapp.test",
+        &acme.admin,
+        Some(json!({"value": -1})),
+    )
+    .await?;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json::<Value>().await?["field"], "value");
+    let read = send(Method::GET, &path, "acme.yourapp.test", &acme.admin, None).await?;
+    assert_eq!(read.json::<Value>().await?["name"], "Initrode");
+
     // The same token on another tenant's host is refused.
     let other = send(
         Method::GET,

@@ -97,7 +97,7 @@ impl Application {
         let router = Router::new()
             .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
             .route("/accounts", get(list).post(create))
-            .route("/accounts/{id}", get(read).delete(remove))
+            .route("/accounts/{id}", get(read).patch(update).delete(remove))
             .with_state(state);
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
         Ok(Self {
@@ -299,6 +299,78 @@ async fn read(State(s): State<AppState>, user: TenantUser, Path(id): Path<Uuid>)
             .find_one(doc! {"_id": id.to_string(), "tenantId": t.to_string()})
             .await
         {
+            Ok(Some(d)) => Json(account_json(&s.store, t, &d).await).into_response(),
+            Ok(None) => problem(StatusCode::NOT_FOUND, None, "no such account"),
+            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+        }
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AccountChange {
+    name: Option<String>,
+    value: Option<i64>,
+    owner_id: Option<Uuid>,
+}
+
+async fn update(
+    State(s): State<AppState>,
+    user: TenantUser,
+    Path(id): Path<Uuid>,
+    body: axum::body::Bytes,
+) -> Response {
+    let t = user.tenant_id;
+    let change: AccountChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, Some("body"), &e.to_string()),
+    };
+    let mut set = Document::new();
+    if let Some(name) = change.name.map(|n| n.trim().to_owned()) {
+        if name.is_empty() || name.chars().count() > 200 {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                Some("name"),
+                "must be 1-200 characters",
+            );
+        }
+        set.insert("name", name);
+    }
+    if let Some(value) = change.value {
+        if value < 0 {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                Some("value"),
+                "must not be negative",
+            );
+        }
+        set.insert("value", value);
+    }
+    serve_tenant(&s.loader, t, |_| async {
+        if let Some(owner_id) = change.owner_id {
+            if s.store
+                .get(EntityKind::User, t, owner_id)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    Some("ownerId"),
+                    "no such user in this tenant",
+                );
+            }
+            set.insert("ownerId", owner_id.to_string());
+        }
+        let filter = doc! {"_id": id.to_string(), "tenantId": t.to_string()};
+        let updated = s
+            .accounts
+            .find_one_and_update(filter, doc! {"$set": set})
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await;
+        match updated {
             Ok(Some(d)) => Json(account_json(&s.store, t, &d).await).into_response(),
             Ok(None) => problem(StatusCode::NOT_FOUND, None, "no such account"),
             Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
