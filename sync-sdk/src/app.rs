@@ -1,7 +1,7 @@
 //! Starting an app service (feature `app`): the flags every app shares and the pieces they
 //! configure — a MongoDB store, the lazy loader, the stream consumer (with the loader as its
 //! re-sync hook), session verification and the credit client. An app adds its own routes and
-//! handler and calls [`AppKit::run`].
+//! handler, then [`AppKit::bind`] and [`BoundApp::run_until_stopped`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -122,16 +122,41 @@ impl<H: Handler> AppKit<H> {
         })
     }
 
-    /// Serve `router` on `listener` and consume events until `cancel` fires.
-    pub async fn run(
+    /// Bind `listen` for `router` (port 0 picks a free port).
+    pub async fn bind(
         self,
-        listener: tokio::net::TcpListener,
+        listen: std::net::SocketAddr,
         router: axum::Router,
-        cancel: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let consuming = tokio::spawn(self.consumer.run(cancel.clone()));
+    ) -> anyhow::Result<BoundApp<H>> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        Ok(BoundApp {
+            listener,
+            router,
+            kit: self,
+        })
+    }
+}
+
+/// An app bound to its port, ready to serve and consume.
+pub struct BoundApp<H> {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    kit: AppKit<H>,
+}
+
+impl<H: Handler> BoundApp<H> {
+    /// The bound address (the real port when bound to port 0).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serve and consume events until `cancel` fires, then finish what is in flight.
+    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let consuming = tokio::spawn(self.kit.consumer.run(cancel.clone()));
         let stop = cancel.clone();
-        axum::serve(listener, router)
+        axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await?;
         cancel.cancel();

@@ -75,16 +75,7 @@ impl IntoResponse for AuthError {
             AuthError::WrongTenant => StatusCode::FORBIDDEN,
             AuthError::Keys(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let body = serde_json::json!({
-            "type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        let mut response = (status, axum::Json(body)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/problem+json"),
-        );
-        response
+        crate::http::problem(status, None, &self.to_string())
     }
 }
 

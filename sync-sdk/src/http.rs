@@ -21,13 +21,17 @@ use crate::{
 /// Set on responses served from local data while the wrapper is unreachable.
 pub const DEGRADED_HEADER: &str = "x-tsync-degraded";
 
-fn problem(status: StatusCode, detail: &str) -> Response {
-    let body = serde_json::json!({
+/// An RFC 7807 `application/problem+json` response, naming the field at fault if any.
+pub fn problem(status: StatusCode, field: Option<&str>, detail: &str) -> Response {
+    let mut body = serde_json::json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or("error"),
         "status": status.as_u16(),
         "detail": detail,
     });
+    if let Some(field) = field {
+        body["field"] = serde_json::json!(field);
+    }
     let mut response = (status, Json(body)).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -60,6 +64,7 @@ where
         Ok(Availability::Unavailable { retry_after }) => {
             let mut response = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
+                None,
                 "this tenant is not loaded yet and the identity service is unreachable",
             );
             if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
@@ -67,11 +72,12 @@ where
             }
             response
         }
-        Err(LoadError::NotFound) => problem(StatusCode::NOT_FOUND, "no such tenant"),
+        Err(LoadError::NotFound) => problem(StatusCode::NOT_FOUND, None, "no such tenant"),
         Err(e) => {
             tracing::error!(%tenant_id, error = %e, "tenant could not be served");
             problem(
                 StatusCode::SERVICE_UNAVAILABLE,
+                None,
                 "the tenant could not be loaded",
             )
         }

@@ -39,11 +39,11 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         app: app_args(&wrapper, SECRET),
     };
-    let app = crm::Application::build(settings).await?;
+    let app = crm::build(settings).await?;
     let crm_port = app.addr().port();
     let stop = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(stop.clone()));
-    let hrms_app = hrms::Application::build(hrms::Settings {
+    let hrms_app = hrms::build(hrms::Settings {
         listen: "127.0.0.1:0".parse()?,
         app: app_args(&wrapper, SECRET),
     })

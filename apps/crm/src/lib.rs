@@ -23,15 +23,14 @@ use mongodb::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sync_sdk::{
-    app::{AppArgs, AppKit},
+    app::{AppArgs, AppKit, BoundApp},
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
     credits::offline::{Consumed, CreditClient, CreditError},
-    http::serve_tenant,
+    http::{problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
 };
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The operation code of account creation.
@@ -68,69 +67,30 @@ impl FromRef<AppState> for Arc<Jwks> {
     }
 }
 
-/// The CRM, bound and ready.
-pub struct Application {
-    listener: tokio::net::TcpListener,
-    router: Router,
-    kit: AppKit<NoHandler>,
-}
-
-impl Application {
-    /// Connect, create indexes and groups, bind.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let kit = AppKit::start("crm", &settings.app, NoHandler).await?;
-        let accounts = kit.database.collection::<Document>("accounts");
-        accounts
-            .create_index(
-                mongodb::IndexModel::builder()
-                    .keys(doc! {"tenantId": 1, "_id": 1})
-                    .build(),
-            )
-            .await?;
-        let state = AppState {
-            jwks: kit.jwks.clone(),
-            loader: kit.loader.clone(),
-            store: kit.store.clone(),
-            accounts,
-            credits: kit.credits.clone(),
-        };
-        let router = Router::new()
-            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-            .route("/accounts", get(list).post(create))
-            .route("/accounts/{id}", get(read).patch(update).delete(remove))
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-        Ok(Self {
-            listener,
-            router,
-            kit,
-        })
-    }
-
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
-    }
-
-    /// Serve and consume until `cancel` fires.
-    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        self.kit.run(self.listener, self.router, cancel).await
-    }
-}
-
-fn problem(status: StatusCode, field: Option<&str>, detail: &str) -> Response {
-    let mut body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail});
-    if let Some(f) = field {
-        body["field"] = json!(f);
-    }
-    let mut r = (status, Json(body)).into_response();
-    r.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        "application/problem+json".parse().expect("static"),
-    );
-    r
+/// Connect, create indexes and groups, bind: the app, ready to run.
+pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
+    let kit = AppKit::start("crm", &settings.app, NoHandler).await?;
+    let accounts = kit.database.collection::<Document>("accounts");
+    accounts
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"tenantId": 1, "_id": 1})
+                .build(),
+        )
+        .await?;
+    let state = AppState {
+        jwks: kit.jwks.clone(),
+        loader: kit.loader.clone(),
+        store: kit.store.clone(),
+        accounts,
+        credits: kit.credits.clone(),
+    };
+    let router = Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/accounts", get(list).post(create))
+        .route("/accounts/{id}", get(read).patch(update).delete(remove))
+        .with_state(state);
+    kit.bind(settings.listen, router).await
 }
 
 /// The owner as listings show it: current name and email, or "[Deleted User]".

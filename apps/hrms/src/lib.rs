@@ -16,14 +16,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use sync_sdk::{
-    app::{AppArgs, AppKit},
+    app::{AppArgs, AppKit, BoundApp},
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
-    http::serve_tenant,
+    http::{problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
 };
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The permission of tenant admins (the wrapper's built-in `admin` role).
@@ -55,67 +54,28 @@ impl FromRef<AppState> for Arc<Jwks> {
     }
 }
 
-/// The HRMS, bound and ready.
-pub struct Application {
-    listener: tokio::net::TcpListener,
-    router: Router,
-    kit: AppKit<NoHandler>,
-}
-
-impl Application {
-    /// Connect, prepare, bind.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let kit = AppKit::start("hrms", &settings.app, NoHandler).await?;
-        let employees = kit.database.collection::<Document>("employees");
-        employees
-            .create_index(
-                mongodb::IndexModel::builder()
-                    .keys(doc! {"tenantId": 1, "userId": 1})
-                    .build(),
-            )
-            .await?;
-        let state = AppState {
-            jwks: kit.jwks.clone(),
-            loader: kit.loader.clone(),
-            store: kit.store.clone(),
-            employees,
-        };
-        let router = Router::new()
-            .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
-            .route("/employees", get(list).post(create))
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-        Ok(Self {
-            listener,
-            router,
-            kit,
-        })
-    }
-
-    /// The bound address.
-    pub fn addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
-    }
-
-    /// Serve and consume until `cancel` fires.
-    pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        self.kit.run(self.listener, self.router, cancel).await
-    }
-}
-
-fn problem(status: StatusCode, field: Option<&str>, detail: &str) -> Response {
-    let mut body = json!({"type": "about:blank", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail});
-    if let Some(f) = field {
-        body["field"] = json!(f);
-    }
-    let mut r = (status, Json(body)).into_response();
-    r.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        "application/problem+json".parse().expect("static"),
-    );
-    r
+/// Connect, prepare, bind: the app, ready to run.
+pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
+    let kit = AppKit::start("hrms", &settings.app, NoHandler).await?;
+    let employees = kit.database.collection::<Document>("employees");
+    employees
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! {"tenantId": 1, "userId": 1})
+                .build(),
+        )
+        .await?;
+    let state = AppState {
+        jwks: kit.jwks.clone(),
+        loader: kit.loader.clone(),
+        store: kit.store.clone(),
+        employees,
+    };
+    let router = Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/employees", get(list).post(create))
+        .with_state(state);
+    kit.bind(settings.listen, router).await
 }
 
 /// Whether `user` holds, in the synced copy, an active role granting `tenant.admin`.

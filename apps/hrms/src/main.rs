@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let app = hrms::Application::build(hrms::Settings::parse()).await?;
+    let app = hrms::build(hrms::Settings::parse()).await?;
     tracing::info!(addr = %app.addr(), "hrms listening");
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
