@@ -106,11 +106,12 @@ impl<H: Handler> AppKit<H> {
             store.clone(),
             args.offline_allowance,
         ));
-        let jwks = Jwks::new(
+        let jwks = Jwks::with_audit(
             &args.wrapper_url,
             &args.issuer,
             Duration::from_secs(10),
             Duration::from_secs(300),
+            Arc::new(wrapper()),
         );
         Ok(Self {
             store,

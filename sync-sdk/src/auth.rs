@@ -92,6 +92,7 @@ pub struct Jwks {
     min_refresh: Duration,
     max_age: Duration,
     keys: RwLock<Keys>,
+    audit: Option<Arc<crate::loader::WrapperClient>>,
 }
 
 #[derive(Deserialize)]
@@ -132,7 +133,23 @@ impl Jwks {
                 by_kid: HashMap::new(),
                 fetched: None,
             }),
+            audit: None,
         })
+    }
+
+    /// Like [`new`](Self::new), and refused cross-tenant attempts are reported to the wrapper's
+    /// audit log of the targeted tenant through `client`.
+    pub fn with_audit(
+        wrapper_url: &str,
+        issuer: &str,
+        min_refresh: Duration,
+        max_age: Duration,
+        client: Arc<crate::loader::WrapperClient>,
+    ) -> Arc<Self> {
+        let mut jwks = Arc::into_inner(Self::new(wrapper_url, issuer, min_refresh, max_age))
+            .expect("a fresh Arc has one owner");
+        jwks.audit = Some(client);
+        Arc::new(jwks)
     }
 
     async fn refresh(&self) -> Result<(), AuthError> {
@@ -259,6 +276,19 @@ where
         if let Some(requested) = requested.filter(|r| !matches(r)) {
             tracing::warn!(%tenant_id, requested, user = claims.sub, "cross-tenant attempt refused");
             metrics::counter!("tsync_auth_cross_tenant_attempts_total").increment(1);
+            if let Some(client) = jwks.audit.clone() {
+                let actor = claims.sub.parse().ok();
+                let details =
+                    serde_json::json!({"callerTenantId": tenant_id, "path": parts.uri.path()});
+                tokio::spawn(async move {
+                    let reported = client
+                        .report_audit(&requested, actor, "cross_tenant_attempt", details)
+                        .await;
+                    if let Err(e) = reported {
+                        tracing::warn!(error = %e, "could not report a cross-tenant attempt");
+                    }
+                });
+            }
             return Err(AuthError::WrongTenant);
         }
         Ok(TenantUser {

@@ -231,6 +231,32 @@ impl WrapperClient {
         self.get_json(&url).await
     }
 
+    /// Report a security event (e.g. a refused cross-tenant attempt) into the audit log of
+    /// `tenant` (its id or subdomain).
+    pub async fn report_audit(
+        &self,
+        tenant: &str,
+        actor_id: Option<Uuid>,
+        action: &str,
+        details: Value,
+    ) -> Result<(), LoadError> {
+        let url = format!("{}/api/audit/events", self.config.base_url);
+        let body = serde_json::json!({"tenant": tenant, "actorId": actor_id, "action": action, "details": details});
+        let token = self.token(false).await?;
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match resp.status().as_u16() {
+            202 => Ok(()),
+            s => Err(unavailable(format!("audit: HTTP {s}"))),
+        }
+    }
+
     /// Consume credits directly at the wrapper (idempotent by `operation_id`). `Ok(Err(balance))`
     /// is a refusal for insufficient credits (nothing charged); the receipt is the ledger entry.
     pub async fn consume(

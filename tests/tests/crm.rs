@@ -125,6 +125,30 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(other.status(), StatusCode::FORBIDDEN);
+    // ...and the attempt is in globex's audit log, reported by the app.
+    let globex = wrapper.create_tenant("globex").await;
+    let again = send(
+        Method::GET,
+        "/crm/accounts",
+        "globex.yourapp.test",
+        &acme.admin,
+        None,
+    )
+    .await?;
+    assert_eq!(again.status(), StatusCode::FORBIDDEN);
+    let audit_path = format!(
+        "/api/tenants/{}/audit?action=cross_tenant_attempt",
+        globex.id
+    );
+    eventually(Duration::from_secs(10), || async {
+        let (_, audit) = wrapper
+            .call(Method::GET, &audit_path, Some(&globex.admin), None)
+            .await;
+        audit["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i["actorId"] == json!(acme.admin_id)))
+    })
+    .await?;
     // No credits, no account.
     let refused = send(
         Method::POST,

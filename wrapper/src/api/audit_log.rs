@@ -19,7 +19,9 @@ use crate::{
 
 /// Audit routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/tenants/{tenant_id}/audit", get(list))
+    Router::new()
+        .route("/api/tenants/{tenant_id}/audit", get(list))
+        .route("/api/audit/events", axum::routing::post(report))
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,4 +74,45 @@ async fn list(
         None
     };
     Ok(Json(AuditPage { items, next_before }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AppEvent {
+    /// The tenant the event is about: its id or subdomain.
+    tenant: String,
+    actor_id: Option<Uuid>,
+    action: String,
+    target: Option<String>,
+    #[serde(default)]
+    details: serde_json::Value,
+}
+
+/// `POST /api/audit/events`: apps report security events (e.g. a cross-tenant attempt they
+/// refused) into the tenant's audit log. App service tokens only.
+async fn report(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    super::ApiJson(event): super::ApiJson<AppEvent>,
+) -> ApiResult<axum::http::StatusCode> {
+    let Caller::Service { app } = &caller else {
+        return Err(ApiError::Forbidden("app service tokens only"));
+    };
+    let action = crate::validate::short_text("action", &event.action, 100)?;
+    let tenant_id = state
+        .domains
+        .resolve_tenant_ref(&state.db, &event.tenant)
+        .await?
+        .ok_or(ApiError::invalid("tenant", "no such tenant"))?;
+    let entry = crate::audit::Entry {
+        tenant_id: Some(tenant_id),
+        actor_id: event.actor_id,
+        action: &action,
+        target: event.target,
+        outcome: "denied",
+        details: serde_json::json!({"reportedBy": app, "details": event.details}),
+    };
+    crate::audit::record(&state.db, &ctx, entry).await;
+    Ok(axum::http::StatusCode::ACCEPTED)
 }
