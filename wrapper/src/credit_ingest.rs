@@ -13,14 +13,13 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use fred::{prelude::*, types::scripts::Script};
 use serde::Serialize;
 use sqlx::PgPool;
-use sync_sdk::contract::{CreditConsumed, Event, StreamKeys};
+use sync_sdk::contract::StreamKeys;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    api::credits::{NewEntry, app_scope, debit, insert_entry},
+    api::credits::{Consumption, charge},
     context::Ctx,
-    outbox::{self, Aggregate},
 };
 
 /// The consumer group of the wrapper on the credit streams.
@@ -138,69 +137,21 @@ impl CreditIngest {
         let operation_id = get("operationId")?;
         let operation_code = get("operationCode")?;
         let amount: i64 = get("amount")?.parse()?;
-        let mut tx = self.db.begin().await?;
-        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
-            .bind(tenant_id.to_string())
-            .bind(&operation_id)
-            .execute(&mut *tx)
-            .await?;
-        let seen: bool = sqlx::query_scalar(
-            "select exists(select 1 from credit_ledger
-             where tenant_id = $1 and operation_id = $2 and kind = 'consumption')",
-        )
-        .bind(tenant_id)
-        .bind(&operation_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if seen {
-            return Ok(());
-        }
-        let scope = app_scope(&application);
-        let (balance_after, version) =
-            debit(&mut tx, tenant_id, &scope, amount)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("ledger refuses fast-path consumption {operation_id}: {e}")
-                })?;
-        let entry = insert_entry(
-            &mut tx,
-            NewEntry {
-                tenant_id,
-                kind: "consumption",
-                scope: &scope,
-                source_scope: None,
-                amount,
-                application: Some(&application),
-                operation_code: Some(&operation_code),
-                operation_id: Some(&operation_id),
-                balance_after,
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let ctx = Ctx {
             request_id: format!("credit-ingest:{entry_id}"),
             correlation_id: operation_id.clone(),
         };
-        let event = Event::CreditConsumed(CreditConsumed {
-            operation_id,
+        let consumption = Consumption {
             tenant_id,
-            application,
-            operation_code,
+            application: &application,
+            operation_code: &operation_code,
+            operation_id: &operation_id,
             amount,
-            balance_after,
-        });
-        outbox::append(
-            &mut tx,
-            &ctx,
-            tenant_id,
-            Aggregate {
-                id: entry.entry_id,
-                version,
-            },
-            event,
-        )
-        .await?;
+        };
+        let mut tx = self.db.begin().await?;
+        charge(&mut tx, &ctx, &consumption).await.map_err(|e| {
+            anyhow::anyhow!("ledger refuses fast-path consumption {operation_id}: {e}")
+        })?;
         tx.commit().await?;
         Ok(())
     }

@@ -51,7 +51,7 @@ pub fn router() -> Router<AppState> {
 const MAX_AMOUNT: i64 = 1_000_000_000;
 const POOL: &str = "tenant";
 
-pub(crate) fn app_scope(application: &str) -> String {
+fn app_scope(application: &str) -> String {
     format!("app:{application}")
 }
 
@@ -96,23 +96,23 @@ pub struct LedgerEntry {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub(crate) const LEDGER_COLUMNS: &str =
+const LEDGER_COLUMNS: &str =
     "id, entry_id, tenant_id, kind, scope, source_scope, amount, application,
      operation_code, operation_id, balance_after, created_at";
 
-pub(crate) struct NewEntry<'a> {
-    pub(crate) tenant_id: Uuid,
-    pub(crate) kind: &'a str,
-    pub(crate) scope: &'a str,
-    pub(crate) source_scope: Option<&'a str>,
-    pub(crate) amount: i64,
-    pub(crate) application: Option<&'a str>,
-    pub(crate) operation_code: Option<&'a str>,
-    pub(crate) operation_id: Option<&'a str>,
-    pub(crate) balance_after: i64,
+struct NewEntry<'a> {
+    tenant_id: Uuid,
+    kind: &'a str,
+    scope: &'a str,
+    source_scope: Option<&'a str>,
+    amount: i64,
+    application: Option<&'a str>,
+    operation_code: Option<&'a str>,
+    operation_id: Option<&'a str>,
+    balance_after: i64,
 }
 
-pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
+async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
     Ok(sqlx::query_as(&format!(
         "insert into credit_ledger (entry_id, tenant_id, kind, scope, source_scope, amount,
              application, operation_code, operation_id, balance_after)
@@ -153,7 +153,7 @@ async fn credit(
 }
 
 /// Take `amount` from a balance if it covers it; otherwise a 402 with the balance.
-pub(crate) async fn debit(
+async fn debit(
     tx: &mut PgConnection,
     tenant: Uuid,
     scope: &str,
@@ -186,6 +186,115 @@ pub(crate) async fn debit(
     }
 }
 
+/// Credits going into a balance.
+struct Allocation<'a> {
+    tenant_id: Uuid,
+    scope: &'a str,
+    source_scope: Option<&'a str>,
+    amount: i64,
+}
+
+/// Credit the receiving balance and record the allocation with its `credit.allocated` event.
+async fn record_allocation(
+    tx: &mut PgConnection,
+    ctx: &Ctx,
+    a: Allocation<'_>,
+    entity_id: Option<String>,
+    application: Option<String>,
+) -> ApiResult<LedgerEntry> {
+    let (balance_after, version) = credit(tx, a.tenant_id, a.scope, a.amount).await?;
+    let new = NewEntry {
+        tenant_id: a.tenant_id,
+        kind: "allocation",
+        scope: a.scope,
+        source_scope: a.source_scope,
+        amount: a.amount,
+        application: application.as_deref(),
+        operation_code: None,
+        operation_id: None,
+        balance_after,
+    };
+    let entry = insert_entry(tx, new).await?;
+    let event = Event::CreditAllocated(CreditAllocated {
+        allocation_id: entry.entry_id,
+        tenant_id: a.tenant_id,
+        entity_id,
+        application,
+        amount: a.amount,
+        balance_after,
+    });
+    let aggregate = Aggregate {
+        id: entry.entry_id,
+        version,
+    };
+    outbox::append(tx, ctx, a.tenant_id, aggregate, event).await?;
+    Ok(entry)
+}
+
+/// A consumption to charge to an application's balance.
+pub(crate) struct Consumption<'a> {
+    pub(crate) tenant_id: Uuid,
+    pub(crate) application: &'a str,
+    pub(crate) operation_code: &'a str,
+    pub(crate) operation_id: &'a str,
+    pub(crate) amount: i64,
+}
+
+/// Charge `c` inside `tx`, idempotently by operation id: returns the ledger entry and whether it
+/// was charged before (then nothing is charged now). Requests with one operation id are
+/// serialised by a transaction-scoped advisory lock. Used by the direct path and by the
+/// fast-path ingester alike.
+pub(crate) async fn charge(
+    tx: &mut PgConnection,
+    ctx: &Ctx,
+    c: &Consumption<'_>,
+) -> ApiResult<(LedgerEntry, bool)> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+        .bind(c.tenant_id.to_string())
+        .bind(c.operation_id)
+        .execute(&mut *tx)
+        .await?;
+    let original: Option<LedgerEntry> = sqlx::query_as(&format!(
+        "select {LEDGER_COLUMNS} from credit_ledger
+         where tenant_id = $1 and operation_id = $2 and kind = 'consumption'"
+    ))
+    .bind(c.tenant_id)
+    .bind(c.operation_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(entry) = original {
+        return Ok((entry, true));
+    }
+    let scope = app_scope(c.application);
+    let (balance_after, version) = debit(tx, c.tenant_id, &scope, c.amount).await?;
+    let new = NewEntry {
+        tenant_id: c.tenant_id,
+        kind: "consumption",
+        scope: &scope,
+        source_scope: None,
+        amount: c.amount,
+        application: Some(c.application),
+        operation_code: Some(c.operation_code),
+        operation_id: Some(c.operation_id),
+        balance_after,
+    };
+    let entry = insert_entry(tx, new).await?;
+    let event = Event::CreditConsumed(CreditConsumed {
+        operation_id: c.operation_id.to_owned(),
+        tenant_id: c.tenant_id,
+        application: c.application.to_owned(),
+        operation_code: c.operation_code.to_owned(),
+        amount: c.amount,
+        balance_after,
+    });
+    let aggregate = Aggregate {
+        id: entry.entry_id,
+        version,
+    };
+    outbox::append(tx, ctx, c.tenant_id, aggregate, event).await?;
+    Ok((entry, false))
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Allocate {
@@ -208,35 +317,13 @@ async fn allocate(
     };
     let mut tx = state.db.begin().await?;
     super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
-    let (balance_after, version) = credit(&mut tx, req.tenant_id, &scope, amount).await?;
-    let entry = insert_entry(
-        &mut tx,
-        NewEntry {
-            tenant_id: req.tenant_id,
-            kind: "allocation",
-            scope: &scope,
-            source_scope: None,
-            amount,
-            application: None,
-            operation_code: None,
-            operation_id: None,
-            balance_after,
-        },
-    )
-    .await?;
-    let event = Event::CreditAllocated(CreditAllocated {
-        allocation_id: entry.entry_id,
+    let into = Allocation {
         tenant_id: req.tenant_id,
-        entity_id: req.entity_id.clone(),
-        application: None,
+        scope: &scope,
+        source_scope: None,
         amount,
-        balance_after,
-    });
-    let aggregate = Aggregate {
-        id: entry.entry_id,
-        version,
     };
-    outbox::append(&mut tx, &ctx, req.tenant_id, aggregate, event).await?;
+    let entry = record_allocation(&mut tx, &ctx, into, req.entity_id.clone(), None).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(entry)))
 }
@@ -264,35 +351,13 @@ async fn allocate_application(
     let mut tx = state.db.begin().await?;
     super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
     debit(&mut tx, req.tenant_id, POOL, amount).await?;
-    let (balance_after, version) = credit(&mut tx, req.tenant_id, &scope, amount).await?;
-    let entry = insert_entry(
-        &mut tx,
-        NewEntry {
-            tenant_id: req.tenant_id,
-            kind: "allocation",
-            scope: &scope,
-            source_scope: Some(POOL),
-            amount,
-            application: Some(&application),
-            operation_code: None,
-            operation_id: None,
-            balance_after,
-        },
-    )
-    .await?;
-    let event = Event::CreditAllocated(CreditAllocated {
-        allocation_id: entry.entry_id,
+    let into = Allocation {
         tenant_id: req.tenant_id,
-        entity_id: None,
-        application: Some(application),
+        scope: &scope,
+        source_scope: Some(POOL),
         amount,
-        balance_after,
-    });
-    let aggregate = Aggregate {
-        id: entry.entry_id,
-        version,
     };
-    outbox::append(&mut tx, &ctx, req.tenant_id, aggregate, event).await?;
+    let entry = record_allocation(&mut tx, &ctx, into, None, Some(application)).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(entry)))
 }
@@ -323,66 +388,27 @@ async fn consume(
     let amount = amount("creditAmount", req.credit_amount)?;
     let code = validate::short_text("operationCode", &req.operation_code, 100)?;
     let op = validate::short_text("operationId", &req.operation_id, 200)?;
-    let scope = app_scope(&req.application);
+    let consumption = Consumption {
+        tenant_id: req.tenant_id,
+        application: &req.application,
+        operation_code: &code,
+        operation_id: &op,
+        amount,
+    };
     let mut tx = state.db.begin().await?;
-    // Serialise requests carrying the same operation id (the lock ends with the transaction).
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
-        .bind(req.tenant_id.to_string())
-        .bind(&op)
-        .execute(&mut *tx)
-        .await?;
-    let original: Option<LedgerEntry> = sqlx::query_as(&format!(
-        "select {LEDGER_COLUMNS} from credit_ledger
-         where tenant_id = $1 and operation_id = $2 and kind = 'consumption'"
-    ))
-    .bind(req.tenant_id)
-    .bind(&op)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(entry) = original {
-        metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => "replayed")
-            .increment(1);
-        return Ok(Json(entry));
-    }
-    let (balance_after, version) = match debit(&mut tx, req.tenant_id, &scope, amount).await {
-        Ok(b) => b,
+    let (entry, replayed) = match charge(&mut tx, &ctx, &consumption).await {
+        Ok(charged) => charged,
         Err(e) => {
-            metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => "refused")
-                .increment(1);
+            if matches!(e, ApiError::InsufficientCredits { .. }) {
+                metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => "refused")
+                    .increment(1);
+            }
             return Err(e);
         }
     };
-    let entry = insert_entry(
-        &mut tx,
-        NewEntry {
-            tenant_id: req.tenant_id,
-            kind: "consumption",
-            scope: &scope,
-            source_scope: None,
-            amount,
-            application: Some(&req.application),
-            operation_code: Some(&code),
-            operation_id: Some(&op),
-            balance_after,
-        },
-    )
-    .await?;
-    let event = Event::CreditConsumed(CreditConsumed {
-        operation_id: op,
-        tenant_id: req.tenant_id,
-        application: req.application.clone(),
-        operation_code: code,
-        amount,
-        balance_after,
-    });
-    let aggregate = Aggregate {
-        id: entry.entry_id,
-        version,
-    };
-    outbox::append(&mut tx, &ctx, req.tenant_id, aggregate, event).await?;
     tx.commit().await?;
-    metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => "charged")
-        .increment(1);
+    let outcome = if replayed { "replayed" } else { "charged" };
+    metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => outcome).increment(1);
     Ok(Json(entry))
 }
 
