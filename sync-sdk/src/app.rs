@@ -56,6 +56,9 @@ pub struct AppArgs {
     /// Credits the app may consume per tenant while the wrapper is unreachable.
     #[arg(long, env = "APP_OFFLINE_ALLOWANCE", default_value_t = 0)]
     pub offline_allowance: i64,
+    /// When the full sync runs (cron with seconds; one replica per run, under a Redis lock).
+    #[arg(long, env = "APP_FULL_SYNC_SCHEDULE", default_value = crate::fullsync::DEFAULT_SCHEDULE)]
+    pub full_sync_schedule: String,
 }
 
 /// The SDK pieces of a running app.
@@ -71,6 +74,10 @@ pub struct AppKit<H> {
     /// The app's Mongo database (for its own collections).
     pub database: mongodb::Database,
     consumer: Arc<Consumer<MongoStore, H>>,
+    redis: fred::clients::Client,
+    keys: StreamKeys,
+    name: String,
+    schedule: String,
 }
 
 impl<H: Handler> AppKit<H> {
@@ -92,14 +99,10 @@ impl<H: Handler> AppKit<H> {
         let loader = Loader::new(wrapper(), store.clone());
         let keys = StreamKeys::new(args.namespace.clone(), args.partitions)
             .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
-        let mut config = ConsumerConfig::new(name, keys);
+        let mut config = ConsumerConfig::new(name, keys.clone());
         config.on_gap = Some(loader.resync_hook());
-        let consumer = Consumer::new(
-            crate::redis::connect(&args.redis_url)?,
-            store.clone(),
-            Arc::new(handler),
-            config,
-        );
+        let redis = crate::redis::connect(&args.redis_url)?;
+        let consumer = Consumer::new(redis.clone(), store.clone(), Arc::new(handler), config);
         consumer.ensure_groups().await?;
         let credits = Arc::new(CreditClient::new(
             Arc::new(wrapper()),
@@ -120,6 +123,10 @@ impl<H: Handler> AppKit<H> {
             credits,
             database,
             consumer,
+            redis,
+            keys,
+            name: name.to_owned(),
+            schedule: args.full_sync_schedule.clone(),
         })
     }
 
@@ -153,8 +160,29 @@ impl<H: Handler> BoundApp<H> {
             .expect("a bound listener has an address")
     }
 
-    /// Serve and consume events until `cancel` fires, then finish what is in flight.
+    /// Serve, consume events and run the scheduled full sync until `cancel` fires, then finish
+    /// what is in flight.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
+        let kit = &self.kit;
+        let full = crate::fullsync::FullSync::new(
+            kit.loader.clone(),
+            kit.store.clone(),
+            Arc::new(crate::fullsync::NoIntegrity),
+        );
+        let (schedule, redis, keys, name) = (
+            kit.schedule.clone(),
+            kit.redis.clone(),
+            kit.keys.clone(),
+            kit.name.clone(),
+        );
+        let stop_nightly = cancel.clone();
+        tokio::spawn(async move {
+            let lock_ttl = Duration::from_secs(3600);
+            let nightly = full.run_scheduled(&schedule, redis, keys, name, lock_ttl, stop_nightly);
+            if let Err(e) = nightly.await {
+                tracing::error!(%schedule, error = %e, "invalid full-sync schedule; no full sync will run");
+            }
+        });
         let consuming = tokio::spawn(self.kit.consumer.run(cancel.clone()));
         let stop = cancel.clone();
         axum::serve(self.listener, self.router)

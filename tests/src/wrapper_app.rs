@@ -247,5 +247,6 @@ pub fn app_args(wrapper: &TestApp, service_secret: &str) -> sync_sdk::app::AppAr
         issuer: wrapper.state.keys.issuer().to_owned(),
         service_secret: service_secret.to_owned(),
         offline_allowance: 0,
+        full_sync_schedule: sync_sdk::fullsync::DEFAULT_SCHEDULE.into(),
     }
 }
