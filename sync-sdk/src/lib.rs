@@ -82,8 +82,10 @@ pub mod auth;
 pub mod consumer;
 pub mod contract;
 pub mod credits;
+pub mod csrf;
 pub mod dlq;
 pub mod fullsync;
+pub mod html;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod loader;

@@ -144,6 +144,12 @@ pub struct Settings {
     /// Mark the session cookie Secure (turn off only for plain-http loopback tests).
     #[arg(long, env = "WRAPPER_COOKIE_SECURE", default_value_t = true, action = clap::ArgAction::Set)]
     pub cookie_secure: bool,
+    /// OpenID Connect providers offered on the sign-in page, as a JSON array of
+    /// `{"id", "displayName", "issuer", "clientId", "clientSecret", "policy": "existing"|"create",
+    /// "tenants": [subdomains], "scopes"}`. The redirect URI to register at the provider is
+    /// `https://<tenant host>/auth/oidc/<id>/callback`.
+    #[arg(long, env = "WRAPPER_OIDC_PROVIDERS", hide_env_values = true)]
+    pub oidc_providers: Option<Secret>,
     /// Lifetime of a session token, in seconds.
     #[arg(long, env = "WRAPPER_SESSION_TTL_SECS", default_value_t = 3600)]
     pub session_ttl_secs: u64,

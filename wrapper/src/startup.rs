@@ -37,6 +37,8 @@ pub struct AppState {
     pub domains: Arc<DomainCache>,
     /// Prometheus exporter handle.
     pub metrics: PrometheusHandle,
+    /// OpenID Connect providers for browser sign-in.
+    pub oidc: Arc<crate::auth::oidc::Oidc>,
 }
 
 /// The process-wide Prometheus recorder (one per process, shared by every in-process app in
@@ -106,6 +108,10 @@ impl Application {
         let keys = KeyStore::load(db.clone(), settings.issuer.clone()).await?;
         let stream_keys = StreamKeys::new(settings.namespace.clone(), settings.partitions)
             .context("TSYNC_NAMESPACE must be non-empty without braces and TSYNC_PARTITIONS > 0")?;
+        let providers = match &settings.oidc_providers {
+            Some(json) => crate::auth::oidc::parse_providers(&json.0)?,
+            None => Vec::new(),
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
@@ -119,6 +125,7 @@ impl Application {
                 settings.cookie_domain.clone(),
             )),
             metrics: metrics_handle(),
+            oidc: Arc::new(crate::auth::oidc::Oidc::new(providers)),
             settings: Arc::new(settings),
         };
         Ok(Self { listener, state })
@@ -202,8 +209,29 @@ pub fn router(state: AppState) -> Router {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
+        .layer(middleware::from_fn(csrf_guard))
         .layer(middleware::from_fn(crate::context::attach))
         .with_state(state)
+}
+
+/// Refuse state-changing browser requests (session cookie or form post) that come from another
+/// host's page (see `sync_sdk::csrf`).
+async fn csrf_guard(
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    match sync_sdk::csrf::check(req.method(), req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            tracing::warn!(path = %req.uri().path(), reason = %e, "possible CSRF refused");
+            metrics::counter!("tsync_wrapper_csrf_refusals_total").increment(1);
+            crate::error::problem(
+                axum::http::StatusCode::FORBIDDEN,
+                "Forbidden",
+                serde_json::json!({"detail": e.to_string(), "reason": "csrf"}),
+            )
+        }
+    }
 }
 
 /// Create a platform admin unless one with that email exists. Returns the user id.

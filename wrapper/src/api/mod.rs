@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(health::router())
         .merge(crate::auth::routes::router())
+        .merge(crate::auth::oidc::router())
         .merge(tenants::router())
         .merge(users::router())
         .merge(roles::router())

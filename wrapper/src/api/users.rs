@@ -71,8 +71,8 @@ pub(crate) async fn insert(
     password_hash: Option<String>,
 ) -> ApiResult<()> {
     sqlx::query(
-        "insert into users (id, tenant_id, email, full_name, avatar_url, password_hash)
-         values ($1, $2, $3, $4, $5, $6)",
+        "insert into users (id, tenant_id, email, full_name, avatar_url, password_hash, email_verified)
+         values ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(user.id)
     .bind(user.tenant_id)
@@ -80,6 +80,7 @@ pub(crate) async fn insert(
     .bind(&user.full_name)
     .bind(&user.avatar_url)
     .bind(password_hash)
+    .bind(user.email_verified)
     .execute(&mut *tx)
     .await?;
     let aggregate = Aggregate {

@@ -11,6 +11,8 @@
 //! other tenant exists.
 
 pub mod keys;
+pub mod oidc;
+pub mod pages;
 pub mod password;
 pub mod routes;
 

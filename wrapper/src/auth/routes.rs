@@ -3,6 +3,7 @@
 
 use axum::{
     Json, Router,
+    body::Bytes,
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -28,7 +29,7 @@ use crate::{
 /// The auth routes.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/auth/login", post(login))
+        .route("/auth/login", get(super::pages::login_page).post(login))
         .route("/auth/logout", post(logout))
         .route("/auth/me", get(me))
         .route("/auth/service-token", post(service_token))
@@ -45,12 +46,19 @@ struct LoginRequest {
     tenant: Option<String>,
 }
 
+/// `POST /auth/login`: JSON for API clients (the token in the body and the cookie), or the
+/// sign-in page's form (the cookie, then a redirect back to where the user started).
 async fn login(
     State(state): State<AppState>,
     ctx: Ctx,
     headers: HeaderMap,
-    Json(req): Json<LoginRequest>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    if super::pages::is_form(&headers) {
+        return Ok(super::pages::login_form(&state, &ctx, &headers, &body).await);
+    }
+    let req: LoginRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
     let tenant_id = match req.tenant.as_deref() {
         Some(t) => Some(
             state
@@ -59,48 +67,72 @@ async fn login(
                 .await?
                 .ok_or(ApiError::invalid("tenant", "no such tenant"))?,
         ),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("");
-            state
-                .domains
-                .lookup(&state.db, host)
-                .await?
-                .map(|d| d.tenant_id)
-        }
+        None => super::pages::host_tenant(&state, &headers)
+            .await?
+            .map(|d| d.tenant_id),
     };
     let email = req.email.trim().to_lowercase();
+    let user_id = check_password(&state, &ctx, tenant_id, &email, req.password)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    let ttl = state.settings.session_ttl_secs;
+    let token = session_token(&state, user_id, tenant_id, email).await?;
+    let mut response = Json(json!({
+        "token": token, "tokenType": "Bearer", "expiresIn": ttl, "userId": user_id, "tenantId": tenant_id,
+    }))
+    .into_response();
+    set_cookie(&state, &mut response, &token, ttl as i64);
+    Ok(response)
+}
+
+/// Check a local account's password; audits and counts the outcome. The user id when it matches.
+pub(crate) async fn check_password(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant_id: Option<Uuid>,
+    email: &str,
+    password: String,
+) -> ApiResult<Option<Uuid>> {
     let row: Option<(Uuid, Option<String>)> = sqlx::query_as(
         "select u.id, u.password_hash from users u left join tenants t on t.id = u.tenant_id
          where lower(u.email) = $1 and u.tenant_id is not distinct from $2
            and u.active and u.deleted_at is null and (t.id is null or t.status = 'active')",
     )
-    .bind(&email)
+    .bind(email)
     .bind(tenant_id)
     .fetch_optional(&state.db)
     .await?;
     let (user_id, stored) = row.map_or((None, None), |(id, h)| (Some(id), h));
-    let ok = password::verify(req.password, stored).await;
-    let entry = |outcome| audit::Entry {
+    let ok = password::verify(password, stored).await;
+    let user_id = user_id.filter(|_| ok);
+    let outcome = if user_id.is_some() {
+        "success"
+    } else {
+        "failure"
+    };
+    let entry = audit::Entry {
         tenant_id,
         actor_id: user_id,
         action: "login",
-        target: Some(email.clone()),
+        target: Some(email.to_owned()),
         outcome,
-        details: json!({}),
+        details: json!({"method": "password"}),
     };
-    let Some(user_id) = user_id.filter(|_| ok) else {
-        audit::record(&state.db, &ctx, entry("failure")).await;
-        metrics::counter!("tsync_wrapper_logins_total", "outcome" => "failure").increment(1);
-        return Err(ApiError::Unauthorized);
-    };
-    audit::record(&state.db, &ctx, entry("success")).await;
-    metrics::counter!("tsync_wrapper_logins_total", "outcome" => "success").increment(1);
+    audit::record(&state.db, ctx, entry).await;
+    metrics::counter!("tsync_wrapper_logins_total", "outcome" => outcome).increment(1);
+    Ok(user_id)
+}
+
+/// Sign a session token for the user (set it with [`set_cookie`]).
+pub(crate) async fn session_token(
+    state: &AppState,
+    user_id: Uuid,
+    tenant_id: Option<Uuid>,
+    email: String,
+) -> ApiResult<String> {
     let ttl = state.settings.session_ttl_secs;
-    let token = issue(
-        &state,
+    issue(
+        state,
         user_id.to_string(),
         TokenKind::User,
         tenant_id,
@@ -108,13 +140,7 @@ async fn login(
         None,
         ttl,
     )
-    .await?;
-    let mut response = Json(json!({
-        "token": token, "tokenType": "Bearer", "expiresIn": ttl, "userId": user_id, "tenantId": tenant_id,
-    }))
-    .into_response();
-    set_cookie(&state, &mut response, &token, ttl as i64);
-    Ok(response)
+    .await
 }
 
 /// Sign a token for `sub`.
@@ -152,7 +178,7 @@ pub async fn issue(
     Ok(state.keys.sign(&claims).await?)
 }
 
-fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: i64) {
+pub(crate) fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: i64) {
     let mut cookie =
         format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}");
     if let Some(domain) = &state.settings.cookie_domain {
@@ -166,8 +192,14 @@ fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: i
     }
 }
 
-async fn logout(State(state): State<AppState>) -> Response {
-    let mut response = StatusCode::NO_CONTENT.into_response();
+/// `POST /auth/logout`: clear the session cookie on the parent domain (every app at once). The
+/// apps' sign-out form gets a redirect to the sign-in page; API clients get 204.
+async fn logout(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut response = if super::pages::is_form(&headers) {
+        super::pages::after_logout(&headers, &body)
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
     set_cookie(&state, &mut response, "", 0);
     response
 }

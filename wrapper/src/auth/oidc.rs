@@ -1,0 +1,852 @@
+//! "Sign in with <provider>": OpenID Connect, authorization code flow with PKCE.
+//!
+//! Providers are configured by issuer URL, client id and secret (`WRAPPER_OIDC_PROVIDERS`, a
+//! JSON array; see [`ProviderConfig`]). The flow:
+//!
+//! 1. `GET /auth/oidc/{provider}/start?return_to=…` on the tenant's host: the discovery document
+//!    is read (cached), a flow row is stored with a random `state`, `nonce` and PKCE verifier,
+//!    `state` is also put in a short-lived cookie of this browser, and the browser is sent to the
+//!    provider's authorization endpoint with the S256 challenge.
+//! 2. `GET /auth/oidc/{provider}/callback?code&state`: the flow row is taken (single use, ten
+//!    minutes at most) and must match the browser's cookie and the host's tenant; the code is
+//!    exchanged with the verifier; the ID token is verified against the provider's JWKS (issuer,
+//!    audience, expiry, signature, and the nonce); the email comes from the ID token or, when
+//!    the provider keeps it out of the ID token, from the userinfo endpoint (same `sub`).
+//! 3. The account is found in the host's tenant: an identity linked before, else a user with the
+//!    same verified email (then linked), else — under the `create` policy — a new user (with its
+//!    `user.created` event). Then the session cookie is set exactly as for a password sign-in
+//!    and the browser goes back to `return_to` (a path on the same host).
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sync_sdk::contract::UserState;
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::pages::{error_page, host, host_tenant, safe_return, see_other};
+use crate::{audit, context::Ctx, startup::AppState};
+
+/// The cookie binding a sign-in in progress to the browser that started it.
+pub const FLOW_COOKIE: &str = "tsync_oidc";
+/// How long a sign-in may take at the provider.
+const FLOW_TTL_SECS: i64 = 600;
+
+/// What to do with a provider's user who has no account in the tenant yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Only existing users (matched by verified email) may sign in.
+    #[default]
+    Existing,
+    /// Create a user (no password, no roles) on first sign-in.
+    Create,
+}
+
+/// One provider, as configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Short id used in URLs (`[a-z0-9-]`), e.g. `corp`.
+    pub id: String,
+    /// Shown on the button ("Sign in with …"); defaults to the id.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Issuer URL; `{issuer}/.well-known/openid-configuration` is read.
+    pub issuer: String,
+    /// OAuth client id at the provider.
+    pub client_id: String,
+    /// OAuth client secret at the provider.
+    pub client_secret: String,
+    /// Unknown users: `existing` (refuse) or `create`.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Offer the provider only on these tenants (subdomains); absent: every tenant.
+    #[serde(default)]
+    pub tenants: Option<Vec<String>>,
+    /// Scopes requested (default `openid email profile`).
+    #[serde(default)]
+    pub scopes: Option<String>,
+}
+
+/// Parse `WRAPPER_OIDC_PROVIDERS`.
+pub fn parse_providers(json: &str) -> anyhow::Result<Vec<ProviderConfig>> {
+    let providers: Vec<ProviderConfig> = serde_json::from_str(json)
+        .map_err(|e| anyhow::anyhow!("WRAPPER_OIDC_PROVIDERS is not a valid provider list: {e}"))?;
+    for (i, p) in providers.iter().enumerate() {
+        anyhow::ensure!(
+            !p.id.is_empty()
+                && p.id.len() <= 40
+                && p.id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+            "WRAPPER_OIDC_PROVIDERS[{i}].id must be 1-40 characters of a-z, 0-9 and -"
+        );
+        anyhow::ensure!(
+            p.issuer.starts_with("https://") || p.issuer.starts_with("http://"),
+            "WRAPPER_OIDC_PROVIDERS[{i}].issuer must be an http(s) URL"
+        );
+        anyhow::ensure!(
+            providers[..i].iter().all(|q| q.id != p.id),
+            "WRAPPER_OIDC_PROVIDERS: provider id {} appears twice",
+            p.id
+        );
+    }
+    Ok(providers)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: String,
+    #[serde(default)]
+    userinfo_endpoint: Option<String>,
+}
+
+struct ProviderKeys {
+    keys: Vec<(Option<String>, &'static str, DecodingKey)>,
+    fetched: Instant,
+}
+
+struct Provider {
+    config: ProviderConfig,
+    discovery: Mutex<Option<(Instant, Discovery)>>,
+    keys: Mutex<Option<ProviderKeys>>,
+}
+
+/// The configured providers and their cached metadata.
+pub struct Oidc {
+    providers: Vec<Provider>,
+    http: reqwest::Client,
+}
+
+/// Why a sign-in through a provider failed (shown to the user, audited).
+#[derive(Debug, thiserror::Error)]
+enum FlowError {
+    #[error("the identity provider could not be reached: {0}")]
+    Provider(String),
+    #[error("the identity provider's answer was refused: {0}")]
+    Token(String),
+}
+
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+const KEYS_MIN_REFRESH: Duration = Duration::from_secs(10);
+
+impl Oidc {
+    /// The providers of `configs`; nothing is fetched until the first sign-in.
+    pub fn new(configs: Vec<ProviderConfig>) -> Self {
+        Self {
+            providers: configs
+                .into_iter()
+                .map(|config| Provider {
+                    config,
+                    discovery: Mutex::new(None),
+                    keys: Mutex::new(None),
+                })
+                .collect(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `(id, display name)` of the providers offered on tenant `subdomain`.
+    pub fn offered_to(&self, subdomain: &str) -> Vec<(&str, &str)> {
+        self.providers
+            .iter()
+            .filter(|p| offered(&p.config, subdomain))
+            .map(|p| {
+                let c = &p.config;
+                (c.id.as_str(), c.display_name.as_deref().unwrap_or(&c.id))
+            })
+            .collect()
+    }
+
+    fn provider(&self, id: &str) -> Option<&Provider> {
+        self.providers.iter().find(|p| p.config.id == id)
+    }
+
+    async fn discovery(&self, p: &Provider) -> Result<Discovery, FlowError> {
+        let mut cached = p.discovery.lock().await;
+        if let Some((_, d)) = cached
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < DISCOVERY_TTL)
+        {
+            return Ok(d.clone());
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            p.config.issuer.trim_end_matches('/')
+        );
+        let d: Discovery = self.get_json(&url).await.and_then(|v| {
+            serde_json::from_value(v).map_err(|e| FlowError::Provider(e.to_string()))
+        })?;
+        if d.issuer.trim_end_matches('/') != p.config.issuer.trim_end_matches('/') {
+            return Err(FlowError::Provider(format!(
+                "the discovery document names issuer {}, not {}",
+                d.issuer, p.config.issuer
+            )));
+        }
+        *cached = Some((Instant::now(), d.clone()));
+        Ok(d)
+    }
+
+    async fn get_json(&self, url: &str) -> Result<Value, FlowError> {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| FlowError::Provider(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| FlowError::Provider(e.to_string()))
+    }
+
+    /// The provider's keys, fetched again when `kid` is unknown (at most every 10 s).
+    async fn key_for(
+        &self,
+        p: &Provider,
+        d: &Discovery,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<DecodingKey, FlowError> {
+        let mut keys = p.keys.lock().await;
+        let family = family_of_alg(alg);
+        let pick = |k: &ProviderKeys| {
+            k.keys
+                .iter()
+                .find(|(id, f, _)| {
+                    kid.is_none_or(|kid| id.as_deref() == Some(kid)) && Some(*f) == family
+                })
+                .map(|(_, _, key)| key.clone())
+        };
+        if let Some(key) = keys.as_ref().and_then(pick) {
+            return Ok(key);
+        }
+        if keys
+            .as_ref()
+            .is_some_and(|k| k.fetched.elapsed() < KEYS_MIN_REFRESH)
+        {
+            return Err(FlowError::Token(format!(
+                "no key {kid:?} in the provider's key set"
+            )));
+        }
+        let set = self.get_json(&d.jwks_uri).await?;
+        let fetched = ProviderKeys {
+            keys: set["keys"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|k| k["use"].as_str().is_none_or(|u| u == "sig"))
+                .filter_map(|k| serde_json::from_value::<Jwk>(k.clone()).ok())
+                .filter_map(|k| {
+                    let family = family_of_jwk(&k)?;
+                    Some((
+                        k.common.key_id.clone(),
+                        family,
+                        DecodingKey::from_jwk(&k).ok()?,
+                    ))
+                })
+                .collect(),
+            fetched: Instant::now(),
+        };
+        let key = pick(&fetched);
+        *keys = Some(fetched);
+        key.ok_or_else(|| FlowError::Token(format!("no key {kid:?} in the provider's key set")))
+    }
+}
+
+fn offered(config: &ProviderConfig, subdomain: &str) -> bool {
+    config
+        .tenants
+        .as_ref()
+        .is_none_or(|t| t.iter().any(|s| s.eq_ignore_ascii_case(subdomain)))
+}
+
+/// The key family an algorithm needs (none for shared-secret algorithms, never accepted).
+fn family_of_alg(alg: Algorithm) -> Option<&'static str> {
+    use jsonwebtoken::Algorithm::*;
+    match alg {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Some("rsa"),
+        ES256 | ES384 => Some("ec"),
+        EdDSA => Some("okp"),
+        HS256 | HS384 | HS512 => None,
+    }
+}
+
+fn family_of_jwk(jwk: &Jwk) -> Option<&'static str> {
+    use jsonwebtoken::jwk::AlgorithmParameters::*;
+    match jwk.algorithm {
+        RSA(_) => Some("rsa"),
+        EllipticCurve(_) => Some("ec"),
+        OctetKeyPair(_) => Some("okp"),
+        OctetKey(_) => None,
+    }
+}
+
+/// OIDC routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/oidc/{provider}/start", get(start))
+        .route("/auth/oidc/{provider}/callback", get(callback))
+}
+
+fn random_token() -> String {
+    URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
+}
+
+fn pkce_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        verifier.as_bytes(),
+    ))
+}
+
+fn flow_cookie(state: &AppState, value: &str, max_age: i64) -> HeaderValue {
+    let mut cookie = format!(
+        "{FLOW_COOKIE}={value}; Path=/auth/oidc; HttpOnly; SameSite=Lax; Max-Age={max_age}"
+    );
+    if state.settings.cookie_secure {
+        cookie.push_str("; Secure");
+    }
+    HeaderValue::from_str(&cookie).unwrap_or(HeaderValue::from_static("tsync_oidc=; Max-Age=0"))
+}
+
+/// `scheme://host` of the request as the browser sees it.
+fn public_origin(state: &AppState, headers: &HeaderMap) -> String {
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| *s == "http" || *s == "https")
+        .unwrap_or(if state.settings.cookie_secure {
+            "https"
+        } else {
+            "http"
+        });
+    format!("{scheme}://{}", host(headers))
+}
+
+#[derive(Debug, Deserialize)]
+struct StartQuery {
+    return_to: Option<String>,
+}
+
+async fn start(
+    State(state): State<AppState>,
+    Path(provider_id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<StartQuery>,
+) -> Response {
+    let return_to = match safe_return(q.return_to.as_deref(), host(&headers)) {
+        Ok(r) => r,
+        Err(reason) => {
+            return error_page(StatusCode::BAD_REQUEST, "Return address refused", reason);
+        }
+    };
+    let tenant = match host_tenant(&state, &headers).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                "Unknown organisation",
+                "this address does not belong to any organisation",
+            );
+        }
+        Err(e) => return e.into_response(),
+    };
+    let Some(provider) = state
+        .oidc
+        .provider(&provider_id)
+        .filter(|p| offered(&p.config, &tenant.subdomain))
+    else {
+        return error_page(
+            StatusCode::NOT_FOUND,
+            "Unknown sign-in provider",
+            "this provider is not offered for this organisation",
+        );
+    };
+    let discovery = match state.oidc.discovery(provider).await {
+        Ok(d) => d,
+        Err(e) => {
+            return error_page(
+                StatusCode::BAD_GATEWAY,
+                "Sign-in unavailable",
+                &e.to_string(),
+            );
+        }
+    };
+    let (flow_state, nonce, verifier) = (random_token(), random_token(), random_token());
+    let redirect_uri = format!(
+        "{}/auth/oidc/{}/callback",
+        public_origin(&state, &headers),
+        provider.config.id
+    );
+    let stored = async {
+        sqlx::query("delete from oidc_flows where created_at < now() - make_interval(secs => $1)")
+            .bind(FLOW_TTL_SECS as f64)
+            .execute(&state.db)
+            .await?;
+        sqlx::query(
+            "insert into oidc_flows (state, provider, tenant_id, nonce, code_verifier, redirect_uri, return_to)
+             values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&flow_state)
+        .bind(&provider.config.id)
+        .bind(tenant.tenant_id)
+        .bind(&nonce)
+        .bind(&verifier)
+        .bind(&redirect_uri)
+        .bind(&return_to)
+        .execute(&state.db)
+        .await
+    }
+    .await;
+    if let Err(e) = stored {
+        return crate::error::ApiError::from(e).into_response();
+    }
+    let scopes = provider
+        .config
+        .scopes
+        .as_deref()
+        .unwrap_or("openid email profile");
+    let separator = if discovery.authorization_endpoint.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let enc = sync_sdk::html::url_encode;
+    let location = format!(
+        "{}{separator}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
+        discovery.authorization_endpoint,
+        enc(&provider.config.client_id),
+        enc(&redirect_uri),
+        enc(scopes),
+        flow_state,
+        nonce,
+        pkce_challenge(&verifier),
+    );
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        flow_cookie(&state, &flow_state, FLOW_TTL_SECS),
+    );
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct Flow {
+    tenant_id: Uuid,
+    nonce: String,
+    code_verifier: String,
+    redirect_uri: String,
+    return_to: String,
+}
+
+/// What the provider says about the user, after verification.
+#[derive(Debug)]
+struct VerifiedUser {
+    subject: String,
+    email: Option<String>,
+    email_verified: bool,
+    name: Option<String>,
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    Path(provider_id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<CallbackQuery>,
+) -> Response {
+    let refused = |status, message: &str| {
+        let mut response = error_page(status, "Sign-in failed", message);
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, flow_cookie(&state, "", 0));
+        response
+    };
+    let browser_state = sync_sdk::csrf::cookie(&headers, FLOW_COOKIE);
+    let Some(flow_state) = q.state.as_deref().filter(|s| Some(*s) == browser_state) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "this sign-in was not started in this browser (state mismatch); please start again",
+        );
+    };
+    let flow: Option<Flow> = match sqlx::query_as(
+        "delete from oidc_flows where state = $1 and provider = $2
+           and created_at > now() - make_interval(secs => $3)
+         returning tenant_id, nonce, code_verifier, redirect_uri, return_to",
+    )
+    .bind(flow_state)
+    .bind(&provider_id)
+    .bind(FLOW_TTL_SECS as f64)
+    .fetch_optional(&state.db)
+    .await
+    {
+        Ok(f) => f,
+        Err(e) => return crate::error::ApiError::from(e).into_response(),
+    };
+    let Some(flow) = flow else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "this sign-in expired or was already used; please start again",
+        );
+    };
+    let tenant = match host_tenant(&state, &headers).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    if tenant.as_ref().map(|t| t.tenant_id) != Some(flow.tenant_id) {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "this sign-in was started for another organisation",
+        );
+    }
+    let audit_failure = |reason: String| {
+        let (db, ctx, provider) = (state.db.clone(), ctx.clone(), provider_id.clone());
+        async move {
+            let entry = audit::Entry {
+                tenant_id: Some(flow.tenant_id),
+                actor_id: None,
+                action: "login",
+                target: None,
+                outcome: "failure",
+                details: json!({"method": "oidc", "provider": provider, "reason": reason}),
+            };
+            audit::record(&db, &ctx, entry).await;
+            metrics::counter!("tsync_wrapper_logins_total", "outcome" => "failure").increment(1);
+        }
+    };
+    if let Some(error) = q.error.as_deref() {
+        let detail = q.error_description.as_deref().unwrap_or("");
+        audit_failure(format!("provider error {error}")).await;
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            &format!("the identity provider refused the sign-in: {error} {detail}"),
+        );
+    }
+    let (Some(code), Some(provider)) = (q.code.as_deref(), state.oidc.provider(&provider_id))
+    else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            "the provider sent no authorization code",
+        );
+    };
+    let verified = match exchange_and_verify(&state.oidc, provider, code, &flow).await {
+        Ok(v) => v,
+        Err(e) => {
+            audit_failure(e.to_string()).await;
+            return refused(StatusCode::UNAUTHORIZED, &e.to_string());
+        }
+    };
+    let user = match find_or_create(&state, &ctx, provider, flow.tenant_id, &verified).await {
+        Ok(Ok(user)) => user,
+        Ok(Err(reason)) => {
+            audit_failure(reason.to_owned()).await;
+            return refused(StatusCode::FORBIDDEN, reason);
+        }
+        Err(e) => return e.into_response(),
+    };
+    audit::record(
+        &state.db,
+        &ctx,
+        audit::Entry {
+            tenant_id: Some(flow.tenant_id),
+            actor_id: Some(user.0),
+            action: "login",
+            target: Some(user.1.clone()),
+            outcome: "success",
+            details: json!({"method": "oidc", "provider": provider_id}),
+        },
+    )
+    .await;
+    metrics::counter!("tsync_wrapper_logins_total", "outcome" => "success").increment(1);
+    let token =
+        match super::routes::session_token(&state, user.0, Some(flow.tenant_id), user.1).await {
+            Ok(t) => t,
+            Err(e) => return e.into_response(),
+        };
+    let mut response = see_other(&flow.return_to);
+    super::routes::set_cookie(
+        &state,
+        &mut response,
+        &token,
+        state.settings.session_ttl_secs as i64,
+    );
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, flow_cookie(&state, "", 0));
+    response
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenResponse {
+    id_token: Option<String>,
+    access_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IdClaims {
+    sub: String,
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    azp: Option<String>,
+    #[serde(default)]
+    aud: Value,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    email_verified: Option<Value>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::Bool(true))) || matches!(v, Some(Value::String(s)) if s == "true")
+}
+
+async fn exchange_and_verify(
+    oidc: &Oidc,
+    provider: &Provider,
+    code: &str,
+    flow: &Flow,
+) -> Result<VerifiedUser, FlowError> {
+    let config = &provider.config;
+    let discovery = oidc.discovery(provider).await?;
+    let enc = sync_sdk::html::url_encode;
+    let response = oidc
+        .http
+        .post(&discovery.token_endpoint)
+        .basic_auth(enc(&config.client_id), Some(enc(&config.client_secret)))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", &flow.redirect_uri),
+            ("code_verifier", &flow.code_verifier),
+        ])
+        .send()
+        .await
+        .map_err(|e| FlowError::Provider(e.to_string()))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        return Err(FlowError::Token(format!(
+            "the token endpoint answered {status}: {}",
+            body.chars().take(300).collect::<String>()
+        )));
+    }
+    let tokens: TokenResponse = response
+        .json()
+        .await
+        .map_err(|e| FlowError::Token(e.to_string()))?;
+    let id_token = tokens
+        .id_token
+        .ok_or_else(|| FlowError::Token("no ID token in the token response".into()))?;
+    let header = jsonwebtoken::decode_header(&id_token)
+        .map_err(|e| FlowError::Token(format!("ID token: {e}")))?;
+    if family_of_alg(header.alg).is_none() {
+        return Err(FlowError::Token(
+            "ID tokens signed with a shared secret are not accepted".into(),
+        ));
+    }
+    let key = oidc
+        .key_for(provider, &discovery, header.kid.as_deref(), header.alg)
+        .await?;
+    let mut validation = Validation::new(header.alg);
+    validation.set_issuer(&[&discovery.issuer]);
+    validation.set_audience(&[&config.client_id]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.leeway = 60;
+    let claims = jsonwebtoken::decode::<IdClaims>(&id_token, &key, &validation)
+        .map_err(|e| FlowError::Token(format!("ID token: {e}")))?
+        .claims;
+    if claims.nonce.as_deref() != Some(flow.nonce.as_str()) {
+        return Err(FlowError::Token(
+            "ID token: the nonce does not match".into(),
+        ));
+    }
+    if claims.aud.is_array() && claims.azp.as_deref().is_some_and(|a| a != config.client_id) {
+        return Err(FlowError::Token(
+            "ID token: issued to another party (azp)".into(),
+        ));
+    }
+    let mut user = VerifiedUser {
+        subject: claims.sub,
+        email: claims.email,
+        email_verified: truthy(claims.email_verified.as_ref()),
+        name: claims.name,
+    };
+    // Providers may keep profile claims out of the ID token; ask the userinfo endpoint then.
+    if let (None, Some(endpoint), Some(access)) = (
+        &user.email,
+        discovery.userinfo_endpoint.as_deref(),
+        tokens.access_token.as_deref(),
+    ) {
+        let info: Value = oidc
+            .http
+            .get(endpoint)
+            .bearer_auth(access)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| FlowError::Provider(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| FlowError::Provider(e.to_string()))?;
+        if info["sub"].as_str() != Some(user.subject.as_str()) {
+            return Err(FlowError::Token(
+                "userinfo describes another subject than the ID token".into(),
+            ));
+        }
+        user.email = info["email"].as_str().map(str::to_owned);
+        user.email_verified = truthy(info.get("email_verified"));
+        user.name = user.name.or(info["name"].as_str().map(str::to_owned));
+    }
+    Ok(user)
+}
+
+/// The tenant's user for this provider account: `Ok(Err(reason))` when the policy refuses.
+async fn find_or_create(
+    state: &AppState,
+    ctx: &Ctx,
+    provider: &Provider,
+    tenant_id: Uuid,
+    user: &VerifiedUser,
+) -> crate::error::ApiResult<Result<(Uuid, String), &'static str>> {
+    let provider_id = provider.config.id.as_str();
+    let linked: Option<(Uuid, String)> = sqlx::query_as(
+        "select u.id, u.email from user_identities i join users u on u.id = i.user_id
+         where i.provider = $1 and i.tenant_id = $2 and i.subject = $3
+           and u.active and u.deleted_at is null",
+    )
+    .bind(provider_id)
+    .bind(tenant_id)
+    .bind(&user.subject)
+    .fetch_optional(&state.db)
+    .await?;
+    if let Some(found) = linked {
+        return Ok(Ok(found));
+    }
+    let Some(email) = user.email.as_deref().map(|e| e.trim().to_lowercase()) else {
+        return Ok(Err("the identity provider did not share an email address"));
+    };
+    if !user.email_verified {
+        return Ok(Err(
+            "the identity provider has not verified this email address",
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let existing: Option<(Uuid, bool)> = sqlx::query_as(
+        "select id, active and deleted_at is null from users
+         where tenant_id = $1 and lower(email) = $2 for update",
+    )
+    .bind(tenant_id)
+    .bind(&email)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let user_id = match existing {
+        Some((_, false)) => return Ok(Err("this account is deactivated")),
+        Some((id, true)) => id,
+        None if provider.config.policy == Policy::Create => {
+            let full_name = user
+                .name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| email.split('@').next().unwrap_or("User"));
+            let full_name =
+                crate::validate::full_name("fullName", full_name).unwrap_or_else(|_| email.clone());
+            let new = UserState {
+                id: Uuid::now_v7(),
+                tenant_id,
+                email: email.clone(),
+                full_name,
+                avatar_url: None,
+                email_verified: true,
+                active: true,
+                deleted_at: None,
+            };
+            crate::api::users::ensure_active_tenant(&mut tx, tenant_id).await?;
+            crate::api::users::insert(&mut tx, ctx, &new, None).await?;
+            new.id
+        }
+        None => {
+            return Ok(Err(
+                "there is no account with this email in this organisation",
+            ));
+        }
+    };
+    sqlx::query(
+        "insert into user_identities (provider, tenant_id, subject, user_id, email)
+         values ($1, $2, $3, $4, $5) on conflict do nothing",
+    )
+    .bind(provider_id)
+    .bind(tenant_id)
+    .bind(&user.subject)
+    .bind(user_id)
+    .bind(&email)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok((user_id, email)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_lists_are_validated() {
+        let ok = r#"[{"id":"corp","issuer":"https://id.corp.test","clientId":"c","clientSecret":"s","policy":"create","tenants":["acme"]}]"#;
+        let parsed = parse_providers(ok).unwrap();
+        assert_eq!(parsed[0].policy, Policy::Create);
+        let oidc = Oidc::new(parsed);
+        assert_eq!(oidc.offered_to("acme"), vec![("corp", "corp")]);
+        assert!(oidc.offered_to("globex").is_empty());
+        for bad in [
+            r#"[{"id":"Corp!","issuer":"https://x","clientId":"c","clientSecret":"s"}]"#,
+            r#"[{"id":"a","issuer":"ftp://x","clientId":"c","clientSecret":"s"}]"#,
+            r#"[{"id":"a","issuer":"https://x","clientId":"c"}]"#,
+            r#"[{"id":"a","issuer":"https://x","clientId":"c","clientSecret":"s","policy":"maybe"}]"#,
+            r#"[{"id":"a","issuer":"https://x","clientId":"c","clientSecret":"s"},{"id":"a","issuer":"https://y","clientId":"c","clientSecret":"s"}]"#,
+        ] {
+            assert!(parse_providers(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pkce_challenge_is_the_rfc_7636_example() {
+        // RFC 7636, appendix B.
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+}

@@ -1,0 +1,308 @@
+//! The browser's sign-in pages: `GET /auth/login` (the form for local accounts and a "sign in
+//! with …" button per OpenID Connect provider), the form's post, and the sign-out redirect.
+//!
+//! The tenant is the one the request's host names (the domain cache), so `acme.yourapp.test`
+//! shows acme's sign-in page. After sign-in the browser goes back to `return_to`, which must be
+//! a path on this very host (or an absolute URL naming it): the wrapper never redirects to
+//! another host, so a crafted link cannot bounce a signed-in user to an attacker's page.
+
+use axum::{
+    extract::{Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use sync_sdk::html::{escape, page, url_encode};
+
+use crate::{api::domains::DomainInfo, context::Ctx, error::ApiResult, startup::AppState};
+
+/// Whether the request body is an HTML form post.
+pub fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        })
+}
+
+/// The `Host` header (with its port, as the browser sent it).
+pub fn host(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The tenant the request's host names.
+pub async fn host_tenant(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<DomainInfo>> {
+    state.domains.lookup(&state.db, host(headers)).await
+}
+
+/// Where to send the browser after sign-in, as a path on the request's host. Accepted: a path
+/// (`/crm/`), or an absolute http(s) URL whose host is `host`. Refused: other hosts,
+/// protocol-relative (`//evil`) and backslash tricks, credentials in the URL, control characters.
+pub fn safe_return(raw: Option<&str>, host: &str) -> Result<String, &'static str> {
+    let raw = raw.map(str::trim).filter(|r| !r.is_empty()).unwrap_or("/");
+    if raw.len() > 2048 || raw.chars().any(|c| c.is_control() || c == '\\') {
+        return Err("the return address contains characters that are not allowed");
+    }
+    if raw.starts_with('/') {
+        return if raw.starts_with("//") {
+            Err("the return address must be on this tenant's own host")
+        } else {
+            Ok(raw.to_owned())
+        };
+    }
+    let lower = raw.to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") || lower.starts_with("http://") {
+        &raw[raw.find("://").map_or(0, |i| i + 3)..]
+    } else {
+        return Err("the return address must be a path or an http(s) URL");
+    };
+    let split = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.contains('@') || !authority.eq_ignore_ascii_case(host) || host.is_empty() {
+        return Err("the return address must be on this tenant's own host");
+    }
+    Ok(match path.chars().next() {
+        Some('/') if !path.starts_with("//") => path.to_owned(),
+        Some('/') => return Err("the return address must be on this tenant's own host"),
+        Some(_) => format!("/{path}"),
+        None => "/".to_owned(),
+    })
+}
+
+/// An HTML response.
+pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
+    let mut response = (status, page(title, body)).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A page telling the user what went wrong.
+pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+    html(
+        status,
+        title,
+        &format!(
+            r#"<h1>{}</h1><p class="error" id="error">{}</p><p><a href="/auth/login">Back to sign-in</a></p>"#,
+            escape(title),
+            escape(message)
+        ),
+    )
+}
+
+/// A `303 See Other` to a path on this host.
+pub fn see_other(location: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct LoginPageQuery {
+    return_to: Option<String>,
+}
+
+/// `GET /auth/login?return_to=/crm/`: the sign-in page of the host's tenant.
+pub(crate) async fn login_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<LoginPageQuery>,
+) -> Response {
+    let return_to = match safe_return(q.return_to.as_deref(), host(&headers)) {
+        Ok(r) => r,
+        Err(reason) => {
+            return error_page(StatusCode::BAD_REQUEST, "Return address refused", reason);
+        }
+    };
+    match host_tenant(&state, &headers).await {
+        Ok(tenant) => render_login(
+            &state,
+            tenant.as_ref(),
+            &return_to,
+            "",
+            None,
+            StatusCode::OK,
+        ),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn render_login(
+    state: &AppState,
+    tenant: Option<&DomainInfo>,
+    return_to: &str,
+    email: &str,
+    error: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let name = tenant.map_or("Tenantsync", |t| t.name.as_str());
+    let mut body = format!(
+        r#"<h1>Sign in to {}</h1>
+<p class="muted">One sign-in for every app of your organisation.</p>"#,
+        escape(name)
+    );
+    if let Some(error) = error {
+        body.push_str(&format!(
+            r#"<p class="error" id="error" role="alert">{}</p>"#,
+            escape(error)
+        ));
+    }
+    body.push_str(&format!(
+        r#"<form method="post" action="/auth/login" id="login">
+<input type="hidden" name="return_to" value="{}">
+<label for="email">Email</label>
+<input type="email" id="email" name="email" value="{}" autocomplete="username" required autofocus>
+<label for="password">Password</label>
+<input type="password" id="password" name="password" autocomplete="current-password" required>
+<button type="submit" id="sign-in">Sign in</button>
+</form>"#,
+        escape(return_to),
+        escape(email)
+    ));
+    if let Some(tenant) = tenant {
+        let providers = state.oidc.offered_to(&tenant.subdomain);
+        if !providers.is_empty() {
+            body.push_str(r#"<p class="muted">or</p>"#);
+        }
+        for (id, display) in providers {
+            body.push_str(&format!(
+                r#"<p><a class="button secondary" id="provider-{id}" href="/auth/oidc/{id}/start?return_to={ret}">Sign in with {display}</a></p>"#,
+                id = escape(id),
+                ret = url_encode(return_to),
+                display = escape(display),
+            ));
+        }
+    }
+    html(status, &format!("Sign in · {name}"), &body)
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    password: String,
+    return_to: Option<String>,
+}
+
+/// The sign-in form's post: on success the session cookie and a redirect to `return_to`; on
+/// failure the page again with the reason (and nothing set).
+pub(crate) async fn login_form(
+    state: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(body) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "Sign-in refused",
+            "the form could not be read",
+        );
+    };
+    let return_to = match safe_return(form.return_to.as_deref(), host(headers)) {
+        Ok(r) => r,
+        Err(reason) => {
+            return error_page(StatusCode::BAD_REQUEST, "Return address refused", reason);
+        }
+    };
+    let result: ApiResult<Response> = async {
+        let tenant = host_tenant(state, headers).await?;
+        let tenant_id = tenant.as_ref().map(|t| t.tenant_id);
+        let email = form.email.trim().to_lowercase();
+        let user =
+            super::routes::check_password(state, ctx, tenant_id, &email, form.password).await?;
+        let Some(user_id) = user else {
+            return Ok(render_login(
+                state,
+                tenant.as_ref(),
+                &return_to,
+                &email,
+                Some("The email or password is not right."),
+                StatusCode::UNAUTHORIZED,
+            ));
+        };
+        let token = super::routes::session_token(state, user_id, tenant_id, email).await?;
+        let mut response = see_other(&return_to);
+        super::routes::set_cookie(
+            state,
+            &mut response,
+            &token,
+            state.settings.session_ttl_secs as i64,
+        );
+        Ok(response)
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Debug, Deserialize)]
+struct LogoutForm {
+    return_to: Option<String>,
+}
+
+/// After the sign-out form: back to the sign-in page, which returns to `return_to` afterwards.
+pub(crate) fn after_logout(headers: &HeaderMap, body: &[u8]) -> Response {
+    let requested = serde_urlencoded::from_bytes::<LogoutForm>(body)
+        .ok()
+        .and_then(|f| f.return_to);
+    let return_to = safe_return(requested.as_deref(), host(headers)).unwrap_or_else(|_| "/".into());
+    see_other(&format!("/auth/login?return_to={}", url_encode(&return_to)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_return;
+
+    const HOST: &str = "acme.yourapp.test:8088";
+
+    #[test]
+    fn paths_and_this_host_are_accepted_as_paths() {
+        for (raw, expected) in [
+            (None, "/"),
+            (Some(""), "/"),
+            (Some("/crm/"), "/crm/"),
+            (Some("/hrms/?tab=1#x"), "/hrms/?tab=1#x"),
+            (Some("http://acme.yourapp.test:8088/crm/"), "/crm/"),
+            (Some("HTTPS://ACME.yourapp.test:8088"), "/"),
+            (Some("http://acme.yourapp.test:8088?x=1"), "/?x=1"),
+        ] {
+            assert_eq!(safe_return(raw, HOST).as_deref(), Ok(expected), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn other_hosts_and_tricks_are_refused() {
+        for raw in [
+            "https://evil.test/",
+            "//evil.test/x",
+            "/\\evil.test",
+            "\\\\evil.test",
+            "http://acme.yourapp.test:8088@evil.test/",
+            "http://globex.yourapp.test:8088/crm/",
+            "http://acme.yourapp.test:8088.evil.test/",
+            "http://acme.yourapp.test:8088//evil.test",
+            "javascript:alert(1)",
+            "/crm/\r\nSet-Cookie: x=y",
+            "evil.test",
+        ] {
+            assert!(safe_return(Some(raw), HOST).is_err(), "{raw:?} accepted");
+        }
+        assert!(safe_return(Some("http://x/"), "").is_err());
+    }
+}
