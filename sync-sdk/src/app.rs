@@ -56,6 +56,15 @@ pub struct AppArgs {
     /// Credits the app may consume per tenant while the wrapper is unreachable.
     #[arg(long, env = "APP_OFFLINE_ALLOWANCE", default_value_t = 0)]
     pub offline_allowance: i64,
+    /// Path prefix the edge serves this app under (default: `/<app name>`); sign-in returns here.
+    #[arg(long, env = "APP_PUBLIC_PATH")]
+    pub public_path: Option<String>,
+    /// The wrapper's sign-in page as browsers reach it (through the edge, on the tenant's host).
+    #[arg(long, env = "APP_LOGIN_URL", default_value = "/auth/login")]
+    pub login_url: String,
+    /// The suite's apps linked from every dashboard, as `Title=/path/,…`.
+    #[arg(long, env = "APP_SUITE_LINKS", default_value = "CRM=/crm/,HRMS=/hrms/")]
+    pub suite_links: String,
     /// When the full sync runs (cron with seconds; one replica per run, under a Redis lock).
     #[arg(long, env = "APP_FULL_SYNC_SCHEDULE", default_value = crate::fullsync::DEFAULT_SCHEDULE)]
     pub full_sync_schedule: String,
@@ -73,6 +82,8 @@ pub struct AppKit<H> {
     pub credits: Arc<CreditClient<MongoStore>>,
     /// The app's Mongo database (for its own collections).
     pub database: mongodb::Database,
+    /// Where the app's pages live and where browsers sign in.
+    pub pages: Arc<crate::web::Pages>,
     consumer: Arc<Consumer<MongoStore, H>>,
     redis: fred::clients::Client,
     keys: StreamKeys,
@@ -116,12 +127,19 @@ impl<H: Handler> AppKit<H> {
             Duration::from_secs(300),
             Arc::new(wrapper()),
         );
+        let mut pages = crate::web::Pages::new(args.public_path.as_deref().unwrap_or(name));
+        pages.login_url = args.login_url.clone();
+        pages.suite = crate::web::Pages::parse_suite(&args.suite_links);
+        if let Some(base) = pages.login_url.strip_suffix("/login") {
+            pages.logout_url = format!("{base}/logout");
+        }
         Ok(Self {
             store,
             loader,
             jwks,
             credits,
             database,
+            pages: Arc::new(pages),
             consumer,
             redis,
             keys,

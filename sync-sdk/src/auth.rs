@@ -27,7 +27,7 @@ use tokio::sync::RwLock;
 use uuid::Uuid;
 
 /// The session cookie the wrapper sets.
-pub const SESSION_COOKIE: &str = "tsync_session";
+pub use crate::csrf::SESSION_COOKIE;
 /// The header carrying the request's tenant (set by NGINX from the subdomain).
 pub const TENANT_HEADER: &str = "x-tenant";
 
@@ -66,13 +66,16 @@ pub enum AuthError {
     /// The keys could not be fetched.
     #[error("key set unavailable: {0}")]
     Keys(String),
+    /// A cookie-authenticated request that changes state came from another host's page.
+    #[error(transparent)]
+    Forgery(#[from] crate::csrf::CsrfError),
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let status = match self {
             AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
-            AuthError::WrongTenant => StatusCode::FORBIDDEN,
+            AuthError::WrongTenant | AuthError::Forgery(_) => StatusCode::FORBIDDEN,
             AuthError::Keys(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         crate::http::problem(status, None, &self.to_string())
@@ -234,24 +237,17 @@ pub struct TenantUser {
     pub email: Option<String>,
 }
 
-fn token(parts: &Parts) -> Option<String> {
+/// The request's token and whether it came from the (ambient) session cookie.
+fn token(parts: &Parts) -> Option<(String, bool)> {
     if let Some(bearer) = parts
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
-        return Some(bearer.trim().to_owned());
+        return Some((bearer.trim().to_owned(), false));
     }
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_owned())
+    crate::csrf::cookie(&parts.headers, SESSION_COOKIE).map(|t| (t.to_owned(), true))
 }
 
 impl<S> FromRequestParts<S> for TenantUser
@@ -263,9 +259,13 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AuthError> {
         let jwks = Arc::<Jwks>::from_ref(state);
-        let claims = jwks
-            .verify(&token(parts).ok_or(AuthError::Missing)?)
-            .await?;
+        let (token, from_cookie) = token(parts).ok_or(AuthError::Missing)?;
+        if from_cookie {
+            // The browser sends the cookie whoever made the page: state changes must come from
+            // a page of this host.
+            crate::csrf::check(&parts.method, &parts.headers)?;
+        }
+        let claims = jwks.verify(&token).await?;
         let tenant_id = claims.tid.ok_or(AuthError::WrongTenant)?;
         let requested = parts
             .headers

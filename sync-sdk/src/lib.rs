@@ -91,6 +91,8 @@ pub mod http;
 pub mod loader;
 pub mod redis;
 pub mod store;
+#[cfg(feature = "axum")]
+pub mod web;
 
 #[cfg(feature = "test-support")]
 pub mod test_support;

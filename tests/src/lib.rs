@@ -3,5 +3,8 @@
 
 pub use sync_sdk::test_support::*;
 
+pub mod browser;
 pub mod nginx;
+pub mod oidc;
+pub mod suite;
 pub mod wrapper_app;

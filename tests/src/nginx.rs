@@ -18,15 +18,38 @@ pub struct Nginx {
 impl Nginx {
     /// Render the loopback config for these upstream ports and start nginx.
     pub async fn start(wrapper_port: u16, crm_port: u16, hrms_port: u16) -> anyhow::Result<Self> {
+        Self::start_on(free_port()?, wrapper_port, crm_port, hrms_port).await
+    }
+
+    /// Like [`start`](Self::start), listening on `port` (chosen earlier, e.g. because an OIDC
+    /// provider must know the redirect URI before the wrapper starts).
+    pub async fn start_on(
+        port: u16,
+        wrapper_port: u16,
+        crm_port: u16,
+        hrms_port: u16,
+    ) -> anyhow::Result<Self> {
+        Self::start_with_burst(port, None, wrapper_port, crm_port, hrms_port).await
+    }
+
+    /// Like [`start_on`](Self::start_on) with another per-tenant burst than production's 20
+    /// (for scenario tests that send many requests of one tenant and are not about limits).
+    pub async fn start_with_burst(
+        port: u16,
+        burst: Option<u32>,
+        wrapper_port: u16,
+        crm_port: u16,
+        hrms_port: u16,
+    ) -> anyhow::Result<Self> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let prefix = std::env::temp_dir().join(unique_name());
-        let port = free_port()?;
         let rendered = Command::new(root.join("nginx/render"))
             .env("NGINX_PORT", port.to_string())
             .env("WRAPPER_PORT", wrapper_port.to_string())
             .env("CRM_PORT", crm_port.to_string())
             .env("HRMS_PORT", hrms_port.to_string())
             .env("NGINX_PREFIX", &prefix)
+            .env("NGINX_TENANT_BURST", burst.unwrap_or(20).to_string())
             .output()
             .await
             .context("running nginx/render")?;

@@ -248,5 +248,8 @@ pub fn app_args(wrapper: &TestApp, service_secret: &str) -> sync_sdk::app::AppAr
         service_secret: service_secret.to_owned(),
         offline_allowance: 0,
         full_sync_schedule: sync_sdk::fullsync::DEFAULT_SCHEDULE.into(),
+        public_path: None,
+        login_url: "/auth/login".into(),
+        suite_links: "CRM=/crm/,HRMS=/hrms/".into(),
     }
 }

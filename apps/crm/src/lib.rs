@@ -27,9 +27,11 @@ use sync_sdk::{
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
     credits::offline::{Consumed, CreditClient, CreditError},
+    html::escape,
     http::{problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
+    web::{PageUser, Pages, dashboard_header, html},
 };
 use uuid::Uuid;
 
@@ -55,6 +57,7 @@ pub struct Settings {
 #[derive(Clone)]
 struct AppState {
     jwks: Arc<Jwks>,
+    pages: Arc<Pages>,
     loader: Arc<Loader<MongoStore>>,
     store: Arc<MongoStore>,
     accounts: Collection<Document>,
@@ -64,6 +67,12 @@ struct AppState {
 impl FromRef<AppState> for Arc<Jwks> {
     fn from_ref(s: &AppState) -> Self {
         s.jwks.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Pages> {
+    fn from_ref(s: &AppState) -> Self {
+        s.pages.clone()
     }
 }
 
@@ -80,6 +89,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
         .await?;
     let state = AppState {
         jwks: kit.jwks.clone(),
+        pages: kit.pages.clone(),
         loader: kit.loader.clone(),
         store: kit.store.clone(),
         accounts,
@@ -87,6 +97,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
     };
     let router = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/", get(dashboard))
         .route("/accounts", get(list).post(create))
         .route("/accounts/{id}", get(read).patch(update).delete(remove))
         .with_state(state);
@@ -120,6 +131,43 @@ async fn account_json(store: &MongoStore, tenant: Uuid, d: &Document) -> Value {
         "value": d.get_i64("value").unwrap_or_default(),
         "owner": owner(store, tenant, owner_id).await,
     })
+}
+
+/// The browser's dashboard: the tenant, the signed-in user and the latest accounts.
+async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Response {
+    let t = user.tenant_id;
+    serve_tenant(&s.loader, t, |_| async {
+        let mut body = dashboard_header(&*s.store, &s.pages, &user, "CRM").await;
+        body.push_str(
+            r#"<h2>Latest accounts</h2><table id="accounts"><tr><th>Account</th><th>Value</th><th>Owner</th></tr>"#,
+        );
+        let latest = s
+            .accounts
+            .find(doc! {"tenantId": t.to_string()})
+            .sort(doc! {"_id": -1})
+            .limit(10)
+            .await;
+        let mut rows = 0;
+        if let Ok(mut cursor) = latest {
+            while cursor.advance().await.unwrap_or(false) {
+                let Ok(d) = cursor.deserialize_current() else { continue };
+                let a = account_json(&s.store, t, &d).await;
+                body.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    escape(a["name"].as_str().unwrap_or_default()),
+                    a["value"],
+                    escape(a["owner"]["name"].as_str().unwrap_or_default()),
+                ));
+                rows += 1;
+            }
+        }
+        body.push_str("</table>");
+        if rows == 0 {
+            body.push_str(r#"<p class="muted">No accounts yet.</p>"#);
+        }
+        html(StatusCode::OK, "CRM", &body)
+    })
+    .await
 }
 
 async fn list(State(s): State<AppState>, user: TenantUser) -> Response {

@@ -19,9 +19,11 @@ use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp},
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
+    html::escape,
     http::{problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
+    web::{PageUser, Pages, dashboard_header, html},
 };
 use uuid::Uuid;
 
@@ -43,6 +45,7 @@ pub struct Settings {
 #[derive(Clone)]
 struct AppState {
     jwks: Arc<Jwks>,
+    pages: Arc<Pages>,
     loader: Arc<Loader<MongoStore>>,
     store: Arc<MongoStore>,
     employees: mongodb::Collection<Document>,
@@ -51,6 +54,12 @@ struct AppState {
 impl FromRef<AppState> for Arc<Jwks> {
     fn from_ref(s: &AppState) -> Self {
         s.jwks.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Pages> {
+    fn from_ref(s: &AppState) -> Self {
+        s.pages.clone()
     }
 }
 
@@ -67,12 +76,14 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
         .await?;
     let state = AppState {
         jwks: kit.jwks.clone(),
+        pages: kit.pages.clone(),
         loader: kit.loader.clone(),
         store: kit.store.clone(),
         employees,
     };
     let router = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/", get(dashboard))
         .route("/employees", get(list).post(create))
         .with_state(state);
     kit.bind(settings.listen, router).await
@@ -108,6 +119,57 @@ async fn is_admin(s: &AppState, tenant: Uuid, user: Uuid) -> bool {
         }
     }
     false
+}
+
+/// The browser's dashboard: the tenant, the signed-in user and the first employees.
+async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Response {
+    let t = user.tenant_id;
+    serve_tenant(&s.loader, t, |_| async {
+        let mut body = dashboard_header(&*s.store, &s.pages, &user, "HRMS").await;
+        body.push_str(
+            r#"<h2>Employees</h2><table id="employees"><tr><th>Name</th><th>Department</th></tr>"#,
+        );
+        let mut rows = 0;
+        if let Ok(mut cursor) = s
+            .employees
+            .find(doc! {"tenantId": t.to_string()})
+            .sort(doc! {"_id": 1})
+            .limit(10)
+            .await
+        {
+            while cursor.advance().await.unwrap_or(false) {
+                let Ok(e) = cursor.deserialize_current() else {
+                    continue;
+                };
+                let user_id: Uuid = e
+                    .get_str("userId")
+                    .ok()
+                    .and_then(|u| u.parse().ok())
+                    .unwrap_or_default();
+                let person = s
+                    .store
+                    .get(EntityKind::User, t, user_id)
+                    .await
+                    .ok()
+                    .flatten();
+                let name = person
+                    .as_ref()
+                    .and_then(|p| p.state["fullName"].as_str().map(str::to_owned));
+                body.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    escape(name.as_deref().unwrap_or("[Deleted User]")),
+                    escape(e.get_str("department").unwrap_or_default()),
+                ));
+                rows += 1;
+            }
+        }
+        body.push_str("</table>");
+        if rows == 0 {
+            body.push_str(r#"<p class="muted">No employees yet.</p>"#);
+        }
+        html(StatusCode::OK, "HRMS", &body)
+    })
+    .await
 }
 
 async fn list(State(s): State<AppState>, user: TenantUser) -> Response {

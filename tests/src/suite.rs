@@ -1,0 +1,83 @@
+//! The whole suite on loopback: the wrapper, the CRM and the HRMS (in-process, port 0) behind
+//! the real nginx, as a browser reaches them at `http://<tenant>.yourapp.test:<port>/`.
+
+use tokio_util::sync::CancellationToken;
+use wrapper::config::Settings;
+
+use crate::{
+    free_port,
+    nginx::Nginx,
+    wrapper_app::{TestApp, app_args, spawn_wrapper_with},
+};
+
+/// The apps' service secret in suite tests.
+pub const SERVICE_SECRET: &str = "suite-service-secret-end-to-end";
+
+/// A running suite; everything stops when dropped.
+pub struct Suite {
+    /// The wrapper (its database, keys, helpers).
+    pub wrapper: TestApp,
+    /// The edge.
+    pub nginx: Nginx,
+    stop: CancellationToken,
+}
+
+impl Suite {
+    /// Start everything, with nginx on a port of its own.
+    pub async fn start(adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        Self::start_on(free_port()?, adjust).await
+    }
+
+    /// Start everything with nginx on `port`.
+    pub async fn start_on(port: u16, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        let wrapper = spawn_wrapper_with(adjust).await?;
+        for app in ["crm", "hrms"] {
+            wrapper::startup::upsert_service_client(&wrapper.db.pool, app, SERVICE_SECRET).await?;
+        }
+        let stop = CancellationToken::new();
+        let crm = crm::build(crm::Settings {
+            listen: "127.0.0.1:0".parse()?,
+            app: app_args(&wrapper, SERVICE_SECRET),
+        })
+        .await?;
+        let crm_port = crm.addr().port();
+        tokio::spawn(crm.run_until_stopped(stop.clone()));
+        let hrms = hrms::build(hrms::Settings {
+            listen: "127.0.0.1:0".parse()?,
+            app: app_args(&wrapper, SERVICE_SECRET),
+        })
+        .await?;
+        let hrms_port = hrms.addr().port();
+        tokio::spawn(hrms.run_until_stopped(stop.clone()));
+        let wrapper_port: u16 = wrapper
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no port in {}", wrapper.url))?;
+        // Scenario tests send many requests of one tenant; limits are tested in nginx.rs.
+        let nginx =
+            Nginx::start_with_burst(port, Some(500), wrapper_port, crm_port, hrms_port).await?;
+        Ok(Self {
+            wrapper,
+            nginx,
+            stop,
+        })
+    }
+
+    /// `http://<tenant>.yourapp.test:<port><path>`, the address a browser uses.
+    pub fn url(&self, tenant: &str, path: &str) -> String {
+        format!("http://{tenant}.yourapp.test:{}{path}", self.nginx.port)
+    }
+
+    /// The `Host` (with port) of a tenant, for requests sent to nginx directly.
+    pub fn host(&self, tenant: &str) -> String {
+        format!("{tenant}.yourapp.test:{}", self.nginx.port)
+    }
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
