@@ -292,7 +292,14 @@ impl Drop for TestServer {
 
 /// Serve `router` on `127.0.0.1:0`; the server stops when the returned handle is dropped.
 pub async fn serve(router: axum::Router) -> anyhow::Result<TestServer> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    serve_listener(tokio::net::TcpListener::bind("127.0.0.1:0").await?, router)
+}
+
+/// Serve `router` on a listener bound earlier (when the router must know its own address).
+pub fn serve_listener(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+) -> anyhow::Result<TestServer> {
     let addr = listener.local_addr()?;
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, router).await;
