@@ -302,6 +302,7 @@ fn family_of_jwk(jwk: &Jwk) -> Option<&'static str> {
 /// OIDC routes.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/auth/oidc/login", get(start_by_query))
         .route("/auth/oidc/{provider}/start", get(start))
         .route("/auth/oidc/{provider}/callback", get(callback))
 }
@@ -344,6 +345,32 @@ fn public_origin(state: &AppState, headers: &HeaderMap) -> String {
 #[derive(Debug, Deserialize)]
 struct StartQuery {
     return_to: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginQuery {
+    #[serde(default)]
+    provider: String,
+    return_to: Option<String>,
+}
+
+/// `GET /auth/oidc/login?provider=<id>&return_to=…` (DESIGN.md's name): the same as
+/// `/auth/oidc/<id>/start`. Each provider has its own callback path, which is what the provider
+/// registers as the redirect URI.
+async fn start_by_query(
+    state: State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<LoginQuery>,
+) -> Response {
+    start(
+        state,
+        Path(q.provider),
+        headers,
+        Query(StartQuery {
+            return_to: q.return_to,
+        }),
+    )
+    .await
 }
 
 async fn start(
