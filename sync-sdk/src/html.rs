@@ -36,6 +36,28 @@ pub fn url_encode(text: &str) -> String {
     out
 }
 
+/// A table (`id` for scripts and tests) of text cells, escaped here; `empty` is shown instead
+/// when there are no rows.
+pub fn table(id: &str, headers: &[&str], rows: &[Vec<String>], empty: &str) -> String {
+    let mut out = format!(r#"<table id="{}"><tr>"#, escape(id));
+    for h in headers {
+        let _ = write!(out, "<th>{}</th>", escape(h));
+    }
+    out.push_str("</tr>");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{}</td>", escape(cell));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+    if rows.is_empty() {
+        let _ = write!(out, r#"<p class="muted">{}</p>"#, escape(empty));
+    }
+    out
+}
+
 /// A complete page: `title` is escaped here, `body` is HTML the caller built with [`escape`].
 pub fn page(title: &str, body: &str) -> String {
     format!(
@@ -92,5 +114,11 @@ mod tests {
             "%2Fcrm%2F%3Fa%3Db%20c%26%C3%A9"
         );
         assert!(page("<x>", "<p>ok</p>").contains("<title>&lt;x&gt;</title>"));
+        let t = table("t", &["A"], &[vec!["<b>".into()]], "none");
+        assert_eq!(
+            t,
+            r#"<table id="t"><tr><th>A</th></tr><tr><td>&lt;b&gt;</td></tr></table>"#
+        );
+        assert!(table("t", &["A"], &[], "none").ends_with(r#"<p class="muted">none</p>"#));
     }
 }

@@ -79,19 +79,11 @@ impl Pages {
 
     /// The sign-in page, returning to `path_and_query` of this app afterwards.
     pub fn login_redirect(&self, path_and_query: &str) -> Response {
-        let location = format!(
+        see_other(&format!(
             "{}?return_to={}",
             self.login_url,
             url_encode(&self.public(path_and_query))
-        );
-        let mut response = StatusCode::SEE_OTHER.into_response();
-        if let Ok(v) = HeaderValue::from_str(&location) {
-            response.headers_mut().insert(header::LOCATION, v);
-        }
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        ))
     }
 
     /// A sign-out button (a form posting to the wrapper; it clears the session of every app).
@@ -104,7 +96,12 @@ impl Pages {
     }
 }
 
-/// An HTML response (not cached: pages show one user's data).
+/// The content security policy of every page: no scripts at all, inline styles only, forms
+/// post to the page's own origin, and no framing (no clickjacking of the sign-in form).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; \
+     img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// An HTML page response (not cached: pages show one user's data).
 pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
     let mut response = (status, page(title, body)).into_response();
     let headers = response.headers_mut();
@@ -114,6 +111,26 @@ pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    response
+}
+
+/// A `303 See Other` to `location` (a path on this host), not cached.
+pub fn see_other(location: &str) -> Response {
+    let mut response = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -172,6 +172,25 @@ impl TestApp {
         Ok(body["token"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Give `tenant` `amount` credits and allocate them all to `app` (as the platform admin,
+    /// then the tenant's admin).
+    pub async fn fund_app(&self, tenant: &TestTenant, app: &str, amount: i64) {
+        self.send_ok(
+            Method::POST,
+            "/api/admin/credits/allocate",
+            &self.root,
+            json!({"tenantId": tenant.id, "amount": amount}),
+        )
+        .await;
+        self.send_ok(
+            Method::POST,
+            "/api/admin/credits/allocate/application",
+            &tenant.admin,
+            json!({"tenantId": tenant.id, "application": app, "amount": amount}),
+        )
+        .await;
+    }
+
     /// Create tenant `subdomain` with admin `admin@<subdomain>.test`, signed in.
     pub async fn create_tenant(&self, subdomain: &str) -> TestTenant {
         let admin_email = format!("admin@{subdomain}.test");

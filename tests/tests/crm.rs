@@ -5,53 +5,16 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
-use tsync_e2e::{nginx::Nginx, wrapper_app::*, *};
-
-const SECRET: &str = "crm-service-secret-end-to-end";
+use tsync_e2e::{suite::Suite, *};
 
 #[tokio::test]
 async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
-    let wrapper = spawn_wrapper().await?;
-    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
+    let suite = Suite::start(|_| {}).await?;
+    let (wrapper, nginx) = (&suite.wrapper, &suite.nginx);
     let acme = wrapper.create_tenant("acme").await;
     let poor = wrapper.create_tenant("poor").await;
     let (owner, owner_token) = wrapper.create_member(&acme, "owner@acme.test").await;
-    wrapper::startup::upsert_service_client(&wrapper.db.pool, "hrms", SECRET).await?;
-    wrapper
-        .send_ok(
-            Method::POST,
-            "/api/admin/credits/allocate",
-            &wrapper.root,
-            json!({"tenantId": acme.id, "amount": 1000}),
-        )
-        .await;
-    wrapper
-        .send_ok(
-            Method::POST,
-            "/api/admin/credits/allocate/application",
-            &acme.admin,
-            json!({"tenantId": acme.id, "application": "crm", "amount": 1000}),
-        )
-        .await;
-
-    let settings = crm::Settings {
-        listen: "127.0.0.1:0".parse()?,
-        app: app_args(&wrapper, SECRET),
-    };
-    let app = crm::build(settings).await?;
-    let crm_port = app.addr().port();
-    let stop = CancellationToken::new();
-    tokio::spawn(app.run_until_stopped(stop.clone()));
-    let hrms_app = hrms::build(hrms::Settings {
-        listen: "127.0.0.1:0".parse()?,
-        app: app_args(&wrapper, SECRET),
-    })
-    .await?;
-    let hrms_port = hrms_app.addr().port();
-    tokio::spawn(hrms_app.run_until_stopped(stop.clone()));
-    let wrapper_port: u16 = wrapper.url.rsplit(':').next().unwrap().parse()?;
-    let nginx = Nginx::start(wrapper_port, crm_port, hrms_port).await?;
+    wrapper.fund_app(&acme, "crm", 1000).await;
 
     let http = reqwest::Client::new();
     let send = |method: Method, path: &str, host: &str, token: &str, body: Option<Value>| {
@@ -254,6 +217,5 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
         list().await.is_some_and(|o| o["name"] == crm::DELETED_USER)
     })
     .await?;
-    stop.cancel();
     Ok(())
 }

@@ -40,21 +40,7 @@ async fn expired_session(w: &TestApp, tenant: &TestTenant) -> anyhow::Result<Str
 
 /// An account in the CRM and an employee in the HRMS, created through nginx with the API.
 async fn seed_records(suite: &Suite, tenant: &TestTenant) -> anyhow::Result<()> {
-    let w = &suite.wrapper;
-    w.send_ok(
-        Method::POST,
-        "/api/admin/credits/allocate",
-        &w.root,
-        json!({"tenantId": tenant.id, "amount": 500}),
-    )
-    .await;
-    w.send_ok(
-        Method::POST,
-        "/api/admin/credits/allocate/application",
-        &tenant.admin,
-        json!({"tenantId": tenant.id, "application": "crm", "amount": 500}),
-    )
-    .await;
+    suite.wrapper.fund_app(tenant, "crm", 500).await;
     let http = reqwest::Client::new();
     for (path, body) in [
         (
@@ -455,6 +441,26 @@ async fn open_redirects_forged_posts_expired_and_foreign_sessions_are_refused() 
     assert_eq!(ok.headers()[header::LOCATION], "/hrms/?tab=1");
     let cookie = ok.headers()[header::SET_COOKIE].to_str()?.to_owned();
     let session = cookie.split(';').next().context("cookie")?.to_owned();
+
+    // The sign-in page of a signed-in user goes straight back; another tenant's session does
+    // not count here. The page cannot be framed and runs no script.
+    let again = request(Method::GET, "/auth/login?return_to=%2Fcrm%2F")
+        .header("cookie", &session)
+        .send()
+        .await?;
+    assert_eq!(again.status(), StatusCode::SEE_OTHER);
+    assert_eq!(again.headers()[header::LOCATION], "/crm/");
+    let page = request(Method::GET, "/auth/login?return_to=%2Fcrm%2F")
+        .header("cookie", format!("tsync_session={}", globex.admin))
+        .send()
+        .await?;
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()[header::CONTENT_SECURITY_POLICY].to_str()?;
+    assert!(
+        csp.contains("frame-ancestors 'none'") && csp.contains("default-src 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.headers()["x-frame-options"], "DENY");
 
     // Login CSRF: a form posted from another site (or with no origin at all) is refused and
     // writes nothing, not even a failed-login entry.

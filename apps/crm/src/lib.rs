@@ -27,7 +27,7 @@ use sync_sdk::{
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
     credits::offline::{Consumed, CreditClient, CreditError},
-    html::escape,
+    html::table,
     http::{problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
@@ -138,33 +138,34 @@ async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Respo
     let t = user.tenant_id;
     serve_tenant(&s.loader, t, |_| async {
         let mut body = dashboard_header(&*s.store, &s.pages, &user, "CRM").await;
-        body.push_str(
-            r#"<h2>Latest accounts</h2><table id="accounts"><tr><th>Account</th><th>Value</th><th>Owner</th></tr>"#,
-        );
         let latest = s
             .accounts
             .find(doc! {"tenantId": t.to_string()})
             .sort(doc! {"_id": -1})
             .limit(10)
             .await;
-        let mut rows = 0;
+        let mut rows = Vec::new();
         if let Ok(mut cursor) = latest {
             while cursor.advance().await.unwrap_or(false) {
-                let Ok(d) = cursor.deserialize_current() else { continue };
+                let Ok(d) = cursor.deserialize_current() else {
+                    continue;
+                };
                 let a = account_json(&s.store, t, &d).await;
-                body.push_str(&format!(
-                    "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    escape(a["name"].as_str().unwrap_or_default()),
-                    a["value"],
-                    escape(a["owner"]["name"].as_str().unwrap_or_default()),
-                ));
-                rows += 1;
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+                rows.push(vec![
+                    text(&a["name"]),
+                    a["value"].to_string(),
+                    text(&a["owner"]["name"]),
+                ]);
             }
         }
-        body.push_str("</table>");
-        if rows == 0 {
-            body.push_str(r#"<p class="muted">No accounts yet.</p>"#);
-        }
+        body.push_str("<h2>Latest accounts</h2>");
+        body.push_str(&table(
+            "accounts",
+            &["Account", "Value", "Owner"],
+            &rows,
+            "No accounts yet.",
+        ));
         html(StatusCode::OK, "CRM", &body)
     })
     .await

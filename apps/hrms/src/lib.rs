@@ -19,7 +19,7 @@ use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp},
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
-    html::escape,
+    html::table,
     http::{problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
@@ -126,17 +126,14 @@ async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Respo
     let t = user.tenant_id;
     serve_tenant(&s.loader, t, |_| async {
         let mut body = dashboard_header(&*s.store, &s.pages, &user, "HRMS").await;
-        body.push_str(
-            r#"<h2>Employees</h2><table id="employees"><tr><th>Name</th><th>Department</th></tr>"#,
-        );
-        let mut rows = 0;
-        if let Ok(mut cursor) = s
+        let first = s
             .employees
             .find(doc! {"tenantId": t.to_string()})
             .sort(doc! {"_id": 1})
             .limit(10)
-            .await
-        {
+            .await;
+        let mut rows = Vec::new();
+        if let Ok(mut cursor) = first {
             while cursor.advance().await.unwrap_or(false) {
                 let Ok(e) = cursor.deserialize_current() else {
                     continue;
@@ -155,18 +152,19 @@ async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Respo
                 let name = person
                     .as_ref()
                     .and_then(|p| p.state["fullName"].as_str().map(str::to_owned));
-                body.push_str(&format!(
-                    "<tr><td>{}</td><td>{}</td></tr>",
-                    escape(name.as_deref().unwrap_or("[Deleted User]")),
-                    escape(e.get_str("department").unwrap_or_default()),
-                ));
-                rows += 1;
+                rows.push(vec![
+                    name.unwrap_or_else(|| "[Deleted User]".into()),
+                    e.get_str("department").unwrap_or_default().to_owned(),
+                ]);
             }
         }
-        body.push_str("</table>");
-        if rows == 0 {
-            body.push_str(r#"<p class="muted">No employees yet.</p>"#);
-        }
+        body.push_str("<h2>Employees</h2>");
+        body.push_str(&table(
+            "employees",
+            &["Name", "Department"],
+            &rows,
+            "No employees yet.",
+        ));
         html(StatusCode::OK, "HRMS", &body)
     })
     .await

@@ -76,15 +76,7 @@ pub fn token_from(parts: &Parts) -> Option<String> {
     {
         return Some(bearer.trim().to_owned());
     }
-    parts
-        .headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == SESSION_COOKIE)
-        .map(|(_, v)| v.to_owned())
+    sync_sdk::csrf::cookie(&parts.headers, SESSION_COOKIE).map(str::to_owned)
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -192,7 +192,7 @@ impl Oidc {
             "{}/.well-known/openid-configuration",
             p.config.issuer.trim_end_matches('/')
         );
-        let d: Discovery = self.get_json(&url).await.and_then(|v| {
+        let d: Discovery = self.get_json(&url, None).await.and_then(|v| {
             serde_json::from_value(v).map_err(|e| FlowError::Provider(e.to_string()))
         })?;
         if d.issuer.trim_end_matches('/') != p.config.issuer.trim_end_matches('/') {
@@ -205,9 +205,12 @@ impl Oidc {
         Ok(d)
     }
 
-    async fn get_json(&self, url: &str) -> Result<Value, FlowError> {
-        self.http
-            .get(url)
+    async fn get_json(&self, url: &str, bearer: Option<&str>) -> Result<Value, FlowError> {
+        let mut request = self.http.get(url);
+        if let Some(token) = bearer {
+            request = request.bearer_auth(token);
+        }
+        request
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
@@ -246,7 +249,7 @@ impl Oidc {
                 "no key {kid:?} in the provider's key set"
             )));
         }
-        let set = self.get_json(&d.jwks_uri).await?;
+        let set = self.get_json(&d.jwks_uri, None).await?;
         let fetched = ProviderKeys {
             keys: set["keys"]
                 .as_array()
@@ -736,17 +739,7 @@ async fn exchange_and_verify(
         discovery.userinfo_endpoint.as_deref(),
         tokens.access_token.as_deref(),
     ) {
-        let info: Value = oidc
-            .http
-            .get(endpoint)
-            .bearer_auth(access)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| FlowError::Provider(e.to_string()))?
-            .json()
-            .await
-            .map_err(|e| FlowError::Provider(e.to_string()))?;
+        let info = oidc.get_json(endpoint, Some(access)).await?;
         if info["sub"].as_str() != Some(user.subject.as_str()) {
             return Err(FlowError::Token(
                 "userinfo describes another subject than the ID token".into(),

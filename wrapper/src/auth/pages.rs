@@ -8,11 +8,12 @@
 
 use axum::{
     extract::{Query, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use sync_sdk::html::{escape, page, url_encode};
+use sync_sdk::html::{escape, url_encode};
+pub use sync_sdk::web::{html, see_other};
 
 use crate::{api::domains::DomainInfo, context::Ctx, error::ApiResult, startup::AppState};
 
@@ -74,19 +75,6 @@ pub fn safe_return(raw: Option<&str>, host: &str) -> Result<String, &'static str
     })
 }
 
-/// An HTML response.
-pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
-    let mut response = (status, page(title, body)).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
 /// A page telling the user what went wrong.
 pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     html(
@@ -98,18 +86,6 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
             escape(message)
         ),
     )
-}
-
-/// A `303 See Other` to a path on this host.
-pub fn see_other(location: &str) -> Response {
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,17 +105,46 @@ pub(crate) async fn login_page(
             return error_page(StatusCode::BAD_REQUEST, "Return address refused", reason);
         }
     };
-    match host_tenant(&state, &headers).await {
-        Ok(tenant) => render_login(
-            &state,
-            tenant.as_ref(),
-            &return_to,
-            "",
-            None,
-            StatusCode::OK,
-        ),
-        Err(e) => e.into_response(),
+    let tenant = match host_tenant(&state, &headers).await {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
+    };
+    // Already signed in to this tenant (another app set the cookie): straight back.
+    if signed_in_to(&state, &headers, tenant.as_ref().map(|t| t.tenant_id)).await {
+        return see_other(&return_to);
     }
+    render_login(
+        &state,
+        tenant.as_ref(),
+        &return_to,
+        "",
+        None,
+        StatusCode::OK,
+    )
+}
+
+/// Whether the session cookie is a valid session of an active user of `tenant_id`.
+async fn signed_in_to(
+    state: &AppState,
+    headers: &HeaderMap,
+    tenant_id: Option<uuid::Uuid>,
+) -> bool {
+    let Some(token) = sync_sdk::csrf::cookie(headers, super::SESSION_COOKIE) else {
+        return false;
+    };
+    let Ok(claims) = state.keys.verify(token).await else {
+        return false;
+    };
+    let Ok(user_id) = claims.sub.parse() else {
+        return false;
+    };
+    claims.kind == super::keys::TokenKind::User
+        && claims.tid == tenant_id
+        && super::load_user_caller(state, user_id)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|u| u.tenant_id == tenant_id)
 }
 
 fn render_login(
