@@ -34,7 +34,7 @@ use sync_sdk::contract::UserState;
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::pages::{error_page, host, host_tenant, safe_return, see_other};
+use super::pages::{error_page, host, host_tenant, return_address, see_other};
 use crate::{audit, context::Ctx, startup::AppState};
 
 /// The cookie binding a sign-in in progress to the browser that started it.
@@ -382,11 +382,9 @@ async fn start(
     headers: HeaderMap,
     Query(q): Query<StartQuery>,
 ) -> Response {
-    let return_to = match safe_return(q.return_to.as_deref(), host(&headers)) {
+    let return_to = match return_address(q.return_to.as_deref(), &headers) {
         Ok(r) => r,
-        Err(reason) => {
-            return error_page(StatusCode::BAD_REQUEST, "Return address refused", reason);
-        }
+        Err(refused) => return refused.into_response(),
     };
     let tenant = match host_tenant(&state, &headers).await {
         Ok(Some(t)) => t,
@@ -470,10 +468,7 @@ async fn start(
         nonce,
         pkce_challenge(&verifier),
     );
-    let mut response = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, v);
-    }
+    let mut response = see_other(&location);
     response.headers_mut().append(
         header::SET_COOKIE,
         flow_cookie(&state, &flow_state, FLOW_TTL_SECS),

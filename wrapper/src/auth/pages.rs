@@ -75,6 +75,21 @@ pub fn safe_return(raw: Option<&str>, host: &str) -> Result<String, &'static str
     })
 }
 
+/// A return address refused by [`return_address`]; its response is the page saying why (400).
+#[derive(Debug)]
+pub struct ReturnRefused(&'static str);
+
+impl IntoResponse for ReturnRefused {
+    fn into_response(self) -> Response {
+        error_page(StatusCode::BAD_REQUEST, "Return address refused", self.0)
+    }
+}
+
+/// [`safe_return`] for this request.
+pub fn return_address(raw: Option<&str>, headers: &HeaderMap) -> Result<String, ReturnRefused> {
+    safe_return(raw, host(headers)).map_err(ReturnRefused)
+}
+
 /// A page telling the user what went wrong.
 pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     html(
@@ -99,11 +114,9 @@ pub(crate) async fn login_page(
     headers: HeaderMap,
     Query(q): Query<LoginPageQuery>,
 ) -> Response {
-    let return_to = match safe_return(q.return_to.as_deref(), host(&headers)) {
+    let return_to = match return_address(q.return_to.as_deref(), &headers) {
         Ok(r) => r,
-        Err(reason) => {
-            return error_page(StatusCode::BAD_REQUEST, "Return address refused", reason);
-        }
+        Err(refused) => return refused.into_response(),
     };
     let tenant = match host_tenant(&state, &headers).await {
         Ok(t) => t,
@@ -220,11 +233,9 @@ pub(crate) async fn login_form(
             "the form could not be read",
         );
     };
-    let return_to = match safe_return(form.return_to.as_deref(), host(headers)) {
+    let return_to = match return_address(form.return_to.as_deref(), headers) {
         Ok(r) => r,
-        Err(reason) => {
-            return error_page(StatusCode::BAD_REQUEST, "Return address refused", reason);
-        }
+        Err(refused) => return refused.into_response(),
     };
     let result: ApiResult<Response> = async {
         let tenant = host_tenant(state, headers).await?;
