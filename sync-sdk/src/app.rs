@@ -126,7 +126,8 @@ impl<H: Handler> AppKit<H> {
             Duration::from_secs(10),
             Duration::from_secs(300),
             Arc::new(wrapper()),
-        );
+        )
+        .with_revocations(redis.clone(), keys.clone());
         let mut pages = crate::web::Pages::new(args.public_path.as_deref().unwrap_or(name));
         pages.login_url = args.login_url.clone();
         pages.suite = crate::web::Pages::parse_suite(&args.suite_links);

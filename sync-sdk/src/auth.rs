@@ -49,6 +49,9 @@ pub struct SessionClaims {
     pub kind: String,
     /// Expiry.
     pub exp: i64,
+    /// Token id (sign-out revokes it).
+    #[serde(default)]
+    pub jti: Option<String>,
 }
 
 /// Why a token was refused.
@@ -96,6 +99,7 @@ pub struct Jwks {
     max_age: Duration,
     keys: RwLock<Keys>,
     audit: Option<Arc<crate::loader::WrapperClient>>,
+    revocations: Option<(fred::clients::Client, crate::contract::StreamKeys)>,
 }
 
 #[derive(Deserialize)]
@@ -137,7 +141,22 @@ impl Jwks {
                 fetched: None,
             }),
             audit: None,
+            revocations: None,
         })
+    }
+
+    /// Also refuse sessions signed out before they expired: the wrapper marks them in Redis
+    /// (`{ns}:revoked:{jti}`) and this checks the marker on every verification. If Redis cannot
+    /// answer, the session is accepted (availability over a window bounded by the token's
+    /// lifetime) and the failure is logged and counted. Call before sharing the `Arc`.
+    pub fn with_revocations(
+        self: Arc<Self>,
+        redis: fred::clients::Client,
+        keys: crate::contract::StreamKeys,
+    ) -> Arc<Self> {
+        let mut jwks = Arc::into_inner(self).expect("with_revocations is called before sharing");
+        jwks.revocations = Some((redis, keys));
+        Arc::new(jwks)
     }
 
     /// Like [`new`](Self::new), and refused cross-tenant attempts are reported to the wrapper's
@@ -221,6 +240,23 @@ impl Jwks {
             .claims;
         if claims.kind != "user" {
             return Err(AuthError::Invalid("not a session token".into()));
+        }
+        drop(keys);
+        if let (Some((redis, stream_keys)), Some(jti)) = (&self.revocations, &claims.jti) {
+            use fred::prelude::*;
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                redis.exists::<i64, _>(stream_keys.revoked_session(jti)),
+            )
+            .await;
+            match probe {
+                Ok(Ok(0)) => {}
+                Ok(Ok(_)) => return Err(AuthError::Invalid("the session was signed out".into())),
+                _ => {
+                    tracing::warn!(jti, "revocation check unavailable; session accepted");
+                    metrics::counter!("tsync_auth_revocation_check_failures_total").increment(1);
+                }
+            }
         }
         Ok(claims)
     }

@@ -11,6 +11,14 @@
 //! * [`consumer`] — the stream consumer: ordered per partition, retries with backoff, dead
 //!   letters, takeover of a crashed consumer's entries, gap detection, graceful shutdown.
 //! * [`dlq`] — list, re-drive and purge dead letters; per-group lag (also the `tsync` CLI).
+//! * [`loader`], [`fullsync`] — lazy loading of a tenant on its first visit, and the nightly
+//!   full sync that repairs drift.
+//! * [`credits`] — consuming credits: direct, on the Redis fast path, or offline with a queue.
+//! * `auth`, `web`, `http`, `app` (feature `axum` / `app`) — session verification bound to the
+//!   request's tenant, browser pages (sign-in redirect, 403 page, dashboard header), serving by
+//!   tenant availability, and the whole plumbing of an app service.
+//! * [`csrf`], [`html`] — the Origin check for cookie-authenticated writes and the page layout,
+//!   shared with the wrapper.
 //!
 //! ## Example: keeping a store current
 //!

@@ -537,6 +537,44 @@ async fn open_redirects_forged_posts_expired_and_foreign_sessions_are_refused() 
     assert_eq!(forged_logout.status(), StatusCode::FORBIDDEN);
     assert!(forged_logout.headers().get(header::SET_COOKIE).is_none());
 
+    // A real sign-out ends the session everywhere: a copy of the token kept elsewhere no longer
+    // works at the wrapper or in either app (cookie or Bearer).
+    let token = session.trim_start_matches("tsync_session=").to_owned();
+    let me = || {
+        request(Method::GET, "/auth/me")
+            .header("cookie", &session)
+            .send()
+    };
+    assert_eq!(me().await?.status(), StatusCode::OK);
+    let logout = request(Method::POST, "/auth/logout")
+        .header("cookie", &session)
+        .header("origin", &origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("return_to=%2Fcrm%2F")
+        .send()
+        .await?;
+    assert_eq!(logout.status(), StatusCode::SEE_OTHER);
+    assert_eq!(me().await?.status(), StatusCode::UNAUTHORIZED);
+    let dashboard = request(Method::GET, "/crm/")
+        .header("cookie", &session)
+        .send()
+        .await?;
+    assert_eq!(dashboard.status(), StatusCode::SEE_OTHER, "back to sign-in");
+    let employees = request(Method::GET, "/hrms/employees")
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(employees.status(), StatusCode::UNAUTHORIZED);
+    let again = request(Method::GET, "/auth/login?return_to=%2Fcrm%2F")
+        .header("cookie", &session)
+        .send()
+        .await?;
+    assert_eq!(
+        again.status(),
+        StatusCode::OK,
+        "the sign-in page asks again"
+    );
+
     // An expired cookie: the dashboards send the browser to sign in, the APIs answer 401.
     let expired = format!("tsync_session={}", expired_session(w, &acme).await?);
     for (path, status) in [

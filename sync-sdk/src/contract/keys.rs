@@ -131,6 +131,12 @@ impl StreamKeys {
             .collect()
     }
 
+    /// The marker of a session signed out before it expired: `{ns}:revoked:{jti}` (it expires
+    /// with the token; apps refuse tokens that have one).
+    pub fn revoked_session(&self, jti: &str) -> String {
+        format!("{}:revoked:{jti}", self.namespace)
+    }
+
     /// A lock or lease key: `{ns}:lock:{name}`.
     pub fn lock(&self, name: &str) -> String {
         format!("{}:lock:{name}", self.namespace)

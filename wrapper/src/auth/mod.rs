@@ -68,15 +68,62 @@ pub enum Access {
 
 /// The token a request carries: the Bearer header first, then the session cookie.
 pub fn token_from(parts: &Parts) -> Option<String> {
-    if let Some(bearer) = parts
-        .headers
+    token_in(&parts.headers)
+}
+
+/// The token in these headers: the Bearer header first, then the session cookie.
+pub fn token_in(headers: &axum::http::HeaderMap) -> Option<String> {
+    if let Some(bearer) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     {
         return Some(bearer.trim().to_owned());
     }
-    sync_sdk::csrf::cookie(&parts.headers, SESSION_COOKIE).map(str::to_owned)
+    sync_sdk::csrf::cookie(headers, SESSION_COOKIE).map(str::to_owned)
+}
+
+/// End a session before it expires (sign-out): recorded in Postgres, which the wrapper checks,
+/// and as a Redis marker expiring with the token, which apps check (`sync_sdk::auth`).
+pub async fn revoke(state: &AppState, claims: &keys::Claims) -> anyhow::Result<()> {
+    use fred::prelude::*;
+    sqlx::query("delete from revoked_sessions where expires_at < now()")
+        .execute(&state.db)
+        .await?;
+    sqlx::query(
+        "insert into revoked_sessions (jti, expires_at) values ($1, to_timestamp($2))
+         on conflict do nothing",
+    )
+    .bind(&claims.jti)
+    .bind(claims.exp as f64)
+    .execute(&state.db)
+    .await?;
+    // The wrapper is safe from here on. Apps learn it from Redis; if Redis cannot take the
+    // marker now, sign-out still succeeds (the cookie goes) and the failure is logged and
+    // counted: apps would accept a copy of the token until it expires.
+    let key = state.stream_keys.revoked_session(&claims.jti);
+    let marked = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        state
+            .redis
+            .set::<(), _, _>(key, 1, Some(Expiration::EXAT(claims.exp)), None, false),
+    )
+    .await;
+    if !matches!(marked, Ok(Ok(()))) {
+        tracing::error!(jti = %claims.jti, "could not publish a session revocation to Redis");
+        metrics::counter!("tsync_wrapper_revocation_publish_failures_total").increment(1);
+    }
+    Ok(())
+}
+
+/// Whether the session `jti` was signed out.
+pub async fn is_revoked(state: &AppState, jti: &str) -> Result<bool, ApiError> {
+    Ok(
+        sqlx::query_scalar("select exists(select 1 from revoked_sessions where jti = $1)")
+            .bind(jti)
+            .fetch_one(&state.db)
+            .await?,
+    )
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -98,6 +145,9 @@ impl FromRequestParts<AppState> for Caller {
             }),
             TokenKind::User => {
                 let id: Uuid = claims.sub.parse().map_err(|_| ApiError::Unauthorized)?;
+                if is_revoked(state, &claims.jti).await? {
+                    return Err(ApiError::Unauthorized);
+                }
                 load_user_caller(state, id)
                     .await?
                     .filter(|u| u.tenant_id == claims.tid)

@@ -153,6 +153,7 @@ async fn signed_in_to(
     };
     claims.kind == super::keys::TokenKind::User
         && claims.tid == tenant_id
+        && !super::is_revoked(state, &claims.jti).await.unwrap_or(true)
         && super::load_user_caller(state, user_id)
             .await
             .ok()

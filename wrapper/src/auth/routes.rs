@@ -194,14 +194,36 @@ pub(crate) fn set_cookie(state: &AppState, response: &mut Response, value: &str,
 
 /// `POST /auth/logout`: clear the session cookie on the parent domain (every app at once). The
 /// apps' sign-out form gets a redirect to the sign-in page; API clients get 204.
-async fn logout(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn logout(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    // The session ends for good, not only in this browser: a copy of the token stops working.
+    let claims = match super::token_in(&headers) {
+        Some(token) => state.keys.verify(&token).await.ok(),
+        None => None,
+    };
+    if let Some(claims) = claims.filter(|c| c.kind == TokenKind::User) {
+        super::revoke(&state, &claims).await?;
+        let entry = audit::Entry {
+            tenant_id: claims.tid,
+            actor_id: claims.sub.parse().ok(),
+            action: "logout",
+            target: claims.email.clone(),
+            outcome: "success",
+            details: json!({}),
+        };
+        audit::record(&state.db, &ctx, entry).await;
+    }
     let mut response = if super::pages::is_form(&headers) {
         super::pages::after_logout(&headers, &body)
     } else {
         StatusCode::NO_CONTENT.into_response()
     };
     set_cookie(&state, &mut response, "", 0);
-    response
+    Ok(response)
 }
 
 async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
