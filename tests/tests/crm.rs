@@ -219,3 +219,82 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn account_creation_retried_with_an_idempotency_key_creates_and_charges_once()
+-> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let (wrapper, nginx) = (&suite.wrapper, &suite.nginx);
+    let acme = wrapper.create_tenant("acme").await;
+    wrapper.fund_app(&acme, "crm", 1000).await;
+    let http = reqwest::Client::new();
+    let create = |key: Option<&str>, name: &str| {
+        let mut req = http
+            .post(format!("{}/crm/accounts", nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .bearer_auth(&acme.admin)
+            .json(&json!({"name": name, "value": 10, "ownerId": acme.admin_id}));
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        req.send()
+    };
+    let balance = || async {
+        let body = wrapper
+            .get_ok(
+                &format!("/api/credits/balance?tenantId={}", acme.id),
+                &acme.admin,
+            )
+            .await;
+        body["balances"]
+            .as_array()
+            .and_then(|b| b.iter().find(|x| x["scope"] == "app:crm"))
+            .and_then(|x| x["balance"].as_i64())
+            .unwrap_or_default()
+    };
+
+    // Five concurrent sends of one request, then a late retry: one account, 35 credits.
+    let sends =
+        futures_util::future::join_all((0..5).map(|_| create(Some("order-1"), "Initech"))).await;
+    let mut ids = Vec::new();
+    for sent in sends {
+        let sent = sent?;
+        assert!(
+            matches!(sent.status(), StatusCode::CREATED | StatusCode::OK),
+            "{}",
+            sent.status()
+        );
+        ids.push(sent.json::<Value>().await?["id"].clone());
+    }
+    let retry = create(Some("order-1"), "Initech").await?;
+    assert_eq!(
+        retry.status(),
+        StatusCode::OK,
+        "a replay answers with the account"
+    );
+    ids.push(retry.json::<Value>().await?["id"].clone());
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "every answer names the same account: {ids:?}");
+    assert_eq!(balance().await, 965, "charged once");
+
+    // The key reused for another request is a conflict; a bad key is a problem naming it.
+    let reused = create(Some("order-1"), "Globex").await?;
+    assert_eq!(reused.status(), StatusCode::CONFLICT);
+    let bad = create(Some("spaces are not allowed"), "X").await?;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json::<Value>().await?["field"], "idempotency-key");
+    // Without a key every request is its own account.
+    assert_eq!(create(None, "A").await?.status(), StatusCode::CREATED);
+    assert_eq!(create(None, "A").await?.status(), StatusCode::CREATED);
+    let listed: Value = http
+        .get(format!("{}/crm/accounts", nginx.url()))
+        .header("host", "acme.yourapp.test")
+        .bearer_auth(&acme.admin)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(balance().await, 965 - 2 * 35);
+    Ok(())
+}

@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc};
 use axum::{
     Json, Router,
     extract::{FromRef, Path, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -22,6 +22,7 @@ use mongodb::{
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sha2::Digest;
 use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp},
     auth::{Jwks, TenantUser},
@@ -34,6 +35,23 @@ use sync_sdk::{
     web::{PageUser, Pages, dashboard_header, html},
 };
 use uuid::Uuid;
+
+/// The header that makes account creation safe to retry.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(
+        &*e.kind,
+        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) if w.code == 11000
+    )
+}
+
+/// Whether two account documents describe the same request (tenant, name, value, owner).
+fn same_account(a: &Document, b: &Document) -> bool {
+    ["tenantId", "name", "value", "ownerId"]
+        .iter()
+        .all(|k| a.get(k) == b.get(k))
+}
 
 /// The operation code of account creation.
 pub const CREATE_ACCOUNT: &str = "crm.accounts.create";
@@ -223,11 +241,46 @@ async fn cost(store: &MongoStore, tenant: Uuid) -> i64 {
         .unwrap_or(DEFAULT_COST)
 }
 
-async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::Bytes) -> Response {
+/// The account id of a request: random, or — with an `Idempotency-Key` header — derived from
+/// the tenant and the key, so a retried request names the same account and the same credit
+/// operation (charged once, created once).
+fn account_id(tenant: Uuid, headers: &HeaderMap) -> Result<(Uuid, bool), Response> {
+    let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok((Uuid::now_v7(), false));
+    };
+    let key = key
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                Some(IDEMPOTENCY_KEY),
+                "must be 1-200 visible ASCII characters",
+            )
+        })?;
+    let digest = sha2::Sha256::digest(format!("{tenant}\n{key}").as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8: custom, name-based
+    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
+    Ok((Uuid::from_bytes(bytes), true))
+}
+
+async fn create(
+    State(s): State<AppState>,
+    user: TenantUser,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let t = user.tenant_id;
     let req: NewAccount = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return problem(StatusCode::BAD_REQUEST, Some("body"), &e.to_string()),
+    };
+    let (id, idempotent) = match account_id(t, &headers) {
+        Ok(id) => id,
+        Err(refused) => return refused,
     };
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 {
@@ -259,7 +312,6 @@ async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::B
                 "no such user in this tenant",
             );
         }
-        let id = Uuid::now_v7();
         let charged = s
             .credits
             .consume(
@@ -294,6 +346,24 @@ async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::B
                 Json(account_json(&s.store, t, &doc).await),
             )
                 .into_response(),
+            Err(e) if idempotent && is_duplicate_key(&e) => {
+                // A retry (or a concurrent twin) of a request that created the account.
+                let existing = s.accounts.find_one(doc! {"_id": id.to_string()}).await;
+                match existing {
+                    Ok(Some(found)) if same_account(&found, &doc) => (
+                        StatusCode::OK,
+                        Json(account_json(&s.store, t, &found).await),
+                    )
+                        .into_response(),
+                    Ok(Some(_)) => problem(
+                        StatusCode::CONFLICT,
+                        Some(IDEMPOTENCY_KEY),
+                        "this key was used for a different account",
+                    ),
+                    Ok(None) => problem(StatusCode::SERVICE_UNAVAILABLE, None, "try again"),
+                    Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
+                }
+            }
             Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
         }
     })
