@@ -244,7 +244,7 @@ async fn cost(store: &MongoStore, tenant: Uuid) -> i64 {
 /// The account id of a request: random, or — with an `Idempotency-Key` header — derived from
 /// the tenant and the key, so a retried request names the same account and the same credit
 /// operation (charged once, created once).
-fn account_id(tenant: Uuid, headers: &HeaderMap) -> Result<(Uuid, bool), Response> {
+fn account_id(tenant: Uuid, headers: &HeaderMap) -> Result<(Uuid, bool), &'static str> {
     let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok((Uuid::now_v7(), false));
     };
@@ -252,13 +252,7 @@ fn account_id(tenant: Uuid, headers: &HeaderMap) -> Result<(Uuid, bool), Respons
         .to_str()
         .ok()
         .filter(|k| !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            problem(
-                StatusCode::BAD_REQUEST,
-                Some(IDEMPOTENCY_KEY),
-                "must be 1-200 visible ASCII characters",
-            )
-        })?;
+        .ok_or("must be 1-200 visible ASCII characters")?;
     let digest = sha2::Sha256::digest(format!("{tenant}\n{key}").as_bytes());
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
@@ -280,7 +274,7 @@ async fn create(
     };
     let (id, idempotent) = match account_id(t, &headers) {
         Ok(id) => id,
-        Err(refused) => return refused,
+        Err(reason) => return problem(StatusCode::BAD_REQUEST, Some(IDEMPOTENCY_KEY), reason),
     };
     let name = req.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 {
