@@ -370,6 +370,26 @@ mod fast_path {
             20,
             "the ledger agrees with the mirror"
         );
+        // The relay's maintenance trims the credit stream below what the ledger acknowledged:
+        // the stream does not grow without bound, and nothing is lost or counted twice.
+        let partition = rig.keys.partition_of(rig.tenant.id);
+        let stream = rig.keys.credit_stream(partition);
+        let relay = wrapper::startup::relay_for(&rig.app.state);
+        eventually(Duration::from_secs(20), || async {
+            relay.maintain(partition).await.is_ok()
+                && fred::interfaces::StreamsInterface::xlen::<u64, _>(&rig.redis, &stream)
+                    .await
+                    .is_ok_and(|n| n <= 1)
+        })
+        .await?;
+        let ingest =
+            CreditIngest::new(rig.app.db.pool.clone(), rig.redis.clone(), rig.keys.clone());
+        assert!(
+            ingest.reconcile().await?.is_empty(),
+            "mirror and ledger still agree"
+        );
+        assert_eq!(crm_balance(&rig.app, &rig.tenant).await, 20);
+        assert_eq!(rig.mirror.balance(rig.tenant.id, "crm").await?, Some(20));
         Ok(())
     }
 

@@ -241,12 +241,20 @@ impl Relay {
         Ok(ids.len())
     }
 
-    /// Trim the partition's stream safely, delete old published rows, refresh gauges.
+    /// Trim the partition's event stream and credit stream safely (never below what a group has
+    /// not acknowledged), delete old published rows, refresh gauges.
     pub async fn maintain(&self, partition: u32) -> anyhow::Result<u64> {
         let stream = self.keys.events(partition);
         let (removed, _floor): (u64, Option<String>) = self
             .trim
             .evalsha_with_reload(&self.redis, stream.as_str(), ())
+            .await?;
+        // The partition's credit stream, by the same rule: below what the ledger ingester (its
+        // group) has acknowledged, every entry is in the ledger already.
+        let credits = self.keys.credit_stream(partition);
+        let (credits_removed, _floor): (u64, Option<String>) = self
+            .trim
+            .evalsha_with_reload(&self.redis, credits.as_str(), ())
             .await?;
         let retention = self.config.retention.as_secs_f64();
         sqlx::query(
@@ -271,7 +279,9 @@ impl Relay {
         metrics::gauge!("tsync_relay_oldest_unpublished_age_seconds", "partition" => p.clone())
             .set(oldest.unwrap_or(0.0));
         metrics::gauge!("tsync_relay_stream_length", "partition" => p.clone()).set(length as f64);
-        metrics::counter!("tsync_relay_trimmed_total", "partition" => p).increment(removed);
+        metrics::counter!("tsync_relay_trimmed_total", "partition" => p.clone()).increment(removed);
+        metrics::counter!("tsync_credit_stream_trimmed_total", "partition" => p)
+            .increment(credits_removed);
         Ok(removed)
     }
 }
