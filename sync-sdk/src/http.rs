@@ -40,6 +40,64 @@ pub fn problem(status: StatusCode, field: Option<&str>, detail: &str) -> Respons
     response
 }
 
+/// `?cursor=<last id of the previous page>&limit=<n>` of an app's paged listing, as an
+/// extractor: an unreadable query is a problem naming `query`, a limit outside 1–500 one naming
+/// `limit`. Answers are `{"items": [...], "nextCursor": <id or null>}` ([`PageQuery::page`]).
+#[derive(Debug, Clone)]
+pub struct PageQuery {
+    /// The last id of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (1–500, default 50).
+    pub limit: i64,
+}
+
+#[derive(serde::Deserialize)]
+struct RawPageQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PageQuery {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let axum::extract::Query(raw) =
+            axum::extract::Query::<RawPageQuery>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| problem(StatusCode::BAD_REQUEST, Some("query"), &e.body_text()))?;
+        let limit = raw.limit.unwrap_or(50);
+        if !(1..=500).contains(&limit) {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                Some("limit"),
+                "must be between 1 and 500",
+            ));
+        }
+        Ok(Self {
+            cursor: raw.cursor,
+            limit,
+        })
+    }
+}
+
+impl PageQuery {
+    /// The page of `items` (fetched with `limit + 1` to see whether more follow) as the answer
+    /// body, with the cursor taken from the last item by `id`.
+    pub fn page(
+        mut items: Vec<serde_json::Value>,
+        limit: i64,
+        id: impl Fn(&serde_json::Value) -> serde_json::Value,
+    ) -> serde_json::Value {
+        let more = items.len() as i64 > limit;
+        items.truncate(limit.max(0) as usize);
+        let next = if more { items.last().map(id) } else { None };
+        serde_json::json!({"items": items, "nextCursor": next})
+    }
+}
+
 /// Serve a request for `tenant_id`: load it if needed, then run `handler` with its sync state.
 pub async fn serve_tenant<S, F, Fut>(
     loader: &Arc<Loader<S>>,

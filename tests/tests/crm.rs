@@ -295,6 +295,41 @@ async fn account_creation_retried_with_an_idempotency_key_creates_and_charges_on
         .json()
         .await?;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(listed["nextCursor"], Value::Null);
     assert_eq!(balance().await, 965 - 2 * 35);
+
+    // Listings are paged by cursor: two pages of 2 and 1, every account once.
+    let page = |query: String| {
+        http.get(format!("{}/crm/accounts?{query}", nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .bearer_auth(&acme.admin)
+            .send()
+    };
+    let first: Value = page("limit=2".into()).await?.json().await?;
+    let cursor = first["nextCursor"]
+        .as_str()
+        .expect("a second page")
+        .to_owned();
+    let second: Value = page(format!("limit=2&cursor={cursor}"))
+        .await?
+        .json()
+        .await?;
+    assert_eq!(second["nextCursor"], Value::Null);
+    let mut seen: Vec<Value> = first["items"]
+        .as_array()
+        .into_iter()
+        .chain(second["items"].as_array())
+        .flatten()
+        .map(|a| a["id"].clone())
+        .collect();
+    assert_eq!(seen.len(), 3);
+    seen.dedup();
+    assert_eq!(seen.len(), 3);
+    let bad = page("limit=0".into()).await?;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(bad.json::<Value>().await?["field"], "limit");
+    let unreadable = page("limit=many".into()).await?;
+    assert_eq!(unreadable.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(unreadable.json::<Value>().await?["field"], "query");
     Ok(())
 }

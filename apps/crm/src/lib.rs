@@ -29,7 +29,7 @@ use sync_sdk::{
     consumer::NoHandler,
     credits::offline::{Consumed, CreditClient, CreditError},
     html::table,
-    http::{problem, serve_tenant},
+    http::{PageQuery, problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
     web::{PageUser, Pages, dashboard_header, html},
@@ -189,14 +189,20 @@ async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Respo
     .await
 }
 
-async fn list(State(s): State<AppState>, user: TenantUser) -> Response {
+async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> Response {
     let t = user.tenant_id;
+    let limit = page.limit;
     serve_tenant(&s.loader, t, |_| async {
+        let mut filter = doc! {"tenantId": t.to_string()};
+        if let Some(after) = &page.cursor {
+            filter.insert("_id", doc! {"$gt": after});
+        }
         let found = async {
             let mut cursor = s
                 .accounts
-                .find(doc! {"tenantId": t.to_string()})
+                .find(filter)
                 .sort(doc! {"_id": 1})
+                .limit(limit + 1)
                 .await?;
             let mut out = Vec::new();
             while cursor.advance().await? {
@@ -205,7 +211,7 @@ async fn list(State(s): State<AppState>, user: TenantUser) -> Response {
             Ok::<_, mongodb::error::Error>(out)
         };
         match found.await {
-            Ok(items) => Json(json!({"items": items})).into_response(),
+            Ok(items) => Json(PageQuery::page(items, limit, |a| a["id"].clone())).into_response(),
             Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
         }
     })

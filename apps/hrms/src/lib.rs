@@ -20,7 +20,7 @@ use sync_sdk::{
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
     html::table,
-    http::{problem, serve_tenant},
+    http::{PageQuery, problem, serve_tenant},
     loader::Loader,
     store::{EntityKind, TenantStore, mongo::MongoStore},
     web::{PageUser, Pages, dashboard_header, html},
@@ -170,11 +170,16 @@ async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Respo
     .await
 }
 
-async fn list(State(s): State<AppState>, user: TenantUser) -> Response {
+async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> Response {
     let t = user.tenant_id;
+    let limit = page.limit;
     serve_tenant(&s.loader, t, |_| async {
         let admin = is_admin(&s, t, user.user_id).await;
-        let Ok(mut cursor) = s.employees.find(doc! {"tenantId": t.to_string()}).sort(doc! {"_id": 1}).await else {
+        let mut filter = doc! {"tenantId": t.to_string()};
+        if let Some(after) = &page.cursor {
+            filter.insert("_id", doc! {"$gt": after});
+        }
+        let Ok(mut cursor) = s.employees.find(filter).sort(doc! {"_id": 1}).limit(limit + 1).await else {
             return problem(StatusCode::SERVICE_UNAVAILABLE, None, "employees unavailable");
         };
         let mut items = Vec::new();
@@ -194,7 +199,9 @@ async fn list(State(s): State<AppState>, user: TenantUser) -> Response {
             }
             items.push(item);
         }
-        Json(json!({"items": items, "salariesVisible": admin})).into_response()
+        let mut body = PageQuery::page(items, limit, |e| e["id"].clone());
+        body["salariesVisible"] = json!(admin);
+        Json(body).into_response()
     })
     .await
 }
