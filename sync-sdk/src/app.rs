@@ -12,6 +12,7 @@ use crate::{
     consumer::{Consumer, ConsumerConfig, Handler},
     contract::StreamKeys,
     credits::offline::CreditClient,
+    fullsync::{FullSync, Integrity, NoIntegrity},
     loader::{Loader, WrapperClient, WrapperConfig},
     store::mongo::MongoStore,
 };
@@ -149,29 +150,49 @@ impl<H: Handler> AppKit<H> {
         })
     }
 
-    /// Bind `listen` for `router` (port 0 picks a free port).
+    /// Bind `listen` for `router` (port 0 picks a free port). The nightly full sync checks no
+    /// references; see [`bind_with_integrity`](Self::bind_with_integrity).
     pub async fn bind(
         self,
         listen: std::net::SocketAddr,
         router: axum::Router,
-    ) -> anyhow::Result<BoundApp<H>> {
+    ) -> anyhow::Result<BoundApp<H, NoIntegrity>> {
+        self.bind_with_integrity(listen, router, NoIntegrity).await
+    }
+
+    /// Bind `listen` for `router`; the nightly full sync also reports the app's references to
+    /// users who are gone upstream and applies the app's policy to them (`integrity`).
+    pub async fn bind_with_integrity<I: Integrity>(
+        self,
+        listen: std::net::SocketAddr,
+        router: axum::Router,
+        integrity: I,
+    ) -> anyhow::Result<BoundApp<H, I>> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
+        let full_sync = FullSync::new(self.loader.clone(), self.store.clone(), Arc::new(integrity));
         Ok(BoundApp {
             listener,
             router,
             kit: self,
+            full_sync,
         })
     }
 }
 
 /// An app bound to its port, ready to serve and consume.
-pub struct BoundApp<H> {
+pub struct BoundApp<H, I = NoIntegrity> {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     kit: AppKit<H>,
+    full_sync: Arc<FullSync<MongoStore, I>>,
 }
 
-impl<H: Handler> BoundApp<H> {
+impl<H: Handler, I: Integrity> BoundApp<H, I> {
+    /// The app's full sync (what the schedule runs), to run on demand.
+    pub fn full_sync(&self) -> Arc<FullSync<MongoStore, I>> {
+        self.full_sync.clone()
+    }
+
     /// The bound address (the real port when bound to port 0).
     pub fn addr(&self) -> std::net::SocketAddr {
         self.listener
@@ -183,11 +204,7 @@ impl<H: Handler> BoundApp<H> {
     /// what is in flight.
     pub async fn run_until_stopped(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let kit = &self.kit;
-        let full = crate::fullsync::FullSync::new(
-            kit.loader.clone(),
-            kit.store.clone(),
-            Arc::new(crate::fullsync::NoIntegrity),
-        );
+        let full = self.full_sync.clone();
         let (schedule, redis, keys, name) = (
             kit.schedule.clone(),
             kit.redis.clone(),

@@ -1,6 +1,9 @@
 //! The whole suite on loopback: the wrapper, the CRM and the HRMS (in-process, port 0) behind
 //! the real nginx, as a browser reaches them at `http://<tenant>.yourapp.test:<port>/`.
 
+use std::sync::Arc;
+
+use sync_sdk::{fullsync::FullSync, store::mongo::MongoStore};
 use tokio_util::sync::CancellationToken;
 use wrapper::config::Settings;
 
@@ -19,6 +22,8 @@ pub struct Suite {
     pub wrapper: TestApp,
     /// The edge.
     pub nginx: Nginx,
+    /// The CRM's full sync (what its nightly schedule runs), to run on demand.
+    pub crm_full_sync: Arc<FullSync<MongoStore, crm::Owners>>,
     stop: CancellationToken,
 }
 
@@ -41,6 +46,7 @@ impl Suite {
         })
         .await?;
         let crm_port = crm.addr().port();
+        let crm_full_sync = crm.full_sync();
         tokio::spawn(crm.run_until_stopped(stop.clone()));
         let hrms = hrms::build(hrms::Settings {
             listen: "127.0.0.1:0".parse()?,
@@ -61,6 +67,7 @@ impl Suite {
         Ok(Self {
             wrapper,
             nginx,
+            crm_full_sync,
             stop,
         })
     }

@@ -217,6 +217,29 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
         list().await.is_some_and(|o| o["name"] == crm::DELETED_USER)
     })
     .await?;
+    // The nightly full sync reports the account as orphaned and marks it (the account stays).
+    let report = suite.crm_full_sync.run_once(|_, _| {}).await?;
+    let account_id = account["id"].as_str().unwrap_or_default();
+    let orphan = report
+        .orphans
+        .iter()
+        .find(|o| o.reference.record == format!("account:{account_id}"))
+        .unwrap_or_else(|| panic!("the account is reported: {report:?}"));
+    assert_eq!(orphan.reference.user_id.to_string(), owner.to_string());
+    assert_eq!(orphan.reason, sync_sdk::fullsync::OrphanReason::Inactive);
+    assert_eq!(report.orphans.len(), 1, "only the deleted owner's account");
+    let kept: Value = send(
+        Method::GET,
+        &format!("/crm/accounts/{account_id}"),
+        "acme.yourapp.test",
+        &acme.admin,
+        None,
+    )
+    .await?
+    .json()
+    .await?;
+    assert_eq!(kept["ownerOrphaned"], "inactive", "{kept}");
+    assert_eq!(kept["owner"]["name"], crm::DELETED_USER);
     Ok(())
 }
 

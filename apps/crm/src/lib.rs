@@ -28,6 +28,7 @@ use sync_sdk::{
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
     credits::offline::{Consumed, CreditClient, CreditError},
+    fullsync::{Integrity, Orphan, OrphanReason, Reference},
     html::table,
     http::{PageQuery, problem, serve_tenant},
     loader::Loader,
@@ -95,7 +96,7 @@ impl FromRef<AppState> for Arc<Pages> {
 }
 
 /// Connect, create indexes and groups, bind: the app, ready to run.
-pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
+pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Owners>> {
     let kit = AppKit::start("crm", &settings.app, NoHandler).await?;
     let accounts = kit.database.collection::<Document>("accounts");
     accounts
@@ -105,6 +106,9 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
                 .build(),
         )
         .await?;
+    let owners = Owners {
+        accounts: accounts.clone(),
+    };
     let state = AppState {
         jwks: kit.jwks.clone(),
         pages: kit.pages.clone(),
@@ -119,7 +123,63 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
         .route("/accounts", get(list).post(create))
         .route("/accounts/{id}", get(read).patch(update).delete(remove))
         .with_state(state);
-    kit.bind(settings.listen, router).await
+    kit.bind_with_integrity(settings.listen, router, owners)
+        .await
+}
+
+/// The CRM's side of the nightly integrity pass: every account points at its owner; an account
+/// whose owner is gone upstream is kept (the soft-delete policy) and marked `ownerOrphaned`
+/// with the reason, and the full sync's report lists it.
+#[derive(Clone)]
+pub struct Owners {
+    accounts: Collection<Document>,
+}
+
+impl Integrity for Owners {
+    async fn references(&self, tenant_id: Uuid) -> Vec<Reference> {
+        let mut out = Vec::new();
+        let found = self
+            .accounts
+            .find(doc! {"tenantId": tenant_id.to_string()})
+            .projection(doc! {"ownerId": 1})
+            .await;
+        let Ok(mut cursor) = found else {
+            return out;
+        };
+        while cursor.advance().await.unwrap_or(false) {
+            let Ok(d) = cursor.deserialize_current() else {
+                continue;
+            };
+            let owner = d.get_str("ownerId").ok().and_then(|o| o.parse().ok());
+            if let (Ok(id), Some(user_id)) = (d.get_str("_id"), owner) {
+                out.push(Reference {
+                    record: format!("account:{id}"),
+                    user_id,
+                });
+            }
+        }
+        out
+    }
+
+    async fn on_orphan(&self, orphan: &Orphan) {
+        let Some(id) = orphan.reference.record.strip_prefix("account:") else {
+            return;
+        };
+        let reason = match orphan.reason {
+            OrphanReason::Missing => "missing",
+            OrphanReason::Inactive => "inactive",
+        };
+        let marked = self
+            .accounts
+            .update_one(
+                doc! {"_id": id, "tenantId": orphan.tenant_id.to_string()},
+                doc! {"$set": {"ownerOrphaned": reason}},
+            )
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(account = id, error = %e, "could not mark an orphaned account");
+        }
+    }
 }
 
 /// The owner as listings show it: current name and email, or "[Deleted User]".
@@ -148,6 +208,7 @@ async fn account_json(store: &MongoStore, tenant: Uuid, d: &Document) -> Value {
         "name": d.get_str("name").unwrap_or_default(),
         "value": d.get_i64("value").unwrap_or_default(),
         "owner": owner(store, tenant, owner_id).await,
+        "ownerOrphaned": d.get_str("ownerOrphaned").ok(),
     })
 }
 
