@@ -179,6 +179,87 @@ impl<H: Handler> AppKit<H> {
     }
 }
 
+/// The integrity pass over one field of an app collection that holds user ids (documents with
+/// `_id`, `tenantId` and the field): each document is a reference `"<kind>:<_id>"`; an orphan is
+/// kept (the soft-delete policy) and marked with the reason in `<field without Id>Orphaned`
+/// (`ownerId` → `ownerOrphaned`: `"inactive"` or `"missing"`).
+#[derive(Clone)]
+pub struct FieldReferences {
+    collection: mongodb::Collection<mongodb::bson::Document>,
+    kind: &'static str,
+    field: &'static str,
+    mark: String,
+}
+
+impl FieldReferences {
+    /// References in `field` of `collection`, reported as `kind:<_id>`.
+    pub fn new(
+        collection: mongodb::Collection<mongodb::bson::Document>,
+        kind: &'static str,
+        field: &'static str,
+    ) -> Self {
+        let mark = format!("{}Orphaned", field.strip_suffix("Id").unwrap_or(field));
+        Self {
+            collection,
+            kind,
+            field,
+            mark,
+        }
+    }
+}
+
+impl Integrity for FieldReferences {
+    async fn references(&self, tenant_id: uuid::Uuid) -> Vec<crate::fullsync::Reference> {
+        use mongodb::bson::doc;
+        let mut out = Vec::new();
+        let found = self
+            .collection
+            .find(doc! {"tenantId": tenant_id.to_string()})
+            .projection(doc! {self.field: 1})
+            .await;
+        let Ok(mut cursor) = found else {
+            tracing::warn!(%tenant_id, kind = self.kind, "integrity pass could not read references");
+            return out;
+        };
+        while cursor.advance().await.unwrap_or(false) {
+            let Ok(d) = cursor.deserialize_current() else {
+                continue;
+            };
+            let user = d.get_str(self.field).ok().and_then(|u| u.parse().ok());
+            if let (Ok(id), Some(user_id)) = (d.get_str("_id"), user) {
+                out.push(crate::fullsync::Reference {
+                    record: format!("{}:{id}", self.kind),
+                    user_id,
+                });
+            }
+        }
+        out
+    }
+
+    async fn on_orphan(&self, orphan: &crate::fullsync::Orphan) {
+        use crate::fullsync::OrphanReason;
+        use mongodb::bson::doc;
+        let prefix = format!("{}:", self.kind);
+        let Some(id) = orphan.reference.record.strip_prefix(&prefix) else {
+            return;
+        };
+        let reason = match orphan.reason {
+            OrphanReason::Missing => "missing",
+            OrphanReason::Inactive => "inactive",
+        };
+        let marked = self
+            .collection
+            .update_one(
+                doc! {"_id": id, "tenantId": orphan.tenant_id.to_string()},
+                doc! {"$set": {&self.mark: reason}},
+            )
+            .await;
+        if let Err(e) = marked {
+            tracing::warn!(record = %orphan.reference.record, error = %e, "could not mark an orphan");
+        }
+    }
+}
+
 /// An app bound to its port, ready to serve and consume.
 pub struct BoundApp<H, I = NoIntegrity> {
     listener: tokio::net::TcpListener,

@@ -23,7 +23,9 @@ pub struct Suite {
     /// The edge.
     pub nginx: Nginx,
     /// The CRM's full sync (what its nightly schedule runs), to run on demand.
-    pub crm_full_sync: Arc<FullSync<MongoStore, crm::Owners>>,
+    pub crm_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::FieldReferences>>,
+    /// The HRMS's full sync.
+    pub hrms_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::FieldReferences>>,
     stop: CancellationToken,
 }
 
@@ -54,6 +56,7 @@ impl Suite {
         })
         .await?;
         let hrms_port = hrms.addr().port();
+        let hrms_full_sync = hrms.full_sync();
         tokio::spawn(hrms.run_until_stopped(stop.clone()));
         let wrapper_port: u16 = wrapper
             .url
@@ -68,6 +71,7 @@ impl Suite {
             wrapper,
             nginx,
             crm_full_sync,
+            hrms_full_sync,
             stop,
         })
     }

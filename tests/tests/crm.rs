@@ -240,6 +240,19 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     .await?;
     assert_eq!(kept["ownerOrphaned"], "inactive", "{kept}");
     assert_eq!(kept["owner"]["name"], crm::DELETED_USER);
+    // The HRMS keeps the employee record of the deleted user and reports it too.
+    let report = suite.hrms_full_sync.run_once(|_, _| {}).await?;
+    assert_eq!(report.orphans.len(), 1, "{report:?}");
+    assert!(report.orphans[0].reference.record.starts_with("employee:"));
+    assert_eq!(
+        report.orphans[0].reference.user_id.to_string(),
+        owner.to_string()
+    );
+    let staff_now = staff(acme.admin.clone()).await.unwrap();
+    assert_eq!(
+        staff_now["items"][0]["name"], "[Deleted User]",
+        "{staff_now}"
+    );
     Ok(())
 }
 

@@ -24,15 +24,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Digest;
 use sync_sdk::{
-    app::{AppArgs, AppKit, BoundApp},
+    app::{AppArgs, AppKit, BoundApp, FieldReferences},
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
     credits::offline::{Consumed, CreditClient, CreditError},
-    fullsync::{Integrity, Orphan, OrphanReason, Reference},
     html::table,
     http::{PageQuery, problem, serve_tenant},
     loader::Loader,
-    store::{EntityKind, TenantStore, mongo::MongoStore},
+    store::{EntityKind, live_user, mongo::MongoStore},
     web::{PageUser, Pages, dashboard_header, html},
 };
 use uuid::Uuid;
@@ -96,7 +95,7 @@ impl FromRef<AppState> for Arc<Pages> {
 }
 
 /// Connect, create indexes and groups, bind: the app, ready to run.
-pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Owners>> {
+pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
     let kit = AppKit::start("crm", &settings.app, NoHandler).await?;
     let accounts = kit.database.collection::<Document>("accounts");
     accounts
@@ -106,9 +105,9 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Own
                 .build(),
         )
         .await?;
-    let owners = Owners {
-        accounts: accounts.clone(),
-    };
+    // The nightly integrity pass: accounts whose owner is gone upstream are kept and marked
+    // `ownerOrphaned`.
+    let owners = FieldReferences::new(accounts.clone(), "account", "ownerId");
     let state = AppState {
         jwks: kit.jwks.clone(),
         pages: kit.pages.clone(),
@@ -127,73 +126,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Own
         .await
 }
 
-/// The CRM's side of the nightly integrity pass: every account points at its owner; an account
-/// whose owner is gone upstream is kept (the soft-delete policy) and marked `ownerOrphaned`
-/// with the reason, and the full sync's report lists it.
-#[derive(Clone)]
-pub struct Owners {
-    accounts: Collection<Document>,
-}
-
-impl Integrity for Owners {
-    async fn references(&self, tenant_id: Uuid) -> Vec<Reference> {
-        let mut out = Vec::new();
-        let found = self
-            .accounts
-            .find(doc! {"tenantId": tenant_id.to_string()})
-            .projection(doc! {"ownerId": 1})
-            .await;
-        let Ok(mut cursor) = found else {
-            return out;
-        };
-        while cursor.advance().await.unwrap_or(false) {
-            let Ok(d) = cursor.deserialize_current() else {
-                continue;
-            };
-            let owner = d.get_str("ownerId").ok().and_then(|o| o.parse().ok());
-            if let (Ok(id), Some(user_id)) = (d.get_str("_id"), owner) {
-                out.push(Reference {
-                    record: format!("account:{id}"),
-                    user_id,
-                });
-            }
-        }
-        out
-    }
-
-    async fn on_orphan(&self, orphan: &Orphan) {
-        let Some(id) = orphan.reference.record.strip_prefix("account:") else {
-            return;
-        };
-        let reason = match orphan.reason {
-            OrphanReason::Missing => "missing",
-            OrphanReason::Inactive => "inactive",
-        };
-        let marked = self
-            .accounts
-            .update_one(
-                doc! {"_id": id, "tenantId": orphan.tenant_id.to_string()},
-                doc! {"$set": {"ownerOrphaned": reason}},
-            )
-            .await;
-        if let Err(e) = marked {
-            tracing::warn!(account = id, error = %e, "could not mark an orphaned account");
-        }
-    }
-}
-
 /// The owner as listings show it: current name and email, or "[Deleted User]".
 async fn owner(store: &MongoStore, tenant: Uuid, owner_id: Uuid) -> Value {
-    match store
-        .get(EntityKind::User, tenant, owner_id)
-        .await
-        .ok()
-        .flatten()
-    {
-        Some(u) if u.state["active"] == true && u.state["deletedAt"].is_null() => {
-            json!({"id": owner_id, "name": u.state["fullName"], "email": u.state["email"]})
-        }
-        _ => json!({"id": owner_id, "name": DELETED_USER, "email": null}),
+    match live_user(store, tenant, owner_id).await {
+        Some(u) => json!({"id": owner_id, "name": u.state["fullName"], "email": u.state["email"]}),
+        None => json!({"id": owner_id, "name": DELETED_USER, "email": null}),
     }
 }
 
@@ -359,13 +296,7 @@ async fn create(
         );
     }
     serve_tenant(&s.loader, t, |_| async {
-        let owner_known = s
-            .store
-            .get(EntityKind::User, t, req.owner_id)
-            .await
-            .ok()
-            .flatten()
-            .is_some();
+        let owner_known = live_user(&*s.store, t, req.owner_id).await.is_some();
         if !owner_known {
             return problem(
                 StatusCode::BAD_REQUEST,
@@ -489,13 +420,7 @@ async fn update(
     }
     serve_tenant(&s.loader, t, |_| async {
         if let Some(owner_id) = change.owner_id {
-            if s.store
-                .get(EntityKind::User, t, owner_id)
-                .await
-                .ok()
-                .flatten()
-                .is_none()
-            {
+            if live_user(&*s.store, t, owner_id).await.is_none() {
                 return problem(
                     StatusCode::BAD_REQUEST,
                     Some("ownerId"),

@@ -16,13 +16,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use sync_sdk::{
-    app::{AppArgs, AppKit, BoundApp},
+    app::{AppArgs, AppKit, BoundApp, FieldReferences},
     auth::{Jwks, TenantUser},
     consumer::NoHandler,
     html::table,
     http::{PageQuery, problem, serve_tenant},
     loader::Loader,
-    store::{EntityKind, TenantStore, mongo::MongoStore},
+    store::{EntityKind, TenantStore, live_user, mongo::MongoStore},
     web::{PageUser, Pages, dashboard_header, html},
 };
 use uuid::Uuid;
@@ -64,7 +64,7 @@ impl FromRef<AppState> for Arc<Pages> {
 }
 
 /// Connect, prepare, bind: the app, ready to run.
-pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
+pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
     let kit = AppKit::start("hrms", &settings.app, NoHandler).await?;
     let employees = kit.database.collection::<Document>("employees");
     employees
@@ -74,6 +74,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
                 .build(),
         )
         .await?;
+    let references = FieldReferences::new(employees.clone(), "employee", "userId");
     let state = AppState {
         jwks: kit.jwks.clone(),
         pages: kit.pages.clone(),
@@ -86,7 +87,10 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler>> {
         .route("/", get(dashboard))
         .route("/employees", get(list).post(create))
         .with_state(state);
-    kit.bind(settings.listen, router).await
+    // The nightly integrity pass: employees whose user is gone upstream are kept and marked
+    // `userOrphaned`.
+    kit.bind_with_integrity(settings.listen, router, references)
+        .await
 }
 
 /// Whether `user` holds, in the synced copy, an active role granting `tenant.admin`.
@@ -143,12 +147,7 @@ async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Respo
                     .ok()
                     .and_then(|u| u.parse().ok())
                     .unwrap_or_default();
-                let person = s
-                    .store
-                    .get(EntityKind::User, t, user_id)
-                    .await
-                    .ok()
-                    .flatten();
+                let person = live_user(&*s.store, t, user_id).await;
                 let name = person
                     .as_ref()
                     .and_then(|p| p.state["fullName"].as_str().map(str::to_owned));
@@ -186,7 +185,7 @@ async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> R
         while cursor.advance().await.unwrap_or(false) {
             let Ok(e) = cursor.deserialize_current() else { continue };
             let user_id: Uuid = e.get_str("userId").ok().and_then(|u| u.parse().ok()).unwrap_or_default();
-            let person = s.store.get(EntityKind::User, t, user_id).await.ok().flatten();
+            let person = live_user(&*s.store, t, user_id).await;
             let mut item = json!({
                 "id": e.get_str("_id").unwrap_or_default(),
                 "userId": user_id,
@@ -238,13 +237,7 @@ async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::B
         if !is_admin(&s, t, user.user_id).await {
             return problem(StatusCode::FORBIDDEN, None, "tenant admins only");
         }
-        if s.store
-            .get(EntityKind::User, t, req.user_id)
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
+        if live_user(&*s.store, t, req.user_id).await.is_none() {
             return problem(
                 StatusCode::BAD_REQUEST,
                 Some("userId"),

@@ -135,6 +135,24 @@ pub struct Versioned {
     pub state: Value,
 }
 
+impl Versioned {
+    /// Whether this user is active and not deleted (a deleted or deactivated user is shown as
+    /// "[Deleted User]" by the apps: the soft-delete policy keeps their records).
+    pub fn is_live_user(&self) -> bool {
+        self.state["active"] == true && self.state["deletedAt"].is_null()
+    }
+}
+
+/// The user `id` of `tenant_id` if they are active and not deleted.
+pub async fn live_user<S: TenantStore>(store: &S, tenant_id: Uuid, id: Uuid) -> Option<Versioned> {
+    store
+        .get(EntityKind::User, tenant_id, id)
+        .await
+        .ok()
+        .flatten()
+        .filter(Versioned::is_live_user)
+}
+
 /// The app-side copy of tenant data. Implementations must make [`apply`](Self::apply) atomic.
 pub trait TenantStore: Send + Sync + 'static {
     /// The tenant's sync state, or None if the tenant was never loaded.
