@@ -24,6 +24,10 @@ pub struct Suite {
     pub nginx: Nginx,
     /// The CRM's full sync (what its nightly schedule runs), to run on demand.
     pub crm_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::FieldReferences>>,
+    /// `http://127.0.0.1:<port>` of the CRM itself (behind nginx; for benchmarks).
+    pub crm_url: String,
+    /// `http://127.0.0.1:<port>` of the HRMS itself.
+    pub hrms_url: String,
     /// The HRMS's full sync.
     pub hrms_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::FieldReferences>>,
     stop: CancellationToken,
@@ -72,6 +76,8 @@ impl Suite {
             nginx,
             crm_full_sync,
             hrms_full_sync,
+            crm_url: format!("http://127.0.0.1:{crm_port}"),
+            hrms_url: format!("http://127.0.0.1:{hrms_port}"),
             stop,
         })
     }

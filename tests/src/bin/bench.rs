@@ -18,6 +18,13 @@
 //! credits: consumes per second on the direct path (HTTP to the wrapper's ledger, N / 10 of
 //! them) and on the fast path (the Lua script on the Redis mirror, N), 32 at a time.
 //!
+//! `cargo run --release -p tsync-e2e --bin bench -- pages --events 5000`
+//!
+//! pages: browser sign-in through nginx (form post: argon2 and the token, 20 times, one at a
+//! time), then N dashboard renders of the CRM and of the HRMS with that session cookie (token
+//! verified, tenant bound, data from the store), 16 at a time, sent to the apps directly with
+//! the `X-Tenant` header nginx would add (nginx's per-tenant limit would cap the rate).
+//!
 //! relay: raw pipelined XADD of the outbox's payloads vs. the relay publishing the same number
 //! of committed outbox rows, on the same Redis in one run; then commit → stream latency at a
 //! steady write rate.
@@ -63,9 +70,10 @@ async fn main() -> anyhow::Result<()> {
         Some("consumer") => consumer(events).await,
         Some("load") => load(events).await,
         Some("credits") => credits(events).await,
+        Some("pages") => pages(events).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS] | credits [--events N]"
+                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS] | credits [--events N] | pages [--events N]"
             );
             std::process::exit(2);
         }
@@ -550,5 +558,89 @@ async fn credits(events: usize) -> anyhow::Result<()> {
         "fast path: {events} consumes in {took:.2?} = {:.0}/s",
         events as f64 / took.as_secs_f64()
     );
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+async fn pages(renders: usize) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let suite = tsync_e2e::suite::Suite::start(|_| {}).await?;
+    let tenant = suite.wrapper.create_tenant("acme").await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let host = suite.host("acme");
+    let origin = format!("http://{host}");
+    let form = format!(
+        "email=admin%40acme.test&password={}&return_to=%2Fcrm%2F",
+        sync_sdk::html::url_encode(tsync_e2e::wrapper_app::PASSWORD)
+    );
+    let mut sign_ins = Vec::new();
+    let mut cookie = String::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let resp = http
+            .post(format!("{}/auth/login", suite.nginx.url()))
+            .header("host", &host)
+            .header("origin", &origin)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.clone())
+            .send()
+            .await?;
+        sign_ins.push(started.elapsed());
+        anyhow::ensure!(resp.status() == 303, "sign-in: {}", resp.status());
+        cookie = resp.headers()["set-cookie"]
+            .to_str()?
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    sign_ins.sort();
+    println!(
+        "sign-in through nginx (form, argon2, token, cookie): p50 {:.1?}, p99 {:.1?}",
+        percentile(&sign_ins, 0.5),
+        percentile(&sign_ins, 0.99)
+    );
+    for (app, base) in [("crm", &suite.crm_url), ("hrms", &suite.hrms_url)] {
+        // The first visit lazy-loads the tenant; measure the steady state after it.
+        let first = http
+            .get(format!("{base}/"))
+            .header("cookie", &cookie)
+            .header("x-tenant", "acme")
+            .send()
+            .await?;
+        anyhow::ensure!(first.status() == 200, "{app} dashboard: {}", first.status());
+        let started = Instant::now();
+        let mut latencies: Vec<Duration> = futures_util::stream::iter(0..renders)
+            .map(|_| {
+                let req = http
+                    .get(format!("{base}/"))
+                    .header("cookie", &cookie)
+                    .header("x-tenant", "acme");
+                async move {
+                    let t = Instant::now();
+                    let resp = req.send().await.expect("the app answers");
+                    assert_eq!(resp.status(), 200);
+                    let _ = resp.bytes().await;
+                    t.elapsed()
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let took = started.elapsed();
+        latencies.sort();
+        println!(
+            "{app} dashboard: {renders} renders in {took:.2?} = {:.0}/s, p50 {:.1?}, p99 {:.1?}",
+            renders as f64 / took.as_secs_f64(),
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99)
+        );
+    }
+    let _ = tenant;
     Ok(())
 }
