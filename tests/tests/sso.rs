@@ -167,6 +167,14 @@ async fn a_browser_signs_in_once_for_every_app_and_signs_out_of_all_of_them() ->
         .screenshot("03-hrms-without-signing-in-again")
         .await?;
 
+    // The tenant's own address lists its apps for the signed-in user.
+    browser.goto(&suite.url("acme", "/")).await?;
+    browser.wait_for("#apps").await?;
+    assert!(browser.text_of("#apps").await?.contains("CRM"));
+    browser.screenshot("03b-tenant-start-page").await?;
+    browser.goto(&suite.url("acme", "/hrms/")).await?;
+    browser.wait_for("#sign-out").await?;
+
     // Signing out of the HRMS signs out of both.
     browser.click("#sign-out").await?;
     let after = browser.wait_for_url("the sign-in page", on_login).await?;
@@ -441,6 +449,34 @@ async fn open_redirects_forged_posts_expired_and_foreign_sessions_are_refused() 
     assert_eq!(ok.headers()[header::LOCATION], "/hrms/?tab=1");
     let cookie = ok.headers()[header::SET_COOKIE].to_str()?.to_owned();
     let session = cookie.split(';').next().context("cookie")?.to_owned();
+
+    // The tenant's address itself: sign-in first, then its apps.
+    let start = request(Method::GET, "/").send().await?;
+    assert_eq!(start.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        start.headers()[header::LOCATION],
+        "/auth/login?return_to=%2F"
+    );
+    let portal = request(Method::GET, "/")
+        .header("cookie", &session)
+        .send()
+        .await?;
+    assert_eq!(portal.status(), StatusCode::OK);
+    let portal = portal.text().await?;
+    assert!(
+        portal.contains(r#"href="/crm/""#) && portal.contains(r#"href="/hrms/""#),
+        "{portal}"
+    );
+    assert!(portal.contains("admin@acme.test"));
+    let foreign_portal = request(Method::GET, "/")
+        .header("cookie", format!("tsync_session={}", globex.admin))
+        .send()
+        .await?;
+    assert_eq!(
+        foreign_portal.status(),
+        StatusCode::SEE_OTHER,
+        "globex's session is not acme's"
+    );
 
     // The sign-in page of a signed-in user goes straight back; another tenant's session does
     // not count here. The page cannot be framed and runs no script.

@@ -150,6 +150,14 @@ pub struct Settings {
     /// `https://<tenant host>/auth/oidc/<id>/callback`.
     #[arg(long, env = "WRAPPER_OIDC_PROVIDERS", hide_env_values = true)]
     pub oidc_providers: Option<Secret>,
+    /// The apps listed at `GET /` of a tenant's host, as `Title=/path/,…`; a tenant sees those
+    /// whose title (case-insensitive) is one of its features.
+    #[arg(
+        long,
+        env = "WRAPPER_PORTAL_APPS",
+        default_value = "CRM=/crm/,HRMS=/hrms/"
+    )]
+    pub portal_apps: String,
     /// Lifetime of a session token, in seconds.
     #[arg(long, env = "WRAPPER_SESSION_TTL_SECS", default_value_t = 3600)]
     pub session_ttl_secs: u64,

@@ -29,6 +29,12 @@ pub const ROUTES: &[(&str, &str, &str, Auth)] = &[
     ),
     (
         "get",
+        "/",
+        "The tenant's start page (HTML): its apps when signed in, else the sign-in page",
+        Auth::Public,
+    ),
+    (
+        "get",
         "/auth/login",
         "The host's tenant's sign-in page (HTML; ?return_to=a path on this host)",
         Auth::Public,

@@ -14,6 +14,7 @@ use axum::{
 use serde::Deserialize;
 use sync_sdk::html::{escape, url_encode};
 pub use sync_sdk::web::{html, see_other};
+use uuid::Uuid;
 
 use crate::{api::domains::DomainInfo, context::Ctx, error::ApiResult, startup::AppState};
 
@@ -137,28 +138,74 @@ pub(crate) async fn login_page(
 }
 
 /// Whether the session cookie is a valid session of an active user of `tenant_id`.
-async fn signed_in_to(
+async fn signed_in_to(state: &AppState, headers: &HeaderMap, tenant_id: Option<Uuid>) -> bool {
+    session_user(state, headers, tenant_id).await.is_some()
+}
+
+/// The user (id, email) of the session cookie, if it is a valid, unrevoked session of an active
+/// user of `tenant_id`.
+async fn session_user(
     state: &AppState,
     headers: &HeaderMap,
-    tenant_id: Option<uuid::Uuid>,
-) -> bool {
-    let Some(token) = sync_sdk::csrf::cookie(headers, super::SESSION_COOKIE) else {
-        return false;
-    };
-    let Ok(claims) = state.keys.verify(token).await else {
-        return false;
-    };
-    let Ok(user_id) = claims.sub.parse() else {
-        return false;
-    };
-    claims.kind == super::keys::TokenKind::User
+    tenant_id: Option<Uuid>,
+) -> Option<(Uuid, Option<String>)> {
+    let token = sync_sdk::csrf::cookie(headers, super::SESSION_COOKIE)?;
+    let claims = state.keys.verify(token).await.ok()?;
+    let user_id: Uuid = claims.sub.parse().ok()?;
+    let valid = claims.kind == super::keys::TokenKind::User
         && claims.tid == tenant_id
         && !super::is_revoked(state, &claims.jti).await.unwrap_or(true)
         && super::load_user_caller(state, user_id)
             .await
             .ok()
             .flatten()
-            .is_some_and(|u| u.tenant_id == tenant_id)
+            .is_some_and(|u| u.tenant_id == tenant_id);
+    valid.then_some((user_id, claims.email))
+}
+
+/// `GET /` on a tenant's host: where a visit to the tenant's address starts. Signed in: the
+/// tenant's apps (its features that `WRAPPER_PORTAL_APPS` knows). Not signed in: the sign-in
+/// page, which returns here.
+pub(crate) async fn portal(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let tenant = match host_tenant(&state, &headers).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                "Unknown organisation",
+                "this address does not belong to any organisation",
+            );
+        }
+        Err(e) => return e.into_response(),
+    };
+    let Some((_, email)) = session_user(&state, &headers, Some(tenant.tenant_id)).await else {
+        return see_other("/auth/login?return_to=%2F");
+    };
+    let apps: String = sync_sdk::web::Pages::parse_suite(&state.settings.portal_apps)
+        .iter()
+        .filter(|(title, _)| {
+            tenant
+                .features
+                .iter()
+                .any(|f| f.eq_ignore_ascii_case(title))
+        })
+        .map(|(title, path)| {
+            format!(
+                r#"<li><a class="app" href="{}">{}</a></li>"#,
+                escape(path),
+                escape(title)
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"<h1 id="tenant-name">{name}</h1>
+<p class="muted">Signed in as <span id="user-email">{email}</span></p>
+<ul id="apps">{apps}</ul>
+<form method="post" action="/auth/logout"><input type="hidden" name="return_to" value="/"><button type="submit" class="secondary" id="sign-out">Sign out</button></form>"#,
+        name = escape(&tenant.name),
+        email = escape(email.as_deref().unwrap_or_default()),
+    );
+    html(StatusCode::OK, &tenant.name, &body)
 }
 
 fn render_login(

@@ -29,6 +29,7 @@ use crate::{
 /// The auth routes.
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/", get(super::pages::portal))
         .route("/auth/login", get(super::pages::login_page).post(login))
         .route("/auth/logout", post(logout))
         .route("/auth/me", get(me))
