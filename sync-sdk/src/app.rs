@@ -150,6 +150,18 @@ impl<H: Handler> AppKit<H> {
         })
     }
 
+    /// The router state of the app, with `app` as its own part.
+    pub fn state<T>(&self, app: T) -> AppState<T> {
+        AppState {
+            jwks: self.jwks.clone(),
+            pages: self.pages.clone(),
+            loader: self.loader.clone(),
+            store: self.store.clone(),
+            credits: self.credits.clone(),
+            app: Arc::new(app),
+        }
+    }
+
     /// Bind `listen` for `router` (port 0 picks a free port). The nightly full sync checks no
     /// references; see [`bind_with_integrity`](Self::bind_with_integrity).
     pub async fn bind(
@@ -176,6 +188,57 @@ impl<H: Handler> AppKit<H> {
             kit: self,
             full_sync,
         })
+    }
+}
+
+/// The router state of an app: the SDK's pieces every handler may need, and the app's own
+/// (`app`, also reached through `Deref`, so `state.accounts` reads the app's field). The session
+/// extractors ([`crate::auth::TenantUser`], [`crate::web::PageUser`]) find their keys and page
+/// settings here, so an app writes no `FromRef` of its own.
+pub struct AppState<T> {
+    /// Verifies sessions.
+    pub jwks: Arc<Jwks>,
+    /// Where the app's pages live and where browsers sign in.
+    pub pages: Arc<crate::web::Pages>,
+    /// Loads tenants on first visit.
+    pub loader: Arc<Loader<MongoStore>>,
+    /// The app's copy of tenant data.
+    pub store: Arc<MongoStore>,
+    /// Consumes credits.
+    pub credits: Arc<CreditClient<MongoStore>>,
+    /// The app's own state.
+    pub app: Arc<T>,
+}
+
+impl<T> Clone for AppState<T> {
+    fn clone(&self) -> Self {
+        Self {
+            jwks: self.jwks.clone(),
+            pages: self.pages.clone(),
+            loader: self.loader.clone(),
+            store: self.store.clone(),
+            credits: self.credits.clone(),
+            app: self.app.clone(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for AppState<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.app
+    }
+}
+
+impl<T> axum::extract::FromRef<AppState<T>> for Arc<Jwks> {
+    fn from_ref(s: &AppState<T>) -> Self {
+        s.jwks.clone()
+    }
+}
+
+impl<T> axum::extract::FromRef<AppState<T>> for Arc<crate::web::Pages> {
+    fn from_ref(s: &AppState<T>) -> Self {
+        s.pages.clone()
     }
 }
 

@@ -6,11 +6,11 @@
 //! * Creating an account consumes the `crm.accounts.create` cost (35 unless the tenant's credit
 //!   config says otherwise) and is refused without credits.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use axum::{
     Json, Router,
-    extract::{FromRef, Path, State},
+    extract::{Path, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -25,14 +25,13 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp, FieldReferences},
-    auth::{Jwks, TenantUser},
+    auth::TenantUser,
     consumer::NoHandler,
-    credits::offline::{Consumed, CreditClient, CreditError},
+    credits::offline::{Consumed, CreditError},
     html::table,
     http::{PageQuery, problem, serve_tenant},
-    loader::Loader,
     store::{EntityKind, live_user, mongo::MongoStore},
-    web::{PageUser, Pages, dashboard_header, html},
+    web::{PageUser, dashboard_header, html},
 };
 use uuid::Uuid;
 
@@ -72,27 +71,12 @@ pub struct Settings {
     pub app: AppArgs,
 }
 
-#[derive(Clone)]
-struct AppState {
-    jwks: Arc<Jwks>,
-    pages: Arc<Pages>,
-    loader: Arc<Loader<MongoStore>>,
-    store: Arc<MongoStore>,
+/// The CRM's own part of the router state (the SDK's part is in [`sync_sdk::app::AppState`]).
+struct Crm {
     accounts: Collection<Document>,
-    credits: Arc<CreditClient<MongoStore>>,
 }
 
-impl FromRef<AppState> for Arc<Jwks> {
-    fn from_ref(s: &AppState) -> Self {
-        s.jwks.clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<Pages> {
-    fn from_ref(s: &AppState) -> Self {
-        s.pages.clone()
-    }
-}
+type AppState = sync_sdk::app::AppState<Crm>;
 
 /// Connect, create indexes and groups, bind: the app, ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
@@ -108,14 +92,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
     // The nightly integrity pass: accounts whose owner is gone upstream are kept and marked
     // `ownerOrphaned`.
     let owners = FieldReferences::new(accounts.clone(), "account", "ownerId");
-    let state = AppState {
-        jwks: kit.jwks.clone(),
-        pages: kit.pages.clone(),
-        loader: kit.loader.clone(),
-        store: kit.store.clone(),
-        accounts,
-        credits: kit.credits.clone(),
-    };
+    let state = kit.state(Crm { accounts });
     let router = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/", get(dashboard))

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::{
     Json, Router,
-    extract::{FromRef, State},
+    extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
@@ -14,16 +14,14 @@ use clap::Parser;
 use mongodb::bson::{Document, doc};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp, FieldReferences},
-    auth::{Jwks, TenantUser},
+    auth::TenantUser,
     consumer::NoHandler,
     html::table,
     http::{PageQuery, problem, serve_tenant},
-    loader::Loader,
-    store::{EntityKind, TenantStore, live_user, mongo::MongoStore},
-    web::{PageUser, Pages, dashboard_header, html},
+    store::{EntityKind, TenantStore, live_user},
+    web::{PageUser, dashboard_header, html},
 };
 use uuid::Uuid;
 
@@ -42,26 +40,12 @@ pub struct Settings {
     pub app: AppArgs,
 }
 
-#[derive(Clone)]
-struct AppState {
-    jwks: Arc<Jwks>,
-    pages: Arc<Pages>,
-    loader: Arc<Loader<MongoStore>>,
-    store: Arc<MongoStore>,
+/// The HRMS's own part of the router state (the SDK's part is in [`sync_sdk::app::AppState`]).
+struct Hrms {
     employees: mongodb::Collection<Document>,
 }
 
-impl FromRef<AppState> for Arc<Jwks> {
-    fn from_ref(s: &AppState) -> Self {
-        s.jwks.clone()
-    }
-}
-
-impl FromRef<AppState> for Arc<Pages> {
-    fn from_ref(s: &AppState) -> Self {
-        s.pages.clone()
-    }
-}
+type AppState = sync_sdk::app::AppState<Hrms>;
 
 /// Connect, prepare, bind: the app, ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
@@ -75,13 +59,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
         )
         .await?;
     let references = FieldReferences::new(employees.clone(), "employee", "userId");
-    let state = AppState {
-        jwks: kit.jwks.clone(),
-        pages: kit.pages.clone(),
-        loader: kit.loader.clone(),
-        store: kit.store.clone(),
-        employees,
-    };
+    let state = kit.state(Hrms { employees });
     let router = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/", get(dashboard))
