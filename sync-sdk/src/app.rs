@@ -112,7 +112,7 @@ impl<H: Handler> AppKit<H> {
         let keys = StreamKeys::new(args.namespace.clone(), args.partitions)
             .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
         let mut config = ConsumerConfig::new(name, keys.clone());
-        config.on_gap = Some(loader.resync_hook());
+        config.resync = Some(loader.resync_hook());
         let redis = crate::redis::connect(&args.redis_url)?;
         let consumer = Consumer::new(redis.clone(), store.clone(), Arc::new(handler), config);
         consumer.ensure_groups().await?;
@@ -181,6 +181,7 @@ impl<H: Handler> AppKit<H> {
         integrity: I,
     ) -> anyhow::Result<BoundApp<H, I>> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
+        let router = router.merge(readiness(self.consumer.clone()));
         let full_sync = FullSync::new(self.loader.clone(), self.store.clone(), Arc::new(integrity));
         Ok(BoundApp {
             listener,
@@ -189,6 +190,26 @@ impl<H: Handler> AppKit<H> {
             full_sync,
         })
     }
+}
+
+/// `GET /health/ready`: 200 with the consumer's [`crate::consumer::HealthReport`] when every
+/// partition has a live reader, else 503 with the reasons in the same report. (`/health`, the
+/// app's own, stays a liveness check.)
+fn readiness<H: Handler>(consumer: Arc<Consumer<MongoStore, H>>) -> axum::Router {
+    use axum::{http::StatusCode, routing::get};
+    let ready = move || {
+        let consumer = consumer.clone();
+        async move {
+            let report = consumer.health_report().await;
+            let status = if report.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, axum::Json(report))
+        }
+    };
+    axum::Router::new().route("/health/ready", get(ready))
 }
 
 /// The router state of an app: the SDK's pieces every handler may need, and the app's own

@@ -10,11 +10,17 @@
 //!   the snapshot was read, so the snapshot has it.
 //! * **One fetch for many visitors.** Concurrent first visits of one tenant share one load
 //!   (single-flight); the others wait for it and find the tenant loaded.
-//! * **Re-sync on demand.** [`Loader::reload`] runs the same load for a tenant already loaded
-//!   (the consumer's gap hook uses it).
+//! * **Re-sync on demand, until it succeeds.** [`Loader::reload`] runs the same load for a
+//!   tenant already loaded. [`Loader::request_resync`] (the consumer's gap hook) retries it in
+//!   the background with capped backoff until it succeeds, so a tenant left wrong by a wrapper
+//!   outage is repaired when the wrapper returns, not at the next nightly sync. Pending
+//!   re-syncs are counted (`tsync_loader_resyncs_pending`, and in the apps' readiness report).
+//! * **Loads and the consumer take turns.** Loads hold a per-tenant lock; the consumer applies
+//!   a tenant's events only when it can take that lock and no re-sync of the tenant is pending
+//!   ([`crate::consumer::Resync::claim`]), so the two never write the same tenant at once.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -27,7 +33,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    consumer::ResyncHook,
+    consumer::{Resync, ResyncHook, TenantTurn},
     store::{EntityKind, SnapshotItem, StoreError, SyncState, TenantStore},
 };
 
@@ -319,6 +325,30 @@ impl WrapperClient {
     }
 }
 
+/// The loader as the consumer's [`Resync`].
+struct LoaderResync<S>(Arc<Loader<S>>);
+
+impl<S: TenantStore> Resync for LoaderResync<S> {
+    fn request(&self, tenant_id: Uuid) {
+        self.0.request_resync(tenant_id);
+    }
+
+    fn claim(&self, tenant_id: Uuid) -> Option<TenantTurn> {
+        if self.0.resyncs().contains(&tenant_id) {
+            return None;
+        }
+        self.0
+            .gate(tenant_id)
+            .try_lock_owned()
+            .ok()
+            .map(TenantTurn::held)
+    }
+
+    fn pending(&self) -> usize {
+        self.0.resyncs().len()
+    }
+}
+
 /// How a request for a tenant can be served (graceful degradation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Availability {
@@ -342,6 +372,8 @@ pub struct Loader<S> {
     refreshed: Mutex<HashMap<Uuid, Instant>>,
     wrapper_down: AtomicBool,
     staleness: Duration,
+    resyncs: Mutex<HashSet<Uuid>>,
+    resync_backoff: (Duration, Duration),
 }
 
 impl<S: TenantStore> Loader<S> {
@@ -360,7 +392,17 @@ impl<S: TenantStore> Loader<S> {
             refreshed: Mutex::new(HashMap::new()),
             wrapper_down: AtomicBool::new(false),
             staleness,
+            resyncs: Mutex::new(HashSet::new()),
+            resync_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
         })
+    }
+
+    /// Retry failed re-syncs after `first`, doubling up to `cap` (default 500 ms to 30 s).
+    pub fn with_resync_backoff(mut self: Arc<Self>, first: Duration, cap: Duration) -> Arc<Self> {
+        if let Some(loader) = Arc::get_mut(&mut self) {
+            loader.resync_backoff = (first, cap);
+        }
+        self
     }
 
     /// Whether the tenant can be served, loading it if needed, refreshing it in the background
@@ -426,17 +468,56 @@ impl<S: TenantStore> Loader<S> {
         self.load(tenant_id).await
     }
 
-    /// A re-sync hook for the consumer: reloads the tenant in the background.
+    /// The consumer's re-sync hook: [`request_resync`](Self::request_resync) on a gap, and
+    /// turns taken with this loader's loads.
     pub fn resync_hook(self: &Arc<Self>) -> ResyncHook {
+        Arc::new(LoaderResync(self.clone()))
+    }
+
+    /// Re-sync the tenant in the background, retrying with capped backoff until it succeeds
+    /// (or the wrapper says the tenant does not exist). A request for a tenant whose re-sync is
+    /// pending already joins it.
+    pub fn request_resync(self: &Arc<Self>, tenant_id: Uuid) {
+        if !self.resyncs().insert(tenant_id) {
+            return;
+        }
+        self.count_resyncs();
         let loader = self.clone();
-        Arc::new(move |tenant_id| {
-            let loader = loader.clone();
-            tokio::spawn(async move {
-                if let Err(e) = loader.reload(tenant_id).await {
-                    tracing::warn!(%tenant_id, error = %e, "re-sync failed; the nightly sync will repair it");
+        tokio::spawn(async move {
+            let (first, cap) = loader.resync_backoff;
+            let mut failures = 0u32;
+            loop {
+                match loader.reload(tenant_id).await {
+                    Ok(_) => break,
+                    Err(LoadError::NotFound) => {
+                        tracing::warn!(%tenant_id, "re-sync: the wrapper does not know the tenant; giving up");
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        let delay = first.saturating_mul(1 << (failures - 1).min(16)).min(cap);
+                        tracing::warn!(%tenant_id, error = %e, failures, ?delay, "re-sync failed; retrying");
+                        metrics::counter!("tsync_loader_resync_failures_total").increment(1);
+                        tokio::time::sleep(delay).await;
+                    }
                 }
-            });
-        })
+            }
+            loader.resyncs().remove(&tenant_id);
+            loader.count_resyncs();
+        });
+    }
+
+    /// Tenants whose re-sync is pending.
+    pub fn pending_resyncs(&self) -> Vec<Uuid> {
+        self.resyncs().iter().copied().collect()
+    }
+
+    fn resyncs(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.resyncs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count_resyncs(&self) {
+        metrics::gauge!("tsync_loader_resyncs_pending").set(self.resyncs().len() as f64);
     }
 
     async fn loaded(&self, tenant_id: Uuid) -> Result<Option<SyncState>, LoadError> {
@@ -497,6 +578,6 @@ impl<S: TenantStore> Loader<S> {
         self.store
             .sync_state(tenant_id)
             .await?
-            .ok_or_else(|| LoadError::Store(StoreError("tenant vanished after loading".into())))
+            .ok_or_else(|| LoadError::Store(StoreError::transient("tenant vanished after loading")))
     }
 }

@@ -136,7 +136,7 @@ impl<S: TenantStore> Rig<S> {
         c.visibility_timeout = Duration::from_millis(500);
         c.claim_interval = Duration::from_millis(200);
         let gaps = self.gaps.clone();
-        c.on_gap = Some(Arc::new(move |_| {
+        c.resync = Some(Arc::new(move |_| {
             gaps.fetch_add(1, Ordering::SeqCst);
         }));
         c
@@ -395,6 +395,8 @@ async fn a_consumer_process_killed_mid_batch_is_taken_over() -> anyhow::Result<(
         .env("TSYNC_PARTITIONS", rig.keys.partitions().to_string())
         .env("TSYNC_APP", "crm")
         .env("HANDLER_DELAY_MS", "20")
+        // Batches of 10 (200 ms each): killed after the first commits, inside a later batch.
+        .env("TSYNC_BATCH", "10")
         .kill_on_drop(true)
         .spawn()?;
     let processed = || async {
@@ -449,7 +451,9 @@ async fn shutdown_during_a_burst_leaves_nothing_pending() -> anyhow::Result<()> 
         ))
         .await?;
     }
-    let (cancel, running) = rig.start(rig.config());
+    let mut config = rig.config();
+    config.batch = 10;
+    let (cancel, running) = rig.start(config);
     eventually(Duration::from_secs(20), || async {
         rig.handler.calls.lock().unwrap().len() >= 20
     })

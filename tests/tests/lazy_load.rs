@@ -52,7 +52,7 @@ async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
     .unwrap();
     let mut config = ConsumerConfig::new("crm", keys);
     config.block = Duration::from_millis(200);
-    config.on_gap = Some(loader.resync_hook());
+    config.resync = Some(loader.resync_hook());
     let cancel = CancellationToken::new();
     let consumer = Consumer::new(
         redis_client(&redis_url()).await?,

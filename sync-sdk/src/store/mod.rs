@@ -15,7 +15,10 @@ pub mod mongo;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
-use std::future::Future;
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+};
 
 use serde_json::Value;
 use uuid::Uuid;
@@ -33,10 +36,36 @@ pub enum Applied {
     Duplicate,
 }
 
-/// A store failure (always worth a retry: the consumer treats it as transient).
+/// A store failure. Most are transient (a write conflict, a lost connection, a deadlock) and
+/// are retried without limit: they are not the event's fault. A *permanent* one (the store
+/// refuses this data, e.g. a string Postgres cannot keep in `jsonb`) will fail again on every
+/// retry, so the consumer dead-letters the event that caused it.
 #[derive(Debug, thiserror::Error)]
-#[error("store error: {0}")]
-pub struct StoreError(pub String);
+#[error("store error: {message}")]
+pub struct StoreError {
+    /// What went wrong, in the store's words.
+    pub message: String,
+    /// Whether retrying cannot help.
+    pub permanent: bool,
+}
+
+impl StoreError {
+    /// A failure worth retrying.
+    pub fn transient(message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            permanent: false,
+        }
+    }
+
+    /// A failure caused by the data itself: retrying will not help.
+    pub fn permanent(message: impl std::fmt::Display) -> Self {
+        Self {
+            message: message.to_string(),
+            permanent: true,
+        }
+    }
+}
 
 /// Where a tenant's sync stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,11 +223,60 @@ pub trait TenantStore: Send + Sync + 'static {
     fn is_processed(&self, event_id: Uuid)
     -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Apply the event atomically: record its id, apply its state if newer, raise `last_seq`.
+    /// Which of `event_ids` were processed before (one query where the store allows).
+    fn processed_among(
+        &self,
+        event_ids: &[Uuid],
+    ) -> impl Future<Output = Result<HashSet<Uuid>, StoreError>> + Send {
+        async move {
+            let mut out = HashSet::new();
+            for id in event_ids {
+                if self.is_processed(*id).await? {
+                    out.insert(*id);
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// The sync state of each of `tenants` that was ever loaded (one query where the store
+    /// allows).
+    fn sync_states(
+        &self,
+        tenants: &[Uuid],
+    ) -> impl Future<Output = Result<HashMap<Uuid, SyncState>, StoreError>> + Send {
+        async move {
+            let mut out = HashMap::new();
+            for tenant in tenants {
+                if let Some(state) = self.sync_state(*tenant).await? {
+                    out.insert(*tenant, state);
+                }
+            }
+            Ok(out)
+        }
+    }
+
+    /// Apply events in one store transaction: record every event id, write each aggregate's
+    /// newest state if it is newer than the stored one, raise each tenant's `last_seq`. Returns
+    /// one outcome per event, in order. Inside a batch an event id seen earlier in the batch is
+    /// [`Applied::Duplicate`], and an event superseded by a newer version of its aggregate in
+    /// the same batch is [`Applied::Stale`] (the end state is what applying them one by one
+    /// gives). On error nothing is recorded, so the batch (or any part of it) can be retried.
+    fn apply_batch(
+        &self,
+        envelopes: &[Envelope],
+    ) -> impl Future<Output = Result<Vec<Applied>, StoreError>> + Send;
+
+    /// Apply one event atomically: a batch of one.
     fn apply(
         &self,
         envelope: &Envelope,
-    ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send {
+        async move {
+            let outcomes = self.apply_batch(std::slice::from_ref(envelope)).await?;
+            Ok(outcomes.first().copied().unwrap_or(Applied::Duplicate))
+        }
+    }
 
     /// An aggregate of a tenant.
     fn get(
@@ -224,15 +302,82 @@ pub fn digest(versions: &[(Uuid, i64)]) -> String {
         .collect()
 }
 
-/// The state to write for `envelope`, if it carries one: (kind, id, version, JSON state).
+/// What a store must write for a batch of events, worked out once for both stores.
 #[cfg(any(feature = "mongo", feature = "postgres"))]
-pub(crate) fn state_of(envelope: &Envelope) -> Option<(EntityKind, Uuid, i64, Value)> {
-    EntityKind::of(&envelope.event).map(|(kind, id)| {
-        (
-            kind,
-            id,
-            envelope.aggregate_version,
-            envelope.event.payload_json(),
-        )
-    })
+pub(crate) struct BatchPlan {
+    /// Per event: `Duplicate` (seen before or earlier in the batch), `Applied` for fresh events
+    /// that carry no state, `Stale` for the rest until [`BatchPlan::outcomes`] learns which
+    /// writes changed a row.
+    outcomes: Vec<Applied>,
+    /// The newest state per aggregate among fresh events, sorted by (kind, id) so concurrent
+    /// batches lock rows in one order: (event index, kind, id, tenant, version, state).
+    pub writes: Vec<(usize, EntityKind, Uuid, Uuid, i64, Value)>,
+    /// The highest fresh seq per tenant, sorted by tenant.
+    pub last_seqs: Vec<(Uuid, i64)>,
+}
+
+#[cfg(any(feature = "mongo", feature = "postgres"))]
+impl BatchPlan {
+    /// Plan `envelopes`, of which `seen_before` were recorded already.
+    pub fn new(envelopes: &[Envelope], seen_before: &HashSet<Uuid>) -> Self {
+        let mut outcomes = Vec::with_capacity(envelopes.len());
+        let mut recorded: HashSet<Uuid> = HashSet::new();
+        let mut newest: HashMap<(EntityKind, Uuid), usize> = HashMap::new();
+        let mut last_seqs: HashMap<Uuid, i64> = HashMap::new();
+        for (i, e) in envelopes.iter().enumerate() {
+            if seen_before.contains(&e.event_id) || !recorded.insert(e.event_id) {
+                outcomes.push(Applied::Duplicate);
+                continue;
+            }
+            let seq = last_seqs.entry(e.tenant_id).or_insert(e.seq);
+            *seq = (*seq).max(e.seq);
+            match EntityKind::of(&e.event) {
+                None => outcomes.push(Applied::Applied),
+                Some(key) => {
+                    outcomes.push(Applied::Stale);
+                    let slot = newest.entry(key).or_insert(i);
+                    // An equal version later in the batch is stale, as it would be one by one.
+                    if envelopes[*slot].aggregate_version < e.aggregate_version {
+                        *slot = i;
+                    }
+                }
+            }
+        }
+        let mut writes: Vec<_> = newest
+            .into_iter()
+            .map(|((kind, id), i)| {
+                let e = &envelopes[i];
+                let state = e.event.payload_json();
+                (i, kind, id, e.tenant_id, e.aggregate_version, state)
+            })
+            .collect();
+        writes.sort_by_key(|w| (w.1.name(), w.2));
+        let mut last_seqs: Vec<_> = last_seqs.into_iter().collect();
+        last_seqs.sort();
+        Self {
+            outcomes,
+            writes,
+            last_seqs,
+        }
+    }
+
+    /// Event ids to record: the fresh ones, sorted (one lock order), with their tenant.
+    pub fn fresh(envelopes: &[Envelope], seen_before: &HashSet<Uuid>) -> Vec<(Uuid, Uuid)> {
+        let mut fresh: Vec<(Uuid, Uuid)> = envelopes
+            .iter()
+            .filter(|e| !seen_before.contains(&e.event_id))
+            .map(|e| (e.event_id, e.tenant_id))
+            .collect();
+        fresh.sort();
+        fresh.dedup_by_key(|f| f.0);
+        fresh
+    }
+
+    /// The outcomes, given which planned writes (event indexes) changed the store.
+    pub fn outcomes(mut self, changed: impl IntoIterator<Item = usize>) -> Vec<Applied> {
+        for i in changed {
+            self.outcomes[i] = Applied::Applied;
+        }
+        self.outcomes
+    }
 }

@@ -1,18 +1,24 @@
 //! [`TenantStore`] on MongoDB. One collection per entity kind (`{_id, tenantId, version,
-//! state}`), `tsync_sync` (per-tenant watermarks) and `tsync_processed` (event ids). `apply` runs
-//! in a multi-document transaction (MongoDB needs a replica set for that), retried on transient
-//! transaction errors such as write conflicts.
+//! state}`), `tsync_sync` (per-tenant watermarks) and `tsync_processed` (event ids). A batch
+//! runs in one multi-document transaction (MongoDB needs a replica set for that) of a few
+//! round trips whatever its size: find the recorded ids, insert the fresh ones, read the
+//! current versions per kind, one multi-statement `update` per kind and one for the
+//! watermarks. Transient transaction errors (write conflicts) are retried here a few times;
+//! beyond that the error goes back to the consumer, which keeps retrying without counting it
+//! against the event.
 
 use mongodb::{
     Client, ClientSession, Collection, Database, IndexModel,
     bson::{self, Document, doc},
     error::{Error as MongoError, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT},
 };
+use std::collections::{HashMap, HashSet};
+
 use uuid::Uuid;
 
 use super::{
-    Applied, EntityKind, LOADING, SnapshotItem, StoreError, SyncState, TenantStore, Versioned,
-    state_of,
+    Applied, BatchPlan, EntityKind, LOADING, SnapshotItem, StoreError, SyncState, TenantStore,
+    Versioned,
 };
 use crate::contract::Envelope;
 
@@ -24,7 +30,27 @@ pub struct MongoStore {
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::transient(e)
+}
+
+/// Server error codes for data the server will never take: bad value, document too large, key
+/// too long.
+const REFUSED_DATA: [i32; 3] = [2, 10334, 17280];
+
+/// A driver error, classified: data the server refuses or that cannot be encoded is permanent
+/// (bad value, document too large, BSON serialization); the rest is retried.
+fn mongo_err(e: MongoError) -> StoreError {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    let permanent = match e.kind.as_ref() {
+        ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => true,
+        ErrorKind::Write(WriteFailure::WriteError(w)) => REFUSED_DATA.contains(&w.code),
+        ErrorKind::Command(c) => REFUSED_DATA.contains(&c.code),
+        _ => false,
+    };
+    StoreError {
+        message: e.to_string(),
+        permanent,
+    }
 }
 
 impl MongoStore {
@@ -79,63 +105,148 @@ impl MongoStore {
         self.db.collection("tsync_processed")
     }
 
-    async fn apply_once(
+    async fn apply_batch_once(
         &self,
         session: &mut ClientSession,
-        envelope: &Envelope,
-    ) -> Result<Applied, MongoError> {
+        envelopes: &[Envelope],
+    ) -> Result<Vec<Applied>, BatchError> {
         session.start_transaction().await?;
-        let event_id = envelope.event_id.to_string();
-        let tenant = envelope.tenant_id.to_string();
-        if self
-            .processed()
-            .find_one(doc! {"_id": &event_id})
-            .session(&mut *session)
+        let fresh = BatchPlan::fresh(envelopes, &HashSet::new());
+        let ids: Vec<String> = fresh.iter().map(|f| f.0.to_string()).collect();
+        let seen_before: HashSet<Uuid> = self
+            .ids_in(session, &self.processed(), &ids)
             .await?
-            .is_some()
-        {
-            session.abort_transaction().await?;
-            return Ok(Applied::Duplicate);
+            .into_keys()
+            .collect();
+        let plan = BatchPlan::new(envelopes, &seen_before);
+        let now = bson::DateTime::now();
+        let records: Vec<Document> = fresh
+            .iter()
+            .filter(|f| !seen_before.contains(&f.0))
+            .map(|(id, tenant)| doc! {"_id": id.to_string(), "tenantId": tenant.to_string(), "at": now})
+            .collect();
+        if !records.is_empty() {
+            self.processed()
+                .insert_many(records)
+                .session(&mut *session)
+                .await?;
         }
-        self.processed()
-            .insert_one(doc! {"_id": &event_id, "tenantId": &tenant, "at": bson::DateTime::now()})
-            .session(&mut *session)
-            .await?;
-        let mut outcome = Applied::Applied;
-        if let Some((kind, id, version, state)) = state_of(envelope) {
-            let coll = self.entities(kind);
-            let id = id.to_string();
-            let current = coll
-                .find_one(doc! {"_id": &id})
-                .session(&mut *session)
-                .await?;
-            let current_version = current.as_ref().and_then(|d| d.get_i64("version").ok());
-            if current_version.is_some_and(|v| v >= version) {
-                outcome = Applied::Stale;
-            } else {
-                let state = bson::to_bson(&state).map_err(|e| MongoError::custom(e.to_string()))?;
-                coll.replace_one(
-                    doc! {"_id": &id},
-                    doc! {"_id": &id, "tenantId": &tenant, "version": version, "state": state},
-                )
-                .upsert(true)
-                .session(&mut *session)
-                .await?;
+        let mut changed = Vec::new();
+        for kind in EntityKind::ALL {
+            let writes: Vec<_> = plan.writes.iter().filter(|w| w.1 == kind).collect();
+            if writes.is_empty() {
+                continue;
             }
+            let ids: Vec<String> = writes.iter().map(|w| w.2.to_string()).collect();
+            let current = self.ids_in(session, &self.entities(kind), &ids).await?;
+            let mut updates = Vec::new();
+            for (i, _, id, tenant, version, state) in writes {
+                if current.get(id).is_some_and(|v| *v >= *version) {
+                    continue;
+                }
+                let state = bson::to_bson(state)
+                    .map_err(|e| BatchError::Refused(format!("state of {id}: {e}")))?;
+                let (id, tenant) = (id.to_string(), tenant.to_string());
+                updates.push(doc! {
+                    "q": {"_id": &id},
+                    "u": {"_id": &id, "tenantId": tenant, "version": *version, "state": state},
+                    "upsert": true,
+                });
+                changed.push(*i);
+            }
+            self.update_many_statements(session, kind.name(), updates)
+                .await?;
         }
-        self.sync()
-            .update_one(
-                doc! {"_id": &tenant},
-                doc! {"$max": {"lastSeq": envelope.seq}},
-            )
-            .session(&mut *session)
+        let watermarks = plan
+            .last_seqs
+            .iter()
+            .map(|(tenant, seq)| doc! {"q": {"_id": tenant.to_string()}, "u": {"$max": {"lastSeq": *seq}}})
+            .collect();
+        self.update_many_statements(session, "tsync_sync", watermarks)
             .await?;
         loop {
             match session.commit_transaction().await {
                 Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-                other => return other.map(|_| outcome),
+                other => return Ok(other.map(|_| plan.outcomes(changed))?),
             }
         }
+    }
+
+    /// `_id → version` (0 where a document has none) of the documents of `coll` among `ids`.
+    async fn ids_in(
+        &self,
+        session: &mut ClientSession,
+        coll: &Collection<Document>,
+        ids: &[String],
+    ) -> Result<HashMap<Uuid, i64>, MongoError> {
+        let mut out = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let mut cursor = coll
+            .find(doc! {"_id": {"$in": ids}})
+            .projection(doc! {"version": 1})
+            .session(&mut *session)
+            .await?;
+        while cursor.advance(&mut *session).await? {
+            let d = cursor.deserialize_current()?;
+            if let Some(id) = d.get_str("_id").ok().and_then(|s| s.parse().ok()) {
+                out.insert(id, d.get_i64("version").unwrap_or(0));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One `update` command of many statements, inside the session's transaction.
+    async fn update_many_statements(
+        &self,
+        session: &mut ClientSession,
+        collection: &str,
+        updates: Vec<Document>,
+    ) -> Result<(), BatchError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let reply = self
+            .db
+            .run_command(doc! {"update": collection, "updates": updates, "ordered": true})
+            .session(&mut *session)
+            .await?;
+        if let Some(first) = reply
+            .get_array("writeErrors")
+            .ok()
+            .and_then(|errors| errors.first())
+            .and_then(|e| e.as_document())
+        {
+            let code = first.get_i32("code").unwrap_or(0);
+            let message = first.get_str("errmsg").unwrap_or("write error");
+            let message = format!("{collection}: write error {code}: {message}");
+            return Err(if REFUSED_DATA.contains(&code) {
+                BatchError::Refused(message)
+            } else {
+                BatchError::Mongo(MongoError::custom(message))
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a batch failed: the driver, or the server refusing one statement's data.
+enum BatchError {
+    Mongo(MongoError),
+    Refused(String),
+}
+
+impl From<MongoError> for BatchError {
+    fn from(e: MongoError) -> Self {
+        Self::Mongo(e)
+    }
+}
+
+fn sync_state_of(d: &Document) -> SyncState {
+    SyncState {
+        snapshot_seq: d.get_i64("snapshotSeq").unwrap_or(0),
+        last_seq: d.get_i64("lastSeq").unwrap_or(0),
     }
 }
 
@@ -155,10 +266,7 @@ impl TenantStore for MongoStore {
             .find_one(doc! {"_id": tenant_id.to_string()})
             .await
             .map_err(err)?;
-        Ok(doc.map(|d| SyncState {
-            snapshot_seq: d.get_i64("snapshotSeq").unwrap_or(0),
-            last_seq: d.get_i64("lastSeq").unwrap_or(0),
-        }))
+        Ok(doc.as_ref().map(sync_state_of))
     }
 
     async fn mark_loaded(&self, tenant_id: Uuid, watermark: i64) -> Result<(), StoreError> {
@@ -259,20 +367,63 @@ impl TenantStore for MongoStore {
             .is_some())
     }
 
-    async fn apply(&self, envelope: &Envelope) -> Result<Applied, StoreError> {
-        let mut session = self.client.start_session().await.map_err(err)?;
+    async fn processed_among(&self, event_ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+        let ids: Vec<String> = event_ids.iter().map(Uuid::to_string).collect();
+        let mut cursor = self
+            .processed()
+            .find(doc! {"_id": {"$in": ids}})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(mongo_err)?;
+        let mut out = HashSet::new();
+        while cursor.advance().await.map_err(mongo_err)? {
+            let d = cursor.deserialize_current().map_err(mongo_err)?;
+            if let Some(id) = d.get_str("_id").ok().and_then(|s| s.parse().ok()) {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn sync_states(&self, tenants: &[Uuid]) -> Result<HashMap<Uuid, SyncState>, StoreError> {
+        let ids: Vec<String> = tenants.iter().map(Uuid::to_string).collect();
+        let mut cursor = self
+            .sync()
+            .find(doc! {"_id": {"$in": ids}})
+            .await
+            .map_err(mongo_err)?;
+        let mut out = HashMap::new();
+        while cursor.advance().await.map_err(mongo_err)? {
+            let d = cursor.deserialize_current().map_err(mongo_err)?;
+            if let Some(id) = d.get_str("_id").ok().and_then(|s| s.parse().ok()) {
+                out.insert(id, sync_state_of(&d));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Applied>, StoreError> {
+        if envelopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut session = self.client.start_session().await.map_err(mongo_err)?;
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.apply_once(&mut session, envelope).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 5 => {
+            match self.apply_batch_once(&mut session, envelopes).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(BatchError::Mongo(e))
+                    if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 5 =>
+                {
                     let _ = session.abort_transaction().await;
                     tokio::time::sleep(std::time::Duration::from_millis(10 * attempts)).await;
                 }
                 Err(e) => {
                     let _ = session.abort_transaction().await;
-                    return Err(err(e));
+                    return Err(match e {
+                        BatchError::Mongo(e) => mongo_err(e),
+                        BatchError::Refused(message) => StoreError::permanent(message),
+                    });
                 }
             }
         }
@@ -375,7 +526,9 @@ impl crate::credits::offline::CreditQueue for MongoStore {
                 }
             }
         }
-        Err(StoreError("offline queue: too many write conflicts".into()))
+        Err(StoreError::transient(
+            "offline queue: too many write conflicts",
+        ))
     }
 
     async fn queued(&self) -> Result<Vec<crate::credits::offline::QueuedConsumption>, StoreError> {

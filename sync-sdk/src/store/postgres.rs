@@ -1,13 +1,17 @@
 //! [`TenantStore`] on Postgres (sqlx). Three tables, created by [`PostgresStore::init`]:
 //! `tsync_entities` (kind, id → tenant, version, state), `tsync_sync` (tenant → watermarks) and
-//! `tsync_processed` (event ids). `apply` is one transaction.
+//! `tsync_processed` (event ids). A batch is one transaction of three multi-row statements:
+//! record the event ids (`returning` the fresh ones), upsert the newest state per aggregate
+//! gated by version, raise each tenant's `last_seq`.
+
+use std::collections::{HashMap, HashSet};
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{
-    Applied, EntityKind, LOADING, SnapshotItem, StoreError, SyncState, TenantStore, Versioned,
-    state_of,
+    Applied, BatchPlan, EntityKind, LOADING, SnapshotItem, StoreError, SyncState, TenantStore,
+    Versioned,
 };
 use crate::contract::Envelope;
 
@@ -17,8 +21,19 @@ pub struct PostgresStore {
     db: PgPool,
 }
 
+/// Data exceptions (SQLSTATE class 22, e.g. `\u0000` in `jsonb`) and values that cannot be
+/// encoded are the data's fault: permanent. Everything else (connections, deadlocks,
+/// serialization failures, a pool timeout, a missing table an operator can create) is retried.
 fn err(e: sqlx::Error) -> StoreError {
-    StoreError(e.to_string())
+    let permanent = match &e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    };
+    StoreError {
+        message: e.to_string(),
+        permanent,
+    }
 }
 
 const SCHEMA: &[&str] = &[
@@ -154,51 +169,108 @@ impl TenantStore for PostgresStore {
             .map_err(err)
     }
 
-    async fn apply(&self, envelope: &Envelope) -> Result<Applied, StoreError> {
-        let mut tx = self.db.begin().await.map_err(err)?;
-        let fresh = sqlx::query(
-            "insert into tsync_processed (event_id, tenant_id) values ($1, $2) on conflict do nothing",
+    async fn processed_among(&self, event_ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
+        let found: Vec<Uuid> =
+            sqlx::query_scalar("select event_id from tsync_processed where event_id = any($1)")
+                .bind(event_ids)
+                .fetch_all(&self.db)
+                .await
+                .map_err(err)?;
+        Ok(found.into_iter().collect())
+    }
+
+    async fn sync_states(&self, tenants: &[Uuid]) -> Result<HashMap<Uuid, SyncState>, StoreError> {
+        let rows: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+            "select tenant_id, snapshot_seq, last_seq from tsync_sync where tenant_id = any($1)",
         )
-        .bind(envelope.event_id)
-        .bind(envelope.tenant_id)
-        .execute(&mut *tx)
+        .bind(tenants)
+        .fetch_all(&self.db)
         .await
-        .map_err(err)?
-        .rows_affected();
-        if fresh == 0 {
-            return Ok(Applied::Duplicate);
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant, snapshot_seq, last_seq)| {
+                let state = SyncState {
+                    snapshot_seq,
+                    last_seq,
+                };
+                (tenant, state)
+            })
+            .collect())
+    }
+
+    async fn apply_batch(&self, envelopes: &[Envelope]) -> Result<Vec<Applied>, StoreError> {
+        if envelopes.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut outcome = Applied::Stale;
-        if let Some((kind, id, version, state)) = state_of(envelope) {
-            let changed = sqlx::query(
+        let mut tx = self.db.begin().await.map_err(err)?;
+        let fresh = BatchPlan::fresh(envelopes, &HashSet::new());
+        let (ids, tenants): (Vec<Uuid>, Vec<Uuid>) = fresh.into_iter().unzip();
+        let recorded: Vec<Uuid> = sqlx::query_scalar(
+            "insert into tsync_processed (event_id, tenant_id)
+             select * from unnest($1::uuid[], $2::uuid[])
+             on conflict do nothing returning event_id",
+        )
+        .bind(&ids)
+        .bind(&tenants)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        let recorded: HashSet<Uuid> = recorded.into_iter().collect();
+        let seen_before: HashSet<Uuid> = ids
+            .into_iter()
+            .filter(|id| !recorded.contains(id))
+            .collect();
+        let plan = BatchPlan::new(envelopes, &seen_before);
+        let mut changed = Vec::new();
+        if !plan.writes.is_empty() {
+            let kinds: Vec<&str> = plan.writes.iter().map(|w| w.1.name()).collect();
+            let ids: Vec<Uuid> = plan.writes.iter().map(|w| w.2).collect();
+            let tenants: Vec<Uuid> = plan.writes.iter().map(|w| w.3).collect();
+            let versions: Vec<i64> = plan.writes.iter().map(|w| w.4).collect();
+            let states: Vec<sqlx::types::Json<&serde_json::Value>> = plan
+                .writes
+                .iter()
+                .map(|w| sqlx::types::Json(&w.5))
+                .collect();
+            let written: Vec<(String, Uuid)> = sqlx::query_as(
                 "insert into tsync_entities (kind, id, tenant_id, version, state)
-                 values ($1, $2, $3, $4, $5)
+                 select * from unnest($1::text[], $2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[])
                  on conflict (kind, id) do update set version = excluded.version, state = excluded.state
-                 where tsync_entities.version < excluded.version",
+                 where tsync_entities.version < excluded.version
+                 returning kind, id",
             )
-            .bind(kind.name())
-            .bind(id)
-            .bind(envelope.tenant_id)
-            .bind(version)
-            .bind(state)
-            .execute(&mut *tx)
+            .bind(kinds)
+            .bind(ids)
+            .bind(tenants)
+            .bind(versions)
+            .bind(states)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(err)?
-            .rows_affected();
-            if changed > 0 {
-                outcome = Applied::Applied;
-            }
-        } else {
-            outcome = Applied::Applied;
+            .map_err(err)?;
+            let written: HashSet<(String, Uuid)> = written.into_iter().collect();
+            changed.extend(
+                plan.writes
+                    .iter()
+                    .filter(|w| written.contains(&(w.1.name().to_owned(), w.2)))
+                    .map(|w| w.0),
+            );
         }
-        sqlx::query("update tsync_sync set last_seq = greatest(last_seq, $2) where tenant_id = $1")
-            .bind(envelope.tenant_id)
-            .bind(envelope.seq)
+        if !plan.last_seqs.is_empty() {
+            let (tenants, seqs): (Vec<Uuid>, Vec<i64>) = plan.last_seqs.iter().copied().unzip();
+            sqlx::query(
+                "update tsync_sync s set last_seq = greatest(s.last_seq, t.seq)
+                 from unnest($1::uuid[], $2::bigint[]) as t(tenant_id, seq)
+                 where s.tenant_id = t.tenant_id",
+            )
+            .bind(tenants)
+            .bind(seqs)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
+        }
         tx.commit().await.map_err(err)?;
-        Ok(outcome)
+        Ok(plan.outcomes(changed))
     }
 
     async fn get(

@@ -1,6 +1,7 @@
 //! A consumer process for tests that kill one: the SDK consumer applying into a Postgres store,
 //! configured by environment (`DATABASE_URL` of the store, `REDIS_URL`, `TSYNC_NAMESPACE`,
-//! `TSYNC_PARTITIONS`, `TSYNC_APP`, `HANDLER_DELAY_MS`: how long the handler takes per event).
+//! `TSYNC_PARTITIONS`, `TSYNC_APP`, `HANDLER_DELAY_MS`: how long the handler takes per event,
+//! `TSYNC_BATCH`: entries per read, default the SDK's).
 
 use std::{sync::Arc, time::Duration};
 
@@ -34,7 +35,10 @@ async fn main() -> anyhow::Result<()> {
     let keys = StreamKeys::new(env("TSYNC_NAMESPACE")?, partitions)
         .ok_or_else(|| anyhow::anyhow!("bad namespace"))?;
     let delay = Duration::from_millis(env("HANDLER_DELAY_MS")?.parse()?);
-    let config = ConsumerConfig::new(env("TSYNC_APP")?, keys);
+    let mut config = ConsumerConfig::new(env("TSYNC_APP")?, keys);
+    if let Ok(batch) = env("TSYNC_BATCH") {
+        config.batch = batch.parse()?;
+    }
     let redis = redis_client(&env("REDIS_URL")?).await?;
     let consumer = Consumer::new(redis, Arc::new(store), Arc::new(Slow(delay)), config);
     consumer.run(CancellationToken::new()).await?;
