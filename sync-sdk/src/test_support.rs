@@ -471,6 +471,83 @@ pub async fn store_conformance<S: crate::store::TenantStore>(store: &S) -> anyho
         store.sync_state(other).await?.is_none(),
         "loading one tenant loads no other"
     );
+    batch_conformance(store).await
+}
+
+/// The batch path: one [`crate::store::TenantStore::apply_batch`] over two tenants with an
+/// event recorded before, a duplicate inside the batch and versions out of order.
+async fn batch_conformance<S: crate::store::TenantStore>(store: &S) -> anyhow::Result<()> {
+    use crate::store::{Applied, EntityKind};
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let (ann, bob, cy) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    store.mark_loaded(a, 0).await?;
+    store.mark_loaded(b, 0).await?;
+    let before = user_event(a, cy, 1, 1, "cy1@x.test");
+    store.apply(&before).await?;
+    let ann3 = user_event(a, ann, 3, 2, "ann3@x.test");
+    let ann1 = user_event(a, ann, 1, 3, "ann1@x.test");
+    let ann2 = user_event(a, ann, 2, 4, "ann2@x.test");
+    let bob1 = user_event(b, bob, 1, 1, "bob1@x.test");
+    let bob2 = user_event(b, bob, 2, 2, "bob2@x.test");
+    let batch = vec![
+        ann3.clone(),
+        before.clone(),
+        bob1.clone(),
+        ann1.clone(),
+        bob1.clone(),
+        bob2.clone(),
+        ann2.clone(),
+    ];
+    let outcomes = store.apply_batch(&batch).await?;
+    use Applied::*;
+    anyhow::ensure!(
+        outcomes == vec![Applied, Duplicate, Stale, Stale, Duplicate, Applied, Stale],
+        "batch outcomes {outcomes:?}"
+    );
+    let version = |tenant, user| async move {
+        store
+            .get(EntityKind::User, tenant, user)
+            .await
+            .ok()
+            .flatten()
+            .map(|v| (v.version, v.state["email"].clone()))
+    };
+    anyhow::ensure!(
+        version(a, ann).await == Some((3, "ann3@x.test".into())),
+        "the newest version in the batch wins"
+    );
+    anyhow::ensure!(
+        version(b, bob).await == Some((2, "bob2@x.test".into())),
+        "a version after another of the same aggregate in one batch applies"
+    );
+    for e in [&ann3, &ann1, &ann2, &bob1, &bob2] {
+        anyhow::ensure!(
+            store.is_processed(e.event_id).await?,
+            "every event of the batch is recorded"
+        );
+    }
+    let states = store.sync_states(&[a, b, Uuid::now_v7()]).await?;
+    anyhow::ensure!(states.len() == 2, "sync_states knows loaded tenants only");
+    anyhow::ensure!(
+        states[&a].last_seq == 4 && states[&b].last_seq == 2,
+        "last_seq per tenant is its highest seq in the batch: {states:?}"
+    );
+    let done = store
+        .processed_among(&[ann3.event_id, Uuid::now_v7(), bob2.event_id])
+        .await?;
+    anyhow::ensure!(
+        done.len() == 2 && done.contains(&ann3.event_id) && done.contains(&bob2.event_id),
+        "processed_among finds exactly the recorded ids"
+    );
+    anyhow::ensure!(
+        store
+            .apply_batch(&batch)
+            .await?
+            .iter()
+            .all(|o| *o == Duplicate),
+        "the whole batch again is a no-op"
+    );
+    anyhow::ensure!(store.apply_batch(&[]).await?.is_empty(), "an empty batch");
     Ok(())
 }
 

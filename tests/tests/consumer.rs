@@ -79,6 +79,14 @@ struct Scripted {
     /// Event ids that always fail (transiently) until `fixed` is set.
     poison: Mutex<Vec<Uuid>>,
     fixed: AtomicBool,
+    /// Event ids refused for good.
+    permanent: Mutex<Vec<Uuid>>,
+    /// Event ids whose first call panics.
+    panic_once: Mutex<Vec<Uuid>>,
+    /// A tenant every event of which fails (transiently) until `fixed` is set.
+    failing_tenant: Mutex<Option<Uuid>>,
+    /// Event ids in the order they were handled successfully.
+    succeeded: Mutex<Vec<Uuid>>,
 }
 
 impl Scripted {
@@ -90,9 +98,26 @@ impl Scripted {
 impl Handler for Scripted {
     async fn handle(&self, envelope: &Envelope) -> Result<(), HandlerError> {
         let id = envelope.event_id;
-        *self.calls.lock().unwrap().entry(id).or_default() += 1;
-        if self.poison.lock().unwrap().contains(&id) && !self.fixed.load(Ordering::SeqCst) {
+        let calls = {
+            let mut calls = self.calls.lock().unwrap();
+            let n = calls.entry(id).or_default();
+            *n += 1;
+            *n
+        };
+        if calls == 1 && self.panic_once.lock().unwrap().contains(&id) {
+            panic!("injected handler panic for {id}");
+        }
+        let fixed = self.fixed.load(Ordering::SeqCst);
+        if self.poison.lock().unwrap().contains(&id) && !fixed {
             return Err(HandlerError::Transient("downstream refused: poison".into()));
+        }
+        if *self.failing_tenant.lock().unwrap() == Some(envelope.tenant_id) && !fixed {
+            return Err(HandlerError::Transient(
+                "tenant's downstream is down".into(),
+            ));
+        }
+        if self.permanent.lock().unwrap().contains(&id) {
+            return Err(HandlerError::Permanent("this app cannot take it".into()));
         }
         let mut transient = self.transient.lock().unwrap();
         if let Some(left) = transient.get_mut(&id).filter(|n| **n > 0) {
@@ -101,6 +126,7 @@ impl Handler for Scripted {
                 "flaky, {left} failures left"
             )));
         }
+        self.succeeded.lock().unwrap().push(id);
         Ok(())
     }
 }
@@ -149,6 +175,19 @@ impl<S: TenantStore> Rig<S> {
         CancellationToken,
         tokio::task::JoinHandle<Result<(), Error>>,
     ) {
+        let (_, cancel, running) = self.start_consumer(config);
+        (cancel, running)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_consumer(
+        &self,
+        config: ConsumerConfig,
+    ) -> (
+        Arc<Consumer<S, Scripted>>,
+        CancellationToken,
+        tokio::task::JoinHandle<Result<(), Error>>,
+    ) {
         let cancel = CancellationToken::new();
         let consumer = Consumer::new(
             self.redis.clone(),
@@ -156,7 +195,36 @@ impl<S: TenantStore> Rig<S> {
             self.handler.clone(),
             config,
         );
-        (cancel.clone(), tokio::spawn(consumer.run(cancel)))
+        let running = tokio::spawn(consumer.clone().run(cancel.clone()));
+        (consumer, cancel, running)
+    }
+
+    /// A second tenant, loaded, on the same partition as the rig's.
+    async fn neighbour(&self) -> anyhow::Result<Uuid> {
+        let partition = self.keys.partition_of(self.tenant);
+        let tenant = std::iter::repeat_with(Uuid::now_v7)
+            .find(|t| *t != self.tenant && self.keys.partition_of(*t) == partition)
+            .expect("an endless iterator finds one");
+        self.store.mark_loaded(tenant, 0).await?;
+        Ok(tenant)
+    }
+
+    async fn version_of(&self, tenant: Uuid, user: Uuid) -> Option<i64> {
+        self.store
+            .get(EntityKind::User, tenant, user)
+            .await
+            .ok()
+            .flatten()
+            .map(|v| v.version)
+    }
+
+    async fn all_processed(&self, events: &[&Envelope]) -> bool {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        self.store
+            .processed_among(&ids)
+            .await
+            .map(|done| done.len() == ids.len())
+            .unwrap_or(false)
     }
 
     fn stream(&self) -> String {
@@ -464,4 +532,288 @@ async fn shutdown_during_a_burst_leaves_nothing_pending() -> anyhow::Result<()> 
     let handled = rig.handler.calls.lock().unwrap().len();
     assert!(handled < 300, "stopped mid-burst ({handled} handled)");
     Ok(())
+}
+
+/// Entries already in the stream when the consumer starts are read and applied as one batch:
+/// versions 3, 2, 1 of one user (in seq order), the same event twice, and a second user.
+#[tokio::test]
+async fn one_batch_with_duplicates_and_versions_out_of_order_applies_each_event_once()
+-> anyhow::Result<()> {
+    let rig = Rig::new(pg_store().await?).await?;
+    let (ann, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let events = [
+        user_event(rig.tenant, ann, 3, 1, "ann3@x.test"),
+        user_event(rig.tenant, ann, 2, 2, "ann2@x.test"),
+        user_event(rig.tenant, ann, 1, 3, "ann1@x.test"),
+        user_event(rig.tenant, bob, 1, 4, "bob1@x.test"),
+        user_event(rig.tenant, bob, 2, 5, "bob2@x.test"),
+    ];
+    for e in &events {
+        rig.publish(e).await?;
+    }
+    rig.publish(&events[2]).await?; // delivered twice, in the same batch
+    let (cancel, running) = rig.start(rig.config());
+    let all: Vec<&Envelope> = events.iter().collect();
+    eventually(Duration::from_secs(20), || async {
+        rig.all_processed(&all).await && rig.pending().await == 0
+    })
+    .await?;
+    assert_eq!(rig.user_version(ann).await, Some(3));
+    assert_eq!(rig.user_version(bob).await, Some(2));
+    let got = rig
+        .store
+        .get(EntityKind::User, rig.tenant, ann)
+        .await?
+        .unwrap();
+    assert_eq!(got.state["email"], "ann3@x.test");
+    for e in &events {
+        assert_eq!(rig.handler.calls(e.event_id), 1, "handled once: {}", e.seq);
+    }
+    let last = rig.store.sync_state(rig.tenant).await?.unwrap().last_seq;
+    assert_eq!(last, 5);
+    assert_eq!(rig.gaps.load(Ordering::SeqCst), 0, "no gap in seq order");
+    assert!(rig.dead_letters().await.is_empty());
+    cancel.cancel();
+    running.await??;
+    Ok(())
+}
+
+/// In one batch: good events, one the store refuses for good (`\u0000` cannot be kept in
+/// Postgres `jsonb`), more good ones, one the handler refuses for good, more good ones. Only
+/// the two bad ones are dead-lettered; every good one is handled and applied once.
+#[tokio::test]
+async fn a_poison_entry_in_the_middle_of_a_batch_is_the_only_one_dead_lettered()
+-> anyhow::Result<()> {
+    let rig = Rig::new(pg_store().await?).await?;
+    let mut good = Vec::new();
+    let mut stream = Vec::new();
+    for seq in 1..=15 {
+        let e = match seq {
+            6 => user_event(rig.tenant, Uuid::now_v7(), 1, seq, "nul\u{0}@x.test"),
+            _ => user_event(rig.tenant, Uuid::now_v7(), 1, seq, "good@x.test"),
+        };
+        if seq == 12 {
+            rig.handler.permanent.lock().unwrap().push(e.event_id);
+        } else if seq != 6 {
+            good.push(e.clone());
+        }
+        stream.push(e);
+    }
+    for e in &stream {
+        rig.publish(e).await?;
+    }
+    let (cancel, running) = rig.start(rig.config());
+    let all: Vec<&Envelope> = good.iter().collect();
+    eventually(Duration::from_secs(20), || async {
+        rig.all_processed(&all).await && rig.pending().await == 0
+    })
+    .await?;
+    let mut letters = rig.dead_letters().await;
+    letters.sort_by_key(|l| l.fields.get("seq").and_then(|s| s.parse::<i64>().ok()));
+    let dead: Vec<Option<Uuid>> = letters
+        .iter()
+        .map(|l| {
+            Envelope::from_stream_fields(l.fields.iter())
+                .ok()
+                .map(|e| e.event_id)
+        })
+        .collect();
+    assert_eq!(
+        dead,
+        vec![Some(stream[5].event_id), Some(stream[11].event_id)],
+        "{letters:?}"
+    );
+    assert!(letters[0].error.contains("store"), "{}", letters[0].error);
+    assert!(
+        letters[1].error.contains("cannot take it"),
+        "{}",
+        letters[1].error
+    );
+    assert_eq!(letters[1].attempts, 1, "a permanent error is not retried");
+    for e in &good {
+        assert_eq!(rig.user_version(user_of(e)).await, Some(1), "seq {}", e.seq);
+        assert_eq!(
+            rig.handler.calls(e.event_id),
+            1,
+            "seq {} handled once",
+            e.seq
+        );
+    }
+    assert!(!rig.store.is_processed(stream[5].event_id).await?);
+    cancel.cancel();
+    running.await??;
+    Ok(())
+}
+
+/// A handler panics on one partition: the reader dies, readiness says so while it is down,
+/// the supervisor restarts it (counted), and the restarted reader takes back what its
+/// predecessor had read, so every event ends applied once.
+#[tokio::test]
+async fn a_panicking_handler_restarts_its_reader_and_loses_nothing() -> anyhow::Result<()> {
+    let rig = Rig::new(pg_store().await?).await?;
+    let partition = rig.keys.partition_of(rig.tenant);
+    let (first, second) = (
+        user_event(rig.tenant, Uuid::now_v7(), 1, 1, "p1@x.test"),
+        user_event(rig.tenant, Uuid::now_v7(), 1, 2, "p2@x.test"),
+    );
+    rig.handler.panic_once.lock().unwrap().push(first.event_id);
+    let mut config = rig.config();
+    config.restart_backoff = Duration::from_secs(2);
+    let (consumer, cancel, running) = rig.start_consumer(config);
+    let health = consumer.health();
+    eventually(Duration::from_secs(10), || async { health.readiness().0 }).await?;
+    rig.publish(&first).await?;
+    rig.publish(&second).await?;
+
+    let reasons = eventually_some(Duration::from_secs(10), || async {
+        let (ready, reasons) = health.readiness();
+        (!ready).then_some(reasons)
+    })
+    .await?;
+    assert_eq!(reasons.len(), 1, "{reasons:?}");
+    assert!(
+        reasons[0].contains(&format!("partition {partition} has no live reader"))
+            && reasons[0].contains("injected handler panic"),
+        "{reasons:?}"
+    );
+    assert_eq!(health.dead_partitions(), vec![partition]);
+    let report = consumer.health_report().await;
+    assert!(!report.ready);
+    assert_eq!(report.partitions[partition as usize].restarts, 1);
+
+    eventually(Duration::from_secs(20), || async {
+        rig.all_processed(&[&first, &second]).await && rig.pending().await == 0
+    })
+    .await?;
+    assert!(health.readiness().0, "ready again after the restart");
+    assert_eq!(health.restarts(), 1);
+    assert_eq!(
+        rig.handler.calls(first.event_id),
+        2,
+        "the panic, then success"
+    );
+    assert_eq!(rig.handler.calls(second.event_id), 1);
+    assert_eq!(rig.user_version(user_of(&second)).await, Some(1));
+    assert!(rig.dead_letters().await.is_empty());
+    cancel.cancel();
+    running.await??;
+    Ok(())
+}
+
+/// Two tenants on one partition: every event of the first keeps failing (transiently), yet the
+/// second's events, published after, are applied while the first waits; once the first's
+/// downstream is back its events are applied in order, and nothing was dead-lettered.
+#[tokio::test]
+async fn a_failing_tenant_does_not_delay_another_on_the_same_partition() -> anyhow::Result<()> {
+    let rig = Rig::new(pg_store().await?).await?;
+    let other = rig.neighbour().await?;
+    *rig.handler.failing_tenant.lock().unwrap() = Some(rig.tenant);
+    let stuck: Vec<Envelope> = (1..=3)
+        .map(|seq| user_event(rig.tenant, Uuid::now_v7(), 1, seq, "stuck@x.test"))
+        .collect();
+    let flowing: Vec<Envelope> = (1..=3)
+        .map(|seq| user_event(other, Uuid::now_v7(), 1, seq, "flow@x.test"))
+        .collect();
+    let mut config = rig.config();
+    config.max_attempts = 1_000;
+    let (consumer, cancel, running) = rig.start_consumer(config);
+    for e in stuck.iter().chain(&flowing) {
+        rig.publish(e).await?;
+    }
+    eventually(Duration::from_secs(10), || async {
+        let mut all = true;
+        for e in &flowing {
+            all &= rig.version_of(other, user_of(e)).await == Some(1);
+        }
+        all
+    })
+    .await?;
+    for e in &stuck {
+        assert_eq!(rig.user_version(user_of(e)).await, None, "still waiting");
+    }
+    let report = consumer.health_report().await;
+    let parked = &report.partitions[rig.keys.partition_of(rig.tenant) as usize].parked;
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    assert_eq!(
+        (parked[0].tenant_id, parked[0].reason),
+        (rig.tenant, "handler")
+    );
+    assert!(rig.handler.calls(stuck[0].event_id) >= 2, "it was retried");
+
+    rig.handler.fixed.store(true, Ordering::SeqCst);
+    let all: Vec<&Envelope> = stuck.iter().collect();
+    eventually(Duration::from_secs(20), || async {
+        rig.all_processed(&all).await && rig.pending().await == 0
+    })
+    .await?;
+    let order: Vec<Uuid> = rig
+        .handler
+        .succeeded
+        .lock()
+        .unwrap()
+        .iter()
+        .copied()
+        .filter(|id| stuck.iter().any(|e| e.event_id == *id))
+        .collect();
+    let expected: Vec<Uuid> = stuck.iter().map(|e| e.event_id).collect();
+    assert_eq!(order, expected, "the waiting tenant's events ran in order");
+    assert!(rig.dead_letters().await.is_empty());
+    cancel.cancel();
+    running.await??;
+    Ok(())
+}
+
+/// The store fails for a while (its table is renamed away): the tenant waits and is retried
+/// without limit; with one handler attempt allowed, counting a store failure against the event
+/// would dead-letter it at once. Once the table is back everything is applied, nothing
+/// dead-lettered.
+#[tokio::test]
+async fn store_failures_park_the_tenant_and_never_dead_letter() -> anyhow::Result<()> {
+    let db = fresh_database().await?;
+    let store = Arc::new(PostgresStore::new(db.pool.clone()));
+    store.init().await?;
+    let rig = Rig::new(store).await?;
+    let mut config = rig.config();
+    config.max_attempts = 1;
+    config.retry_cap = Duration::from_millis(200);
+    let (consumer, cancel, running) = rig.start_consumer(config);
+    sqlx::query("alter table tsync_processed rename to tsync_processed_away")
+        .execute(&db.pool)
+        .await?;
+    let events: Vec<Envelope> = (1..=5)
+        .map(|seq| user_event(rig.tenant, Uuid::now_v7(), 1, seq, "s@x.test"))
+        .collect();
+    for e in &events {
+        rig.publish(e).await?;
+    }
+    let partition = rig.keys.partition_of(rig.tenant) as usize;
+    eventually(Duration::from_secs(10), || async {
+        let report = consumer.health_report().await;
+        report.partitions[partition]
+            .parked
+            .iter()
+            .any(|p| p.tenant_id == rig.tenant && p.reason == "store")
+    })
+    .await?;
+    assert!(rig.dead_letters().await.is_empty());
+    sqlx::query("alter table tsync_processed_away rename to tsync_processed")
+        .execute(&db.pool)
+        .await?;
+    let all: Vec<&Envelope> = events.iter().collect();
+    eventually(Duration::from_secs(20), || async {
+        rig.all_processed(&all).await && rig.pending().await == 0
+    })
+    .await?;
+    assert!(rig.dead_letters().await.is_empty(), "nothing dead-lettered");
+    for e in &events {
+        assert_eq!(rig.user_version(user_of(e)).await, Some(1));
+    }
+    cancel.cancel();
+    running.await??;
+    Ok(())
+}
+
+/// The user a `user_event` is about.
+fn user_of(e: &Envelope) -> Uuid {
+    e.aggregate_id.parse().expect("user events carry a uuid")
 }
