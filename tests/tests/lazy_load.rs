@@ -44,7 +44,8 @@ async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
         page_size,
         timeout: Duration::from_secs(10),
     });
-    let loader = Loader::with_staleness(client, store.clone(), staleness);
+    let loader = Loader::with_staleness(client, store.clone(), staleness)
+        .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(500));
     let keys = StreamKeys::new(
         wrapper.state.settings.namespace.clone(),
         wrapper.state.settings.partitions,
@@ -52,6 +53,7 @@ async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
     .unwrap();
     let mut config = ConsumerConfig::new("crm", keys);
     config.block = Duration::from_millis(200);
+    config.gap_wait = Duration::from_millis(300);
     config.resync = Some(loader.resync_hook());
     let cancel = CancellationToken::new();
     let consumer = Consumer::new(
@@ -75,7 +77,11 @@ async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
 /// Every user, role and membership of the tenant, and the tenant itself, has the wrapper's
 /// version in the app's store, with the same state.
 async fn store_matches_wrapper(app: &App, tenant: Uuid) -> bool {
-    let db = &app.wrapper.db.pool;
+    store_matches(&app.wrapper, app.store.as_ref(), tenant).await
+}
+
+async fn store_matches<S: TenantStore>(wrapper: &TestApp, store: &S, tenant: Uuid) -> bool {
+    let db = &wrapper.db.pool;
     let users: Vec<(Uuid, i64, String, String, bool)> = sqlx::query_as(
         "select id, version, email, full_name, active from users where tenant_id = $1",
     )
@@ -84,7 +90,7 @@ async fn store_matches_wrapper(app: &App, tenant: Uuid) -> bool {
     .await
     .unwrap();
     for (id, version, email, name, active) in users {
-        match app.store.get(EntityKind::User, tenant, id).await {
+        match store.get(EntityKind::User, tenant, id).await {
             Ok(Some(v))
                 if v.version == version
                     && v.state["email"] == email.as_str()
@@ -105,8 +111,7 @@ async fn store_matches_wrapper(app: &App, tenant: Uuid) -> bool {
         .await
         .unwrap();
         for (id, version) in rows {
-            if app
-                .store
+            if store
                 .get(kind, tenant, id)
                 .await
                 .ok()
@@ -123,7 +128,7 @@ async fn store_matches_wrapper(app: &App, tenant: Uuid) -> bool {
         .fetch_one(db)
         .await
         .unwrap();
-    app.store
+    store
         .get(EntityKind::Tenant, tenant, tenant)
         .await
         .ok()
@@ -616,5 +621,157 @@ async fn credit_configs_reach_the_app_by_snapshot_and_by_stream() -> anyhow::Res
         "digests agree, credit configs included"
     );
     app.cancel.cancel();
+    Ok(())
+}
+
+/// An event for `tenant` two seqs beyond its last applied one (the one between is lost), for a
+/// user the wrapper does not know: a gap only a re-sync can close.
+async fn publish_after_a_gap<S: TenantStore>(
+    wrapper: &TestApp,
+    store: &S,
+    tenant: Uuid,
+) -> anyhow::Result<sync_sdk::contract::Envelope> {
+    let keys = StreamKeys::new(
+        wrapper.state.settings.namespace.clone(),
+        wrapper.state.settings.partitions,
+    )
+    .unwrap();
+    let last = store.sync_state(tenant).await?.unwrap().last_seq;
+    let event = user_event(tenant, Uuid::now_v7(), 1, last + 2, "gap@x.test");
+    let redis = redis_client(&redis_url()).await?;
+    let _: String = fred::prelude::StreamsInterface::xadd(
+        &redis,
+        keys.events_for(tenant),
+        false,
+        None::<()>,
+        "*",
+        event.to_stream_fields(),
+    )
+    .await?;
+    Ok(event)
+}
+
+/// A gap asks for a re-sync while the wrapper is down: the re-sync keeps failing, stays
+/// pending (counted) and the tenant's events wait; when the wrapper returns it completes on its
+/// own (no nightly job runs here) and repairs what only a re-sync can: a row the app lost.
+#[tokio::test]
+async fn a_resync_with_the_wrapper_down_completes_when_it_returns() -> anyhow::Result<()> {
+    let mut app = app_with_consumer(1000).await?;
+    let t = app.wrapper.create_tenant("resyncdown").await;
+    let (member, _) = app.wrapper.create_member(&t, "m@resyncdown.test").await;
+    app.loader.ensure_tenant(t.id).await?;
+    eventually(Duration::from_secs(20), || {
+        store_matches_wrapper(&app, t.id)
+    })
+    .await?;
+    sqlx::query("delete from tsync_entities where id = $1")
+        .bind(member)
+        .execute(&app.store_db)
+        .await?;
+    app.wrapper.stop();
+    let after_gap = publish_after_a_gap(&app.wrapper, app.store.as_ref(), t.id).await?;
+    eventually(Duration::from_secs(10), || async {
+        app.loader.pending_resyncs() == vec![t.id]
+    })
+    .await?;
+    assert!(
+        !app.store.is_processed(after_gap.event_id).await?,
+        "the tenant's events wait for the re-sync"
+    );
+    assert!(!store_matches_wrapper(&app, t.id).await, "still drifted");
+
+    app.wrapper.restart().await?;
+    eventually(Duration::from_secs(20), || async {
+        app.loader.pending_resyncs().is_empty()
+            && store_matches_wrapper(&app, t.id).await
+            && app
+                .store
+                .is_processed(after_gap.event_id)
+                .await
+                .unwrap_or(false)
+    })
+    .await?;
+    app.cancel.cancel();
+    app.consumer.await??;
+    Ok(())
+}
+
+/// A transaction holding the tenant's watermark document makes every write of the consumer
+/// for that tenant a write conflict (MongoDB-wire server), while events arrive and a re-sync of
+/// the tenant is asked for. With one handler attempt allowed, counting a conflict against an
+/// event would dead-letter it: nothing is dead-lettered, and once the conflict ends the store
+/// equals the wrapper.
+#[tokio::test]
+async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Result<()> {
+    use mongodb::bson::{Document, doc};
+    use sync_sdk::store::mongo::MongoStore;
+    let wrapper = spawn_wrapper().await?;
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
+    let store = Arc::new(MongoStore::new(fresh_mongo().await?));
+    store.init().await?;
+    let client = WrapperClient::new(WrapperConfig {
+        base_url: wrapper.url.clone(),
+        client_id: "crm".into(),
+        client_secret: SECRET.into(),
+        page_size: 1000,
+        timeout: Duration::from_secs(10),
+    });
+    let loader = Loader::new(client, store.clone())
+        .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(500));
+    let keys = StreamKeys::new(
+        wrapper.state.settings.namespace.clone(),
+        wrapper.state.settings.partitions,
+    )
+    .unwrap();
+    let mut config = ConsumerConfig::new("crm", keys.clone());
+    config.block = Duration::from_millis(200);
+    config.max_attempts = 1;
+    config.retry_cap = Duration::from_millis(300);
+    config.resync = Some(loader.resync_hook());
+    let redis = redis_client(&redis_url()).await?;
+    let consumer = Consumer::new(redis.clone(), store.clone(), Arc::new(NoHandler), config);
+    let cancel = CancellationToken::new();
+    let running = tokio::spawn(consumer.clone().run(cancel.clone()));
+
+    let t = wrapper.create_tenant("conflict").await;
+    loader.ensure_tenant(t.id).await?;
+    let sync = store.database().collection::<Document>("tsync_sync");
+    let mut blocker = store.database().client().start_session().await?;
+    blocker.start_transaction().await?;
+    sync.update_one(
+        doc! {"_id": t.id.to_string()},
+        doc! {"$set": {"held": true}},
+    )
+    .session(&mut blocker)
+    .await?;
+    for i in 0..5 {
+        wrapper
+            .create_member(&t, &format!("m{i}@conflict.test"))
+            .await;
+    }
+    let partition = keys.partition_of(t.id) as usize;
+    eventually(Duration::from_secs(20), || async {
+        let report = consumer.health_report().await;
+        report.partitions[partition]
+            .parked
+            .iter()
+            .any(|p| p.tenant_id == t.id && p.reason == "store")
+    })
+    .await?;
+    loader.request_resync(t.id);
+    for i in 5..8 {
+        wrapper
+            .create_member(&t, &format!("m{i}@conflict.test"))
+            .await;
+    }
+    blocker.abort_transaction().await?;
+    eventually(Duration::from_secs(30), || async {
+        loader.pending_resyncs().is_empty() && store_matches(&wrapper, store.as_ref(), t.id).await
+    })
+    .await?;
+    let letters = sync_sdk::dlq::list(&redis, &keys, "crm", None).await?;
+    assert!(letters.is_empty(), "nothing dead-lettered: {letters:?}");
+    cancel.cancel();
+    running.await??;
     Ok(())
 }
