@@ -763,7 +763,7 @@ async fn a_failing_tenant_does_not_delay_another_on_the_same_partition() -> anyh
     Ok(())
 }
 
-/// The store fails for a while (its table is renamed away): the tenant waits and is retried
+/// The store fails for a while (the table of states is renamed away: lookups work, applies fail): the tenant waits and is retried
 /// without limit; with one handler attempt allowed, counting a store failure against the event
 /// would dead-letter it at once. Once the table is back everything is applied, nothing
 /// dead-lettered.
@@ -777,7 +777,7 @@ async fn store_failures_park_the_tenant_and_never_dead_letter() -> anyhow::Resul
     config.max_attempts = 1;
     config.retry_cap = Duration::from_millis(200);
     let (consumer, cancel, running) = rig.start_consumer(config);
-    sqlx::query("alter table tsync_processed rename to tsync_processed_away")
+    sqlx::query("alter table tsync_entities rename to tsync_entities_away")
         .execute(&db.pool)
         .await?;
     let events: Vec<Envelope> = (1..=5)
@@ -796,7 +796,7 @@ async fn store_failures_park_the_tenant_and_never_dead_letter() -> anyhow::Resul
     })
     .await?;
     assert!(rig.dead_letters().await.is_empty());
-    sqlx::query("alter table tsync_processed_away rename to tsync_processed")
+    sqlx::query("alter table tsync_entities_away rename to tsync_entities")
         .execute(&db.pool)
         .await?;
     let all: Vec<&Envelope> = events.iter().collect();
