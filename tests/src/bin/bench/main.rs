@@ -25,9 +25,19 @@
 //! verified, tenant bound, data from the store), 16 at a time, sent to the apps directly with
 //! the `X-Tenant` header nginx would add (nginx's per-tenant limit would cap the rate).
 //!
+//! `cargo run --release -p tsync-e2e --bin bench -- e2e --store postgres|mongo`
+//!
+//! e2e: writes through the wrapper's REST API (20 tenants, 100 users) at fixed rates and then
+//! as fast as 64 writers go (a burst); for each phase the time from the REST response to the
+//! change being committed in the app's store (HDR histogram), the backlog over time and the
+//! catch-up time after the load stops; plots in `docs/bench/`.
+//!
 //! relay: raw pipelined XADD of the outbox's payloads vs. the relay publishing the same number
 //! of committed outbox rows, on the same Redis in one run; then commit → stream latency at a
 //! steady write rate.
+
+mod bench_e2e;
+mod plots;
 
 use std::{
     collections::HashMap,
@@ -71,9 +81,10 @@ async fn main() -> anyhow::Result<()> {
         Some("load") => load(events).await,
         Some("credits") => credits(events).await,
         Some("pages") => pages(events).await,
+        Some("e2e") => bench_e2e::e2e(&args).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS] | credits [--events N] | pages [--events N]"
+                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30]"
             );
             std::process::exit(2);
         }
