@@ -271,13 +271,13 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
             .iter()
             .flat_map(|q| q.events.iter().map(|p| p.envelope.event_id))
             .collect();
-        let looked_up = match self.store.sync_states(&tenants).await {
-            Ok(states) => self
-                .store
-                .processed_among(&ids)
-                .await
-                .map(|done| (states, done)),
-            Err(e) => Err(e),
+        // Both lookups at once: one round trip of latency instead of two.
+        let looked_up = match tokio::join!(
+            self.store.sync_states(&tenants),
+            self.store.processed_among(&ids)
+        ) {
+            (Ok(states), Ok(done)) => Ok((states, done)),
+            (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let (states, processed) = match looked_up {
             Ok(found) => found,

@@ -200,7 +200,7 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    /// Defaults for `app`: batches of 500, 1 s block, 3 handler tries from 100 ms, store retries
+    /// Defaults for `app`: batches of 1,000, 1 s block, 3 handler tries from 100 ms, store retries
     /// up to 5 s apart, 30 s visibility, restarts from 1 s.
     pub fn new(app: impl Into<String>, keys: StreamKeys) -> Self {
         let app = app.into();
@@ -208,7 +208,7 @@ impl ConsumerConfig {
             consumer: format!("{app}-{}", Uuid::now_v7().simple()),
             app,
             keys,
-            batch: 500,
+            batch: 1_000,
             block: Duration::from_secs(1),
             max_attempts: 3,
             retry_base: Duration::from_millis(100),
