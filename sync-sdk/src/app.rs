@@ -79,7 +79,7 @@ pub struct AppKit<H> {
     pub loader: Arc<Loader<MongoStore>>,
     /// Verifies sessions.
     pub jwks: Arc<Jwks>,
-    /// Consumes credits (direct, with the offline allowance).
+    /// Consumes credits (fast path where mirrored, else direct with the offline allowance).
     pub credits: Arc<CreditClient<MongoStore>>,
     /// The app's Mongo database (for its own collections).
     pub database: mongodb::Database,
@@ -116,11 +116,13 @@ impl<H: Handler> AppKit<H> {
         let redis = crate::redis::connect(&args.redis_url)?;
         let consumer = Consumer::new(redis.clone(), store.clone(), Arc::new(handler), config);
         consumer.ensure_groups().await?;
-        let credits = Arc::new(CreditClient::new(
-            Arc::new(wrapper()),
-            store.clone(),
-            args.offline_allowance,
-        ));
+        let credits = Arc::new(
+            CreditClient::new(Arc::new(wrapper()), store.clone(), args.offline_allowance)
+                .with_mirror(crate::credits::CreditMirror::new(
+                    redis.clone(),
+                    keys.clone(),
+                )),
+        );
         let jwks = Jwks::with_audit(
             &args.wrapper_url,
             &args.issuer,

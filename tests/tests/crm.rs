@@ -369,3 +369,82 @@ async fn account_creation_retried_with_an_idempotency_key_creates_and_charges_on
     assert_eq!(unreadable.json::<Value>().await?["field"], "query");
     Ok(())
 }
+
+/// Where the tenant's CRM allocation is mirrored in Redis (the wrapper's reconciliation
+/// provisions it), account creation is charged on the fast path: the mirror drops at once and
+/// the ledger follows by ingesting the credit stream, charging the operation once.
+#[tokio::test]
+async fn account_creation_takes_the_credit_fast_path_where_mirrored() -> anyhow::Result<()> {
+    use sync_sdk::{contract::StreamKeys, credits::CreditMirror};
+    let suite = Suite::start(|_| {}).await?;
+    let (wrapper, nginx) = (&suite.wrapper, &suite.nginx);
+    let acme = wrapper.create_tenant("acme").await;
+    wrapper.fund_app(&acme, "crm", 1000).await;
+    let keys = StreamKeys::new(
+        wrapper.state.settings.namespace.clone(),
+        wrapper.state.settings.partitions,
+    )
+    .unwrap();
+    let redis = redis_client(&redis_url()).await?;
+    let ingest = wrapper::credit_ingest::CreditIngest::new(
+        wrapper.db.pool.clone(),
+        redis.clone(),
+        keys.clone(),
+    );
+    ingest.reconcile().await?;
+    let mirror = CreditMirror::new(redis.clone(), keys.clone());
+    assert_eq!(
+        mirror.balance(acme.id, "crm").await?,
+        Some(1000),
+        "provisioned"
+    );
+
+    let created = reqwest::Client::new()
+        .post(format!("{}/crm/accounts", nginx.url()))
+        .header("host", "acme.yourapp.test")
+        .bearer_auth(&acme.admin)
+        .json(&json!({"name": "Fast Ltd", "value": 1, "ownerId": acme.admin_id}))
+        .send()
+        .await?;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        mirror.balance(acme.id, "crm").await?,
+        Some(965),
+        "charged on the mirror"
+    );
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+        fred::prelude::StreamsInterface::xrange(
+            &redis,
+            keys.credit_stream(keys.partition_of(acme.id)),
+            "-",
+            "+",
+            None,
+        )
+        .await?;
+    assert!(
+        entries
+            .iter()
+            .any(|(_, f)| f.get("tenantId") == Some(&acme.id.to_string())),
+        "the charge is on the credit stream"
+    );
+    eventually(Duration::from_secs(20), || async {
+        let ledger: Option<i64> = sqlx::query_scalar(
+            "select balance from credit_balances where tenant_id = $1 and scope = 'app:crm'",
+        )
+        .bind(acme.id)
+        .fetch_optional(&wrapper.db.pool)
+        .await
+        .ok()
+        .flatten();
+        ledger == Some(965)
+    })
+    .await?;
+    let consumptions: i64 = sqlx::query_scalar(
+        "select count(*) from credit_ledger where tenant_id = $1 and kind = 'consumption'",
+    )
+    .bind(acme.id)
+    .fetch_one(&wrapper.db.pool)
+    .await?;
+    assert_eq!(consumptions, 1, "the ledger charged it once");
+    Ok(())
+}

@@ -105,11 +105,14 @@ pub struct ReplayReport {
     pub left: usize,
 }
 
-/// Direct consumption with the offline fallback.
+/// Consumption the way an app wants it: on the fast path (one Lua call on the Redis mirror)
+/// where the tenant's allocation is mirrored, else directly at the wrapper's ledger, with the
+/// offline fallback when the wrapper is unreachable.
 pub struct CreditClient<Q> {
     wrapper: Arc<WrapperClient>,
     queue: Arc<Q>,
     allowance: i64,
+    mirror: Option<super::CreditMirror>,
 }
 
 impl<Q: CreditQueue> CreditClient<Q> {
@@ -119,11 +122,58 @@ impl<Q: CreditQueue> CreditClient<Q> {
             wrapper,
             queue,
             allowance,
+            mirror: None,
         }
     }
 
-    /// Consume at the wrapper, or from the offline allowance when it is unreachable.
+    /// Try the fast path first: the Redis mirror of the tenant's allocation (the wrapper's
+    /// reconciliation provisions one per app allocation). A tenant not mirrored, or a Redis
+    /// error, takes the direct path with the same operation id (the ledger charges an id once,
+    /// whichever path brings it).
+    pub fn with_mirror(mut self, mirror: super::CreditMirror) -> Self {
+        self.mirror = Some(mirror);
+        self
+    }
+
+    /// Consume on the fast path where mirrored, else at the wrapper, or from the offline
+    /// allowance when the wrapper is unreachable.
     pub async fn consume(
+        &self,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+        operation_id: &str,
+        amount: i64,
+    ) -> Result<Consumed, CreditError> {
+        use super::FastOutcome;
+        if let Some(mirror) = &self.mirror {
+            let fast = mirror
+                .consume(tenant_id, application, operation_code, operation_id, amount)
+                .await;
+            match fast {
+                Ok(FastOutcome::Charged(r) | FastOutcome::Replayed(r)) => {
+                    metrics::counter!("tsync_credits_consumed_total", "path" => "fast")
+                        .increment(1);
+                    return Ok(Consumed::Charged(
+                        serde_json::to_value(r).unwrap_or_default(),
+                    ));
+                }
+                Ok(FastOutcome::Insufficient { balance }) => {
+                    return Err(CreditError::Insufficient { balance });
+                }
+                Ok(FastOutcome::NotMirrored) => {}
+                Err(e) => {
+                    tracing::warn!(%tenant_id, application, error = %e, "credit mirror unavailable: direct path");
+                }
+            }
+        }
+        metrics::counter!("tsync_credits_consumed_total", "path" => "direct").increment(1);
+        self.consume_direct(tenant_id, application, operation_code, operation_id, amount)
+            .await
+    }
+
+    /// Consume at the wrapper, or from the offline allowance when it is unreachable.
+    pub async fn consume_direct(
         &self,
         tenant_id: Uuid,
         application: &str,
