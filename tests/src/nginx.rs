@@ -94,7 +94,21 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// Stop nginx gracefully: SIGTERM makes the master stop its workers and exit (SIGKILL would
+    /// leave the workers listening without their master); wait for it, at most 5 s.
     fn drop(&mut self) {
+        if let Some(pid) = self._child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if matches!(self._child.try_wait(), Ok(Some(_)) | Err(_)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.prefix);
     }
 }
