@@ -206,6 +206,14 @@ impl Plan {
     }
 }
 
+/// The events the plans still apply, tenant by tenant, each tenant's in order.
+fn to_apply(plans: &[Plan]) -> Vec<Envelope> {
+    plans
+        .iter()
+        .flat_map(|p| p.apply.iter().map(|&i| p.envelope(i).clone()))
+        .collect()
+}
+
 impl<S: TenantStore, H: Handler> Consumer<S, H> {
     /// Process entries just read or claimed (with their delivery counts).
     pub(super) async fn process_entries(&self, part: &mut Partition, entries: Vec<(Entry, u64)>) {
@@ -401,10 +409,7 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
 
     /// Run the handler over every event to apply, in one batch; a failure stops its tenant.
     async fn run_handler(&self, part: &Partition, plans: &mut [Plan], acks: &mut Vec<String>) {
-        let batch: Vec<Envelope> = plans
-            .iter()
-            .flat_map(|p| p.apply.iter().map(|&i| p.envelope(i).clone()))
-            .collect();
+        let batch = to_apply(plans);
         if batch.is_empty() {
             return;
         }
@@ -459,10 +464,7 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
     /// back to one event at a time so that only the failing event's tenant waits (transient)
     /// or only the failing event is dead-lettered (permanent).
     async fn apply(&self, part: &Partition, plans: &mut [Plan], acks: &mut Vec<String>) {
-        let batch: Vec<Envelope> = plans
-            .iter()
-            .flat_map(|p| p.apply.iter().map(|&i| p.envelope(i).clone()))
-            .collect();
+        let batch = to_apply(plans);
         if batch.is_empty() {
             return;
         }
