@@ -66,6 +66,10 @@ pub struct AppArgs {
     /// The suite's apps linked from every dashboard, as `Title=/path/,…`.
     #[arg(long, env = "APP_SUITE_LINKS", default_value = "CRM=/crm/,HRMS=/hrms/")]
     pub suite_links: String,
+    /// Refuse sessions (503) while Redis cannot say whether they were signed out, instead of
+    /// accepting them (the default; deactivation is enforced from the synced copy either way).
+    #[arg(long, env = "APP_REVOCATION_FAIL_CLOSED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub revocation_fail_closed: bool,
     /// When the full sync runs (cron with seconds; one replica per run, under a Redis lock).
     #[arg(long, env = "APP_FULL_SYNC_SCHEDULE", default_value = crate::fullsync::DEFAULT_SCHEDULE)]
     pub full_sync_schedule: String,
@@ -130,7 +134,19 @@ impl<H: Handler> AppKit<H> {
             Duration::from_secs(300),
             Arc::new(wrapper()),
         )
-        .with_revocations(redis.clone(), keys.clone());
+        .with_revocations(
+            redis.clone(),
+            keys.clone(),
+            if args.revocation_fail_closed {
+                crate::auth::RevocationPolicy::FailClosed
+            } else {
+                crate::auth::RevocationPolicy::FailOpen
+            },
+        )
+        .with_sessions(crate::auth::SyncedSessions::new(
+            loader.clone(),
+            store.clone(),
+        ));
         let mut pages = crate::web::Pages::new(args.public_path.as_deref().unwrap_or(name));
         pages.login_url = args.login_url.clone();
         pages.suite = crate::web::Pages::parse_suite(&args.suite_links);

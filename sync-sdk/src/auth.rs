@@ -5,10 +5,20 @@
 //!   They are cached; a token signed with a key the cache does not know makes it refresh (at
 //!   most once per `min_refresh`), so a rotated key is picked up without a restart and a retired
 //!   one stops verifying after the next refresh.
+//! * A token must carry `iss` (this wrapper), `exp`, `sub` and its tenant (`tid`); one without
+//!   any of them is refused.
 //! * [`TenantUser`] is an axum extractor: the token comes from `Authorization: Bearer` or the
 //!   session cookie, and the tenant it names must equal the request's tenant (the `X-Tenant`
-//!   header that NGINX derives from the subdomain: the tenant's subdomain or id). A mismatch is a 403 and is logged and
-//!   counted as a cross-tenant attempt.
+//!   header that NGINX derives from the subdomain: the tenant's subdomain or id). A request
+//!   without `X-Tenant` is refused (400): an app only serves requests the edge has bound to a
+//!   tenant. A mismatch is a 403 and is logged and counted as a cross-tenant attempt.
+//! * With [`Jwks::with_sessions`] (what [`crate::app::AppKit`] wires), the signature is not
+//!   enough: the user is looked up in the app's synced copy on every request, so a deactivated
+//!   or deleted user, or a suspended or archived tenant, is refused as soon as the event is
+//!   applied, and the user's permissions are those of their memberships at that moment.
+//! * Sign-out markers in Redis: if Redis cannot answer, the session is accepted by default
+//!   (logged and counted; the synced-copy check above still applies) or, with
+//!   [`RevocationPolicy::FailClosed`], refused with 503.
 
 use std::{
     collections::HashMap,
@@ -18,7 +28,7 @@ use std::{
 
 use axum::{
     extract::{FromRef, FromRequestParts},
-    http::{StatusCode, header, request::Parts},
+    http::{StatusCode, request::Parts},
     response::{IntoResponse, Response},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -72,17 +82,53 @@ pub enum AuthError {
     /// A cookie-authenticated request that changes state came from another host's page.
     #[error(transparent)]
     Forgery(#[from] crate::csrf::CsrfError),
+    /// The request does not name its tenant (no `X-Tenant` from the edge).
+    #[error("the request names no tenant (the edge sets X-Tenant from the host)")]
+    NoTenant,
+    /// The token is valid but its user may no longer use this tenant (synced copy).
+    #[error("access revoked: {0}")]
+    Revoked(&'static str),
+    /// The session cannot be checked now (tenant not loaded and the wrapper unreachable, or the
+    /// revocation check unavailable under [`RevocationPolicy::FailClosed`]).
+    #[error("sessions cannot be checked right now: {0}")]
+    Unavailable(&'static str),
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
         let status = match self {
-            AuthError::Missing | AuthError::Invalid(_) => StatusCode::UNAUTHORIZED,
+            AuthError::Missing | AuthError::Invalid(_) | AuthError::Revoked(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             AuthError::WrongTenant | AuthError::Forgery(_) => StatusCode::FORBIDDEN,
-            AuthError::Keys(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AuthError::NoTenant => StatusCode::BAD_REQUEST,
+            AuthError::Keys(_) | AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         crate::http::problem(status, None, &self.to_string())
     }
+}
+
+/// What to do with a session when Redis cannot say whether it was signed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RevocationPolicy {
+    /// Accept it (logged and counted as `tsync_auth_revocation_check_failures_total`): the
+    /// window is bounded by the token's lifetime, and deactivation still applies through the
+    /// synced copy. The default: a Redis outage does not sign everybody out.
+    #[default]
+    FailOpen,
+    /// Refuse it with 503 until Redis answers again.
+    FailClosed,
+}
+
+/// The check of a verified session against the app's synced copy: the user's permissions, or
+/// why they are refused. [`crate::app::AppKit`] provides one over its store and loader.
+pub trait SessionCheck: Send + Sync + 'static {
+    /// Check `user_id` of `tenant_id` now.
+    fn check(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<String>, AuthError>> + Send + '_>>;
 }
 
 struct Keys {
@@ -100,6 +146,8 @@ pub struct Jwks {
     keys: RwLock<Keys>,
     audit: Option<Arc<crate::loader::WrapperClient>>,
     revocations: Option<(fred::clients::Client, crate::contract::StreamKeys)>,
+    revocation_policy: RevocationPolicy,
+    sessions: Option<Arc<dyn SessionCheck>>,
 }
 
 #[derive(Deserialize)]
@@ -142,20 +190,31 @@ impl Jwks {
             }),
             audit: None,
             revocations: None,
+            revocation_policy: RevocationPolicy::FailOpen,
+            sessions: None,
         })
     }
 
     /// Also refuse sessions signed out before they expired: the wrapper marks them in Redis
     /// (`{ns}:revoked:{jti}`) and this checks the marker on every verification. If Redis cannot
-    /// answer, the session is accepted (availability over a window bounded by the token's
-    /// lifetime) and the failure is logged and counted. Call before sharing the `Arc`.
+    /// answer, `policy` decides (see [`RevocationPolicy`]). Call before sharing the `Arc`.
     pub fn with_revocations(
         self: Arc<Self>,
         redis: fred::clients::Client,
         keys: crate::contract::StreamKeys,
+        policy: RevocationPolicy,
     ) -> Arc<Self> {
         let mut jwks = Arc::into_inner(self).expect("with_revocations is called before sharing");
         jwks.revocations = Some((redis, keys));
+        jwks.revocation_policy = policy;
+        Arc::new(jwks)
+    }
+
+    /// Also check every session's user against the app's synced copy (see the module docs).
+    /// Call before sharing the `Arc`.
+    pub fn with_sessions(self: Arc<Self>, sessions: Arc<dyn SessionCheck>) -> Arc<Self> {
+        let mut jwks = Arc::into_inner(self).expect("with_sessions is called before sharing");
+        jwks.sessions = Some(sessions);
         Arc::new(jwks)
     }
 
@@ -233,6 +292,8 @@ impl Jwks {
             .ok_or_else(|| AuthError::Invalid(format!("unknown kid {kid}")))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&self.issuer]);
+        // `set_issuer` alone checks `iss` only when present: require it.
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.validate_aud = false;
         validation.leeway = 5;
         let claims = jsonwebtoken::decode::<SessionClaims>(token, key, &validation)
@@ -240,6 +301,9 @@ impl Jwks {
             .claims;
         if claims.kind != "user" {
             return Err(AuthError::Invalid("not a session token".into()));
+        }
+        if claims.tid.is_none() {
+            return Err(AuthError::Invalid("the token names no tenant".into()));
         }
         drop(keys);
         if let (Some((redis, stream_keys)), Some(jti)) = (&self.revocations, &claims.jti) {
@@ -253,8 +317,12 @@ impl Jwks {
                 Ok(Ok(0)) => {}
                 Ok(Ok(_)) => return Err(AuthError::Invalid("the session was signed out".into())),
                 _ => {
-                    tracing::warn!(jti, "revocation check unavailable; session accepted");
                     metrics::counter!("tsync_auth_revocation_check_failures_total").increment(1);
+                    if self.revocation_policy == RevocationPolicy::FailClosed {
+                        tracing::warn!(jti, "revocation check unavailable; session refused");
+                        return Err(AuthError::Unavailable("the sign-out check"));
+                    }
+                    tracing::warn!(jti, "revocation check unavailable; session accepted");
                 }
             }
         }
@@ -271,17 +339,22 @@ pub struct TenantUser {
     pub tenant_id: Uuid,
     /// The user's email, when the token carries it.
     pub email: Option<String>,
+    /// The user's permissions in the tenant, from their memberships in the synced copy at the
+    /// time of the request (empty when the [`Jwks`] has no [`SessionCheck`]).
+    pub permissions: Vec<String>,
+}
+
+impl TenantUser {
+    /// Whether the user holds `permission` (through a role of one of their memberships).
+    pub fn has(&self, permission: &str) -> bool {
+        self.permissions.iter().any(|p| p == permission)
+    }
 }
 
 /// The request's token and whether it came from the (ambient) session cookie.
 fn token(parts: &Parts) -> Option<(String, bool)> {
-    if let Some(bearer) = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some((bearer.trim().to_owned(), false));
+    if let Some(bearer) = crate::csrf::bearer(&parts.headers) {
+        return Some((bearer.to_owned(), false));
     }
     crate::csrf::cookie(&parts.headers, SESSION_COOKIE).map(|t| (t.to_owned(), true))
 }
@@ -307,9 +380,11 @@ where
             .headers
             .get(TENANT_HEADER)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .ok_or(AuthError::NoTenant)?;
         let matches = |r: &String| *r == tenant_id.to_string() || Some(r) == claims.tsd.as_ref();
-        if let Some(requested) = requested.filter(|r| !matches(r)) {
+        if !matches(&requested) {
             tracing::warn!(%tenant_id, requested, user = claims.sub, "cross-tenant attempt refused");
             metrics::counter!("tsync_auth_cross_tenant_attempts_total").increment(1);
             if let Some(client) = jwks.audit.clone() {
@@ -327,13 +402,73 @@ where
             }
             return Err(AuthError::WrongTenant);
         }
+        let user_id = claims
+            .sub
+            .parse()
+            .map_err(|_| AuthError::Invalid("bad subject".into()))?;
+        let permissions = match &jwks.sessions {
+            Some(sessions) => {
+                let checked = sessions.check(tenant_id, user_id).await;
+                if let Err(AuthError::Revoked(reason)) = &checked {
+                    tracing::info!(%tenant_id, %user_id, reason, "session refused by the synced copy");
+                    metrics::counter!("tsync_auth_sessions_revoked_total").increment(1);
+                }
+                checked?
+            }
+            None => Vec::new(),
+        };
         Ok(TenantUser {
-            user_id: claims
-                .sub
-                .parse()
-                .map_err(|_| AuthError::Invalid("bad subject".into()))?,
+            user_id,
             tenant_id,
             email: claims.email,
+            permissions,
         })
+    }
+}
+
+/// The [`SessionCheck`] of an app's synced copy: the tenant is loaded first if this replica
+/// never saw it, then [`crate::store::user_access`] decides.
+pub struct SyncedSessions<S> {
+    loader: Arc<crate::loader::Loader<S>>,
+    store: Arc<S>,
+}
+
+impl<S: crate::store::TenantStore> SyncedSessions<S> {
+    /// Sessions checked against `store`, loading tenants through `loader`.
+    pub fn new(loader: Arc<crate::loader::Loader<S>>, store: Arc<S>) -> Arc<Self> {
+        Arc::new(Self { loader, store })
+    }
+
+    async fn check_now(&self, tenant_id: Uuid, user_id: Uuid) -> Result<Vec<String>, AuthError> {
+        use crate::{
+            loader::LoadError,
+            store::{UserAccess, user_access},
+        };
+        match self.loader.ensure_tenant(tenant_id).await {
+            Ok(_) => {}
+            Err(LoadError::NotFound) => return Err(AuthError::Revoked("the tenant is unknown")),
+            Err(e) => {
+                tracing::warn!(%tenant_id, error = %e, "session check: the tenant is not loaded");
+                return Err(AuthError::Unavailable("the tenant is not loaded yet"));
+            }
+        }
+        match user_access(&*self.store, tenant_id, user_id).await {
+            Ok(UserAccess::Granted { permissions }) => Ok(permissions),
+            Ok(UserAccess::Refused(reason)) => Err(AuthError::Revoked(reason)),
+            Err(e) => {
+                tracing::warn!(%tenant_id, error = %e, "session check: the store failed");
+                Err(AuthError::Unavailable("the app's store did not answer"))
+            }
+        }
+    }
+}
+
+impl<S: crate::store::TenantStore> SessionCheck for SyncedSessions<S> {
+    fn check(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<String>, AuthError>> + Send + '_>> {
+        Box::pin(self.check_now(tenant_id, user_id))
     }
 }

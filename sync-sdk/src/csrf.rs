@@ -55,13 +55,24 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// The Bearer token of the request's `Authorization` header, when it carries one (the scheme is
+/// case-insensitive; an empty token is none). Authentication uses it before the cookie, so a
+/// request with one is authenticated by it alone.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Whether a browser could have sent this request on its own (cookie or form), so that it needs
-/// the origin check.
+/// the origin check. Only a Bearer token makes a request non-ambient: any other `Authorization`
+/// (Basic, an empty Bearer) leaves the cookie to authenticate it.
 pub fn is_ambient(method: &Method, headers: &HeaderMap) -> bool {
     if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return false;
     }
-    if headers.contains_key(header::AUTHORIZATION) {
+    if bearer(headers).is_some() {
         return false;
     }
     let content_type = headers
@@ -188,6 +199,11 @@ mod tests {
     fn bearer_json_and_safe_requests_need_no_origin() {
         let bearer = headers(&[HOST, COOKIE, ("authorization", "Bearer x")]);
         assert_eq!(check(&Method::POST, &bearer), Ok(()));
+        for not_bearer in ["Basic YTpi", "Bearer ", "Bearer", "Token x"] {
+            let mut h = headers(&[HOST, COOKIE, ("origin", "http://evil.test")]);
+            h.insert("authorization", HeaderValue::from_static(not_bearer));
+            assert!(check(&Method::POST, &h).is_err(), "{not_bearer}");
+        }
         let json = headers(&[HOST, ("content-type", "application/json")]);
         assert_eq!(check(&Method::POST, &json), Ok(()));
         assert_eq!(check(&Method::GET, &headers(&[HOST, COOKIE])), Ok(()));

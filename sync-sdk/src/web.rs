@@ -197,7 +197,14 @@ impl IntoResponse for PageRejection {
 /// The page a browser sees for a refused session.
 pub fn refusal(pages: &Pages, error: AuthError, path_and_query: &str) -> Response {
     match error {
-        AuthError::Missing | AuthError::Invalid(_) => pages.login_redirect(path_and_query),
+        AuthError::Missing | AuthError::Invalid(_) | AuthError::Revoked(_) => {
+            pages.login_redirect(path_and_query)
+        }
+        AuthError::NoTenant => html(
+            StatusCode::BAD_REQUEST,
+            "Unknown workspace",
+            r#"<h1>Unknown workspace</h1><p class="error">Open this app from your organisation's own address.</p>"#,
+        ),
         AuthError::WrongTenant => html(
             StatusCode::FORBIDDEN,
             "Access denied",
@@ -216,7 +223,7 @@ pub fn refusal(pages: &Pages, error: AuthError, path_and_query: &str) -> Respons
                 escape(&e.to_string())
             ),
         ),
-        AuthError::Keys(_) => html(
+        AuthError::Keys(_) | AuthError::Unavailable(_) => html(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in unavailable",
             r#"<h1>Sign-in unavailable</h1><p class="error">Sessions cannot be checked right now; please try again shortly.</p>"#,

@@ -270,5 +270,6 @@ pub fn app_args(wrapper: &TestApp, service_secret: &str) -> sync_sdk::app::AppAr
         public_path: None,
         login_url: "/auth/login".into(),
         suite_links: "CRM=/crm/,HRMS=/hrms/".into(),
+        revocation_fail_closed: false,
     }
 }

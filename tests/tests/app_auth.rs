@@ -87,10 +87,50 @@ async fn apps_verify_wrapper_sessions_and_bind_them_to_the_tenant() -> anyhow::R
     );
     assert_eq!(get(Some("abc.def.ghi"), None, false).await.status(), 401);
     assert_eq!(
-        get(Some(&wrapper.root), None, false).await.status(),
-        403,
-        "a platform admin has no tenant"
+        get(Some(&wrapper.root), Some(acme.id.to_string()), false)
+            .await
+            .status(),
+        401,
+        "a platform admin's token names no tenant"
     );
+    let unbound = get(Some(&acme.admin), None, false).await;
+    assert_eq!(
+        unbound.status(),
+        400,
+        "a request the edge did not bind to a tenant is refused"
+    );
+    assert_eq!(
+        unbound.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    // Each required claim, left out of an otherwise valid token signed with the wrapper's key.
+    let now = chrono::Utc::now().timestamp();
+    let full = serde_json::json!({
+        "iss": wrapper.state.keys.issuer(), "sub": acme.admin_id.to_string(), "iat": now,
+        "exp": now + 600, "jti": uuid::Uuid::now_v7().to_string(), "kind": "user",
+        "tid": acme.id, "tsd": "acme", "email": "admin@acme.test",
+    });
+    let signed = wrapper.state.keys.sign(&full).await?;
+    assert_eq!(
+        get(Some(&signed), Some(acme.id.to_string()), false)
+            .await
+            .status(),
+        200,
+        "the control token is accepted"
+    );
+    for claim in ["iss", "exp", "sub", "tid"] {
+        let mut claims = full.clone();
+        claims.as_object_mut().unwrap().remove(claim);
+        let token = wrapper.state.keys.sign(&claims).await?;
+        assert_eq!(
+            get(Some(&token), Some(acme.id.to_string()), false)
+                .await
+                .status(),
+            401,
+            "a token without {claim}"
+        );
+    }
     Ok(())
 }
 
@@ -102,7 +142,10 @@ async fn a_rotated_key_is_picked_up_and_a_retired_one_refused_without_restart() 
     let server = app(&wrapper, Duration::ZERO).await?;
     let http = reqwest::Client::new();
     let call = |token: String| {
-        let req = http.get(format!("{}/me", server.url())).bearer_auth(token);
+        let req = http
+            .get(format!("{}/me", server.url()))
+            .header("x-tenant", "rotate")
+            .bearer_auth(token);
         async move { req.send().await.unwrap().status() }
     };
     let old_token = t.admin.clone();

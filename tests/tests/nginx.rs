@@ -58,9 +58,16 @@ async fn nginx_routes_by_path_and_passes_the_tenant_from_the_subdomain() -> anyh
     );
     assert_eq!(hrms_seen["headers"]["x-tenant"], "globex");
 
-    // /api/ reaches the wrapper unchanged; /health/<app> passes through.
+    // /api/ reaches the wrapper unchanged (the host lookup is not public); /health/<app> passes
+    // through.
     let domain = get("/api/domains/acme.yourapp.test", "acme.yourapp.test").await?;
-    assert_eq!(domain.status(), StatusCode::OK);
+    assert_eq!(domain.status(), StatusCode::UNAUTHORIZED);
+    let domain = http
+        .get(format!("{}/api/domains/acme.yourapp.test", nginx.url()))
+        .header("host", "acme.yourapp.test")
+        .bearer_auth(&wrapper.root)
+        .send()
+        .await?;
     assert_eq!(domain.json::<Value>().await?["subdomain"], "acme");
     let health = get("/health/wrapper", "acme.yourapp.test").await?;
     assert_eq!(health.status(), StatusCode::OK);

@@ -213,7 +213,9 @@ async fn every_mutation_commits_exactly_its_events_with_consecutive_seq() -> any
         .await;
     assert_eq!(with_deleted["items"].as_array().unwrap().len(), 3);
 
-    let domain = app.get_ok("/api/domains/acme.yourapp.test", &t.admin).await;
+    let domain = app
+        .get_ok("/api/domains/acme.yourapp.test", &app.root)
+        .await;
     assert_eq!(domain["tenantId"], json!(t.id));
     assert_eq!(
         domain["name"], "Acme Inc",
@@ -227,7 +229,12 @@ async fn every_mutation_commits_exactly_its_events_with_consecutive_seq() -> any
     step(&outbox, &["tenant.archived"]);
     assert_seq_gap_free(&outbox);
     let (status, _) = app
-        .call(Method::GET, "/api/domains/acme.yourapp.test", None, None)
+        .call(
+            Method::GET,
+            "/api/domains/acme.yourapp.test",
+            Some(&app.root),
+            None,
+        )
         .await;
     assert_eq!(
         status,

@@ -174,6 +174,10 @@ pub struct Settings {
     /// this replica invalidate it at once).
     #[arg(long, env = "WRAPPER_DOMAIN_CACHE_TTL_SECS", default_value_t = 30)]
     pub domain_cache_ttl_secs: u64,
+    /// Reach custom domains being verified at this address instead of their DNS answer (tests
+    /// serve the challenge on loopback; an operator may point it at the edge).
+    #[arg(long, env = "WRAPPER_DOMAIN_CHALLENGE_ADDR")]
+    pub domain_challenge_addr: Option<SocketAddr>,
     /// Apply migrations when serving starts.
     #[arg(long, env = "WRAPPER_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,

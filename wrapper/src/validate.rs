@@ -89,6 +89,36 @@ pub fn subdomain(field: &str, value: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A public DNS host name for a custom domain: 2–127 dot-separated labels of lowercase letters,
+/// digits and inner hyphens (1–63 each, at most 253 in all), a top-level label that is not all
+/// digits (no IP addresses), and never `localhost`. A trailing dot is dropped.
+pub fn host_name(field: &str, value: &str) -> Result<String, ApiError> {
+    let value = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = value.split('.').collect();
+    let label_ok = |l: &&str| {
+        (1..=63).contains(&l.len())
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = value.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(label_ok)
+        && labels
+            .last()
+            .is_some_and(|tld| !tld.chars().all(|c| c.is_ascii_digit()))
+        && labels.last() != Some(&"localhost");
+    if ok {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(
+            field,
+            "must be a host name such as crm.example.com (letters, digits, inner hyphens, dots)",
+        ))
+    }
+}
+
 /// A non-blank short text (names of tenants, roles, plans) of at most `max` characters.
 pub fn short_text(field: &str, value: &str, max: usize) -> Result<String, ApiError> {
     let value = value.trim();
@@ -138,6 +168,33 @@ mod tests {
         ] {
             let err = password("password", bad).unwrap_err().to_string();
             assert!(err.contains("password"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn host_names() {
+        assert_eq!(
+            host_name("domain", "CRM.Example.com.").unwrap(),
+            "crm.example.com"
+        );
+        assert!(host_name("domain", "xn--bcher-kva.example").is_ok());
+        for bad in [
+            "",
+            "example",
+            "127.0.0.1",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a_b.com",
+            "a b.com",
+            "http://a.com",
+            "a.com/x",
+            "a.com:80",
+            "foo.localhost",
+            "a\0.com",
+            &format!("{}.com", "a".repeat(64)),
+        ] {
+            assert!(host_name("domain", bad).is_err(), "{bad}");
         }
     }
 

@@ -20,7 +20,7 @@ use sync_sdk::{
     consumer::NoHandler,
     html::table,
     http::{PageQuery, problem, serve_tenant},
-    store::{EntityKind, TenantStore, live_user},
+    store::live_user,
     web::{PageUser, dashboard_header, html},
 };
 use uuid::Uuid;
@@ -71,38 +71,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
         .await
 }
 
-/// Whether `user` holds, in the synced copy, an active role granting `tenant.admin`.
-async fn is_admin(s: &AppState, tenant: Uuid, user: Uuid) -> bool {
-    let db = s.store.database();
-    let memberships = db.collection::<Document>(EntityKind::Membership.name());
-    let Ok(mut cursor) = memberships
-        .find(doc! {"tenantId": tenant.to_string(), "state.userId": user.to_string(), "state.active": true})
-        .await
-    else {
-        return false;
-    };
-    while cursor.advance().await.unwrap_or(false) {
-        let Ok(m) = cursor.deserialize_current() else {
-            continue;
-        };
-        let role_id = m
-            .get_document("state")
-            .ok()
-            .and_then(|s| s.get_str("roleId").ok())
-            .and_then(|r| r.parse().ok());
-        let Some(role_id) = role_id else { continue };
-        if let Ok(Some(role)) = s.store.get(EntityKind::Role, tenant, role_id).await {
-            let grants = role.state["permissions"]
-                .as_array()
-                .is_some_and(|p| p.iter().any(|x| x == ADMIN_PERMISSION));
-            if grants && role.state["deleted"] != true {
-                return true;
-            }
-        }
-    }
-    false
-}
-
 /// The browser's dashboard: the tenant, the signed-in user and the first employees.
 async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Response {
     let t = user.tenant_id;
@@ -151,7 +119,7 @@ async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> R
     let t = user.tenant_id;
     let limit = page.limit;
     serve_tenant(&s.loader, t, |_| async {
-        let admin = is_admin(&s, t, user.user_id).await;
+        let admin = user.has(ADMIN_PERMISSION);
         let mut filter = doc! {"tenantId": t.to_string()};
         if let Some(after) = &page.cursor {
             filter.insert("_id", doc! {"$gt": after});
@@ -212,7 +180,7 @@ async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::B
         );
     }
     serve_tenant(&s.loader, t, |_| async {
-        if !is_admin(&s, t, user.user_id).await {
+        if !user.has(ADMIN_PERMISSION) {
             return problem(StatusCode::FORBIDDEN, None, "tenant admins only");
         }
         if live_user(&*s.store, t, req.user_id).await.is_none() {

@@ -285,6 +285,71 @@ pub trait TenantStore: Send + Sync + 'static {
         tenant_id: Uuid,
         id: Uuid,
     ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+
+    /// The active memberships of `user_id` in `tenant_id` (their states).
+    fn memberships_of(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<Vec<Value>, StoreError>> + Send;
+}
+
+/// What the synced copy says a user may do in a tenant, right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserAccess {
+    /// A live user of an active tenant, with the permissions of their active memberships in
+    /// roles that are not deleted.
+    Granted {
+        /// Permissions, sorted and without duplicates.
+        permissions: Vec<String>,
+    },
+    /// Refused, and why (for the log and the problem's detail).
+    Refused(&'static str),
+}
+
+/// The access of `user_id` to `tenant_id` in the synced copy: the tenant must be active, the
+/// user must exist there, be active and not deleted; permissions come from the user's active
+/// memberships. Every read is of the current copy, so an applied event counts at once.
+pub async fn user_access<S: TenantStore>(
+    store: &S,
+    tenant_id: Uuid,
+    user_id: Uuid,
+) -> Result<UserAccess, StoreError> {
+    let (tenant, user, memberships) = tokio::try_join!(
+        store.get(EntityKind::Tenant, tenant_id, tenant_id),
+        store.get(EntityKind::User, tenant_id, user_id),
+        store.memberships_of(tenant_id, user_id),
+    )?;
+    match tenant {
+        None => return Ok(UserAccess::Refused("the tenant is unknown")),
+        Some(t) if t.state["status"] != "active" => {
+            return Ok(UserAccess::Refused("the tenant is not active"));
+        }
+        Some(_) => {}
+    }
+    match user {
+        None => return Ok(UserAccess::Refused("the user is unknown in this tenant")),
+        Some(u) if !u.is_live_user() => {
+            return Ok(UserAccess::Refused("the user is deactivated or deleted"));
+        }
+        Some(_) => {}
+    }
+    let mut permissions = Vec::new();
+    for m in memberships {
+        let Some(role_id) = m["roleId"].as_str().and_then(|r| r.parse().ok()) else {
+            continue;
+        };
+        if let Some(role) = store.get(EntityKind::Role, tenant_id, role_id).await? {
+            if role.state["deleted"] == true {
+                continue;
+            }
+            let granted = role.state["permissions"].as_array().into_iter().flatten();
+            permissions.extend(granted.filter_map(|p| p.as_str().map(str::to_owned)));
+        }
+    }
+    permissions.sort();
+    permissions.dedup();
+    Ok(UserAccess::Granted { permissions })
 }
 
 /// The digest of one kind, as the wrapper computes it: SHA-256 (hex) over `id:version` lines in

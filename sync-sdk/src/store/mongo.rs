@@ -451,6 +451,31 @@ impl TenantStore for MongoStore {
         })
         .transpose()
     }
+
+    async fn memberships_of(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        let filter = doc! {
+            "tenantId": tenant_id.to_string(),
+            "state.userId": user_id.to_string(),
+            "state.active": true,
+        };
+        let mut cursor = self
+            .entities(EntityKind::Membership)
+            .find(filter)
+            .await
+            .map_err(err)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(err)? {
+            let d = cursor.deserialize_current().map_err(err)?;
+            if let Some(state) = d.get("state") {
+                out.push(state.clone().into_relaxed_extjson());
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl MongoStore {

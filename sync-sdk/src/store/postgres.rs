@@ -290,6 +290,23 @@ impl TenantStore for PostgresStore {
         .map_err(err)?;
         Ok(row.map(|(version, state)| Versioned { version, state }))
     }
+
+    async fn memberships_of(
+        &self,
+        tenant_id: Uuid,
+        user_id: Uuid,
+    ) -> Result<Vec<serde_json::Value>, StoreError> {
+        sqlx::query_scalar(
+            "select state from tsync_entities where kind = $1 and tenant_id = $2
+               and state->>'userId' = $3 and (state->>'active')::boolean",
+        )
+        .bind(EntityKind::Membership.name())
+        .bind(tenant_id)
+        .bind(user_id.to_string())
+        .fetch_all(&self.db)
+        .await
+        .map_err(err)
+    }
 }
 
 impl crate::credits::offline::CreditQueue for PostgresStore {

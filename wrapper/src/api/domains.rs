@@ -1,7 +1,14 @@
-//! The domain cache: `GET /api/domains/{host}` maps a host (a tenant's subdomain under the
-//! parent domain, or its custom domain) to the tenant's public configuration. Answers are cached
-//! in memory for a short time; a change made through this replica clears the cache at once, and
-//! the TTL bounds how long another replica's change can go unseen.
+//! Hosts and tenants. A host names at most one tenant: a host directly under the platform's
+//! parent domain (`acme.yourapp.test`) names a tenant by subdomain, any other host only by an
+//! *active* custom domain. A custom domain can never lie under the parent domain, is unique, and
+//! becomes active only when proven: a tenant admin's request waits as the pending domain until
+//! the wrapper has fetched its challenge token from the domain itself
+//! (`http://{domain}/.well-known/tenantsync-challenge/{token}`), or a platform admin approves it.
+//!
+//! `GET /api/domains/{host}` (service callers and platform admins: the tenant list is not public)
+//! maps a host to the tenant's configuration. Answers are cached in memory for a short time; a
+//! change made through this replica clears the cache at once, and the TTL bounds how long another
+//! replica's change can go unseen.
 
 use std::{
     collections::HashMap,
@@ -12,21 +19,32 @@ use std::{
 use axum::{
     Json, Router,
     extract::{Path, State},
-    routing::get,
+    routing::{get, post},
 };
 use serde::Serialize;
 use sqlx::PgPool;
+use sync_sdk::contract::TenantState;
 use uuid::Uuid;
 
 use crate::{
+    audit,
+    auth::{Access, Caller},
+    context::Ctx,
     error::{ApiError, ApiResult},
     startup::AppState,
 };
 
-/// Domain routes (public: the sign-in page needs them before anyone is signed in).
+/// Domain routes.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/domains/{host}", get(lookup))
+    Router::new()
+        .route("/api/domains/{host}", get(lookup))
+        .route("/api/tenants/{tenant_id}/domain", get(read_domain))
+        .route("/api/tenants/{tenant_id}/domain/verify", post(verify))
+        .route("/api/tenants/{tenant_id}/domain/approve", post(approve))
 }
+
+/// The path a custom domain serves its challenge token under.
+pub const CHALLENGE_PATH: &str = "/.well-known/tenantsync-challenge/";
 
 /// What a host resolves to.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -68,13 +86,32 @@ impl DomainCache {
         }
     }
 
-    fn subdomain_of<'a>(&self, host: &'a str) -> &'a str {
+    /// How `host` may name a tenant: by subdomain (a host directly under the parent domain, or
+    /// a bare label) or by custom domain (any other host), never both.
+    fn host_ref<'a>(&self, host: &'a str) -> HostRef<'a> {
+        if !host.contains('.') {
+            return HostRef::Subdomain(host);
+        }
         match &self.parent {
-            Some(parent) => host
-                .strip_suffix(parent.as_str())
-                .filter(|s| !s.contains('.'))
-                .unwrap_or(""),
-            None => host.split('.').next().unwrap_or(""),
+            Some(parent) => match host.strip_suffix(parent.as_str()) {
+                Some(sub) if !sub.contains('.') && !sub.is_empty() => HostRef::Subdomain(sub),
+                Some(_) => HostRef::None,
+                None if host == &parent[1..] => HostRef::None,
+                None => HostRef::Domain(host),
+            },
+            None => HostRef::Domain(host),
+        }
+    }
+
+    /// Check that `domain` (a valid host name) may be a tenant's custom domain: it is neither
+    /// the parent domain nor under it (those hosts are the tenants' subdomains).
+    pub fn check_custom_domain(&self, field: &str, domain: &str) -> ApiResult<()> {
+        match self.host_ref(domain) {
+            HostRef::Domain(_) => Ok(()),
+            _ => Err(ApiError::invalid(
+                field,
+                "must not be the platform's domain or lie under it",
+            )),
         }
     }
 
@@ -107,20 +144,22 @@ impl DomainCache {
         if let Some(info) = cached {
             return Ok(info);
         }
-        let subdomain = if host.contains('.') {
-            self.subdomain_of(&host)
-        } else {
-            host.as_str()
+        const COLUMNS: &str = "id as tenant_id, name, subdomain, domain, plan, features, theme";
+        let query = match self.host_ref(&host) {
+            HostRef::Subdomain(sub) => Some((
+                format!("select {COLUMNS} from tenants where status = 'active' and subdomain = $1"),
+                sub.to_owned(),
+            )),
+            HostRef::Domain(domain) => Some((
+                format!("select {COLUMNS} from tenants where status = 'active' and domain = $1"),
+                domain.to_owned(),
+            )),
+            HostRef::None => None,
         };
-        let info: Option<DomainInfo> = sqlx::query_as(
-            "select id as tenant_id, name, subdomain, domain, plan, features, theme from tenants
-             where status = 'active' and (domain = $1 or subdomain = $2)
-             order by (domain = $1) desc nulls last limit 1",
-        )
-        .bind(&host)
-        .bind(subdomain)
-        .fetch_optional(db)
-        .await?;
+        let info: Option<DomainInfo> = match query {
+            Some((sql, value)) => sqlx::query_as(&sql).bind(value).fetch_optional(db).await?,
+            None => None,
+        };
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -146,14 +185,203 @@ impl DomainCache {
     }
 }
 
+/// What a host can name.
+enum HostRef<'a> {
+    Subdomain(&'a str),
+    Domain(&'a str),
+    None,
+}
+
 async fn lookup(
     State(state): State<AppState>,
+    caller: Caller,
     Path(host): Path<String>,
 ) -> ApiResult<Json<DomainInfo>> {
+    if !matches!(&caller, Caller::Service { .. }) {
+        caller.require_platform_admin()?;
+    }
     state
         .domains
         .lookup(&state.db, &host)
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("tenant for this host"))
+}
+
+/// A tenant's custom domain: the active one and the one waiting for proof.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomDomain {
+    /// The active custom domain (it names the tenant).
+    pub domain: Option<String>,
+    /// The requested domain, not active until verified or approved.
+    pub pending_domain: Option<String>,
+    /// The token the pending domain must serve.
+    pub challenge_token: Option<String>,
+    /// Where the token must be served (`http://{pendingDomain}{CHALLENGE_PATH}{token}`).
+    pub challenge_url: Option<String>,
+}
+
+async fn custom_domain(db: &PgPool, tenant_id: Uuid) -> ApiResult<CustomDomain> {
+    let (domain, pending_domain, challenge_token): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    ) = sqlx::query_as(
+        "select domain, pending_domain, domain_challenge from tenants
+             where id = $1 and status = 'active'",
+    )
+    .bind(tenant_id)
+    .fetch_optional(db)
+    .await?
+    .ok_or(ApiError::NotFound("active tenant"))?;
+    let challenge_url = pending_domain
+        .as_ref()
+        .zip(challenge_token.as_ref())
+        .map(|(d, t)| format!("http://{d}{CHALLENGE_PATH}{t}"));
+    Ok(CustomDomain {
+        domain,
+        pending_domain,
+        challenge_token,
+        challenge_url,
+    })
+}
+
+/// `GET /api/tenants/{id}/domain`: the custom domain and its challenge (tenant admins).
+async fn read_domain(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<CustomDomain>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    Ok(Json(custom_domain(&state.db, tenant_id).await?))
+}
+
+/// `POST /api/tenants/{id}/domain/verify`: fetch the challenge token from the pending domain;
+/// if it is served there, the domain becomes active (tenant admins).
+async fn verify(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<TenantState>> {
+    let user = caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?
+        .clone();
+    let pending = custom_domain(&state.db, tenant_id).await?;
+    let (Some(domain), Some(token)) = (pending.pending_domain, pending.challenge_token) else {
+        return Err(ApiError::Conflict(
+            "no custom domain is waiting for verification".into(),
+        ));
+    };
+    if let Err(reason) = fetch_challenge(&state, &domain, &token).await {
+        audit_domain(
+            &state, &ctx, tenant_id, user.id, &domain, "failure", &reason,
+        )
+        .await;
+        return Err(ApiError::invalid(
+            "domain",
+            format!("the challenge token was not served at {CHALLENGE_PATH}{token}: {reason}"),
+        ));
+    }
+    activate(&state, &ctx, tenant_id, user.id, &domain, "verified").await
+}
+
+/// `POST /api/tenants/{id}/domain/approve`: a platform admin activates the pending domain.
+async fn approve(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<TenantState>> {
+    let admin = caller.require_platform_admin()?.clone();
+    let pending = custom_domain(&state.db, tenant_id).await?;
+    let domain = pending
+        .pending_domain
+        .ok_or_else(|| ApiError::Conflict("no custom domain is waiting for approval".into()))?;
+    activate(&state, &ctx, tenant_id, admin.id, &domain, "approved").await
+}
+
+/// Make `domain` the tenant's active domain (one transaction with its `tenant.updated` event).
+async fn activate(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    actor: Uuid,
+    domain: &str,
+    how: &str,
+) -> ApiResult<Json<TenantState>> {
+    let mut tx = state.db.begin().await?;
+    let tenant = super::tenants::set_active_domain(&mut tx, ctx, tenant_id, domain).await?;
+    tx.commit().await?;
+    state.domains.invalidate();
+    audit_domain(state, ctx, tenant_id, actor, domain, "success", how).await;
+    Ok(Json(tenant))
+}
+
+async fn audit_domain(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    actor: Uuid,
+    domain: &str,
+    outcome: &'static str,
+    reason: &str,
+) {
+    let entry = audit::Entry {
+        tenant_id: Some(tenant_id),
+        actor_id: Some(actor),
+        action: "domain_verification",
+        target: Some(domain.to_owned()),
+        outcome,
+        details: serde_json::json!({ "reason": reason }),
+    };
+    audit::record(&state.db, ctx, entry).await;
+}
+
+/// Fetch `http://{domain}{CHALLENGE_PATH}{token}` (no redirects, 5 s, at most 1 KiB read) and
+/// compare the body with the token. With `WRAPPER_DOMAIN_CHALLENGE_ADDR` set, the domain is
+/// reached at that address instead of its DNS answer (tests serve it on loopback).
+async fn fetch_challenge(state: &AppState, domain: &str, token: &str) -> Result<(), String> {
+    let mut client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(5));
+    let mut url = format!("http://{domain}{CHALLENGE_PATH}{token}");
+    if let Some(addr) = state.settings.domain_challenge_addr {
+        client = client.resolve(domain, addr);
+        url = format!("http://{domain}:{}{CHALLENGE_PATH}{token}", addr.port());
+    }
+    let client = client.build().map_err(|e| e.to_string())?;
+    let mut response = client.get(&url).send().await.map_err(|e| {
+        if e.is_timeout() {
+            "timed out".to_owned()
+        } else if e.is_connect() {
+            "could not connect".to_owned()
+        } else {
+            "request failed".to_owned()
+        }
+    })?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status().as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| "read failed".to_owned())?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > 1024 {
+            return Err("the response is larger than a token".into());
+        }
+    }
+    if String::from_utf8_lossy(&body).trim() == token {
+        Ok(())
+    } else {
+        Err("the response is not the token".into())
+    }
 }

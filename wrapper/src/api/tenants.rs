@@ -108,6 +108,12 @@ async fn create(
     let name = validate::short_text("name", &req.name, 100)?;
     let subdomain = validate::subdomain("subdomain", &req.subdomain)?;
     let plan = validate::short_text("plan", req.plan.as_deref().unwrap_or("free"), 40)?;
+    // A platform admin's word makes a custom domain active at once.
+    let domain = req
+        .domain
+        .as_deref()
+        .map(|d| custom_domain(&state, d))
+        .transpose()?;
     let admin = match &req.admin {
         Some(a) => {
             let email = validate::email("admin.email", &a.email)?;
@@ -127,7 +133,7 @@ async fn create(
     .bind(tenant_id)
     .bind(&name)
     .bind(&subdomain)
-    .bind(&req.domain)
+    .bind(&domain)
     .bind(&plan)
     .bind(sqlx::types::Json(&req.features))
     .bind(req.theme.clone().unwrap_or_else(|| serde_json::json!({})))
@@ -265,19 +271,49 @@ async fn update(
         .as_deref()
         .map(|p| validate::short_text("plan", p, 40))
         .transpose()?;
+    let domain = req
+        .domain
+        .as_deref()
+        .map(|d| custom_domain(&state, d))
+        .transpose()?;
+    // A tenant admin's domain waits for proof (see `api::domains`); a platform admin's is active.
+    let (active_domain, pending_domain) = match domain {
+        Some(d) if user.platform_admin => (Some(d), None),
+        Some(d) => {
+            let taken: bool = sqlx::query_scalar(
+                "select exists(select 1 from tenants where domain = $1 and id <> $2)",
+            )
+            .bind(&d)
+            .bind(tenant_id)
+            .fetch_one(&state.db)
+            .await?;
+            if taken {
+                return Err(ApiError::Conflict("this domain is taken".into()));
+            }
+            (None, Some(d))
+        }
+        None => (None, None),
+    };
     let mut tx = state.db.begin().await?;
     let row: Option<TenantRow> = sqlx::query_as(&format!(
         "update tenants set name = coalesce($2, name), domain = coalesce($3, domain),
                 plan = coalesce($4, plan), features = coalesce($5, features),
-                theme = coalesce($6, theme), version = version + 1, updated_at = now()
+                theme = coalesce($6, theme), version = version + 1, updated_at = now(),
+                pending_domain = case when $3::text is not null then null
+                                      else coalesce($7, pending_domain) end,
+                domain_challenge = case when $3::text is not null then null
+                                        when $7::text is not null
+                                        then replace(gen_random_uuid()::text, '-', '')
+                                        else domain_challenge end
          where id = $1 and status = 'active' returning {TENANT_COLUMNS}"
     ))
     .bind(tenant_id)
     .bind(name)
-    .bind(&req.domain)
+    .bind(&active_domain)
     .bind(plan)
     .bind(req.features.as_ref().map(sqlx::types::Json))
     .bind(&req.theme)
+    .bind(&pending_domain)
     .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or(ApiError::NotFound("active tenant"))?;
@@ -297,6 +333,48 @@ async fn update(
     tx.commit().await?;
     state.domains.invalidate();
     Ok(Json(tenant))
+}
+
+/// A requested custom domain: a valid host name outside the platform's domain.
+fn custom_domain(state: &AppState, value: &str) -> ApiResult<String> {
+    let domain = validate::host_name("domain", value)?;
+    state.domains.check_custom_domain("domain", &domain)?;
+    Ok(domain)
+}
+
+/// Make the pending `domain` the tenant's active custom domain, with its `tenant.updated` event.
+pub(crate) async fn set_active_domain(
+    tx: &mut PgConnection,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    domain: &str,
+) -> ApiResult<TenantState> {
+    let row: Option<TenantRow> = sqlx::query_as(&format!(
+        "update tenants set domain = $2, pending_domain = null, domain_challenge = null,
+                version = version + 1, updated_at = now()
+         where id = $1 and status = 'active' and pending_domain = $2 returning {TENANT_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(domain)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or(ApiError::Conflict(
+        "the pending domain changed meanwhile".into(),
+    ))?;
+    let aggregate = Aggregate {
+        id: tenant_id,
+        version: row.version,
+    };
+    let tenant = TenantState::from(row);
+    outbox::append(
+        tx,
+        ctx,
+        tenant_id,
+        aggregate,
+        Event::TenantUpdated(tenant.clone()),
+    )
+    .await?;
+    Ok(tenant)
 }
 
 async fn archive(

@@ -144,8 +144,9 @@ impl KeyStore {
         self.set.read().await.jwks.clone()
     }
 
-    /// Sign `claims` with the current key.
-    pub async fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
+    /// Sign `claims` with the current key (the wrapper signs [`Claims`]; tests also sign
+    /// malformed ones).
+    pub async fn sign<C: serde::Serialize>(&self, claims: &C) -> anyhow::Result<String> {
         let set = self.set.read().await.clone();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(set.signing_kid.clone());
@@ -173,6 +174,7 @@ impl KeyStore {
             .ok_or_else(|| TokenError::Invalid(format!("unknown kid {kid}")))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[&self.issuer]);
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         validation.leeway = 5;
         validation.validate_aud = false;
         jsonwebtoken::decode::<Claims>(token, key, &validation)

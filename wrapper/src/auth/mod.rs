@@ -16,10 +16,7 @@ pub mod pages;
 pub mod password;
 pub mod routes;
 
-use axum::{
-    extract::FromRequestParts,
-    http::{header, request::Parts},
-};
+use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
 
 use crate::{audit, context::Ctx, error::ApiError, startup::AppState};
@@ -71,14 +68,11 @@ pub fn token_from(parts: &Parts) -> Option<String> {
     token_in(&parts.headers)
 }
 
-/// The token in these headers: the Bearer header first, then the session cookie.
+/// The token in these headers: the Bearer header first, then the session cookie (the same rule
+/// as the CSRF check's, `sync_sdk::csrf::bearer`).
 pub fn token_in(headers: &axum::http::HeaderMap) -> Option<String> {
-    if let Some(bearer) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(bearer.trim().to_owned());
+    if let Some(bearer) = sync_sdk::csrf::bearer(headers) {
+        return Some(bearer.to_owned());
     }
     sync_sdk::csrf::cookie(headers, SESSION_COOKIE).map(str::to_owned)
 }

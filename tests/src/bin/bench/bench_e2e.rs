@@ -78,6 +78,9 @@ impl<S: TenantStore> TenantStore for Timed<S> {
     async fn get(&self, k: EntityKind, t: Uuid, id: Uuid) -> Result<Option<Versioned>, StoreError> {
         self.inner.get(k, t, id).await
     }
+    async fn memberships_of(&self, t: Uuid, u: Uuid) -> Result<Vec<serde_json::Value>, StoreError> {
+        self.inner.memberships_of(t, u).await
+    }
 }
 
 /// One phase of load: its name, the writes' response times, and backlog samples.

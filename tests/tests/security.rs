@@ -1,0 +1,383 @@
+//! Security on the real stack (issue 14): each test attacks one class of weakness, asserts the
+//! refusal, and reads back that nothing was written or changed.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{Router, extract::Path, routing::get};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tsync_e2e::{suite::Suite, wrapper_app::*, *};
+
+/// The tenant as a platform admin reads it, and what `host` resolves to.
+async fn tenant_and_host(app: &TestApp, tenant: &TestTenant, host: &str) -> (Value, Value) {
+    let read = app
+        .get_ok(&format!("/api/tenants/{}", tenant.id), &app.root)
+        .await;
+    let (_, resolved) = app
+        .call(
+            Method::GET,
+            &format!("/api/domains/{host}"),
+            Some(&app.root),
+            None,
+        )
+        .await;
+    (read, resolved)
+}
+
+#[tokio::test]
+async fn custom_domains_are_validated_unique_and_active_only_once_proven() -> anyhow::Result<()> {
+    // The "custom domain" is served on loopback: the wrapper reaches every domain it verifies
+    // at this server, which answers the challenge only once the test has set it.
+    let served: Arc<Mutex<Option<String>>> = Arc::default();
+    let token_served = served.clone();
+    let challenge = serve(Router::new().route(
+        "/.well-known/tenantsync-challenge/{token}",
+        get(move |Path(token): Path<String>| {
+            let served = token_served.lock().unwrap().clone();
+            async move {
+                match served {
+                    Some(t) if t == token => (StatusCode::OK, t),
+                    _ => (StatusCode::NOT_FOUND, String::new()),
+                }
+            }
+        }),
+    ))
+    .await?;
+    let challenge_addr = challenge.addr;
+    let app = spawn_wrapper_with(|s| s.domain_challenge_addr = Some(challenge_addr)).await?;
+    let acme = app.create_tenant("acme").await;
+    let globex = app.create_tenant("globex").await;
+    let patch = |t: &TestTenant, body: Value| {
+        let (token, path) = (t.admin.clone(), format!("/api/tenants/{}", t.id));
+        let app = &app;
+        async move {
+            app.call(Method::PATCH, &path, Some(&token), Some(body))
+                .await
+        }
+    };
+
+    // The takeover of the attack run, and every other host that is not a custom domain.
+    for bad in [
+        "globex.yourapp.test",
+        "GLOBEX.yourapp.test.",
+        "yourapp.test",
+        "x.y.yourapp.test",
+        "127.0.0.1",
+        "localhost",
+        "acme",
+        "bad host.test",
+        "http://acme.example/",
+        "acme.example:8080",
+    ] {
+        let (status, body) = patch(&acme, json!({"domain": bad})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["field"], "domain", "{bad}");
+    }
+    let (read, resolved) = tenant_and_host(&app, &globex, "globex.yourapp.test").await;
+    assert_eq!(
+        resolved["tenantId"],
+        json!(globex.id),
+        "globex keeps its host"
+    );
+    assert_eq!(read["domain"], Value::Null);
+    assert_eq!(
+        app.get_ok(&format!("/api/tenants/{}/domain", acme.id), &acme.admin)
+            .await["pendingDomain"],
+        Value::Null,
+        "nothing refused was kept as pending"
+    );
+
+    // A valid request waits for proof: the host names nobody yet.
+    let (status, body) = patch(&acme, json!({"domain": "CRM.Acme-Corp.example"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["domain"],
+        Value::Null,
+        "not active on a tenant admin's word"
+    );
+    let pending = app
+        .get_ok(&format!("/api/tenants/{}/domain", acme.id), &acme.admin)
+        .await;
+    assert_eq!(pending["pendingDomain"], "crm.acme-corp.example");
+    let token = pending["challengeToken"].as_str().unwrap().to_owned();
+    assert!(token.len() >= 32, "{pending}");
+    assert_eq!(
+        pending["challengeUrl"],
+        format!("http://crm.acme-corp.example/.well-known/tenantsync-challenge/{token}")
+    );
+    let (_, resolved) = tenant_and_host(&app, &acme, "crm.acme-corp.example").await;
+    assert_eq!(resolved["status"], 404, "{resolved}");
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!("/api/tenants/{}/domain", acme.id),
+            Some(&globex.admin),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "globex cannot read acme's challenge"
+    );
+
+    // Verification fails while the domain does not serve the token (audited), then succeeds.
+    let verify = format!("/api/tenants/{}/domain/verify", acme.id);
+    let (status, body) = app
+        .call(Method::POST, &verify, Some(&acme.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "domain");
+    let (_, resolved) = tenant_and_host(&app, &acme, "crm.acme-corp.example").await;
+    assert_eq!(resolved["status"], 404);
+    *served.lock().unwrap() = Some(token.clone());
+    let (status, _) = app
+        .call(Method::POST, &verify, Some(&globex.admin), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "globex cannot verify acme's domain"
+    );
+    let verified = app
+        .send_ok(Method::POST, &verify, &acme.admin, json!(null))
+        .await;
+    assert_eq!(verified["domain"], "crm.acme-corp.example");
+    let (_, resolved) = tenant_and_host(&app, &acme, "crm.acme-corp.example").await;
+    assert_eq!(resolved["tenantId"], json!(acme.id));
+    let audit = app
+        .get_ok(&format!("/api/tenants/{}/audit", acme.id), &acme.admin)
+        .await;
+    let outcomes: Vec<&str> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "domain_verification")
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), 2, "{audit}");
+    assert!(outcomes.contains(&"failure") && outcomes.contains(&"success"));
+    let events: Vec<String> = app
+        .outbox(acme.id)
+        .await
+        .iter()
+        .map(|e| e["eventType"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events.last().map(String::as_str), Some("tenant.updated"));
+
+    // Unique: another tenant cannot claim an active domain, even to wait for it.
+    let (status, body) = patch(&globex, json!({"domain": "crm.acme-corp.example"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let globex_domain = app
+        .get_ok(&format!("/api/tenants/{}/domain", globex.id), &globex.admin)
+        .await;
+    assert_eq!(globex_domain["pendingDomain"], Value::Null);
+
+    // A platform admin may approve instead; a tenant admin may not approve their own.
+    let (status, _) = patch(&globex, json!({"domain": "hr.globex.example"})).await;
+    assert_eq!(status, StatusCode::OK);
+    let approve = format!("/api/tenants/{}/domain/approve", globex.id);
+    let (status, _) = app
+        .call(Method::POST, &approve, Some(&globex.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, resolved) = tenant_and_host(&app, &globex, "hr.globex.example").await;
+    assert_eq!(resolved["status"], 404);
+    let approved = app
+        .send_ok(Method::POST, &approve, &app.root, json!(null))
+        .await;
+    assert_eq!(approved["domain"], "hr.globex.example");
+
+    // One answer per host: the subdomains still name their own tenants, and signing in on
+    // globex's host lands in globex.
+    let (_, resolved) = tenant_and_host(&app, &globex, "globex.yourapp.test").await;
+    assert_eq!(resolved["tenantId"], json!(globex.id));
+    let (_, resolved) = tenant_and_host(&app, &acme, "acme.yourapp.test").await;
+    assert_eq!(resolved["tenantId"], json!(acme.id));
+    let login = app
+        .http
+        .post(format!("{}/auth/login", app.url))
+        .header("host", "globex.yourapp.test")
+        .json(&json!({"email": "admin@globex.test", "password": PASSWORD}))
+        .send()
+        .await?;
+    assert_eq!(login.status(), StatusCode::OK);
+    assert_eq!(login.json::<Value>().await?["tenantId"], json!(globex.id));
+    Ok(())
+}
+
+/// `true` once `request` is refused (401 for the API, a redirect to sign-in for a page).
+fn refused(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::SEE_OTHER
+}
+
+#[tokio::test]
+async fn deactivated_deleted_and_removed_access_is_refused_by_every_app_at_once()
+-> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let (wrapper, nginx) = (&suite.wrapper, &suite.nginx);
+    let acme = wrapper.create_tenant("acme").await;
+    let host = suite.host("acme");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    // Every way a session reaches an app: the API with a Bearer token, and the dashboard page
+    // with the session cookie, in the CRM and in the HRMS.
+    let probes = |token: String| {
+        let (http, host, base) = (http.clone(), host.clone(), nginx.url());
+        async move {
+            let mut out = Vec::new();
+            for (what, path, cookie) in [
+                ("crm api", "/crm/accounts", false),
+                ("hrms api", "/hrms/employees", false),
+                ("crm page", "/crm/", true),
+                ("hrms page", "/hrms/", true),
+            ] {
+                let req = http.get(format!("{base}{path}")).header("host", &host);
+                let req = if cookie {
+                    req.header("cookie", format!("tsync_session={token}"))
+                } else {
+                    req.bearer_auth(&token)
+                };
+                out.push((what, req.send().await.map(|r| r.status())));
+            }
+            out
+        }
+    };
+    // Polls every probe until each is refused; returns how long each took after `since`.
+    let until_refused = |token: String, since: Instant| async move {
+        let mut took: Vec<(&str, Duration)> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while took.len() < 4 {
+            assert!(Instant::now() < deadline, "still served: {took:?}");
+            for (what, status) in probes(token.clone()).await {
+                let status = status.expect("nginx answers");
+                if refused(status) && !took.iter().any(|(w, _)| *w == what) {
+                    took.push((what, since.elapsed()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        took
+    };
+    let all_served = |token: String| async move {
+        probes(token)
+            .await
+            .into_iter()
+            .all(|(_, s)| s.expect("nginx answers") == StatusCode::OK)
+    };
+
+    // Deactivation.
+    let (carol, carol_token) = wrapper.create_member(&acme, "carol@acme.test").await;
+    assert!(all_served(carol_token.clone()).await);
+    let at = Instant::now();
+    wrapper
+        .send_ok(
+            Method::PATCH,
+            &format!("/api/tenants/{}/users/{carol}", acme.id),
+            &acme.admin,
+            json!({"active": false}),
+        )
+        .await;
+    let took = until_refused(carol_token, at).await;
+    println!("deactivated user refused after the PATCH: {took:?}");
+
+    // Soft delete.
+    let (dave, dave_token) = wrapper.create_member(&acme, "dave@acme.test").await;
+    assert!(all_served(dave_token.clone()).await);
+    let at = Instant::now();
+    let (status, _) = wrapper
+        .call(
+            Method::DELETE,
+            &format!("/api/tenants/{}/users/{dave}", acme.id),
+            Some(&acme.admin),
+            None,
+        )
+        .await;
+    assert!(status.is_success());
+    let took = until_refused(dave_token, at).await;
+    println!("deleted user refused after the DELETE: {took:?}");
+
+    // A removed membership takes its permissions away in the apps: the HRMS's admin-only write.
+    let (erin, erin_token) = wrapper.create_member(&acme, "erin@acme.test").await;
+    let granted = wrapper
+        .send_ok(
+            Method::POST,
+            &format!("/api/tenants/{}/memberships", acme.id),
+            &acme.admin,
+            json!({"userId": erin, "roleId": acme.admin_role}),
+        )
+        .await;
+    let hire = |n: i64| {
+        http.post(format!("{}/hrms/employees", nginx.url()))
+            .header("host", &host)
+            .bearer_auth(&erin_token)
+            .json(&json!({"userId": erin, "department": format!("Dept {n}"), "salary": n}))
+            .send()
+    };
+    let first = eventually_some(Duration::from_secs(15), || async {
+        let status = hire(1).await.ok()?.status();
+        (status == StatusCode::CREATED).then_some(status)
+    })
+    .await?;
+    assert_eq!(first, StatusCode::CREATED);
+    let at = Instant::now();
+    let (status, _) = wrapper
+        .call(
+            Method::DELETE,
+            &format!(
+                "/api/tenants/{}/memberships/{}",
+                acme.id,
+                granted["id"].as_str().unwrap()
+            ),
+            Some(&acme.admin),
+            None,
+        )
+        .await;
+    assert!(status.is_success());
+    let mut n = 2;
+    let refused_after = loop {
+        let status = hire(n).await?.status();
+        if status == StatusCode::FORBIDDEN {
+            break at.elapsed();
+        }
+        assert!(
+            at.elapsed() < Duration::from_secs(15),
+            "still an admin in the HRMS"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    println!("removed membership refused by the HRMS after the DELETE: {refused_after:?}");
+    let employees: Value = http
+        .get(format!("{}/hrms/employees", nginx.url()))
+        .header("host", &host)
+        .bearer_auth(&acme.admin)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(
+        employees["items"].as_array().unwrap().len() as i64,
+        n - 1,
+        "the refused writes wrote nothing"
+    );
+
+    // The tenant archived: even its admin is refused by every app.
+    assert!(all_served(acme.admin.clone()).await);
+    let at = Instant::now();
+    wrapper
+        .send_ok(
+            Method::DELETE,
+            &format!("/api/tenants/{}", acme.id),
+            &wrapper.root,
+            json!(null),
+        )
+        .await;
+    let took = until_refused(acme.admin.clone(), at).await;
+    println!("archived tenant's admin refused after the DELETE: {took:?}");
+    Ok(())
+}
