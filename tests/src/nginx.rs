@@ -32,8 +32,9 @@ impl Nginx {
         Self::start_with_burst(port, None, wrapper_port, crm_port, hrms_port).await
     }
 
-    /// Like [`start_on`](Self::start_on) with another per-tenant burst than production's 20
-    /// (for scenario tests that send many requests of one tenant and are not about limits).
+    /// Like [`start_on`](Self::start_on) with another burst than production's for every limit
+    /// (per tenant, per client, sign-in), for scenario tests that send many requests from one
+    /// address and are not about limits.
     pub async fn start_with_burst(
         port: u16,
         burst: Option<u32>,
@@ -50,6 +51,8 @@ impl Nginx {
             .env("HRMS_PORT", hrms_port.to_string())
             .env("NGINX_PREFIX", &prefix)
             .env("NGINX_TENANT_BURST", burst.unwrap_or(20).to_string())
+            .env("NGINX_CLIENT_BURST", burst.unwrap_or(40).to_string())
+            .env("NGINX_SIGN_IN_BURST", burst.unwrap_or(10).to_string())
             .output()
             .await
             .context("running nginx/render")?;

@@ -1,7 +1,7 @@
 //! Through the real nginx: path routing with the prefix stripped for apps, the tenant taken from
 //! the subdomain, per-tenant rate limits, health passthrough.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use axum::{Json, Router, http::HeaderMap, routing::any};
 use reqwest::StatusCode;
@@ -121,5 +121,91 @@ async fn one_tenants_burst_is_limited_while_another_tenant_is_served() -> anyhow
         Some(10),
         "globex is unaffected: {globex:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_client_is_limited_whatever_host_it_names_and_unrouted_paths_are_problems()
+-> anyhow::Result<()> {
+    let (crm, hrms) = (echo("crm").await?, echo("hrms").await?);
+    let wrapper = echo("wrapper").await?;
+    let nginx = Nginx::start(wrapper.addr.port(), crm.addr.port(), hrms.addr.port()).await?;
+    let http = reqwest::Client::new();
+    let post = |path: &'static str, host: String| {
+        http.post(format!("{}{path}", nginx.url()))
+            .header("host", host)
+            .json(&json!({"email": "a@acme.test", "password": "guess", "tenant": "acme"}))
+            .send()
+    };
+    let statuses = |responses: Vec<reqwest::Result<reqwest::Response>>| {
+        responses
+            .into_iter()
+            .map(|r| r.map(|r| r.status().as_u16()).unwrap_or(0))
+            .collect::<Vec<u16>>()
+    };
+    // Sign-in posts to a host that names no tenant, and to made-up subdomains (a fresh tenant
+    // bucket each): the per-tenant limit cannot count them, the per-client limits do.
+    let no_tenant = statuses(
+        futures_util::future::join_all((0..30).map(|_| post("/auth/login", "127.0.0.1".into())))
+            .await,
+    );
+    let made_up = statuses(
+        futures_util::future::join_all(
+            (0..30).map(|n| post("/auth/login", format!("guess{n}.yourapp.test"))),
+        )
+        .await,
+    );
+    let served = |s: &[u16]| s.iter().filter(|c| **c == 200).count();
+    assert!(
+        served(&no_tenant) + served(&made_up) <= 11,
+        "sign-in posts past the per-client burst are refused: {no_tenant:?} {made_up:?}"
+    );
+    assert!(made_up.contains(&429) && no_tenant.contains(&429));
+    let refused = post("/auth/login", "127.0.0.1".into()).await?;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert_eq!(refused.json::<Value>().await?["status"], 429);
+
+    // Other requests of the client: past its per-client burst, whatever the host.
+    let gets = statuses(
+        futures_util::future::join_all((0..80).map(|n| {
+            http.get(format!("{}/crm/accounts", nginx.url()))
+                .header("host", format!("made-up{n}.yourapp.test"))
+                .send()
+        }))
+        .await,
+    );
+    assert!(gets.contains(&429), "{gets:?}");
+    assert!(gets.iter().filter(|c| **c == 200).count() <= 41, "{gets:?}");
+
+    // Paths nothing routes are a problem from the edge, not nginx's html directory.
+    for path in [
+        "/CRM/x",
+        "/index.html",
+        "/50x.html",
+        "/nothing/here",
+        "/.env",
+    ] {
+        let response = eventually_some(Duration::from_secs(10), || async {
+            let r = http
+                .get(format!("{}{path}", nginx.url()))
+                .header("host", "acme.yourapp.test")
+                .send()
+                .await
+                .ok()?;
+            (r.status() != StatusCode::TOO_MANY_REQUESTS).then_some(r)
+        })
+        .await?;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{path}"
+        );
+        assert_eq!(response.json::<Value>().await?["status"], 404, "{path}");
+    }
     Ok(())
 }

@@ -381,3 +381,157 @@ async fn deactivated_deleted_and_removed_access_is_refused_by_every_app_at_once(
     println!("archived tenant's admin refused after the DELETE: {took:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn password_guessing_waits_per_account_and_per_address_in_the_wrapper_itself()
+-> anyhow::Result<()> {
+    let app = spawn_wrapper().await?;
+    let acme = app.create_tenant("acme").await;
+    // The test talks to the wrapper from loopback, a trusted proxy: X-Forwarded-For names the
+    // client, as nginx's would.
+    let attempt = |email: String, password: &'static str, from: &'static str| {
+        let request = app
+            .http
+            .post(format!("{}/auth/login", app.url))
+            .header("x-forwarded-for", from)
+            .json(&json!({"email": email, "password": password, "tenant": "acme"}));
+        async move {
+            let r = request.send().await.expect("the wrapper answers");
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let content_type = r.headers()["content-type"].to_str()?.to_owned();
+            anyhow::Ok((r.status(), retry, content_type))
+        }
+    };
+    let admin = || "admin@acme.test".to_owned();
+
+    // Per account: five failures, then each attempt waits, even with the right password.
+    for _ in 0..5 {
+        let (status, ..) = attempt(admin(), "Wrong-Password-1", "198.51.100.1").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, retry, content_type) = attempt(admin(), PASSWORD, "198.51.100.2").await?;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "from another address too"
+    );
+    assert_eq!(content_type, "application/problem+json");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().unwrap() >= 1));
+    let audit = app
+        .get_ok(&format!("/api/tenants/{}/audit", acme.id), &app.root)
+        .await;
+    let throttled: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "login_throttled")
+        .collect();
+    assert_eq!(throttled.len(), 1, "{audit}");
+    assert_eq!(throttled[0]["target"], "admin@acme.test");
+    // The wait ends; the right password clears the count.
+    let ok = eventually_some(Duration::from_secs(10), || async {
+        let (status, ..) = attempt(admin(), PASSWORD, "198.51.100.2").await.ok()?;
+        (status == StatusCode::OK).then_some(status)
+    })
+    .await?;
+    assert_eq!(ok, StatusCode::OK);
+    let (status, ..) = attempt(admin(), "Wrong-Password-1", "198.51.100.2").await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the count started over");
+
+    // Per address: twenty failures over many accounts (real or not), then that address waits
+    // for every account; another address is served.
+    for n in 0..20 {
+        let (status, ..) = attempt(
+            format!("nobody{n}@acme.test"),
+            "Guess-1234567",
+            "203.0.113.9",
+        )
+        .await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, ..) = attempt(admin(), PASSWORD, "203.0.113.9").await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, ..) = attempt(admin(), PASSWORD, "198.51.100.3").await?;
+    assert_eq!(status, StatusCode::OK);
+
+    // A burst of concurrent guesses at one account: at most the threshold is checked.
+    app.create_member(&acme, "bob@acme.test").await;
+    let results = futures_util::future::join_all(
+        (0..30).map(|_| attempt("bob@acme.test".into(), "Wrong-Password-1", "198.51.100.4")),
+    )
+    .await;
+    let checked = results
+        .iter()
+        .filter(|r| matches!(r, Ok((StatusCode::UNAUTHORIZED, ..))))
+        .count();
+    assert!(checked <= 5, "{checked} guesses were checked");
+    let failed_logins: i64 = sqlx::query_scalar(
+        "select count(*) from audit_log where action = 'login' and outcome = 'failure'
+           and target = 'bob@acme.test'",
+    )
+    .fetch_one(&app.db.pool)
+    .await?;
+    assert_eq!(
+        failed_logins as usize, checked,
+        "only checked guesses reach the audit log"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn platform_admins_sign_in_only_on_the_admin_host_with_a_host_only_cookie()
+-> anyhow::Result<()> {
+    let app = spawn_wrapper().await?;
+    app.create_tenant("acme").await;
+    let login = |host: &'static str, email: &'static str, form: bool| {
+        let request = app
+            .http
+            .post(format!("{}/auth/login", app.url))
+            .header("host", host);
+        let request = if form {
+            request.header("origin", format!("http://{host}")).form(&[
+                ("email", email),
+                ("password", PASSWORD),
+                ("return_to", "/"),
+            ])
+        } else {
+            request.json(&json!({"email": email, "password": PASSWORD}))
+        };
+        async move { request.send().await.expect("the wrapper answers") }
+    };
+    let cookie = |r: &reqwest::Response| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|c| c.starts_with("tsync_session=") && !c.starts_with("tsync_session=;"))
+    };
+    // On a host that names no tenant there is no sign-in at all.
+    for form in [false, true] {
+        let r = login("nowhere.example", ROOT_EMAIL, form).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "form: {form}");
+        assert!(cookie(&r).is_none());
+    }
+    let r = login("nowhere.example", ROOT_EMAIL, false).await;
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    // On a tenant's host, platform accounts are not that tenant's accounts.
+    let r = login("acme.yourapp.test", ROOT_EMAIL, false).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(cookie(&r).is_none());
+    // On the admin host: signed in, with a cookie for this host only.
+    let r = login("127.0.0.1", ROOT_EMAIL, false).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let root_cookie = cookie(&r).unwrap();
+    assert!(
+        !root_cookie.to_lowercase().contains("domain="),
+        "{root_cookie}"
+    );
+    // A tenant user's cookie still spans the suite.
+    let r = login("acme.yourapp.test", "admin@acme.test", false).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(cookie(&r).unwrap().contains("Domain=.yourapp.test"));
+    Ok(())
+}

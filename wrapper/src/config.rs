@@ -174,6 +174,28 @@ pub struct Settings {
     /// this replica invalidate it at once).
     #[arg(long, env = "WRAPPER_DOMAIN_CACHE_TTL_SECS", default_value_t = 30)]
     pub domain_cache_ttl_secs: u64,
+    /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses; the edge).
+    #[arg(
+        long,
+        env = "WRAPPER_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1,::1"
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The one host platform admins sign in on (their cookie is for this host only). Hosts that
+    /// name no tenant offer no sign-in otherwise.
+    #[arg(long, env = "WRAPPER_ADMIN_HOST", default_value = "127.0.0.1")]
+    pub admin_host: String,
+    /// Failed sign-ins of one account (per 15 minutes) before each further attempt waits: 1 s,
+    /// then twice as long per failure, up to `WRAPPER_SIGN_IN_MAX_LOCK_SECS`.
+    #[arg(long, env = "WRAPPER_SIGN_IN_ACCOUNT_FAILURES", default_value_t = 5)]
+    pub sign_in_account_failures: i32,
+    /// Failed sign-ins from one client address (per 15 minutes, any account) before it waits.
+    #[arg(long, env = "WRAPPER_SIGN_IN_SOURCE_FAILURES", default_value_t = 20)]
+    pub sign_in_source_failures: i32,
+    /// The longest wait after repeated failures.
+    #[arg(long, env = "WRAPPER_SIGN_IN_MAX_LOCK_SECS", default_value_t = 900)]
+    pub sign_in_max_lock_secs: i64,
     /// Reach custom domains being verified at this address instead of their DNS answer (tests
     /// serve the challenge on loopback; an operator may point it at the edge).
     #[arg(long, env = "WRAPPER_DOMAIN_CHALLENGE_ADDR")]

@@ -2,9 +2,15 @@
 //! id (from `X-Correlation-Id`, or made here). The correlation id is echoed in the response and
 //! copied into every event the request causes, so a change can be followed from the API call to
 //! every app that applied it.
+//!
+//! It also carries the client's address: the peer's, or — when the peer is one of the trusted
+//! proxies (`WRAPPER_TRUSTED_PROXIES`, loopback by default: the edge) — the rightmost address in
+//! `X-Forwarded-For` that is not a trusted proxy. Sign-in throttling counts failures per address.
+
+use std::{net::IpAddr, sync::Arc};
 
 use axum::{
-    extract::{FromRequestParts, Request},
+    extract::{ConnectInfo, FromRequestParts, Request, State},
     http::{HeaderValue, request::Parts},
     middleware::Next,
     response::Response,
@@ -24,6 +30,30 @@ pub struct Ctx {
     pub request_id: String,
     /// Propagated across services and into events.
     pub correlation_id: String,
+    /// The client's address, when known (see the module docs).
+    pub client_ip: Option<IpAddr>,
+}
+
+/// The proxies whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(pub Arc<Vec<IpAddr>>);
+
+impl TrustedProxies {
+    /// The client behind `peer`, given the request's `X-Forwarded-For` values.
+    pub fn client(&self, peer: Option<IpAddr>, forwarded: &[&str]) -> Option<IpAddr> {
+        let peer = peer?;
+        if !self.0.contains(&peer) {
+            return Some(peer);
+        }
+        let hops = forwarded.iter().flat_map(|v| v.split(','));
+        let mut hops: Vec<IpAddr> = hops.filter_map(|h| h.trim().parse().ok()).collect();
+        hops.reverse();
+        Some(
+            hops.into_iter()
+                .find(|ip| !self.0.contains(ip))
+                .unwrap_or(peer),
+        )
+    }
 }
 
 fn header_or_new(req: &Request, name: &str) -> String {
@@ -35,10 +65,26 @@ fn header_or_new(req: &Request, name: &str) -> String {
 }
 
 /// Middleware: attach a [`Ctx`], run the request inside a span carrying both ids, and echo them.
-pub async fn attach(mut req: Request, next: Next) -> Response {
+pub async fn attach(
+    State(proxies): State<TrustedProxies>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let client_ip = proxies.client(peer, &forwarded);
     let ctx = Ctx {
         request_id: header_or_new(&req, REQUEST_HEADER),
         correlation_id: header_or_new(&req, CORRELATION_HEADER),
+        client_ip,
     };
     let span = tracing::info_span!(
         "request",
@@ -82,7 +128,38 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             Ctx {
                 request_id: id.clone(),
                 correlation_id: id,
+                client_ip: None,
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxies = TrustedProxies(Arc::new(vec![ip("127.0.0.1"), ip("10.0.0.2")]));
+        let spoofed = ["6.6.6.6, 1.2.3.4"];
+        assert_eq!(
+            proxies.client(Some(ip("9.9.9.9")), &spoofed),
+            Some(ip("9.9.9.9"))
+        );
+        assert_eq!(
+            proxies.client(Some(ip("127.0.0.1")), &spoofed),
+            Some(ip("1.2.3.4"))
+        );
+        let chain = ["1.2.3.4, 10.0.0.2"];
+        assert_eq!(
+            proxies.client(Some(ip("127.0.0.1")), &chain),
+            Some(ip("1.2.3.4"))
+        );
+        assert_eq!(
+            proxies.client(Some(ip("127.0.0.1")), &[]),
+            Some(ip("127.0.0.1"))
+        );
+        assert_eq!(proxies.client(None, &spoofed), None);
     }
 }

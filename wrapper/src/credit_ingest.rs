@@ -140,6 +140,7 @@ impl CreditIngest {
         let ctx = Ctx {
             request_id: format!("credit-ingest:{entry_id}"),
             correlation_id: operation_id.clone(),
+            client_ip: None,
         };
         let consumption = Consumption {
             tenant_id,

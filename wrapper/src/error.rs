@@ -36,6 +36,12 @@ pub enum ApiError {
         /// What the operation needs.
         required: i64,
     },
+    /// Too many attempts: try again after `retry_after` seconds; nothing was checked.
+    #[error("too many attempts; try again in {retry_after} s")]
+    TooManyRequests {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
     /// The request conflicts with existing state (e.g. a duplicate email).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -60,6 +66,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,7 +132,15 @@ impl IntoResponse for ApiError {
             }
             other => json!({"detail": other.to_string()}),
         };
-        problem(status, status.canonical_reason().unwrap_or("error"), detail)
+        let retry_after = match &self {
+            Self::TooManyRequests { retry_after } => Some(*retry_after),
+            _ => None,
+        };
+        let mut response = problem(status, status.canonical_reason().unwrap_or("error"), detail);
+        if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 

@@ -121,6 +121,7 @@ pub mod testing {
         let ctx = Ctx {
             request_id: "test".into(),
             correlation_id: "test".into(),
+            client_ip: None,
         };
         let aggregate = Aggregate {
             id: tenant,

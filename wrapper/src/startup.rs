@@ -164,9 +164,12 @@ impl Application {
         });
         let app = router(self.state);
         let stop = cancel.clone();
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await?;
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await?;
         if let Some(relay) = relay {
             cancel.cancel();
             relay.await?;
@@ -210,7 +213,10 @@ pub fn router(state: AppState) -> Router {
             timeout,
         ))
         .layer(middleware::from_fn(csrf_guard))
-        .layer(middleware::from_fn(crate::context::attach))
+        .layer(middleware::from_fn_with_state(
+            crate::context::TrustedProxies(Arc::new(state.settings.trusted_proxies.clone())),
+            crate::context::attach,
+        ))
         .with_state(state)
 }
 

@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod pages;
 pub mod password;
 pub mod routes;
+pub mod throttle;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;

@@ -623,6 +623,7 @@ async fn callback(
         &mut response,
         &token,
         state.settings.session_ttl_secs as i64,
+        false,
     );
     response
         .headers_mut()

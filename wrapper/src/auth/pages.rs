@@ -16,7 +16,12 @@ use sync_sdk::html::{escape, url_encode};
 pub use sync_sdk::web::{html, see_other};
 use uuid::Uuid;
 
-use crate::{api::domains::DomainInfo, context::Ctx, error::ApiResult, startup::AppState};
+use crate::{
+    api::domains::DomainInfo,
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    startup::AppState,
+};
 
 /// Whether the request body is an HTML form post.
 pub fn is_form(headers: &HeaderMap) -> bool {
@@ -40,6 +45,37 @@ pub fn host(headers: &HeaderMap) -> &str {
 /// The tenant the request's host names.
 pub async fn host_tenant(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<DomainInfo>> {
     state.domains.lookup(&state.db, host(headers)).await
+}
+
+/// Whether the request came to the one host platform admins sign in on (`WRAPPER_ADMIN_HOST`).
+pub fn is_admin_host(state: &AppState, headers: &HeaderMap) -> bool {
+    let name = host(headers)
+        .rsplit_once(':')
+        .map_or(host(headers), |(h, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host(headers)
+            }
+        });
+    name.trim_end_matches('.')
+        .eq_ignore_ascii_case(&state.settings.admin_host)
+}
+
+/// Whose accounts a sign-in on this host is for: the host's tenant, or platform accounts on the
+/// admin host. Any other host offers no sign-in (404).
+pub async fn sign_in_scope(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> ApiResult<(Option<DomainInfo>, Option<Uuid>)> {
+    match host_tenant(state, headers).await? {
+        Some(t) => {
+            let id = t.tenant_id;
+            Ok((Some(t), Some(id)))
+        }
+        None if is_admin_host(state, headers) => Ok((None, None)),
+        None => Err(ApiError::NotFound("organisation at this address")),
+    }
 }
 
 /// Where to send the browser after sign-in, as a path on the request's host. Accepted: a path
@@ -119,8 +155,15 @@ pub(crate) async fn login_page(
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let tenant = match host_tenant(&state, &headers).await {
-        Ok(t) => t,
+    let tenant = match sign_in_scope(&state, &headers).await {
+        Ok((t, _)) => t,
+        Err(ApiError::NotFound(_)) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                "No organisation here",
+                "There is no organisation at this address. Use your organisation's own address.",
+            );
+        }
         Err(e) => return e.into_response(),
     };
     // Already signed in to this tenant (another app set the cookie): straight back.
@@ -286,11 +329,25 @@ pub(crate) async fn login_form(
         Err(refused) => return refused.into_response(),
     };
     let result: ApiResult<Response> = async {
-        let tenant = host_tenant(state, headers).await?;
-        let tenant_id = tenant.as_ref().map(|t| t.tenant_id);
+        let (tenant, tenant_id) = sign_in_scope(state, headers).await?;
         let email = form.email.trim().to_lowercase();
-        let user =
-            super::routes::check_password(state, ctx, tenant_id, &email, form.password).await?;
+        let user = match super::routes::check_password(state, ctx, tenant_id, &email, form.password)
+            .await
+        {
+            Err(ApiError::TooManyRequests { retry_after }) => {
+                return Ok(render_login(
+                    state,
+                    tenant.as_ref(),
+                    &return_to,
+                    &email,
+                    Some(&format!(
+                        "Too many failed attempts. Try again in {retry_after} seconds."
+                    )),
+                    StatusCode::TOO_MANY_REQUESTS,
+                ));
+            }
+            other => other?,
+        };
         let Some(user_id) = user else {
             return Ok(render_login(
                 state,
@@ -308,6 +365,7 @@ pub(crate) async fn login_form(
             &mut response,
             &token,
             state.settings.session_ttl_secs as i64,
+            tenant_id.is_none(),
         );
         Ok(response)
     }

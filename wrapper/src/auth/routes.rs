@@ -68,9 +68,7 @@ async fn login(
                 .await?
                 .ok_or(ApiError::invalid("tenant", "no such tenant"))?,
         ),
-        None => super::pages::host_tenant(&state, &headers)
-            .await?
-            .map(|d| d.tenant_id),
+        None => super::pages::sign_in_scope(&state, &headers).await?.1,
     };
     let email = req.email.trim().to_lowercase();
     let user_id = check_password(&state, &ctx, tenant_id, &email, req.password)
@@ -82,11 +80,18 @@ async fn login(
         "token": token, "tokenType": "Bearer", "expiresIn": ttl, "userId": user_id, "tenantId": tenant_id,
     }))
     .into_response();
-    set_cookie(&state, &mut response, &token, ttl as i64);
+    set_cookie(
+        &state,
+        &mut response,
+        &token,
+        ttl as i64,
+        tenant_id.is_none(),
+    );
     Ok(response)
 }
 
 /// Check a local account's password; audits and counts the outcome. The user id when it matches.
+/// Throttled per account and per client address (`throttle`): a 429 while either waits.
 pub(crate) async fn check_password(
     state: &AppState,
     ctx: &Ctx,
@@ -94,6 +99,8 @@ pub(crate) async fn check_password(
     email: &str,
     password: String,
 ) -> ApiResult<Option<Uuid>> {
+    let attempt =
+        super::throttle::Attempt::begin(state, ctx, tenant_id, email, ctx.client_ip).await?;
     let row: Option<(Uuid, Option<String>)> = sqlx::query_as(
         "select u.id, u.password_hash from users u left join tenants t on t.id = u.tenant_id
          where lower(u.email) = $1 and u.tenant_id is not distinct from $2
@@ -121,6 +128,9 @@ pub(crate) async fn check_password(
     };
     audit::record(&state.db, ctx, entry).await;
     metrics::counter!("tsync_wrapper_logins_total", "outcome" => outcome).increment(1);
+    if user_id.is_some() {
+        attempt.succeeded(state).await?;
+    }
     Ok(user_id)
 }
 
@@ -179,10 +189,18 @@ pub async fn issue(
     Ok(state.keys.sign(&claims).await?)
 }
 
-pub(crate) fn set_cookie(state: &AppState, response: &mut Response, value: &str, max_age: i64) {
+/// Set (or, with `max_age` 0, clear) the session cookie: on the parent domain for tenant users
+/// (every app of the suite), on this host only for platform admins (`host_only`).
+pub(crate) fn set_cookie(
+    state: &AppState,
+    response: &mut Response,
+    value: &str,
+    max_age: i64,
+    host_only: bool,
+) {
     let mut cookie =
         format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}");
-    if let Some(domain) = &state.settings.cookie_domain {
+    if let Some(domain) = state.settings.cookie_domain.as_ref().filter(|_| !host_only) {
         cookie.push_str(&format!("; Domain={domain}"));
     }
     if state.settings.cookie_secure {
@@ -223,7 +241,9 @@ async fn logout(
     } else {
         StatusCode::NO_CONTENT.into_response()
     };
-    set_cookie(&state, &mut response, "", 0);
+    // Clear both the suite's cookie and a host-only one.
+    set_cookie(&state, &mut response, "", 0, false);
+    set_cookie(&state, &mut response, "", 0, true);
     Ok(response)
 }
 
