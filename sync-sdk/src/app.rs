@@ -199,7 +199,9 @@ impl<H: Handler> AppKit<H> {
         integrity: I,
     ) -> anyhow::Result<BoundApp<H, I>> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
-        let router = router.merge(readiness(self.consumer.clone()));
+        let router = router
+            .merge(readiness(self.consumer.clone()))
+            .layer(axum::middleware::from_fn(crate::http::problems_only));
         let full_sync = FullSync::new(self.loader.clone(), self.store.clone(), Arc::new(integrity));
         Ok(BoundApp {
             listener,

@@ -535,3 +535,276 @@ async fn platform_admins_sign_in_only_on_the_admin_host_with_a_host_only_cookie(
     assert!(cookie(&r).unwrap().contains("Domain=.yourapp.test"));
     Ok(())
 }
+
+#[tokio::test]
+async fn every_refusal_is_a_problem_naming_the_field_and_writes_nothing() -> anyhow::Result<()> {
+    let app = spawn_wrapper_with(|s| s.body_limit = 64 * 1024).await?;
+    let acme = app.create_tenant("acme").await;
+    let (bob, _) = app.create_member(&acme, "bob@acme.test").await;
+    let base = format!("/api/tenants/{}", acme.id);
+    let snapshot = || async {
+        let tenant = app.get_ok(&base, &app.root).await;
+        let users = app.get_ok(&format!("{base}/users"), &app.root).await;
+        let roles = app.get_ok(&format!("{base}/roles"), &app.root).await;
+        let settings = app.get_ok(&format!("{base}/settings"), &app.root).await;
+        (
+            tenant,
+            users,
+            roles,
+            settings,
+            app.outbox(acme.id).await.len(),
+        )
+    };
+    let before = snapshot().await;
+    let problem = |status: StatusCode, field: &str, got: (StatusCode, Value), what: &str| {
+        assert_eq!(got.0, status, "{what}: {}", got.1);
+        assert_eq!(got.1["status"], status.as_u16(), "{what}: a problem body");
+        assert_eq!(got.1["field"], field, "{what}: {}", got.1);
+    };
+
+    // NUL characters, in every kind of string field.
+    let nul = "a\u{0}b";
+    for (method, path, body, field) in [
+        (
+            Method::POST,
+            format!("{base}/users"),
+            json!({"email": "n@acme.test", "fullName": nul}),
+            "fullName",
+        ),
+        (
+            Method::PATCH,
+            format!("{base}/users/{bob}"),
+            json!({"avatarUrl": nul}),
+            "avatarUrl",
+        ),
+        (
+            Method::POST,
+            format!("{base}/roles"),
+            json!({"name": nul}),
+            "name",
+        ),
+        (
+            Method::POST,
+            format!("{base}/roles"),
+            json!({"name": "ok", "permissions": ["x", nul]}),
+            "permissions[1]",
+        ),
+        (
+            Method::PUT,
+            format!("{base}/settings"),
+            json!({"values": {nul: 1}}),
+            "values",
+        ),
+        (
+            Method::PUT,
+            format!("{base}/settings"),
+            json!({"values": {"k": nul}}),
+            "values.k",
+        ),
+        (
+            Method::PATCH,
+            base.clone(),
+            json!({"theme": {"color": nul}}),
+            "theme.color",
+        ),
+        (Method::PATCH, base.clone(), json!({"name": nul}), "name"),
+        (
+            Method::POST,
+            "/auth/login".into(),
+            json!({"email": "admin@acme.test", "password": "x", "tenant": nul}),
+            "tenant",
+        ),
+    ] {
+        let got = app.call(method, &path, Some(&acme.admin), Some(body)).await;
+        problem(
+            StatusCode::BAD_REQUEST,
+            field,
+            got,
+            &format!("NUL in {field}"),
+        );
+    }
+
+    // Email addresses, everywhere one enters.
+    for bad in [
+        "<script>@acme.test",
+        "a,b@acme.test",
+        "\"a b\"@acme.test",
+        "a@[127.0.0.1]",
+    ] {
+        let got = app
+            .call(
+                Method::POST,
+                &format!("{base}/users"),
+                Some(&acme.admin),
+                Some(json!({"email": bad, "fullName": "X"})),
+            )
+            .await;
+        problem(StatusCode::BAD_REQUEST, "email", got, bad);
+        let got = app
+            .call(
+                Method::PATCH,
+                &format!("{base}/users/{bob}"),
+                Some(&acme.admin),
+                Some(json!({"email": bad})),
+            )
+            .await;
+        problem(StatusCode::BAD_REQUEST, "email", got, bad);
+        let got = app
+            .call(
+                Method::POST,
+                "/api/tenants",
+                Some(&app.root),
+                Some(json!({"name": "N", "subdomain": "n1",
+                              "admin": {"email": bad, "fullName": "X", "password": PASSWORD}})),
+            )
+            .await;
+        problem(StatusCode::BAD_REQUEST, "admin.email", got, bad);
+        let got = app
+            .call(
+                Method::POST,
+                "/auth/login",
+                None,
+                Some(json!({"email": bad, "password": PASSWORD, "tenant": "acme"})),
+            )
+            .await;
+        problem(StatusCode::BAD_REQUEST, "email", got, bad);
+    }
+
+    // Refusals made by layers and the router, not by handlers.
+    let raw = |method: Method, path: &str| {
+        app.http
+            .request(method, format!("{}{path}", app.url))
+            .bearer_auth(&acme.admin)
+    };
+    let as_problem = |r: reqwest::Response| async move {
+        let status = r.status();
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{status}"
+        );
+        (status, r.json::<Value>().await.unwrap())
+    };
+    let huge = json!({"fullName": "x".repeat(100 * 1024)});
+    let got = as_problem(
+        raw(Method::PATCH, &format!("{base}/users/{bob}"))
+            .json(&huge)
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::PAYLOAD_TOO_LARGE, "{}", got.1);
+    let got = as_problem(raw(Method::GET, "/api/tenants/not-a-uuid").send().await?).await;
+    problem(
+        StatusCode::BAD_REQUEST,
+        "path",
+        got,
+        "unparsable path parameter",
+    );
+    let got = as_problem(raw(Method::GET, "/api/domains/a%00b.test").send().await?).await;
+    problem(StatusCode::BAD_REQUEST, "path", got, "NUL in the path");
+    let got = as_problem(
+        raw(Method::GET, &format!("{base}/users?cursor=%00"))
+            .send()
+            .await?,
+    )
+    .await;
+    problem(StatusCode::BAD_REQUEST, "query", got, "NUL in the query");
+    let got = as_problem(raw(Method::DELETE, "/api/credits/balance").send().await?).await;
+    assert_eq!(got.0, StatusCode::METHOD_NOT_ALLOWED);
+    let got = as_problem(
+        raw(Method::POST, &format!("{base}/users"))
+            .header("content-type", "text/plain")
+            .body("{}")
+            .send()
+            .await?,
+    )
+    .await;
+    assert_eq!(got.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Cookie plus a non-Bearer Authorization from another site's page: still a forgery.
+    let forged = app
+        .http
+        .patch(format!("{}{base}/users/{bob}", app.url))
+        .header("cookie", format!("tsync_session={}", acme.admin))
+        .header("authorization", "Basic YWRtaW46eA==")
+        .header("origin", "http://evil.test")
+        .json(&json!({"fullName": "Forged"}))
+        .send()
+        .await?;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+
+    assert_eq!(snapshot().await, before, "nothing was written");
+    Ok(())
+}
+
+#[tokio::test]
+async fn apps_refuse_forged_posts_and_answer_every_refusal_with_a_problem() -> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let (wrapper, nginx) = (&suite.wrapper, &suite.nginx);
+    let acme = wrapper.create_tenant("acme").await;
+    wrapper.fund_app(&acme, "crm", 1000).await;
+    let host = suite.host("acme");
+    let http = reqwest::Client::new();
+    let post = |auth: Option<&'static str>| {
+        let mut req = http
+            .post(format!("{}/crm/accounts", nginx.url()))
+            .header("host", &host)
+            .header("cookie", format!("tsync_session={}", acme.admin))
+            .header("origin", "http://evil.test")
+            .json(&json!({"name": "Forged", "value": 1, "ownerId": acme.admin_id}));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    for auth in [
+        None,
+        Some("Basic YWRtaW46eA=="),
+        Some("Bearer "),
+        Some("Token abc"),
+    ] {
+        let r = post(auth).await?;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "{auth:?}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let listed: Value = http
+        .get(format!("{}/crm/accounts", nginx.url()))
+        .header("host", &host)
+        .bearer_auth(&acme.admin)
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["items"], json!([]), "no forged account was created");
+
+    // The app's own router and layers answer with problems too.
+    for (method, path, status) in [
+        (
+            Method::GET,
+            "/crm/accounts/not-a-uuid",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/crm/accounts?cursor=%00",
+            StatusCode::BAD_REQUEST,
+        ),
+        (Method::PUT, "/crm/accounts", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/crm/nothing", StatusCode::NOT_FOUND),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{}{path}", nginx.url()))
+            .header("host", &host)
+            .bearer_auth(&acme.admin)
+            .send()
+            .await?;
+        assert_eq!(r.status(), status, "{method} {path}");
+        assert_eq!(
+            r.headers()["content-type"],
+            "application/problem+json",
+            "{method} {path}"
+        );
+    }
+    Ok(())
+}

@@ -36,6 +36,12 @@ pub enum ApiError {
         /// What the operation needs.
         required: i64,
     },
+    /// The body is not of a type this endpoint reads (JSON); nothing was read.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The body is larger than the configured limit; nothing was read.
+    #[error("the request body is too large: {0}")]
+    PayloadTooLarge(String),
     /// Too many attempts: try again after `retry_after` seconds; nothing was checked.
     #[error("too many attempts; try again in {retry_after} s")]
     TooManyRequests {
@@ -67,6 +73,8 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InsufficientCredits { .. } => StatusCode::PAYMENT_REQUIRED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

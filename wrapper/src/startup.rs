@@ -213,6 +213,7 @@ pub fn router(state: AppState) -> Router {
             timeout,
         ))
         .layer(middleware::from_fn(csrf_guard))
+        .layer(middleware::from_fn(sync_sdk::http::problems_only))
         .layer(middleware::from_fn_with_state(
             crate::context::TrustedProxies(Arc::new(state.settings.trusted_proxies.clone())),
             crate::context::attach,

@@ -60,15 +60,80 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(rejection) => return Err(json_rejection(rejection)),
+        };
+        typed_body(value).map(Self)
+    }
+}
+
+/// A parsed JSON body as `T`: refused, naming the field, when any string in it (key or value)
+/// holds a NUL character, which PostgreSQL cannot store as text, or when it does not fit `T`.
+pub fn typed_body<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if let Some(field) = nul_field(&value, String::new()) {
+        return Err(ApiError::invalid(
+            &field,
+            "must not contain NUL characters (\\u0000)",
+        ));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        // A missing or unknown field is reported at its parent; name the field itself.
+        let named = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|p| message.split(p).nth(1))
+            .and_then(|rest| rest.split('`').next());
+        let field = match (path.as_str(), named) {
+            (".", Some(name)) => name.to_owned(),
+            (_, Some(name)) => format!("{path}.{name}"),
+            (".", None) => "body".to_owned(),
+            (_, None) => path,
+        };
+        ApiError::invalid(&field, message)
+    })
+}
+
+/// The path (`a.b[2].c`, or the key itself) of the first string holding a NUL.
+fn nul_field(value: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    let named = |at: &str| {
+        if at.is_empty() {
+            "body".to_owned()
+        } else {
+            at.to_owned()
         }
+    };
+    match value {
+        Value::String(s) if s.contains('\0') => Some(named(&at)),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_field(v, format!("{at}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let path = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(named(&at))
+            } else {
+                nul_field(v, path)
+            }
+        }),
+        _ => None,
     }
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {
     let text = rejection.body_text();
+    match rejection.status() {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => return ApiError::UnsupportedMediaType(text),
+        StatusCode::PAYLOAD_TOO_LARGE => return ApiError::PayloadTooLarge(text),
+        _ => {}
+    }
     // serde names a missing field as "missing field `x`" and a bad one by its path "x: ...".
     let field = text
         .split("missing field `")

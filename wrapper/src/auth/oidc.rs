@@ -770,8 +770,12 @@ async fn find_or_create(
     if let Some(found) = linked {
         return Ok(Ok(found));
     }
-    let Some(email) = user.email.as_deref().map(|e| e.trim().to_lowercase()) else {
+    let Some(email) = user.email.as_deref() else {
         return Ok(Err("the identity provider did not share an email address"));
+    };
+    // The same rule as every other way an address enters.
+    let Ok(email) = crate::validate::email("email", email) else {
+        return Ok(Err("the identity provider's email address is not valid"));
     };
     if !user.email_verified {
         return Ok(Err(

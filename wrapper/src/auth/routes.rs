@@ -58,8 +58,10 @@ async fn login(
     if super::pages::is_form(&headers) {
         return Ok(super::pages::login_form(&state, &ctx, &headers, &body).await);
     }
-    let req: LoginRequest =
+    let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    let req: LoginRequest = crate::api::typed_body(value)?;
+    let email = crate::validate::email("email", &req.email)?;
     let tenant_id = match req.tenant.as_deref() {
         Some(t) => Some(
             state
@@ -70,7 +72,6 @@ async fn login(
         ),
         None => super::pages::sign_in_scope(&state, &headers).await?.1,
     };
-    let email = req.email.trim().to_lowercase();
     let user_id = check_password(&state, &ctx, tenant_id, &email, req.password)
         .await?
         .ok_or(ApiError::Unauthorized)?;
@@ -270,7 +271,7 @@ struct ServiceTokenRequest {
 async fn service_token(
     State(state): State<AppState>,
     ctx: Ctx,
-    Json(req): Json<ServiceTokenRequest>,
+    crate::api::ApiJson(req): crate::api::ApiJson<ServiceTokenRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let row: Option<(String, String)> =
         sqlx::query_as("select secret_hash, application from service_clients where client_id = $1")
