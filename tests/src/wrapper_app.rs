@@ -16,6 +16,8 @@ use crate::{TestDatabase, fresh_database, redis_namespace, redis_url};
 pub const PASSWORD: &str = "Correct-Horse-9-Battery";
 /// The platform admin every test app starts with.
 pub const ROOT_EMAIL: &str = "root@platform.test";
+/// The key-encryption key every test wrapper seals its signing keys with.
+pub const TEST_KEK: &str = "test-kek:dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM";
 
 /// A running wrapper.
 pub struct TestApp {
@@ -39,9 +41,21 @@ impl TestApp {
         self.stop.cancel();
     }
 
+    /// The settings this wrapper runs with (to start another one on its database).
+    pub fn settings_for_test(&self) -> Settings {
+        self.settings.clone()
+    }
+
     /// Start the wrapper again on the same port and database (after [`stop`](Self::stop)).
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.restart_with(|_| {}).await
+    }
+
+    /// Like [`restart`](Self::restart), with the settings adjusted first (kept for later
+    /// restarts).
+    pub async fn restart_with(&mut self, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<()> {
         self.stop.cancel();
+        adjust(&mut self.settings);
         let settings = self.settings.clone();
         let app = crate::eventually_some(std::time::Duration::from_secs(10), || {
             let settings = settings.clone();
@@ -94,6 +108,7 @@ pub async fn spawn_wrapper_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::R
     settings.db_max_connections = 30;
     settings.bootstrap_admin_email = Some(ROOT_EMAIL.into());
     settings.bootstrap_admin_password = Some(wrapper::config::Secret(PASSWORD.into()));
+    settings.key_encryption_keys = Some(wrapper::config::Secret(TEST_KEK.into()));
     adjust(&mut settings);
     let app = Application::build(settings.clone()).await?;
     let url = format!("http://{}", app.addr());

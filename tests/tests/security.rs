@@ -808,3 +808,103 @@ async fn apps_refuse_forged_posts_and_answer_every_refusal_with_a_problem() -> a
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn signing_keys_are_sealed_at_rest_and_the_sealing_key_rotates() -> anyhow::Result<()> {
+    const K2: &str = "k2:a2V5LWVuY3J5cHRpb24ta2V5LW51bWJlci10d28tMzI";
+    let mut app = spawn_wrapper().await?;
+    let acme = app.create_tenant("acme").await;
+    let rows = |app: &TestApp| {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>)>(
+                "select kid, private_key, private_key_sealed, kek_id from signing_keys order by kid",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let kek_of = |app: &TestApp| {
+        let rows = rows(app);
+        async move {
+            let rows = rows.await;
+            for (kid, clear, sealed, _) in &rows {
+                assert!(clear.is_none(), "{kid} is stored in the clear");
+                let sealed = sealed.as_deref().unwrap();
+                assert!(
+                    ring::signature::Ed25519KeyPair::from_pkcs8(sealed).is_err(),
+                    "the sealed bytes are not a usable key"
+                );
+            }
+            rows.into_iter().map(|r| r.3.unwrap()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(kek_of(&app).await, vec!["test-kek"]);
+
+    // A key written in the clear before sealing existed is sealed at the next start.
+    let legacy_kid = "legacy0000000000";
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    sqlx::query(
+        "insert into signing_keys (kid, private_key, public_key, created_at)
+         values ($1, $2, $3, now() + interval '1 minute')",
+    )
+    .bind(legacy_kid)
+    .bind(pkcs8.as_ref())
+    .bind(ring::signature::KeyPair::public_key(&pair).as_ref())
+    .execute(&app.db.pool)
+    .await?;
+    app.restart().await?;
+    assert_eq!(kek_of(&app).await, vec!["test-kek", "test-kek"]);
+    let signed_by_legacy = app.login("admin@acme.test", PASSWORD, Some("acme")).await?;
+    assert_eq!(
+        jsonwebtoken::decode_header(&signed_by_legacy)?
+            .kid
+            .as_deref(),
+        Some(legacy_kid),
+        "the sealed legacy key (the newest) signs"
+    );
+
+    // Rotation: the new KEK first, the old one still listed; every row is re-sealed and every
+    // token still verifies. Then the old KEK goes.
+    app.restart_with(|s| {
+        s.key_encryption_keys = Some(wrapper::config::Secret(format!("{K2},{TEST_KEK}")))
+    })
+    .await?;
+    assert_eq!(kek_of(&app).await, vec!["k2", "k2"]);
+    for token in [&acme.admin, &signed_by_legacy] {
+        app.get_ok(&format!("/api/tenants/{}", acme.id), token)
+            .await;
+    }
+    app.restart_with(|s| s.key_encryption_keys = Some(wrapper::config::Secret(K2.into())))
+        .await?;
+    app.get_ok(&format!("/api/tenants/{}", acme.id), &signed_by_legacy)
+        .await;
+    app.login("admin@acme.test", PASSWORD, Some("acme")).await?;
+
+    // Without the right KEK the wrapper does not start, and says why.
+    let settings_without = |keks: Option<&str>| {
+        let mut s = app.settings_for_test();
+        s.listen = "127.0.0.1:0".parse().unwrap();
+        s.key_encryption_keys = keks.map(|k| wrapper::config::Secret(k.into()));
+        s
+    };
+    for (keks, says) in [
+        (Some(TEST_KEK), "k2"),
+        (
+            Some("k2:d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3I"),
+            "does not open",
+        ),
+        (None, "WRAPPER_KEY_ENCRYPTION_KEYS"),
+    ] {
+        let refused = wrapper::startup::Application::build(settings_without(keks))
+            .await
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(refused.contains(says), "{keks:?}: {refused}");
+    }
+    Ok(())
+}

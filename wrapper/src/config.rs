@@ -67,6 +67,8 @@ pub enum KeysCommand {
         #[arg(long)]
         kid: String,
     },
+    /// Print a fresh key-encryption key (`id:base64`) for WRAPPER_KEY_ENCRYPTION_KEYS.
+    NewKek,
 }
 
 /// `wrapper admin ...`
@@ -138,6 +140,11 @@ pub struct Settings {
     /// Issuer (`iss`) of the tokens the wrapper signs.
     #[arg(long, env = "WRAPPER_ISSUER", default_value = "tenantsync")]
     pub issuer: String,
+    /// Key-encryption keys sealing the private signing keys in the database, as
+    /// `id:base64(32 bytes),…`; the first seals, the others still open (rotation: see
+    /// `wrapper keys new-kek` and the README). Required.
+    #[arg(long, env = "WRAPPER_KEY_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub key_encryption_keys: Option<Secret>,
     /// Parent domain the session cookie is set on, e.g. `.yourapp.test` (none: host-only).
     #[arg(long, env = "WRAPPER_COOKIE_DOMAIN")]
     pub cookie_domain: Option<String>,
@@ -240,6 +247,18 @@ impl Settings {
     /// Settings with every default, for tests and embedding.
     pub fn defaults() -> Self {
         Cli::parse_from(["wrapper"]).settings
+    }
+
+    /// The configured key-encryption keys.
+    pub fn keks(&self) -> anyhow::Result<crate::auth::keys::Keks> {
+        let text = self.key_encryption_keys.as_ref().map(|s| s.0.as_str());
+        let text = text.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "WRAPPER_KEY_ENCRYPTION_KEYS is required: it seals the token signing keys in the \
+                 database (make one with `wrapper keys new-kek`)"
+            )
+        })?;
+        crate::auth::keys::Keks::parse(text)
     }
 
     /// The relay's configuration.

@@ -50,12 +50,16 @@ async fn main() -> anyhow::Result<()> {
             println!("platform admin {} ({id})", args.email);
             Ok(())
         }
+        Command::Keys(KeysCommand::NewKek) => {
+            println!("{}", wrapper::auth::keys::Keks::generate()?);
+            Ok(())
+        }
         Command::Keys(command) => {
             let db = startup::connect_db(&settings).await?;
             wrapper::MIGRATOR.run(&db).await?;
-            let keys = KeyStore::load(db, settings.issuer.clone()).await?;
+            let keys = KeyStore::load(db, settings.issuer.clone(), settings.keks()?).await?;
             match command {
-                KeysCommand::List => {}
+                KeysCommand::List | KeysCommand::NewKek => {}
                 KeysCommand::Rotate => println!("new signing key {}", keys.rotate().await?),
                 KeysCommand::Retire { kid } => keys.retire(&kid).await?,
             }

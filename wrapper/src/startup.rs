@@ -91,6 +91,7 @@ pub fn relay_for(state: &AppState) -> Arc<crate::relay::Relay> {
 impl Application {
     /// Connect, migrate (if configured), load keys, bootstrap the admin, bind the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let keks = settings.keks()?;
         let db = connect_db(&settings).await?;
         if settings.migrate {
             crate::MIGRATOR
@@ -105,7 +106,7 @@ impl Application {
             create_platform_admin(&db, email, &pw.0, "Platform Admin").await?;
         }
         let redis = connect_redis(&settings.redis_url.0).await?;
-        let keys = KeyStore::load(db.clone(), settings.issuer.clone()).await?;
+        let keys = KeyStore::load(db.clone(), settings.issuer.clone(), keks).await?;
         let stream_keys = StreamKeys::new(settings.namespace.clone(), settings.partitions)
             .context("TSYNC_NAMESPACE must be non-empty without braces and TSYNC_PARTITIONS > 0")?;
         let providers = match &settings.oidc_providers {

@@ -161,7 +161,7 @@ mod tests {
             "a@[127.0.0.1]",
             "a@127.0.0.1",
             "a\0@acme.test",
-            "a@acme.test\n",
+            "a@acme.test\nb",
             ".a@acme.test",
             "a..b@acme.test",
             "a@-acme.test",

@@ -7,6 +7,10 @@ fn help_documents_every_flag_without_printing_secrets() {
         .env("DATABASE_URL", "postgres://user:s3cret-db@db/tsync")
         .env("REDIS_URL", "redis://:s3cret-redis@redis:6379")
         .env("WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", "S3cret-Admin-Pass!")
+        .env(
+            "WRAPPER_KEY_ENCRYPTION_KEYS",
+            "k1:S3cretS3cretS3cretS3cretS3cretS3cretS3cretA",
+        )
         .output()
         .expect("wrapper --help runs");
     let help = String::from_utf8_lossy(&out.stdout);
