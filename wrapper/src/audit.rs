@@ -47,7 +47,7 @@ pub async fn record(db: impl PgExecutor<'_>, ctx: &Ctx, entry: Entry<'_>) {
 }
 
 /// An audit entry as tenant admins read it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     /// Entry id (cursor for paging).

@@ -207,7 +207,8 @@ async fn reconcile_periodically(
 pub fn router(state: AppState) -> Router {
     let timeout = state.settings.request_timeout();
     let body_limit = state.settings.body_limit;
-    api::router()
+    let (routes, _) = api::router().split_for_parts();
+    routes
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

@@ -119,6 +119,7 @@ fn decode<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, Contract
 /// Whether a tenant is in use or archived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TenantStatus {
     /// In use.
     Active,
@@ -129,6 +130,7 @@ pub enum TenantStatus {
 /// A tenant's state (`tenant.*` events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantState {
     /// Tenant id.
     pub id: Uuid,
@@ -154,6 +156,7 @@ pub struct TenantState {
 /// A user's state (`user.*` events). Never carries a password hash, MFA secret or token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserState {
     /// User id.
     pub id: Uuid,
@@ -179,6 +182,7 @@ pub struct UserState {
 /// A role's state (`role.*` events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RoleState {
     /// Role id.
     pub id: Uuid,
@@ -197,6 +201,7 @@ pub struct RoleState {
 /// A membership's state: a user holding a role (`membership.*` events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembershipState {
     /// Membership id.
     pub id: Uuid,
@@ -213,6 +218,7 @@ pub struct MembershipState {
 /// A tenant's settings (`settings.updated`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SettingsState {
     /// The tenant.
     pub tenant_id: Uuid,
@@ -262,6 +268,7 @@ pub struct CreditConsumed {
 /// The cost of one operation for a tenant (`credit.config_updated`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreditConfigState {
     /// Config id.
     pub id: Uuid,

@@ -1,11 +1,11 @@
 //! `GET /api/tenants/{id}/audit`: the tenant's security events, newest first, for its admins.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
-    routing::get,
 };
 use serde::{Deserialize, Serialize};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::ApiQuery;
@@ -18,13 +18,13 @@ use crate::{
 };
 
 /// Audit routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tenants/{tenant_id}/audit", get(list))
-        .route("/api/audit/events", axum::routing::post(report))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(report))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct AuditQuery {
     /// Entries older than this id.
     before: Option<i64>,
@@ -32,13 +32,14 @@ struct AuditQuery {
     action: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct AuditPage {
     items: Vec<AuditRecord>,
     next_before: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/audit", tag = "audit", params(AuditQuery), responses((status = 200, description = "A page of the tenant's audit log (tenant admins)", body = AuditPage)))]
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -76,7 +77,7 @@ async fn list(
     Ok(Json(AuditPage { items, next_before }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AppEvent {
     /// The tenant the event is about: its id or subdomain.
@@ -90,6 +91,7 @@ struct AppEvent {
 
 /// `POST /api/audit/events`: apps report security events (e.g. a cross-tenant attempt they
 /// refused) into the tenant's audit log. App service tokens only.
+#[utoipa::path(post, path = "/api/audit/events", tag = "audit", request_body = AppEvent, responses((status = 204, description = "Recorded (app service tokens only)")))]
 async fn report(
     State(state): State<AppState>,
     ctx: Ctx,

@@ -2,13 +2,13 @@
 //! Platform admins set them; they reach apps as `credit.config_updated` and in the snapshot.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
-    routing::{delete, get},
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
 use sync_sdk::contract::{CreditConfigState, Event};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::ApiJson;
@@ -22,16 +22,10 @@ use crate::{
 };
 
 /// Credit config routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/tenants/{tenant_id}/credit-configs",
-            get(list).put(upsert),
-        )
-        .route(
-            "/api/tenants/{tenant_id}/credit-configs/{config_id}",
-            delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, upsert))
+        .routes(routes!(remove))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -71,6 +65,7 @@ pub(crate) async fn all(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<Vec
     .await?)
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/credit-configs", tag = "credits", responses((status = 200, description = "The costs of operations", body = Vec<CreditConfigState>)))]
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -90,7 +85,7 @@ async fn list(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Upsert {
     application: String,
@@ -98,6 +93,7 @@ struct Upsert {
     cost: i64,
 }
 
+#[utoipa::path(put, path = "/api/tenants/{tenant_id}/credit-configs", tag = "credits", request_body = Upsert, responses((status = 200, description = "The cost of the operation", body = CreditConfigState)))]
 async fn upsert(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -149,6 +145,7 @@ async fn upsert(
     Ok(Json(config))
 }
 
+#[utoipa::path(delete, path = "/api/tenants/{tenant_id}/credit-configs/{config_id}", tag = "credits", responses((status = 200, description = "The removed cost", body = CreditConfigState)))]
 async fn remove(
     State(state): State<AppState>,
     ctx: Ctx,

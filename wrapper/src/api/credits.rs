@@ -12,15 +12,11 @@
 //! * **The ledger is the truth.** Every allocation and consumption is a ledger row written in
 //!   the same transaction as the balance change and its `credit.*` event.
 
-use axum::{
-    Json, Router,
-    extract::State,
-    http::StatusCode,
-    routing::{get, post},
-};
+use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use sync_sdk::contract::{CreditAllocated, CreditConsumed, Event};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::ApiJson;
@@ -35,16 +31,13 @@ use crate::{
 };
 
 /// Credit routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/admin/credits/allocate", post(allocate))
-        .route(
-            "/api/admin/credits/allocate/application",
-            post(allocate_application),
-        )
-        .route("/api/credits/consume", post(consume))
-        .route("/api/credits/balance", get(balance))
-        .route("/api/credits/ledger", get(ledger))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(allocate))
+        .routes(routes!(allocate_application))
+        .routes(routes!(consume))
+        .routes(routes!(balance))
+        .routes(routes!(ledger))
 }
 
 /// Largest amount accepted in one request.
@@ -67,7 +60,7 @@ fn amount(field: &str, value: i64) -> ApiResult<i64> {
 }
 
 /// A ledger entry as the API returns it (a consumption's reply, replayed verbatim).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerEntry {
     /// Ledger position (cursor).
@@ -295,7 +288,7 @@ pub(crate) async fn charge(
     Ok((entry, false))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Allocate {
     tenant_id: Uuid,
@@ -303,6 +296,7 @@ struct Allocate {
     amount: i64,
 }
 
+#[utoipa::path(post, path = "/api/admin/credits/allocate", tag = "credits", request_body = Allocate, responses((status = 201, description = "The ledger entry (platform admins)", body = LedgerEntry)))]
 async fn allocate(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -328,7 +322,7 @@ async fn allocate(
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct AllocateApplication {
     tenant_id: Uuid,
@@ -336,6 +330,7 @@ struct AllocateApplication {
     amount: i64,
 }
 
+#[utoipa::path(post, path = "/api/admin/credits/allocate/application", tag = "credits", request_body = AllocateApplication, responses((status = 201, description = "The ledger entry (tenant admins: from the tenant's pool to an application)", body = LedgerEntry)))]
 async fn allocate_application(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -362,7 +357,7 @@ async fn allocate_application(
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Consume {
     tenant_id: Uuid,
@@ -372,6 +367,7 @@ struct Consume {
     operation_id: String,
 }
 
+#[utoipa::path(post, path = "/api/credits/consume", tag = "credits", request_body = Consume, responses((status = 200, description = "The ledger entry; the same operationId again answers the same entry (app service tokens)", body = LedgerEntry)))]
 async fn consume(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -412,7 +408,7 @@ async fn consume(
     Ok(Json(entry))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 struct BalanceQuery {
     tenant_id: Uuid,
@@ -440,6 +436,7 @@ async fn authorize_read(
     }
 }
 
+#[utoipa::path(get, path = "/api/credits/balance", tag = "credits", params(BalanceQuery), responses((status = 200, description = "The tenant's balances by scope", body = Value)))]
 async fn balance(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -458,7 +455,7 @@ async fn balance(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
 struct LedgerQuery {
     tenant_id: Uuid,
@@ -468,6 +465,7 @@ struct LedgerQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/credits/ledger", tag = "credits", params(LedgerQuery), responses((status = 200, description = "A page of the tenant's ledger", body = Value)))]
 async fn ledger(
     State(state): State<AppState>,
     ctx: Ctx,

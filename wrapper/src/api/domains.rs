@@ -15,11 +15,11 @@ use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
-    routing::{get, post},
 };
 use serde::Serialize;
 use sqlx::PgPool;
@@ -35,19 +35,19 @@ use crate::{
 };
 
 /// Domain routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/domains/{host}", get(lookup))
-        .route("/api/tenants/{tenant_id}/domain", get(read_domain))
-        .route("/api/tenants/{tenant_id}/domain/verify", post(verify))
-        .route("/api/tenants/{tenant_id}/domain/approve", post(approve))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(lookup))
+        .routes(routes!(read_domain))
+        .routes(routes!(verify))
+        .routes(routes!(approve))
 }
 
 /// The path a custom domain serves its challenge token under.
 pub const CHALLENGE_PATH: &str = "/.well-known/tenantsync-challenge/";
 
 /// What a host resolves to.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainInfo {
     /// The tenant.
@@ -61,6 +61,7 @@ pub struct DomainInfo {
     /// Its plan.
     pub plan: String,
     /// Enabled features.
+    #[schema(value_type = Vec<String>)]
     pub features: sqlx::types::Json<Vec<String>>,
     /// Theme.
     pub theme: serde_json::Value,
@@ -192,6 +193,7 @@ enum HostRef<'a> {
     None,
 }
 
+#[utoipa::path(get, path = "/api/domains/{host}", tag = "domains", responses((status = 200, description = "The tenant a host names (app service tokens and platform admins)", body = DomainInfo)))]
 async fn lookup(
     State(state): State<AppState>,
     caller: Caller,
@@ -209,7 +211,7 @@ async fn lookup(
 }
 
 /// A tenant's custom domain: the active one and the one waiting for proof.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomDomain {
     /// The active custom domain (it names the tenant).
@@ -248,6 +250,7 @@ async fn custom_domain(db: &PgPool, tenant_id: Uuid) -> ApiResult<CustomDomain> 
 }
 
 /// `GET /api/tenants/{id}/domain`: the custom domain and its challenge (tenant admins).
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/domain", tag = "domains", responses((status = 200, description = "The tenant's custom domain and its challenge (tenant admins)", body = CustomDomain)))]
 async fn read_domain(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -262,6 +265,7 @@ async fn read_domain(
 
 /// `POST /api/tenants/{id}/domain/verify`: fetch the challenge token from the pending domain;
 /// if it is served there, the domain becomes active (tenant admins).
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/domain/verify", tag = "domains", responses((status = 200, description = "The pending domain served its token and is now active", body = TenantState)))]
 async fn verify(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -292,6 +296,7 @@ async fn verify(
 }
 
 /// `POST /api/tenants/{id}/domain/approve`: a platform admin activates the pending domain.
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/domain/approve", tag = "domains", responses((status = 200, description = "The pending domain is now active (platform admins)", body = TenantState)))]
 async fn approve(
     State(state): State<AppState>,
     ctx: Ctx,

@@ -1,13 +1,13 @@
 //! `GET /health` (database and Redis reachability) and `GET /metrics` (Prometheus text).
 
 use std::time::Duration;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use axum::{
-    Json, Router,
+    Json,
     extract::State,
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
 };
 use fred::interfaces::ClientLike;
 use serde_json::json;
@@ -15,12 +15,13 @@ use serde_json::json;
 use crate::startup::AppState;
 
 /// Health and metrics routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(metrics_text))
 }
 
+#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, description = "Database and Redis answer", body = Value), (status = 503, description = "Database or Redis does not answer", body = Value)))]
 async fn health(State(state): State<AppState>) -> Response {
     let timeout = Duration::from_secs(2);
     let db = tokio::time::timeout(timeout, sqlx::query("select 1").execute(&state.db))
@@ -54,6 +55,7 @@ async fn health(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()), responses((status = 200, description = "Prometheus metrics", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     (
         [(

@@ -1,14 +1,14 @@
 //! Memberships: a user holding a role. Granting and revoking are audited role changes.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::StatusCode,
-    routing::{delete, get},
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
 use sync_sdk::contract::{Event, MembershipState};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
@@ -22,16 +22,10 @@ use crate::{
 };
 
 /// Membership routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/tenants/{tenant_id}/memberships",
-            get(list).post(create),
-        )
-        .route(
-            "/api/tenants/{tenant_id}/memberships/{membership_id}",
-            delete(revoke),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(revoke))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -111,13 +105,14 @@ pub(crate) async fn grant(
     Ok(membership)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Grant {
     user_id: Uuid,
     role_id: Uuid,
 }
 
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/memberships", tag = "memberships", request_body = Grant, responses((status = 201, description = "The membership", body = MembershipState)))]
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -154,6 +149,7 @@ async fn change_audit(
     audit::record(tx, ctx, entry).await;
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/memberships", tag = "memberships", params(PageQuery), responses((status = 200, description = "A page of memberships", body = Page<MembershipState>)))]
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -178,6 +174,7 @@ async fn list(
     Ok(Json(Page::from_rows(items, limit, |m| m.id)))
 }
 
+#[utoipa::path(delete, path = "/api/tenants/{tenant_id}/memberships/{membership_id}", tag = "memberships", responses((status = 200, description = "The revoked membership", body = MembershipState)))]
 async fn revoke(
     State(state): State<AppState>,
     ctx: Ctx,

@@ -14,19 +14,20 @@ pub mod tenants;
 pub mod users;
 
 use axum::{
-    Router,
     extract::{FromRequest, Request, rejection::JsonRejection},
     http::StatusCode,
     response::Response,
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
 use crate::{error::ApiError, startup::AppState};
 
-/// Every route of the API.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// Every route of the API, each with its OpenAPI operation (`#[utoipa::path]` on the handler):
+/// a route cannot be served without being documented, nor documented without being served.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::router())
         .merge(crate::auth::routes::router())
         .merge(crate::auth::oidc::router())
@@ -169,11 +170,13 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
 }
 
 /// `?cursor=<id>&limit=<n>` of a paged list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// The last id of the previous page.
     pub cursor: Option<Uuid>,
     /// Page size (1–500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -189,7 +192,7 @@ impl PageQuery {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Page<T> {
     /// The items, in id order.

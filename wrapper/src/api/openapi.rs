@@ -1,268 +1,129 @@
-//! `GET /api/openapi.json`: the OpenAPI document, generated from [`ROUTES`]. A test sends a
-//! request to every entry of the table and fails if the router does not know it, so the
-//! document cannot list a route that does not exist.
+//! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the handlers themselves.
+//!
+//! Every route is registered through `utoipa_axum::OpenApiRouter::routes`, which takes the
+//! method, path, parameters, request body and success responses from the handler's
+//! `#[utoipa::path]` and its types (`ToSchema`, `IntoParams`), so a served route is always in
+//! the document. What every operation shares is added here once: the problem responses (each
+//! refusal of the API is `application/problem+json`, from any layer), and the security schemes
+//! (a Bearer token or the session cookie) — required everywhere except on operations declared
+//! `security(())`, which are public.
 
-use axum::{Json, Router, routing::get};
+use std::sync::OnceLock;
+
+use axum::Json;
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::startup::AppState;
 
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Auth {
-    /// Anyone.
-    Public,
-    /// A signed-in user (session cookie or Bearer).
-    User,
+/// The OpenAPI route.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(serve))
 }
 
-/// Every route: method, path, summary, auth.
-pub const ROUTES: &[(&str, &str, &str, Auth)] = &[
-    ("get", "/health", "Database and Redis health", Auth::Public),
-    ("get", "/metrics", "Prometheus metrics", Auth::Public),
-    ("get", "/api/openapi.json", "This document", Auth::Public),
+/// This document.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "This OpenAPI document", body = Value)))]
+async fn serve() -> Json<Value> {
+    Json(document().clone())
+}
+
+/// The statuses any operation may refuse with, and why.
+const REFUSALS: &[(u16, &str)] = &[
     (
-        "get",
-        "/.well-known/jwks.json",
-        "Public keys that verify the wrapper's tokens",
-        Auth::Public,
+        400,
+        "A field, the path or the query is invalid (`field` names it); nothing was written",
     ),
+    (401, "No valid session or token"),
     (
-        "get",
-        "/",
-        "The tenant's start page (HTML): its apps when signed in, else the sign-in page",
-        Auth::Public,
+        403,
+        "Not allowed for this caller (another tenant, not an admin, a forged browser request)",
     ),
+    (404, "Not found, or not visible to this caller"),
+    (405, "Method not allowed on this path"),
+    (408, "The request took longer than the server's timeout"),
     (
-        "get",
-        "/auth/login",
-        "The host's tenant's sign-in page (HTML; ?return_to=a path on this host)",
-        Auth::Public,
+        409,
+        "Conflicts with existing state (a duplicate, a taken domain)",
     ),
-    (
-        "post",
-        "/auth/login",
-        "Sign in with a local account (JSON, or the sign-in page's form); sets the session cookie",
-        Auth::Public,
-    ),
-    (
-        "post",
-        "/auth/logout",
-        "Clear the session cookie for every app (the dashboards' form is redirected to sign-in)",
-        Auth::Public,
-    ),
-    (
-        "get",
-        "/auth/oidc/login",
-        "Start signing in with an OpenID Connect provider (?provider=<id>&return_to=)",
-        Auth::Public,
-    ),
-    (
-        "get",
-        "/auth/oidc/{provider}/start",
-        "Start signing in with an OpenID Connect provider (redirects to it)",
-        Auth::Public,
-    ),
-    (
-        "get",
-        "/auth/oidc/{provider}/callback",
-        "Where the provider returns the browser (code, state)",
-        Auth::Public,
-    ),
-    ("get", "/auth/me", "The signed-in user", Auth::User),
-    (
-        "post",
-        "/auth/service-token",
-        "Exchange app client credentials for a service token",
-        Auth::Public,
-    ),
-    (
-        "get",
-        "/api/domains/{host}",
-        "Tenant configuration for a host (domain cache)",
-        Auth::Public,
-    ),
-    (
-        "get",
-        "/api/tenants",
-        "List tenants (platform admins)",
-        Auth::User,
-    ),
-    (
-        "post",
-        "/api/tenants",
-        "Create a tenant (platform admins)",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}",
-        "Read a tenant",
-        Auth::User,
-    ),
-    (
-        "patch",
-        "/api/tenants/{tenant_id}",
-        "Update a tenant",
-        Auth::User,
-    ),
-    (
-        "delete",
-        "/api/tenants/{tenant_id}",
-        "Archive a tenant (platform admins)",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}/users",
-        "List users (paged)",
-        Auth::User,
-    ),
-    (
-        "post",
-        "/api/tenants/{tenant_id}/users",
-        "Create a user (tenant admins)",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}/users/{user_id}",
-        "Read a user",
-        Auth::User,
-    ),
-    (
-        "patch",
-        "/api/tenants/{tenant_id}/users/{user_id}",
-        "Update a user",
-        Auth::User,
-    ),
-    (
-        "delete",
-        "/api/tenants/{tenant_id}/users/{user_id}",
-        "Soft-delete a user",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}/roles",
-        "List roles (paged)",
-        Auth::User,
-    ),
-    (
-        "post",
-        "/api/tenants/{tenant_id}/roles",
-        "Create a role",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}/roles/{role_id}",
-        "Read a role",
-        Auth::User,
-    ),
-    (
-        "patch",
-        "/api/tenants/{tenant_id}/roles/{role_id}",
-        "Update a role",
-        Auth::User,
-    ),
-    (
-        "delete",
-        "/api/tenants/{tenant_id}/roles/{role_id}",
-        "Delete a role",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}/memberships",
-        "List memberships (paged)",
-        Auth::User,
-    ),
-    (
-        "post",
-        "/api/tenants/{tenant_id}/memberships",
-        "Grant a role to a user",
-        Auth::User,
-    ),
-    (
-        "delete",
-        "/api/tenants/{tenant_id}/memberships/{membership_id}",
-        "Revoke a membership",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}/settings",
-        "Read the tenant's settings",
-        Auth::User,
-    ),
-    (
-        "put",
-        "/api/tenants/{tenant_id}/settings",
-        "Replace the tenant's settings",
-        Auth::User,
-    ),
-    (
-        "get",
-        "/api/tenants/{tenant_id}/audit",
-        "The tenant's audit log (tenant admins)",
-        Auth::User,
-    ),
+    (413, "The body is larger than the limit"),
+    (415, "The body is not JSON"),
+    (429, "Too many attempts; retry after `Retry-After` seconds"),
+    (500, "An internal error; the server log has the details"),
+    (503, "A dependency does not answer; retry later"),
 ];
 
-/// The OpenAPI route.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/openapi.json", get(|| async { Json(document()) }))
+/// The document (built once: it depends only on the code).
+pub fn document() -> &'static Value {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| finish(super::router().into_openapi()))
 }
 
-/// The OpenAPI 3.1 document.
-pub fn document() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (method, path, summary, auth) in ROUTES {
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        let mut op = json!({
-            "summary": summary,
-            "parameters": params,
-            "responses": {
-                "200": {"description": "OK"},
-                "400": {"$ref": "#/components/responses/Problem"},
-                "401": {"$ref": "#/components/responses/Problem"},
-                "403": {"$ref": "#/components/responses/Problem"},
-                "404": {"$ref": "#/components/responses/Problem"},
-            },
-        });
-        if *auth == Auth::User {
-            op["security"] = json!([{"bearer": []}, {"cookie": []}]);
-        }
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        entry[*method] = op;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "Tenantsync wrapper", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                "cookie": {"type": "apiKey", "in": "cookie", "name": crate::auth::SESSION_COOKIE},
-            },
-            "responses": {
-                "Problem": {
-                    "description": "RFC 7807 problem",
-                    "content": {"application/problem+json": {"schema": {
-                        "type": "object",
-                        "properties": {
-                            "type": {"type": "string"}, "title": {"type": "string"},
-                            "status": {"type": "integer"}, "detail": {"type": "string"},
-                            "field": {"type": "string"},
-                        },
-                    }}},
-                },
-            },
+fn finish(api: utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
+    doc["openapi"] = json!("3.1.0");
+    doc["info"] = json!({
+        "title": "Tenantsync wrapper",
+        "version": env!("CARGO_PKG_VERSION"),
+        "description": "Identity, tenants and credits. Every refusal is application/problem+json.",
+    });
+    doc["security"] = json!([{"bearer": []}, {"cookie": []}]);
+    let components = &mut doc["components"];
+    components["securitySchemes"] = json!({
+        "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+        "cookie": {"type": "apiKey", "in": "cookie", "name": crate::auth::SESSION_COOKIE},
+    });
+    components["schemas"]["Problem"] = json!({
+        "type": "object",
+        "description": "RFC 7807 problem details",
+        "required": ["type", "title", "status"],
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+            "field": {"type": "string", "description": "The field at fault, for 400"},
+            "errors": {"type": "array", "items": {"type": "object"}},
         },
-    })
+    });
+    for (status, why) in REFUSALS {
+        components["responses"][format!("Problem{status}")] = json!({
+            "description": why,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        });
+    }
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        for operations in paths.values_mut().filter_map(Value::as_object_mut) {
+            for operation in operations.values_mut().filter_map(Value::as_object_mut) {
+                // Handler names repeat across resources (`update`): qualify them by tag.
+                let tag = operation["tags"][0].as_str().unwrap_or("api").to_owned();
+                if let Some(id) = operation.get_mut("operationId") {
+                    *id = json!(format!("{tag}.{}", id.as_str().unwrap_or_default()));
+                }
+                let responses = operation
+                    .entry("responses")
+                    .or_insert_with(|| json!({}))
+                    .as_object_mut();
+                if let Some(responses) = responses {
+                    for (status, _) in REFUSALS {
+                        responses.entry(status.to_string()).or_insert_with(
+                            || json!({"$ref": format!("#/components/responses/Problem{status}")}),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    doc
+}
+
+/// Every (method, path) the document lists, e.g. `("get", "/api/tenants/{tenant_id}")`.
+pub fn operations() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (path, ops) in document()["paths"].as_object().into_iter().flatten() {
+        for method in ops.as_object().into_iter().flatten().map(|(m, _)| m) {
+            out.push((method.clone(), path.clone()));
+        }
+    }
+    out
 }

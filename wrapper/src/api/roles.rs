@@ -2,13 +2,13 @@
 //! `tenant.admin`) makes its holders tenant admins and cannot be deleted.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::StatusCode,
-    routing::get,
 };
 use serde::Deserialize;
 use sync_sdk::contract::{Event, RoleState};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
@@ -23,13 +23,10 @@ use crate::{
 };
 
 /// Role routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tenants/{tenant_id}/roles", get(list).post(create))
-        .route(
-            "/api/tenants/{tenant_id}/roles/{role_id}",
-            get(read).patch(update).delete(delete),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, delete))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -71,7 +68,7 @@ fn permissions(value: &[String]) -> ApiResult<Vec<String>> {
         .collect()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateRole {
     name: String,
@@ -79,6 +76,7 @@ struct CreateRole {
     permissions: Vec<String>,
 }
 
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/roles", tag = "roles", request_body = CreateRole, responses((status = 201, description = "The role", body = RoleState)))]
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -140,6 +138,7 @@ async fn role_audit(
     audit::record(tx, ctx, entry).await;
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/roles", tag = "roles", params(PageQuery), responses((status = 200, description = "A page of roles", body = Page<RoleState>)))]
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -164,6 +163,7 @@ async fn list(
     Ok(Json(Page::from_rows(items, limit, |r| r.id)))
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/roles/{role_id}", tag = "roles", responses((status = 200, description = "The role", body = RoleState)))]
 async fn read(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -184,13 +184,14 @@ async fn read(
     Ok(Json(row.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateRole {
     name: Option<String>,
     permissions: Option<Vec<String>>,
 }
 
+#[utoipa::path(patch, path = "/api/tenants/{tenant_id}/roles/{role_id}", tag = "roles", request_body = UpdateRole, responses((status = 200, description = "The role", body = RoleState)))]
 async fn update(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -238,6 +239,7 @@ async fn update(
     Ok(Json(role))
 }
 
+#[utoipa::path(delete, path = "/api/tenants/{tenant_id}/roles/{role_id}", tag = "roles", responses((status = 200, description = "The deleted role", body = RoleState)))]
 async fn delete(
     State(state): State<AppState>,
     ctx: Ctx,

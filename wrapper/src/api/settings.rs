@@ -2,11 +2,11 @@
 //! whole new state, like every state event).
 
 use std::collections::BTreeMap;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
-    routing::get,
 };
 use serde::Deserialize;
 use sync_sdk::contract::{Event, SettingsState};
@@ -22,10 +22,11 @@ use crate::{
 };
 
 /// Settings routes.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/tenants/{tenant_id}/settings", get(read).put(replace))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(read, replace))
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/settings", tag = "settings", responses((status = 200, description = "The tenant's settings", body = SettingsState)))]
 async fn read(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -46,12 +47,13 @@ async fn read(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Replace {
     values: BTreeMap<String, serde_json::Value>,
 }
 
+#[utoipa::path(put, path = "/api/tenants/{tenant_id}/settings", tag = "settings", request_body = Replace, responses((status = 200, description = "The tenant's settings", body = SettingsState)))]
 async fn replace(
     State(state): State<AppState>,
     ctx: Ctx,

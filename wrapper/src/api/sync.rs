@@ -9,12 +9,12 @@
 //! first-page read is audited as an export.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
-    routing::get,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::ApiQuery;
@@ -34,13 +34,13 @@ use crate::{
 use sync_sdk::contract::{MembershipState, RoleState, TenantState, UserState};
 
 /// Sync routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/sync/tenant/{tenant_id}", get(snapshot))
-        .route("/api/sync/tenant/{tenant_id}/digest", get(digest))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(snapshot))
+        .routes(routes!(digest))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct SnapshotQuery {
     /// Continue the user list after this id (later pages carry users only).
     cursor: Option<Uuid>,
@@ -62,6 +62,7 @@ fn versioned<R, T: From<R>>(version: i64, row: R) -> Versioned<T> {
     }
 }
 
+#[utoipa::path(get, path = "/api/sync/tenant/{tenant_id}", tag = "sync", params(SnapshotQuery), responses((status = 200, description = "A page of the tenant's snapshot with its watermark (app service tokens)", body = Value)))]
 async fn snapshot(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -192,6 +193,7 @@ const DIGEST_SQL: &str = "select encode(sha256(convert_to(coalesce(
         string_agg(id::text || ':' || version::text, E'\\n' order by id), ''), 'UTF8')), 'hex')";
 
 /// `GET /api/sync/tenant/{id}/digest`: per-kind digests and the watermark, read together.
+#[utoipa::path(get, path = "/api/sync/tenant/{tenant_id}/digest", tag = "sync", responses((status = 200, description = "Digests of the tenant's aggregates, per kind (app service tokens)", body = Value)))]
 async fn digest(
     State(state): State<AppState>,
     caller: Caller,

@@ -2,14 +2,14 @@
 //! admin), read, update, archive. Each change is one transaction with its events.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::StatusCode,
-    routing::get,
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
 use sync_sdk::contract::{Event, RoleState, TenantState, TenantStatus, UserState};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
@@ -23,13 +23,10 @@ use crate::{
 };
 
 /// Tenant routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tenants", get(list).post(create))
-        .route(
-            "/api/tenants/{tenant_id}",
-            get(read).patch(update).delete(archive),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, archive))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -77,7 +74,7 @@ pub(crate) async fn fetch(db: &mut PgConnection, id: Uuid) -> ApiResult<TenantRo
     .ok_or(ApiError::NotFound("tenant"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct FirstAdmin {
     email: String,
@@ -85,7 +82,7 @@ struct FirstAdmin {
     password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateTenant {
     name: String,
@@ -98,6 +95,7 @@ struct CreateTenant {
     admin: Option<FirstAdmin>,
 }
 
+#[utoipa::path(post, path = "/api/tenants", tag = "tenants", request_body = CreateTenant, responses((status = 201, description = "The tenant, with `adminRoleId` and `adminUserId`", body = Value)))]
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -205,6 +203,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+#[utoipa::path(get, path = "/api/tenants", tag = "tenants", params(PageQuery), responses((status = 200, description = "A page of tenants", body = Page<TenantState>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -223,6 +222,7 @@ async fn list(
     Ok(Json(Page::from_rows(items, limit, |t| t.id)))
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}", tag = "tenants", responses((status = 200, description = "The tenant", body = TenantState)))]
 async fn read(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -236,7 +236,7 @@ async fn read(
     Ok(Json(fetch(&mut conn, tenant_id).await?.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateTenant {
     name: Option<String>,
@@ -246,6 +246,7 @@ struct UpdateTenant {
     theme: Option<serde_json::Value>,
 }
 
+#[utoipa::path(patch, path = "/api/tenants/{tenant_id}", tag = "tenants", request_body = UpdateTenant, responses((status = 200, description = "The tenant; a custom domain requested by a tenant admin waits for proof (see /domain)", body = TenantState)))]
 async fn update(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -377,6 +378,7 @@ pub(crate) async fn set_active_domain(
     Ok(tenant)
 }
 
+#[utoipa::path(delete, path = "/api/tenants/{tenant_id}", tag = "tenants", responses((status = 200, description = "The archived tenant", body = TenantState)))]
 async fn archive(
     State(state): State<AppState>,
     ctx: Ctx,

@@ -2,14 +2,14 @@
 //! carry [`UserState`], which has no field for a password hash, MFA secret or token.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::StatusCode,
-    routing::get,
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
 use sync_sdk::contract::{Event, UserState};
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
@@ -23,13 +23,10 @@ use crate::{
 };
 
 /// User routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/tenants/{tenant_id}/users", get(list).post(create))
-        .route(
-            "/api/tenants/{tenant_id}/users/{user_id}",
-            get(read).patch(update).delete(soft_delete),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(read, update, soft_delete))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -98,7 +95,7 @@ pub(crate) async fn insert(
     Ok(())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateUser {
     email: String,
@@ -107,6 +104,7 @@ struct CreateUser {
     avatar_url: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/users", tag = "users", request_body = CreateUser, responses((status = 201, description = "The user", body = UserState)))]
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -156,7 +154,7 @@ pub(crate) async fn ensure_active_tenant(db: &mut PgConnection, tenant_id: Uuid)
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct ListQuery {
     cursor: Option<Uuid>,
     limit: Option<i64>,
@@ -164,6 +162,7 @@ struct ListQuery {
     include_deleted: bool,
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/users", tag = "users", params(ListQuery), responses((status = 200, description = "A page of users", body = Page<UserState>)))]
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -194,6 +193,7 @@ async fn list(
     Ok(Json(Page::from_rows(items, limit, |u| u.id)))
 }
 
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", responses((status = 200, description = "The user", body = UserState)))]
 async fn read(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -214,7 +214,7 @@ async fn read(
     Ok(Json(row.into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateUser {
     email: Option<String>,
@@ -224,6 +224,7 @@ struct UpdateUser {
     password: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", request_body = UpdateUser, responses((status = 200, description = "The user", body = UserState)))]
 async fn update(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -300,6 +301,7 @@ async fn update(
     Ok(Json(user))
 }
 
+#[utoipa::path(delete, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", responses((status = 200, description = "The soft-deleted user", body = UserState)))]
 async fn soft_delete(
     State(state): State<AppState>,
     ctx: Ctx,

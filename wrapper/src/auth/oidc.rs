@@ -18,13 +18,12 @@
 //!    and the browser goes back to `return_to` (a path on the same host).
 
 use std::time::{Duration, Instant};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use axum::{
-    Router,
     extract::{Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
@@ -303,11 +302,11 @@ fn family_of_jwk(jwk: &Jwk) -> Option<&'static str> {
 }
 
 /// OIDC routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/oidc/login", get(start_by_query))
-        .route("/auth/oidc/{provider}/start", get(start))
-        .route("/auth/oidc/{provider}/callback", get(callback))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start_by_query))
+        .routes(routes!(start))
+        .routes(routes!(callback))
 }
 
 fn random_token() -> String {
@@ -345,12 +344,12 @@ fn public_origin(state: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{}", host(headers))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct StartQuery {
     return_to: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct LoginQuery {
     #[serde(default)]
     provider: String,
@@ -360,6 +359,7 @@ struct LoginQuery {
 /// `GET /auth/oidc/login?provider=<id>&return_to=…` (DESIGN.md's name): the same as
 /// `/auth/oidc/<id>/start`. Each provider has its own callback path, which is what the provider
 /// registers as the redirect URI.
+#[utoipa::path(get, path = "/auth/oidc/login", tag = "auth", security(()), params(LoginQuery), responses((status = 303, description = "To the OpenID Connect provider")))]
 async fn start_by_query(
     state: State<AppState>,
     headers: HeaderMap,
@@ -376,6 +376,7 @@ async fn start_by_query(
     .await
 }
 
+#[utoipa::path(get, path = "/auth/oidc/{provider}/start", tag = "auth", security(()), params(("provider" = String, Path, description = "The provider id"), StartQuery), responses((status = 303, description = "To the OpenID Connect provider")))]
 async fn start(
     State(state): State<AppState>,
     Path(provider_id): Path<String>,
@@ -476,7 +477,7 @@ async fn start(
     response
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
@@ -502,6 +503,7 @@ struct VerifiedUser {
     name: Option<String>,
 }
 
+#[utoipa::path(get, path = "/auth/oidc/{provider}/callback", tag = "auth", security(()), params(("provider" = String, Path, description = "The provider id"), CallbackQuery), responses((status = 303, description = "Signed in: back to where the user started")))]
 async fn callback(
     State(state): State<AppState>,
     ctx: Ctx,

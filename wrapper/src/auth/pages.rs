@@ -140,12 +140,13 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
     )
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub(crate) struct LoginPageQuery {
     return_to: Option<String>,
 }
 
 /// `GET /auth/login?return_to=/crm/`: the sign-in page of the host's tenant.
+#[utoipa::path(get, path = "/auth/login", tag = "pages", security(()), params(LoginPageQuery), responses((status = 200, description = "The host's sign-in page", body = String, content_type = "text/html"), (status = 303, description = "Already signed in: back to return_to")))]
 pub(crate) async fn login_page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -209,6 +210,7 @@ async fn session_user(
 /// `GET /` on a tenant's host: where a visit to the tenant's address starts. Signed in: the
 /// tenant's apps (its features that `WRAPPER_PORTAL_APPS` knows). Not signed in: the sign-in
 /// page, which returns here.
+#[utoipa::path(get, path = "/", tag = "pages", security(()), responses((status = 200, description = "The tenant's start page: its apps when signed in", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page")))]
 pub(crate) async fn portal(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let tenant = match host_tenant(&state, &headers).await {
         Ok(Some(t)) => t,
@@ -300,8 +302,8 @@ fn render_login(
     html(status, &format!("Sign in · {name}"), &body)
 }
 
-#[derive(Debug, Deserialize)]
-struct LoginForm {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct LoginForm {
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -373,8 +375,8 @@ pub(crate) async fn login_form(
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-#[derive(Debug, Deserialize)]
-struct LogoutForm {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(crate) struct LogoutForm {
     return_to: Option<String>,
 }
 

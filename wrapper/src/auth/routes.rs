@@ -2,16 +2,16 @@
 //! user, service tokens for apps, and the public keys.
 
 use axum::{
-    Json, Router,
+    Json,
     body::Bytes,
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
@@ -27,17 +27,17 @@ use crate::{
 };
 
 /// The auth routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/", get(super::pages::portal))
-        .route("/auth/login", get(super::pages::login_page).post(login))
-        .route("/auth/logout", post(logout))
-        .route("/auth/me", get(me))
-        .route("/auth/service-token", post(service_token))
-        .route("/.well-known/jwks.json", get(jwks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(super::pages::portal))
+        .routes(routes!(super::pages::login_page, login))
+        .routes(routes!(logout))
+        .routes(routes!(me))
+        .routes(routes!(service_token))
+        .routes(routes!(jwks))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct LoginRequest {
     email: String,
@@ -49,6 +49,7 @@ struct LoginRequest {
 
 /// `POST /auth/login`: JSON for API clients (the token in the body and the cookie), or the
 /// sign-in page's form (the cookie, then a redirect back to where the user started).
+#[utoipa::path(post, path = "/auth/login", tag = "auth", security(()), request_body(content(( LoginRequest = "application/json"), (super::pages::LoginForm = "application/x-www-form-urlencoded")), description = "JSON for API clients; the sign-in page posts the form"), responses((status = 200, description = "Signed in: the token (JSON); the session cookie is set", body = Value), (status = 303, description = "Signed in from the form: back to return_to"), (status = 200, description = "The sign-in page again, with the reason", body = String, content_type = "text/html")))]
 async fn login(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -214,6 +215,7 @@ pub(crate) fn set_cookie(
 
 /// `POST /auth/logout`: clear the session cookie on the parent domain (every app at once). The
 /// apps' sign-out form gets a redirect to the sign-in page; API clients get 204.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", security(()), request_body(content((super::pages::LogoutForm = "application/x-www-form-urlencoded")), description = "The dashboards' sign-out form; API clients send no body"), responses((status = 204, description = "Signed out everywhere (API)"), (status = 303, description = "Signed out (the form): to the sign-in page")))]
 async fn logout(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -248,6 +250,7 @@ async fn logout(
     Ok(response)
 }
 
+#[utoipa::path(get, path = "/auth/me", tag = "auth", responses((status = 200, description = "The signed-in user", body = Value)))]
 async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<serde_json::Value>> {
     let user = caller.user()?;
     let (email, full_name): (String, String) =
@@ -261,13 +264,14 @@ async fn me(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<ser
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ServiceTokenRequest {
     client_id: String,
     client_secret: String,
 }
 
+#[utoipa::path(post, path = "/auth/service-token", tag = "auth", security(()), request_body = ServiceTokenRequest, responses((status = 200, description = "A service token for the app", body = Value)))]
 async fn service_token(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -308,6 +312,7 @@ async fn service_token(
     ))
 }
 
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", security(()), responses((status = 200, description = "The public keys that verify the wrapper's tokens", body = Value)))]
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = Json(state.keys.jwks().await).into_response();
     response.headers_mut().insert(
