@@ -624,6 +624,17 @@ async fn every_refusal_is_a_problem_naming_the_field_and_writes_nothing() -> any
         );
     }
 
+    // A body that is not an object (serde would read a struct from an array).
+    let got = app
+        .call(
+            Method::PATCH,
+            &format!("{base}/roles/{}", acme.admin_role),
+            Some(&acme.admin),
+            Some(json!([null, ["x"]])),
+        )
+        .await;
+    problem(StatusCode::BAD_REQUEST, "body", got, "an array body");
+
     // Email addresses, everywhere one enters.
     for bad in [
         "<script>@acme.test",

@@ -25,9 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
     /// Entries older than this id.
     before: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     action: Option<String>,
 }

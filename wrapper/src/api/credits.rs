@@ -409,6 +409,7 @@ async fn consume(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 struct BalanceQuery {
     tenant_id: Uuid,
@@ -456,12 +457,14 @@ async fn balance(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 struct LedgerQuery {
     tenant_id: Uuid,
     application: Option<String>,
     operation_code: Option<String>,
     after: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 

@@ -72,6 +72,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 /// A parsed JSON body as `T`: refused, naming the field, when any string in it (key or value)
 /// holds a NUL character, which PostgreSQL cannot store as text, or when it does not fit `T`.
 pub fn typed_body<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    // serde would also read a struct from an array (`[null, null]`): every body is an object.
+    if !value.is_object() {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
     if let Some(field) = nul_field(&value, String::new()) {
         return Err(ApiError::invalid(
             &field,

@@ -87,9 +87,18 @@ fn finish(api: utoipa::openapi::OpenApi) -> Value {
         },
     });
     for (status, why) in REFUSALS {
+        let problem = json!({"schema": {"$ref": "#/components/schemas/Problem"}});
         components["responses"][format!("Problem{status}")] = json!({
             "description": why,
-            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            "content": {"application/problem+json": problem},
+        });
+        // Browser flows (pages, sign-in, OpenID Connect) refuse with an HTML page instead.
+        components["responses"][format!("PageProblem{status}")] = json!({
+            "description": why,
+            "content": {
+                "application/problem+json": problem,
+                "text/html": {"schema": {"type": "string"}},
+            },
         });
     }
     if let Some(paths) = doc["paths"].as_object_mut() {
@@ -105,9 +114,13 @@ fn finish(api: utoipa::openapi::OpenApi) -> Value {
                     .or_insert_with(|| json!({}))
                     .as_object_mut();
                 if let Some(responses) = responses {
+                    let browser = responses.iter().any(|(status, response)| {
+                        status == "303" || !response["content"]["text/html"].is_null()
+                    });
+                    let kind = if browser { "PageProblem" } else { "Problem" };
                     for (status, _) in REFUSALS {
                         responses.entry(status.to_string()).or_insert_with(
-                            || json!({"$ref": format!("#/components/responses/Problem{status}")}),
+                            || json!({"$ref": format!("#/components/responses/{kind}{status}")}),
                         );
                     }
                 }

@@ -41,10 +41,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SnapshotQuery {
     /// Continue the user list after this id (later pages carry users only).
     cursor: Option<Uuid>,
     /// Users per page (1–10,000, default 5,000).
+    #[param(minimum = 1, maximum = 10000)]
     limit: Option<i64>,
 }
 

@@ -155,11 +155,13 @@ pub(crate) async fn ensure_active_tenant(db: &mut PgConnection, tenant_id: Uuid)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
     cursor: Option<Uuid>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
-    #[serde(default, rename = "includeDeleted")]
-    include_deleted: bool,
+    #[serde(rename = "includeDeleted")]
+    include_deleted: Option<bool>,
 }
 
 #[utoipa::path(get, path = "/api/tenants/{tenant_id}/users", tag = "users", params(ListQuery), responses((status = 200, description = "A page of users", body = Page<UserState>)))]
@@ -185,7 +187,7 @@ async fn list(
     ))
     .bind(tenant_id)
     .bind(q.cursor)
-    .bind(q.include_deleted)
+    .bind(q.include_deleted.unwrap_or(false))
     .bind(limit + 1)
     .fetch_all(&state.db)
     .await?;

@@ -345,11 +345,13 @@ fn public_origin(state: &AppState, headers: &HeaderMap) -> String {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StartQuery {
     return_to: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LoginQuery {
     #[serde(default)]
     provider: String,
@@ -478,6 +480,7 @@ async fn start(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,

@@ -141,6 +141,7 @@ pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LoginPageQuery {
     return_to: Option<String>,
 }

@@ -58,6 +58,16 @@ impl Attempt {
             (&attempt.account, settings.sign_in_account_failures),
             (&attempt.source, settings.sign_in_source_failures),
         ];
+        // Counters of guesses at made-up accounts would pile up: about one attempt in a hundred
+        // drops every row whose window and wait are over.
+        if rand::random::<u8>() < 3 {
+            sqlx::query(
+                "delete from sign_in_failures where last_failure < now() - interval '15 minutes'
+                   and (locked_until is null or locked_until < now())",
+            )
+            .execute(&state.db)
+            .await?;
+        }
         let mut tx = state.db.begin().await?;
         let mut keys: Vec<&String> = limits.iter().map(|(k, _)| *k).collect();
         keys.sort();
