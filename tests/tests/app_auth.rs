@@ -185,3 +185,56 @@ async fn a_rotated_key_is_picked_up_and_a_retired_one_refused_without_restart() 
     assert_eq!(call(new_token).await, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn when_redis_cannot_answer_sign_outs_fail_open_by_default_or_closed_by_choice()
+-> anyhow::Result<()> {
+    use sync_sdk::auth::RevocationPolicy;
+    let wrapper = spawn_wrapper().await?;
+    let acme = wrapper.create_tenant("acme").await;
+    let mut redis = RedisServer::start().await?;
+    let client = redis_client(&redis.url()).await?;
+    let keys = sync_sdk::contract::StreamKeys::new(redis_namespace(), 1).unwrap();
+    let server = |policy| {
+        let jwks = Jwks::new(
+            &wrapper.url,
+            wrapper.state.keys.issuer(),
+            Duration::ZERO,
+            Duration::from_secs(300),
+        )
+        .with_revocations(client.clone(), keys.clone(), policy);
+        serve(
+            Router::new()
+                .route("/me", get(me))
+                .with_state(AppState { jwks }),
+        )
+    };
+    let (open, closed) = (
+        server(RevocationPolicy::FailOpen).await?,
+        server(RevocationPolicy::FailClosed).await?,
+    );
+    let http = reqwest::Client::new();
+    let status = |base: String| {
+        let req = http
+            .get(format!("{base}/me"))
+            .header("x-tenant", "acme")
+            .bearer_auth(&acme.admin);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        (status(open.url()).await, status(closed.url()).await),
+        (200, 200)
+    );
+    redis.kill().await?;
+    assert_eq!(
+        status(open.url()).await,
+        200,
+        "fail open: accepted, logged, counted"
+    );
+    assert_eq!(
+        status(closed.url()).await,
+        503,
+        "fail closed: refused until Redis answers"
+    );
+    Ok(())
+}

@@ -146,6 +146,8 @@ async fn token(
         }
         "impostor-key" => key = r.impostor.as_slice(),
         "unverified-email" => claims["email_verified"] = json!(false),
+        // Verified by the provider, but not an address the API would accept either.
+        "invalid-email" => claims["email"] = json!("<script>@acme.test"),
         "shared-secret" => {
             let mut header = Header::new(Algorithm::HS256);
             header.kid = Some(KID.into());
@@ -295,6 +297,7 @@ async fn id_tokens_with_anything_wrong_are_refused_and_sign_in_nobody() -> anyho
         "shared-secret",
         "unsigned",
         "unverified-email",
+        "invalid-email",
     ] {
         let resp = sign_in(&w, scenario).await?;
         let status = resp.status();
@@ -344,7 +347,13 @@ async fn id_tokens_with_anything_wrong_are_refused_and_sign_in_nobody() -> anyho
                 .to_owned()
         })
         .collect();
-    assert_eq!(reasons.len(), 9, "{reasons:?}");
+    assert_eq!(reasons.len(), 10, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("email address is not valid")),
+        "{reasons:?}"
+    );
     assert!(reasons.iter().any(|r| r.contains("nonce")), "{reasons:?}");
     Ok(())
 }

@@ -789,6 +789,18 @@ async fn apps_refuse_forged_posts_and_answer_every_refusal_with_a_problem() -> a
         .await?;
     assert_eq!(listed["items"], json!([]), "no forged account was created");
 
+    // Straight to the app, around the edge: a request must name its tenant, and the right one.
+    for (tenant, status) in [(None, 400), (Some("globex"), 403), (Some("acme"), 200)] {
+        let mut req = http
+            .get(format!("{}/accounts", suite.crm_url))
+            .bearer_auth(&acme.admin);
+        if let Some(t) = tenant {
+            req = req.header("x-tenant", t);
+        }
+        let r = req.send().await?;
+        assert_eq!(r.status().as_u16(), status, "X-Tenant {tenant:?}");
+    }
+
     // The app's own router and layers answer with problems too.
     for (method, path, status) in [
         (
