@@ -87,7 +87,9 @@ struct AppEvent {
     actor_id: Option<Uuid>,
     action: String,
     target: Option<String>,
+    /// Free-form details of the event (an object).
     #[serde(default)]
+    #[schema(value_type = Object)]
     details: serde_json::Value,
 }
 
@@ -104,6 +106,9 @@ async fn report(
         return Err(ApiError::Forbidden("app service tokens only"));
     };
     let action = crate::validate::short_text("action", &event.action, 100)?;
+    if !(event.details.is_object() || event.details.is_null()) {
+        return Err(ApiError::invalid("details", "must be an object"));
+    }
     let tenant_id = state
         .domains
         .resolve_tenant_ref(&state.db, &event.tenant)
