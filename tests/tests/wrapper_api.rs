@@ -1000,3 +1000,37 @@ fn print_openapi() {
         serde_json::to_string_pretty(wrapper::api::openapi::document()).unwrap()
     );
 }
+
+/// "No tenant at this host" is cached briefly: a tenant created by another replica (here: a
+/// second wrapper on the same database, whose cache this one never hears about) is found within
+/// the negative TTL, not after the full domain-cache TTL.
+#[tokio::test]
+async fn a_host_unknown_a_moment_ago_resolves_soon_after_another_replica_creates_it()
+-> anyhow::Result<()> {
+    let app = spawn_wrapper_with(|s| s.domain_cache_ttl_secs = 3600).await?;
+    let domains = &app.state.domains;
+    assert!(
+        domains
+            .lookup(&app.db.pool, "later.yourapp.test")
+            .await?
+            .is_none()
+    );
+    // Another replica creates the tenant: this replica's cache is not invalidated.
+    sqlx::query(
+        "insert into tenants (id, name, subdomain, partition) values ($1, 'Later', 'later', 0)",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&app.db.pool)
+    .await?;
+    // Within 10 s: the hour-long TTL of positive answers does not apply to "no tenant".
+    tsync_e2e::eventually(std::time::Duration::from_secs(10), || async {
+        domains
+            .lookup(&app.db.pool, "later.yourapp.test")
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    })
+    .await?;
+    Ok(())
+}

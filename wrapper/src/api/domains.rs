@@ -68,12 +68,21 @@ pub struct DomainInfo {
 }
 
 /// Host → tenant cache.
+///
+/// "No tenant here" is cached too (made-up hosts must not each cost a query), but for at most
+/// [`NEGATIVE_TTL`], and an answer read before an invalidation is never stored after it: a
+/// lookup that raced the creation of its tenant (an app's audit report naming a tenant about to
+/// be created, say) used to pin "no such tenant" for the whole TTL.
 #[derive(Debug)]
 pub struct DomainCache {
     ttl: Duration,
     parent: Option<String>,
     entries: Mutex<HashMap<String, (Instant, Option<DomainInfo>)>>,
+    generation: std::sync::atomic::AtomicU64,
 }
+
+/// How long "no tenant at this host" is trusted.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 
 impl DomainCache {
     /// A cache trusting entries for `ttl`. With a `parent` domain (e.g. `.yourapp.test`) only
@@ -84,6 +93,7 @@ impl DomainCache {
             ttl,
             parent,
             entries: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -118,10 +128,10 @@ impl DomainCache {
 
     /// Forget everything (after a tenant changed).
     pub fn invalidate(&self) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        entries.clear();
     }
 
     /// The active tenant `host` names: its custom domain, or its first label as the subdomain.
@@ -140,11 +150,19 @@ impl DomainCache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&host)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .filter(|(at, info)| {
+                at.elapsed()
+                    < if info.is_some() {
+                        self.ttl
+                    } else {
+                        self.ttl.min(NEGATIVE_TTL)
+                    }
+            })
             .map(|(_, info)| info.clone());
         if let Some(info) = cached {
             return Ok(info);
         }
+        let generation = self.generation.load(std::sync::atomic::Ordering::SeqCst);
         const COLUMNS: &str = "id as tenant_id, name, subdomain, domain, plan, features, theme";
         let query = match self.host_ref(&host) {
             HostRef::Subdomain(sub) => Some((
@@ -161,10 +179,12 @@ impl DomainCache {
             Some((sql, value)) => sqlx::query_as(&sql).bind(value).fetch_optional(db).await?,
             None => None,
         };
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host, (Instant::now(), info.clone()));
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // A change committed while this read ran invalidated the cache: do not store the answer.
+        if self.generation.load(std::sync::atomic::Ordering::SeqCst) == generation {
+            entries.insert(host, (Instant::now(), info.clone()));
+        }
+        drop(entries);
         Ok(info)
     }
 
