@@ -1,0 +1,17 @@
+//! Every end-to-end test of Tenantsync in one test binary: the whole graph (wrapper, SDK, apps)
+//! is linked once instead of once per file. Each module is one area; run one with
+//! `cargo test -p tsync-e2e --test e2e <module>::` (e.g. `security::`).
+
+mod app_auth;
+mod compose;
+mod consumer;
+mod credits;
+mod crm;
+mod lazy_load;
+mod nginx;
+mod oidc_checks;
+mod relay;
+mod security;
+mod smoke;
+mod sso;
+mod wrapper_api;
