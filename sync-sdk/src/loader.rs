@@ -1,7 +1,7 @@
 //! Lazy loading: a tenant is loaded the first time one of its users visits, from the wrapper's
 //! snapshot, and kept current by the stream from then on.
 //!
-//! Guarantees (DESIGN.md invariant 4):
+//! Guarantees (docs/architecture.md, invariant 4):
 //! * **No gap at the handoff.** Before the snapshot is read the tenant is marked *loading*, and
 //!   the consumer applies every event of a loading tenant. The snapshot carries the tenant's seq
 //!   watermark read in the same transaction; once it is written (version-gated, so it never

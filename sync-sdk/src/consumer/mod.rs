@@ -1,6 +1,6 @@
 //! The stream consumer: keeps an app's [`TenantStore`] current from the partition streams.
 //!
-//! Guarantees (DESIGN.md invariants 2, 3, 6, 7):
+//! Guarantees (docs/architecture.md, invariants 2, 3, 6, 7):
 //! * **One consumer group per app** on every partition, created on start; consumer names are
 //!   unique per process. Each partition is read in order by one reader task; partitions run
 //!   concurrently.

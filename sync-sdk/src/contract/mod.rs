@@ -4,7 +4,7 @@
 //! Both sides compile against these types, so a producer and a consumer can never disagree on a
 //! field name. The module guarantees:
 //!
-//! * **One wire shape.** [`Envelope`] serialises to the camelCase JSON of DESIGN.md, and
+//! * **One wire shape.** [`Envelope`] serialises to the camelCase JSON of docs/contract.md, and
 //!   [`Envelope::from_json`] reads it back. Unknown fields are ignored (a newer MINOR version may
 //!   add some); an unknown MAJOR version is refused with [`ContractError::UnsupportedVersion`].
 //! * **Typed payloads.** [`Event`] has one variant per event type, each carrying the aggregate's

@@ -1,7 +1,7 @@
 //! Credits: allocation to a tenant (or an entity in it), allocation from the tenant's pool to an
 //! application, consumption by applications, balances and the ledger.
 //!
-//! Guarantees (DESIGN.md invariant 8):
+//! Guarantees (docs/architecture.md, invariant 8):
 //! * **Never overspent.** A consumption decrements the balance only where it covers the amount
 //!   (`UPDATE … WHERE balance >= amount`, under the row lock), and a check constraint forbids a
 //!   negative balance; concurrent consumers serialise on the balance row.

@@ -358,7 +358,7 @@ struct LoginQuery {
     return_to: Option<String>,
 }
 
-/// `GET /auth/oidc/login?provider=<id>&return_to=…` (DESIGN.md's name): the same as
+/// `GET /auth/oidc/login?provider=<id>&return_to=…` (the original design's name): the same as
 /// `/auth/oidc/<id>/start`. Each provider has its own callback path, which is what the provider
 /// registers as the redirect URI.
 #[utoipa::path(get, path = "/auth/oidc/login", tag = "auth", security(()), params(LoginQuery), responses((status = 303, description = "To the OpenID Connect provider")))]
