@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    api::credits::{Consumption, charge},
     context::Ctx,
+    domain::credits::{Consumption, charge},
 };
 
 /// The consumer group of the wrapper on the credit streams.

@@ -10,10 +10,13 @@ pub mod auth;
 pub mod config;
 pub mod context;
 pub mod credit_ingest;
+pub mod domain;
 pub mod error;
+pub mod extract;
 pub mod outbox;
 pub mod relay;
 pub mod startup;
+pub mod state;
 pub mod validate;
 
 /// The wrapper's schema migrations, embedded in the binary.

@@ -14,32 +14,14 @@ use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
 use uuid::Uuid;
 
 use crate::{
-    api::{self, domains::DomainCache},
+    api,
     auth::{keys::KeyStore, password},
     config::Settings,
+    domain::hosts::DomainCache,
     validate,
 };
 
-/// Everything a handler may need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    /// The wrapper's database.
-    pub db: PgPool,
-    /// Redis (event streams).
-    pub redis: fred::clients::Client,
-    /// Signing keys.
-    pub keys: Arc<KeyStore>,
-    /// Settings.
-    pub settings: Arc<Settings>,
-    /// Stream key names.
-    pub stream_keys: StreamKeys,
-    /// Host → tenant cache.
-    pub domains: Arc<DomainCache>,
-    /// Prometheus exporter handle.
-    pub metrics: PrometheusHandle,
-    /// OpenID Connect providers for browser sign-in.
-    pub oidc: Arc<crate::auth::oidc::Oidc>,
-}
+pub use crate::state::AppState;
 
 /// The process-wide Prometheus recorder (one per process, shared by every in-process app in
 /// tests).

@@ -14,7 +14,7 @@ use crate::{
     auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 /// Audit routes.

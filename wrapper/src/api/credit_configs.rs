@@ -17,7 +17,7 @@ use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
     outbox::{self, Aggregate},
-    startup::AppState,
+    state::AppState,
     validate,
 };
 

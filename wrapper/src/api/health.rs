@@ -12,7 +12,7 @@ use axum::{
 use fred::interfaces::ClientLike;
 use serde_json::json;
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Health and metrics routes.
 pub fn router() -> OpenApiRouter<AppState> {

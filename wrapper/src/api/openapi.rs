@@ -14,7 +14,7 @@ use axum::Json;
 use serde_json::{Value, json};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The OpenAPI route.
 pub fn router() -> OpenApiRouter<AppState> {

@@ -18,7 +18,7 @@ use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
     outbox::{self, Aggregate},
-    startup::AppState,
+    state::AppState,
     validate,
 };
 

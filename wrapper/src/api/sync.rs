@@ -29,7 +29,7 @@ use crate::{
     auth::Caller,
     context::Ctx,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 use sync_sdk::contract::{MembershipState, RoleState, TenantState, UserState};
 

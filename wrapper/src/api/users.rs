@@ -7,18 +7,18 @@ use axum::{
     http::StatusCode,
 };
 use serde::Deserialize;
-use sqlx::PgConnection;
 use sync_sdk::contract::{Event, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
+pub(crate) use crate::domain::users::{ensure_active_tenant, insert};
 use crate::{
     auth::{Access, Caller, password},
     context::Ctx,
     error::{ApiError, ApiResult},
     outbox::{self, Aggregate},
-    startup::AppState,
+    state::AppState,
     validate,
 };
 
@@ -59,41 +59,6 @@ impl From<UserRow> for UserState {
 
 pub(crate) const USER_COLUMNS: &str =
     "id, tenant_id, email, full_name, avatar_url, email_verified, active, deleted_at, version";
-
-/// Insert a new user of a tenant with its `user.created` event.
-pub(crate) async fn insert(
-    tx: &mut PgConnection,
-    ctx: &Ctx,
-    user: &UserState,
-    password_hash: Option<String>,
-) -> ApiResult<()> {
-    sqlx::query(
-        "insert into users (id, tenant_id, email, full_name, avatar_url, password_hash, email_verified)
-         values ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(user.id)
-    .bind(user.tenant_id)
-    .bind(&user.email)
-    .bind(&user.full_name)
-    .bind(&user.avatar_url)
-    .bind(password_hash)
-    .bind(user.email_verified)
-    .execute(&mut *tx)
-    .await?;
-    let aggregate = Aggregate {
-        id: user.id,
-        version: 1,
-    };
-    outbox::append(
-        tx,
-        ctx,
-        user.tenant_id,
-        aggregate,
-        Event::UserCreated(user.clone()),
-    )
-    .await?;
-    Ok(())
-}
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -139,19 +104,6 @@ async fn create(
     insert(&mut tx, &ctx, &user, hash).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(user)))
-}
-
-pub(crate) async fn ensure_active_tenant(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<()> {
-    let active: Option<bool> =
-        sqlx::query_scalar("select status = 'active' from tenants where id = $1")
-            .bind(tenant_id)
-            .fetch_optional(db)
-            .await?;
-    match active {
-        Some(true) => Ok(()),
-        Some(false) => Err(ApiError::Conflict("the tenant is archived".into())),
-        None => Err(ApiError::NotFound("tenant")),
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

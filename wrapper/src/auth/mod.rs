@@ -20,7 +20,7 @@ pub mod throttle;
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
 
-use crate::{audit, context::Ctx, error::ApiError, startup::AppState};
+use crate::{audit, context::Ctx, error::ApiError, state::AppState};
 use keys::TokenKind;
 
 /// Name of the session cookie.

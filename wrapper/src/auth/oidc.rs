@@ -34,7 +34,7 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::pages::{error_page, host, host_tenant, return_address, see_other};
-use crate::{audit, context::Ctx, startup::AppState};
+use crate::{audit, context::Ctx, state::AppState};
 
 /// The cookie binding a sign-in in progress to the browser that started it.
 pub const FLOW_COOKIE: &str = "tsync_oidc";
@@ -818,8 +818,8 @@ async fn find_or_create(
                 active: true,
                 deleted_at: None,
             };
-            crate::api::users::ensure_active_tenant(&mut tx, tenant_id).await?;
-            crate::api::users::insert(&mut tx, ctx, &new, None).await?;
+            crate::domain::users::ensure_active_tenant(&mut tx, tenant_id).await?;
+            crate::domain::users::insert(&mut tx, ctx, &new, None).await?;
             new.id
         }
         None => {

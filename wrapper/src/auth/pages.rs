@@ -17,10 +17,10 @@ pub use sync_sdk::web::{html, see_other};
 use uuid::Uuid;
 
 use crate::{
-    api::domains::DomainInfo,
     context::Ctx,
+    domain::hosts::DomainInfo,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 /// Whether the request body is an HTML form post.

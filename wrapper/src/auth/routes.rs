@@ -23,7 +23,7 @@ use crate::{
     audit,
     context::Ctx,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 /// The auth routes.
@@ -61,7 +61,7 @@ async fn login(
     }
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
-    let req: LoginRequest = crate::api::typed_body(value)?;
+    let req: LoginRequest = crate::extract::typed_body(value)?;
     let email = crate::validate::email("email", &req.email)?;
     let tenant_id = match req.tenant.as_deref() {
         Some(t) => Some(
@@ -275,7 +275,7 @@ struct ServiceTokenRequest {
 async fn service_token(
     State(state): State<AppState>,
     ctx: Ctx,
-    crate::api::ApiJson(req): crate::api::ApiJson<ServiceTokenRequest>,
+    crate::extract::ApiJson(req): crate::extract::ApiJson<ServiceTokenRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let row: Option<(String, String)> =
         sqlx::query_as("select secret_hash, application from service_clients where client_id = $1")

@@ -25,7 +25,7 @@ use crate::{
     audit,
     context::Ctx,
     error::{ApiError, ApiResult},
-    startup::AppState,
+    state::AppState,
 };
 
 /// The counters one sign-in attempt is charged to.

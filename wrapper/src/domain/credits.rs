@@ -1,0 +1,266 @@
+//! The credits ledger: balances per scope (the tenant's pool, an application, an entity), the
+//! ledger rows, and the operations on them, each inside the caller's transaction. The HTTP
+//! handlers (`api::credits`) and the fast-path ingester (`credit_ingest`) both call these.
+//!
+//! Guarantees (docs/architecture.md, invariant 8): never overspent (a debit only where the
+//! balance covers it, under the row lock), never double-charged (idempotent by operation id),
+//! and the ledger is the truth (every change is a ledger row with its `credit.*` event).
+
+use serde::Serialize;
+use sqlx::PgConnection;
+use sync_sdk::contract::{CreditAllocated, CreditConsumed, Event};
+use uuid::Uuid;
+
+use crate::{
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    outbox::{self, Aggregate},
+};
+
+/// Largest amount accepted in one request.
+pub(crate) const MAX_AMOUNT: i64 = 1_000_000_000;
+pub(crate) const POOL: &str = "tenant";
+
+pub(crate) fn app_scope(application: &str) -> String {
+    format!("app:{application}")
+}
+
+pub(crate) fn amount(field: &str, value: i64) -> ApiResult<i64> {
+    if (1..=MAX_AMOUNT).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("must be between 1 and {MAX_AMOUNT}"),
+        ))
+    }
+}
+
+/// A ledger entry as the API returns it (a consumption's reply, replayed verbatim).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LedgerEntry {
+    /// Ledger position (cursor).
+    pub id: i64,
+    /// The entry's id (for allocations, the allocation id).
+    pub entry_id: Uuid,
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// `allocation` or `consumption`.
+    pub kind: String,
+    /// The balance that received or paid.
+    pub scope: String,
+    /// For application allocations, the pool the credits came from.
+    pub source_scope: Option<String>,
+    /// Credits.
+    pub amount: i64,
+    /// The consuming or receiving application.
+    pub application: Option<String>,
+    /// What was done.
+    pub operation_code: Option<String>,
+    /// The consumption's idempotency key.
+    pub operation_id: Option<String>,
+    /// The balance of `scope` after this entry.
+    pub balance_after: i64,
+    /// When.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub(crate) const LEDGER_COLUMNS: &str =
+    "id, entry_id, tenant_id, kind, scope, source_scope, amount, application,
+     operation_code, operation_id, balance_after, created_at";
+
+pub(crate) struct NewEntry<'a> {
+    pub(crate) tenant_id: Uuid,
+    pub(crate) kind: &'a str,
+    pub(crate) scope: &'a str,
+    pub(crate) source_scope: Option<&'a str>,
+    pub(crate) amount: i64,
+    pub(crate) application: Option<&'a str>,
+    pub(crate) operation_code: Option<&'a str>,
+    pub(crate) operation_id: Option<&'a str>,
+    pub(crate) balance_after: i64,
+}
+
+pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
+    Ok(sqlx::query_as(&format!(
+        "insert into credit_ledger (entry_id, tenant_id, kind, scope, source_scope, amount,
+             application, operation_code, operation_id, balance_after)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning {LEDGER_COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(e.tenant_id)
+    .bind(e.kind)
+    .bind(e.scope)
+    .bind(e.source_scope)
+    .bind(e.amount)
+    .bind(e.application)
+    .bind(e.operation_code)
+    .bind(e.operation_id)
+    .bind(e.balance_after)
+    .fetch_one(tx)
+    .await?)
+}
+
+/// Add `amount` to a balance (creating it); returns (balance, version).
+pub(crate) async fn credit(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    scope: &str,
+    amount: i64,
+) -> ApiResult<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "insert into credit_balances (tenant_id, scope, balance) values ($1, $2, $3)
+         on conflict (tenant_id, scope) do update
+           set balance = credit_balances.balance + excluded.balance, version = credit_balances.version + 1
+         returning balance, version",
+    )
+    .bind(tenant)
+    .bind(scope)
+    .bind(amount)
+    .fetch_one(tx)
+    .await?)
+}
+
+/// Take `amount` from a balance if it covers it; otherwise a 402 with the balance.
+pub(crate) async fn debit(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    scope: &str,
+    amount: i64,
+) -> ApiResult<(i64, i64)> {
+    let taken: Option<(i64, i64)> = sqlx::query_as(
+        "update credit_balances set balance = balance - $3, version = version + 1
+         where tenant_id = $1 and scope = $2 and balance >= $3 returning balance, version",
+    )
+    .bind(tenant)
+    .bind(scope)
+    .bind(amount)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match taken {
+        Some(b) => Ok(b),
+        None => {
+            let balance: Option<i64> = sqlx::query_scalar(
+                "select balance from credit_balances where tenant_id = $1 and scope = $2",
+            )
+            .bind(tenant)
+            .bind(scope)
+            .fetch_optional(&mut *tx)
+            .await?;
+            Err(ApiError::InsufficientCredits {
+                balance: balance.unwrap_or(0),
+                required: amount,
+            })
+        }
+    }
+}
+
+/// Credits going into a balance.
+pub(crate) struct Allocation<'a> {
+    pub(crate) tenant_id: Uuid,
+    pub(crate) scope: &'a str,
+    pub(crate) source_scope: Option<&'a str>,
+    pub(crate) amount: i64,
+}
+
+/// Credit the receiving balance and record the allocation with its `credit.allocated` event.
+pub(crate) async fn record_allocation(
+    tx: &mut PgConnection,
+    ctx: &Ctx,
+    a: Allocation<'_>,
+    entity_id: Option<String>,
+    application: Option<String>,
+) -> ApiResult<LedgerEntry> {
+    let (balance_after, version) = credit(tx, a.tenant_id, a.scope, a.amount).await?;
+    let new = NewEntry {
+        tenant_id: a.tenant_id,
+        kind: "allocation",
+        scope: a.scope,
+        source_scope: a.source_scope,
+        amount: a.amount,
+        application: application.as_deref(),
+        operation_code: None,
+        operation_id: None,
+        balance_after,
+    };
+    let entry = insert_entry(tx, new).await?;
+    let event = Event::CreditAllocated(CreditAllocated {
+        allocation_id: entry.entry_id,
+        tenant_id: a.tenant_id,
+        entity_id,
+        application,
+        amount: a.amount,
+        balance_after,
+    });
+    let aggregate = Aggregate {
+        id: entry.entry_id,
+        version,
+    };
+    outbox::append(tx, ctx, a.tenant_id, aggregate, event).await?;
+    Ok(entry)
+}
+
+/// A consumption to charge to an application's balance.
+pub(crate) struct Consumption<'a> {
+    pub(crate) tenant_id: Uuid,
+    pub(crate) application: &'a str,
+    pub(crate) operation_code: &'a str,
+    pub(crate) operation_id: &'a str,
+    pub(crate) amount: i64,
+}
+
+/// Charge `c` inside `tx`, idempotently by operation id: returns the ledger entry and whether it
+/// was charged before (then nothing is charged now). Requests with one operation id are
+/// serialised by a transaction-scoped advisory lock. Used by the direct path and by the
+/// fast-path ingester alike.
+pub(crate) async fn charge(
+    tx: &mut PgConnection,
+    ctx: &Ctx,
+    c: &Consumption<'_>,
+) -> ApiResult<(LedgerEntry, bool)> {
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+        .bind(c.tenant_id.to_string())
+        .bind(c.operation_id)
+        .execute(&mut *tx)
+        .await?;
+    let original: Option<LedgerEntry> = sqlx::query_as(&format!(
+        "select {LEDGER_COLUMNS} from credit_ledger
+         where tenant_id = $1 and operation_id = $2 and kind = 'consumption'"
+    ))
+    .bind(c.tenant_id)
+    .bind(c.operation_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(entry) = original {
+        return Ok((entry, true));
+    }
+    let scope = app_scope(c.application);
+    let (balance_after, version) = debit(tx, c.tenant_id, &scope, c.amount).await?;
+    let new = NewEntry {
+        tenant_id: c.tenant_id,
+        kind: "consumption",
+        scope: &scope,
+        source_scope: None,
+        amount: c.amount,
+        application: Some(c.application),
+        operation_code: Some(c.operation_code),
+        operation_id: Some(c.operation_id),
+        balance_after,
+    };
+    let entry = insert_entry(tx, new).await?;
+    let event = Event::CreditConsumed(CreditConsumed {
+        operation_id: c.operation_id.to_owned(),
+        tenant_id: c.tenant_id,
+        application: c.application.to_owned(),
+        operation_code: c.operation_code.to_owned(),
+        amount: c.amount,
+        balance_after,
+    });
+    let aggregate = Aggregate {
+        id: entry.entry_id,
+        version,
+    };
+    outbox::append(tx, ctx, c.tenant_id, aggregate, event).await?;
+    Ok((entry, false))
+}

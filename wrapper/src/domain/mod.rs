@@ -1,0 +1,7 @@
+//! The wrapper's domain: the operations on tenants' data that more than one way in needs (the
+//! REST API, sign-in, the fast-path credit ingester), each taking the caller's transaction. They
+//! know nothing of HTTP; `api/` and `auth/` call them, never the other way round.
+
+pub mod credits;
+pub mod hosts;
+pub mod users;

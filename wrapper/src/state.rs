@@ -1,0 +1,31 @@
+//! The state every handler shares (cheap to clone): the database, Redis, keys, settings, the
+//! host cache and the OpenID Connect providers. Built by `startup`.
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use sync_sdk::contract::StreamKeys;
+
+use crate::{auth::keys::KeyStore, config::Settings, domain::hosts::DomainCache};
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The wrapper's database.
+    pub db: PgPool,
+    /// Redis (event streams).
+    pub redis: fred::clients::Client,
+    /// Signing keys.
+    pub keys: Arc<KeyStore>,
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// Stream key names.
+    pub stream_keys: StreamKeys,
+    /// Host → tenant cache.
+    pub domains: Arc<DomainCache>,
+    /// Prometheus exporter handle.
+    pub metrics: PrometheusHandle,
+    /// OpenID Connect providers for browser sign-in.
+    pub oidc: Arc<crate::auth::oidc::Oidc>,
+}
