@@ -250,7 +250,7 @@ impl Settings {
     }
 
     /// The configured key-encryption keys.
-    pub fn keks(&self) -> anyhow::Result<crate::auth::keys::Keks> {
+    pub fn keks(&self) -> anyhow::Result<crate::identity::keys::Keks> {
         let text = self.key_encryption_keys.as_ref().map(|s| s.0.as_str());
         let text = text.filter(|t| !t.trim().is_empty()).ok_or_else(|| {
             anyhow::anyhow!(
@@ -258,7 +258,7 @@ impl Settings {
                  database (make one with `wrapper keys new-kek`)"
             )
         })?;
-        crate::auth::keys::Keks::parse(text)
+        crate::identity::keys::Keks::parse(text)
     }
 
     /// The relay's configuration.

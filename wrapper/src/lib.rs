@@ -13,6 +13,7 @@ pub mod credit_ingest;
 pub mod domain;
 pub mod error;
 pub mod extract;
+pub mod identity;
 pub mod outbox;
 pub mod relay;
 pub mod startup;

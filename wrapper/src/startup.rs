@@ -108,7 +108,7 @@ impl Application {
                 settings.cookie_domain.clone(),
             )),
             metrics: metrics_handle(),
-            oidc: Arc::new(crate::auth::oidc::Oidc::new(providers)),
+            oidc: Arc::new(crate::identity::oidc::Oidc::new(providers)),
             settings: Arc::new(settings),
         };
         Ok(Self { listener, state })

@@ -7,7 +7,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use sync_sdk::contract::StreamKeys;
 
-use crate::{auth::keys::KeyStore, config::Settings, domain::hosts::DomainCache};
+use crate::{config::Settings, domain::hosts::DomainCache, identity::keys::KeyStore};
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -27,5 +27,5 @@ pub struct AppState {
     /// Prometheus exporter handle.
     pub metrics: PrometheusHandle,
     /// OpenID Connect providers for browser sign-in.
-    pub oidc: Arc<crate::auth::oidc::Oidc>,
+    pub oidc: Arc<crate::identity::oidc::Oidc>,
 }

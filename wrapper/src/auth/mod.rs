@@ -10,10 +10,9 @@
 //! tenant with the path's tenant; a mismatch is a 403 and an audit entry, whether or not the
 //! other tenant exists.
 
-pub mod keys;
+pub use crate::identity::{keys, password};
 pub mod oidc;
 pub mod pages;
-pub mod password;
 pub mod routes;
 pub mod throttle;
 
