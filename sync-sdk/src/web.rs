@@ -142,25 +142,18 @@ pub async fn dashboard_header<S: crate::store::TenantStore>(
     user: &TenantUser,
     app_title: &str,
 ) -> String {
-    use crate::store::EntityKind;
     let t = user.tenant_id;
-    let tenant = store.get(EntityKind::Tenant, t, t).await.ok().flatten();
-    let tenant_name = tenant
-        .as_ref()
-        .and_then(|v| v.state["name"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| t.to_string());
-    let person = store
-        .get(EntityKind::User, t, user.user_id)
+    let tenant_name = crate::store::tenant(store, t)
         .await
-        .ok()
-        .flatten();
+        .map_or_else(|| t.to_string(), |tenant| tenant.name);
+    let person = crate::store::user(store, t, user.user_id).await;
     let name = person
         .as_ref()
-        .and_then(|p| p.state["fullName"].as_str().map(str::to_owned))
+        .map(|p| p.full_name.clone())
         .unwrap_or_default();
     let email = person
         .as_ref()
-        .and_then(|p| p.state["email"].as_str().map(str::to_owned))
+        .map(|p| p.email.clone())
         .or_else(|| user.email.clone())
         .unwrap_or_default();
     let links: String = pages

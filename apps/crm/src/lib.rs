@@ -30,7 +30,7 @@ use sync_sdk::{
     credits::offline::{Consumed, CreditError},
     html::table,
     http::{PageQuery, problem, serve_tenant},
-    store::{EntityKind, live_user, mongo::MongoStore},
+    store::{TenantStore, live_user, mongo::MongoStore},
     web::{PageUser, dashboard_header, html},
 };
 use uuid::Uuid;
@@ -106,7 +106,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
 /// The owner as listings show it: current name and email, or "[Deleted User]".
 async fn owner(store: &MongoStore, tenant: Uuid, owner_id: Uuid) -> Value {
     match live_user(store, tenant, owner_id).await {
-        Some(u) => json!({"id": owner_id, "name": u.state["fullName"], "email": u.state["email"]}),
+        Some(u) => json!({"id": owner_id, "name": u.full_name, "email": u.email}),
         None => json!({"id": owner_id, "name": DELETED_USER, "email": null}),
     }
 }
@@ -203,22 +203,11 @@ struct NewAccount {
 
 /// The tenant's cost of creating an account (its synced credit config, else the default).
 async fn cost(store: &MongoStore, tenant: Uuid) -> i64 {
-    let config = store
-        .database()
-        .collection::<Document>(EntityKind::CreditConfig.name())
-        .find_one(
-            doc! {"tenantId": tenant.to_string(), "state.application": "crm",
-            "state.operationCode": CREATE_ACCOUNT, "state.active": true},
-        )
+    store
+        .credit_cost(tenant, "crm", CREATE_ACCOUNT)
         .await
         .ok()
-        .flatten();
-    config
-        .and_then(|d| {
-            d.get_document("state")
-                .ok()
-                .and_then(|s| s.get_i64("cost").ok())
-        })
+        .flatten()
         .unwrap_or(DEFAULT_COST)
 }
 

@@ -94,9 +94,7 @@ async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Respo
                     .and_then(|u| u.parse().ok())
                     .unwrap_or_default();
                 let person = live_user(&*s.store, t, user_id).await;
-                let name = person
-                    .as_ref()
-                    .and_then(|p| p.state["fullName"].as_str().map(str::to_owned));
+                let name = person.as_ref().map(|p| p.full_name.clone());
                 rows.push(vec![
                     name.unwrap_or_else(|| "[Deleted User]".into()),
                     e.get_str("department").unwrap_or_default().to_owned(),
@@ -124,19 +122,35 @@ async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> R
         if let Some(after) = &page.cursor {
             filter.insert("_id", doc! {"$gt": after});
         }
-        let Ok(mut cursor) = s.employees.find(filter).sort(doc! {"_id": 1}).limit(limit + 1).await else {
-            return problem(StatusCode::SERVICE_UNAVAILABLE, None, "employees unavailable");
+        let Ok(mut cursor) = s
+            .employees
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .limit(limit + 1)
+            .await
+        else {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                "employees unavailable",
+            );
         };
         let mut items = Vec::new();
         while cursor.advance().await.unwrap_or(false) {
-            let Ok(e) = cursor.deserialize_current() else { continue };
-            let user_id: Uuid = e.get_str("userId").ok().and_then(|u| u.parse().ok()).unwrap_or_default();
+            let Ok(e) = cursor.deserialize_current() else {
+                continue;
+            };
+            let user_id: Uuid = e
+                .get_str("userId")
+                .ok()
+                .and_then(|u| u.parse().ok())
+                .unwrap_or_default();
             let person = live_user(&*s.store, t, user_id).await;
             let mut item = json!({
                 "id": e.get_str("_id").unwrap_or_default(),
                 "userId": user_id,
-                "name": person.as_ref().map_or(json!("[Deleted User]"), |p| p.state["fullName"].clone()),
-                "email": person.as_ref().map_or(Value::Null, |p| p.state["email"].clone()),
+                "name": person.as_ref().map_or(json!("[Deleted User]"), |p| json!(p.full_name)),
+                "email": person.as_ref().map_or(Value::Null, |p| json!(p.email)),
                 "department": e.get_str("department").unwrap_or_default(),
             });
             if admin {

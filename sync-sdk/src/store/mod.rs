@@ -172,14 +172,43 @@ impl Versioned {
     }
 }
 
-/// The user `id` of `tenant_id` if they are active and not deleted.
-pub async fn live_user<S: TenantStore>(store: &S, tenant_id: Uuid, id: Uuid) -> Option<Versioned> {
-    store
+/// The user `id` of `tenant_id` if they are active and not deleted (typed: apps never walk the
+/// synced JSON themselves).
+pub async fn live_user<S: TenantStore>(
+    store: &S,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Option<crate::contract::UserState> {
+    user(store, tenant_id, id)
+        .await
+        .filter(|u| u.active && u.deleted_at.is_none())
+}
+
+/// The user `id` of `tenant_id` as synced, whatever their state.
+pub async fn user<S: TenantStore>(
+    store: &S,
+    tenant_id: Uuid,
+    id: Uuid,
+) -> Option<crate::contract::UserState> {
+    let found = store
         .get(EntityKind::User, tenant_id, id)
         .await
         .ok()
-        .flatten()
-        .filter(Versioned::is_live_user)
+        .flatten()?;
+    serde_json::from_value(found.state).ok()
+}
+
+/// The tenant as synced.
+pub async fn tenant<S: TenantStore>(
+    store: &S,
+    tenant_id: Uuid,
+) -> Option<crate::contract::TenantState> {
+    let found = store
+        .get(EntityKind::Tenant, tenant_id, tenant_id)
+        .await
+        .ok()
+        .flatten()?;
+    serde_json::from_value(found.state).ok()
 }
 
 /// The app-side copy of tenant data. Implementations must make [`apply`](Self::apply) atomic.
@@ -285,6 +314,14 @@ pub trait TenantStore: Send + Sync + 'static {
         tenant_id: Uuid,
         id: Uuid,
     ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+
+    /// The cost of `operation_code` of `application` in the tenant's active credit config.
+    fn credit_cost(
+        &self,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
 
     /// The active memberships of `user_id` in `tenant_id` (their states).
     fn memberships_of(

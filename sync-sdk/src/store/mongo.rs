@@ -452,6 +452,30 @@ impl TenantStore for MongoStore {
         .transpose()
     }
 
+    async fn credit_cost(
+        &self,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let filter = doc! {
+            "tenantId": tenant_id.to_string(),
+            "state.application": application,
+            "state.operationCode": operation_code,
+            "state.active": true,
+        };
+        let found = self
+            .entities(EntityKind::CreditConfig)
+            .find_one(filter)
+            .await
+            .map_err(err)?;
+        Ok(found.and_then(|d| {
+            d.get_document("state")
+                .ok()
+                .and_then(|s| s.get_i64("cost").ok())
+        }))
+    }
+
     async fn memberships_of(
         &self,
         tenant_id: Uuid,

@@ -291,6 +291,26 @@ impl TenantStore for PostgresStore {
         Ok(row.map(|(version, state)| Versioned { version, state }))
     }
 
+    async fn credit_cost(
+        &self,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "select (state->>'cost')::bigint from tsync_entities where kind = $1 and tenant_id = $2
+               and state->>'application' = $3 and state->>'operationCode' = $4
+               and (state->>'active')::boolean",
+        )
+        .bind(EntityKind::CreditConfig.name())
+        .bind(tenant_id)
+        .bind(application)
+        .bind(operation_code)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(err)
+    }
+
     async fn memberships_of(
         &self,
         tenant_id: Uuid,

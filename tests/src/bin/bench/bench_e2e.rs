@@ -78,6 +78,9 @@ impl<S: TenantStore> TenantStore for Timed<S> {
     async fn get(&self, k: EntityKind, t: Uuid, id: Uuid) -> Result<Option<Versioned>, StoreError> {
         self.inner.get(k, t, id).await
     }
+    async fn credit_cost(&self, t: Uuid, a: &str, o: &str) -> Result<Option<i64>, StoreError> {
+        self.inner.credit_cost(t, a, o).await
+    }
     async fn memberships_of(&self, t: Uuid, u: Uuid) -> Result<Vec<serde_json::Value>, StoreError> {
         self.inner.memberships_of(t, u).await
     }
