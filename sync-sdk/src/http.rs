@@ -109,6 +109,108 @@ pub async fn problems_only(
     converted
 }
 
+/// An app handler's failure, answered as a problem (`IntoResponse`), so handlers return
+/// `AppResult<T>` and use `?` on store, Mongo and credit errors.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A field of the request is invalid (400 naming it); nothing was written.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// The field at fault (JSON name, or a header).
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// Not found (404).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// Not allowed (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// Conflicts with what exists (409), naming the field when there is one.
+    #[error("{message}")]
+    Conflict {
+        /// The field at fault.
+        field: Option<&'static str>,
+        /// Why.
+        message: String,
+    },
+    /// The tenant's credits do not cover the operation (402, `x-credit-balance`).
+    #[error("not enough credits")]
+    InsufficientCredits {
+        /// The balance at the wrapper.
+        balance: i64,
+    },
+    /// A dependency (the store, the wrapper) did not answer (503); details are logged.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AppError {
+    /// A 400 naming `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::Invalid { field, message } => {
+                problem(StatusCode::BAD_REQUEST, Some(field), &message)
+            }
+            AppError::NotFound(what) => problem(StatusCode::NOT_FOUND, None, what),
+            AppError::Forbidden(why) => problem(StatusCode::FORBIDDEN, None, why),
+            AppError::Conflict { field, message } => problem(StatusCode::CONFLICT, field, &message),
+            AppError::InsufficientCredits { balance } => {
+                let mut r = problem(StatusCode::PAYMENT_REQUIRED, None, "not enough credits");
+                if let Ok(v) = HeaderValue::from_str(&balance.to_string()) {
+                    r.headers_mut().insert("x-credit-balance", v);
+                }
+                r
+            }
+            AppError::Unavailable(detail) => {
+                tracing::warn!(%detail, "a dependency did not answer");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    None,
+                    "please try again shortly",
+                )
+            }
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for AppError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AppError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(feature = "mongo")]
+impl From<mongodb::error::Error> for AppError {
+    fn from(e: mongodb::error::Error) -> Self {
+        AppError::Unavailable(e.to_string())
+    }
+}
+
+impl From<crate::credits::offline::CreditError> for AppError {
+    fn from(e: crate::credits::offline::CreditError) -> Self {
+        match e {
+            crate::credits::offline::CreditError::Insufficient { balance } => {
+                AppError::InsufficientCredits { balance }
+            }
+            other => AppError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// What an app handler returns.
+pub type AppResult<T> = Result<T, AppError>;
+
 /// `?cursor=<last id of the previous page>&limit=<n>` of an app's paged listing, as an
 /// extractor: an unreadable query is a problem naming `query`, a limit outside 1–500 one naming
 /// `limit`. Answers are `{"items": [...], "nextCursor": <id or null>}` ([`PageQuery::page`]).
@@ -168,7 +270,7 @@ impl PageQuery {
 }
 
 /// Serve a request for `tenant_id`: load it if needed, then run `handler` with its sync state.
-pub async fn serve_tenant<S, F, Fut>(
+pub async fn serve_tenant<S, F, Fut, R>(
     loader: &Arc<Loader<S>>,
     tenant_id: Uuid,
     handler: F,
@@ -176,12 +278,13 @@ pub async fn serve_tenant<S, F, Fut>(
 where
     S: TenantStore,
     F: FnOnce(SyncState) -> Fut,
-    Fut: Future<Output = Response>,
+    Fut: Future<Output = R>,
+    R: IntoResponse,
 {
     match loader.availability(tenant_id).await {
-        Ok(Availability::Fresh(state)) => handler(state).await,
+        Ok(Availability::Fresh(state)) => handler(state).await.into_response(),
         Ok(Availability::Degraded(state)) => {
-            let mut response = handler(state).await;
+            let mut response = handler(state).await.into_response();
             response.headers_mut().insert(
                 DEGRADED_HEADER,
                 HeaderValue::from_static("wrapper-unreachable"),
