@@ -48,9 +48,17 @@ pub enum ApiError {
         /// Seconds to wait.
         retry_after: u64,
     },
-    /// The request conflicts with existing state (e.g. a duplicate email).
+    /// The request conflicts with existing state.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A unique value is taken (409 naming the field); nothing was written.
+    #[error("conflict: {message}")]
+    Taken {
+        /// The field holding the value.
+        field: &'static str,
+        /// What is taken.
+        message: &'static str,
+    },
     /// Anything else; details are logged, not returned.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -71,7 +79,7 @@ impl ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -85,22 +93,48 @@ impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             sqlx::Error::RowNotFound => Self::NotFound("resource"),
-            sqlx::Error::Database(db) if db.is_unique_violation() => Self::Conflict(
-                match db.constraint() {
-                    Some("users_email_unique") => "a user with this email already exists",
-                    Some("tenants_subdomain_key") => "this subdomain is taken",
-                    Some("tenants_domain_key") => "this domain is taken",
-                    Some("roles_name_unique") => "a role with this name already exists",
-                    Some("memberships_user_id_role_id_key") => "the user already has this role",
-                    _ => "already exists",
-                }
-                .to_owned(),
-            ),
+            // The call site names what a constraint means (`OnConstraint`); this is the net.
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::Conflict("already exists".to_owned())
+            }
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
                 Self::NotFound("referenced resource")
             }
             _ => Self::Internal(e.into()),
         }
+    }
+}
+
+/// Unique violations named at the call site, where it is known what each constraint means:
+/// `.await.on_constraint(&[("users_email_unique", "email", "a user with this email already exists")])?`
+/// (the `ResultExt::on_constraint` of realworld-axum-sqlx, for a list).
+pub trait OnConstraint<T> {
+    /// A unique violation of one of `constraints` (name, field, message) becomes
+    /// [`ApiError::Taken`]; every other error converts as usual.
+    fn on_constraint(
+        self,
+        constraints: &[(&str, &'static str, &'static str)],
+    ) -> Result<T, ApiError>;
+}
+
+impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
+    fn on_constraint(
+        self,
+        constraints: &[(&str, &'static str, &'static str)],
+    ) -> Result<T, ApiError> {
+        self.map_err(|e| {
+            if let sqlx::Error::Database(db) = &e {
+                if db.is_unique_violation() {
+                    if let Some((_, field, message)) = constraints
+                        .iter()
+                        .find(|(c, ..)| Some(*c) == db.constraint())
+                    {
+                        return ApiError::Taken { field, message };
+                    }
+                }
+            }
+            ApiError::from(e)
+        })
     }
 }
 
@@ -127,6 +161,11 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let detail = match &self {
             Self::Validation { field, message } => json!({
+                "detail": format!("{field}: {message}"),
+                "field": field,
+                "errors": [{"field": field, "message": message}],
+            }),
+            Self::Taken { field, message } => json!({
                 "detail": format!("{field}: {message}"),
                 "field": field,
                 "errors": [{"field": field, "message": message}],

@@ -635,6 +635,26 @@ async fn every_refusal_is_a_problem_naming_the_field_and_writes_nothing() -> any
         .await;
     problem(StatusCode::BAD_REQUEST, "body", got, "an array body");
 
+    // A taken unique value is a 409 naming its field (the call site maps the constraint).
+    let got = app
+        .call(
+            Method::POST,
+            &format!("{base}/users"),
+            Some(&acme.admin),
+            Some(json!({"email": "BOB@acme.test", "fullName": "Bob Again"})),
+        )
+        .await;
+    problem(StatusCode::CONFLICT, "email", got, "a taken email");
+    let got = app
+        .call(
+            Method::POST,
+            &format!("{base}/roles"),
+            Some(&acme.admin),
+            Some(json!({"name": "admin"})),
+        )
+        .await;
+    problem(StatusCode::CONFLICT, "name", got, "a taken role name");
+
     // Email addresses, everywhere one enters.
     for bad in [
         "<script>@acme.test",

@@ -1,5 +1,6 @@
 //! Memberships: a user holding a role. Granting and revoking are audited role changes.
 
+use crate::error::OnConstraint;
 use axum::{
     Json,
     extract::{Path, State},
@@ -87,7 +88,12 @@ pub(crate) async fn grant(
     .bind(user_id)
     .bind(role_id)
     .fetch_optional(&mut *tx)
-    .await?
+    .await
+    .on_constraint(&[(
+        "memberships_user_id_role_id_key",
+        "roleId",
+        "the user already has this role",
+    )])?
     .ok_or_else(|| ApiError::Conflict("the user already has this role".into()))?;
     let aggregate = Aggregate {
         id: row.id,

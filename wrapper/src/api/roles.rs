@@ -1,6 +1,7 @@
 //! Roles of a tenant: named sets of permissions. The built-in `admin` role (permission
 //! `tenant.admin`) makes its holders tenant admins and cannot be deleted.
 
+use crate::error::OnConstraint;
 use axum::{
     Json,
     extract::{Path, State},
@@ -102,7 +103,12 @@ async fn create(
         .bind(&role.name)
         .bind(sqlx::types::Json(&role.permissions))
         .execute(&mut *tx)
-        .await?;
+        .await
+        .on_constraint(&[(
+            "roles_name_unique",
+            "name",
+            "a role with this name already exists",
+        )])?;
     let aggregate = Aggregate {
         id: role.id,
         version: 1,
@@ -219,7 +225,8 @@ async fn update(
     .bind(name)
     .bind(perms.map(sqlx::types::Json))
     .fetch_optional(&mut *tx)
-    .await?
+    .await
+    .on_constraint(&[("roles_name_unique", "name", "a role with this name already exists")])?
     .ok_or(ApiError::NotFound("editable role"))?;
     let aggregate = Aggregate {
         id: role_id,

@@ -1,6 +1,7 @@
 //! Tenants: create (platform admins, with the built-in admin role and optionally a first
 //! admin), read, update, archive. Each change is one transaction with its events.
 
+use crate::error::OnConstraint;
 use axum::{
     Json,
     extract::{Path, State},
@@ -137,7 +138,15 @@ async fn create(
     .bind(req.theme.clone().unwrap_or_else(|| serde_json::json!({})))
     .bind(state.stream_keys.partition_of(tenant_id) as i32)
     .execute(&mut *tx)
-    .await?;
+    .await
+    .on_constraint(&[
+        (
+            "tenants_subdomain_key",
+            "subdomain",
+            "this subdomain is taken",
+        ),
+        ("tenants_domain_key", "domain", "this domain is taken"),
+    ])?;
     let tenant = TenantState::from(fetch(&mut tx, tenant_id).await?);
     let aggregate = Aggregate {
         id: tenant_id,
@@ -165,7 +174,12 @@ async fn create(
         .bind(&role.name)
         .bind(sqlx::types::Json(&role.permissions))
         .execute(&mut *tx)
-        .await?;
+        .await
+        .on_constraint(&[(
+            "roles_name_unique",
+            "name",
+            "a role with this name already exists",
+        )])?;
     let aggregate = Aggregate {
         id: role.id,
         version: 1,
@@ -316,7 +330,8 @@ async fn update(
     .bind(&req.theme)
     .bind(&pending_domain)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await
+    .on_constraint(&[("tenants_domain_key", "domain", "this domain is taken")])?;
     let row = row.ok_or(ApiError::NotFound("active tenant"))?;
     let aggregate = Aggregate {
         id: tenant_id,
@@ -358,7 +373,8 @@ pub(crate) async fn set_active_domain(
     .bind(tenant_id)
     .bind(domain)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await
+    .on_constraint(&[("tenants_domain_key", "domain", "this domain is taken")])?;
     let row = row.ok_or(ApiError::Conflict(
         "the pending domain changed meanwhile".into(),
     ))?;

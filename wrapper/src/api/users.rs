@@ -1,6 +1,7 @@
 //! Users of a tenant: create, list (paged), read, update, soft delete. Responses and events
 //! carry [`UserState`], which has no field for a password hash, MFA secret or token.
 
+use crate::error::OnConstraint;
 use axum::{
     Json,
     extract::{Path, State},
@@ -237,7 +238,8 @@ async fn update(
     .bind(req.active)
     .bind(hash)
     .fetch_one(&mut *tx)
-    .await?;
+    .await
+    .on_constraint(&[("users_email_unique", "email", "a user with this email already exists")])?;
     let aggregate = Aggregate {
         id: user_id,
         version: row.version,

@@ -2,6 +2,7 @@
 //! caller's transaction, and the check that a tenant takes new users. Called by the REST API and
 //! by OpenID Connect sign-in (which may create the user it signs in).
 
+use crate::error::OnConstraint;
 use sqlx::PgConnection;
 use sync_sdk::contract::{Event, UserState};
 use uuid::Uuid;
@@ -31,7 +32,8 @@ pub(crate) async fn insert(
     .bind(password_hash)
     .bind(user.email_verified)
     .execute(&mut *tx)
-    .await?;
+    .await
+    .on_constraint(&[("users_email_unique", "email", "a user with this email already exists")])?;
     let aggregate = Aggregate {
         id: user.id,
         version: 1,
