@@ -123,15 +123,14 @@ impl<T> OnConstraint<T> for Result<T, sqlx::Error> {
         constraints: &[(&str, &'static str, &'static str)],
     ) -> Result<T, ApiError> {
         self.map_err(|e| {
-            if let sqlx::Error::Database(db) = &e {
-                if db.is_unique_violation() {
-                    if let Some((_, field, message)) = constraints
-                        .iter()
-                        .find(|(c, ..)| Some(*c) == db.constraint())
-                    {
-                        return ApiError::Taken { field, message };
-                    }
-                }
+            let taken = match &e {
+                sqlx::Error::Database(db) if db.is_unique_violation() => constraints
+                    .iter()
+                    .find(|(c, ..)| Some(*c) == db.constraint()),
+                _ => None,
+            };
+            if let Some((_, field, message)) = taken {
+                return ApiError::Taken { field, message };
             }
             ApiError::from(e)
         })
