@@ -19,7 +19,7 @@ use sync_sdk::{
     auth::TenantUser,
     consumer::NoHandler,
     html::table,
-    http::{PageQuery, problem, serve_tenant},
+    http::{AppError, AppResult, PageQuery, serve_tenant},
     store::live_user,
     web::{PageUser, dashboard_header, html},
 };
@@ -122,24 +122,15 @@ async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> R
         if let Some(after) = &page.cursor {
             filter.insert("_id", doc! {"$gt": after});
         }
-        let Ok(mut cursor) = s
+        let mut cursor = s
             .employees
             .find(filter)
             .sort(doc! {"_id": 1})
             .limit(limit + 1)
-            .await
-        else {
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                None,
-                "employees unavailable",
-            );
-        };
+            .await?;
         let mut items = Vec::new();
-        while cursor.advance().await.unwrap_or(false) {
-            let Ok(e) = cursor.deserialize_current() else {
-                continue;
-            };
+        while cursor.advance().await? {
+            let e = cursor.deserialize_current()?;
             let user_id: Uuid = e
                 .get_str("userId")
                 .ok()
@@ -160,7 +151,7 @@ async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> R
         }
         let mut body = PageQuery::page(items, limit, |e| e["id"].clone());
         body["salariesVisible"] = json!(admin);
-        Json(body).into_response()
+        AppResult::Ok(Json(body))
     })
     .await
 }
@@ -173,44 +164,36 @@ struct NewEmployee {
     salary: i64,
 }
 
-async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::Bytes) -> Response {
-    let t = user.tenant_id;
-    let req: NewEmployee = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return problem(StatusCode::BAD_REQUEST, Some("body"), &e.to_string()),
-    };
+fn new_employee(body: &[u8]) -> AppResult<NewEmployee> {
+    let req: NewEmployee =
+        serde_json::from_slice(body).map_err(|e| AppError::invalid("body", e.to_string()))?;
     if req.department.trim().is_empty() || req.department.len() > 100 {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            Some("department"),
-            "must be 1-100 characters",
-        );
+        return Err(AppError::invalid("department", "must be 1-100 characters"));
     }
     if req.salary < 0 {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            Some("salary"),
-            "must not be negative",
-        );
+        return Err(AppError::invalid("salary", "must not be negative"));
     }
+    Ok(req)
+}
+
+async fn create(State(s): State<AppState>, user: TenantUser, body: axum::body::Bytes) -> Response {
+    let t = user.tenant_id;
+    let req = match new_employee(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     serve_tenant(&s.loader, t, |_| async {
         if !user.has(ADMIN_PERMISSION) {
-            return problem(StatusCode::FORBIDDEN, None, "tenant admins only");
+            return Err(AppError::Forbidden("tenant admins only"));
         }
         if live_user(&*s.store, t, req.user_id).await.is_none() {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                Some("userId"),
-                "no such user in this tenant",
-            );
+            return Err(AppError::invalid("userId", "no such user in this tenant"));
         }
         let id = Uuid::now_v7().to_string();
         let doc = doc! {"_id": &id, "tenantId": t.to_string(), "userId": req.user_id.to_string(),
         "department": req.department.trim(), "salary": req.salary};
-        match s.employees.insert_one(doc).await {
-            Ok(_) => (StatusCode::CREATED, Json(json!({"id": id}))).into_response(),
-            Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, None, &e.to_string()),
-        }
+        s.employees.insert_one(doc).await?;
+        Ok((StatusCode::CREATED, Json(json!({"id": id}))))
     })
     .await
 }
