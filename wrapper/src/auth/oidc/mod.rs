@@ -167,35 +167,71 @@ async fn start(
             );
         }
     };
-    let (flow_state, nonce, verifier) = (random_token(), random_token(), random_token());
     let redirect_uri = format!(
         "{}/auth/oidc/{}/callback",
         public_origin(&state, &headers),
         provider.config.id
     );
-    let stored = async {
-        sqlx::query("delete from oidc_flows where created_at < now() - make_interval(secs => $1)")
-            .bind(FLOW_TTL_SECS as f64)
-            .execute(&state.db)
-            .await?;
-        sqlx::query(
-            "insert into oidc_flows (state, provider, tenant_id, nonce, code_verifier, redirect_uri, return_to)
-             values ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&flow_state)
-        .bind(&provider.config.id)
-        .bind(tenant.tenant_id)
-        .bind(&nonce)
-        .bind(&verifier)
-        .bind(&redirect_uri)
-        .bind(&return_to)
-        .execute(&state.db)
-        .await
-    }
-    .await;
-    if let Err(e) = stored {
+    let flow = NewFlow {
+        state: random_token(),
+        nonce: random_token(),
+        verifier: random_token(),
+        redirect_uri,
+        return_to,
+    };
+    if let Err(e) = store_flow(&state, provider, tenant.tenant_id, &flow).await {
         return crate::error::ApiError::from(e).into_response();
     }
+    let mut response = see_other(&authorization_url(&discovery, provider, &flow));
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        flow_cookie(&state, &flow.state, FLOW_TTL_SECS),
+    );
+    response
+}
+
+/// A sign-in about to leave for the provider: what the callback must find again.
+struct NewFlow {
+    state: String,
+    nonce: String,
+    verifier: String,
+    redirect_uri: String,
+    return_to: String,
+}
+
+/// Record the flow (single use, at most [`FLOW_TTL_SECS`] old), dropping expired ones.
+async fn store_flow(
+    state: &AppState,
+    provider: &Provider,
+    tenant_id: Uuid,
+    flow: &NewFlow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from oidc_flows where created_at < now() - make_interval(secs => $1)")
+        .bind(FLOW_TTL_SECS as f64)
+        .execute(&state.db)
+        .await?;
+    sqlx::query(
+        "insert into oidc_flows (state, provider, tenant_id, nonce, code_verifier, redirect_uri, return_to)
+         values ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(&flow.state)
+    .bind(&provider.config.id)
+    .bind(tenant_id)
+    .bind(&flow.nonce)
+    .bind(&flow.verifier)
+    .bind(&flow.redirect_uri)
+    .bind(&flow.return_to)
+    .execute(&state.db)
+    .await?;
+    Ok(())
+}
+
+/// The provider's authorization endpoint with the code flow's parameters and the S256 challenge.
+fn authorization_url(
+    discovery: &crate::identity::oidc::Discovery,
+    provider: &Provider,
+    flow: &NewFlow,
+) -> String {
     let scopes = provider
         .config
         .scopes
@@ -207,22 +243,16 @@ async fn start(
         '?'
     };
     let enc = sync_sdk::html::url_encode;
-    let location = format!(
+    format!(
         "{}{separator}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
         discovery.authorization_endpoint,
         enc(&provider.config.client_id),
-        enc(&redirect_uri),
+        enc(&flow.redirect_uri),
         enc(scopes),
-        flow_state,
-        nonce,
-        pkce_challenge(&verifier),
-    );
-    let mut response = see_other(&location);
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        flow_cookie(&state, &flow_state, FLOW_TTL_SECS),
-    );
-    response
+        flow.state,
+        flow.nonce,
+        pkce_challenge(&flow.verifier),
+    )
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -265,17 +295,7 @@ async fn callback(
             "this sign-in was not started in this browser (state mismatch); please start again",
         );
     };
-    let flow: Option<Flow> = match sqlx::query_as(
-        "delete from oidc_flows where state = $1 and provider = $2
-           and created_at > now() - make_interval(secs => $3)
-         returning tenant_id, nonce, code_verifier, redirect_uri, return_to",
-    )
-    .bind(flow_state)
-    .bind(&provider_id)
-    .bind(FLOW_TTL_SECS as f64)
-    .fetch_optional(&state.db)
-    .await
-    {
+    let flow = match take_flow(&state, flow_state, &provider_id).await {
         Ok(f) => f,
         Err(e) => return crate::error::ApiError::from(e).into_response(),
     };
@@ -295,21 +315,8 @@ async fn callback(
             "this sign-in was started for another organisation",
         );
     }
-    let audit_failure = |reason: String| {
-        let (db, ctx, provider) = (state.db.clone(), ctx.clone(), provider_id.clone());
-        async move {
-            let entry = audit::Entry {
-                tenant_id: Some(flow.tenant_id),
-                actor_id: None,
-                action: "login",
-                target: None,
-                outcome: "failure",
-                details: json!({"method": "oidc", "provider": provider, "reason": reason}),
-            };
-            audit::record(&db, &ctx, entry).await;
-            metrics::counter!("tsync_wrapper_logins_total", "outcome" => "failure").increment(1);
-        }
-    };
+    let audit_failure =
+        |reason: String| audit_login(&state, &ctx, flow.tenant_id, &provider_id, Err(reason));
     if let Some(error) = q.error.as_deref() {
         let detail = q.error_description.as_deref().unwrap_or("");
         audit_failure(format!("provider error {error}")).await;
@@ -340,28 +347,75 @@ async fn callback(
         }
         Err(e) => return e.into_response(),
     };
-    audit::record(
-        &state.db,
-        &ctx,
-        audit::Entry {
-            tenant_id: Some(flow.tenant_id),
-            actor_id: Some(user.0),
-            action: "login",
-            target: Some(user.1.clone()),
-            outcome: "success",
-            details: json!({"method": "oidc", "provider": provider_id}),
-        },
+    audit_login(&state, &ctx, flow.tenant_id, &provider_id, Ok(&user)).await;
+    signed_in(&state, &flow, user)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Take the flow `flow_state` of `provider_id` (single use; none once expired).
+async fn take_flow(
+    state: &AppState,
+    flow_state: &str,
+    provider_id: &str,
+) -> Result<Option<Flow>, sqlx::Error> {
+    sqlx::query_as(
+        "delete from oidc_flows where state = $1 and provider = $2
+           and created_at > now() - make_interval(secs => $3)
+         returning tenant_id, nonce, code_verifier, redirect_uri, return_to",
     )
-    .await;
-    metrics::counter!("tsync_wrapper_logins_total", "outcome" => "success").increment(1);
-    let token =
-        match super::routes::session_token(&state, user.0, Some(flow.tenant_id), user.1).await {
-            Ok(t) => t,
-            Err(e) => return e.into_response(),
-        };
+    .bind(flow_state)
+    .bind(provider_id)
+    .bind(FLOW_TTL_SECS as f64)
+    .fetch_optional(&state.db)
+    .await
+}
+
+/// Audit and count a sign-in through a provider: the user on success, the reason on failure.
+async fn audit_login(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    provider_id: &str,
+    outcome: Result<&(Uuid, String), String>,
+) {
+    let (actor, target, outcome, details) = match outcome {
+        Ok((id, email)) => (
+            Some(*id),
+            Some(email.clone()),
+            "success",
+            json!({"method": "oidc", "provider": provider_id}),
+        ),
+        Err(reason) => (
+            None,
+            None,
+            "failure",
+            json!({"method": "oidc", "provider": provider_id, "reason": reason}),
+        ),
+    };
+    let entry = audit::Entry {
+        tenant_id: Some(tenant_id),
+        actor_id: actor,
+        action: "login",
+        target,
+        outcome,
+        details,
+    };
+    audit::record(&state.db, ctx, entry).await;
+    metrics::counter!("tsync_wrapper_logins_total", "outcome" => outcome).increment(1);
+}
+
+/// The session for `user`: the cookie (as for a password sign-in), the flow cookie cleared, and
+/// the browser back where it started.
+async fn signed_in(
+    state: &AppState,
+    flow: &Flow,
+    (user_id, email): (Uuid, String),
+) -> crate::error::ApiResult<Response> {
+    let token = super::routes::session_token(state, user_id, Some(flow.tenant_id), email).await?;
     let mut response = see_other(&flow.return_to);
     super::routes::set_cookie(
-        &state,
+        state,
         &mut response,
         &token,
         state.settings.session_ttl_secs as i64,
@@ -369,8 +423,8 @@ async fn callback(
     );
     response
         .headers_mut()
-        .append(header::SET_COOKIE, flow_cookie(&state, "", 0));
-    response
+        .append(header::SET_COOKIE, flow_cookie(state, "", 0));
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
