@@ -51,7 +51,12 @@ async fn main() -> anyhow::Result<()> {
 
     let report = std::env::temp_dir().join(format!("tsync-fuzz-{}.json", std::process::id()));
     let started = Instant::now();
+    // Schemathesis keeps a cache in its working directory: one of its own per run, outside the
+    // repository, so no run replays another's.
+    let workdir = std::env::temp_dir().join(format!("tsync-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&workdir)?;
     let status = tokio::process::Command::new(&st)
+        .current_dir(&workdir)
         .arg("--config-file")
         .arg(&config)
         .arg("run")
@@ -80,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(Value::Null);
     let _ = std::fs::remove_file(&report);
     let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_dir_all(&workdir);
     let count = |v: &Value| {
         v.as_array().map_or(0, |a| {
             a.iter()
