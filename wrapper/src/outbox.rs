@@ -25,6 +25,27 @@ pub struct Aggregate {
     pub version: i64,
 }
 
+/// Record that aggregate `id` of `tenant_id` is now `state` at `version`: its event
+/// (`to_event(state)`) is appended with the tenant's next seq inside `tx`. The one line a
+/// handler writes after changing a row: it says what changed, not how the outbox works.
+pub async fn record<S: Clone>(
+    tx: &mut PgConnection,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    (id, version): (Uuid, i64),
+    to_event: fn(S) -> Event,
+    state: &S,
+) -> Result<Envelope, sqlx::Error> {
+    append(
+        tx,
+        ctx,
+        tenant_id,
+        Aggregate { id, version },
+        to_event(state.clone()),
+    )
+    .await
+}
+
 /// Append `event` for `tenant_id` to the outbox inside `tx`; returns the envelope written.
 pub async fn append(
     tx: &mut PgConnection,

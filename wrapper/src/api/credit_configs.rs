@@ -16,7 +16,7 @@ use crate::{
     auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
-    outbox::{self, Aggregate},
+    outbox,
     state::AppState,
     validate,
 };
@@ -128,17 +128,15 @@ async fn upsert(
     .bind(req.cost)
     .fetch_one(&mut *tx)
     .await?;
-    let aggregate = Aggregate {
-        id: row.id,
-        version: row.version,
-    };
+    let aggregate = (row.id, row.version);
     let config = CreditConfigState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::CreditConfigUpdated(config.clone()),
+        Event::CreditConfigUpdated,
+        &config,
     )
     .await?;
     tx.commit().await?;
@@ -165,17 +163,15 @@ async fn remove(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("credit config"))?;
-    let aggregate = Aggregate {
-        id: row.id,
-        version: row.version,
-    };
+    let aggregate = (row.id, row.version);
     let config = CreditConfigState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::CreditConfigUpdated(config.clone()),
+        Event::CreditConfigUpdated,
+        &config,
     )
     .await?;
     tx.commit().await?;

@@ -18,7 +18,7 @@ use crate::{
     auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
-    outbox::{self, Aggregate},
+    outbox,
     state::AppState,
 };
 
@@ -95,17 +95,15 @@ pub(crate) async fn grant(
         "the user already has this role",
     )])?
     .ok_or_else(|| ApiError::Conflict("the user already has this role".into()))?;
-    let aggregate = Aggregate {
-        id: row.id,
-        version: row.version,
-    };
+    let aggregate = (row.id, row.version);
     let membership = MembershipState::from(row);
-    outbox::append(
+    outbox::record(
         tx,
         ctx,
         tenant_id,
         aggregate,
-        Event::MembershipGranted(membership.clone()),
+        Event::MembershipGranted,
+        &membership,
     )
     .await?;
     Ok(membership)
@@ -200,17 +198,15 @@ async fn revoke(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("membership"))?;
-    let aggregate = Aggregate {
-        id: row.id,
-        version: row.version,
-    };
+    let aggregate = (row.id, row.version);
     let membership = MembershipState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::MembershipRevoked(membership.clone()),
+        Event::MembershipRevoked,
+        &membership,
     )
     .await?;
     change_audit(&mut tx, &ctx, me.id, &membership, "membership.revoked").await;

@@ -18,7 +18,7 @@ use crate::{
     auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
-    outbox::{self, Aggregate},
+    outbox,
     state::AppState,
     validate,
 };
@@ -109,16 +109,13 @@ async fn create(
             "name",
             "a role with this name already exists",
         )])?;
-    let aggregate = Aggregate {
-        id: role.id,
-        version: 1,
-    };
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
-        aggregate,
-        Event::RoleCreated(role.clone()),
+        (role.id, 1),
+        Event::RoleCreated,
+        &role,
     )
     .await?;
     role_audit(&mut tx, &ctx, me.id, &role, "role.created").await;
@@ -228,17 +225,15 @@ async fn update(
     .await
     .on_constraint(&[("roles_name_unique", "name", "a role with this name already exists")])?
     .ok_or(ApiError::NotFound("editable role"))?;
-    let aggregate = Aggregate {
-        id: role_id,
-        version: row.version,
-    };
+    let aggregate = (role_id, row.version);
     let role = RoleState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::RoleUpdated(role.clone()),
+        Event::RoleUpdated,
+        &role,
     )
     .await?;
     role_audit(&mut tx, &ctx, me.id, &role, "role.updated").await;
@@ -266,17 +261,15 @@ async fn delete(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("deletable role"))?;
-    let aggregate = Aggregate {
-        id: role_id,
-        version: row.version,
-    };
+    let aggregate = (role_id, row.version);
     let role = RoleState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::RoleDeleted(role.clone()),
+        Event::RoleDeleted,
+        &role,
     )
     .await?;
     role_audit(&mut tx, &ctx, me.id, &role, "role.deleted").await;

@@ -18,7 +18,7 @@ use crate::{
     auth::{Access, Caller, TENANT_ADMIN_PERMISSION, password},
     context::Ctx,
     error::{ApiError, ApiResult},
-    outbox::{self, Aggregate},
+    outbox,
     state::AppState,
     validate,
 };
@@ -148,16 +148,13 @@ async fn create(
         ("tenants_domain_key", "domain", "this domain is taken"),
     ])?;
     let tenant = TenantState::from(fetch(&mut tx, tenant_id).await?);
-    let aggregate = Aggregate {
-        id: tenant_id,
-        version: 1,
-    };
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
-        aggregate,
-        Event::TenantCreated(tenant.clone()),
+        (tenant_id, 1),
+        Event::TenantCreated,
+        &tenant,
     )
     .await?;
 
@@ -180,16 +177,13 @@ async fn create(
             "name",
             "a role with this name already exists",
         )])?;
-    let aggregate = Aggregate {
-        id: role.id,
-        version: 1,
-    };
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
-        aggregate,
-        Event::RoleCreated(role.clone()),
+        (role.id, 1),
+        Event::RoleCreated,
+        &role,
     )
     .await?;
 
@@ -333,17 +327,15 @@ async fn update(
     .await
     .on_constraint(&[("tenants_domain_key", "domain", "this domain is taken")])?;
     let row = row.ok_or(ApiError::NotFound("active tenant"))?;
-    let aggregate = Aggregate {
-        id: tenant_id,
-        version: row.version,
-    };
+    let aggregate = (tenant_id, row.version);
     let tenant = TenantState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::TenantUpdated(tenant.clone()),
+        Event::TenantUpdated,
+        &tenant,
     )
     .await?;
     tx.commit().await?;
@@ -378,19 +370,9 @@ pub(crate) async fn set_active_domain(
     let row = row.ok_or(ApiError::Conflict(
         "the pending domain changed meanwhile".into(),
     ))?;
-    let aggregate = Aggregate {
-        id: tenant_id,
-        version: row.version,
-    };
+    let aggregate = (tenant_id, row.version);
     let tenant = TenantState::from(row);
-    outbox::append(
-        tx,
-        ctx,
-        tenant_id,
-        aggregate,
-        Event::TenantUpdated(tenant.clone()),
-    )
-    .await?;
+    outbox::record(tx, ctx, tenant_id, aggregate, Event::TenantUpdated, &tenant).await?;
     Ok(tenant)
 }
 
@@ -411,17 +393,15 @@ async fn archive(
     .fetch_optional(&mut *tx)
     .await?;
     let row = row.ok_or(ApiError::NotFound("active tenant"))?;
-    let aggregate = Aggregate {
-        id: tenant_id,
-        version: row.version,
-    };
+    let aggregate = (tenant_id, row.version);
     let tenant = TenantState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::TenantArchived(tenant.clone()),
+        Event::TenantArchived,
+        &tenant,
     )
     .await?;
     tx.commit().await?;

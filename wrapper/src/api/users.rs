@@ -277,17 +277,15 @@ async fn soft_delete(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("user"))?;
-    let aggregate = Aggregate {
-        id: user_id,
-        version: row.version,
-    };
+    let aggregate = (user_id, row.version);
     let user = UserState::from(row);
-    outbox::append(
+    outbox::record(
         &mut tx,
         &ctx,
         tenant_id,
         aggregate,
-        Event::UserDeleted(user.clone()),
+        Event::UserDeleted,
+        &user,
     )
     .await?;
     tx.commit().await?;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
-    outbox::{self, Aggregate},
+    outbox,
 };
 
 /// Insert a new user of a tenant with its `user.created` event.
@@ -34,16 +34,13 @@ pub(crate) async fn insert(
     .execute(&mut *tx)
     .await
     .on_constraint(&[("users_email_unique", "email", "a user with this email already exists")])?;
-    let aggregate = Aggregate {
-        id: user.id,
-        version: 1,
-    };
-    outbox::append(
+    outbox::record(
         tx,
         ctx,
         user.tenant_id,
-        aggregate,
-        Event::UserCreated(user.clone()),
+        (user.id, 1),
+        Event::UserCreated,
+        user,
     )
     .await?;
     Ok(())
