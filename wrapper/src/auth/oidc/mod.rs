@@ -281,40 +281,11 @@ async fn callback(
     headers: HeaderMap,
     Query(q): Query<CallbackQuery>,
 ) -> Response {
-    let refused = |status, message: &str| {
-        let mut response = error_page(status, "Sign-in failed", message);
-        response
-            .headers_mut()
-            .append(header::SET_COOKIE, flow_cookie(&state, "", 0));
-        response
+    let refused = |status, message: &str| sign_in_failed(&state, status, message);
+    let flow = match returning_flow(&state, &headers, &provider_id, q.state.as_deref()).await {
+        Ok(flow) => flow,
+        Err(response) => return response,
     };
-    let browser_state = sync_sdk::csrf::cookie(&headers, FLOW_COOKIE);
-    let Some(flow_state) = q.state.as_deref().filter(|s| Some(*s) == browser_state) else {
-        return refused(
-            StatusCode::BAD_REQUEST,
-            "this sign-in was not started in this browser (state mismatch); please start again",
-        );
-    };
-    let flow = match take_flow(&state, flow_state, &provider_id).await {
-        Ok(f) => f,
-        Err(e) => return crate::error::ApiError::from(e).into_response(),
-    };
-    let Some(flow) = flow else {
-        return refused(
-            StatusCode::BAD_REQUEST,
-            "this sign-in expired or was already used; please start again",
-        );
-    };
-    let tenant = match host_tenant(&state, &headers).await {
-        Ok(t) => t,
-        Err(e) => return e.into_response(),
-    };
-    if tenant.as_ref().map(|t| t.tenant_id) != Some(flow.tenant_id) {
-        return refused(
-            StatusCode::BAD_REQUEST,
-            "this sign-in was started for another organisation",
-        );
-    }
     let audit_failure =
         |reason: String| audit_login(&state, &ctx, flow.tenant_id, &provider_id, Err(reason));
     if let Some(error) = q.error.as_deref() {
@@ -351,6 +322,52 @@ async fn callback(
     signed_in(&state, &flow, user)
         .await
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The page of a refused sign-in, clearing the flow cookie.
+fn sign_in_failed(state: &AppState, status: StatusCode, message: &str) -> Response {
+    let mut response = error_page(status, "Sign-in failed", message);
+    response
+        .headers_mut()
+        .append(header::SET_COOKIE, flow_cookie(state, "", 0));
+    response
+}
+
+/// The flow the browser comes back with: its `state` must be this browser's (the flow cookie),
+/// unused and unexpired, and started on this host's tenant; else the refusal to show.
+async fn returning_flow(
+    state: &AppState,
+    headers: &HeaderMap,
+    provider_id: &str,
+    returned_state: Option<&str>,
+) -> Result<Flow, Response> {
+    let refused = |status, message: &str| sign_in_failed(state, status, message);
+    let browser_state = sync_sdk::csrf::cookie(headers, FLOW_COOKIE);
+    let Some(flow_state) = returned_state.filter(|s| Some(*s) == browser_state) else {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "this sign-in was not started in this browser (state mismatch); please start again",
+        ));
+    };
+    let flow = take_flow(state, flow_state, provider_id)
+        .await
+        .map_err(|e| crate::error::ApiError::from(e).into_response())?;
+    let Some(flow) = flow else {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "this sign-in expired or was already used; please start again",
+        ));
+    };
+    let tenant = host_tenant(state, headers)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    if tenant.as_ref().map(|t| t.tenant_id) != Some(flow.tenant_id) {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            "this sign-in was started for another organisation",
+        ));
+    }
+    Ok(flow)
 }
 
 /// Take the flow `flow_state` of `provider_id` (single use; none once expired).
