@@ -255,6 +255,26 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PageQuery {
 }
 
 impl PageQuery {
+    /// This page of `tenant_id`'s documents of an app collection, in `_id` order after the
+    /// cursor, one more than `limit` (so [`page`](Self::page) sees whether more follow).
+    #[cfg(feature = "mongo")]
+    pub async fn find(
+        &self,
+        collection: &mongodb::Collection<mongodb::bson::Document>,
+        tenant_id: Uuid,
+    ) -> mongodb::error::Result<mongodb::Cursor<mongodb::bson::Document>> {
+        use mongodb::bson::doc;
+        let mut filter = doc! {"tenantId": tenant_id.to_string()};
+        if let Some(after) = &self.cursor {
+            filter.insert("_id", doc! {"$gt": after});
+        }
+        collection
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .limit(self.limit + 1)
+            .await
+    }
+
     /// The page of `items` (fetched with `limit + 1` to see whether more follow) as the answer
     /// body, with the cursor taken from the last item by `id`.
     pub fn page(

@@ -80,16 +80,7 @@ pub(crate) async fn list(State(s): State<AppState>, user: TenantUser, page: Page
     let t = user.tenant_id;
     let limit = page.limit;
     serve_tenant(&s.loader, t, |_| async {
-        let mut filter = doc! {"tenantId": t.to_string()};
-        if let Some(after) = &page.cursor {
-            filter.insert("_id", doc! {"$gt": after});
-        }
-        let mut cursor = s
-            .accounts
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .limit(limit + 1)
-            .await?;
+        let mut cursor = page.find(&s.accounts, t).await?;
         let mut items = Vec::new();
         while cursor.advance().await? {
             let account = Account::load(&s.store, t, &cursor.deserialize_current()?).await;

@@ -1,16 +1,13 @@
 //! The browser's dashboard: the tenant, the signed-in user and the first employees.
 
+use crate::{AppState, employees::person};
 use axum::{extract::State, http::StatusCode, response::Response};
 use mongodb::bson::doc;
 use sync_sdk::{
     html::table,
     http::{AppResult, serve_tenant},
-    store::live_user,
     web::{PageUser, dashboard_header, html},
 };
-use uuid::Uuid;
-
-use crate::AppState;
 
 pub(crate) async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Response {
     let t = user.tenant_id;
@@ -25,13 +22,9 @@ pub(crate) async fn dashboard(State(s): State<AppState>, PageUser(user): PageUse
         let mut rows = Vec::new();
         while cursor.advance().await? {
             let e = cursor.deserialize_current()?;
-            let user_id: Uuid = e
-                .get_str("userId")
-                .ok()
-                .and_then(|u| u.parse().ok())
-                .unwrap_or_default();
-            let name = live_user(&*s.store, t, user_id)
+            let name = person(&s.store, t, &e)
                 .await
+                .1
                 .map_or_else(|| "[Deleted User]".to_owned(), |p| p.full_name);
             rows.push(vec![
                 name,

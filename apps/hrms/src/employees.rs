@@ -6,42 +6,43 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use mongodb::bson::doc;
+use mongodb::bson::{Document, doc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sync_sdk::{
     auth::TenantUser,
+    contract::UserState,
     http::{AppError, AppResult, PageQuery, serve_tenant},
-    store::live_user,
+    store::{live_user, mongo::MongoStore},
 };
 use uuid::Uuid;
 
 use crate::{ADMIN_PERMISSION, AppState};
+
+/// The employee's user: their id, and their synced state while they are a live user.
+pub(crate) async fn person(
+    store: &MongoStore,
+    tenant: Uuid,
+    employee: &Document,
+) -> (Uuid, Option<UserState>) {
+    let user_id: Uuid = employee
+        .get_str("userId")
+        .ok()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_default();
+    (user_id, live_user(store, tenant, user_id).await)
+}
 
 pub(crate) async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> Response {
     let t = user.tenant_id;
     let limit = page.limit;
     serve_tenant(&s.loader, t, |_| async {
         let admin = user.has(ADMIN_PERMISSION);
-        let mut filter = doc! {"tenantId": t.to_string()};
-        if let Some(after) = &page.cursor {
-            filter.insert("_id", doc! {"$gt": after});
-        }
-        let mut cursor = s
-            .employees
-            .find(filter)
-            .sort(doc! {"_id": 1})
-            .limit(limit + 1)
-            .await?;
+        let mut cursor = page.find(&s.employees, t).await?;
         let mut items = Vec::new();
         while cursor.advance().await? {
             let e = cursor.deserialize_current()?;
-            let user_id: Uuid = e
-                .get_str("userId")
-                .ok()
-                .and_then(|u| u.parse().ok())
-                .unwrap_or_default();
-            let person = live_user(&*s.store, t, user_id).await;
+            let (user_id, person) = person(&s.store, t, &e).await;
             let mut item = json!({
                 "id": e.get_str("_id").unwrap_or_default(),
                 "userId": user_id,

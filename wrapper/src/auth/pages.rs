@@ -47,6 +47,20 @@ pub async fn host_tenant(state: &AppState, headers: &HeaderMap) -> ApiResult<Opt
     state.domains.lookup(&state.db, host(headers)).await
 }
 
+/// The tenant a browser page is for (the host's), or the page saying this address belongs to
+/// no organisation.
+pub async fn page_tenant(state: &AppState, headers: &HeaderMap) -> Result<DomainInfo, Response> {
+    match host_tenant(state, headers).await {
+        Ok(Some(t)) => Ok(t),
+        Ok(None) => Err(error_page(
+            StatusCode::NOT_FOUND,
+            "Unknown organisation",
+            "this address does not belong to any organisation",
+        )),
+        Err(e) => Err(e.into_response()),
+    }
+}
+
 /// Whether the request came to the one host platform admins sign in on (`WRAPPER_ADMIN_HOST`).
 pub fn is_admin_host(state: &AppState, headers: &HeaderMap) -> bool {
     let name = host(headers)
@@ -213,16 +227,9 @@ async fn session_user(
 /// page, which returns here.
 #[utoipa::path(get, path = "/", tag = "pages", security(()), responses((status = 200, description = "The tenant's start page: its apps when signed in", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page")))]
 pub(crate) async fn portal(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let tenant = match host_tenant(&state, &headers).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return error_page(
-                StatusCode::NOT_FOUND,
-                "Unknown organisation",
-                "this address does not belong to any organisation",
-            );
-        }
-        Err(e) => return e.into_response(),
+    let tenant = match page_tenant(&state, &headers).await {
+        Ok(t) => t,
+        Err(page) => return page,
     };
     let Some((_, email)) = session_user(&state, &headers, Some(tenant.tenant_id)).await else {
         return see_other("/auth/login?return_to=%2F");

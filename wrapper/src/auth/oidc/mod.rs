@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::pages::{error_page, host, host_tenant, return_address, see_other};
+use super::pages::{error_page, host, host_tenant, page_tenant, return_address, see_other};
 pub use crate::identity::oidc::{ProviderConfig, parse_providers};
 use crate::{
     audit,
@@ -135,16 +135,9 @@ async fn start(
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let tenant = match host_tenant(&state, &headers).await {
-        Ok(Some(t)) => t,
-        Ok(None) => {
-            return error_page(
-                StatusCode::NOT_FOUND,
-                "Unknown organisation",
-                "this address does not belong to any organisation",
-            );
-        }
-        Err(e) => return e.into_response(),
+    let tenant = match page_tenant(&state, &headers).await {
+        Ok(t) => t,
+        Err(page) => return page,
     };
     let Some(provider) = state
         .oidc
