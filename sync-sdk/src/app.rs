@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::Jwks,
     consumer::{Consumer, ConsumerConfig, Handler},
-    contract::StreamKeys,
+    contract::{AppManifest, StreamKeys},
     credits::offline::CreditClient,
     fullsync::{FullSync, Integrity, NoIntegrity},
     loader::{Loader, WrapperClient, WrapperConfig},
@@ -97,8 +97,15 @@ pub struct AppKit<H> {
 }
 
 impl<H: Handler> AppKit<H> {
-    /// Connect and prepare everything for app `name`, with `handler` reacting to events.
-    pub async fn start(name: &str, args: &AppArgs, handler: H) -> anyhow::Result<Self> {
+    /// Connect and prepare everything for the app `manifest` describes, with `handler`
+    /// reacting to events, and register the manifest with the wrapper (retried in the
+    /// background while the wrapper is unreachable).
+    pub async fn start(manifest: AppManifest, args: &AppArgs, handler: H) -> anyhow::Result<Self> {
+        let manifest = match &args.public_path {
+            Some(path) => manifest.served_at(path),
+            None => manifest,
+        };
+        let name = manifest.name.as_str();
         let mongo = mongodb::Client::with_uri_str(&args.mongodb_url).await?;
         let database = mongo.database(args.mongo_db.as_deref().unwrap_or(name));
         let store = Arc::new(MongoStore::new(database.clone()));
@@ -122,6 +129,7 @@ impl<H: Handler> AppKit<H> {
         consumer.ensure_groups().await?;
         let credits = Arc::new(
             CreditClient::new(Arc::new(wrapper()), store.clone(), args.offline_allowance)
+                .with_manifest(&manifest)
                 .with_mirror(crate::credits::CreditMirror::new(
                     redis.clone(),
                     keys.clone(),
@@ -147,7 +155,8 @@ impl<H: Handler> AppKit<H> {
             loader.clone(),
             store.clone(),
         ));
-        let mut pages = crate::web::Pages::new(args.public_path.as_deref().unwrap_or(name));
+        register(Arc::new(wrapper()), manifest.clone()).await;
+        let mut pages = crate::web::Pages::new(&manifest.public_path);
         pages.login_url = args.login_url.clone();
         pages.suite = crate::web::Pages::parse_suite(&args.suite_links);
         if let Some(base) = pages.login_url.strip_suffix("/login") {
@@ -412,5 +421,33 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
         cancel.cancel();
         consuming.await??;
         Ok(())
+    }
+}
+
+/// Register `manifest` with the wrapper: once now, and while that fails (the wrapper down or
+/// still starting), again in the background with capped backoff until it succeeds. Until then
+/// the wrapper refuses consumptions of operations it has never seen declared.
+async fn register(client: Arc<WrapperClient>, manifest: AppManifest) {
+    match client.register(&manifest).await {
+        Ok(()) => tracing::info!(app = %manifest.name, "registered with the wrapper"),
+        Err(e) => {
+            tracing::warn!(app = %manifest.name, error = %e, "registration failed; retrying in the background");
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(500);
+                loop {
+                    tokio::time::sleep(delay).await;
+                    match client.register(&manifest).await {
+                        Ok(()) => {
+                            tracing::info!(app = %manifest.name, "registered with the wrapper");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(app = %manifest.name, error = %e, "registration failed; retrying");
+                            delay = (delay * 2).min(Duration::from_secs(30));
+                        }
+                    }
+                }
+            });
+        }
     }
 }

@@ -12,13 +12,13 @@
 //!   letters, takeover of a crashed consumer's entries, gap detection, graceful shutdown.
 //! * [`dlq`] — list, re-drive and purge dead letters; per-group lag (also the `tsync` CLI).
 //! * [`loader`], [`fullsync`] — lazy loading of a tenant on its first visit, and the nightly
-//!   full sync that repairs drift.
+//!   full sync that repairs drift; [`wrapper_client`] — the app's calls to the wrapper.
 //! * [`credits`] — consuming credits: direct, on the Redis fast path, or offline with a queue.
 //! * `auth`, `web`, `http`, `app` (feature `axum` / `app`) — session verification bound to the
 //!   request's tenant, browser pages (sign-in redirect, 403 page, dashboard header), serving by
 //!   tenant availability, and the whole plumbing of an app service.
-//! * [`csrf`], [`html`] — the Origin check for cookie-authenticated writes and the page layout,
-//!   shared with the wrapper.
+//! * `csrf`, `html` (feature `axum`) — the Origin check for cookie-authenticated writes and the
+//!   page layout, from the `sync-web` crate the wrapper shares.
 //!
 //! ## Example: keeping a store current
 //!
@@ -88,19 +88,20 @@ pub mod app;
 #[cfg(feature = "axum")]
 pub mod auth;
 pub mod consumer;
-pub mod contract;
 pub mod credits;
-pub mod csrf;
 pub mod dlq;
 pub mod fullsync;
-pub mod html;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod loader;
-pub mod redis;
 pub mod store;
 #[cfg(feature = "axum")]
 pub mod web;
+pub mod wrapper_client;
 
-#[cfg(feature = "test-support")]
-pub mod test_support;
+/// The event contract (the `sync-contract` crate, shared with the wrapper).
+pub use sync_contract as contract;
+/// A reconnecting Redis client and one consumer-group read (`sync_contract::streams`).
+pub use sync_contract::streams as redis;
+#[cfg(feature = "axum")]
+pub use sync_web::{csrf, html};

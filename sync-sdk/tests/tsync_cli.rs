@@ -4,7 +4,8 @@
 use std::process::Command;
 
 use fred::prelude::*;
-use sync_sdk::{contract::StreamKeys, dlq, test_support::*};
+use sync_sdk::{contract::StreamKeys, dlq};
+use sync_testkit::*;
 use uuid::Uuid;
 
 fn tsync(ns: &str, args: &[&str]) -> String {

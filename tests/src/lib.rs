@@ -1,7 +1,7 @@
-//! End-to-end tests of Tenantsync. The harness lives in `sync_sdk::test_support`; scenario
+//! End-to-end tests of Tenantsync. The harness lives in `sync_testkit`; scenario
 //! helpers shared by several test files live here.
 
-pub use sync_sdk::test_support::*;
+pub use sync_testkit::*;
 
 pub mod browser;
 pub mod nginx;

@@ -6,14 +6,15 @@
 //!   change and its event in one transaction, and acknowledges it afterwards.
 //! * **Reconcile.** [`CreditIngest::reconcile`] compares every mirrored application balance
 //!   with the ledger (less what the streams hold that is not ingested yet) and corrects the
-//!   mirror, with the allocation ids it has absorbed, for example after Redis lost its data.
+//!   mirror, with the allocation ids it has absorbed, for example after Redis lost its data,
+//!   and rewrites each mirror's price table from the ledger's prices.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use fred::{prelude::*, types::scripts::Script};
 use serde::Serialize;
 use sqlx::PgPool;
-use sync_sdk::contract::StreamKeys;
+use sync_contract::StreamKeys;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -81,7 +82,7 @@ impl CreditIngest {
             };
             let batch = match ready {
                 Ok(()) => {
-                    sync_sdk::consumer::read_group(
+                    sync_contract::streams::read_group(
                         &reader,
                         GROUP,
                         "wrapper",
@@ -167,6 +168,14 @@ impl CreditIngest {
         let mut corrections = Vec::new();
         for (tenant_id, scope, ledger_balance) in balances {
             let application = scope.trim_start_matches("app:").to_owned();
+            crate::domain::apps::publish_prices(
+                &self.db,
+                &self.redis,
+                &self.keys,
+                tenant_id,
+                &application,
+            )
+            .await?;
             for _attempt in 0..5 {
                 let in_flight = self.not_yet_ingested(tenant_id, &application).await?;
                 let target = ledger_balance - in_flight;

@@ -24,11 +24,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Relay => {
             let db = startup::connect_db(&settings).await?;
             let redis = startup::connect_redis(&settings.redis_url.0).await?;
-            let keys = sync_sdk::contract::StreamKeys::new(
-                settings.namespace.clone(),
-                settings.partitions,
-            )
-            .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
+            let keys =
+                sync_contract::StreamKeys::new(settings.namespace.clone(), settings.partitions)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS")
+                    })?;
             let relay = wrapper::relay::Relay::new(db, redis, keys, settings.relay_config());
             let cancel = CancellationToken::new();
             tokio::spawn(shutdown_on_signal(cancel.clone()));

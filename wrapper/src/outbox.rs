@@ -8,7 +8,7 @@
 
 use chrono::Utc;
 use sqlx::PgConnection;
-use sync_sdk::contract::{CONTRACT_VERSION, Envelope, Event};
+use sync_contract::{CONTRACT_VERSION, Envelope, Event};
 use uuid::Uuid;
 
 use crate::context::Ctx;
@@ -99,7 +99,7 @@ pub async fn append(
 #[doc(hidden)]
 pub mod testing {
     use sqlx::PgPool;
-    use sync_sdk::contract::{Envelope, Event, StreamKeys, TenantState, TenantStatus};
+    use sync_contract::{Envelope, Event, StreamKeys, TenantState, TenantStatus};
     use uuid::Uuid;
 
     use super::{Aggregate, append};

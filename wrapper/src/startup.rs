@@ -7,7 +7,7 @@ use anyhow::Context;
 use axum::{Router, middleware};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use sync_sdk::contract::StreamKeys;
+use sync_contract::StreamKeys;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};
@@ -51,7 +51,7 @@ pub async fn connect_db(settings: &Settings) -> anyhow::Result<PgPool> {
 
 /// A Redis client that reconnects with exponential backoff; commands wait for the connection.
 pub async fn connect_redis(url: &str) -> anyhow::Result<fred::clients::Client> {
-    sync_sdk::redis::connect(url).context("connecting to Redis (REDIS_URL)")
+    sync_contract::streams::connect(url).context("connecting to Redis (REDIS_URL)")
 }
 
 /// The wrapper, bound to its port and ready to serve.
@@ -197,7 +197,7 @@ pub fn router(state: AppState) -> Router {
             timeout,
         ))
         .layer(middleware::from_fn(csrf_guard))
-        .layer(middleware::from_fn(sync_sdk::http::problems_only))
+        .layer(middleware::from_fn(sync_web::problem::problems_only))
         .layer(middleware::from_fn_with_state(
             crate::context::TrustedProxies(Arc::new(state.settings.trusted_proxies.clone())),
             crate::context::attach,
@@ -206,12 +206,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Refuse state-changing browser requests (session cookie or form post) that come from another
-/// host's page (see `sync_sdk::csrf`).
+/// host's page (see `sync_web::csrf`).
 async fn csrf_guard(
     req: axum::extract::Request,
     next: middleware::Next,
 ) -> axum::response::Response {
-    match sync_sdk::csrf::check(req.method(), req.headers()) {
+    match sync_web::csrf::check(req.method(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(e) => {
             tracing::warn!(path = %req.uri().path(), reason = %e, "possible CSRF refused");

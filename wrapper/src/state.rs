@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
-use sync_sdk::contract::StreamKeys;
+use sync_contract::StreamKeys;
 
 use crate::{config::Settings, domain::hosts::DomainCache, identity::keys::KeyStore};
 

@@ -3,7 +3,8 @@
 
 use std::{process::Stdio, time::Duration};
 
-use sync_sdk::{contract::StreamKeys, test_support::*};
+use sync_contract::StreamKeys;
+use sync_testkit::*;
 use tokio::process::{Child, Command};
 use wrapper::outbox::testing::{commit_change, insert_tenant};
 

@@ -13,11 +13,11 @@ use sha2::Digest;
 use sync_sdk::{
     auth::TenantUser,
     http::{AppError, AppResult, PageQuery, serve_tenant},
-    store::{TenantStore, live_user, mongo::MongoStore},
+    store::{live_user, mongo::MongoStore},
 };
 use uuid::Uuid;
 
-use crate::{AppState, CREATE_ACCOUNT, DEFAULT_COST, DELETED_USER, IDEMPOTENCY_KEY};
+use crate::{AppState, CREATE_ACCOUNT, DELETED_USER, IDEMPOTENCY_KEY};
 
 /// An account as the API shows it.
 #[derive(Debug, Serialize)]
@@ -125,16 +125,6 @@ async fn live_owner(store: &MongoStore, tenant: Uuid, owner: Uuid) -> AppResult<
     }
 }
 
-/// The tenant's cost of creating an account (its synced credit config, else the default).
-async fn cost(store: &MongoStore, tenant: Uuid) -> i64 {
-    store
-        .credit_cost(tenant, "crm", CREATE_ACCOUNT)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(DEFAULT_COST)
-}
-
 /// The account id of a request: random, or — with an `Idempotency-Key` header — derived from
 /// the tenant and the key, so a retried request names the same account and the same credit
 /// operation (charged once, created once).
@@ -195,9 +185,8 @@ pub(crate) async fn create(
     };
     serve_tenant(&s.loader, t, |_| async {
         live_owner(&s.store, t, owner_id).await?;
-        let price = cost(&s.store, t).await;
         s.credits
-            .consume(t, "crm", CREATE_ACCOUNT, &id.to_string(), price)
+            .consume(t, "crm", CREATE_ACCOUNT, &id.to_string(), 1)
             .await?;
         let doc = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
         "value": value, "ownerId": owner_id.to_string()};

@@ -21,6 +21,7 @@ use serde_json::json;
 use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp, FieldReferences},
     consumer::NoHandler,
+    contract::AppManifest,
 };
 
 use accounts::{create, list, read, remove, update};
@@ -31,8 +32,16 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The operation code of account creation.
 pub const CREATE_ACCOUNT: &str = "crm.accounts.create";
-/// Its cost when the tenant has no credit config for it.
+/// Its price unless the tenant's credit config says otherwise (declared in the manifest; the
+/// wrapper prices every consumption).
 pub const DEFAULT_COST: i64 = 35;
+
+/// What the CRM tells the wrapper about itself at start-up.
+pub fn manifest() -> AppManifest {
+    AppManifest::new("crm", "CRM")
+        .requiring_feature("crm")
+        .with_operation(CREATE_ACCOUNT, DEFAULT_COST)
+}
 /// Shown for owners deleted or missing upstream.
 pub const DELETED_USER: &str = "[Deleted User]";
 
@@ -57,7 +66,7 @@ type AppState = sync_sdk::app::AppState<Crm>;
 
 /// Connect, create indexes and groups, bind: the app, ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
-    let kit = AppKit::start("crm", &settings.app, NoHandler).await?;
+    let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
     let accounts = kit.database.collection::<Document>("accounts");
     accounts
         .create_index(

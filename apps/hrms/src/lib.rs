@@ -13,6 +13,7 @@ use serde_json::json;
 use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp, FieldReferences},
     consumer::NoHandler,
+    contract::AppManifest,
 };
 
 use dashboard::dashboard;
@@ -20,6 +21,11 @@ use employees::{create, list};
 
 /// The permission of tenant admins (the wrapper's built-in `admin` role).
 pub const ADMIN_PERMISSION: &str = "tenant.admin";
+
+/// What the HRMS tells the wrapper about itself at start-up (it charges no credits).
+pub fn manifest() -> AppManifest {
+    AppManifest::new("hrms", "HRMS").requiring_feature("hrms")
+}
 
 /// HRMS settings (`hrms --help`).
 #[derive(Debug, Clone, Parser)]
@@ -42,7 +48,7 @@ type AppState = sync_sdk::app::AppState<Hrms>;
 
 /// Connect, prepare, bind: the app, ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
-    let kit = AppKit::start("hrms", &settings.app, NoHandler).await?;
+    let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
     let employees = kit.database.collection::<Document>("employees");
     employees
         .create_index(

@@ -15,7 +15,7 @@
 //! * **One event cannot take a batch down, and one tenant cannot stall a partition.** When an
 //!   event fails, its tenant is *parked* from that event on: its later events wait in order
 //!   (still pending in Redis) while every other tenant of the partition keeps flowing, and the
-//!   parked tenant is retried with backoff ([`batch`]). A handler error counts towards
+//!   parked tenant is retried with backoff (`consumer/batch.rs`). A handler error counts towards
 //!   [`ConsumerConfig::max_attempts`]; then, or at once for a permanent error or an entry that
 //!   does not decode, the entry is dead-lettered ([`crate::dlq`]) and the tenant moves on.
 //!   Transient *store* errors (write conflicts, a lost connection) are not the event's fault:
@@ -42,8 +42,9 @@ mod health;
 
 use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use fred::{prelude::*, types::streams::XReadResponse};
+use fred::prelude::*;
 use rand::Rng;
+pub use sync_contract::streams::read_group;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -585,35 +586,6 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a non-string panic".to_owned())
-}
-
-/// One XREADGROUP of new entries (`>`) on one stream: the entries, oldest first. A read that
-/// times out (nil reply) is an empty batch, not an error.
-pub async fn read_group(
-    redis: &Client,
-    group: &str,
-    consumer: &str,
-    stream: &str,
-    count: u64,
-    block: Option<Duration>,
-) -> Result<Vec<(String, HashMap<String, String>)>, Error> {
-    let reply: fred::types::Value = redis
-        .xreadgroup(
-            group,
-            consumer,
-            Some(count),
-            // BLOCK 0 would block forever.
-            block.map(|b| (b.as_millis() as u64).max(1)),
-            false,
-            stream,
-            ">",
-        )
-        .await?;
-    if reply.is_null() {
-        return Ok(Vec::new());
-    }
-    let mut map: XReadResponse<String, String, String, String> = reply.into_xread_response()?;
-    Ok(map.remove(stream).unwrap_or_default())
 }
 
 /// `base * 2^(attempt-1)`, with jitter in [50 %, 100 %].

@@ -1,9 +1,14 @@
 //! Credits from the app's side: two ways to consume.
 //!
+//! An app consumes an *operation* (its code and a quantity), never an amount: the wrapper is the
+//! price authority (the tenant's credit config for the operation, else the default the app
+//! declared in its manifest), and an operation with no price is refused.
+//!
 //! * **Direct** ([`crate::loader::WrapperClient::consume`]): the wrapper charges its ledger in
 //!   one transaction; idempotent by operation id; a 402 carries the balance.
 //! * **Fast path** ([`CreditMirror`]): the app's allocation is mirrored in Redis and one Lua
-//!   script checks the operation id, checks and decrements the balance and appends a
+//!   script checks the operation id, prices the operation from the price table the wrapper
+//!   writes beside the balance, checks and decrements the balance and appends a
 //!   `credit.consumed` entry to the partition's credit stream, atomically. The wrapper ingests
 //!   that stream into its ledger, idempotently by operation id. An allocation raises the mirror
 //!   once per allocation id ([`CreditMirror::apply_allocation`], from the app's handler of
@@ -33,7 +38,9 @@ pub struct FastReceipt {
     pub application: String,
     /// What was done.
     pub operation_code: String,
-    /// Credits charged.
+    /// How many operations.
+    pub quantity: i64,
+    /// Credits charged: the tenant's price of the operation times the quantity.
     pub amount: i64,
     /// The mirrored balance after the charge.
     pub balance_after: i64,
@@ -55,6 +62,9 @@ pub enum FastOutcome {
     },
     /// No mirror exists for this tenant and application (use the direct path or reconcile).
     NotMirrored,
+    /// The mirror has no price for the operation (not declared, not published yet, or the
+    /// amount is over one request's limit): ask the wrapper, which prices authoritatively.
+    NotPriced,
 }
 
 /// The mirrored allocations of one app, in Redis.
@@ -80,23 +90,25 @@ impl CreditMirror {
         }
     }
 
-    /// Consume `amount` credits of `app`'s allocation in `tenant_id` for an operation.
+    /// Consume `quantity` × the tenant's price of `operation_code` from `app`'s allocation in
+    /// `tenant_id` (the price comes from the table the wrapper writes; the app names none).
     pub async fn consume(
         &self,
         tenant_id: Uuid,
         app: &str,
         operation_code: &str,
         operation_id: &str,
-        amount: i64,
+        quantity: i64,
     ) -> Result<FastOutcome, Error> {
         let keys = vec![
             self.keys.credit_balance(tenant_id, app),
             self.keys.credit_operation(tenant_id, app, operation_id),
             self.keys.credit_stream(self.keys.partition_of(tenant_id)),
+            self.keys.credit_prices(tenant_id, app),
         ];
         let args = vec![
             operation_id.to_owned(),
-            amount.to_string(),
+            quantity.to_string(),
             tenant_id.to_string(),
             app.to_owned(),
             operation_code.to_owned(),
@@ -113,7 +125,8 @@ impl CreditMirror {
             2 => FastOutcome::Insufficient {
                 balance: text.parse().map_err(parse_error)?,
             },
-            _ => FastOutcome::NotMirrored,
+            3 => FastOutcome::NotMirrored,
+            _ => FastOutcome::NotPriced,
         })
     }
 

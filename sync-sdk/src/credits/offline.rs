@@ -4,14 +4,14 @@
 //! by operation id, once the wrapper answers again; beyond the allowance the consumption is
 //! refused with [`CreditError::AllowanceExhausted`].
 
-use std::{future::Future, sync::Arc};
+use std::{collections::BTreeMap, future::Future, sync::Arc};
 
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
     loader::{LoadError, WrapperClient},
-    store::StoreError,
+    store::{StoreError, TenantStore},
 };
 
 /// A consumption made while the wrapper was unreachable.
@@ -25,7 +25,10 @@ pub struct QueuedConsumption {
     pub application: String,
     /// What was done.
     pub operation_code: String,
-    /// Credits.
+    /// How many operations.
+    pub quantity: i64,
+    /// The credits it is expected to cost (the synced price, else the manifest's default),
+    /// counted against the allowance; the wrapper charges its own price on replay.
     pub amount: i64,
 }
 
@@ -77,6 +80,15 @@ pub enum CreditError {
         /// Credits queued already.
         queued: i64,
     },
+    /// The operation has no price for this tenant (the app did not declare it) or the request
+    /// was refused as invalid; the problem's field and detail say why.
+    #[error("refused by the wrapper: {field}: {detail}")]
+    Refused {
+        /// The field at fault, e.g. `operationCode`.
+        field: String,
+        /// Why.
+        detail: String,
+    },
     /// Any other wrapper failure.
     #[error(transparent)]
     Wrapper(#[from] LoadError),
@@ -99,7 +111,8 @@ pub enum Consumed {
 pub struct ReplayReport {
     /// Replayed and charged (or found charged already).
     pub charged: usize,
-    /// Refused by the wrapper for insufficient credits (removed from the queue; reported).
+    /// Refused by the wrapper, for insufficient credits or an operation without a price
+    /// (removed from the queue; reported).
     pub refused: Vec<QueuedConsumption>,
     /// Left queued because the wrapper is still unreachable.
     pub left: usize,
@@ -113,9 +126,10 @@ pub struct CreditClient<Q> {
     queue: Arc<Q>,
     allowance: i64,
     mirror: Option<super::CreditMirror>,
+    defaults: BTreeMap<(String, String), i64>,
 }
 
-impl<Q: CreditQueue> CreditClient<Q> {
+impl<Q: CreditQueue + TenantStore> CreditClient<Q> {
     /// A client allowing `allowance` credits per tenant and application while offline.
     pub fn new(wrapper: Arc<WrapperClient>, queue: Arc<Q>, allowance: i64) -> Self {
         Self {
@@ -123,7 +137,39 @@ impl<Q: CreditQueue> CreditClient<Q> {
             queue,
             allowance,
             mirror: None,
+            defaults: BTreeMap::new(),
         }
+    }
+
+    /// The default prices an app declared (its manifest), for estimating what an offline
+    /// consumption will cost where the tenant has no synced price of its own.
+    pub fn with_manifest(mut self, manifest: &sync_contract::AppManifest) -> Self {
+        for op in &manifest.operations {
+            self.defaults
+                .insert((manifest.name.clone(), op.code.clone()), op.default_cost);
+        }
+        self
+    }
+
+    /// What the app expects `quantity` operations to cost the tenant: its synced credit config,
+    /// else the declared default; `None` for an operation the app never declared.
+    pub async fn estimate(
+        &self,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+        quantity: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let configured = self
+            .queue
+            .credit_cost(tenant_id, application, operation_code)
+            .await?;
+        let price = configured.or_else(|| {
+            self.defaults
+                .get(&(application.to_owned(), operation_code.to_owned()))
+                .copied()
+        });
+        Ok(price.map(|p| p.saturating_mul(quantity)))
     }
 
     /// Try the fast path first: the Redis mirror of the tenant's allocation (the wrapper's
@@ -135,20 +181,27 @@ impl<Q: CreditQueue> CreditClient<Q> {
         self
     }
 
-    /// Consume on the fast path where mirrored, else at the wrapper, or from the offline
-    /// allowance when the wrapper is unreachable.
+    /// Consume `quantity` operations on the fast path where mirrored, else at the wrapper, or
+    /// from the offline allowance when the wrapper is unreachable. The tenant's price applies:
+    /// the app names the operation, not the amount.
     pub async fn consume(
         &self,
         tenant_id: Uuid,
         application: &str,
         operation_code: &str,
         operation_id: &str,
-        amount: i64,
+        quantity: i64,
     ) -> Result<Consumed, CreditError> {
         use super::FastOutcome;
         if let Some(mirror) = &self.mirror {
             let fast = mirror
-                .consume(tenant_id, application, operation_code, operation_id, amount)
+                .consume(
+                    tenant_id,
+                    application,
+                    operation_code,
+                    operation_id,
+                    quantity,
+                )
                 .await;
             match fast {
                 Ok(FastOutcome::Charged(r) | FastOutcome::Replayed(r)) => {
@@ -161,15 +214,21 @@ impl<Q: CreditQueue> CreditClient<Q> {
                 Ok(FastOutcome::Insufficient { balance }) => {
                     return Err(CreditError::Insufficient { balance });
                 }
-                Ok(FastOutcome::NotMirrored) => {}
+                Ok(FastOutcome::NotMirrored | FastOutcome::NotPriced) => {}
                 Err(e) => {
                     tracing::warn!(%tenant_id, application, error = %e, "credit mirror unavailable: direct path");
                 }
             }
         }
         metrics::counter!("tsync_credits_consumed_total", "path" => "direct").increment(1);
-        self.consume_direct(tenant_id, application, operation_code, operation_id, amount)
-            .await
+        self.consume_direct(
+            tenant_id,
+            application,
+            operation_code,
+            operation_id,
+            quantity,
+        )
+        .await
     }
 
     /// Consume at the wrapper, or from the offline allowance when it is unreachable.
@@ -179,22 +238,38 @@ impl<Q: CreditQueue> CreditClient<Q> {
         application: &str,
         operation_code: &str,
         operation_id: &str,
-        amount: i64,
+        quantity: i64,
     ) -> Result<Consumed, CreditError> {
         match self
             .wrapper
-            .consume(tenant_id, application, operation_code, operation_id, amount)
+            .consume(
+                tenant_id,
+                application,
+                operation_code,
+                operation_id,
+                quantity,
+            )
             .await
         {
             Ok(Ok(entry)) => Ok(Consumed::Charged(entry)),
-            Ok(Err(balance)) => Err(CreditError::Insufficient { balance }),
+            Ok(Err(refusal)) => Err(refusal),
             Err(LoadError::Unavailable(reason)) => {
                 tracing::warn!(%tenant_id, application, %reason, "wrapper unreachable: offline credits");
+                let Some(amount) = self
+                    .estimate(tenant_id, application, operation_code, quantity)
+                    .await?
+                else {
+                    return Err(CreditError::Refused {
+                        field: "operationCode".into(),
+                        detail: format!("'{operation_code}' is not a declared paid operation"),
+                    });
+                };
                 let c = QueuedConsumption {
                     operation_id: operation_id.to_owned(),
                     tenant_id,
                     application: application.to_owned(),
                     operation_code: operation_code.to_owned(),
+                    quantity,
                     amount,
                 };
                 match self.queue.enqueue(&c, self.allowance).await? {
@@ -223,13 +298,13 @@ impl<Q: CreditQueue> CreditClient<Q> {
                     &c.application,
                     &c.operation_code,
                     &c.operation_id,
-                    c.amount,
+                    c.quantity,
                 )
                 .await;
             match outcome {
                 Ok(Ok(_)) => report.charged += 1,
-                Ok(Err(balance)) => {
-                    tracing::error!(operation_id = %c.operation_id, balance, "offline consumption refused on replay");
+                Ok(Err(refusal)) => {
+                    tracing::error!(operation_id = %c.operation_id, %refusal, "offline consumption refused on replay");
                     report.refused.push(c.clone());
                 }
                 Err(LoadError::Unavailable(_)) => {

@@ -7,7 +7,7 @@
 //! event seen before is a no-op ([`Applied::Duplicate`]) and an older or equal version changes
 //! nothing ([`Applied::Stale`]). That is what makes at-least-once delivery safe (invariant 2).
 //!
-//! Two implementations pass one conformance suite (`test_support::store_conformance`):
+//! Two implementations pass one conformance suite (`sync_testkit::store_conformance`):
 //! [`mongo::MongoStore`] (feature `mongo`) and [`postgres::PostgresStore`] (feature `postgres`).
 
 #[cfg(feature = "mongo")]

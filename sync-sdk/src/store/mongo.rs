@@ -537,7 +537,7 @@ impl MongoStore {
             .insert_one(doc! {
                 "_id": &c.operation_id, "tenantId": c.tenant_id.to_string(),
                 "application": &c.application, "operationCode": &c.operation_code,
-                "amount": c.amount, "queuedAt": bson::DateTime::now(),
+                "amount": c.amount, "quantity": c.quantity, "queuedAt": bson::DateTime::now(),
             })
             .session(&mut *session)
             .await?;
@@ -596,6 +596,7 @@ impl crate::credits::offline::CreditQueue for MongoStore {
                 tenant_id: d.get_str("tenantId").map_err(err)?.parse().map_err(err)?,
                 application: d.get_str("application").map_err(err)?.to_owned(),
                 operation_code: d.get_str("operationCode").map_err(err)?.to_owned(),
+                quantity: d.get_i64("quantity").unwrap_or(1),
                 amount: d.get_i64("amount").map_err(err)?,
             });
         }

@@ -46,6 +46,8 @@ const SCHEMA: &[&str] = &[
     "create table if not exists tsync_credit_queue (
         operation_id text primary key, tenant_id uuid not null, application text not null,
         operation_code text not null, amount bigint not null, queued_at timestamptz not null default now())",
+    // Consumptions name a quantity of an operation; the wrapper prices them on replay.
+    "alter table tsync_credit_queue add column if not exists quantity bigint not null default 1",
     "create table if not exists tsync_processed (
         event_id uuid primary key, tenant_id uuid not null, at timestamptz not null default now())",
 ];
@@ -366,14 +368,15 @@ impl crate::credits::offline::CreditQueue for PostgresStore {
             return Ok(Enqueued::OverAllowance { queued });
         }
         sqlx::query(
-            "insert into tsync_credit_queue (operation_id, tenant_id, application, operation_code, amount)
-             values ($1, $2, $3, $4, $5)",
+            "insert into tsync_credit_queue (operation_id, tenant_id, application, operation_code, amount, quantity)
+             values ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&c.operation_id)
         .bind(c.tenant_id)
         .bind(&c.application)
         .bind(&c.operation_code)
         .bind(c.amount)
+        .bind(c.quantity)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -382,8 +385,8 @@ impl crate::credits::offline::CreditQueue for PostgresStore {
     }
 
     async fn queued(&self) -> Result<Vec<crate::credits::offline::QueuedConsumption>, StoreError> {
-        let rows: Vec<(String, Uuid, String, String, i64)> = sqlx::query_as(
-            "select operation_id, tenant_id, application, operation_code, amount
+        let rows: Vec<(String, Uuid, String, String, i64, i64)> = sqlx::query_as(
+            "select operation_id, tenant_id, application, operation_code, amount, quantity
              from tsync_credit_queue order by queued_at, operation_id",
         )
         .fetch_all(&self.db)
@@ -392,12 +395,13 @@ impl crate::credits::offline::CreditQueue for PostgresStore {
         Ok(rows
             .into_iter()
             .map(
-                |(operation_id, tenant_id, application, operation_code, amount)| {
+                |(operation_id, tenant_id, application, operation_code, amount, quantity)| {
                     crate::credits::offline::QueuedConsumption {
                         operation_id,
                         tenant_id,
                         application,
                         operation_code,
+                        quantity,
                         amount,
                     }
                 },

@@ -9,8 +9,8 @@ use sync_sdk::{
     consumer::{Consumer, ConsumerConfig, Handler, HandlerError},
     contract::{Envelope, StreamKeys},
     store::postgres::PostgresStore,
-    test_support::redis_client,
 };
+use sync_testkit::redis_client;
 use tokio_util::sync::CancellationToken;
 
 struct Slow(Duration);

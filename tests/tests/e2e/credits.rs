@@ -40,11 +40,21 @@ async fn funded(app: &TestApp, name: &str) -> (TestTenant, String) {
         json!({"tenantId": t.id, "application": "crm", "amount": 1000}),
     )
     .await;
-    (t, service_token(app, "crm").await)
+    let token = service_token(app, "crm").await;
+    register_crm(app, &token).await;
+    (t, token)
+}
+
+/// The CRM's manifest, registered with its own service token as the app does at start-up: the
+/// wrapper then prices `crm.accounts.create` at 35 (and publishes that to mirrored tenants).
+async fn register_crm(app: &TestApp, token: &str) {
+    let manifest = serde_json::to_value(crm::manifest()).unwrap();
+    app.send_ok(Method::PUT, "/api/apps/crm", token, manifest)
+        .await;
 }
 
 fn consume_body(t: &TestTenant, op: &str) -> Value {
-    json!({"tenantId": t.id, "application": "crm", "creditAmount": 35,
+    json!({"tenantId": t.id, "application": "crm",
            "operationCode": "crm.accounts.create", "operationId": op})
 }
 
@@ -199,24 +209,47 @@ async fn refused_credit_requests_write_nothing() -> anyhow::Result<()> {
             None,
         ),
         (None, consume_body(&t, "x3"), StatusCode::UNAUTHORIZED, None),
+        // The app names an amount that is not the tenant's price: refused, whichever.
         (
             Some(&crm),
             json!({"tenantId": t.id, "application": "crm", "creditAmount": -5,
-            "operationCode": "c", "operationId": "x4"}),
+            "operationCode": "crm.accounts.create", "operationId": "x4"}),
             StatusCode::BAD_REQUEST,
             Some("creditAmount"),
         ),
         (
             Some(&crm),
-            json!({"tenantId": t.id, "application": "crm", "creditAmount": 5,
+            json!({"tenantId": t.id, "application": "crm", "creditAmount": 1,
+            "operationCode": "crm.accounts.create", "operationId": "x4b"}),
+            StatusCode::BAD_REQUEST,
+            Some("creditAmount"),
+        ),
+        (
+            Some(&crm),
+            json!({"tenantId": t.id, "application": "crm",
             "operationCode": "", "operationId": "x5"}),
+            StatusCode::BAD_REQUEST,
+            Some("operationCode"),
+        ),
+        // An operation the app never declared has no price.
+        (
+            Some(&crm),
+            json!({"tenantId": t.id, "application": "crm",
+            "operationCode": "crm.free.lunch", "operationId": "x5b"}),
             StatusCode::BAD_REQUEST,
             Some("operationCode"),
         ),
         (
             Some(&crm),
-            json!({"tenantId": t.id, "application": "crm", "creditAmount": 5000,
-            "operationCode": "c", "operationId": "x6"}),
+            json!({"tenantId": t.id, "application": "crm", "quantity": 0,
+            "operationCode": "crm.accounts.create", "operationId": "x5c"}),
+            StatusCode::BAD_REQUEST,
+            Some("quantity"),
+        ),
+        (
+            Some(&crm),
+            json!({"tenantId": t.id, "application": "crm", "quantity": 200,
+            "operationCode": "crm.accounts.create", "operationId": "x6"}),
             StatusCode::PAYMENT_REQUIRED,
             None,
         ),
@@ -272,8 +305,8 @@ mod fast_path {
     use sync_sdk::{
         contract::StreamKeys,
         credits::{CreditMirror, FastOutcome},
-        test_support::{RedisServer, eventually, redis_client},
     };
+    use sync_testkit::{RedisServer, eventually, redis_client};
     use uuid::Uuid;
     use wrapper::{config::Secret, credit_ingest::CreditIngest};
 
@@ -348,7 +381,7 @@ mod fast_path {
             let tenant = rig.tenant.id;
             async move {
                 mirror
-                    .consume(tenant, "crm", "crm.accounts.create", &format!("op-{i}"), 35)
+                    .consume(tenant, "crm", "crm.accounts.create", &format!("op-{i}"), 1)
                     .await
                     .unwrap()
             }
@@ -393,13 +426,93 @@ mod fast_path {
         Ok(())
     }
 
+    /// The wrapper is the price authority on both paths: the app names an operation and a
+    /// quantity; the tenant's credit config (else the manifest's default) sets the amount, a
+    /// price change reaches the mirror at once, and an undeclared operation is charged nowhere.
+    #[tokio::test]
+    async fn the_wrapper_prices_every_consumption_on_both_paths() -> anyhow::Result<()> {
+        use sync_sdk::{
+            credits::offline::{Consumed, CreditClient, CreditError},
+            loader::{WrapperClient, WrapperConfig},
+        };
+        let rig = rig("priced", false).await?;
+        let t = rig.tenant.id;
+        // The manifest's default: 2 × 35.
+        let FastOutcome::Charged(receipt) = rig
+            .mirror
+            .consume(t, "crm", "crm.accounts.create", "p-1", 2)
+            .await?
+        else {
+            panic!("charged on the fast path")
+        };
+        assert_eq!((receipt.quantity, receipt.amount), (2, 70));
+        // The tenant's price changes: the next consumption pays it, on the fast path at once.
+        rig.app
+            .send_ok(
+                Method::PUT,
+                &format!("/api/tenants/{t}/credit-configs"),
+                &rig.app.root,
+                json!({"application": "crm", "operationCode": "crm.accounts.create", "cost": 40}),
+            )
+            .await;
+        let FastOutcome::Charged(receipt) = rig
+            .mirror
+            .consume(t, "crm", "crm.accounts.create", "p-2", 1)
+            .await?
+        else {
+            panic!("charged on the fast path")
+        };
+        assert_eq!(receipt.amount, 40);
+        assert_eq!(rig.mirror.balance(t, "crm").await?, Some(1000 - 70 - 40));
+        // An operation nobody declared has no price on the mirror: nothing is charged there...
+        assert_eq!(
+            rig.mirror
+                .consume(t, "crm", "crm.free.lunch", "p-3", 1)
+                .await?,
+            FastOutcome::NotPriced
+        );
+        assert_eq!(rig.mirror.balance(t, "crm").await?, Some(890));
+        // ...and the SDK's client, falling back to the wrapper, is refused there too.
+        let wrapper = Arc::new(WrapperClient::new(WrapperConfig {
+            base_url: rig.app.url.clone(),
+            client_id: "crm".into(),
+            client_secret: SECRET.into(),
+            page_size: 1000,
+            timeout: Duration::from_secs(10),
+        }));
+        let store = Arc::new(sync_sdk::store::postgres::PostgresStore::new(
+            rig.app.db.pool.clone(),
+        ));
+        store.init().await?;
+        let credits = CreditClient::new(wrapper.clone(), store, 100)
+            .with_mirror(CreditMirror::new(rig.redis.clone(), rig.keys.clone()));
+        match credits.consume(t, "crm", "crm.free.lunch", "p-4", 1).await {
+            Err(CreditError::Refused { field, .. }) => assert_eq!(field, "operationCode"),
+            other => panic!("an undeclared operation: {other:?}"),
+        }
+        // The direct path prices the same way: 3 × 40.
+        let Consumed::Charged(entry) = credits
+            .consume_direct(t, "crm", "crm.accounts.create", "p-5", 3)
+            .await?
+        else {
+            panic!("charged at the wrapper")
+        };
+        assert_eq!(entry["amount"], 120);
+        eventually(Duration::from_secs(20), || ingested(&rig, 3)).await?;
+        assert_eq!(
+            crm_balance(&rig.app, &rig.tenant).await,
+            1000 - 70 - 40 - 120
+        );
+        Ok(())
+    }
+
     #[tokio::test]
     async fn one_fast_operation_id_ten_times_is_charged_once_with_identical_receipts()
     -> anyhow::Result<()> {
         let rig = rig("fastonce", false).await?;
         let outcomes = futures_util::future::join_all((0..10).map(|_| {
             rig.mirror
-                .consume(rig.tenant.id, "crm", "crm.accounts.create", "same-op", 35)
+                .consume(rig.tenant.id, "crm", "crm.accounts.create", "same-op", 1)
         }))
         .await;
         let receipts: Vec<_> = outcomes
@@ -444,7 +557,7 @@ mod fast_path {
                     "crm",
                     "crm.accounts.create",
                     &format!("f-{i}"),
-                    35,
+                    1,
                 )
                 .await?;
             assert!(matches!(outcome, FastOutcome::Charged(_)));
@@ -458,7 +571,13 @@ mod fast_path {
         );
         assert!(matches!(
             rig.mirror
-                .consume(rig.tenant.id, "crm", "c", "after-flush", 35)
+                .consume(
+                    rig.tenant.id,
+                    "crm",
+                    "crm.accounts.create",
+                    "after-flush",
+                    1
+                )
                 .await?,
             FastOutcome::NotMirrored
         ));
@@ -491,7 +610,10 @@ mod fast_path {
 
 #[tokio::test]
 async fn the_sdk_direct_path_charges_exactly_28_of_64_concurrent_consumes() -> anyhow::Result<()> {
-    use sync_sdk::loader::{WrapperClient, WrapperConfig};
+    use sync_sdk::{
+        credits::offline::CreditError,
+        loader::{WrapperClient, WrapperConfig},
+    };
     let app = spawn_wrapper().await?;
     let (t, _) = funded(&app, "sdkdirect").await;
     let client = WrapperClient::new(WrapperConfig {
@@ -504,13 +626,13 @@ async fn the_sdk_direct_path_charges_exactly_28_of_64_concurrent_consumes() -> a
     let ops: Vec<String> = (0..64).map(|i| format!("sdk-{i}")).collect();
     let results = futures_util::future::join_all(
         ops.iter()
-            .map(|op| client.consume(t.id, "crm", "crm.accounts.create", op, 35)),
+            .map(|op| client.consume(t.id, "crm", "crm.accounts.create", op, 1)),
     )
     .await;
     let charged = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
     let refused = results
         .iter()
-        .filter(|r| matches!(r, Ok(Err(balance)) if *balance < 35))
+        .filter(|r| matches!(r, Ok(Err(CreditError::Insufficient { balance })) if *balance < 35))
         .count();
     assert_eq!((charged, refused), (28, 36));
     assert_eq!(crm_balance(&app, &t).await, 20);
@@ -522,9 +644,9 @@ async fn the_sdk_direct_path_charges_exactly_28_of_64_concurrent_consumes() -> a
         .expect("28 were charged");
     let op = first["operationId"].as_str().unwrap().to_owned();
     let again = client
-        .consume(t.id, "crm", "crm.accounts.create", &op, 35)
+        .consume(t.id, "crm", "crm.accounts.create", &op, 1)
         .await?;
-    assert_eq!(again, Ok(first));
+    assert_eq!(again.ok(), Some(first));
     assert_eq!(crm_balance(&app, &t).await, 20);
     Ok(())
 }
@@ -535,13 +657,13 @@ mod offline {
     use sync_sdk::{
         credits::offline::{Consumed, CreditClient, CreditError, CreditQueue},
         loader::{WrapperClient, WrapperConfig},
-        store::{mongo::MongoStore, postgres::PostgresStore},
-        test_support::{fresh_database, fresh_mongo},
+        store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
     };
+    use sync_testkit::{fresh_database, fresh_mongo};
 
     use super::*;
 
-    async fn wrapper_down_then_back<Q: CreditQueue>(
+    async fn wrapper_down_then_back<Q: CreditQueue + TenantStore>(
         queue: Arc<Q>,
         name: &str,
     ) -> anyhow::Result<()> {
@@ -554,11 +676,12 @@ mod offline {
             page_size: 1000,
             timeout: Duration::from_secs(5),
         }));
-        let credits = CreditClient::new(wrapper, queue.clone(), 100);
+        let credits =
+            CreditClient::new(wrapper, queue.clone(), 100).with_manifest(&crm::manifest());
         // Online: charged at once.
         assert!(matches!(
             credits
-                .consume(t.id, "crm", "crm.accounts.create", "on-1", 35)
+                .consume(t.id, "crm", "crm.accounts.create", "on-1", 1)
                 .await?,
             Consumed::Charged(_)
         ));
@@ -568,20 +691,20 @@ mod offline {
         for op in ["off-1", "off-2"] {
             assert_eq!(
                 credits
-                    .consume(t.id, "crm", "crm.accounts.create", op, 35)
+                    .consume(t.id, "crm", "crm.accounts.create", op, 1)
                     .await?,
                 Consumed::Queued
             );
         }
         assert_eq!(
             credits
-                .consume(t.id, "crm", "crm.accounts.create", "off-1", 35)
+                .consume(t.id, "crm", "crm.accounts.create", "off-1", 1)
                 .await?,
             Consumed::Queued,
             "a retry of a queued operation is not queued twice"
         );
         match credits
-            .consume(t.id, "crm", "crm.accounts.create", "off-3", 35)
+            .consume(t.id, "crm", "crm.accounts.create", "off-3", 1)
             .await
         {
             Err(CreditError::AllowanceExhausted {
@@ -625,6 +748,7 @@ mod offline {
                     tenant_id: tenant,
                     application: "crm".into(),
                     operation_code: "c".into(),
+                    quantity: 1,
                     amount: 35,
                 };
                 queue.enqueue(&c, 100).await.unwrap()
@@ -667,4 +791,81 @@ mod offline {
         store.init().await?;
         wrapper_down_then_back(Arc::new(store), "offmongo").await
     }
+}
+
+/// Only an app itself (or a platform admin) registers its manifest; a bad manifest is a problem
+/// naming the field, and nothing of it is written.
+#[tokio::test]
+async fn an_app_registers_only_itself_and_a_bad_manifest_writes_nothing() -> anyhow::Result<()> {
+    let app = spawn_wrapper().await?;
+    let crm = service_token(&app, "crm").await;
+    let hrms = service_token(&app, "hrms").await;
+    let manifest = serde_json::to_value(crm::manifest())?;
+    let t = app.create_tenant("registry").await;
+    let before = (
+        app.count("applications").await,
+        app.count("application_operations").await,
+    );
+    let mut duplicate = manifest.clone();
+    duplicate["operations"] =
+        json!([{"code": "a", "defaultCost": 1}, {"code": "a", "defaultCost": 2}]);
+    let mut negative = manifest.clone();
+    negative["operations"] = json!([{"code": "a", "defaultCost": -1}]);
+    let mut path = manifest.clone();
+    path["publicPath"] = json!("/crm/../admin");
+    let mut unknown = manifest.clone();
+    unknown["price"] = json!(1);
+    let cases = [
+        (Some(&hrms), manifest.clone(), StatusCode::FORBIDDEN, None),
+        (
+            Some(&t.admin),
+            manifest.clone(),
+            StatusCode::FORBIDDEN,
+            None,
+        ),
+        (None, manifest.clone(), StatusCode::UNAUTHORIZED, None),
+        (
+            Some(&crm),
+            duplicate,
+            StatusCode::BAD_REQUEST,
+            Some("operations[1].code"),
+        ),
+        (
+            Some(&crm),
+            negative,
+            StatusCode::BAD_REQUEST,
+            Some("operations[0].defaultCost"),
+        ),
+        (
+            Some(&crm),
+            path,
+            StatusCode::BAD_REQUEST,
+            Some("publicPath"),
+        ),
+        (Some(&crm), unknown, StatusCode::BAD_REQUEST, None),
+    ];
+    for (token, body, want, field) in cases {
+        let (status, problem) = app
+            .call(
+                Method::PUT,
+                "/api/apps/crm",
+                token.map(String::as_str),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, want, "{problem}");
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{problem}");
+        }
+    }
+    let after = (
+        app.count("applications").await,
+        app.count("application_operations").await,
+    );
+    assert_eq!(before, after, "nothing of a refused manifest is written");
+    // The app itself registers, and every signed-in caller sees it.
+    register_crm(&app, &crm).await;
+    let listed = app.get_ok("/api/apps", &t.admin).await;
+    assert_eq!(listed, json!([manifest]));
+    Ok(())
 }

@@ -7,7 +7,7 @@ use axum::{
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
-use sync_sdk::contract::{CreditConfigState, Event};
+use sync_contract::{CreditConfigState, Event};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -63,6 +63,21 @@ pub(crate) async fn all(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<Vec
     .bind(tenant_id)
     .fetch_all(db)
     .await?)
+}
+
+/// The fast path's price table follows the new price at once (reconciliation repairs a failure).
+async fn publish_prices(state: &AppState, tenant_id: Uuid, application: &str) {
+    if let Err(e) = crate::domain::apps::publish_prices(
+        &state.db,
+        &state.redis,
+        &state.stream_keys,
+        tenant_id,
+        application,
+    )
+    .await
+    {
+        tracing::warn!(error = %e, %tenant_id, application, "publishing prices failed; the reconciliation will");
+    }
 }
 
 #[utoipa::path(get, path = "/api/tenants/{tenant_id}/credit-configs", tag = "credits", responses((status = 200, description = "The costs of operations", body = Vec<CreditConfigState>)))]
@@ -140,6 +155,7 @@ async fn upsert(
     )
     .await?;
     tx.commit().await?;
+    publish_prices(&state, tenant_id, &config.application).await;
     Ok(Json(config))
 }
 
@@ -175,5 +191,6 @@ async fn remove(
     )
     .await?;
     tx.commit().await?;
+    publish_prices(&state, tenant_id, &config.application).await;
     Ok(Json(config))
 }

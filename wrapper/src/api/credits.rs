@@ -37,9 +37,10 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(ledger))
 }
 
+use crate::domain::apps;
 use crate::domain::credits::{
-    Allocation, Consumption, LEDGER_COLUMNS, LedgerEntry, POOL, amount, app_scope, charge, debit,
-    record_allocation,
+    Allocation, Consumption, LEDGER_COLUMNS, LedgerEntry, MAX_AMOUNT, POOL, amount, app_scope,
+    charge, charged, debit, record_allocation,
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -116,12 +117,25 @@ async fn allocate_application(
 struct Consume {
     tenant_id: Uuid,
     application: String,
-    credit_amount: i64,
+    /// The operation, declared in the app's manifest or priced by the tenant's credit config.
     operation_code: String,
+    /// How many operations (default 1): the amount is `price × quantity`.
+    #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 1000000)]
+    quantity: i64,
+    /// Optional: the amount the app expects to be charged; refused when it is not the price.
+    credit_amount: Option<i64>,
     operation_id: String,
 }
 
-#[utoipa::path(post, path = "/api/credits/consume", tag = "credits", request_body = Consume, responses((status = 200, description = "The ledger entry; the same operationId again answers the same entry (app service tokens)", body = LedgerEntry)))]
+fn one() -> i64 {
+    1
+}
+
+/// Most operations one consumption may count.
+const MAX_QUANTITY: i64 = 1_000_000;
+
+#[utoipa::path(post, path = "/api/credits/consume", tag = "credits", request_body = Consume, responses((status = 200, description = "The ledger entry, charged `price × quantity` at the tenant's price of the operation; the same operationId again answers the same entry (app service tokens). An operation without a price is refused (422, operationCode)", body = LedgerEntry)))]
 async fn consume(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -135,9 +149,23 @@ async fn consume(
         }
         Caller::User(_) => return Err(ApiError::Forbidden("app service tokens only")),
     }
-    let amount = amount("creditAmount", req.credit_amount)?;
     let code = validate::short_text("operationCode", &req.operation_code, 100)?;
     let op = validate::short_text("operationId", &req.operation_id, 200)?;
+    if !(1..=MAX_QUANTITY).contains(&req.quantity) {
+        return Err(ApiError::invalid(
+            "quantity",
+            format!("must be between 1 and {MAX_QUANTITY}"),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let amount = match priced(&mut tx, &req, &code).await {
+        Ok(amount) => amount,
+        // A repeat answers the original entry even when the price has changed since.
+        Err(refused) => match charged(&mut tx, req.tenant_id, &op).await? {
+            Some(original) => return Ok(Json(original)),
+            None => return Err(refused),
+        },
+    };
     let consumption = Consumption {
         tenant_id: req.tenant_id,
         application: &req.application,
@@ -145,7 +173,6 @@ async fn consume(
         operation_id: &op,
         amount,
     };
-    let mut tx = state.db.begin().await?;
     let (entry, replayed) = match charge(&mut tx, &ctx, &consumption).await {
         Ok(charged) => charged,
         Err(e) => {
@@ -160,6 +187,35 @@ async fn consume(
     let outcome = if replayed { "replayed" } else { "charged" };
     metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => outcome).increment(1);
     Ok(Json(entry))
+}
+
+/// The amount of a consumption: the tenant's price of the operation times the quantity. The app
+/// does not choose it: an operation without a price, or a `creditAmount` that is not the
+/// price, is refused.
+async fn priced(tx: &mut sqlx::PgConnection, req: &Consume, code: &str) -> ApiResult<i64> {
+    let Some(price) = apps::price(tx, req.tenant_id, &req.application, code).await? else {
+        return Err(ApiError::invalid(
+            "operationCode",
+            format!(
+                "'{code}' is not a paid operation of '{}': declare it in the app's manifest",
+                req.application
+            ),
+        ));
+    };
+    let amount = price
+        .checked_mul(req.quantity)
+        .filter(|a| *a <= MAX_AMOUNT)
+        .ok_or_else(|| ApiError::invalid("quantity", "the amount would exceed the limit"))?;
+    match req.credit_amount {
+        Some(asked) if asked != amount => Err(ApiError::invalid(
+            "creditAmount",
+            format!(
+                "the tenant's price of {req_quantity} × '{code}' is {amount}, not {asked}",
+                req_quantity = req.quantity
+            ),
+        )),
+        _ => Ok(amount),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -19,7 +19,7 @@ use axum::{
 };
 use serde::Serialize;
 use sqlx::PgPool;
-use sync_sdk::contract::TenantState;
+use sync_contract::TenantState;
 use uuid::Uuid;
 
 use crate::{

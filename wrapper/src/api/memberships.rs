@@ -8,7 +8,7 @@ use axum::{
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
-use sync_sdk::contract::{Event, MembershipState};
+use sync_contract::{Event, MembershipState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 

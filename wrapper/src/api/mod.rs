@@ -1,5 +1,6 @@
 //! The REST API, one module per resource, composed here.
 
+pub mod apps;
 pub mod audit_log;
 pub mod credit_configs;
 pub mod credits;
@@ -37,6 +38,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(sync::router())
         .merge(credits::router())
         .merge(credit_configs::router())
+        .merge(apps::router())
         .merge(openapi::router())
         .fallback(not_found)
 }

@@ -8,7 +8,7 @@ use axum::{
     http::StatusCode,
 };
 use serde::Deserialize;
-use sync_sdk::contract::{Event, RoleState};
+use sync_contract::{Event, RoleState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 

@@ -9,7 +9,7 @@ use axum::{
     extract::{Path, State},
 };
 use serde::Deserialize;
-use sync_sdk::contract::{Event, SettingsState};
+use sync_contract::{Event, SettingsState};
 use uuid::Uuid;
 
 use super::ApiJson;

@@ -31,7 +31,7 @@ use crate::{
     error::{ApiError, ApiResult},
     state::AppState,
 };
-use sync_sdk::contract::{MembershipState, RoleState, TenantState, UserState};
+use sync_contract::{MembershipState, RoleState, TenantState, UserState};
 
 /// Sync routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -165,7 +165,7 @@ async fn snapshot(
         body["settings"] = settings.map_or(Value::Null, |(version, values)| {
             json!({"version": version, "state": {"tenantId": tenant_id, "values": values}})
         });
-        let configs: Vec<Versioned<sync_sdk::contract::CreditConfigState>> =
+        let configs: Vec<Versioned<sync_contract::CreditConfigState>> =
             super::credit_configs::all(&mut tx, tenant_id)
                 .await?
                 .into_iter()

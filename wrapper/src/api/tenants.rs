@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
-use sync_sdk::contract::{Event, RoleState, TenantState, TenantStatus, UserState};
+use sync_contract::{Event, RoleState, TenantState, TenantStatus, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 

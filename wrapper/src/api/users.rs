@@ -8,7 +8,7 @@ use axum::{
     http::StatusCode,
 };
 use serde::Deserialize;
-use sync_sdk::contract::{Event, UserState};
+use sync_contract::{Event, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 

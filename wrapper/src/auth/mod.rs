@@ -69,12 +69,12 @@ pub fn token_from(parts: &Parts) -> Option<String> {
 }
 
 /// The token in these headers: the Bearer header first, then the session cookie (the same rule
-/// as the CSRF check's, `sync_sdk::csrf::bearer`).
+/// as the CSRF check's, `sync_web::csrf::bearer`).
 pub fn token_in(headers: &axum::http::HeaderMap) -> Option<String> {
-    if let Some(bearer) = sync_sdk::csrf::bearer(headers) {
+    if let Some(bearer) = sync_web::csrf::bearer(headers) {
         return Some(bearer.to_owned());
     }
-    sync_sdk::csrf::cookie(headers, SESSION_COOKIE).map(str::to_owned)
+    sync_web::csrf::cookie(headers, SESSION_COOKIE).map(str::to_owned)
 }
 
 /// End a session before it expires (sign-out): recorded in Postgres, which the wrapper checks,

@@ -12,8 +12,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use sync_sdk::html::{escape, url_encode};
-pub use sync_sdk::web::{html, see_other};
+use sync_web::html::{escape, url_encode};
+pub use sync_web::page::{html, see_other};
 use uuid::Uuid;
 
 use crate::{
@@ -208,7 +208,7 @@ async fn session_user(
     headers: &HeaderMap,
     tenant_id: Option<Uuid>,
 ) -> Option<(Uuid, Option<String>)> {
-    let token = sync_sdk::csrf::cookie(headers, super::SESSION_COOKIE)?;
+    let token = sync_web::csrf::cookie(headers, super::SESSION_COOKIE)?;
     let claims = state.keys.verify(token).await.ok()?;
     let user_id: Uuid = claims.sub.parse().ok()?;
     let valid = claims.kind == super::keys::TokenKind::User
@@ -234,7 +234,7 @@ pub(crate) async fn portal(State(state): State<AppState>, headers: HeaderMap) ->
     let Some((_, email)) = session_user(&state, &headers, Some(tenant.tenant_id)).await else {
         return see_other("/auth/login?return_to=%2F");
     };
-    let apps: String = sync_sdk::web::Pages::parse_suite(&state.settings.portal_apps)
+    let apps: String = sync_web::page::Pages::parse_suite(&state.settings.portal_apps)
         .iter()
         .filter(|(title, _)| {
             tenant

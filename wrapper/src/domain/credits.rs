@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 use sqlx::PgConnection;
-use sync_sdk::contract::{CreditAllocated, CreditConsumed, Event};
+use sync_contract::{CreditAllocated, CreditConsumed, Event};
 use uuid::Uuid;
 
 use crate::{
@@ -214,6 +214,22 @@ pub(crate) struct Consumption<'a> {
 /// was charged before (then nothing is charged now). Requests with one operation id are
 /// serialised by a transaction-scoped advisory lock. Used by the direct path and by the
 /// fast-path ingester alike.
+/// The consumption charged under `operation_id`, if any.
+pub(crate) async fn charged(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    operation_id: &str,
+) -> ApiResult<Option<LedgerEntry>> {
+    Ok(sqlx::query_as(&format!(
+        "select {LEDGER_COLUMNS} from credit_ledger
+         where tenant_id = $1 and operation_id = $2 and kind = 'consumption'"
+    ))
+    .bind(tenant)
+    .bind(operation_id)
+    .fetch_optional(tx)
+    .await?)
+}
+
 pub(crate) async fn charge(
     tx: &mut PgConnection,
     ctx: &Ctx,
@@ -224,15 +240,7 @@ pub(crate) async fn charge(
         .bind(c.operation_id)
         .execute(&mut *tx)
         .await?;
-    let original: Option<LedgerEntry> = sqlx::query_as(&format!(
-        "select {LEDGER_COLUMNS} from credit_ledger
-         where tenant_id = $1 and operation_id = $2 and kind = 'consumption'"
-    ))
-    .bind(c.tenant_id)
-    .bind(c.operation_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    if let Some(entry) = original {
+    if let Some(entry) = charged(tx, c.tenant_id, c.operation_id).await? {
         return Ok((entry, true));
     }
     let scope = app_scope(c.application);

@@ -2,6 +2,7 @@
 //! REST API, sign-in, the fast-path credit ingester), each taking the caller's transaction. They
 //! know nothing of HTTP; `api/` and `auth/` call them, never the other way round.
 
+pub mod apps;
 pub mod credits;
 pub mod hosts;
 pub mod users;

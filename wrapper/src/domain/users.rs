@@ -4,7 +4,7 @@
 
 use crate::error::OnConstraint;
 use sqlx::PgConnection;
-use sync_sdk::contract::{Event, UserState};
+use sync_contract::{Event, UserState};
 use uuid::Uuid;
 
 use crate::{

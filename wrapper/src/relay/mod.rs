@@ -23,7 +23,7 @@ use std::{sync::Arc, time::Duration};
 use fred::{prelude::*, types::scripts::Script};
 use rand::Rng;
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgListener};
-use sync_sdk::contract::{StreamKeys, stream_fields};
+use sync_contract::{StreamKeys, stream_fields};
 use tokio::{sync::Notify, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -19,8 +19,8 @@ use sync_sdk::{
         Applied, EntityKind, SnapshotItem, StoreError, SyncState, TenantStore, Versioned,
         mongo::MongoStore, postgres::PostgresStore,
     },
-    test_support::*,
 };
+use sync_testkit::*;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

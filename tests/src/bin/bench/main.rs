@@ -46,10 +46,8 @@ use std::{
 };
 
 use fred::{prelude::*, types::streams::XReadResponse};
-use sync_sdk::{
-    contract::{StreamKeys, stream_fields},
-    test_support::*,
-};
+use sync_sdk::contract::{StreamKeys, stream_fields};
+use sync_testkit::*;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 use wrapper::{
@@ -516,6 +514,14 @@ async fn credits(events: usize) -> anyhow::Result<()> {
         page_size: 1000,
         timeout: Duration::from_secs(30),
     });
+    // The operations the bench consumes, priced at 1 credit each (the wrapper prices them).
+    client
+        .register(
+            &sync_sdk::contract::AppManifest::new("crm", "CRM")
+                .with_operation("warm", 1)
+                .with_operation("bench", 1),
+        )
+        .await?;
     client
         .consume(tenant.id, "crm", "warm", "warm-up", 1)
         .await?

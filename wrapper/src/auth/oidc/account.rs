@@ -2,7 +2,7 @@
 //! same verified email (then linked), else, under the `create` policy, a new user with its
 //! `user.created` event. Refusals are reasons, shown to the user and audited by the flow.
 
-use sync_sdk::contract::UserState;
+use sync_contract::UserState;
 use uuid::Uuid;
 
 use crate::{

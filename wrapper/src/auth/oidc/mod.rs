@@ -235,7 +235,7 @@ fn authorization_url(
     } else {
         '?'
     };
-    let enc = sync_sdk::html::url_encode;
+    let enc = sync_web::html::url_encode;
     format!(
         "{}{separator}response_type=code&client_id={}&redirect_uri={}&scope={}&state={}&nonce={}&code_challenge={}&code_challenge_method=S256",
         discovery.authorization_endpoint,
@@ -335,7 +335,7 @@ async fn returning_flow(
     returned_state: Option<&str>,
 ) -> Result<Flow, Response> {
     let refused = |status, message: &str| sign_in_failed(state, status, message);
-    let browser_state = sync_sdk::csrf::cookie(headers, FLOW_COOKIE);
+    let browser_state = sync_web::csrf::cookie(headers, FLOW_COOKIE);
     let Some(flow_state) = returned_state.filter(|s| Some(*s) == browser_state) else {
         return Err(refused(
             StatusCode::BAD_REQUEST,
@@ -472,7 +472,7 @@ async fn exchange_and_verify(
 ) -> Result<VerifiedUser, FlowError> {
     let config = &provider.config;
     let discovery = oidc.discovery(provider).await?;
-    let enc = sync_sdk::html::url_encode;
+    let enc = sync_web::html::url_encode;
     let response = oidc
         .http
         .post(&discovery.token_endpoint)

@@ -115,6 +115,17 @@ impl StreamKeys {
         )
     }
 
+    /// The prices of an application's operations for a tenant (a hash: operation code →
+    /// credits), written by the wrapper beside the mirrored balance: the fast path charges
+    /// `price × quantity`, never an amount the app names.
+    pub fn credit_prices(&self, tenant_id: Uuid, app: &str) -> String {
+        let p = self.partition_of(tenant_id);
+        format!(
+            "{}:credits:{{{p}}}:prices:{tenant_id}:{app}",
+            self.namespace
+        )
+    }
+
     /// The allocation ids already added to a mirrored balance.
     pub fn credit_allocations(&self, tenant_id: Uuid, app: &str) -> String {
         let p = self.partition_of(tenant_id);

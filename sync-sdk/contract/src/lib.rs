@@ -1,3 +1,5 @@
+//! # sync-contract
+//!
 //! The event contract (v1) shared by the wrapper, which produces events, and every app, which
 //! consumes them.
 //!
@@ -14,12 +16,18 @@
 //! * **One stream encoding.** [`Envelope::to_stream_fields`] / [`Envelope::from_stream_fields`]
 //!   are the only way events are written to and read from a Redis stream entry.
 
+#![warn(missing_docs)]
+
 mod envelope;
 mod keys;
+mod manifest;
 mod payload;
+#[cfg(feature = "redis")]
+pub mod streams;
 
 pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion, stream_fields};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, partition_of};
+pub use manifest::{AppManifest, PaidOperation};
 pub use payload::{
     CreditAllocated, CreditConfigState, CreditConsumed, Event, EventType, MembershipState,
     RoleState, SettingsState, TenantState, TenantStatus, UserState,

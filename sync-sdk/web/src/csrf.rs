@@ -11,8 +11,8 @@
 //! without the port.
 //!
 //! ```
-//! use reqwest::{Method, header::{HeaderMap, HeaderValue}};
-//! use sync_sdk::csrf::check;
+//! use axum::http::{Method, header::{HeaderMap, HeaderValue}};
+//! use sync_web::csrf::check;
 //!
 //! let mut h = HeaderMap::new();
 //! h.insert("host", HeaderValue::from_static("acme.yourapp.test"));
@@ -24,7 +24,7 @@
 //! assert!(check(&Method::GET, &HeaderMap::new()).is_ok());
 //! ```
 
-use reqwest::{
+use axum::http::{
     Method,
     header::{self, HeaderMap},
 };
@@ -137,7 +137,7 @@ pub fn check(method: &Method, headers: &HeaderMap) -> Result<(), CsrfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
+    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

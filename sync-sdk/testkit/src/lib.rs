@@ -1,4 +1,6 @@
-//! Helpers for tests against real servers (feature `test-support`).
+//! # sync-testkit
+//!
+//! Helpers for tests against real servers (a dev-dependency only; nothing in production links it).
 //!
 //! Tests run in parallel on shared Redis, Postgres and MongoDB-wire servers, so each test gets
 //! its own Postgres database, its own Redis key prefix and its own Mongo database, named
@@ -8,6 +10,7 @@
 //!
 //! The servers come from the environment that `scripts/services` prints: `DATABASE_URL`,
 //! `REDIS_URL`, `MONGODB_URL`.
+#![warn(missing_docs)]
 
 use std::{
     future::Future,
@@ -318,15 +321,15 @@ pub async fn redis_client(url: &str) -> anyhow::Result<fred::clients::Client> {
 /// Every entry of every partition stream under `keys`, decoded, in stream order per partition.
 pub async fn read_all_events(
     redis: &fred::clients::Client,
-    keys: &crate::contract::StreamKeys,
-) -> anyhow::Result<Vec<(String, crate::contract::Envelope)>> {
+    keys: &sync_contract::StreamKeys,
+) -> anyhow::Result<Vec<(String, sync_contract::Envelope)>> {
     use fred::prelude::*;
     let mut out = Vec::new();
     for stream in keys.all_events() {
         let entries: Vec<(String, std::collections::HashMap<String, String>)> =
             redis.xrange(&stream, "-", "+", None).await?;
         for (id, fields) in entries {
-            out.push((id, crate::contract::Envelope::from_stream_fields(fields)?));
+            out.push((id, sync_contract::Envelope::from_stream_fields(fields)?));
         }
     }
     Ok(out)
@@ -335,7 +338,7 @@ pub async fn read_all_events(
 /// Checks that, per tenant, the first occurrences of events come in strictly increasing `seq`
 /// and that every duplicate repeats an earlier event exactly (same eventId and seq). Returns the
 /// number of distinct events.
-pub fn check_per_tenant_order(events: &[(String, crate::contract::Envelope)]) -> usize {
+pub fn check_per_tenant_order(events: &[(String, sync_contract::Envelope)]) -> usize {
     use std::collections::{HashMap, HashSet};
     let mut last: HashMap<uuid::Uuid, i64> = HashMap::new();
     let mut seen: HashMap<uuid::Uuid, i64> = HashMap::new();
@@ -366,8 +369,8 @@ pub fn user_event(
     version: i64,
     seq: i64,
     email: &str,
-) -> crate::contract::Envelope {
-    use crate::contract::{CONTRACT_VERSION, Envelope, Event, UserState};
+) -> sync_contract::Envelope {
+    use sync_contract::{CONTRACT_VERSION, Envelope, Event, UserState};
     let state = UserState {
         id: user,
         tenant_id: tenant,
@@ -399,9 +402,9 @@ pub fn user_event(
     }
 }
 
-/// The conformance suite every [`crate::store::TenantStore`] must pass.
-pub async fn store_conformance<S: crate::store::TenantStore>(store: &S) -> anyhow::Result<()> {
-    use crate::store::{Applied, EntityKind, SyncState};
+/// The conformance suite every [`sync_sdk::store::TenantStore`] must pass.
+pub async fn store_conformance<S: sync_sdk::store::TenantStore>(store: &S) -> anyhow::Result<()> {
+    use sync_sdk::store::{Applied, EntityKind, SyncState};
     let (tenant, other, user) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     anyhow::ensure!(
         store.sync_state(tenant).await?.is_none(),
@@ -474,10 +477,10 @@ pub async fn store_conformance<S: crate::store::TenantStore>(store: &S) -> anyho
     batch_conformance(store).await
 }
 
-/// The batch path: one [`crate::store::TenantStore::apply_batch`] over two tenants with an
+/// The batch path: one [`sync_sdk::store::TenantStore::apply_batch`] over two tenants with an
 /// event recorded before, a duplicate inside the batch and versions out of order.
-async fn batch_conformance<S: crate::store::TenantStore>(store: &S) -> anyhow::Result<()> {
-    use crate::store::{Applied, EntityKind};
+async fn batch_conformance<S: sync_sdk::store::TenantStore>(store: &S) -> anyhow::Result<()> {
+    use sync_sdk::store::{Applied, EntityKind};
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
     let (ann, bob, cy) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     store.mark_loaded(a, 0).await?;

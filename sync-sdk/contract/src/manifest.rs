@@ -1,0 +1,91 @@
+//! An app's manifest: what it tells the wrapper about itself when it starts
+//! (`PUT /api/apps/{name}` with its service credentials). The wrapper lists registered apps in
+//! the portal and on every dashboard, derives the edge's routes from them, and prices credit
+//! consumption from the operations they declare: an app consumes an *operation*, never an
+//! amount of its own choosing.
+
+use serde::{Deserialize, Serialize};
+
+/// An app of the suite.
+///
+/// ```
+/// use sync_contract::{AppManifest, PaidOperation};
+///
+/// let manifest = AppManifest::new("projects", "Projects")
+///     .requiring_feature("projects")
+///     .with_operation("projects.create", 20);
+/// assert_eq!(manifest.public_path, "/projects/");
+/// assert_eq!(manifest.operations, vec![PaidOperation { code: "projects.create".into(), default_cost: 20 }]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppManifest {
+    /// The app's name, also its service account and credit scope, e.g. `crm` (lowercase
+    /// letters, digits and `-`, at most 40).
+    pub name: String,
+    /// Its title in the portal and the suite links, e.g. `CRM`.
+    pub display_name: String,
+    /// The path the edge serves it under, e.g. `/crm/`.
+    pub public_path: String,
+    /// The tenant feature a tenant needs to use it, if any.
+    #[serde(default)]
+    pub feature: Option<String>,
+    /// The operations it may consume credits for, with their default price.
+    #[serde(default)]
+    pub operations: Vec<PaidOperation>,
+}
+
+/// A paid operation an app declares: its code and the price a tenant pays unless the
+/// tenant's credit configuration says otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PaidOperation {
+    /// The operation code, e.g. `crm.accounts.create`.
+    pub code: String,
+    /// Credits one operation costs by default.
+    pub default_cost: i64,
+}
+
+impl AppManifest {
+    /// An app named `name` (served under `/{name}/`), shown as `display_name`.
+    pub fn new(name: &str, display_name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            display_name: display_name.to_owned(),
+            public_path: format!("/{name}/"),
+            feature: None,
+            operations: Vec::new(),
+        }
+    }
+
+    /// Served under `path` instead of `/{name}/`.
+    pub fn served_at(mut self, path: &str) -> Self {
+        self.public_path = path.to_owned();
+        self
+    }
+
+    /// Usable by tenants that have `feature`.
+    pub fn requiring_feature(mut self, feature: &str) -> Self {
+        self.feature = Some(feature.to_owned());
+        self
+    }
+
+    /// Declares a paid operation and its default price.
+    pub fn with_operation(mut self, code: &str, default_cost: i64) -> Self {
+        self.operations.push(PaidOperation {
+            code: code.to_owned(),
+            default_cost,
+        });
+        self
+    }
+
+    /// The default price of `code`, if declared.
+    pub fn default_cost(&self, code: &str) -> Option<i64> {
+        self.operations
+            .iter()
+            .find(|o| o.code == code)
+            .map(|o| o.default_cost)
+    }
+}

@@ -1,0 +1,325 @@
+//! The app's client of the wrapper: a service token cached until shortly before it expires
+//! (renewed once on a `401`), the tenant snapshot and digests, credit consumption, audit
+//! reports and the app's registration (its manifest). Every call goes through one request
+//! function, so the token handling exists once.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::store::{EntityKind, SnapshotItem, StoreError};
+
+/// Why a tenant could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The wrapper could not be reached or failed: serve what is loaded, retry later.
+    #[error("wrapper unavailable: {0}")]
+    Unavailable(String),
+    /// The wrapper does not know the tenant.
+    #[error("no such tenant")]
+    NotFound,
+    /// The app's credentials were refused.
+    #[error("the wrapper refused the app's credentials")]
+    Unauthorized,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How an app reaches the wrapper: base URL and service credentials.
+#[derive(Clone)]
+pub struct WrapperConfig {
+    /// e.g. `http://127.0.0.1:8080`.
+    pub base_url: String,
+    /// The service client id (the app's name).
+    pub client_id: String,
+    /// The service client secret.
+    pub client_secret: String,
+    /// Users per snapshot page.
+    pub page_size: u32,
+    /// Timeout of one wrapper request.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for WrapperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrapperConfig")
+            .field("base_url", &self.base_url)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client of the wrapper's sync endpoints, with a cached service token.
+pub struct WrapperClient {
+    http: reqwest::Client,
+    config: WrapperConfig,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Versioned {
+    version: i64,
+    state: Value,
+}
+
+/// One page of a tenant snapshot.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotPage {
+    /// The tenant's seq when the page was read.
+    pub watermark: i64,
+    /// Continue with this cursor; None on the last page.
+    pub next_cursor: Option<Uuid>,
+    #[serde(default)]
+    tenant: Option<Versioned>,
+    #[serde(default)]
+    users: Vec<Versioned>,
+    #[serde(default)]
+    roles: Vec<Versioned>,
+    #[serde(default)]
+    memberships: Vec<Versioned>,
+    #[serde(default)]
+    settings: Option<Versioned>,
+    #[serde(default)]
+    credit_configs: Vec<Versioned>,
+}
+
+impl SnapshotPage {
+    /// The page's aggregates as store items.
+    pub fn items(self, tenant_id: Uuid) -> Vec<SnapshotItem> {
+        let id_of = |v: &Versioned, field: &str| {
+            v.state
+                .get(field)
+                .and_then(|i| i.as_str())
+                .and_then(|s| s.parse().ok())
+        };
+        let mut items = Vec::new();
+        let mut push = |kind: EntityKind, v: Versioned, field: &str| {
+            if let Some(id) = id_of(&v, field) {
+                items.push((kind, id, v.version, v.state));
+            }
+        };
+        if let Some(v) = self.tenant {
+            push(EntityKind::Tenant, v, "id");
+        }
+        for v in self.users {
+            push(EntityKind::User, v, "id");
+        }
+        for v in self.roles {
+            push(EntityKind::Role, v, "id");
+        }
+        for v in self.memberships {
+            push(EntityKind::Membership, v, "id");
+        }
+        if let Some(v) = self.settings {
+            push(EntityKind::Settings, v, "tenantId");
+        }
+        for v in self.credit_configs {
+            push(EntityKind::CreditConfig, v, "id");
+        }
+        // Settings are keyed by tenant: a page for another tenant would be a wrapper bug.
+        items.retain(|i| i.0 != EntityKind::Settings || i.1 == tenant_id);
+        items
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Unavailable(e.to_string())
+}
+
+impl WrapperClient {
+    /// A client for `config`.
+    pub fn new(config: WrapperConfig) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .build()
+            .unwrap_or_default();
+        Self {
+            http,
+            config,
+            token: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn token(&self, refresh: bool) -> Result<String, LoadError> {
+        let mut cached = self.token.lock().await;
+        let fresh = cached
+            .as_ref()
+            .filter(|(_, until)| !refresh && Instant::now() < *until);
+        if let Some((token, _)) = fresh {
+            return Ok(token.clone());
+        }
+        let resp = self
+            .http
+            .post(format!("{}/auth/service-token", self.config.base_url))
+            .json(&serde_json::json!({
+                "clientId": self.config.client_id, "clientSecret": self.config.client_secret,
+            }))
+            .send()
+            .await
+            .map_err(unavailable)?;
+        match resp.status().as_u16() {
+            200 => {}
+            401 | 403 => return Err(LoadError::Unauthorized),
+            s => return Err(unavailable(format!("service token: HTTP {s}"))),
+        }
+        let body: Value = resp.json().await.map_err(unavailable)?;
+        let token = body["accessToken"].as_str().unwrap_or_default().to_owned();
+        let ttl = body["expiresIn"].as_u64().unwrap_or(60);
+        // Renew a little before expiry.
+        let until = Instant::now() + Duration::from_secs(ttl.saturating_sub(ttl / 5).max(1));
+        *cached = Some((token.clone(), until));
+        Ok(token)
+    }
+
+    /// One page of `tenant_id`'s snapshot.
+    pub async fn snapshot_page(
+        &self,
+        tenant_id: Uuid,
+        cursor: Option<Uuid>,
+    ) -> Result<SnapshotPage, LoadError> {
+        let mut url = format!(
+            "{}/api/sync/tenant/{tenant_id}?limit={}",
+            self.config.base_url, self.config.page_size
+        );
+        if let Some(c) = cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        self.get_json(&url).await
+    }
+}
+
+/// A tenant's digests as the wrapper computes them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RemoteDigest {
+    /// The tenant's seq when the digests were computed.
+    pub watermark: i64,
+    /// Digest per kind name (`users`, `roles`, …).
+    pub digests: HashMap<String, String>,
+}
+
+impl WrapperClient {
+    /// The wrapper's digests of `tenant_id`.
+    pub async fn digest(&self, tenant_id: Uuid) -> Result<RemoteDigest, LoadError> {
+        let url = format!(
+            "{}/api/sync/tenant/{tenant_id}/digest",
+            self.config.base_url
+        );
+        self.get_json(&url).await
+    }
+
+    /// Report a security event (e.g. a refused cross-tenant attempt) into the audit log of
+    /// `tenant` (its id or subdomain).
+    pub async fn report_audit(
+        &self,
+        tenant: &str,
+        actor_id: Option<Uuid>,
+        action: &str,
+        details: Value,
+    ) -> Result<(), LoadError> {
+        let url = format!("{}/api/audit/events", self.config.base_url);
+        let body = serde_json::json!({"tenant": tenant, "actorId": actor_id, "action": action, "details": details});
+        let (status, _) = self
+            .request(reqwest::Method::POST, &url, Some(&body))
+            .await?;
+        match status {
+            202 => Ok(()),
+            s => Err(unavailable(format!("audit: HTTP {s}"))),
+        }
+    }
+
+    /// Register (or update) the app's manifest: its place in the suite and the paid operations
+    /// it may consume, with their default prices.
+    pub async fn register(&self, manifest: &sync_contract::AppManifest) -> Result<(), LoadError> {
+        let url = format!("{}/api/apps/{}", self.config.base_url, manifest.name);
+        let body = serde_json::to_value(manifest).map_err(unavailable)?;
+        match self
+            .request(reqwest::Method::PUT, &url, Some(&body))
+            .await?
+        {
+            (200, _) => Ok(()),
+            (s, problem) => Err(unavailable(format!(
+                "registering the app: HTTP {s}: {}",
+                problem["detail"].as_str().unwrap_or("")
+            ))),
+        }
+    }
+
+    /// Consume `quantity` operations directly at the wrapper, which prices them (idempotent by
+    /// `operation_id`). `Ok(Err(_))` is a refusal: insufficient credits (nothing charged) or an
+    /// operation without a price; the receipt is the ledger entry.
+    pub async fn consume(
+        &self,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+        operation_id: &str,
+        quantity: i64,
+    ) -> Result<Result<Value, crate::credits::offline::CreditError>, LoadError> {
+        use crate::credits::offline::CreditError;
+        let url = format!("{}/api/credits/consume", self.config.base_url);
+        let body = serde_json::json!({
+            "tenantId": tenant_id, "application": application, "quantity": quantity,
+            "operationCode": operation_code, "operationId": operation_id,
+        });
+        let (status, reply) = self
+            .request(reqwest::Method::POST, &url, Some(&body))
+            .await?;
+        match status {
+            200 => Ok(Ok(reply)),
+            402 => Ok(Err(CreditError::Insufficient {
+                balance: reply["balance"].as_i64().unwrap_or(0),
+            })),
+            400 | 422 => Ok(Err(CreditError::Refused {
+                field: reply["field"].as_str().unwrap_or("body").to_owned(),
+                detail: reply["detail"].as_str().unwrap_or("refused").to_owned(),
+            })),
+            404 => Err(LoadError::NotFound),
+            s => Err(unavailable(format!("consume: HTTP {s}"))),
+        }
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, LoadError> {
+        match self.request(reqwest::Method::GET, url, None).await? {
+            (200, body) => serde_json::from_value(body).map_err(unavailable),
+            (404, _) => Err(LoadError::NotFound),
+            (s, _) => Err(unavailable(format!("{url}: HTTP {s}"))),
+        }
+    }
+
+    /// One call with the service token: renewed once when the wrapper answers `401`; `401`
+    /// again or `403` is [`LoadError::Unauthorized`], a transport failure
+    /// [`LoadError::Unavailable`]. Any other status comes back with its JSON body (`null` when
+    /// there is none) for the caller to interpret.
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), LoadError> {
+        for refresh in [false, true] {
+            let token = self.token(refresh).await?;
+            let mut request = self.http.request(method.clone(), url).bearer_auth(token);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let resp = request.send().await.map_err(unavailable)?;
+            let status = resp.status().as_u16();
+            match status {
+                401 if !refresh => continue,
+                401 | 403 => return Err(LoadError::Unauthorized),
+                _ => {}
+            }
+            let bytes = resp.bytes().await.map_err(unavailable)?;
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Ok((status, value));
+        }
+        Err(LoadError::Unauthorized)
+    }
+}
