@@ -17,6 +17,9 @@ use crate::{
     store::mongo::MongoStore,
 };
 
+/// The prefix of the app's own collections ([`AppKit::collection`]).
+pub const APP_COLLECTION_PREFIX: &str = "app.";
+
 /// Flags every app shares (`--help` of each app lists them).
 #[derive(Debug, Clone, clap::Args)]
 pub struct AppArgs {
@@ -177,6 +180,14 @@ impl<H: Handler> AppKit<H> {
         })
     }
 
+    /// A collection for the app's own data: `app.<name>` in the app's database, a namespace
+    /// apart from the SDK's synced copy (`users`, `roles`, `settings`, `tsync_*`, …), so an app
+    /// collection can never collide with one of the SDK's.
+    pub fn collection(&self, name: &str) -> mongodb::Collection<mongodb::bson::Document> {
+        self.database
+            .collection(&format!("{APP_COLLECTION_PREFIX}{name}"))
+    }
+
     /// The router state of the app, with `app` as its own part.
     pub fn state<T>(&self, app: T) -> AppState<T> {
         AppState {
@@ -209,7 +220,7 @@ impl<H: Handler> AppKit<H> {
     ) -> anyhow::Result<BoundApp<H, I>> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let router = router
-            .merge(readiness(self.consumer.clone()))
+            .merge(health(self.consumer.clone()))
             .layer(axum::middleware::from_fn(crate::http::problems_only));
         let full_sync = FullSync::new(self.loader.clone(), self.store.clone(), Arc::new(integrity));
         Ok(BoundApp {
@@ -221,10 +232,10 @@ impl<H: Handler> AppKit<H> {
     }
 }
 
+/// `GET /health`: a liveness check (`{"status": "ok"}` while the process serves).
 /// `GET /health/ready`: 200 with the consumer's [`crate::consumer::HealthReport`] when every
-/// partition has a live reader, else 503 with the reasons in the same report. (`/health`, the
-/// app's own, stays a liveness check.)
-fn readiness<H: Handler>(consumer: Arc<Consumer<MongoStore, H>>) -> axum::Router {
+/// partition has a live reader, else 503 with the reasons in the same report.
+fn health<H: Handler>(consumer: Arc<Consumer<MongoStore, H>>) -> axum::Router {
     use axum::{http::StatusCode, routing::get};
     let ready = move || {
         let consumer = consumer.clone();
@@ -238,7 +249,12 @@ fn readiness<H: Handler>(consumer: Arc<Consumer<MongoStore, H>>) -> axum::Router
             (status, axum::Json(report))
         }
     };
-    axum::Router::new().route("/health/ready", get(ready))
+    axum::Router::new()
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/health/ready", get(ready))
 }
 
 /// The router state of an app: the SDK's pieces every handler may need, and the app's own
@@ -392,6 +408,18 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Run until Ctrl-C (SIGINT), then stop gracefully: what an app's `main` ends with.
+    pub async fn run_until_ctrl_c(self) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.addr(), app = %self.kit.name, "listening");
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            stop.cancel();
+        });
+        self.run_until_stopped(cancel).await
     }
 
     /// Serve, consume events and run the scheduled full sync until `cancel` fires, then finish

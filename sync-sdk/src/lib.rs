@@ -93,6 +93,8 @@ pub mod dlq;
 pub mod fullsync;
 #[cfg(feature = "axum")]
 pub mod http;
+#[cfg(feature = "app")]
+pub mod idempotency;
 pub mod loader;
 pub mod store;
 #[cfg(feature = "axum")]
@@ -105,3 +107,19 @@ pub use sync_contract as contract;
 pub use sync_contract::streams as redis;
 #[cfg(feature = "axum")]
 pub use sync_web::{csrf, html};
+
+// The crates an app uses with the SDK, at the versions it was built with: an app outside this
+// workspace depends on `sync-sdk` alone for them (plus `serde` and `clap` for their derives).
+#[cfg(feature = "app")]
+pub use anyhow;
+#[cfg(feature = "axum")]
+pub use axum;
+pub use fred;
+#[cfg(feature = "mongo")]
+pub use mongodb;
+pub use serde_json;
+#[cfg(feature = "postgres")]
+pub use sqlx;
+pub use tokio;
+pub use tokio_util;
+pub use uuid;

@@ -7,6 +7,19 @@ use tokio::process::{Child, Command};
 
 use crate::{eventually, free_port, unique_name};
 
+/// The loopback ports of the services nginx routes to.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstreams {
+    /// The wrapper (`/api/`, `/auth/`, `/`).
+    pub wrapper: u16,
+    /// `/crm/`.
+    pub crm: u16,
+    /// `/hrms/`.
+    pub hrms: u16,
+    /// `/projects/`.
+    pub projects: u16,
+}
+
 /// A running nginx; killed when dropped.
 pub struct Nginx {
     /// The port it listens on (127.0.0.1).
@@ -42,13 +55,30 @@ impl Nginx {
         crm_port: u16,
         hrms_port: u16,
     ) -> anyhow::Result<Self> {
+        let upstreams = Upstreams {
+            wrapper: wrapper_port,
+            crm: crm_port,
+            hrms: hrms_port,
+            // Nothing listens there: /projects/ answers 502 in tests that do not run it.
+            projects: free_port()?,
+        };
+        Self::start_upstreams(port, burst, &upstreams).await
+    }
+
+    /// nginx on `port` in front of `upstreams` (burst as in [`start_with_burst`](Self::start_with_burst)).
+    pub async fn start_upstreams(
+        port: u16,
+        burst: Option<u32>,
+        upstreams: &Upstreams,
+    ) -> anyhow::Result<Self> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let prefix = std::env::temp_dir().join(unique_name());
         let rendered = Command::new(root.join("nginx/render"))
             .env("NGINX_PORT", port.to_string())
-            .env("WRAPPER_PORT", wrapper_port.to_string())
-            .env("CRM_PORT", crm_port.to_string())
-            .env("HRMS_PORT", hrms_port.to_string())
+            .env("WRAPPER_PORT", upstreams.wrapper.to_string())
+            .env("CRM_PORT", upstreams.crm.to_string())
+            .env("HRMS_PORT", upstreams.hrms.to_string())
+            .env("PROJECTS_PORT", upstreams.projects.to_string())
             .env("NGINX_PREFIX", &prefix)
             .env("NGINX_TENANT_BURST", burst.unwrap_or(20).to_string())
             .env("NGINX_CLIENT_BURST", burst.unwrap_or(40).to_string())

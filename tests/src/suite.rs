@@ -1,4 +1,4 @@
-//! The whole suite on loopback: the wrapper, the CRM and the HRMS (in-process, port 0) behind
+//! The whole suite on loopback: the wrapper, the CRM, the HRMS and Projects (in-process, port 0) behind
 //! the real nginx, as a browser reaches them at `http://<tenant>.yourapp.test:<port>/`.
 
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use wrapper::config::Settings;
 
 use crate::{
     free_port,
-    nginx::Nginx,
+    nginx::{Nginx, Upstreams},
     wrapper_app::{TestApp, app_args, spawn_wrapper_with},
 };
 
@@ -42,7 +42,7 @@ impl Suite {
     /// Start everything with nginx on `port`.
     pub async fn start_on(port: u16, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
         let wrapper = spawn_wrapper_with(adjust).await?;
-        for app in ["crm", "hrms"] {
+        for app in ["crm", "hrms", "projects"] {
             wrapper::startup::upsert_service_client(&wrapper.db.pool, app, SERVICE_SECRET).await?;
         }
         let stop = CancellationToken::new();
@@ -62,6 +62,13 @@ impl Suite {
         let hrms_port = hrms.addr().port();
         let hrms_full_sync = hrms.full_sync();
         tokio::spawn(hrms.run_until_stopped(stop.clone()));
+        let projects = projects::build(projects::Settings {
+            listen: "127.0.0.1:0".parse()?,
+            app: app_args(&wrapper, SERVICE_SECRET),
+        })
+        .await?;
+        let projects_port = projects.addr().port();
+        tokio::spawn(projects.run_until_stopped(stop.clone()));
         let wrapper_port: u16 = wrapper
             .url
             .rsplit(':')
@@ -69,8 +76,13 @@ impl Suite {
             .and_then(|p| p.parse().ok())
             .ok_or_else(|| anyhow::anyhow!("no port in {}", wrapper.url))?;
         // Scenario tests send many requests of one tenant; limits are tested in nginx.rs.
-        let nginx =
-            Nginx::start_with_burst(port, Some(500), wrapper_port, crm_port, hrms_port).await?;
+        let upstreams = Upstreams {
+            wrapper: wrapper_port,
+            crm: crm_port,
+            hrms: hrms_port,
+            projects: projects_port,
+        };
+        let nginx = Nginx::start_upstreams(port, Some(500), &upstreams).await?;
         Ok(Self {
             wrapper,
             nginx,

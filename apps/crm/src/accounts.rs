@@ -4,20 +4,20 @@
 use axum::{
     Json,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::{IntoResponse, Response},
 };
 use mongodb::bson::{Document, doc};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use sync_sdk::{
     auth::TenantUser,
     http::{AppError, AppResult, PageQuery, serve_tenant},
+    idempotency::{IdempotencyKey, insert_once},
     store::{live_user, mongo::MongoStore},
 };
 use uuid::Uuid;
 
-use crate::{AppState, CREATE_ACCOUNT, DELETED_USER, IDEMPOTENCY_KEY};
+use crate::{AppState, CREATE_ACCOUNT, DELETED_USER};
 
 /// An account as the API shows it.
 #[derive(Debug, Serialize)]
@@ -125,64 +125,28 @@ async fn live_owner(store: &MongoStore, tenant: Uuid, owner: Uuid) -> AppResult<
     }
 }
 
-/// The account id of a request: random, or — with an `Idempotency-Key` header — derived from
-/// the tenant and the key, so a retried request names the same account and the same credit
-/// operation (charged once, created once).
-fn account_id(tenant: Uuid, headers: &HeaderMap) -> AppResult<(Uuid, bool)> {
-    let Some(key) = headers.get(IDEMPOTENCY_KEY) else {
-        return Ok((Uuid::now_v7(), false));
-    };
-    let key = key
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic()))
-        .ok_or_else(|| {
-            AppError::invalid(IDEMPOTENCY_KEY, "must be 1-200 visible ASCII characters")
-        })?;
-    let digest = sha2::Sha256::digest(format!("{tenant}\n{key}").as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8: custom, name-based
-    bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 4122 variant
-    Ok((Uuid::from_bytes(bytes), true))
-}
-
-fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    matches!(
-        &*e.kind,
-        mongodb::error::ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) if w.code == 11000
-    )
-}
-
-/// Whether two account documents describe the same request (tenant, name, value, owner).
-fn same_account(a: &Document, b: &Document) -> bool {
-    ["tenantId", "name", "value", "ownerId"]
-        .iter()
-        .all(|k| a.get(k) == b.get(k))
-}
-
 pub(crate) async fn create(
     State(s): State<AppState>,
     user: TenantUser,
-    headers: HeaderMap,
+    key: IdempotencyKey,
     bytes: axum::body::Bytes,
 ) -> Response {
     let t = user.tenant_id;
     let checked = (|| {
         let req: NewAccount = body(&bytes)?;
-        let (id, idempotent) = account_id(t, &headers)?;
         AppResult::Ok((
-            id,
-            idempotent,
             valid_name(&req.name)?,
             valid_value(req.value)?,
             req.owner_id,
         ))
     })();
-    let (id, idempotent, name, value, owner_id) = match checked {
+    let (name, value, owner_id) = match checked {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    // With an Idempotency-Key, a retry names the same account and the same credit operation:
+    // created once, charged once.
+    let id = key.resource_id(t);
     serve_tenant(&s.loader, t, |_| async {
         live_owner(&s.store, t, owner_id).await?;
         s.credits
@@ -190,27 +154,9 @@ pub(crate) async fn create(
             .await?;
         let doc = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
         "value": value, "ownerId": owner_id.to_string()};
-        match s.accounts.insert_one(doc.clone()).await {
-            Ok(_) => Ok((
-                StatusCode::CREATED,
-                Json(Account::load(&s.store, t, &doc).await),
-            )),
-            Err(e) if idempotent && is_duplicate_key(&e) => {
-                // A retry (or a concurrent twin) of a request that created the account.
-                match s.accounts.find_one(doc! {"_id": id.to_string()}).await? {
-                    Some(found) if same_account(&found, &doc) => Ok((
-                        StatusCode::OK,
-                        Json(Account::load(&s.store, t, &found).await),
-                    )),
-                    Some(_) => Err(AppError::Conflict {
-                        field: Some(IDEMPOTENCY_KEY),
-                        message: "this key was used for a different account".into(),
-                    }),
-                    None => Err(AppError::Unavailable("the account vanished; retry".into())),
-                }
-            }
-            Err(e) => Err(e.into()),
-        }
+        let same = ["tenantId", "name", "value", "ownerId"];
+        let (status, stored) = insert_once(&s.accounts, doc, &key, &same).await?;
+        AppResult::Ok((status, Json(Account::load(&s.store, t, &stored).await)))
     })
     .await
 }

@@ -11,13 +11,12 @@ mod dashboard;
 
 use std::net::SocketAddr;
 
-use axum::{Json, Router, routing::get};
+use axum::{Router, routing::get};
 use clap::Parser;
 use mongodb::{
     Collection,
     bson::{Document, doc},
 };
-use serde_json::json;
 use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp, FieldReferences},
     consumer::NoHandler,
@@ -26,9 +25,6 @@ use sync_sdk::{
 
 use accounts::{create, list, read, remove, update};
 use dashboard::dashboard;
-
-/// The header that makes account creation safe to retry.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The operation code of account creation.
 pub const CREATE_ACCOUNT: &str = "crm.accounts.create";
@@ -67,7 +63,7 @@ type AppState = sync_sdk::app::AppState<Crm>;
 /// Connect, create indexes and groups, bind: the app, ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
     let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
-    let accounts = kit.database.collection::<Document>("accounts");
+    let accounts = kit.collection("accounts");
     accounts
         .create_index(
             mongodb::IndexModel::builder()
@@ -80,7 +76,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
     let owners = FieldReferences::new(accounts.clone(), "account", "ownerId");
     let state = kit.state(Crm { accounts });
     let router = Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/", get(dashboard))
         .route("/accounts", get(list).post(create))
         .route("/accounts/{id}", get(read).patch(update).delete(remove))

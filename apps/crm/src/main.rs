@@ -1,7 +1,6 @@
-//! `crm`: parse the configuration and run the CRM.
+//! `crm`: parse the configuration and run the app until Ctrl-C.
 
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -10,13 +9,8 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let app = crm::build(crm::Settings::parse()).await?;
-    tracing::info!(addr = %app.addr(), "crm listening");
-    let cancel = CancellationToken::new();
-    let stop = cancel.clone();
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        stop.cancel();
-    });
-    app.run_until_stopped(cancel).await
+    crm::build(crm::Settings::parse())
+        .await?
+        .run_until_ctrl_c()
+        .await
 }

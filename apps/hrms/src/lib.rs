@@ -6,10 +6,9 @@ mod employees;
 
 use std::net::SocketAddr;
 
-use axum::{Json, Router, routing::get};
+use axum::{Router, routing::get};
 use clap::Parser;
 use mongodb::bson::{Document, doc};
-use serde_json::json;
 use sync_sdk::{
     app::{AppArgs, AppKit, BoundApp, FieldReferences},
     consumer::NoHandler,
@@ -49,7 +48,7 @@ type AppState = sync_sdk::app::AppState<Hrms>;
 /// Connect, prepare, bind: the app, ready to run.
 pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
     let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
-    let employees = kit.database.collection::<Document>("employees");
+    let employees = kit.collection("employees");
     employees
         .create_index(
             mongodb::IndexModel::builder()
@@ -60,7 +59,6 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
     let references = FieldReferences::new(employees.clone(), "employee", "userId");
     let state = kit.state(Hrms { employees });
     let router = Router::new()
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/", get(dashboard))
         .route("/employees", get(list).post(create))
         .with_state(state);

@@ -184,6 +184,73 @@ pub async fn live_user<S: TenantStore>(
         .filter(|u| u.active && u.deleted_at.is_none())
 }
 
+/// Where a referenced user stands in the synced copy: what an app shows for an owner, a member
+/// or an assignee, and what the integrity pass reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Person {
+    /// Active and not deleted.
+    Live(crate::contract::UserState),
+    /// Deactivated by a tenant admin (may come back: their records are kept as they are).
+    Deactivated(crate::contract::UserState),
+    /// Deleted upstream (shown as "[Deleted User]").
+    Deleted(crate::contract::UserState),
+    /// Not in the tenant's synced copy at all (never existed here, or another tenant's id).
+    Missing,
+}
+
+impl Person {
+    /// The user's state, unless missing.
+    pub fn state(&self) -> Option<&crate::contract::UserState> {
+        match self {
+            Person::Live(u) | Person::Deactivated(u) | Person::Deleted(u) => Some(u),
+            Person::Missing => None,
+        }
+    }
+
+    /// `None` for a live user, else why not: `inactive`, `deleted` or `missing`.
+    pub fn orphan_reason(&self) -> Option<&'static str> {
+        match self {
+            Person::Live(_) => None,
+            Person::Deactivated(_) => Some("inactive"),
+            Person::Deleted(_) => Some("deleted"),
+            Person::Missing => Some("missing"),
+        }
+    }
+}
+
+impl From<Option<crate::contract::UserState>> for Person {
+    fn from(user: Option<crate::contract::UserState>) -> Self {
+        match user {
+            None => Person::Missing,
+            Some(u) if u.deleted_at.is_some() => Person::Deleted(u),
+            Some(u) if !u.active => Person::Deactivated(u),
+            Some(u) => Person::Live(u),
+        }
+    }
+}
+
+/// Where user `id` of `tenant_id` stands: live, deactivated, deleted or missing.
+pub async fn person<S: TenantStore>(store: &S, tenant_id: Uuid, id: Uuid) -> Person {
+    user(store, tenant_id, id).await.into()
+}
+
+/// A page of `tenant_id`'s synced users (deleted ones included; see [`Person`]), in id order,
+/// after the user id `after`: the typed listing an app shows in a member picker.
+pub async fn users<S: TenantStore>(
+    store: &S,
+    tenant_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<crate::contract::UserState>, StoreError> {
+    let page = store
+        .page(EntityKind::User, tenant_id, after, limit)
+        .await?;
+    Ok(page
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_value(v.state).ok())
+        .collect())
+}
+
 /// The user `id` of `tenant_id` as synced, whatever their state.
 pub async fn user<S: TenantStore>(
     store: &S,
@@ -314,6 +381,16 @@ pub trait TenantStore: Send + Sync + 'static {
         tenant_id: Uuid,
         id: Uuid,
     ) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+
+    /// Up to `limit` aggregates of `kind` in `tenant_id` with ids after `after`, in id order
+    /// (a page of a listing; the last id is the next cursor).
+    fn page(
+        &self,
+        kind: EntityKind,
+        tenant_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(Uuid, Versioned)>, StoreError>> + Send;
 
     /// The cost of `operation_code` of `application` in the tenant's active credit config.
     fn credit_cost(

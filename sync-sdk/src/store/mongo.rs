@@ -452,6 +452,39 @@ impl TenantStore for MongoStore {
         .transpose()
     }
 
+    async fn page(
+        &self,
+        kind: EntityKind,
+        tenant_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Versioned)>, StoreError> {
+        let mut filter = doc! {"tenantId": tenant_id.to_string()};
+        if let Some(after) = after {
+            filter.insert("_id", doc! {"$gt": after.to_string()});
+        }
+        let mut cursor = self
+            .entities(kind)
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .limit(limit)
+            .await
+            .map_err(err)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(err)? {
+            let d = cursor.deserialize_current().map_err(err)?;
+            let id = d.get_str("_id").map_err(err)?.parse().map_err(err)?;
+            let version = d.get_i64("version").map_err(err)?;
+            let state = d
+                .get("state")
+                .cloned()
+                .map(|b| b.into_relaxed_extjson())
+                .unwrap_or_default();
+            out.push((id, Versioned { version, state }));
+        }
+        Ok(out)
+    }
+
     async fn credit_cost(
         &self,
         tenant_id: Uuid,

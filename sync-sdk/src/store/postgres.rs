@@ -293,6 +293,31 @@ impl TenantStore for PostgresStore {
         Ok(row.map(|(version, state)| Versioned { version, state }))
     }
 
+    async fn page(
+        &self,
+        kind: EntityKind,
+        tenant_id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Versioned)>, StoreError> {
+        let rows: Vec<(Uuid, i64, serde_json::Value)> = sqlx::query_as(
+            "select id, version, state from tsync_entities
+             where kind = $1 and tenant_id = $2 and ($3::uuid is null or id > $3)
+             order by id limit $4",
+        )
+        .bind(kind.name())
+        .bind(tenant_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.db)
+        .await
+        .map_err(err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, version, state)| (id, Versioned { version, state }))
+            .collect())
+    }
+
     async fn credit_cost(
         &self,
         tenant_id: Uuid,

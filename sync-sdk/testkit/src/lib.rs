@@ -474,7 +474,43 @@ pub async fn store_conformance<S: sync_sdk::store::TenantStore>(store: &S) -> an
         store.sync_state(other).await?.is_none(),
         "loading one tenant loads no other"
     );
+    page_conformance(store, tenant, user).await?;
     batch_conformance(store).await
+}
+
+/// Listing: pages in id order after a cursor, the tenant's aggregates only.
+async fn page_conformance<S: sync_sdk::store::TenantStore>(
+    store: &S,
+    tenant: Uuid,
+    first: Uuid,
+) -> anyhow::Result<()> {
+    use sync_sdk::store::EntityKind;
+    let more: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for (i, id) in more.iter().enumerate() {
+        store
+            .apply(&user_event(tenant, *id, 1, 10 + i as i64, "p@x.test"))
+            .await?;
+    }
+    let stranger = Uuid::now_v7();
+    store
+        .apply(&user_event(Uuid::now_v7(), stranger, 1, 1, "s@x.test"))
+        .await?;
+    let mut all = vec![first];
+    all.extend(&more);
+    all.sort();
+    let page1 = store.page(EntityKind::User, tenant, None, 3).await?;
+    let ids1: Vec<Uuid> = page1.iter().map(|(id, _)| *id).collect();
+    anyhow::ensure!(ids1 == all[..3], "first page in id order: {ids1:?}");
+    let page2 = store
+        .page(EntityKind::User, tenant, ids1.last().copied(), 3)
+        .await?;
+    let ids2: Vec<Uuid> = page2.iter().map(|(id, _)| *id).collect();
+    anyhow::ensure!(ids2 == all[3..], "the page after the cursor: {ids2:?}");
+    anyhow::ensure!(
+        page2.iter().all(|(_, v)| v.version >= 1),
+        "versions come with the states"
+    );
+    Ok(())
 }
 
 /// The batch path: one [`sync_sdk::store::TenantStore::apply_batch`] over two tenants with an

@@ -10,6 +10,7 @@ mod crm;
 mod lazy_load;
 mod nginx;
 mod oidc_checks;
+mod projects;
 mod relay;
 mod security;
 mod smoke;

@@ -78,6 +78,15 @@ impl<S: TenantStore> TenantStore for Timed<S> {
     async fn get(&self, k: EntityKind, t: Uuid, id: Uuid) -> Result<Option<Versioned>, StoreError> {
         self.inner.get(k, t, id).await
     }
+    async fn page(
+        &self,
+        k: EntityKind,
+        t: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<Vec<(Uuid, Versioned)>, StoreError> {
+        self.inner.page(k, t, after, limit).await
+    }
     async fn credit_cost(&self, t: Uuid, a: &str, o: &str) -> Result<Option<i64>, StoreError> {
         self.inner.credit_cost(t, a, o).await
     }

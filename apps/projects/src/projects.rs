@@ -1,0 +1,246 @@
+//! The project API: list, create (charging credits, retry-safe with `Idempotency-Key`), read,
+//! and the people a project can have (the tenant's synced users).
+
+use serde::{Deserialize, Serialize};
+use sync_sdk::{
+    auth::TenantUser,
+    axum::{
+        Json,
+        extract::{Path, State},
+        response::{IntoResponse, Response},
+    },
+    contract::UserState,
+    http::{AppError, AppResult, PageQuery, serve_tenant},
+    idempotency::{IdempotencyKey, insert_once},
+    mongodb::bson::{Document, doc},
+    store::{Person, mongo::MongoStore, person, users},
+    uuid::Uuid,
+};
+
+use crate::{AppState, CREATE_PROJECT};
+
+/// Most members one project may have.
+const MAX_MEMBERS: usize = 100;
+
+/// A project as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Project {
+    /// Project id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Who owns it.
+    pub owner: Member,
+    /// Who works on it.
+    pub members: Vec<Member>,
+}
+
+/// A user referenced by a project, as the synced copy has them now.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// The user id.
+    pub id: Uuid,
+    /// Their name; "[Deleted User]" once deleted or missing.
+    pub name: String,
+    /// Their email while they are live.
+    pub email: Option<String>,
+    /// `live`, `deactivated`, `deleted` or `missing`.
+    pub status: &'static str,
+}
+
+impl Member {
+    async fn load(store: &MongoStore, tenant: Uuid, id: Uuid) -> Self {
+        let found = person(store, tenant, id).await;
+        let status = match &found {
+            Person::Live(_) => "live",
+            Person::Deactivated(_) => "deactivated",
+            Person::Deleted(_) => "deleted",
+            Person::Missing => "missing",
+        };
+        let (name, email) = match found {
+            Person::Live(u) => (u.full_name, Some(u.email)),
+            Person::Deactivated(u) => (u.full_name, None),
+            Person::Deleted(_) | Person::Missing => ("[Deleted User]".to_owned(), None),
+        };
+        Self {
+            id,
+            name,
+            email,
+            status,
+        }
+    }
+}
+
+fn ids(d: &Document, field: &str) -> Vec<Uuid> {
+    d.get_array(field)
+        .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+impl Project {
+    /// The project stored as `d`, its people looked up in the synced copy.
+    pub async fn load(store: &MongoStore, tenant: Uuid, d: &Document) -> Self {
+        let owner = d
+            .get_str("ownerId")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default();
+        let mut members = Vec::new();
+        for id in ids(d, "memberIds") {
+            members.push(Member::load(store, tenant, id).await);
+        }
+        Project {
+            id: d.get_str("_id").unwrap_or_default().to_owned(),
+            name: d.get_str("name").unwrap_or_default().to_owned(),
+            owner: Member::load(store, tenant, owner).await,
+            members,
+        }
+    }
+}
+
+pub(crate) async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> Response {
+    let t = user.tenant_id;
+    let limit = page.limit;
+    serve_tenant(&s.loader, t, |_| async {
+        let mut cursor = page.find(&s.projects, t).await?;
+        let mut items = Vec::new();
+        while cursor.advance().await? {
+            let project = Project::load(&s.store, t, &cursor.deserialize_current()?).await;
+            items.push(sync_sdk::serde_json::to_value(project).unwrap_or_default());
+        }
+        AppResult::Ok(Json(PageQuery::page(items, limit, |p| p["id"].clone())))
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewProject {
+    name: String,
+    #[serde(default)]
+    member_ids: Vec<Uuid>,
+}
+
+fn checked(bytes: &[u8]) -> AppResult<(String, Vec<Uuid>)> {
+    let req: NewProject = sync_sdk::serde_json::from_slice(bytes)
+        .map_err(|e| AppError::invalid("body", e.to_string()))?;
+    let name = req.name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(AppError::invalid("name", "must be 1-200 characters"));
+    }
+    let mut members = req.member_ids;
+    members.sort();
+    members.dedup();
+    if members.len() > MAX_MEMBERS {
+        return Err(AppError::invalid(
+            "memberIds",
+            format!("at most {MAX_MEMBERS} members"),
+        ));
+    }
+    Ok((name.to_owned(), members))
+}
+
+/// Creates a project owned by the caller. Every member must be a live user of the tenant;
+/// the tenant pays `projects.create` at its price.
+pub(crate) async fn create(
+    State(s): State<AppState>,
+    user: TenantUser,
+    key: IdempotencyKey,
+    bytes: sync_sdk::axum::body::Bytes,
+) -> Response {
+    let t = user.tenant_id;
+    let (name, members) = match checked(&bytes) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let id = key.resource_id(t);
+    serve_tenant(&s.loader, t, |_| async {
+        for (i, member) in members.iter().enumerate() {
+            if !matches!(person(&*s.store, t, *member).await, Person::Live(_)) {
+                return Err(AppError::Invalid {
+                    field: "memberIds",
+                    message: format!("memberIds[{i}] is not a live user of this tenant"),
+                });
+            }
+        }
+        s.credits
+            .consume(t, "projects", CREATE_PROJECT, &id.to_string(), 1)
+            .await?;
+        let member_ids: Vec<String> = members.iter().map(Uuid::to_string).collect();
+        let project = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
+        "ownerId": user.user_id.to_string(), "memberIds": member_ids};
+        let same = ["tenantId", "name", "ownerId", "memberIds"];
+        let (status, stored) = insert_once(&s.projects, project, &key, &same).await?;
+        Ok((status, Json(Project::load(&s.store, t, &stored).await)))
+    })
+    .await
+}
+
+pub(crate) async fn read(
+    State(s): State<AppState>,
+    user: TenantUser,
+    Path(id): Path<Uuid>,
+) -> Response {
+    let t = user.tenant_id;
+    serve_tenant(&s.loader, t, |_| async {
+        let found = s
+            .projects
+            .find_one(doc! {"_id": id.to_string(), "tenantId": t.to_string()})
+            .await?
+            .ok_or(AppError::NotFound("no such project"))?;
+        AppResult::Ok(Json(Project::load(&s.store, t, &found).await))
+    })
+    .await
+}
+
+/// A person a project can have: the tenant's users as synced (for a member picker).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Candidate {
+    /// The user id.
+    pub id: Uuid,
+    /// Their name.
+    pub name: String,
+    /// Their email.
+    pub email: String,
+    /// Active and not deleted: may be added to a project.
+    pub live: bool,
+}
+
+impl From<UserState> for Candidate {
+    fn from(u: UserState) -> Self {
+        Self {
+            live: u.active && u.deleted_at.is_none(),
+            id: u.id,
+            name: u.full_name,
+            email: u.email,
+        }
+    }
+}
+
+/// `GET /people?cursor=&limit=`: the tenant's users (with whether each is live), a page at a
+/// time.
+pub(crate) async fn people(
+    State(s): State<AppState>,
+    user: TenantUser,
+    page: PageQuery,
+) -> Response {
+    let t = user.tenant_id;
+    let after = match page.cursor.as_deref().map(str::parse::<Uuid>).transpose() {
+        Ok(after) => after,
+        Err(_) => return AppError::invalid("cursor", "must be a user id").into_response(),
+    };
+    serve_tenant(&s.loader, t, |_| async {
+        let found: Vec<UserState> = users(&*s.store, t, after, page.limit + 1).await?;
+        let items = found
+            .into_iter()
+            .map(|u| sync_sdk::serde_json::to_value(Candidate::from(u)).unwrap_or_default())
+            .collect();
+        AppResult::Ok(Json(PageQuery::page(items, page.limit, |p| {
+            p["id"].clone()
+        })))
+    })
+    .await
+}

@@ -1,0 +1,325 @@
+//! `apps/projects`, the app built only on the SDK's public surface, end to end through the real
+//! nginx: lazy load, a paid create charged once under retries, the tenant's price, people as the
+//! synced copy has them (an email change, a deactivated member reported and cleared, a deleted
+//! one), and the wrapper refusing an app that names its own price or an undeclared operation.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tsync_e2e::{suite::Suite, wrapper_app::TestTenant, *};
+
+/// Requests to the edge as `tenant`'s host.
+struct Edge<'a> {
+    suite: &'a Suite,
+    http: reqwest::Client,
+    host: String,
+}
+
+impl<'a> Edge<'a> {
+    fn new(suite: &'a Suite, tenant: &TestTenant) -> Self {
+        Self {
+            suite,
+            http: reqwest::Client::new(),
+            host: format!("{}.yourapp.test", tenant.subdomain),
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.suite.nginx.url()))
+            .header("host", &self.host)
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+async fn projects_balance(suite: &Suite, t: &TestTenant) -> i64 {
+    let body = suite
+        .wrapper
+        .get_ok(&format!("/api/credits/balance?tenantId={}", t.id), &t.admin)
+        .await;
+    body["balances"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["scope"] == "app:projects"))
+        .and_then(|b| b["balance"].as_i64())
+        .unwrap_or(0)
+}
+
+async fn projects_charges(suite: &Suite, t: &TestTenant) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from credit_ledger where tenant_id = $1 and kind = 'consumption'
+           and application = 'projects'",
+    )
+    .bind(t.id)
+    .fetch_one(&suite.wrapper.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let wrapper = &suite.wrapper;
+    let acme = wrapper.create_tenant("acme").await;
+    let (ada, _) = wrapper.create_member(&acme, "ada@acme.test").await;
+    wrapper.fund_app(&acme, "projects", 1000).await;
+    let edge = Edge::new(&suite, &acme);
+
+    // First visit: the tenant is lazy-loaded; its people are listed from the synced copy.
+    let (status, people) = edge
+        .send(Method::GET, "/projects/people", &acme.admin, None, None)
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{people}");
+    let emails: Vec<&str> = people["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["email"].as_str())
+        .collect();
+    assert!(emails.contains(&"ada@acme.test"), "{people}");
+
+    // Five concurrent sends of one create (a client retrying): one project, one charge of 20.
+    let body = json!({"name": "Apollo", "memberIds": [ada]});
+    let sends = (0..5).map(|_| {
+        edge.send(
+            Method::POST,
+            "/projects/projects",
+            &acme.admin,
+            Some(body.clone()),
+            Some("apollo-1"),
+        )
+    });
+    let results = futures_util::future::join_all(sends).await;
+    let statuses: Vec<StatusCode> = results
+        .iter()
+        .map(|r| r.as_ref().map(|(s, _)| *s).unwrap())
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    let ids: Vec<&Value> = results
+        .iter()
+        .map(|r| &r.as_ref().unwrap().1["id"])
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "one project: {ids:?}");
+    assert_eq!(projects_charges(&suite, &acme).await, 1);
+    assert_eq!(projects_balance(&suite, &acme).await, 980);
+    // The same key with another body is a conflict naming the header, and charges nothing.
+    let (status, problem) = edge
+        .send(
+            Method::POST,
+            "/projects/projects",
+            &acme.admin,
+            Some(json!({"name": "Zeus"})),
+            Some("apollo-1"),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["field"], "idempotency-key");
+    assert_eq!(projects_balance(&suite, &acme).await, 980);
+
+    // The tenant's credit config sets the price; the app sends only the operation.
+    wrapper
+        .send_ok(
+            Method::PUT,
+            &format!("/api/tenants/{}/credit-configs", acme.id),
+            &wrapper.root,
+            json!({"application": "projects", "operationCode": "projects.create", "cost": 7}),
+        )
+        .await;
+    let (status, _) = edge
+        .send(
+            Method::POST,
+            "/projects/projects",
+            &acme.admin,
+            Some(json!({"name": "Gemini"})),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(projects_balance(&suite, &acme).await, 973);
+
+    // A member who is not a live user of the tenant is refused, naming the field; nothing
+    // is charged.
+    let stranger = uuid::Uuid::now_v7();
+    let (status, problem) = edge
+        .send(
+            Method::POST,
+            "/projects/projects",
+            &acme.admin,
+            Some(json!({"name": "Nope", "memberIds": [stranger]})),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert_eq!(problem["field"], "memberIds");
+    assert_eq!(projects_charges(&suite, &acme).await, 2);
+
+    // The app cannot name its own amount, nor charge an operation it never declared.
+    let token = service_token(&suite, "projects").await;
+    for (body, field) in [
+        (
+            json!({"tenantId": acme.id, "application": "projects", "operationCode": "projects.create",
+                   "creditAmount": 1, "operationId": "cheap"}),
+            "creditAmount",
+        ),
+        (
+            json!({"tenantId": acme.id, "application": "projects", "operationCode": "projects.export",
+                   "operationId": "undeclared"}),
+            "operationCode",
+        ),
+    ] {
+        let (status, problem) = wrapper
+            .call(
+                Method::POST,
+                "/api/credits/consume",
+                Some(&token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+        assert_eq!(problem["field"], field);
+    }
+    assert_eq!(projects_charges(&suite, &acme).await, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted()
+-> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let wrapper = &suite.wrapper;
+    let acme = wrapper.create_tenant("acme").await;
+    let (ada, _) = wrapper.create_member(&acme, "ada@acme.test").await;
+    let (bob, _) = wrapper.create_member(&acme, "bob@acme.test").await;
+    wrapper.fund_app(&acme, "projects", 100).await;
+    let edge = Edge::new(&suite, &acme);
+    let (status, project) = edge
+        .send(
+            Method::POST,
+            "/projects/projects",
+            &acme.admin,
+            Some(json!({"name": "Apollo", "memberIds": [ada, bob]})),
+            None,
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{project}");
+    let path = format!("/projects/projects/{}", project["id"].as_str().unwrap());
+    let member = |p: &Value, id: uuid::Uuid| {
+        p["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == json!(id)).cloned())
+            .unwrap_or(Value::Null)
+    };
+    let users = format!("/api/tenants/{}/users", acme.id);
+    let admin = acme.admin.as_str();
+    let read_until = |want: &'static str, id: uuid::Uuid, field: &'static str| {
+        let edge = &edge;
+        let path = &path;
+        async move {
+            eventually_some(Duration::from_secs(10), || async move {
+                let (_, p) = edge
+                    .send(Method::GET, path, admin, None, None)
+                    .await
+                    .ok()?;
+                let m = member(&p, id);
+                (m[field] == want).then_some(m)
+            })
+            .await
+        }
+    };
+
+    // An email change at the wrapper shows in the project.
+    wrapper
+        .send_ok(
+            Method::PATCH,
+            &format!("{users}/{ada}"),
+            &acme.admin,
+            json!({"email": "ada@king.test"}),
+        )
+        .await;
+    read_until("ada@king.test", ada, "email").await?;
+
+    // Deactivated: reported as such (kept on the project, no email shown)...
+    wrapper
+        .send_ok(
+            Method::PATCH,
+            &format!("{users}/{ada}"),
+            &acme.admin,
+            json!({"active": false}),
+        )
+        .await;
+    let m = read_until("deactivated", ada, "status").await?;
+    assert_eq!(m["email"], Value::Null);
+    // ...and cleared once reactivated.
+    wrapper
+        .send_ok(
+            Method::PATCH,
+            &format!("{users}/{ada}"),
+            &acme.admin,
+            json!({"active": true}),
+        )
+        .await;
+    read_until("live", ada, "status").await?;
+
+    // Deleted: reported as deleted, shown as "[Deleted User]".
+    let (status, body) = wrapper
+        .call(
+            Method::DELETE,
+            &format!("{users}/{bob}"),
+            Some(&acme.admin),
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let m = read_until("deleted", bob, "status").await?;
+    assert_eq!(m["name"], "[Deleted User]");
+    // The SDK answers the app's liveness check, through the edge too.
+    let (status, _) = edge
+        .send(Method::GET, "/projects/health", &acme.admin, None, None)
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+async fn service_token(suite: &Suite, app: &str) -> String {
+    let (status, body) = suite
+        .wrapper
+        .call(
+            Method::POST,
+            "/auth/service-token",
+            None,
+            Some(json!({"clientId": app, "clientSecret": suite::SERVICE_SECRET})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["accessToken"].as_str().unwrap().to_owned()
+}
