@@ -1,5 +1,5 @@
 //! docker-compose.yml cannot run here (no Docker engine), so this checks it against the
-//! binaries: service names, ports, and every environment variable of wrapper, crm and hrms is a
+//! binaries: service names, ports, and every environment variable of wrapper, crm, hrms and projects is a
 //! flag of that binary (read from its clap definition, i.e. what `--help` prints).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -70,7 +70,7 @@ fn compose_matches_the_binaries_flags_and_ports() {
     let services = parse_compose(&text);
     let names: Vec<&str> = services.keys().map(String::as_str).collect();
     for expected in [
-        "postgres", "redis", "mongo", "wrapper", "crm", "hrms", "nginx",
+        "postgres", "redis", "mongo", "wrapper", "crm", "hrms", "projects", "nginx",
     ] {
         assert!(
             names.contains(&expected),
@@ -95,6 +95,12 @@ fn compose_matches_the_binaries_flags_and_ports() {
             env_flags(hrms::Settings::command()),
             "HRMS_LISTEN",
             "8082",
+        ),
+        (
+            "projects",
+            env_flags(projects::Settings::command()),
+            "PROJECTS_LISTEN",
+            "8083",
         ),
     ];
     for (service, flags, listen, port) in binaries {

@@ -246,10 +246,7 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
         let path = &path;
         async move {
             eventually_some(Duration::from_secs(10), || async move {
-                let (_, p) = edge
-                    .send(Method::GET, path, admin, None, None)
-                    .await
-                    .ok()?;
+                let (_, p) = edge.send(Method::GET, path, admin, None, None).await.ok()?;
                 let m = member(&p, id);
                 (m[field] == want).then_some(m)
             })
