@@ -309,19 +309,24 @@ impl<T> axum::extract::FromRef<AppState<T>> for Arc<crate::web::Pages> {
 }
 
 /// The integrity pass over one field of an app collection that holds user ids (documents with
-/// `_id`, `tenantId` and the field): each document is a reference `"<kind>:<_id>"`; an orphan is
-/// kept (the soft-delete policy) and marked with the reason in `<field without Id>Orphaned`
-/// (`ownerId` → `ownerOrphaned`: `"inactive"` or `"missing"`).
+/// `_id`, `tenantId` and the field), either one id ([`FieldReferences::new`], e.g. `ownerId`) or
+/// an array of ids ([`FieldReferences::array`], e.g. `memberIds`). Each (document, user) is a
+/// reference `"<kind>:<_id>"`. An orphan is kept (the soft-delete policy) and marked with the
+/// reason (`inactive`, `deleted` or `missing`): for a single id in `<field without Id>Orphaned`
+/// (`ownerId` → `ownerOrphaned`), for an array per user in `<field without Ids>Orphaned.<user id>`
+/// (`memberIds` → `memberOrphaned.<id>`). A mark is cleared when a later pass finds the user
+/// live again. Several checks combine as a tuple: `(owners, members)`.
 #[derive(Clone)]
 pub struct FieldReferences {
     collection: mongodb::Collection<mongodb::bson::Document>,
     kind: &'static str,
     field: &'static str,
     mark: String,
+    array: bool,
 }
 
 impl FieldReferences {
-    /// References in `field` of `collection`, reported as `kind:<_id>`.
+    /// References in the single-id `field` of `collection`, reported as `kind:<_id>`.
     pub fn new(
         collection: mongodb::Collection<mongodb::bson::Document>,
         kind: &'static str,
@@ -333,13 +338,52 @@ impl FieldReferences {
             kind,
             field,
             mark,
+            array: false,
         }
+    }
+
+    /// References in `field`, an array of user ids, of `collection`: one reference per element.
+    pub fn array(
+        collection: mongodb::Collection<mongodb::bson::Document>,
+        kind: &'static str,
+        field: &'static str,
+    ) -> Self {
+        let mark = format!("{}Orphaned", field.strip_suffix("Ids").unwrap_or(field));
+        Self {
+            collection,
+            kind,
+            field,
+            mark,
+            array: true,
+        }
+    }
+
+    /// The mark's path for `user` on a document, and the filter of this check's document that
+    /// still references `user` (so a call meant for another check is a no-op).
+    fn target(
+        &self,
+        tenant_id: uuid::Uuid,
+        reference: &crate::fullsync::Reference,
+    ) -> Option<(mongodb::bson::Document, String)> {
+        use mongodb::bson::doc;
+        let id = reference
+            .record
+            .strip_prefix(self.kind)?
+            .strip_prefix(':')?;
+        let user = reference.user_id.to_string();
+        let filter = doc! {"_id": id, "tenantId": tenant_id.to_string(), self.field: &user};
+        let path = if self.array {
+            format!("{}.{user}", self.mark)
+        } else {
+            self.mark.clone()
+        };
+        Some((filter, path))
     }
 }
 
 impl Integrity for FieldReferences {
     async fn references(&self, tenant_id: uuid::Uuid) -> Vec<crate::fullsync::Reference> {
-        use mongodb::bson::doc;
+        use mongodb::bson::{Bson, doc};
         let mut out = Vec::new();
         let found = self
             .collection
@@ -354,8 +398,13 @@ impl Integrity for FieldReferences {
             let Ok(d) = cursor.deserialize_current() else {
                 continue;
             };
-            let user = d.get_str(self.field).ok().and_then(|u| u.parse().ok());
-            if let (Ok(id), Some(user_id)) = (d.get_str("_id"), user) {
+            let Ok(id) = d.get_str("_id") else { continue };
+            let users: Vec<&str> = match d.get(self.field) {
+                Some(Bson::String(u)) if !self.array => vec![u.as_str()],
+                Some(Bson::Array(a)) if self.array => a.iter().filter_map(Bson::as_str).collect(),
+                _ => Vec::new(),
+            };
+            for user_id in users.into_iter().filter_map(|u| u.parse().ok()) {
                 out.push(crate::fullsync::Reference {
                     record: format!("{}:{id}", self.kind),
                     user_id,
@@ -366,25 +415,32 @@ impl Integrity for FieldReferences {
     }
 
     async fn on_orphan(&self, orphan: &crate::fullsync::Orphan) {
-        use crate::fullsync::OrphanReason;
         use mongodb::bson::doc;
-        let prefix = format!("{}:", self.kind);
-        let Some(id) = orphan.reference.record.strip_prefix(&prefix) else {
+        let Some((filter, path)) = self.target(orphan.tenant_id, &orphan.reference) else {
             return;
-        };
-        let reason = match orphan.reason {
-            OrphanReason::Missing => "missing",
-            OrphanReason::Inactive => "inactive",
         };
         let marked = self
             .collection
-            .update_one(
-                doc! {"_id": id, "tenantId": orphan.tenant_id.to_string()},
-                doc! {"$set": {&self.mark: reason}},
-            )
+            .update_one(filter, doc! {"$set": {path: orphan.reason.as_str()}})
             .await;
         if let Err(e) = marked {
             tracing::warn!(record = %orphan.reference.record, error = %e, "could not mark an orphan");
+        }
+    }
+
+    async fn on_live(&self, tenant_id: uuid::Uuid, reference: &crate::fullsync::Reference) {
+        use mongodb::bson::doc;
+        let Some((mut filter, path)) = self.target(tenant_id, reference) else {
+            return;
+        };
+        // Only documents that carry the mark: a live reference costs no write.
+        filter.insert(path.clone(), doc! {"$exists": true});
+        let cleared = self
+            .collection
+            .update_one(filter, doc! {"$unset": {path: ""}})
+            .await;
+        if let Err(e) = cleared {
+            tracing::warn!(record = %reference.record, error = %e, "could not clear an orphan mark");
         }
     }
 }

@@ -38,10 +38,23 @@ pub struct Reference {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OrphanReason {
-    /// The user does not exist upstream.
+    /// The user does not exist upstream (never did in this tenant, or was purged).
     Missing,
-    /// The user was deleted or deactivated upstream.
+    /// The user was deactivated upstream (and may be reactivated).
     Inactive,
+    /// The user was deleted upstream.
+    Deleted,
+}
+
+impl OrphanReason {
+    /// `missing`, `inactive` or `deleted`: what a mark on the app's record says.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrphanReason::Missing => "missing",
+            OrphanReason::Inactive => "inactive",
+            OrphanReason::Deleted => "deleted",
+        }
+    }
 }
 
 /// A reference to a user who is gone or inactive.
@@ -56,12 +69,36 @@ pub struct Orphan {
     pub reason: OrphanReason,
 }
 
-/// The app's side of the integrity pass.
+/// The app's side of the integrity pass. Checks compose: a tuple of checks is a check
+/// (`(owners, members)`), each seeing the outcome of every reference (a check ignores the
+/// records that are not its own).
 pub trait Integrity: Send + Sync + 'static {
     /// The app's records of `tenant_id` that point at users.
     fn references(&self, tenant_id: Uuid) -> impl Future<Output = Vec<Reference>> + Send;
     /// Apply the soft-delete policy to an orphaned record (keep it; mark the owner inactive).
     fn on_orphan(&self, orphan: &Orphan) -> impl Future<Output = ()> + Send;
+    /// The reference's user is live again (or always was): clear a mark left by an earlier
+    /// pass. By default, nothing.
+    fn on_live(&self, tenant_id: Uuid, reference: &Reference) -> impl Future<Output = ()> + Send {
+        let _ = (tenant_id, reference);
+        async {}
+    }
+}
+
+impl<A: Integrity, B: Integrity> Integrity for (A, B) {
+    async fn references(&self, tenant_id: Uuid) -> Vec<Reference> {
+        let mut all = self.0.references(tenant_id).await;
+        all.extend(self.1.references(tenant_id).await);
+        all
+    }
+    async fn on_orphan(&self, orphan: &Orphan) {
+        self.0.on_orphan(orphan).await;
+        self.1.on_orphan(orphan).await;
+    }
+    async fn on_live(&self, tenant_id: Uuid, reference: &Reference) {
+        self.0.on_live(tenant_id, reference).await;
+        self.1.on_live(tenant_id, reference).await;
+    }
 }
 
 /// An app with no references to check.
@@ -164,12 +201,16 @@ impl<S: TenantStore, I: Integrity> FullSync<S, I> {
                 .store
                 .get(EntityKind::User, tenant_id, reference.user_id)
                 .await?;
-            let reason = match user {
-                None => OrphanReason::Missing,
-                Some(u) if u.state["active"] == false || !u.state["deletedAt"].is_null() => {
-                    OrphanReason::Inactive
+            let person =
+                crate::store::Person::from(user.and_then(|u| serde_json::from_value(u.state).ok()));
+            let reason = match person {
+                crate::store::Person::Live(_) => {
+                    self.integrity.on_live(tenant_id, &reference).await;
+                    continue;
                 }
-                Some(_) => continue,
+                crate::store::Person::Deactivated(_) => OrphanReason::Inactive,
+                crate::store::Person::Deleted(_) => OrphanReason::Deleted,
+                crate::store::Person::Missing => OrphanReason::Missing,
             };
             let orphan = Orphan {
                 tenant_id,

@@ -20,7 +20,14 @@
 //! * `csrf`, `html` (feature `axum`) — the Origin check for cookie-authenticated writes and the
 //!   page layout, from the `sync-web` crate the wrapper shares.
 //!
-//! ## Example: keeping a store current
+//! These docs are built with every feature (`cargo doc -p sync-sdk --all-features`, and so on
+//! docs.rs); items behind a feature say which.
+//!
+//! **Start with [`guide`]: your first app**, from dependencies to a registered, routed,
+//! tested app. The examples below are the layers underneath, for those who embed the consumer
+//! without the app kit.
+//!
+//! ## Example: keeping a store current (low level)
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -100,6 +107,10 @@ pub mod store;
 #[cfg(feature = "axum")]
 pub mod web;
 pub mod wrapper_client;
+
+#[cfg(feature = "app")]
+#[doc = include_str!("../GUIDE.md")]
+pub mod guide {}
 
 /// The event contract (the `sync-contract` crate, shared with the wrapper).
 pub use sync_contract as contract;

@@ -30,6 +30,8 @@ pub struct Suite {
     pub hrms_url: String,
     /// The HRMS's full sync.
     pub hrms_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::FieldReferences>>,
+    /// Projects' full sync (owners and members checked).
+    pub projects_full_sync: Arc<FullSync<MongoStore, projects::Checks>>,
     stop: CancellationToken,
 }
 
@@ -68,6 +70,7 @@ impl Suite {
         })
         .await?;
         let projects_port = projects.addr().port();
+        let projects_full_sync = projects.full_sync();
         tokio::spawn(projects.run_until_stopped(stop.clone()));
         let wrapper_port: u16 = wrapper
             .url
@@ -88,6 +91,7 @@ impl Suite {
             nginx,
             crm_full_sync,
             hrms_full_sync,
+            projects_full_sync,
             crm_url: format!("http://127.0.0.1:{crm_port}"),
             hrms_url: format!("http://127.0.0.1:{hrms_port}"),
             stop,

@@ -31,7 +31,8 @@ pub struct Account {
     pub value: i64,
     /// Its owner, as the synced copy has them now.
     pub owner: Owner,
-    /// Why the owner is no longer a live user (`inactive` or `missing`), set by the full sync.
+    /// Why the owner is no longer a live user (`inactive`, `deleted` or `missing`), set by the
+    /// full sync and cleared by it once the owner is live again.
     pub owner_orphaned: Option<String>,
 }
 

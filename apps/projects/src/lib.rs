@@ -12,11 +12,10 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use sync_sdk::{
-    app::{AppArgs, AppKit, BoundApp},
+    app::{AppArgs, AppKit, BoundApp, FieldReferences},
     axum::{Router, routing::get},
     consumer::NoHandler,
     contract::AppManifest,
-    fullsync::NoIntegrity,
     mongodb::bson::{Document, doc},
 };
 
@@ -54,9 +53,7 @@ struct Projects {
 type AppState = sync_sdk::app::AppState<Projects>;
 
 /// Connect, register, bind: the app, ready to run.
-pub async fn build(
-    settings: Settings,
-) -> sync_sdk::anyhow::Result<BoundApp<NoHandler, NoIntegrity>> {
+pub async fn build(settings: Settings) -> sync_sdk::anyhow::Result<BoundApp<NoHandler, Checks>> {
     let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
     let projects = kit.collection("projects");
     projects
@@ -66,6 +63,12 @@ pub async fn build(
                 .build(),
         )
         .await?;
+    // The nightly integrity pass: owners and members gone upstream are kept and marked
+    // (`ownerOrphaned`, `memberOrphaned.<user id>`), and unmarked once live again.
+    let checks = (
+        FieldReferences::new(projects.clone(), "project", "ownerId"),
+        FieldReferences::array(projects.clone(), "project", "memberIds"),
+    );
     let state = kit.state(Projects { projects });
     let router = Router::new()
         .route("/", get(dashboard::dashboard))
@@ -73,5 +76,9 @@ pub async fn build(
         .route("/projects/{id}", get(projects::read))
         .route("/people", get(projects::people))
         .with_state(state);
-    kit.bind(settings.listen, router).await
+    kit.bind_with_integrity(settings.listen, router, checks)
+        .await
 }
+
+/// The app's integrity checks: project owners and project members.
+pub type Checks = (FieldReferences, FieldReferences);

@@ -34,6 +34,9 @@ pub struct Project {
     pub owner: Member,
     /// Who works on it.
     pub members: Vec<Member>,
+    /// What the nightly integrity pass found, by user id: `inactive`, `deleted` or `missing`
+    /// (cleared once the user is live again).
+    pub orphaned: std::collections::BTreeMap<String, String>,
 }
 
 /// A user referenced by a project, as the synced copy has them now.
@@ -82,7 +85,7 @@ fn ids(d: &Document, field: &str) -> Vec<Uuid> {
 impl Project {
     /// The project stored as `d`, its people looked up in the synced copy.
     pub async fn load(store: &MongoStore, tenant: Uuid, d: &Document) -> Self {
-        let owner = d
+        let owner: Uuid = d
             .get_str("ownerId")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -91,11 +94,23 @@ impl Project {
         for id in ids(d, "memberIds") {
             members.push(Member::load(store, tenant, id).await);
         }
+        let mut orphaned = std::collections::BTreeMap::new();
+        if let Ok(reason) = d.get_str("ownerOrphaned") {
+            orphaned.insert(owner.to_string(), reason.to_owned());
+        }
+        if let Ok(marks) = d.get_document("memberOrphaned") {
+            for (user, reason) in marks {
+                if let Some(reason) = reason.as_str() {
+                    orphaned.insert(user.clone(), reason.to_owned());
+                }
+            }
+        }
         Project {
             id: d.get_str("_id").unwrap_or_default().to_owned(),
             name: d.get_str("name").unwrap_or_default().to_owned(),
             owner: Member::load(store, tenant, owner).await,
             members,
+            orphaned,
         }
     }
 }

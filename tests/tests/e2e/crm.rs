@@ -226,7 +226,7 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
         .find(|o| o.reference.record == format!("account:{account_id}"))
         .unwrap_or_else(|| panic!("the account is reported: {report:?}"));
     assert_eq!(orphan.reference.user_id.to_string(), owner.to_string());
-    assert_eq!(orphan.reason, sync_sdk::fullsync::OrphanReason::Inactive);
+    assert_eq!(orphan.reason, sync_sdk::fullsync::OrphanReason::Deleted);
     assert_eq!(report.orphans.len(), 1, "only the deleted owner's account");
     let kept: Value = send(
         Method::GET,
@@ -238,7 +238,7 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     .await?
     .json()
     .await?;
-    assert_eq!(kept["ownerOrphaned"], "inactive", "{kept}");
+    assert_eq!(kept["ownerOrphaned"], "deleted", "{kept}");
     assert_eq!(kept["owner"]["name"], crm::DELETED_USER);
     // The HRMS keeps the employee record of the deleted user and reports it too.
     let report = suite.hrms_full_sync.run_once(|_, _| {}).await?;

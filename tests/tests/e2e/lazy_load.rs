@@ -420,7 +420,7 @@ async fn a_lost_delete_is_repaired_by_the_full_sync_and_the_orphan_reported() ->
     assert_eq!(
         named,
         vec![
-            ("account:1", OrphanReason::Inactive),
+            ("account:1", OrphanReason::Deleted),
             ("account:3", OrphanReason::Missing)
         ]
     );

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use sync_sdk::fullsync::OrphanReason;
 use tsync_e2e::{suite::Suite, wrapper_app::TestTenant, *};
 
 /// Requests to the edge as `tenant`'s host.
@@ -276,7 +277,17 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
         .await;
     let m = read_until("deactivated", ada, "status").await?;
     assert_eq!(m["email"], Value::Null);
-    // ...and cleared once reactivated.
+    // ...reported and marked by the nightly integrity pass...
+    let report = suite.projects_full_sync.run_once(|_, _| {}).await?;
+    let reasons: Vec<(uuid::Uuid, OrphanReason)> = report
+        .orphans
+        .iter()
+        .map(|o| (o.reference.user_id, o.reason))
+        .collect();
+    assert_eq!(reasons, vec![(ada, OrphanReason::Inactive)], "{report:?}");
+    let (_, p) = edge.send(Method::GET, &path, admin, None, None).await?;
+    assert_eq!(p["orphaned"], json!({ada.to_string(): "inactive"}));
+    // ...and cleared once reactivated (shown live at once, unmarked by the next pass).
     wrapper
         .send_ok(
             Method::PATCH,
@@ -286,6 +297,10 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
         )
         .await;
     read_until("live", ada, "status").await?;
+    let report = suite.projects_full_sync.run_once(|_, _| {}).await?;
+    assert!(report.orphans.is_empty(), "{report:?}");
+    let (_, p) = edge.send(Method::GET, &path, admin, None, None).await?;
+    assert_eq!(p["orphaned"], json!({}));
 
     // Deleted: reported as deleted, shown as "[Deleted User]".
     let (status, body) = wrapper
@@ -299,6 +314,15 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     assert!(status.is_success(), "{status} {body}");
     let m = read_until("deleted", bob, "status").await?;
     assert_eq!(m["name"], "[Deleted User]");
+    let report = suite.projects_full_sync.run_once(|_, _| {}).await?;
+    let reasons: Vec<(uuid::Uuid, OrphanReason)> = report
+        .orphans
+        .iter()
+        .map(|o| (o.reference.user_id, o.reason))
+        .collect();
+    assert_eq!(reasons, vec![(bob, OrphanReason::Deleted)], "{report:?}");
+    let (_, p) = edge.send(Method::GET, &path, admin, None, None).await?;
+    assert_eq!(p["orphaned"], json!({bob.to_string(): "deleted"}));
     // The SDK answers the app's liveness check, through the edge too.
     let (status, _) = edge
         .send(Method::GET, "/projects/health", &acme.admin, None, None)
