@@ -220,6 +220,7 @@ impl<H: Handler> AppKit<H> {
     ) -> anyhow::Result<BoundApp<H, I>> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let router = router
+            .layer(axum::middleware::from_fn(degraded_header))
             .merge(health(self.consumer.clone()))
             .layer(axum::middleware::from_fn(crate::http::problems_only));
         let full_sync = FullSync::new(self.loader.clone(), self.store.clone(), Arc::new(integrity));
@@ -306,6 +307,75 @@ impl<T> axum::extract::FromRef<AppState<T>> for Arc<crate::web::Pages> {
     fn from_ref(s: &AppState<T>) -> Self {
         s.pages.clone()
     }
+}
+
+/// The signed-in user of a request, for a tenant the app has loaded: take it instead of
+/// [`crate::auth::TenantUser`] and a handler runs only once the tenant is lazy-loaded, with no
+/// [`crate::http::serve_tenant`] to remember. While the wrapper is unreachable a loaded tenant
+/// is still served (the response carries `x-tsync-degraded`, added by the layer
+/// [`AppKit::bind`] installs); a tenant never loaded is refused with 503 and `Retry-After`.
+///
+/// ```no_run
+/// use sync_sdk::{app::{AppState, LoadedTenant}, axum::Json};
+///
+/// async fn whoami(tenant: LoadedTenant) -> Json<String> {
+///     Json(tenant.user.user_id.to_string())
+/// }
+/// # let _: sync_sdk::axum::routing::MethodRouter<AppState<()>> = sync_sdk::axum::routing::get(whoami);
+/// ```
+#[derive(Debug, Clone)]
+pub struct LoadedTenant {
+    /// The caller, bound to the request's tenant.
+    pub user: crate::auth::TenantUser,
+    /// The tenant's sync state (its snapshot and last applied seq).
+    pub sync: crate::store::SyncState,
+}
+
+impl LoadedTenant {
+    /// The tenant's id.
+    pub fn id(&self) -> uuid::Uuid {
+        self.user.tenant_id
+    }
+}
+
+/// Set by [`LoadedTenant`] when the tenant is served from local data; read by
+/// [`degraded_header`] once the handler answered.
+#[derive(Clone, Default)]
+struct Degraded(Arc<std::sync::atomic::AtomicBool>);
+
+impl<T: Send + Sync> axum::extract::FromRequestParts<AppState<T>> for LoadedTenant {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState<T>,
+    ) -> Result<Self, Self::Rejection> {
+        use axum::response::IntoResponse;
+        let user = crate::auth::TenantUser::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let availability = state.loader.availability(user.tenant_id).await;
+        let (sync, degraded) =
+            crate::http::served(user.tenant_id, availability).map_err(|refusal| *refusal)?;
+        if let (true, Some(flag)) = (degraded, parts.extensions.get::<Degraded>()) {
+            flag.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Self { user, sync })
+    }
+}
+
+/// The layer that marks responses served degraded by [`LoadedTenant`].
+async fn degraded_header(
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let flag = Degraded::default();
+    request.extensions_mut().insert(flag.clone());
+    let mut response = next.run(request).await;
+    if flag.0.load(std::sync::atomic::Ordering::Relaxed) {
+        crate::http::mark_degraded(&mut response);
+    }
+    response
 }
 
 /// The integrity pass over one field of an app collection that holds user ids (documents with

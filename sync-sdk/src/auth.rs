@@ -104,7 +104,15 @@ impl IntoResponse for AuthError {
             AuthError::NoTenant => StatusCode::BAD_REQUEST,
             AuthError::Keys(_) | AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        crate::http::problem(status, None, &self.to_string())
+        let mut response = crate::http::problem(status, None, &self.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // A dependency (the wrapper, Redis, the store) is away: worth retrying shortly.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        response
     }
 }
 

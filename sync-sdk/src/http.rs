@@ -229,16 +229,28 @@ where
     Fut: Future<Output = R>,
     R: IntoResponse,
 {
-    match loader.availability(tenant_id).await {
-        Ok(Availability::Fresh(state)) => handler(state).await.into_response(),
-        Ok(Availability::Degraded(state)) => {
+    match served(tenant_id, loader.availability(tenant_id).await) {
+        Ok((state, degraded)) => {
             let mut response = handler(state).await.into_response();
-            response.headers_mut().insert(
-                DEGRADED_HEADER,
-                HeaderValue::from_static("wrapper-unreachable"),
-            );
+            if degraded {
+                mark_degraded(&mut response);
+            }
             response
         }
+        Err(refusal) => *refusal,
+    }
+}
+
+/// What serving a tenant of this availability means: its sync state and whether it is served
+/// degraded (from the store, the wrapper unreachable), or the refusal to answer instead (503
+/// with `Retry-After` for a tenant never loaded, 404 for a tenant the wrapper does not know).
+pub(crate) fn served(
+    tenant_id: Uuid,
+    availability: Result<Availability, LoadError>,
+) -> Result<(SyncState, bool), Box<Response>> {
+    match availability {
+        Ok(Availability::Fresh(state)) => Ok((state, false)),
+        Ok(Availability::Degraded(state)) => Ok((state, true)),
         Ok(Availability::Unavailable { retry_after }) => {
             let mut response = problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -248,16 +260,28 @@ where
             if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
-            response
+            Err(Box::new(response))
         }
-        Err(LoadError::NotFound) => problem(StatusCode::NOT_FOUND, None, "no such tenant"),
+        Err(LoadError::NotFound) => Err(Box::new(problem(
+            StatusCode::NOT_FOUND,
+            None,
+            "no such tenant",
+        ))),
         Err(e) => {
             tracing::error!(%tenant_id, error = %e, "tenant could not be served");
-            problem(
+            Err(Box::new(problem(
                 StatusCode::SERVICE_UNAVAILABLE,
                 None,
                 "the tenant could not be loaded",
-            )
+            )))
         }
     }
+}
+
+/// Mark `response` as served from local data while the wrapper is unreachable.
+pub(crate) fn mark_degraded(response: &mut Response) {
+    response.headers_mut().insert(
+        DEGRADED_HEADER,
+        HeaderValue::from_static("wrapper-unreachable"),
+    );
 }

@@ -1,18 +1,21 @@
 //! The project API: list, create (charging credits, retry-safe with `Idempotency-Key`), read,
-//! and the people a project can have (the tenant's synced users).
+//! and the people a project can have (the tenant's synced users). Handlers take
+//! [`LoadedTenant`]: they run once the tenant is loaded (lazily, on its first visit), degrade
+//! when the wrapper is down, and answer problems through `?`.
 
 use serde::{Deserialize, Serialize};
 use sync_sdk::{
-    auth::TenantUser,
+    app::LoadedTenant,
     axum::{
         Json,
         extract::{Path, State},
-        response::{IntoResponse, Response},
+        http::StatusCode,
     },
     contract::UserState,
-    http::{AppError, AppResult, PageQuery, serve_tenant},
+    http::{AppError, AppResult, PageQuery},
     idempotency::{IdempotencyKey, insert_once},
     mongodb::bson::{Document, doc},
+    serde_json::Value,
     store::{Person, mongo::MongoStore, person, users},
     uuid::Uuid,
 };
@@ -115,19 +118,21 @@ impl Project {
     }
 }
 
-pub(crate) async fn list(State(s): State<AppState>, user: TenantUser, page: PageQuery) -> Response {
-    let t = user.tenant_id;
-    let limit = page.limit;
-    serve_tenant(&s.loader, t, |_| async {
-        let mut cursor = page.find(&s.projects, t).await?;
-        let mut items = Vec::new();
-        while cursor.advance().await? {
-            let project = Project::load(&s.store, t, &cursor.deserialize_current()?).await;
-            items.push(sync_sdk::serde_json::to_value(project).unwrap_or_default());
-        }
-        AppResult::Ok(Json(PageQuery::page(items, limit, |p| p["id"].clone())))
-    })
-    .await
+pub(crate) async fn list(
+    State(s): State<AppState>,
+    tenant: LoadedTenant,
+    page: PageQuery,
+) -> AppResult<Json<Value>> {
+    let t = tenant.id();
+    let mut cursor = page.find(&s.projects, t).await?;
+    let mut items = Vec::new();
+    while cursor.advance().await? {
+        let project = Project::load(&s.store, t, &cursor.deserialize_current()?).await;
+        items.push(sync_sdk::serde_json::to_value(project).unwrap_or_default());
+    }
+    Ok(Json(PageQuery::page(items, page.limit, |p| {
+        p["id"].clone()
+    })))
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,53 +166,45 @@ fn checked(bytes: &[u8]) -> AppResult<(String, Vec<Uuid>)> {
 /// the tenant pays `projects.create` at its price.
 pub(crate) async fn create(
     State(s): State<AppState>,
-    user: TenantUser,
     key: IdempotencyKey,
+    tenant: LoadedTenant,
     bytes: sync_sdk::axum::body::Bytes,
-) -> Response {
-    let t = user.tenant_id;
-    let (name, members) = match checked(&bytes) {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let id = key.resource_id(t);
-    serve_tenant(&s.loader, t, |_| async {
-        for (i, member) in members.iter().enumerate() {
-            if !matches!(person(&*s.store, t, *member).await, Person::Live(_)) {
-                return Err(AppError::Invalid {
-                    field: "memberIds",
-                    message: format!("memberIds[{i}] is not a live user of this tenant"),
-                });
-            }
+) -> AppResult<(StatusCode, Json<Project>)> {
+    let t = tenant.id();
+    let (name, members) = checked(&bytes)?;
+    for (i, member) in members.iter().enumerate() {
+        if !matches!(person(&*s.store, t, *member).await, Person::Live(_)) {
+            return Err(AppError::Invalid {
+                field: "memberIds",
+                message: format!("memberIds[{i}] is not a live user of this tenant"),
+            });
         }
-        s.credits
-            .consume(t, "projects", CREATE_PROJECT, &id.to_string(), 1)
-            .await?;
-        let member_ids: Vec<String> = members.iter().map(Uuid::to_string).collect();
-        let project = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
-        "ownerId": user.user_id.to_string(), "memberIds": member_ids};
-        let same = ["tenantId", "name", "ownerId", "memberIds"];
-        let (status, stored) = insert_once(&s.projects, project, &key, &same).await?;
-        Ok((status, Json(Project::load(&s.store, t, &stored).await)))
-    })
-    .await
+    }
+    // With an Idempotency-Key a retry names the same project and the same credit operation.
+    let id = key.resource_id(t);
+    s.credits
+        .consume(t, "projects", CREATE_PROJECT, &id.to_string(), 1)
+        .await?;
+    let member_ids: Vec<String> = members.iter().map(Uuid::to_string).collect();
+    let project = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
+    "ownerId": tenant.user.user_id.to_string(), "memberIds": member_ids};
+    let same = ["tenantId", "name", "ownerId", "memberIds"];
+    let (status, stored) = insert_once(&s.projects, project, &key, &same).await?;
+    Ok((status, Json(Project::load(&s.store, t, &stored).await)))
 }
 
 pub(crate) async fn read(
     State(s): State<AppState>,
-    user: TenantUser,
+    tenant: LoadedTenant,
     Path(id): Path<Uuid>,
-) -> Response {
-    let t = user.tenant_id;
-    serve_tenant(&s.loader, t, |_| async {
-        let found = s
-            .projects
-            .find_one(doc! {"_id": id.to_string(), "tenantId": t.to_string()})
-            .await?
-            .ok_or(AppError::NotFound("no such project"))?;
-        AppResult::Ok(Json(Project::load(&s.store, t, &found).await))
-    })
-    .await
+) -> AppResult<Json<Project>> {
+    let t = tenant.id();
+    let found = s
+        .projects
+        .find_one(doc! {"_id": id.to_string(), "tenantId": t.to_string()})
+        .await?
+        .ok_or(AppError::NotFound("no such project"))?;
+    Ok(Json(Project::load(&s.store, t, &found).await))
 }
 
 /// A person a project can have: the tenant's users as synced (for a member picker).
@@ -239,23 +236,22 @@ impl From<UserState> for Candidate {
 /// time.
 pub(crate) async fn people(
     State(s): State<AppState>,
-    user: TenantUser,
+    tenant: LoadedTenant,
     page: PageQuery,
-) -> Response {
-    let t = user.tenant_id;
-    let after = match page.cursor.as_deref().map(str::parse::<Uuid>).transpose() {
-        Ok(after) => after,
-        Err(_) => return AppError::invalid("cursor", "must be a user id").into_response(),
-    };
-    serve_tenant(&s.loader, t, |_| async {
-        let found: Vec<UserState> = users(&*s.store, t, after, page.limit + 1).await?;
-        let items = found
-            .into_iter()
-            .map(|u| sync_sdk::serde_json::to_value(Candidate::from(u)).unwrap_or_default())
-            .collect();
-        AppResult::Ok(Json(PageQuery::page(items, page.limit, |p| {
-            p["id"].clone()
-        })))
-    })
-    .await
+) -> AppResult<Json<Value>> {
+    let t = tenant.id();
+    let after = page
+        .cursor
+        .as_deref()
+        .map(str::parse::<Uuid>)
+        .transpose()
+        .map_err(|_| AppError::invalid("cursor", "must be a user id"))?;
+    let found: Vec<UserState> = users(&*s.store, t, after, page.limit + 1).await?;
+    let items = found
+        .into_iter()
+        .map(|u| sync_sdk::serde_json::to_value(Candidate::from(u)).unwrap_or_default())
+        .collect();
+    Ok(Json(PageQuery::page(items, page.limit, |p| {
+        p["id"].clone()
+    })))
 }

@@ -344,3 +344,41 @@ async fn service_token(suite: &Suite, app: &str) -> String {
     assert_eq!(status, StatusCode::OK, "{body}");
     body["accessToken"].as_str().unwrap().to_owned()
 }
+
+/// `LoadedTenant` makes lazy loading and degradation the default: with the wrapper down a
+/// tenant never loaded is refused with 503 and `Retry-After`, and a loaded one is still served,
+/// marked degraded (once the app has seen the wrapper fail, as the loader reports it).
+#[tokio::test]
+async fn with_the_wrapper_down_a_loaded_tenant_is_served_degraded() -> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let wrapper = &suite.wrapper;
+    let acme = wrapper.create_tenant("acme").await;
+    let globex = wrapper.create_tenant("globex").await;
+    let http = reqwest::Client::new();
+    let get = |t: &TestTenant| {
+        http.get(format!("{}/projects/projects", suite.nginx.url()))
+            .header("host", format!("{}.yourapp.test", t.subdomain))
+            .bearer_auth(&t.admin)
+            .send()
+    };
+    let first = get(&acme).await?;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(first.headers().get("x-tsync-degraded").is_none());
+
+    wrapper.stop();
+    // The first visit of globex needs the wrapper: refused, and the app now knows it is down.
+    let refused = get(&globex).await?;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers().get("retry-after").is_some());
+    let served = get(&acme).await?;
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(
+        served
+            .headers()
+            .get("x-tsync-degraded")
+            .map(|v| v.as_bytes()),
+        Some(&b"wrapper-unreachable"[..]),
+        "served from the store, marked degraded"
+    );
+    Ok(())
+}
