@@ -17,8 +17,11 @@ use crate::{
     store::mongo::MongoStore,
 };
 
-/// The prefix of the app's own collections ([`AppKit::collection`]).
-pub const APP_COLLECTION_PREFIX: &str = "app.";
+pub use crate::fullsync::FieldReferences;
+
+/// The integrity checks an app's manifest declares, as [`AppKit::bind`] runs them.
+pub type DeclaredChecks = Vec<FieldReferences>;
+pub use crate::store::mongo::APP_COLLECTION_PREFIX;
 
 /// Flags every app shares (`--help` of each app lists them).
 #[derive(Debug, Clone, clap::Args)]
@@ -96,6 +99,7 @@ pub struct AppKit<H> {
     redis: fred::clients::Client,
     keys: StreamKeys,
     name: String,
+    manifest: AppManifest,
     schedule: String,
 }
 
@@ -176,6 +180,7 @@ impl<H: Handler> AppKit<H> {
             redis,
             keys,
             name: name.to_owned(),
+            manifest: manifest.clone(),
             schedule: args.full_sync_schedule.clone(),
         })
     }
@@ -200,14 +205,16 @@ impl<H: Handler> AppKit<H> {
         }
     }
 
-    /// Bind `listen` for `router` (port 0 picks a free port). The nightly full sync checks no
-    /// references; see [`bind_with_integrity`](Self::bind_with_integrity).
+    /// Bind `listen` for `router` (port 0 picks a free port). The nightly full sync checks the
+    /// references the manifest declares ([`AppManifest::with_reference`]); for checks of your
+    /// own, see [`bind_with_integrity`](Self::bind_with_integrity).
     pub async fn bind(
         self,
         listen: std::net::SocketAddr,
         router: axum::Router,
-    ) -> anyhow::Result<BoundApp<H, NoIntegrity>> {
-        self.bind_with_integrity(listen, router, NoIntegrity).await
+    ) -> anyhow::Result<BoundApp<H, DeclaredChecks>> {
+        let checks = FieldReferences::declared(&self.database, &self.manifest);
+        self.bind_with_integrity(listen, router, checks).await
     }
 
     /// Bind `listen` for `router`; the nightly full sync also reports the app's references to
@@ -376,143 +383,6 @@ async fn degraded_header(
         crate::http::mark_degraded(&mut response);
     }
     response
-}
-
-/// The integrity pass over one field of an app collection that holds user ids (documents with
-/// `_id`, `tenantId` and the field), either one id ([`FieldReferences::new`], e.g. `ownerId`) or
-/// an array of ids ([`FieldReferences::array`], e.g. `memberIds`). Each (document, user) is a
-/// reference `"<kind>:<_id>"`. An orphan is kept (the soft-delete policy) and marked with the
-/// reason (`inactive`, `deleted` or `missing`): for a single id in `<field without Id>Orphaned`
-/// (`ownerId` → `ownerOrphaned`), for an array per user in `<field without Ids>Orphaned.<user id>`
-/// (`memberIds` → `memberOrphaned.<id>`). A mark is cleared when a later pass finds the user
-/// live again. Several checks combine as a tuple: `(owners, members)`.
-#[derive(Clone)]
-pub struct FieldReferences {
-    collection: mongodb::Collection<mongodb::bson::Document>,
-    kind: &'static str,
-    field: &'static str,
-    mark: String,
-    array: bool,
-}
-
-impl FieldReferences {
-    /// References in the single-id `field` of `collection`, reported as `kind:<_id>`.
-    pub fn new(
-        collection: mongodb::Collection<mongodb::bson::Document>,
-        kind: &'static str,
-        field: &'static str,
-    ) -> Self {
-        let mark = format!("{}Orphaned", field.strip_suffix("Id").unwrap_or(field));
-        Self {
-            collection,
-            kind,
-            field,
-            mark,
-            array: false,
-        }
-    }
-
-    /// References in `field`, an array of user ids, of `collection`: one reference per element.
-    pub fn array(
-        collection: mongodb::Collection<mongodb::bson::Document>,
-        kind: &'static str,
-        field: &'static str,
-    ) -> Self {
-        let mark = format!("{}Orphaned", field.strip_suffix("Ids").unwrap_or(field));
-        Self {
-            collection,
-            kind,
-            field,
-            mark,
-            array: true,
-        }
-    }
-
-    /// The mark's path for `user` on a document, and the filter of this check's document that
-    /// still references `user` (so a call meant for another check is a no-op).
-    fn target(
-        &self,
-        tenant_id: uuid::Uuid,
-        reference: &crate::fullsync::Reference,
-    ) -> Option<(mongodb::bson::Document, String)> {
-        use mongodb::bson::doc;
-        let id = reference
-            .record
-            .strip_prefix(self.kind)?
-            .strip_prefix(':')?;
-        let user = reference.user_id.to_string();
-        let filter = doc! {"_id": id, "tenantId": tenant_id.to_string(), self.field: &user};
-        let path = if self.array {
-            format!("{}.{user}", self.mark)
-        } else {
-            self.mark.clone()
-        };
-        Some((filter, path))
-    }
-}
-
-impl Integrity for FieldReferences {
-    async fn references(&self, tenant_id: uuid::Uuid) -> Vec<crate::fullsync::Reference> {
-        use mongodb::bson::{Bson, doc};
-        let mut out = Vec::new();
-        let found = self
-            .collection
-            .find(doc! {"tenantId": tenant_id.to_string()})
-            .projection(doc! {self.field: 1})
-            .await;
-        let Ok(mut cursor) = found else {
-            tracing::warn!(%tenant_id, kind = self.kind, "integrity pass could not read references");
-            return out;
-        };
-        while cursor.advance().await.unwrap_or(false) {
-            let Ok(d) = cursor.deserialize_current() else {
-                continue;
-            };
-            let Ok(id) = d.get_str("_id") else { continue };
-            let users: Vec<&str> = match d.get(self.field) {
-                Some(Bson::String(u)) if !self.array => vec![u.as_str()],
-                Some(Bson::Array(a)) if self.array => a.iter().filter_map(Bson::as_str).collect(),
-                _ => Vec::new(),
-            };
-            for user_id in users.into_iter().filter_map(|u| u.parse().ok()) {
-                out.push(crate::fullsync::Reference {
-                    record: format!("{}:{id}", self.kind),
-                    user_id,
-                });
-            }
-        }
-        out
-    }
-
-    async fn on_orphan(&self, orphan: &crate::fullsync::Orphan) {
-        use mongodb::bson::doc;
-        let Some((filter, path)) = self.target(orphan.tenant_id, &orphan.reference) else {
-            return;
-        };
-        let marked = self
-            .collection
-            .update_one(filter, doc! {"$set": {path: orphan.reason.as_str()}})
-            .await;
-        if let Err(e) = marked {
-            tracing::warn!(record = %orphan.reference.record, error = %e, "could not mark an orphan");
-        }
-    }
-
-    async fn on_live(&self, tenant_id: uuid::Uuid, reference: &crate::fullsync::Reference) {
-        use mongodb::bson::doc;
-        let Some((mut filter, path)) = self.target(tenant_id, reference) else {
-            return;
-        };
-        // Only documents that carry the mark: a live reference costs no write.
-        filter.insert(path.clone(), doc! {"$exists": true});
-        let cleared = self
-            .collection
-            .update_one(filter, doc! {"$unset": {path: ""}})
-            .await;
-        if let Err(e) = cleared {
-            tracing::warn!(record = %reference.record, error = %e, "could not clear an orphan mark");
-        }
-    }
 }
 
 /// An app bound to its port, ready to serve and consume.

@@ -85,6 +85,26 @@ pub trait Integrity: Send + Sync + 'static {
     }
 }
 
+impl<I: Integrity> Integrity for Vec<I> {
+    async fn references(&self, tenant_id: Uuid) -> Vec<Reference> {
+        let mut all = Vec::new();
+        for check in self {
+            all.extend(check.references(tenant_id).await);
+        }
+        all
+    }
+    async fn on_orphan(&self, orphan: &Orphan) {
+        for check in self {
+            check.on_orphan(orphan).await;
+        }
+    }
+    async fn on_live(&self, tenant_id: Uuid, reference: &Reference) {
+        for check in self {
+            check.on_live(tenant_id, reference).await;
+        }
+    }
+}
+
 impl<A: Integrity, B: Integrity> Integrity for (A, B) {
     async fn references(&self, tenant_id: Uuid) -> Vec<Reference> {
         let mut all = self.0.references(tenant_id).await;
@@ -302,3 +322,176 @@ impl RedisLock {
         Ok(released == 1)
     }
 }
+
+#[cfg(feature = "mongo")]
+mod field_references {
+    use super::*;
+
+    /// The integrity pass over one field of an app collection that holds user ids (documents with
+    /// `_id`, `tenantId` and the field), either one id ([`FieldReferences::new`], e.g. `ownerId`) or
+    /// an array of ids ([`FieldReferences::array`], e.g. `memberIds`). Each (document, user) is a
+    /// reference `"<kind>:<_id>"`. An orphan is kept (the soft-delete policy) and marked with the
+    /// reason (`inactive`, `deleted` or `missing`): for a single id in `<field without Id>Orphaned`
+    /// (`ownerId` → `ownerOrphaned`), for an array per user in `<field without Ids>Orphaned.<user id>`
+    /// (`memberIds` → `memberOrphaned.<id>`). A mark is cleared when a later pass finds the user
+    /// live again. Several checks combine as a tuple: `(owners, members)`.
+    #[derive(Clone)]
+    pub struct FieldReferences {
+        collection: mongodb::Collection<mongodb::bson::Document>,
+        kind: String,
+        field: String,
+        mark: String,
+        array: bool,
+    }
+
+    impl FieldReferences {
+        /// References in the single-id `field` of `collection`, reported as `kind:<_id>`.
+        pub fn new(
+            collection: mongodb::Collection<mongodb::bson::Document>,
+            kind: &str,
+            field: &str,
+        ) -> Self {
+            let mark = format!("{}Orphaned", field.strip_suffix("Id").unwrap_or(field));
+            Self {
+                collection,
+                kind: kind.to_owned(),
+                field: field.to_owned(),
+                mark,
+                array: false,
+            }
+        }
+
+        /// References in `field`, an array of user ids, of `collection`: one reference per element.
+        pub fn array(
+            collection: mongodb::Collection<mongodb::bson::Document>,
+            kind: &str,
+            field: &str,
+        ) -> Self {
+            let mark = format!("{}Orphaned", field.strip_suffix("Ids").unwrap_or(field));
+            Self {
+                collection,
+                kind: kind.to_owned(),
+                field: field.to_owned(),
+                mark,
+                array: true,
+            }
+        }
+
+        /// The mark's path for `user` on a document, and the filter of this check's document that
+        /// still references `user` (so a call meant for another check is a no-op).
+        fn target(
+            &self,
+            tenant_id: uuid::Uuid,
+            reference: &Reference,
+        ) -> Option<(mongodb::bson::Document, String)> {
+            use mongodb::bson::doc;
+            let id = reference
+                .record
+                .strip_prefix(self.kind.as_str())?
+                .strip_prefix(':')?;
+            let user = reference.user_id.to_string();
+            let filter = doc! {"_id": id, "tenantId": tenant_id.to_string(), &self.field: &user};
+            let path = if self.array {
+                format!("{}.{user}", self.mark)
+            } else {
+                self.mark.clone()
+            };
+            Some((filter, path))
+        }
+    }
+
+    impl Integrity for FieldReferences {
+        async fn references(&self, tenant_id: uuid::Uuid) -> Vec<Reference> {
+            use mongodb::bson::{Bson, doc};
+            let mut out = Vec::new();
+            let found = self
+                .collection
+                .find(doc! {"tenantId": tenant_id.to_string()})
+                .projection(doc! {&self.field: 1})
+                .await;
+            let Ok(mut cursor) = found else {
+                tracing::warn!(%tenant_id, kind = %self.kind, "integrity pass could not read references");
+                return out;
+            };
+            while cursor.advance().await.unwrap_or(false) {
+                let Ok(d) = cursor.deserialize_current() else {
+                    continue;
+                };
+                let Ok(id) = d.get_str("_id") else { continue };
+                let users: Vec<&str> = match d.get(&self.field) {
+                    Some(Bson::String(u)) if !self.array => vec![u.as_str()],
+                    Some(Bson::Array(a)) if self.array => {
+                        a.iter().filter_map(Bson::as_str).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                for user_id in users.into_iter().filter_map(|u| u.parse().ok()) {
+                    out.push(Reference {
+                        record: format!("{}:{id}", self.kind),
+                        user_id,
+                    });
+                }
+            }
+            out
+        }
+
+        async fn on_orphan(&self, orphan: &Orphan) {
+            use mongodb::bson::doc;
+            let Some((filter, path)) = self.target(orphan.tenant_id, &orphan.reference) else {
+                return;
+            };
+            let marked = self
+                .collection
+                .update_one(filter, doc! {"$set": {path: orphan.reason.as_str()}})
+                .await;
+            if let Err(e) = marked {
+                tracing::warn!(record = %orphan.reference.record, error = %e, "could not mark an orphan");
+            }
+        }
+
+        async fn on_live(&self, tenant_id: uuid::Uuid, reference: &Reference) {
+            use mongodb::bson::doc;
+            let Some((mut filter, path)) = self.target(tenant_id, reference) else {
+                return;
+            };
+            // Only documents that carry the mark: a live reference costs no write.
+            filter.insert(path.clone(), doc! {"$exists": true});
+            let cleared = self
+                .collection
+                .update_one(filter, doc! {"$unset": {path: ""}})
+                .await;
+            if let Err(e) = cleared {
+                tracing::warn!(record = %reference.record, error = %e, "could not clear an orphan mark");
+            }
+        }
+    }
+
+    impl FieldReferences {
+        /// The checks `manifest` declares, over its collections in `database` (the app's own
+        /// collections, under [`crate::store::mongo::APP_COLLECTION_PREFIX`]): what the app runs
+        /// nightly and what `tsync full-sync` runs for it.
+        pub fn declared(
+            database: &mongodb::Database,
+            manifest: &crate::contract::AppManifest,
+        ) -> Vec<Self> {
+            manifest
+                .references
+                .iter()
+                .map(|r| {
+                    let collection = database.collection(&format!(
+                        "{}{}",
+                        crate::store::mongo::APP_COLLECTION_PREFIX,
+                        r.collection
+                    ));
+                    if r.many {
+                        Self::array(collection, &r.kind, &r.field)
+                    } else {
+                        Self::new(collection, &r.kind, &r.field)
+                    }
+                })
+                .collect()
+        }
+    }
+}
+#[cfg(feature = "mongo")]
+pub use field_references::FieldReferences;

@@ -251,6 +251,16 @@ impl WrapperClient {
         }
     }
 
+    /// The manifest `app` registered, if it did.
+    pub async fn manifest(
+        &self,
+        app: &str,
+    ) -> Result<Option<sync_contract::AppManifest>, LoadError> {
+        let url = format!("{}/api/apps", self.config.base_url);
+        let apps: Vec<sync_contract::AppManifest> = self.get_json(&url).await?;
+        Ok(apps.into_iter().find(|a| a.name == app))
+    }
+
     /// Consume `quantity` operations directly at the wrapper, which prices them (idempotent by
     /// `operation_id`). `Ok(Err(_))` is a refusal: insufficient credits (nothing charged) or an
     /// operation without a price; the receipt is the ledger entry.

@@ -23,15 +23,17 @@ pub struct Suite {
     /// The edge.
     pub nginx: Nginx,
     /// The CRM's full sync (what its nightly schedule runs), to run on demand.
-    pub crm_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::FieldReferences>>,
+    pub crm_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::DeclaredChecks>>,
     /// `http://127.0.0.1:<port>` of the CRM itself (behind nginx; for benchmarks).
     pub crm_url: String,
     /// `http://127.0.0.1:<port>` of the HRMS itself.
     pub hrms_url: String,
     /// The HRMS's full sync.
-    pub hrms_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::FieldReferences>>,
+    pub hrms_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::DeclaredChecks>>,
+    /// Projects' MongoDB database (its synced copy and its `app.` collections).
+    pub projects_db: mongodb::Database,
     /// Projects' full sync (owners and members checked).
-    pub projects_full_sync: Arc<FullSync<MongoStore, projects::Checks>>,
+    pub projects_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::DeclaredChecks>>,
     stop: CancellationToken,
 }
 
@@ -64,9 +66,13 @@ impl Suite {
         let hrms_port = hrms.addr().port();
         let hrms_full_sync = hrms.full_sync();
         tokio::spawn(hrms.run_until_stopped(stop.clone()));
+        let projects_args = app_args(&wrapper, SERVICE_SECRET);
+        let projects_db = mongodb::Client::with_uri_str(&projects_args.mongodb_url)
+            .await?
+            .database(projects_args.mongo_db.as_deref().unwrap_or("projects"));
         let projects = projects::build(projects::Settings {
             listen: "127.0.0.1:0".parse()?,
-            app: app_args(&wrapper, SERVICE_SECRET),
+            app: projects_args,
         })
         .await?;
         let projects_port = projects.addr().port();
@@ -92,6 +98,7 @@ impl Suite {
             crm_full_sync,
             hrms_full_sync,
             projects_full_sync,
+            projects_db,
             crm_url: format!("http://127.0.0.1:{crm_port}"),
             hrms_url: format!("http://127.0.0.1:{hrms_port}"),
             stop,

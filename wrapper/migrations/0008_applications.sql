@@ -5,6 +5,8 @@ create table applications (
     display_name  text not null,
     public_path   text not null unique,
     feature       text,
+    -- Its declared integrity checks (fields of its collections holding user ids), as JSON.
+    "references"  jsonb not null default '[]',
     registered_at timestamptz not null default now(),
     updated_at    timestamptz not null default now()
 );

@@ -18,7 +18,7 @@ use mongodb::{
     bson::{Document, doc},
 };
 use sync_sdk::{
-    app::{AppArgs, AppKit, BoundApp, FieldReferences},
+    app::{AppArgs, AppKit, BoundApp, DeclaredChecks},
     consumer::NoHandler,
     contract::AppManifest,
 };
@@ -37,6 +37,9 @@ pub fn manifest() -> AppManifest {
     AppManifest::new("crm", "CRM")
         .requiring_feature("crm")
         .with_operation(CREATE_ACCOUNT, DEFAULT_COST)
+        // The nightly integrity pass: accounts whose owner is gone upstream are kept and
+        // marked `ownerOrphaned`.
+        .with_reference("account", "accounts", "ownerId")
 }
 /// Shown for owners deleted or missing upstream.
 pub const DELETED_USER: &str = "[Deleted User]";
@@ -61,7 +64,7 @@ struct Crm {
 type AppState = sync_sdk::app::AppState<Crm>;
 
 /// Connect, create indexes and groups, bind: the app, ready to run.
-pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
+pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, DeclaredChecks>> {
     let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
     let accounts = kit.collection("accounts");
     accounts
@@ -71,15 +74,11 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
                 .build(),
         )
         .await?;
-    // The nightly integrity pass: accounts whose owner is gone upstream are kept and marked
-    // `ownerOrphaned`.
-    let owners = FieldReferences::new(accounts.clone(), "account", "ownerId");
     let state = kit.state(Crm { accounts });
     let router = Router::new()
         .route("/", get(dashboard))
         .route("/accounts", get(list).post(create))
         .route("/accounts/{id}", get(read).patch(update).delete(remove))
         .with_state(state);
-    kit.bind_with_integrity(settings.listen, router, owners)
-        .await
+    kit.bind(settings.listen, router).await
 }

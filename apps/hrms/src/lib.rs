@@ -10,7 +10,7 @@ use axum::{Router, routing::get};
 use clap::Parser;
 use mongodb::bson::{Document, doc};
 use sync_sdk::{
-    app::{AppArgs, AppKit, BoundApp, FieldReferences},
+    app::{AppArgs, AppKit, BoundApp, DeclaredChecks},
     consumer::NoHandler,
     contract::AppManifest,
 };
@@ -23,7 +23,11 @@ pub const ADMIN_PERMISSION: &str = "tenant.admin";
 
 /// What the HRMS tells the wrapper about itself at start-up (it charges no credits).
 pub fn manifest() -> AppManifest {
-    AppManifest::new("hrms", "HRMS").requiring_feature("hrms")
+    AppManifest::new("hrms", "HRMS")
+        .requiring_feature("hrms")
+        // The nightly integrity pass: employees whose user is gone upstream are kept and
+        // marked `userOrphaned`.
+        .with_reference("employee", "employees", "userId")
 }
 
 /// HRMS settings (`hrms --help`).
@@ -46,7 +50,7 @@ struct Hrms {
 type AppState = sync_sdk::app::AppState<Hrms>;
 
 /// Connect, prepare, bind: the app, ready to run.
-pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, FieldReferences>> {
+pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, DeclaredChecks>> {
     let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
     let employees = kit.collection("employees");
     employees
@@ -56,14 +60,10 @@ pub async fn build(settings: Settings) -> anyhow::Result<BoundApp<NoHandler, Fie
                 .build(),
         )
         .await?;
-    let references = FieldReferences::new(employees.clone(), "employee", "userId");
     let state = kit.state(Hrms { employees });
     let router = Router::new()
         .route("/", get(dashboard))
         .route("/employees", get(list).post(create))
         .with_state(state);
-    // The nightly integrity pass: employees whose user is gone upstream are kept and marked
-    // `userOrphaned`.
-    kit.bind_with_integrity(settings.listen, router, references)
-        .await
+    kit.bind(settings.listen, router).await
 }

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use sync_sdk::{
-    app::{AppArgs, AppKit, BoundApp, FieldReferences},
+    app::{AppArgs, AppKit, BoundApp, DeclaredChecks},
     axum::{Router, routing::get},
     consumer::NoHandler,
     contract::AppManifest,
@@ -27,6 +27,10 @@ pub fn manifest() -> AppManifest {
     AppManifest::new("projects", "Projects")
         .requiring_feature("projects")
         .with_operation(CREATE_PROJECT, 20)
+        // The nightly integrity pass: owners and members gone upstream are kept and marked
+        // (`ownerOrphaned`, `memberOrphaned.<user id>`), and unmarked once live again.
+        .with_reference("project", "projects", "ownerId")
+        .with_references("project", "projects", "memberIds")
 }
 
 /// Settings (`projects --help`).
@@ -53,7 +57,9 @@ struct Projects {
 type AppState = sync_sdk::app::AppState<Projects>;
 
 /// Connect, register, bind: the app, ready to run.
-pub async fn build(settings: Settings) -> sync_sdk::anyhow::Result<BoundApp<NoHandler, Checks>> {
+pub async fn build(
+    settings: Settings,
+) -> sync_sdk::anyhow::Result<BoundApp<NoHandler, DeclaredChecks>> {
     let kit = AppKit::start(manifest(), &settings.app, NoHandler).await?;
     let projects = kit.collection("projects");
     projects
@@ -63,12 +69,6 @@ pub async fn build(settings: Settings) -> sync_sdk::anyhow::Result<BoundApp<NoHa
                 .build(),
         )
         .await?;
-    // The nightly integrity pass: owners and members gone upstream are kept and marked
-    // (`ownerOrphaned`, `memberOrphaned.<user id>`), and unmarked once live again.
-    let checks = (
-        FieldReferences::new(projects.clone(), "project", "ownerId"),
-        FieldReferences::array(projects.clone(), "project", "memberIds"),
-    );
     let state = kit.state(Projects { projects });
     let router = Router::new()
         .route("/", get(dashboard::dashboard))
@@ -76,9 +76,5 @@ pub async fn build(settings: Settings) -> sync_sdk::anyhow::Result<BoundApp<NoHa
         .route("/projects/{id}", get(projects::read))
         .route("/people", get(projects::people))
         .with_state(state);
-    kit.bind_with_integrity(settings.listen, router, checks)
-        .await
+    kit.bind(settings.listen, router).await
 }
-
-/// The app's integrity checks: project owners and project members.
-pub type Checks = (FieldReferences, FieldReferences);

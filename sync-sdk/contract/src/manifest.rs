@@ -34,6 +34,26 @@ pub struct AppManifest {
     /// The operations it may consume credits for, with their default price.
     #[serde(default)]
     pub operations: Vec<PaidOperation>,
+    /// Where its own data points at users: what the nightly integrity pass (in the app and in
+    /// `tsync full-sync`) checks.
+    #[serde(default)]
+    pub references: Vec<ReferenceCheck>,
+}
+
+/// A field of an app collection that holds user ids, declared for the integrity pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReferenceCheck {
+    /// What a record is called in reports, e.g. `account` (`account:<id>`).
+    pub kind: String,
+    /// The app's collection, e.g. `accounts`.
+    pub collection: String,
+    /// The field holding the user id(s), e.g. `ownerId`.
+    pub field: String,
+    /// The field holds an array of user ids (e.g. `memberIds`) rather than one.
+    #[serde(default)]
+    pub many: bool,
 }
 
 /// A paid operation an app declares: its code and the price a tenant pays unless the
@@ -57,7 +77,30 @@ impl AppManifest {
             public_path: format!("/{name}/"),
             feature: None,
             operations: Vec::new(),
+            references: Vec::new(),
         }
+    }
+
+    /// Declares that `field` of `collection` holds one user id (`kind` names its records).
+    pub fn with_reference(mut self, kind: &str, collection: &str, field: &str) -> Self {
+        self.references.push(ReferenceCheck {
+            kind: kind.to_owned(),
+            collection: collection.to_owned(),
+            field: field.to_owned(),
+            many: false,
+        });
+        self
+    }
+
+    /// Declares that `field` of `collection` holds an array of user ids.
+    pub fn with_references(mut self, kind: &str, collection: &str, field: &str) -> Self {
+        self.references.push(ReferenceCheck {
+            kind: kind.to_owned(),
+            collection: collection.to_owned(),
+            field: field.to_owned(),
+            many: true,
+        });
+        self
     }
 
     /// Served under `path` instead of `/{name}/`.

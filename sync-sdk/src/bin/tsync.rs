@@ -7,7 +7,7 @@ use std::{io::Write, sync::Arc, time::Duration};
 use sync_sdk::{
     contract::StreamKeys,
     dlq::{self, Filter},
-    fullsync::{FullSync, NoIntegrity},
+    fullsync::{FieldReferences, FullSync, Integrity, NoIntegrity},
     loader::{Loader, WrapperClient, WrapperConfig},
     store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
 };
@@ -140,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
             store_url,
             mongo_db,
         } => {
+            let app_name = app.clone();
             let client = WrapperClient::new(WrapperConfig {
                 base_url: wrapper_url,
                 client_id: app,
@@ -147,14 +148,25 @@ async fn main() -> anyhow::Result<()> {
                 page_size: 5_000,
                 timeout: Duration::from_secs(30),
             });
+            // The integrity checks the app declared in its manifest: the same the app runs.
+            let manifest = client.manifest(&app_name).await?;
             if store_url.starts_with("mongodb") {
                 let db = mongodb::Client::with_uri_str(&store_url)
                     .await?
                     .database(&mongo_db);
-                full_sync(client, Arc::new(MongoStore::new(db))).await?;
+                let checks = manifest
+                    .map(|m| FieldReferences::declared(&db, &m))
+                    .unwrap_or_default();
+                eprintln!("integrity checks declared by {app_name}: {}", checks.len());
+                full_sync(client, Arc::new(MongoStore::new(db)), checks).await?;
             } else {
+                if manifest.is_some_and(|m| !m.references.is_empty()) {
+                    eprintln!(
+                        "the app's declared integrity checks read MongoDB collections: not run on a Postgres store"
+                    );
+                }
                 let pool = sqlx::PgPool::connect(&store_url).await?;
-                full_sync(client, Arc::new(PostgresStore::new(pool))).await?;
+                full_sync(client, Arc::new(PostgresStore::new(pool)), NoIntegrity).await?;
             }
         }
         Command::Dlq { app, action } => match action {
@@ -195,10 +207,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run one full sync with a progress bar on stderr, then print the report as JSON.
-async fn full_sync<S: TenantStore>(client: WrapperClient, store: Arc<S>) -> anyhow::Result<()> {
+/// Run one full sync (with the app's integrity checks) with a progress bar on stderr, then
+/// print the report as JSON.
+async fn full_sync<S: TenantStore, I: Integrity>(
+    client: WrapperClient,
+    store: Arc<S>,
+    integrity: I,
+) -> anyhow::Result<()> {
     let loader = Loader::new(client, store.clone());
-    let full = FullSync::new(loader, store, Arc::new(NoIntegrity));
+    let full = FullSync::new(loader, store, Arc::new(integrity));
     let report = full
         .run_once(|done, total| {
             let width = 30;

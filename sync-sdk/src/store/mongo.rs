@@ -22,6 +22,10 @@ use super::{
 };
 use crate::contract::Envelope;
 
+/// The prefix of an app's own collections in its database (`app.accounts`), a namespace apart
+/// from the SDK's synced copy (`users`, `roles`, `settings`, `tsync_*`, …).
+pub const APP_COLLECTION_PREFIX: &str = "app.";
+
 /// A MongoDB-backed store.
 #[derive(Debug, Clone)]
 pub struct MongoStore {

@@ -323,6 +323,15 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     assert_eq!(reasons, vec![(bob, OrphanReason::Deleted)], "{report:?}");
     let (_, p) = edge.send(Method::GET, &path, admin, None, None).await?;
     assert_eq!(p["orphaned"], json!({bob.to_string(): "deleted"}));
+    // `tsync full-sync` runs the same checks: the ones the app declared in its manifest, read
+    // back from the wrapper.
+    let report = cli_full_sync(&suite).await?;
+    let reasons: Vec<(uuid::Uuid, OrphanReason)> = report
+        .orphans
+        .iter()
+        .map(|o| (o.reference.user_id, o.reason))
+        .collect();
+    assert_eq!(reasons, vec![(bob, OrphanReason::Deleted)], "{report:?}");
     // The SDK answers the app's liveness check, through the edge too.
     let (status, _) = edge
         .send(Method::GET, "/projects/health", &acme.admin, None, None)
@@ -381,4 +390,31 @@ async fn with_the_wrapper_down_a_loaded_tenant_is_served_degraded() -> anyhow::R
         "served from the store, marked degraded"
     );
     Ok(())
+}
+
+/// A full sync built the way `tsync full-sync` builds it: the app's manifest fetched from the
+/// wrapper with its service credentials, its declared checks over its database.
+async fn cli_full_sync(suite: &Suite) -> anyhow::Result<sync_sdk::fullsync::Report> {
+    use std::sync::Arc;
+    use sync_sdk::{
+        fullsync::{FieldReferences, FullSync},
+        loader::{Loader, WrapperClient, WrapperConfig},
+        store::mongo::MongoStore,
+    };
+    let client = WrapperClient::new(WrapperConfig {
+        base_url: suite.wrapper.url.clone(),
+        client_id: "projects".into(),
+        client_secret: suite::SERVICE_SECRET.into(),
+        page_size: 1000,
+        timeout: Duration::from_secs(10),
+    });
+    let manifest = client
+        .manifest("projects")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("projects is registered"))?;
+    assert_eq!(manifest.references.len(), 2, "owner and members");
+    let checks = FieldReferences::declared(&suite.projects_db, &manifest);
+    let store = Arc::new(MongoStore::new(suite.projects_db.clone()));
+    let full = FullSync::new(Loader::new(client, store.clone()), store, Arc::new(checks));
+    Ok(full.run_once(|_, _| {}).await?)
 }

@@ -17,6 +17,8 @@ use crate::{
 
 /// Most operations one app may declare.
 pub(crate) const MAX_OPERATIONS: usize = 200;
+/// Most integrity checks one app may declare.
+pub(crate) const MAX_REFERENCES: usize = 50;
 
 /// `manifest` checked field by field (the first fault is named), trimmed.
 pub(crate) fn checked(name: &str, manifest: AppManifest) -> ApiResult<AppManifest> {
@@ -74,26 +76,54 @@ pub(crate) fn checked(name: &str, manifest: AppManifest) -> ApiResult<AppManifes
             default_cost: op.default_cost,
         });
     }
+    if manifest.references.len() > MAX_REFERENCES {
+        return Err(ApiError::invalid(
+            "references",
+            format!("at most {MAX_REFERENCES} references"),
+        ));
+    }
+    for (i, r) in manifest.references.iter().enumerate() {
+        for (name, value) in [
+            ("kind", &r.kind),
+            ("collection", &r.collection),
+            ("field", &r.field),
+        ] {
+            let ok = (1..=60).contains(&value.len())
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !ok {
+                return Err(ApiError::invalid(
+                    &format!("references[{i}].{name}"),
+                    "must be 1-60 letters, digits, '_' or '-'",
+                ));
+            }
+        }
+    }
     Ok(AppManifest {
         name,
         display_name,
         public_path: format!("/{segment}/"),
         feature,
         operations,
+        references: manifest.references,
     })
 }
 
 /// Store `manifest` (replacing the app's earlier one and its operations).
 pub(crate) async fn register(tx: &mut PgConnection, manifest: &AppManifest) -> ApiResult<()> {
     sqlx::query(
-        "insert into applications (name, display_name, public_path, feature) values ($1, $2, $3, $4)
+        "insert into applications (name, display_name, public_path, feature, \"references\")
+         values ($1, $2, $3, $4, $5)
          on conflict (name) do update set display_name = excluded.display_name,
-           public_path = excluded.public_path, feature = excluded.feature, updated_at = now()",
+           public_path = excluded.public_path, feature = excluded.feature,
+           \"references\" = excluded.\"references\", updated_at = now()",
     )
     .bind(&manifest.name)
     .bind(&manifest.display_name)
     .bind(&manifest.public_path)
     .bind(&manifest.feature)
+    .bind(sqlx::types::Json(&manifest.references))
     .execute(&mut *tx)
     .await
     .on_constraint(&[(
@@ -121,8 +151,16 @@ pub(crate) async fn register(tx: &mut PgConnection, manifest: &AppManifest) -> A
 
 /// Every registered app, by name.
 pub(crate) async fn all(db: &mut PgConnection) -> ApiResult<Vec<AppManifest>> {
-    let apps: Vec<(String, String, String, Option<String>)> = sqlx::query_as(
-        "select name, display_name, public_path, feature from applications order by name",
+    type Row = (
+        String,
+        String,
+        String,
+        Option<String>,
+        sqlx::types::Json<Vec<sync_contract::ReferenceCheck>>,
+    );
+    let apps: Vec<Row> = sqlx::query_as(
+        "select name, display_name, public_path, feature, \"references\" from applications
+         order by name",
     )
     .fetch_all(&mut *db)
     .await?;
@@ -134,20 +172,23 @@ pub(crate) async fn all(db: &mut PgConnection) -> ApiResult<Vec<AppManifest>> {
     .await?;
     Ok(apps
         .into_iter()
-        .map(|(name, display_name, public_path, feature)| AppManifest {
-            operations: ops
-                .iter()
-                .filter(|(app, _, _)| *app == name)
-                .map(|(_, code, cost)| PaidOperation {
-                    code: code.clone(),
-                    default_cost: *cost,
-                })
-                .collect(),
-            name,
-            display_name,
-            public_path,
-            feature,
-        })
+        .map(
+            |(name, display_name, public_path, feature, references)| AppManifest {
+                references: references.0,
+                operations: ops
+                    .iter()
+                    .filter(|(app, _, _)| *app == name)
+                    .map(|(_, code, cost)| PaidOperation {
+                        code: code.clone(),
+                        default_cost: *cost,
+                    })
+                    .collect(),
+                name,
+                display_name,
+                public_path,
+                feature,
+            },
+        )
         .collect())
 }
 
