@@ -251,6 +251,37 @@ pub async fn users<S: TenantStore>(
         .collect())
 }
 
+/// A page of `tenant_id`'s synced roles (deleted ones included: see `RoleState::deleted`), in
+/// id order after the role id `after`.
+pub async fn roles<S: TenantStore>(
+    store: &S,
+    tenant_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<crate::contract::RoleState>, StoreError> {
+    let page = store
+        .page(EntityKind::Role, tenant_id, after, limit)
+        .await?;
+    Ok(page
+        .into_iter()
+        .filter_map(|(_, v)| serde_json::from_value(v.state).ok())
+        .collect())
+}
+
+/// The active memberships of `user_id` in `tenant_id`, typed.
+pub async fn memberships<S: TenantStore>(
+    store: &S,
+    tenant_id: Uuid,
+    user_id: Uuid,
+) -> Result<Vec<crate::contract::MembershipState>, StoreError> {
+    Ok(store
+        .memberships_of(tenant_id, user_id)
+        .await?
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect())
+}
+
 /// The user `id` of `tenant_id` as synced, whatever their state.
 pub async fn user<S: TenantStore>(
     store: &S,

@@ -332,6 +332,24 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
         .map(|o| (o.reference.user_id, o.reason))
         .collect();
     assert_eq!(reasons, vec![(bob, OrphanReason::Deleted)], "{report:?}");
+    // Typed reads of the synced copy: the tenant's roles, a user's memberships and permissions.
+    let store = sync_sdk::store::mongo::MongoStore::new(suite.projects_db.clone());
+    let roles = sync_sdk::store::roles(&store, acme.id, None, 50).await?;
+    let admin_role = roles
+        .iter()
+        .find(|r| r.id == acme.admin_role)
+        .unwrap_or_else(|| panic!("the admin role is synced: {roles:?}"));
+    assert!(!admin_role.deleted);
+    let held = sync_sdk::store::memberships(&store, acme.id, acme.admin_id).await?;
+    assert_eq!(
+        held.iter().map(|m| m.role_id).collect::<Vec<_>>(),
+        vec![acme.admin_role]
+    );
+    assert!(
+        sync_sdk::store::memberships(&store, acme.id, ada)
+            .await?
+            .is_empty()
+    );
     // The SDK answers the app's liveness check, through the edge too.
     let (status, _) = edge
         .send(Method::GET, "/projects/health", &acme.admin, None, None)
