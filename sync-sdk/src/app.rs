@@ -100,6 +100,8 @@ pub struct AppKit<H> {
     keys: StreamKeys,
     name: String,
     manifest: AppManifest,
+    wrapper: Arc<WrapperClient>,
+    suite: Arc<SuiteApps>,
     schedule: String,
 }
 
@@ -162,7 +164,10 @@ impl<H: Handler> AppKit<H> {
             loader.clone(),
             store.clone(),
         ));
-        register(Arc::new(wrapper()), manifest.clone()).await;
+        let client = Arc::new(wrapper());
+        register(client.clone(), manifest.clone()).await;
+        let suite = Arc::new(SuiteApps::default());
+        suite.refresh(&client).await;
         let mut pages = crate::web::Pages::new(&manifest.public_path);
         pages.login_url = args.login_url.clone();
         pages.suite = crate::web::Pages::parse_suite(&args.suite_links);
@@ -181,6 +186,8 @@ impl<H: Handler> AppKit<H> {
             keys,
             name: name.to_owned(),
             manifest: manifest.clone(),
+            wrapper: client.clone(),
+            suite,
             schedule: args.full_sync_schedule.clone(),
         })
     }
@@ -201,6 +208,7 @@ impl<H: Handler> AppKit<H> {
             loader: self.loader.clone(),
             store: self.store.clone(),
             credits: self.credits.clone(),
+            suite: self.suite.clone(),
             app: Arc::new(app),
         }
     }
@@ -280,8 +288,63 @@ pub struct AppState<T> {
     pub store: Arc<MongoStore>,
     /// Consumes credits.
     pub credits: Arc<CreditClient<MongoStore>>,
+    /// The suite's registered apps (what dashboards link to).
+    pub suite: Arc<SuiteApps>,
     /// The app's own state.
     pub app: Arc<T>,
+}
+
+impl<T> AppState<T> {
+    /// The top of a dashboard: the tenant, the signed-in user, links to the suite's apps this
+    /// tenant has (the registered apps whose feature it has; `APP_SUITE_LINKS` before the
+    /// registry could be read) and the sign-out button.
+    pub async fn dashboard_header(&self, user: &crate::auth::TenantUser, title: &str) -> String {
+        let features = crate::store::tenant(&*self.store, user.tenant_id)
+            .await
+            .map(|t| t.features)
+            .unwrap_or_default();
+        let links = self.suite.links_for(&features, &self.pages.suite);
+        crate::web::header_with_links(&*self.store, &self.pages, user, title, &links).await
+    }
+}
+
+/// The suite's registered apps as this app last read them from the wrapper (at start-up, then
+/// every minute while it runs).
+#[derive(Debug, Default)]
+pub struct SuiteApps(std::sync::RwLock<Vec<AppManifest>>);
+
+impl SuiteApps {
+    /// Read the registry again; on failure the previous list stays.
+    pub async fn refresh(&self, client: &WrapperClient) {
+        match client.apps().await {
+            Ok(apps) => *self.0.write().unwrap_or_else(|e| e.into_inner()) = apps,
+            Err(e) => tracing::warn!(error = %e, "could not read the suite's apps"),
+        }
+    }
+
+    /// The `(title, path)` of the apps a tenant with `features` has: the registered apps whose
+    /// feature it has (an app requiring none is everyone's), then the `configured` links
+    /// (`APP_SUITE_LINKS`) of apps not registered (yet) whose title is one of its features.
+    pub fn links_for(
+        &self,
+        features: &[String],
+        configured: &[(String, String)],
+    ) -> Vec<(String, String)> {
+        let has = |f: &str| features.iter().any(|g| g.eq_ignore_ascii_case(f));
+        let apps = self.0.read().unwrap_or_else(|e| e.into_inner());
+        let mut links: Vec<(String, String)> = apps
+            .iter()
+            .filter(|a| a.feature.as_deref().is_none_or(has))
+            .map(|a| (a.display_name.clone(), a.public_path.clone()))
+            .collect();
+        for (title, path) in configured {
+            let registered = apps.iter().any(|a| a.public_path == *path);
+            if !registered && has(title) {
+                links.push((title.clone(), path.clone()));
+            }
+        }
+        links
+    }
 }
 
 impl<T> Clone for AppState<T> {
@@ -292,6 +355,7 @@ impl<T> Clone for AppState<T> {
             loader: self.loader.clone(),
             store: self.store.clone(),
             credits: self.credits.clone(),
+            suite: self.suite.clone(),
             app: self.app.clone(),
         }
     }
@@ -435,6 +499,17 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
             let nightly = full.run_scheduled(&schedule, redis, keys, name, lock_ttl, stop_nightly);
             if let Err(e) = nightly.await {
                 tracing::error!(%schedule, error = %e, "invalid full-sync schedule; no full sync will run");
+            }
+        });
+        // The suite's registry, read again every minute (apps registered after this one).
+        let (suite, client, stop_refresh) =
+            (kit.suite.clone(), kit.wrapper.clone(), cancel.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop_refresh.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => suite.refresh(&client).await,
+                }
             }
         });
         let consuming = tokio::spawn(self.kit.consumer.run(cancel.clone()));

@@ -47,6 +47,17 @@ pub async fn dashboard_header<S: crate::store::TenantStore>(
     user: &TenantUser,
     app_title: &str,
 ) -> String {
+    header_with_links(store, pages, user, app_title, &pages.suite).await
+}
+
+/// [`dashboard_header`] linking to `links` (`(title, path)`) rather than [`Pages::suite`].
+pub async fn header_with_links<S: crate::store::TenantStore>(
+    store: &S,
+    pages: &Pages,
+    user: &TenantUser,
+    app_title: &str,
+    links: &[(String, String)],
+) -> String {
     let t = user.tenant_id;
     let tenant_name = crate::store::tenant(store, t)
         .await
@@ -61,8 +72,7 @@ pub async fn dashboard_header<S: crate::store::TenantStore>(
         .map(|p| p.email.clone())
         .or_else(|| user.email.clone())
         .unwrap_or_default();
-    let links: String = pages
-        .suite
+    let links: String = links
         .iter()
         .map(|(title, path)| format!(r#"<a href="{}">{}</a>"#, escape(path), escape(title)))
         .collect();

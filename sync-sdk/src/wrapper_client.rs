@@ -251,14 +251,18 @@ impl WrapperClient {
         }
     }
 
+    /// Every registered app's manifest.
+    pub async fn apps(&self) -> Result<Vec<sync_contract::AppManifest>, LoadError> {
+        self.get_json(&format!("{}/api/apps", self.config.base_url))
+            .await
+    }
+
     /// The manifest `app` registered, if it did.
     pub async fn manifest(
         &self,
         app: &str,
     ) -> Result<Option<sync_contract::AppManifest>, LoadError> {
-        let url = format!("{}/api/apps", self.config.base_url);
-        let apps: Vec<sync_contract::AppManifest> = self.get_json(&url).await?;
-        Ok(apps.into_iter().find(|a| a.name == app))
+        Ok(self.apps().await?.into_iter().find(|a| a.name == app))
     }
 
     /// Consume `quantity` operations directly at the wrapper, which prices them (idempotent by

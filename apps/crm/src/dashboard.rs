@@ -5,7 +5,7 @@ use mongodb::bson::doc;
 use sync_sdk::{
     html::table,
     http::{AppResult, serve_tenant},
-    web::{PageUser, dashboard_header, html},
+    web::{PageUser, html},
 };
 
 use crate::{AppState, accounts::Account};
@@ -13,7 +13,7 @@ use crate::{AppState, accounts::Account};
 pub(crate) async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Response {
     let t = user.tenant_id;
     serve_tenant(&s.loader, t, |_| async {
-        let mut body = dashboard_header(&*s.store, &s.pages, &user, "CRM").await;
+        let mut body = s.dashboard_header(&user, "CRM").await;
         let mut cursor = s
             .accounts
             .find(doc! {"tenantId": t.to_string()})

@@ -6,13 +6,13 @@ use mongodb::bson::doc;
 use sync_sdk::{
     html::table,
     http::{AppResult, serve_tenant},
-    web::{PageUser, dashboard_header, html},
+    web::{PageUser, html},
 };
 
 pub(crate) async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Response {
     let t = user.tenant_id;
     serve_tenant(&s.loader, t, |_| async {
-        let mut body = dashboard_header(&*s.store, &s.pages, &user, "HRMS").await;
+        let mut body = s.dashboard_header(&user, "HRMS").await;
         let mut cursor = s
             .employees
             .find(doc! {"tenantId": t.to_string()})

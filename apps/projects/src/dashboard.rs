@@ -5,7 +5,7 @@ use sync_sdk::{
     html::table,
     http::{AppResult, serve_tenant},
     mongodb::bson::doc,
-    web::{PageUser, dashboard_header, html},
+    web::{PageUser, html},
 };
 
 use crate::{AppState, projects::Project};
@@ -13,7 +13,7 @@ use crate::{AppState, projects::Project};
 pub(crate) async fn dashboard(State(s): State<AppState>, PageUser(user): PageUser) -> Response {
     let t = user.tenant_id;
     serve_tenant(&s.loader, t, |_| async {
-        let mut body = dashboard_header(&*s.store, &s.pages, &user, "Projects").await;
+        let mut body = s.dashboard_header(&user, "Projects").await;
         let mut cursor = s
             .projects
             .find(doc! {"tenantId": t.to_string()})

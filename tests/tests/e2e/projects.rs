@@ -210,6 +210,24 @@ async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> 
         assert_eq!(problem["field"], field);
     }
     assert_eq!(projects_charges(&suite, &acme).await, 2);
+
+    // The dashboard links to the registered apps the tenant has the feature for (acme has crm
+    // and hrms), with their registered titles; the projects dashboard lists Apollo.
+    let page = reqwest::Client::new()
+        .get(format!("{}/projects/", suite.nginx.url()))
+        .header("host", "acme.yourapp.test")
+        .bearer_auth(&acme.admin)
+        .send()
+        .await?;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await?;
+    assert!(html.contains(r#"<a href="/crm/">CRM</a>"#), "{html}");
+    assert!(html.contains(r#"<a href="/hrms/">HRMS</a>"#), "{html}");
+    assert!(
+        !html.contains(r#"<a href="/projects/">"#),
+        "no projects feature: {html}"
+    );
+    assert!(html.contains("Apollo"), "{html}");
     Ok(())
 }
 
