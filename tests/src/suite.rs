@@ -110,6 +110,15 @@ impl Suite {
         format!("http://{tenant}.yourapp.test:{}{path}", self.nginx.port)
     }
 
+    /// Requests to the edge as `tenant`'s host (`<tenant>.yourapp.test`).
+    pub fn edge(&self, tenant: &str) -> Edge {
+        Edge {
+            base: self.nginx.url(),
+            host: format!("{tenant}.yourapp.test"),
+            http: reqwest::Client::new(),
+        }
+    }
+
     /// The `Host` (with port) of a tenant, for requests sent to nginx directly.
     pub fn host(&self, tenant: &str) -> String {
         format!("{tenant}.yourapp.test:{}", self.nginx.port)
@@ -119,5 +128,67 @@ impl Suite {
 impl Drop for Suite {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Requests to nginx on one tenant's host, as an API client sends them (bearer token).
+pub struct Edge {
+    base: String,
+    host: String,
+    http: reqwest::Client,
+}
+
+impl Edge {
+    /// `method path` with `token` and a JSON `body`: the status and the JSON answer (`null` when
+    /// the answer is not JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+        self.send_keyed(method, path, token, body, None).await
+    }
+
+    /// [`send`](Self::send) with an `Idempotency-Key`.
+    pub async fn send_keyed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(reqwest::StatusCode, serde_json::Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        Ok((status, resp.json().await.unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// `GET path` as HTML (a dashboard): the status and the page.
+    pub async fn page(
+        &self,
+        path: &str,
+        token: &str,
+    ) -> anyhow::Result<(reqwest::StatusCode, String)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .bearer_auth(token)
+            .send()
+            .await?;
+        Ok((resp.status(), resp.text().await?))
     }
 }

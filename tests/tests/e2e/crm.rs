@@ -5,179 +5,189 @@ use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tsync_e2e::{suite::Suite, *};
+use tsync_e2e::{
+    suite::{Edge, Suite},
+    wrapper_app::TestTenant,
+    *,
+};
 
+/// The CRM and the HRMS through nginx, following the wrapper: one scenario in named steps.
 #[tokio::test]
 async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
     let suite = Suite::start(|_| {}).await?;
-    let (wrapper, nginx) = (&suite.wrapper, &suite.nginx);
-    let acme = wrapper.create_tenant("acme").await;
-    let poor = wrapper.create_tenant("poor").await;
-    let (owner, owner_token) = wrapper.create_member(&acme, "owner@acme.test").await;
-    wrapper.fund_app(&acme, "crm", 1000).await;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    let (owner, owner_token) = w.create_member(&acme, "owner@acme.test").await;
+    w.fund_app(&acme, "crm", 1000).await;
+    let edge = suite.edge("acme");
 
-    let http = reqwest::Client::new();
-    let send = |method: Method, path: &str, host: &str, token: &str, body: Option<Value>| {
-        let mut req = http
-            .request(method, format!("{}{path}", nginx.url()))
-            .header("host", host)
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        req.send()
-    };
-    // First visit: acme is lazy-loaded, the account costs 35 credits.
-    let created = send(
-        Method::POST,
-        "/crm/accounts",
-        "acme.yourapp.test",
-        &acme.admin,
-        Some(json!({"name": "Initech", "value": 5000, "ownerId": owner})),
-    )
-    .await?;
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let account: Value = created.json().await?;
-    assert_eq!(account["owner"]["email"], "owner@acme.test");
-    let balance = wrapper
-        .get_ok(
-            &format!("/api/credits/balance?tenantId={}", acme.id),
-            &acme.admin,
-        )
+    let account =
+        first_visit_loads_the_tenant_and_an_account_costs_35(&suite, &edge, &acme, owner).await?;
+    let path = format!(
+        "/crm/accounts/{}",
+        account["id"].as_str().unwrap_or_default()
+    );
+    an_account_is_updated_and_a_bad_change_names_its_field(&edge, &acme, &path).await?;
+    another_tenants_host_is_refused_and_audited(&suite, &acme).await?;
+    no_credits_no_account(&suite).await?;
+    salaries_are_recorded_by_admins_and_shown_to_admins_only(&edge, &acme, owner, &owner_token)
+        .await?;
+    an_email_change_reaches_the_crm_and_the_hrms(&suite, &edge, &acme, owner).await?;
+    a_deleted_owner_is_shown_reported_and_kept(&suite, &edge, &acme, owner, &path).await?;
+    Ok(())
+}
+
+async fn crm_balance(suite: &Suite, t: &TestTenant) -> Value {
+    let balance = suite
+        .wrapper
+        .get_ok(&format!("/api/credits/balance?tenantId={}", t.id), &t.admin)
         .await;
-    let crm_balance = balance["balances"]
+    balance["balances"]
         .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["scope"] == "app:crm")
-        .unwrap()["balance"]
-        .clone();
-    assert_eq!(crm_balance, 965);
+        .and_then(|b| b.iter().find(|b| b["scope"] == "app:crm"))
+        .map(|b| b["balance"].clone())
+        .unwrap_or(Value::Null)
+}
 
-    // Update, read back, and a bad change is a problem naming the field.
-    let path = format!("/crm/accounts/{}", account["id"].as_str().unwrap());
-    let renamed = send(
-        Method::PATCH,
-        &path,
-        "acme.yourapp.test",
-        &acme.admin,
-        Some(json!({"name": "Initrode"})),
-    )
-    .await?;
-    assert_eq!(renamed.json::<Value>().await?["name"], "Initrode");
-    let bad = send(
-        Method::PATCH,
-        &path,
-        "acme.yourapp.test",
-        &acme.admin,
-        Some(json!({"value": -1})),
-    )
-    .await?;
-    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(bad.json::<Value>().await?["field"], "value");
-    let read = send(Method::GET, &path, "acme.yourapp.test", &acme.admin, None).await?;
-    assert_eq!(read.json::<Value>().await?["name"], "Initrode");
+async fn first_visit_loads_the_tenant_and_an_account_costs_35(
+    suite: &Suite,
+    edge: &Edge,
+    acme: &TestTenant,
+    owner: uuid::Uuid,
+) -> anyhow::Result<Value> {
+    let body = json!({"name": "Initech", "value": 5000, "ownerId": owner});
+    let (status, account) = edge
+        .send(Method::POST, "/crm/accounts", &acme.admin, Some(body))
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{account}");
+    assert_eq!(account["owner"]["email"], "owner@acme.test");
+    assert_eq!(crm_balance(suite, acme).await, 965);
+    Ok(account)
+}
 
-    // The same token on another tenant's host is refused.
-    let other = send(
-        Method::GET,
-        "/crm/accounts",
-        "globex.yourapp.test",
-        &acme.admin,
-        None,
-    )
-    .await?;
-    assert_eq!(other.status(), StatusCode::FORBIDDEN);
-    // ...and the attempt is in globex's audit log, reported by the app.
-    let globex = wrapper.create_tenant("globex").await;
-    let again = send(
-        Method::GET,
-        "/crm/accounts",
-        "globex.yourapp.test",
-        &acme.admin,
-        None,
-    )
-    .await?;
-    assert_eq!(again.status(), StatusCode::FORBIDDEN);
+async fn an_account_is_updated_and_a_bad_change_names_its_field(
+    edge: &Edge,
+    acme: &TestTenant,
+    path: &str,
+) -> anyhow::Result<()> {
+    let rename = json!({"name": "Initrode"});
+    let (_, renamed) = edge
+        .send(Method::PATCH, path, &acme.admin, Some(rename))
+        .await?;
+    assert_eq!(renamed["name"], "Initrode");
+    let (status, problem) = edge
+        .send(Method::PATCH, path, &acme.admin, Some(json!({"value": -1})))
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["field"], "value");
+    let (_, read) = edge.send(Method::GET, path, &acme.admin, None).await?;
+    assert_eq!(read["name"], "Initrode");
+    Ok(())
+}
+
+async fn another_tenants_host_is_refused_and_audited(
+    suite: &Suite,
+    acme: &TestTenant,
+) -> anyhow::Result<()> {
+    let globex_edge = suite.edge("globex");
+    let (status, _) = globex_edge
+        .send(Method::GET, "/crm/accounts", &acme.admin, None)
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // ...and once globex exists, the attempt is in its audit log, reported by the app.
+    let globex = suite.wrapper.create_tenant("globex").await;
+    let (status, _) = globex_edge
+        .send(Method::GET, "/crm/accounts", &acme.admin, None)
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     let audit_path = format!(
         "/api/tenants/{}/audit?action=cross_tenant_attempt",
         globex.id
     );
     eventually(Duration::from_secs(10), || async {
-        let (_, audit) = wrapper
+        let (_, audit) = suite
+            .wrapper
             .call(Method::GET, &audit_path, Some(&globex.admin), None)
             .await;
         audit["items"]
             .as_array()
             .is_some_and(|items| items.iter().any(|i| i["actorId"] == json!(acme.admin_id)))
     })
-    .await?;
-    // No credits, no account.
-    let refused = send(
-        Method::POST,
-        "/crm/accounts",
-        "poor.yourapp.test",
-        &poor.admin,
-        Some(json!({"name": "X", "value": 1, "ownerId": poor.admin_id})),
-    )
-    .await?;
-    assert_eq!(refused.status(), StatusCode::PAYMENT_REQUIRED);
+    .await
+}
 
-    // HRMS: an admin records the owner's salary; only admins see salaries.
-    let hired = send(
-        Method::POST,
-        "/hrms/employees",
-        "acme.yourapp.test",
-        &acme.admin,
-        Some(json!({"userId": owner, "department": "Sales", "salary": 72000})),
-    )
-    .await?;
-    assert_eq!(hired.status(), StatusCode::CREATED);
-    let as_member = send(
-        Method::POST,
-        "/hrms/employees",
-        "acme.yourapp.test",
-        &owner_token,
-        Some(json!({"userId": owner, "department": "Sales", "salary": 1})),
-    )
-    .await?;
-    assert_eq!(
-        as_member.status(),
-        StatusCode::FORBIDDEN,
-        "members do not hire"
-    );
-    let staff = |token: String| {
-        let req = http
-            .get(format!("{}/hrms/employees", nginx.url()))
-            .header("host", "acme.yourapp.test")
-            .bearer_auth(token);
-        async move { req.send().await.ok()?.json::<Value>().await.ok() }
-    };
-    let admin_view = staff(acme.admin.clone()).await.unwrap();
+async fn no_credits_no_account(suite: &Suite) -> anyhow::Result<()> {
+    let poor = suite.wrapper.create_tenant("poor").await;
+    let body = json!({"name": "X", "value": 1, "ownerId": poor.admin_id});
+    let (status, _) = suite
+        .edge("poor")
+        .send(Method::POST, "/crm/accounts", &poor.admin, Some(body))
+        .await?;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED);
+    Ok(())
+}
+
+async fn salaries_are_recorded_by_admins_and_shown_to_admins_only(
+    edge: &Edge,
+    acme: &TestTenant,
+    owner: uuid::Uuid,
+    owner_token: &str,
+) -> anyhow::Result<()> {
+    let hire = json!({"userId": owner, "department": "Sales", "salary": 72000});
+    let (status, _) = edge
+        .send(Method::POST, "/hrms/employees", &acme.admin, Some(hire))
+        .await?;
+    assert_eq!(status, StatusCode::CREATED);
+    let self_hire = json!({"userId": owner, "department": "Sales", "salary": 1});
+    let (status, _) = edge
+        .send(
+            Method::POST,
+            "/hrms/employees",
+            owner_token,
+            Some(self_hire),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "members do not hire");
+    let (_, admin_view) = edge
+        .send(Method::GET, "/hrms/employees", &acme.admin, None)
+        .await?;
     assert_eq!(admin_view["items"][0]["salary"], 72000);
-    let member_view = staff(owner_token.clone()).await.unwrap();
+    let (_, member_view) = edge
+        .send(Method::GET, "/hrms/employees", owner_token, None)
+        .await?;
     assert_eq!(member_view["items"][0]["department"], "Sales");
     assert!(
         member_view["items"][0].get("salary").is_none(),
         "members see no salary: {member_view}"
     );
+    Ok(())
+}
 
-    let list = || async {
-        let resp = send(
-            Method::GET,
-            "/crm/accounts",
-            "acme.yourapp.test",
-            &acme.admin,
-            None,
-        )
+/// The first account's owner in the CRM listing, and the first employee in the HRMS's.
+async fn first_owner_and_employee(edge: &Edge, acme: &TestTenant) -> Option<(Value, Value)> {
+    let (_, accounts) = edge
+        .send(Method::GET, "/crm/accounts", &acme.admin, None)
         .await
         .ok()?;
-        let body: Value = resp.json().await.ok()?;
-        Some(body["items"][0]["owner"].clone())
-    };
-    // An email changed at the wrapper reaches the CRM listing.
+    let (_, staff) = edge
+        .send(Method::GET, "/hrms/employees", &acme.admin, None)
+        .await
+        .ok()?;
+    Some((
+        accounts["items"][0]["owner"].clone(),
+        staff["items"][0].clone(),
+    ))
+}
+
+async fn an_email_change_reaches_the_crm_and_the_hrms(
+    suite: &Suite,
+    edge: &Edge,
+    acme: &TestTenant,
+    owner: uuid::Uuid,
+) -> anyhow::Result<()> {
     let changed_at = Instant::now();
-    wrapper
+    suite
+        .wrapper
         .send_ok(
             Method::PATCH,
             &format!("/api/tenants/{}/users/{owner}", acme.id),
@@ -186,26 +196,27 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
         )
         .await;
     eventually(Duration::from_secs(20), || async {
-        list().await.is_some_and(|o| o["email"] == "new@acme.test")
-    })
-    .await?;
-    eprintln!(
-        "email change visible in CRM after {:?}",
-        changed_at.elapsed()
-    );
-    eventually(Duration::from_secs(20), || async {
-        staff(acme.admin.clone())
+        first_owner_and_employee(edge, acme)
             .await
-            .is_some_and(|v| v["items"][0]["email"] == "new@acme.test")
+            .is_some_and(|(o, e)| o["email"] == "new@acme.test" && e["email"] == "new@acme.test")
     })
     .await?;
     eprintln!(
         "email change visible in CRM and HRMS after {:?}",
         changed_at.elapsed()
     );
+    Ok(())
+}
 
-    // A deleted owner shows as [Deleted User], and the listing still works.
-    wrapper
+async fn a_deleted_owner_is_shown_reported_and_kept(
+    suite: &Suite,
+    edge: &Edge,
+    acme: &TestTenant,
+    owner: uuid::Uuid,
+    path: &str,
+) -> anyhow::Result<()> {
+    suite
+        .wrapper
         .send_ok(
             Method::DELETE,
             &format!("/api/tenants/{}/users/{owner}", acme.id),
@@ -214,45 +225,30 @@ async fn crm_accounts_through_nginx_follow_the_wrapper() -> anyhow::Result<()> {
         )
         .await;
     eventually(Duration::from_secs(20), || async {
-        list().await.is_some_and(|o| o["name"] == crm::DELETED_USER)
+        first_owner_and_employee(edge, acme)
+            .await
+            .is_some_and(|(o, e)| o["name"] == crm::DELETED_USER && e["name"] == "[Deleted User]")
     })
     .await?;
     // The nightly full sync reports the account as orphaned and marks it (the account stays).
     let report = suite.crm_full_sync.run_once(|_, _| {}).await?;
-    let account_id = account["id"].as_str().unwrap_or_default();
+    let account_id = path.rsplit('/').next().unwrap_or_default();
     let orphan = report
         .orphans
         .iter()
         .find(|o| o.reference.record == format!("account:{account_id}"))
         .unwrap_or_else(|| panic!("the account is reported: {report:?}"));
-    assert_eq!(orphan.reference.user_id.to_string(), owner.to_string());
+    assert_eq!(orphan.reference.user_id, owner);
     assert_eq!(orphan.reason, sync_sdk::fullsync::OrphanReason::Deleted);
     assert_eq!(report.orphans.len(), 1, "only the deleted owner's account");
-    let kept: Value = send(
-        Method::GET,
-        &format!("/crm/accounts/{account_id}"),
-        "acme.yourapp.test",
-        &acme.admin,
-        None,
-    )
-    .await?
-    .json()
-    .await?;
+    let (_, kept) = edge.send(Method::GET, path, &acme.admin, None).await?;
     assert_eq!(kept["ownerOrphaned"], "deleted", "{kept}");
     assert_eq!(kept["owner"]["name"], crm::DELETED_USER);
     // The HRMS keeps the employee record of the deleted user and reports it too.
     let report = suite.hrms_full_sync.run_once(|_, _| {}).await?;
     assert_eq!(report.orphans.len(), 1, "{report:?}");
     assert!(report.orphans[0].reference.record.starts_with("employee:"));
-    assert_eq!(
-        report.orphans[0].reference.user_id.to_string(),
-        owner.to_string()
-    );
-    let staff_now = staff(acme.admin.clone()).await.unwrap();
-    assert_eq!(
-        staff_now["items"][0]["name"], "[Deleted User]",
-        "{staff_now}"
-    );
+    assert_eq!(report.orphans[0].reference.user_id, owner);
     Ok(())
 }
 

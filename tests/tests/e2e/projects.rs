@@ -10,47 +10,6 @@ use serde_json::{Value, json};
 use sync_sdk::fullsync::OrphanReason;
 use tsync_e2e::{suite::Suite, wrapper_app::TestTenant, *};
 
-/// Requests to the edge as `tenant`'s host.
-struct Edge<'a> {
-    suite: &'a Suite,
-    http: reqwest::Client,
-    host: String,
-}
-
-impl<'a> Edge<'a> {
-    fn new(suite: &'a Suite, tenant: &TestTenant) -> Self {
-        Self {
-            suite,
-            http: reqwest::Client::new(),
-            host: format!("{}.yourapp.test", tenant.subdomain),
-        }
-    }
-
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-        key: Option<&str>,
-    ) -> anyhow::Result<(StatusCode, Value)> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.suite.nginx.url()))
-            .header("host", &self.host)
-            .bearer_auth(token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        Ok((status, resp.json().await.unwrap_or(Value::Null)))
-    }
-}
-
 async fn projects_balance(suite: &Suite, t: &TestTenant) -> i64 {
     let body = suite
         .wrapper
@@ -81,11 +40,11 @@ async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> 
     let acme = wrapper.create_tenant("acme").await;
     let (ada, _) = wrapper.create_member(&acme, "ada@acme.test").await;
     wrapper.fund_app(&acme, "projects", 1000).await;
-    let edge = Edge::new(&suite, &acme);
+    let edge = suite.edge(&acme.subdomain);
 
     // First visit: the tenant is lazy-loaded; its people are listed from the synced copy.
     let (status, people) = edge
-        .send(Method::GET, "/projects/people", &acme.admin, None, None)
+        .send_keyed(Method::GET, "/projects/people", &acme.admin, None, None)
         .await?;
     assert_eq!(status, StatusCode::OK, "{people}");
     let emails: Vec<&str> = people["items"]
@@ -99,7 +58,7 @@ async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> 
     // Five concurrent sends of one create (a client retrying): one project, one charge of 20.
     let body = json!({"name": "Apollo", "memberIds": [ada]});
     let sends = (0..5).map(|_| {
-        edge.send(
+        edge.send_keyed(
             Method::POST,
             "/projects/projects",
             &acme.admin,
@@ -135,7 +94,7 @@ async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> 
     assert_eq!(projects_balance(&suite, &acme).await, 980);
     // The same key with another body is a conflict naming the header, and charges nothing.
     let (status, problem) = edge
-        .send(
+        .send_keyed(
             Method::POST,
             "/projects/projects",
             &acme.admin,
@@ -157,7 +116,7 @@ async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> 
         )
         .await;
     let (status, _) = edge
-        .send(
+        .send_keyed(
             Method::POST,
             "/projects/projects",
             &acme.admin,
@@ -172,7 +131,7 @@ async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> 
     // is charged.
     let stranger = uuid::Uuid::now_v7();
     let (status, problem) = edge
-        .send(
+        .send_keyed(
             Method::POST,
             "/projects/projects",
             &acme.admin,
@@ -213,14 +172,8 @@ async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> 
 
     // The dashboard links to the registered apps the tenant has the feature for (acme has crm
     // and hrms), with their registered titles; the projects dashboard lists Apollo.
-    let page = reqwest::Client::new()
-        .get(format!("{}/projects/", suite.nginx.url()))
-        .header("host", "acme.yourapp.test")
-        .bearer_auth(&acme.admin)
-        .send()
-        .await?;
-    assert_eq!(page.status(), StatusCode::OK);
-    let html = page.text().await?;
+    let (status, html) = edge.page("/projects/", &acme.admin).await?;
+    assert_eq!(status, StatusCode::OK);
     assert!(html.contains(r#"<a href="/crm/">CRM</a>"#), "{html}");
     assert!(html.contains(r#"<a href="/hrms/">HRMS</a>"#), "{html}");
     assert!(
@@ -240,9 +193,9 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     let (ada, _) = wrapper.create_member(&acme, "ada@acme.test").await;
     let (bob, _) = wrapper.create_member(&acme, "bob@acme.test").await;
     wrapper.fund_app(&acme, "projects", 100).await;
-    let edge = Edge::new(&suite, &acme);
+    let edge = suite.edge(&acme.subdomain);
     let (status, project) = edge
-        .send(
+        .send_keyed(
             Method::POST,
             "/projects/projects",
             &acme.admin,
@@ -265,7 +218,10 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
         let path = &path;
         async move {
             eventually_some(Duration::from_secs(10), || async move {
-                let (_, p) = edge.send(Method::GET, path, admin, None, None).await.ok()?;
+                let (_, p) = edge
+                    .send_keyed(Method::GET, path, admin, None, None)
+                    .await
+                    .ok()?;
                 let m = member(&p, id);
                 (m[field] == want).then_some(m)
             })
@@ -303,7 +259,9 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
         .map(|o| (o.reference.user_id, o.reason))
         .collect();
     assert_eq!(reasons, vec![(ada, OrphanReason::Inactive)], "{report:?}");
-    let (_, p) = edge.send(Method::GET, &path, admin, None, None).await?;
+    let (_, p) = edge
+        .send_keyed(Method::GET, &path, admin, None, None)
+        .await?;
     assert_eq!(p["orphaned"], json!({ada.to_string(): "inactive"}));
     // ...and cleared once reactivated (shown live at once, unmarked by the next pass).
     wrapper
@@ -317,7 +275,9 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     read_until("live", ada, "status").await?;
     let report = suite.projects_full_sync.run_once(|_, _| {}).await?;
     assert!(report.orphans.is_empty(), "{report:?}");
-    let (_, p) = edge.send(Method::GET, &path, admin, None, None).await?;
+    let (_, p) = edge
+        .send_keyed(Method::GET, &path, admin, None, None)
+        .await?;
     assert_eq!(p["orphaned"], json!({}));
 
     // Deleted: reported as deleted, shown as "[Deleted User]".
@@ -339,7 +299,9 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
         .map(|o| (o.reference.user_id, o.reason))
         .collect();
     assert_eq!(reasons, vec![(bob, OrphanReason::Deleted)], "{report:?}");
-    let (_, p) = edge.send(Method::GET, &path, admin, None, None).await?;
+    let (_, p) = edge
+        .send_keyed(Method::GET, &path, admin, None, None)
+        .await?;
     assert_eq!(p["orphaned"], json!({bob.to_string(): "deleted"}));
     // `tsync full-sync` runs the same checks: the ones the app declared in its manifest, read
     // back from the wrapper.
@@ -370,7 +332,7 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     );
     // The SDK answers the app's liveness check, through the edge too.
     let (status, _) = edge
-        .send(Method::GET, "/projects/health", &acme.admin, None, None)
+        .send_keyed(Method::GET, "/projects/health", &acme.admin, None, None)
         .await?;
     assert_eq!(status, StatusCode::OK);
     Ok(())
