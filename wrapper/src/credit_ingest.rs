@@ -196,10 +196,7 @@ impl CreditIngest {
                     target.to_string(),
                 ];
                 args.extend(allocations.iter().map(Uuid::to_string));
-                let keys = vec![
-                    balance_key,
-                    self.keys.credit_allocations(tenant_id, &application),
-                ];
+                let keys = self.keys.credit_mirror_keys(tenant_id, &application);
                 let reset: i64 = self
                     .reset
                     .evalsha_with_reload(&self.redis, keys, args)

@@ -126,6 +126,32 @@ impl StreamKeys {
         )
     }
 
+    /// The keys of one fast-path consumption, in the order the consume script takes them:
+    /// balance, operation record, credit stream, price table. One hash tag, so one slot: the
+    /// script runs atomically on Redis Cluster too (`tests::multi_key_groups_share_one_slot`).
+    pub fn credit_consume_keys(
+        &self,
+        tenant_id: Uuid,
+        app: &str,
+        operation_id: &str,
+    ) -> Vec<String> {
+        vec![
+            self.credit_balance(tenant_id, app),
+            self.credit_operation(tenant_id, app, operation_id),
+            self.credit_stream(self.partition_of(tenant_id)),
+            self.credit_prices(tenant_id, app),
+        ]
+    }
+
+    /// The keys of a mirror's balance and the allocation ids it absorbed, as the allocate and
+    /// reset scripts take them (one slot).
+    pub fn credit_mirror_keys(&self, tenant_id: Uuid, app: &str) -> Vec<String> {
+        vec![
+            self.credit_balance(tenant_id, app),
+            self.credit_allocations(tenant_id, app),
+        ]
+    }
+
     /// The allocation ids already added to a mirrored balance.
     pub fn credit_allocations(&self, tenant_id: Uuid, app: &str) -> String {
         let p = self.partition_of(tenant_id);
@@ -161,4 +187,24 @@ impl Default for StreamKeys {
             partitions: DEFAULT_PARTITIONS,
         }
     }
+}
+
+/// The Redis Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag (the first `{…}` with
+/// something inside) or of the whole key, modulo 16384.
+pub fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = key.find('{').and_then(|open| {
+        let close = key[open + 1..].find('}')?;
+        (close > 0).then(|| &bytes[open + 1..open + 1 + close])
+    });
+    let crc = tagged.unwrap_or(bytes).iter().fold(0u16, |crc, b| {
+        (0..8).fold(crc ^ (u16::from(*b) << 8), |c, _| {
+            if c & 0x8000 != 0 {
+                (c << 1) ^ 0x1021
+            } else {
+                c << 1
+            }
+        })
+    });
+    crc % 16384
 }

@@ -26,7 +26,7 @@ mod payload;
 pub mod streams;
 
 pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion, stream_fields};
-pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, partition_of};
+pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, hash_slot, partition_of};
 pub use manifest::{AppManifest, PaidOperation, ReferenceCheck};
 pub use payload::{
     CreditAllocated, CreditConfigState, CreditConsumed, Event, EventType, MembershipState,

@@ -333,3 +333,46 @@ fn keys_follow_the_design() {
     assert!(StreamKeys::new("a{b", 8).is_none());
     assert!(StreamKeys::new("", 8).is_none());
 }
+
+#[test]
+fn hash_slots_match_redis_cluster() {
+    // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+    assert_eq!(hash_slot("123456789"), 0x31C3);
+    assert_eq!(hash_slot("foo"), 12182);
+    assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+    assert_eq!(
+        hash_slot("foo{}{bar}"),
+        hash_slot("foo{}{bar}"),
+        "an empty tag hashes the key"
+    );
+    assert_ne!(hash_slot("foo{}{bar}"), hash_slot("bar"));
+    assert_eq!(hash_slot("foo{{bar}}zap"), hash_slot("{bar"));
+}
+
+/// Every group of keys one Lua script touches lands in one hash slot, for any tenant, app and
+/// operation: the credit scripts stay atomic on Redis Cluster.
+#[test]
+fn multi_key_groups_share_one_slot() {
+    let keys = StreamKeys::new("tsync", 8).unwrap();
+    for i in 0..200u128 {
+        let tenant = Uuid::from_u128(i * 0x9e37_79b9_7f4a_7c15);
+        for app in ["crm", "hrms", "projects"] {
+            let groups = [
+                keys.credit_consume_keys(tenant, app, &format!("op-{i}")),
+                keys.credit_mirror_keys(tenant, app),
+            ];
+            for group in groups {
+                let slot = hash_slot(&group[0]);
+                assert!(
+                    group.iter().all(|k| hash_slot(k) == slot),
+                    "{group:?} spans slots"
+                );
+            }
+            // The mirror and the stream its consumptions are appended to share the slot too.
+            assert_eq!(
+                hash_slot(&keys.credit_balance(tenant, app)),
+                hash_slot(&keys.credit_stream(keys.partition_of(tenant)))
+            );
+        }
+    }
+}

@@ -100,12 +100,7 @@ impl CreditMirror {
         operation_id: &str,
         quantity: i64,
     ) -> Result<FastOutcome, Error> {
-        let keys = vec![
-            self.keys.credit_balance(tenant_id, app),
-            self.keys.credit_operation(tenant_id, app, operation_id),
-            self.keys.credit_stream(self.keys.partition_of(tenant_id)),
-            self.keys.credit_prices(tenant_id, app),
-        ];
+        let keys = self.keys.credit_consume_keys(tenant_id, app, operation_id);
         let args = vec![
             operation_id.to_owned(),
             quantity.to_string(),
@@ -138,10 +133,7 @@ impl CreditMirror {
         allocation_id: Uuid,
         amount: i64,
     ) -> Result<bool, Error> {
-        let keys = vec![
-            self.keys.credit_balance(tenant_id, app),
-            self.keys.credit_allocations(tenant_id, app),
-        ];
+        let keys = self.keys.credit_mirror_keys(tenant_id, app);
         let applied: i64 = self
             .allocate
             .evalsha_with_reload(
