@@ -196,8 +196,7 @@ impl<H: Handler> AppKit<H> {
     /// apart from the SDK's synced copy (`users`, `roles`, `settings`, `tsync_*`, …), so an app
     /// collection can never collide with one of the SDK's.
     pub fn collection(&self, name: &str) -> mongodb::Collection<mongodb::bson::Document> {
-        self.database
-            .collection(&format!("{APP_COLLECTION_PREFIX}{name}"))
+        crate::store::mongo::app_collection(&self.database, name)
     }
 
     /// The router state of the app, with `app` as its own part.
@@ -322,28 +321,15 @@ impl SuiteApps {
         }
     }
 
-    /// The `(title, path)` of the apps a tenant with `features` has: the registered apps whose
-    /// feature it has (an app requiring none is everyone's), then the `configured` links
-    /// (`APP_SUITE_LINKS`) of apps not registered (yet) whose title is one of its features.
+    /// The `(title, path)` of the apps a tenant with `features` has
+    /// ([`crate::contract::suite_links`] over the registry and `APP_SUITE_LINKS`).
     pub fn links_for(
         &self,
         features: &[String],
         configured: &[(String, String)],
     ) -> Vec<(String, String)> {
-        let has = |f: &str| features.iter().any(|g| g.eq_ignore_ascii_case(f));
         let apps = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let mut links: Vec<(String, String)> = apps
-            .iter()
-            .filter(|a| a.feature.as_deref().is_none_or(has))
-            .map(|a| (a.display_name.clone(), a.public_path.clone()))
-            .collect();
-        for (title, path) in configured {
-            let registered = apps.iter().any(|a| a.public_path == *path);
-            if !registered && has(title) {
-                links.push((title.clone(), path.clone()));
-            }
-        }
-        links
+        crate::contract::suite_links(&apps, features, configured)
     }
 }
 

@@ -478,11 +478,7 @@ mod field_references {
                 .references
                 .iter()
                 .map(|r| {
-                    let collection = database.collection(&format!(
-                        "{}{}",
-                        crate::store::mongo::APP_COLLECTION_PREFIX,
-                        r.collection
-                    ));
+                    let collection = crate::store::mongo::app_collection(database, &r.collection);
                     if r.many {
                         Self::array(collection, &r.kind, &r.field)
                     } else {

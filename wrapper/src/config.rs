@@ -157,9 +157,9 @@ pub struct Settings {
     /// `https://<tenant host>/auth/oidc/<id>/callback`.
     #[arg(long, env = "WRAPPER_OIDC_PROVIDERS", hide_env_values = true)]
     pub oidc_providers: Option<Secret>,
-    /// The apps listed at `GET /` of a tenant's host until apps register their manifests, as
+    /// The apps listed at `GET /` of a tenant's host until they register their manifests, as
     /// `Title=/path/,…`; a tenant sees those whose title (case-insensitive) is one of its
-    /// features. Once apps have registered, the portal lists them instead.
+    /// features. A registered app is listed from its manifest instead.
     #[arg(
         long,
         env = "WRAPPER_PORTAL_APPS",

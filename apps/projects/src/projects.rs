@@ -224,7 +224,7 @@ pub struct Candidate {
 impl From<UserState> for Candidate {
     fn from(u: UserState) -> Self {
         Self {
-            live: u.active && u.deleted_at.is_none(),
+            live: u.is_live(),
             id: u.id,
             name: u.full_name,
             email: u.email,

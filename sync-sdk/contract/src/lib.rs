@@ -27,7 +27,7 @@ pub mod streams;
 
 pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion, stream_fields};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, hash_slot, partition_of};
-pub use manifest::{AppManifest, PaidOperation, ReferenceCheck};
+pub use manifest::{AppManifest, PaidOperation, ReferenceCheck, suite_links};
 pub use payload::{
     CreditAllocated, CreditConfigState, CreditConsumed, Event, EventType, MembershipState,
     RoleState, SettingsState, TenantState, TenantStatus, UserState,

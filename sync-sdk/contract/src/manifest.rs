@@ -132,3 +132,26 @@ impl AppManifest {
             .map(|o| o.default_cost)
     }
 }
+
+/// The suite's apps as a tenant with `features` sees them, as `(title, path)`: the registered
+/// `apps` whose feature it has (an app requiring none is everyone's), then the `configured`
+/// links of apps not registered (yet) whose title is one of its features. The wrapper's portal
+/// and every app's dashboard list the same.
+pub fn suite_links(
+    apps: &[AppManifest],
+    features: &[String],
+    configured: &[(String, String)],
+) -> Vec<(String, String)> {
+    let has = |f: &str| features.iter().any(|g| g.eq_ignore_ascii_case(f));
+    let mut links: Vec<(String, String)> = apps
+        .iter()
+        .filter(|a| a.feature.as_deref().is_none_or(has))
+        .map(|a| (a.display_name.clone(), a.public_path.clone()))
+        .collect();
+    for (title, path) in configured {
+        if !apps.iter().any(|a| a.public_path == *path) && has(title) {
+            links.push((title.clone(), path.clone()));
+        }
+    }
+    links
+}

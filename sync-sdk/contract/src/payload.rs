@@ -179,6 +179,13 @@ pub struct UserState {
     pub deleted_at: Option<DateTime<Utc>>,
 }
 
+impl UserState {
+    /// Active and not deleted: the user may act, and apps show them as they are.
+    pub fn is_live(&self) -> bool {
+        self.active && self.deleted_at.is_none()
+    }
+}
+
 /// A role's state (`role.*` events).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

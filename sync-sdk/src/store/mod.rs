@@ -181,7 +181,7 @@ pub async fn live_user<S: TenantStore>(
 ) -> Option<crate::contract::UserState> {
     user(store, tenant_id, id)
         .await
-        .filter(|u| u.active && u.deleted_at.is_none())
+        .filter(crate::contract::UserState::is_live)
 }
 
 /// Where a referenced user stands in the synced copy: what an app shows for an owner, a member
@@ -222,9 +222,9 @@ impl From<Option<crate::contract::UserState>> for Person {
     fn from(user: Option<crate::contract::UserState>) -> Self {
         match user {
             None => Person::Missing,
+            Some(u) if u.is_live() => Person::Live(u),
             Some(u) if u.deleted_at.is_some() => Person::Deleted(u),
-            Some(u) if !u.active => Person::Deactivated(u),
-            Some(u) => Person::Live(u),
+            Some(u) => Person::Deactivated(u),
         }
     }
 }

@@ -26,6 +26,14 @@ use crate::contract::Envelope;
 /// from the SDK's synced copy (`users`, `roles`, `settings`, `tsync_*`, …).
 pub const APP_COLLECTION_PREFIX: &str = "app.";
 
+/// The app's own collection `name` in `database` (under [`APP_COLLECTION_PREFIX`]).
+pub fn app_collection(
+    database: &mongodb::Database,
+    name: &str,
+) -> mongodb::Collection<mongodb::bson::Document> {
+    database.collection(&format!("{APP_COLLECTION_PREFIX}{name}"))
+}
+
 /// A MongoDB-backed store.
 #[derive(Debug, Clone)]
 pub struct MongoStore {

@@ -253,12 +253,11 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     assert_eq!(m["email"], Value::Null);
     // ...reported and marked by the nightly integrity pass...
     let report = suite.projects_full_sync.run_once(|_, _| {}).await?;
-    let reasons: Vec<(uuid::Uuid, OrphanReason)> = report
-        .orphans
-        .iter()
-        .map(|o| (o.reference.user_id, o.reason))
-        .collect();
-    assert_eq!(reasons, vec![(ada, OrphanReason::Inactive)], "{report:?}");
+    assert_eq!(
+        orphans(&report),
+        vec![(ada, OrphanReason::Inactive)],
+        "{report:?}"
+    );
     let (_, p) = edge
         .send_keyed(Method::GET, &path, admin, None, None)
         .await?;
@@ -293,12 +292,11 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     let m = read_until("deleted", bob, "status").await?;
     assert_eq!(m["name"], "[Deleted User]");
     let report = suite.projects_full_sync.run_once(|_, _| {}).await?;
-    let reasons: Vec<(uuid::Uuid, OrphanReason)> = report
-        .orphans
-        .iter()
-        .map(|o| (o.reference.user_id, o.reason))
-        .collect();
-    assert_eq!(reasons, vec![(bob, OrphanReason::Deleted)], "{report:?}");
+    assert_eq!(
+        orphans(&report),
+        vec![(bob, OrphanReason::Deleted)],
+        "{report:?}"
+    );
     let (_, p) = edge
         .send_keyed(Method::GET, &path, admin, None, None)
         .await?;
@@ -306,12 +304,11 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
     // `tsync full-sync` runs the same checks: the ones the app declared in its manifest, read
     // back from the wrapper.
     let report = cli_full_sync(&suite).await?;
-    let reasons: Vec<(uuid::Uuid, OrphanReason)> = report
-        .orphans
-        .iter()
-        .map(|o| (o.reference.user_id, o.reason))
-        .collect();
-    assert_eq!(reasons, vec![(bob, OrphanReason::Deleted)], "{report:?}");
+    assert_eq!(
+        orphans(&report),
+        vec![(bob, OrphanReason::Deleted)],
+        "{report:?}"
+    );
     // Typed reads of the synced copy: the tenant's roles, a user's memberships and permissions.
     let store = sync_sdk::store::mongo::MongoStore::new(suite.projects_db.clone());
     let roles = sync_sdk::store::roles(&store, acme.id, None, 50).await?;
@@ -415,4 +412,13 @@ async fn cli_full_sync(suite: &Suite) -> anyhow::Result<sync_sdk::fullsync::Repo
     let store = Arc::new(MongoStore::new(suite.projects_db.clone()));
     let full = FullSync::new(Loader::new(client, store.clone()), store, Arc::new(checks));
     Ok(full.run_once(|_, _| {}).await?)
+}
+
+/// Who a full sync found orphaned, and why.
+fn orphans(report: &sync_sdk::fullsync::Report) -> Vec<(uuid::Uuid, OrphanReason)> {
+    report
+        .orphans
+        .iter()
+        .map(|o| (o.reference.user_id, o.reason))
+        .collect()
 }

@@ -223,8 +223,9 @@ async fn session_user(
 }
 
 /// `GET /` on a tenant's host: where a visit to the tenant's address starts. Signed in: the
-/// tenant's apps (the registered apps whose feature the tenant has; `WRAPPER_PORTAL_APPS`
-/// before any app registered). Not signed in: the sign-in page, which returns here.
+/// tenant's apps (`sync_contract::suite_links`: the registered apps whose feature the tenant
+/// has, and `WRAPPER_PORTAL_APPS` for apps not registered yet). Not signed in: the sign-in page,
+/// which returns here.
 #[utoipa::path(get, path = "/", tag = "pages", security(()), responses((status = 200, description = "The tenant's start page: its apps when signed in", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page")))]
 pub(crate) async fn portal(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let tenant = match page_tenant(&state, &headers).await {
@@ -234,32 +235,16 @@ pub(crate) async fn portal(State(state): State<AppState>, headers: HeaderMap) ->
     let Some((_, email)) = session_user(&state, &headers, Some(tenant.tenant_id)).await else {
         return see_other("/auth/login?return_to=%2F");
     };
-    let has = |feature: &str| {
-        tenant
-            .features
-            .iter()
-            .any(|f| f.eq_ignore_ascii_case(feature))
-    };
-    // The registered apps (their manifests) the tenant has the feature for; before any app has
-    // registered, the configured list.
+    // The registered apps (their manifests) the tenant has the feature for, then the
+    // configured ones not registered yet: the same list as every app's dashboard.
     let registered = match state.db.acquire().await {
         Ok(mut conn) => crate::domain::apps::all(&mut conn)
             .await
             .unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    let listed: Vec<(String, String)> = if registered.is_empty() {
-        sync_web::page::Pages::parse_suite(&state.settings.portal_apps)
-            .into_iter()
-            .filter(|(title, _)| has(title))
-            .collect()
-    } else {
-        registered
-            .into_iter()
-            .filter(|a| a.feature.as_deref().is_none_or(has))
-            .map(|a| (a.display_name, a.public_path))
-            .collect()
-    };
+    let configured = sync_web::page::Pages::parse_suite(&state.settings.portal_apps);
+    let listed = sync_contract::suite_links(&registered, &tenant.features, &configured);
     let apps: String = listed
         .iter()
         .map(|(title, path)| {
