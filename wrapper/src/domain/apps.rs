@@ -200,18 +200,8 @@ pub(crate) async fn price(
     app: &str,
     code: &str,
 ) -> ApiResult<Option<i64>> {
-    Ok(sqlx::query_scalar(
-        "select coalesce(
-           (select cost from credit_configs
-             where tenant_id = $1 and application = $2 and operation_code = $3 and active),
-           (select default_cost from application_operations
-             where application = $2 and operation_code = $3))",
-    )
-    .bind(tenant)
-    .bind(app)
-    .bind(code)
-    .fetch_one(db)
-    .await?)
+    let found = priced(db, tenant, app, Some(code)).await?;
+    Ok(found.first().map(|(_, cost)| *cost))
 }
 
 /// Every priced operation of `app` for `tenant` (declared defaults overlaid by the tenant's
@@ -221,18 +211,32 @@ pub(crate) async fn prices(
     tenant: uuid::Uuid,
     app: &str,
 ) -> ApiResult<Vec<(String, i64)>> {
+    priced(db, tenant, app, None).await
+}
+
+/// The one pricing rule, for every operation of `app` or `only` one: the tenant's active
+/// credit config, else the app's declared default.
+async fn priced(
+    db: &mut PgConnection,
+    tenant: uuid::Uuid,
+    app: &str,
+    only: Option<&str>,
+) -> ApiResult<Vec<(String, i64)>> {
     Ok(sqlx::query_as(
         "select operation_code, cost from credit_configs
           where tenant_id = $1 and application = $2 and active
+            and ($3::text is null or operation_code = $3)
          union all
          select o.operation_code, o.default_cost from application_operations o
-          where o.application = $2 and not exists (
-            select 1 from credit_configs c where c.tenant_id = $1 and c.application = $2
-              and c.operation_code = o.operation_code and c.active)
+          where o.application = $2 and ($3::text is null or o.operation_code = $3)
+            and not exists (
+              select 1 from credit_configs c where c.tenant_id = $1 and c.application = $2
+                and c.operation_code = o.operation_code and c.active)
          order by 1",
     )
     .bind(tenant)
     .bind(app)
+    .bind(only)
     .fetch_all(db)
     .await?)
 }
