@@ -96,6 +96,7 @@ pub struct AppKit<H> {
     /// Where the app's pages live and where browsers sign in.
     pub pages: Arc<crate::web::Pages>,
     consumer: Arc<Consumer<MongoStore, H>>,
+    status: crate::status::StatusReporter<MongoStore, H>,
     redis: fred::clients::Client,
     keys: StreamKeys,
     name: String,
@@ -136,6 +137,13 @@ impl<H: Handler> AppKit<H> {
         let redis = crate::redis::connect(&args.redis_url)?;
         let consumer = Consumer::new(redis.clone(), store.clone(), Arc::new(handler), config);
         consumer.ensure_groups().await?;
+        // Before anything can ask for a re-sync: they are journalled in Redis from the first.
+        let status = crate::status::StatusReporter::new(
+            redis.clone(),
+            consumer.clone(),
+            loader.clone(),
+            store.clone(),
+        );
         let credits = Arc::new(
             CreditClient::new(Arc::new(wrapper()), store.clone(), args.offline_allowance)
                 .with_manifest(&manifest)
@@ -182,6 +190,7 @@ impl<H: Handler> AppKit<H> {
             database,
             pages: Arc::new(pages),
             consumer,
+            status,
             redis,
             keys,
             name: name.to_owned(),
@@ -499,12 +508,14 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
             }
         });
         let consuming = tokio::spawn(self.kit.consumer.run(cancel.clone()));
+        let reporting = tokio::spawn(self.kit.status.run(cancel.clone()));
         let stop = cancel.clone();
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await?;
         cancel.cancel();
         consuming.await??;
+        let _ = reporting.await;
         Ok(())
     }
 }

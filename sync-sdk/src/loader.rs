@@ -88,6 +88,7 @@ pub struct Loader<S> {
     staleness: Duration,
     resyncs: Mutex<HashSet<Uuid>>,
     resync_backoff: (Duration, Duration),
+    journal: std::sync::OnceLock<crate::status::ResyncJournal>,
 }
 
 impl<S: TenantStore> Loader<S> {
@@ -108,6 +109,7 @@ impl<S: TenantStore> Loader<S> {
             staleness,
             resyncs: Mutex::new(HashSet::new()),
             resync_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
+            journal: std::sync::OnceLock::new(),
         })
     }
 
@@ -188,6 +190,12 @@ impl<S: TenantStore> Loader<S> {
         Arc::new(LoaderResync(self.clone()))
     }
 
+    /// Keep the re-syncs in `journal` too (in Redis, where they outlive the process and a live
+    /// replica takes over those of a dead one). Set once; later calls are ignored.
+    pub fn journal_resyncs(&self, journal: crate::status::ResyncJournal) {
+        let _ = self.journal.set(journal);
+    }
+
     /// Re-sync the tenant in the background, retrying with capped backoff until it succeeds
     /// (or the wrapper says the tenant does not exist). A request for a tenant whose re-sync is
     /// pending already joins it.
@@ -198,6 +206,9 @@ impl<S: TenantStore> Loader<S> {
         self.count_resyncs();
         let loader = self.clone();
         tokio::spawn(async move {
+            if let Some(journal) = loader.journal.get() {
+                journal.record(tenant_id).await;
+            }
             let (first, cap) = loader.resync_backoff;
             let mut failures = 0u32;
             loop {
@@ -215,6 +226,9 @@ impl<S: TenantStore> Loader<S> {
                         tokio::time::sleep(delay).await;
                     }
                 }
+            }
+            if let Some(journal) = loader.journal.get() {
+                journal.done(tenant_id).await;
             }
             loader.resyncs().remove(&tenant_id);
             loader.count_resyncs();

@@ -174,6 +174,20 @@ impl StreamKeys {
         format!("{}:revoked:{jti}", self.namespace)
     }
 
+    /// The status reports of application `app`'s replicas: a hash, replica → its latest report
+    /// (JSON with the time it was written), `{ns}:status:{app}`. Readers ignore and remove
+    /// reports older than their freshness window, so a dead replica drops out on its own.
+    pub fn status(&self, app: &str) -> String {
+        format!("{}:status:{app}", self.namespace)
+    }
+
+    /// The re-syncs of application `app` requested and not yet done: a hash, tenant → the
+    /// replica retrying it, `{ns}:resyncs:{app}`. It outlives the process, so a re-sync a crashed
+    /// replica was retrying is taken over by a live one instead of waiting for the nightly sync.
+    pub fn resyncs(&self, app: &str) -> String {
+        format!("{}:resyncs:{app}", self.namespace)
+    }
+
     /// A lock or lease key: `{ns}:lock:{name}`.
     pub fn lock(&self, name: &str) -> String {
         format!("{}:lock:{name}", self.namespace)

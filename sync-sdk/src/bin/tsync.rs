@@ -9,6 +9,7 @@ use sync_sdk::{
     dlq::{self, Filter},
     fullsync::{FieldReferences, FullSync, Integrity, NoIntegrity},
     loader::{Loader, WrapperClient, WrapperConfig},
+    status,
     store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
 };
 use uuid::Uuid;
@@ -47,6 +48,16 @@ enum Command {
     },
     /// Lag and pending counts of every group on every partition.
     Lag,
+    /// What every live replica of an app reports (readers, lag, pending, parked tenants,
+    /// re-syncs, tenants loaded), the re-syncs not yet done and the dead letters waiting.
+    Status {
+        /// The app (consumer group); every app with a group when not given.
+        #[arg(long, env = "TSYNC_APP")]
+        app: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the full sync of an app's store now (digest compare, repair, integrity counts).
     FullSync {
         /// The app, e.g. `crm` (also its service client id).
@@ -131,6 +142,29 @@ async fn main() -> anyhow::Result<()> {
                     "{:>9}  {:<16} {:>8} {:>8} {:>8}",
                     g.partition, g.group, lag, g.pending, g.length
                 );
+            }
+        }
+        Command::Status { app, json } => {
+            let apps = match app {
+                Some(app) => vec![app],
+                None => dlq::lag(&redis, &keys)
+                    .await?
+                    .into_iter()
+                    .map(|g| g.group)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+            };
+            let mut all = Vec::new();
+            for app in apps {
+                all.push(status::AppStatus::read(&redis, &keys, &app).await?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for app in &all {
+                    print!("{app}");
+                }
             }
         }
         Command::FullSync {

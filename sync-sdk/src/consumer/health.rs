@@ -9,7 +9,7 @@ use std::sync::{
 };
 
 use fred::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Consumer, Handler, ResyncHook, batch::Partition};
@@ -32,19 +32,19 @@ pub(super) struct PartitionHealth {
 }
 
 /// A tenant whose events wait on a partition.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParkedTenant {
     /// The tenant.
     pub tenant_id: Uuid,
     /// Why: `handler`, `store`, `gap` or `re-sync`.
-    pub reason: &'static str,
+    pub reason: String,
     /// Entries waiting.
     pub entries: usize,
 }
 
 /// The consumer's state, as a readiness endpoint reports it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthReport {
     /// Running, and every partition has a live reader.
@@ -58,7 +58,7 @@ pub struct HealthReport {
 }
 
 /// One partition's reader.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionReport {
     /// The partition.
@@ -150,7 +150,7 @@ impl PartitionHealth {
             .into_iter()
             .map(|(tenant_id, reason, entries)| ParkedTenant {
                 tenant_id,
-                reason,
+                reason: reason.to_owned(),
                 entries,
             })
             .collect::<Vec<_>>();

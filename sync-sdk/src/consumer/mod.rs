@@ -263,6 +263,11 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         })
     }
 
+    /// The consumer's settings (its app, its name in the group, its keys).
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
     /// The readers' liveness and parked tenants (see [`health_report`](Self::health_report)).
     pub fn health(&self) -> Arc<ConsumerHealth> {
         self.health.clone()

@@ -1,9 +1,10 @@
 //! [`TenantStore`] on MongoDB. One collection per entity kind (`{_id, tenantId, version,
 //! state}`), `tsync_sync` (per-tenant watermarks) and `tsync_processed` (event ids). A batch
 //! runs in one multi-document transaction (MongoDB needs a replica set for that) of a few
-//! round trips whatever its size: find the recorded ids, insert the fresh ones, read the
-//! current versions per kind, one multi-statement `update` per kind and one for the
-//! watermarks. Transient transaction errors (write conflicts) are retried here a few times;
+//! round trips whatever its size: insert the event ids (an id recorded meanwhile fails it, and
+//! the batch is tried again looking the recorded ones up first), read the
+//! current versions per kind, delete the documents a newer version replaces and insert the
+//! newer versions (per kind), and one multi-statement `update` for the watermarks. Transient transaction errors (write conflicts) are retried here a few times;
 //! beyond that the error goes back to the consumer, which keeps retrying without counting it
 //! against the event.
 
@@ -57,6 +58,11 @@ fn mongo_err(e: MongoError) -> StoreError {
         ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => true,
         ErrorKind::Write(WriteFailure::WriteError(w)) => REFUSED_DATA.contains(&w.code),
         ErrorKind::Command(c) => REFUSED_DATA.contains(&c.code),
+        ErrorKind::InsertMany(i) => i
+            .write_errors
+            .iter()
+            .flatten()
+            .any(|w| REFUSED_DATA.contains(&w.code)),
         _ => false,
     };
     StoreError {
@@ -121,15 +127,19 @@ impl MongoStore {
         &self,
         session: &mut ClientSession,
         envelopes: &[Envelope],
+        look_up_recorded: bool,
     ) -> Result<Vec<Applied>, BatchError> {
         session.start_transaction().await?;
         let fresh = BatchPlan::fresh(envelopes, &HashSet::new());
-        let ids: Vec<String> = fresh.iter().map(|f| f.0.to_string()).collect();
-        let seen_before: HashSet<Uuid> = self
-            .ids_in(session, &self.processed(), &ids)
-            .await?
-            .into_keys()
-            .collect();
+        let seen_before: HashSet<Uuid> = if look_up_recorded {
+            let ids: Vec<String> = fresh.iter().map(|f| f.0.to_string()).collect();
+            self.ids_in(session, &self.processed(), &ids)
+                .await?
+                .into_keys()
+                .collect()
+        } else {
+            HashSet::new()
+        };
         let plan = BatchPlan::new(envelopes, &seen_before);
         let now = bson::DateTime::now();
         let records: Vec<Document> = fresh
@@ -141,7 +151,11 @@ impl MongoStore {
             self.processed()
                 .insert_many(records)
                 .session(&mut *session)
-                .await?;
+                .await
+                .map_err(|e| match is_duplicate_key(&e) && !look_up_recorded {
+                    true => BatchError::Recorded,
+                    false => e.into(),
+                })?;
         }
         let mut changed = Vec::new();
         for kind in EntityKind::ALL {
@@ -150,24 +164,38 @@ impl MongoStore {
                 continue;
             }
             let ids: Vec<String> = writes.iter().map(|w| w.2.to_string()).collect();
-            let current = self.ids_in(session, &self.entities(kind), &ids).await?;
-            let mut updates = Vec::new();
+            let coll = self.entities(kind);
+            let current = self.ids_in(session, &coll, &ids).await?;
+            // Whole documents are replaced: the older ones are deleted and every newer version
+            // inserted, two statements whatever the batch size (an upsert per document costs a
+            // statement each).
+            let mut replaced = Vec::new();
+            let mut docs = Vec::new();
             for (i, _, id, tenant, version, state) in writes {
-                if current.get(id).is_some_and(|v| *v >= *version) {
-                    continue;
+                match current.get(id) {
+                    Some(v) if *v >= *version => continue,
+                    Some(_) => replaced.push(id.to_string()),
+                    None => {}
                 }
                 let state = bson::to_bson(state)
                     .map_err(|e| BatchError::Refused(format!("state of {id}: {e}")))?;
                 let (id, tenant) = (id.to_string(), tenant.to_string());
-                updates.push(doc! {
-                    "q": {"_id": &id},
-                    "u": {"_id": &id, "tenantId": tenant, "version": *version, "state": state},
-                    "upsert": true,
-                });
+                docs.push(
+                    doc! {"_id": id, "tenantId": tenant, "version": *version, "state": state},
+                );
                 changed.push(*i);
             }
-            self.update_many_statements(session, kind.name(), updates)
-                .await?;
+            if !replaced.is_empty() {
+                coll.delete_many(doc! {"_id": {"$in": replaced}})
+                    .session(&mut *session)
+                    .await?;
+            }
+            if !docs.is_empty() {
+                coll.insert_many(docs)
+                    .session(&mut *session)
+                    .await
+                    .map_err(BatchError::from_write)?;
+            }
         }
         let watermarks = plan
             .last_seqs
@@ -243,15 +271,28 @@ impl MongoStore {
     }
 }
 
-/// Why a batch failed: the driver, or the server refusing one statement's data.
+/// Why a batch failed: the driver, the server refusing one statement's data, or an event id
+/// recorded already (the batch is tried again, looking the recorded ids up first).
 enum BatchError {
     Mongo(MongoError),
     Refused(String),
+    Recorded,
 }
 
 impl From<MongoError> for BatchError {
     fn from(e: MongoError) -> Self {
         Self::Mongo(e)
+    }
+}
+
+impl BatchError {
+    /// A write's error: data the server refuses for good is `Refused`, the rest retried.
+    fn from_write(e: MongoError) -> Self {
+        if mongo_err(e.clone()).permanent {
+            Self::Refused(e.to_string())
+        } else {
+            Self::Mongo(e)
+        }
     }
 }
 
@@ -267,6 +308,7 @@ fn is_duplicate_key(e: &MongoError) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
         ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::InsertMany(i) => i.write_errors.iter().flatten().any(|w| w.code == 11000),
         _ => e.to_string().contains("E11000") || e.to_string().contains("duplicate key"),
     }
 }
@@ -420,10 +462,22 @@ impl TenantStore for MongoStore {
         }
         let mut session = self.client.start_session().await.map_err(mongo_err)?;
         let mut attempts = 0;
+        // The consumer skips the ids it found recorded before it applies, so the batch first
+        // goes without looking them up again; one recorded meanwhile (another replica, a
+        // redelivery) fails the insert, and the batch is retried with the lookup.
+        let mut look_up_recorded = false;
         loop {
             attempts += 1;
-            match self.apply_batch_once(&mut session, envelopes).await {
+            match self
+                .apply_batch_once(&mut session, envelopes, look_up_recorded)
+                .await
+            {
                 Ok(outcomes) => return Ok(outcomes),
+                Err(BatchError::Recorded) => {
+                    let _ = session.abort_transaction().await;
+                    look_up_recorded = true;
+                    attempts -= 1;
+                }
                 Err(BatchError::Mongo(e))
                     if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 5 =>
                 {
@@ -435,6 +489,9 @@ impl TenantStore for MongoStore {
                     return Err(match e {
                         BatchError::Mongo(e) => mongo_err(e),
                         BatchError::Refused(message) => StoreError::permanent(message),
+                        BatchError::Recorded => {
+                            StoreError::transient("an event id was recorded meanwhile")
+                        }
                     });
                 }
             }

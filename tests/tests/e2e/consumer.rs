@@ -737,7 +737,7 @@ async fn a_failing_tenant_does_not_delay_another_on_the_same_partition() -> anyh
     let parked = &report.partitions[rig.keys.partition_of(rig.tenant) as usize].parked;
     assert_eq!(parked.len(), 1, "{parked:?}");
     assert_eq!(
-        (parked[0].tenant_id, parked[0].reason),
+        (parked[0].tenant_id, parked[0].reason.as_str()),
         (rig.tenant, "handler")
     );
     assert!(rig.handler.calls(stuck[0].event_id) >= 2, "it was retried");

@@ -775,3 +775,99 @@ async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Resu
     running.await??;
     Ok(())
 }
+
+/// A re-sync outlives the replica that asked for it. Replica A (whose wrapper is unreachable)
+/// sees a gap and keeps retrying the tenant's re-sync, journalled in Redis and shown by its
+/// status report; A dies. Replica B never sees the gap (its consumer does not run): its status
+/// reporter finds the re-sync of a replica that stopped reporting, takes it over and repairs
+/// what only a re-sync repairs (a row the app lost), without waiting for the nightly sync.
+#[tokio::test]
+async fn a_resync_pending_in_a_dead_replica_is_taken_over_by_a_live_one() -> anyhow::Result<()> {
+    use sync_sdk::status::{AppStatus, ResyncJournal, StatusReporter};
+    let wrapper = spawn_wrapper().await?;
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
+    let t = wrapper.create_tenant("takeover").await;
+    let (member, _) = wrapper.create_member(&t, "m@takeover.test").await;
+    let db = fresh_database().await?;
+    let store = Arc::new(PostgresStore::new(db.pool.clone()));
+    store.init().await?;
+    let keys = StreamKeys::new(
+        wrapper.state.settings.namespace.clone(),
+        wrapper.state.settings.partitions,
+    )
+    .unwrap();
+    let redis = redis_client(&redis_url()).await?;
+    let replica = |base_url: String| {
+        let client = WrapperClient::new(WrapperConfig {
+            base_url,
+            client_id: "crm".into(),
+            client_secret: SECRET.into(),
+            page_size: 1000,
+            timeout: Duration::from_secs(2),
+        });
+        let loader = Loader::new(client, store.clone())
+            .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(300));
+        let mut config = ConsumerConfig::new("crm", keys.clone());
+        config.block = Duration::from_millis(200);
+        config.gap_wait = Duration::from_millis(300);
+        config.resync = Some(loader.resync_hook());
+        let consumer = Consumer::new(redis.clone(), store.clone(), Arc::new(NoHandler), config);
+        let reporter = StatusReporter::new(
+            redis.clone(),
+            consumer.clone(),
+            loader.clone(),
+            store.clone(),
+        )
+        .with_timing(Duration::from_millis(200), Duration::from_secs(1));
+        (loader, consumer, reporter)
+    };
+    let (loader_b, consumer_b, reporter_b) = replica(wrapper.url.clone());
+    loader_b.ensure_tenant(t.id).await?;
+    sqlx::query("delete from tsync_entities where id = $1")
+        .bind(member)
+        .execute(&db.pool)
+        .await?;
+
+    // Replica A cannot reach the wrapper: its re-sync stays pending, journalled.
+    let (loader_a, consumer_a, reporter_a) = replica("http://127.0.0.1:9".to_owned());
+    consumer_a.ensure_groups().await?;
+    let replica_a = consumer_a.config().consumer.clone();
+    let stop_a = CancellationToken::new();
+    let running_a = tokio::spawn(consumer_a.clone().run(stop_a.clone()));
+    publish_after_a_gap(&wrapper, store.as_ref(), t.id).await?;
+    let journal = ResyncJournal::new(redis.clone(), &keys, "crm", "test");
+    eventually(Duration::from_secs(10), || async {
+        loader_a.pending_resyncs() == vec![t.id]
+            && journal.pending().await.unwrap_or_default() == vec![(t.id, replica_a.clone())]
+    })
+    .await?;
+    reporter_a.tick().await?;
+    let status = AppStatus::read(&redis, &keys, "crm").await?;
+    let a = status.replicas.iter().find(|r| r.replica == replica_a);
+    assert_eq!(
+        a.map(|r| r.resyncs.clone()),
+        Some(vec![t.id]),
+        "{status:#?}"
+    );
+    assert!(
+        status
+            .to_string()
+            .contains(&format!("re-sync pending: tenant {}", t.id))
+    );
+
+    // A dies (stops consuming and reporting). B takes its re-sync over once A's report is stale.
+    stop_a.cancel();
+    running_a.await??;
+    let stop_b = CancellationToken::new();
+    let reporting_b = tokio::spawn(reporter_b.run(stop_b.clone()));
+    eventually(Duration::from_secs(20), || async {
+        journal.pending().await.is_ok_and(|p| p.is_empty())
+            && loader_b.pending_resyncs().is_empty()
+            && store_matches(&wrapper, store.as_ref(), t.id).await
+    })
+    .await?;
+    assert_eq!(consumer_b.health().restarts(), 0);
+    stop_b.cancel();
+    reporting_b.await?;
+    Ok(())
+}
