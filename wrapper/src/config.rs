@@ -233,6 +233,13 @@ pub struct Settings {
     /// How often streams are trimmed and outbox metrics refreshed, in seconds.
     #[arg(long, env = "WRAPPER_RELAY_MAINTENANCE_SECS", default_value_t = 30)]
     pub relay_maintenance_secs: u64,
+    /// Replicas of the stream's Redis master that must hold a published batch before its
+    /// outbox rows are marked (`WAIT`; 0: do not wait). See the README on Redis Cluster.
+    #[arg(long, env = "WRAPPER_RELAY_WAIT_REPLICAS", default_value_t = 0)]
+    pub relay_wait_replicas: u32,
+    /// How long the relay's `WAIT` may block, in milliseconds (a shortfall retries the batch).
+    #[arg(long, env = "WRAPPER_RELAY_WAIT_TIMEOUT_MS", default_value_t = 1000)]
+    pub relay_wait_timeout_ms: u64,
     /// Published outbox rows are deleted after this many seconds.
     #[arg(long, env = "WRAPPER_OUTBOX_RETENTION_SECS", default_value_t = 86_400)]
     pub outbox_retention_secs: u64,
@@ -271,6 +278,8 @@ impl Settings {
             lease_retry: Duration::from_millis(self.relay_lease_retry_ms),
             maintenance_interval: Duration::from_secs(self.relay_maintenance_secs),
             retention: Duration::from_secs(self.outbox_retention_secs),
+            wait_replicas: self.relay_wait_replicas,
+            wait_timeout: Duration::from_millis(self.relay_wait_timeout_ms),
         }
     }
 

@@ -74,6 +74,18 @@ impl StreamKeys {
         format!("{}:events:{{{partition}}}", self.namespace)
     }
 
+    /// The relay's leadership epoch of partition `partition` (its fencing token):
+    /// `{ns}:events:{P}:epoch`, in the stream's slot so one script checks it and appends.
+    pub fn relay_epoch(&self, partition: u32) -> String {
+        format!("{}:epoch", self.events(partition))
+    }
+
+    /// The keys of one fenced publication, in the order the relay's script takes them: the
+    /// partition stream and its epoch (one slot).
+    pub fn relay_publish_keys(&self, partition: u32) -> Vec<String> {
+        vec![self.events(partition), self.relay_epoch(partition)]
+    }
+
     /// The stream `tenant_id`'s events go to.
     pub fn events_for(&self, tenant_id: Uuid) -> String {
         self.events(self.partition_of(tenant_id))

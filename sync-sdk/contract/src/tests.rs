@@ -376,3 +376,76 @@ fn multi_key_groups_share_one_slot() {
         }
     }
 }
+
+/// Every key `StreamKeys` builds, classified for Redis Cluster: a key used alone may land in any
+/// slot; a group used by one script (or multi-key command) must share one slot. The lists are
+/// checked against the methods in `keys.rs`, so a new key must be classified here (and its
+/// group, if any, checked) before it can break cluster mode unnoticed.
+#[test]
+fn every_key_pattern_has_its_cluster_slot_rule() {
+    const NOT_KEYS: [&str; 4] = ["new", "namespace", "partitions", "partition_of"];
+    const SINGLE: [&str; 14] = [
+        "events",
+        "relay_epoch",
+        "events_for",
+        "all_events",
+        "dlq",
+        "credit_stream",
+        "credit_balance",
+        "credit_operation",
+        "credit_prices",
+        "credit_allocations",
+        "all_credit_streams",
+        "revoked_session",
+        "status",
+        "resyncs",
+    ];
+    const SINGLE_MORE: [&str; 1] = ["lock"];
+    const GROUPS: [&str; 3] = [
+        "relay_publish_keys",
+        "credit_consume_keys",
+        "credit_mirror_keys",
+    ];
+    let source = include_str!("keys.rs");
+    let body = &source[source.find("impl StreamKeys {").unwrap()..];
+    let body = &body[..body.find("\nimpl ").unwrap()];
+    let methods: Vec<&str> = body
+        .split("pub fn ")
+        .skip(1)
+        .map(|rest| &rest[..rest.find('(').unwrap()])
+        .collect();
+    let known: Vec<&str> = NOT_KEYS
+        .iter()
+        .chain(&SINGLE)
+        .chain(&SINGLE_MORE)
+        .chain(&GROUPS)
+        .copied()
+        .collect();
+    for m in &methods {
+        assert!(known.contains(m), "StreamKeys::{m} is not classified for Redis Cluster here");
+    }
+    for k in &known {
+        assert!(methods.contains(k), "{k} is listed here but StreamKeys has no such method");
+    }
+
+    let keys = StreamKeys::new("tsync", 8).unwrap();
+    let mut slots_used = std::collections::HashSet::new();
+    for i in 0..200u128 {
+        let tenant = Uuid::from_u128(i * 0x9e37_79b9_7f4a_7c15);
+        let partition = keys.partition_of(tenant);
+        for app in ["crm", "hrms", "projects"] {
+            let groups = [
+                keys.relay_publish_keys(partition),
+                keys.credit_consume_keys(tenant, app, &format!("op-{i}")),
+                keys.credit_mirror_keys(tenant, app),
+            ];
+            for group in groups {
+                let slot = hash_slot(&group[0]);
+                assert!(group.iter().all(|k| hash_slot(k) == slot), "{group:?} spans slots");
+                slots_used.insert(slot);
+            }
+        }
+    }
+    // The partitions spread over the cluster: not one slot for everything.
+    assert!(slots_used.len() >= 8, "partition tags should spread: {slots_used:?}");
+}

@@ -35,12 +35,12 @@ async fn fixture(tenants: usize) -> anyhow::Result<Fixture> {
 
 fn config(db: &TestDatabase) -> RelayConfig {
     RelayConfig {
-        database_url: db.url.clone(),
         batch_size: 100,
         poll_interval: Duration::from_millis(200),
         lease_retry: Duration::from_millis(200),
         maintenance_interval: Duration::from_secs(3600),
         retention: Duration::from_secs(3600),
+        ..RelayConfig::new(db.url.clone())
     }
 }
 
@@ -187,7 +187,9 @@ async fn trimming_keeps_every_entry_a_lagging_group_has_not_acknowledged() -> an
     let _: () = redis.xgroup_create(&stream, "fast", "0", true).await?;
     let _: () = redis.xgroup_create(&stream, "slow", "0", true).await?;
     commit_round_robin(&f, 100).await?;
-    while relay.publish_batch(partition).await? > 0 {}
+    let lease = relay.acquire_lease(partition).await?.expect("nobody else leads");
+    relay.take_over(&lease).await?;
+    while relay.publish_batch(&lease).await? > 0 {}
     let all: Vec<(String, std::collections::HashMap<String, String>)> =
         redis.xrange(&stream, "-", "+", None).await?;
     assert_eq!(all.len(), 100);
@@ -229,5 +231,63 @@ async fn trimming_keeps_every_entry_a_lagging_group_has_not_acknowledged() -> an
         .await?;
     assert_eq!(rows, 1, "only the unpublished row is left");
     assert_eq!(unpublished(&f).await, 1);
+    Ok(())
+}
+
+/// Split brain: leader A appends a batch and loses its lock connection before it marks it; B
+/// takes the partition over while A, unaware, carries on. A's marking is refused; B's take-over
+/// finds A's unmarked batch at the stream's tail and marks it instead of sending it again; after
+/// that Redis refuses A's appends. Every event is in the stream exactly once.
+#[tokio::test]
+async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() -> anyhow::Result<()>
+{
+    use wrapper::relay::Fenced;
+    let f = fixture(1).await?;
+    let redis = redis_client(&redis_url()).await?;
+    let mut cfg = config(&f.db);
+    cfg.batch_size = 20;
+    let a = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg.clone());
+    let b = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
+    let partition = f.keys.partition_of(f.tenants[0]);
+    commit_round_robin(&f, 80).await?;
+
+    let mut lease_a = a.acquire_lease(partition).await?.expect("A leads");
+    a.take_over(&lease_a).await?;
+    assert_eq!(a.publish_batch(&lease_a).await?, 20);
+    let in_flight = a.publish_unmarked(&lease_a).await?;
+    assert_eq!(in_flight.len(), 20, "appended, not marked");
+    let pid = lease_a.backend_pid().await?;
+    sqlx::query("select pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&f.db.pool)
+        .await?;
+    // The lock is released when the cut backend has exited: poll for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lease_b = loop {
+        if let Some(lease) = b.acquire_lease(partition).await? {
+            break lease;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "B never got the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(lease_b.epoch() > lease_a.epoch());
+
+    // A carries on: marking its batch is refused under B's epoch.
+    let refused = a.mark(&lease_a, &in_flight).await.expect_err("A's marking is fenced");
+    assert!(refused.is::<Fenced>(), "{refused:#}");
+    assert_eq!(
+        b.take_over(&lease_b).await?,
+        20,
+        "A's unmarked batch is found at the tail, not sent again"
+    );
+    // Now Redis refuses A outright.
+    let refused = a.publish_batch(&lease_a).await.expect_err("A is fenced in Redis");
+    assert!(refused.is::<Fenced>(), "{refused:#}");
+    while b.publish_batch(&lease_b).await? > 0 {}
+
+    let events = read_all_events(&redis, &f.keys).await?;
+    assert_eq!(check_per_tenant_order(&events), 80);
+    assert_eq!(events.len(), 80, "nothing was published twice");
+    assert_eq!(unpublished(&f).await, 0);
     Ok(())
 }

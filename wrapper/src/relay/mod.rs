@@ -8,9 +8,20 @@
 //! * **Per-tenant order.** A tenant's rows become visible in `seq` order (the writer holds the
 //!   tenant row lock until commit), and a batch is sent in id order, so each tenant's entries are
 //!   appended in `seq` order.
-//! * **One publisher per partition.** Each partition is led by the replica holding a Postgres
-//!   advisory lock on a dedicated connection; when that replica dies its connection closes, the
-//!   lock is released and another replica takes the partition over.
+//! * **One publisher per partition, fenced.** Each partition is led by the replica holding a
+//!   Postgres advisory lock on a dedicated connection; when that replica dies its connection
+//!   closes, the lock is released and another replica takes the partition over. Taking over
+//!   raises the partition's epoch (`relay_epochs`) and sets it in Redis beside the stream
+//!   before anything else; every publication is one script that refuses an older epoch, and
+//!   rows are marked only under the current epoch. So a leader that lost its lock without
+//!   noticing (a paused process, a cut connection) can no longer publish. What it published
+//!   and could not mark is found at the stream's tail by the new leader and marked, not sent
+//!   again.
+//! * **Replicated before marked (optional).** With `wait_replicas > 0` the relay sends `WAIT`
+//!   to the stream's master after each batch and marks the rows only once that many replicas
+//!   have the entries; otherwise the rows stay pending and the next attempt first looks for
+//!   them at the stream's tail (published and replicated by then: marked; lost in a failover:
+//!   sent again).
 //! * **Redis outages only delay.** Errors back off exponentially with jitter; the outbox simply
 //!   grows until Redis returns.
 //! * **Trimming never drops unread entries** (`trim.lua`), and published rows are deleted after
@@ -45,6 +56,64 @@ pub struct RelayConfig {
     pub maintenance_interval: Duration,
     /// Published outbox rows older than this are deleted.
     pub retention: Duration,
+    /// Replicas that must have a batch before its rows are marked published (0: no `WAIT`).
+    pub wait_replicas: u32,
+    /// How long one `WAIT` may block.
+    pub wait_timeout: Duration,
+}
+
+impl RelayConfig {
+    /// Defaults for the relay over `database_url`: batches of 1,000, 500 ms poll, 1 s lease
+    /// retry, 30 s maintenance, one day's retention, no `WAIT`.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            batch_size: 1_000,
+            poll_interval: Duration::from_millis(500),
+            lease_retry: Duration::from_secs(1),
+            maintenance_interval: Duration::from_secs(30),
+            retention: Duration::from_secs(86_400),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The leadership of one partition: the connection holding its advisory lock and the epoch it
+/// was given (its fencing token).
+pub struct Lease {
+    conn: PgConnection,
+    partition: u32,
+    epoch: i64,
+}
+
+impl Lease {
+    /// The partition led.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The epoch this leadership was given.
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    /// The Postgres backend of the lock connection (to cut it in tests).
+    pub async fn backend_pid(&mut self) -> Result<i32, sqlx::Error> {
+        sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut self.conn)
+            .await
+    }
+}
+
+/// A publication refused because a newer leader took the partition over.
+#[derive(Debug, thiserror::Error)]
+#[error("relay: partition {partition} is led by a newer epoch than {epoch}")]
+pub struct Fenced {
+    /// The partition.
+    pub partition: u32,
+    /// The stale leader's epoch.
+    pub epoch: i64,
 }
 
 /// The relay of one wrapper process.
@@ -55,6 +124,7 @@ pub struct Relay {
     config: RelayConfig,
     wake: Notify,
     trim: Script,
+    publish: Script,
 }
 
 impl Relay {
@@ -67,6 +137,7 @@ impl Relay {
             config,
             wake: Notify::new(),
             trim: Script::from_lua(include_str!("trim.lua")),
+            publish: Script::from_lua(include_str!("publish.lua")),
         })
     }
 
@@ -130,25 +201,96 @@ impl Relay {
         }
     }
 
-    /// A dedicated connection holding the partition's advisory lock, or None if another
-    /// replica leads it.
-    async fn acquire_lease(&self, partition: u32) -> Result<Option<PgConnection>, sqlx::Error> {
+    /// The partition's leadership: a dedicated connection holding its advisory lock, with the
+    /// partition's epoch raised; None if another replica leads it.
+    pub async fn acquire_lease(&self, partition: u32) -> Result<Option<Lease>, sqlx::Error> {
         let mut conn = PgConnection::connect(&self.config.database_url).await?;
         let held: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
             .bind(lock_class(self.keys.namespace()))
             .bind(partition as i32)
             .fetch_one(&mut conn)
             .await?;
-        if held {
-            Ok(Some(conn))
-        } else {
+        if !held {
             let _ = conn.close().await;
-            Ok(None)
+            return Ok(None);
+        }
+        let epoch: i64 = sqlx::query_scalar(
+            "insert into relay_epochs (namespace, partition, epoch) values ($1, $2, 1)
+             on conflict (namespace, partition) do update set epoch = relay_epochs.epoch + 1
+             returning epoch",
+        )
+        .bind(self.keys.namespace())
+        .bind(partition as i32)
+        .fetch_one(&mut conn)
+        .await?;
+        Ok(Some(Lease {
+            conn,
+            partition,
+            epoch,
+        }))
+    }
+
+    /// Start leading: fence the partition in Redis (older leaders are refused from now on),
+    /// then mark the rows a previous leader published and did not mark. Returns how many.
+    pub async fn take_over(&self, lease: &Lease) -> anyhow::Result<usize> {
+        self.publish_entries(lease, Vec::new()).await?;
+        let mut marked = 0;
+        loop {
+            let n = self.reconcile(lease).await?;
+            marked += n;
+            if (n as i64) < self.config.batch_size {
+                return Ok(marked);
+            }
         }
     }
 
-    async fn lead(&self, partition: u32, mut lease: PgConnection, cancel: &CancellationToken) {
+    /// Mark the partition's oldest pending rows that are already in the stream (published by
+    /// a leader that could not mark them, or before a `WAIT` fell short), once replicated.
+    async fn reconcile(&self, lease: &Lease) -> anyhow::Result<usize> {
+        let pending: Vec<(i64, Uuid)> = sqlx::query_as(
+            "select p.id, o.event_id from outbox_pending p join outbox o on o.id = p.id
+             where p.partition = $1 order by p.id limit $2",
+        )
+        .bind(lease.partition as i32)
+        .bind(self.config.batch_size)
+        .fetch_all(&self.db)
+        .await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        // Only the leader appends (and the rare re-drive), so an unmarked batch is within the
+        // last few batches' worth of entries.
+        let stream = self.keys.events(lease.partition);
+        let tail: Vec<(String, std::collections::HashMap<String, String>)> = self
+            .redis
+            .xrevrange(&stream, "+", "-", Some(self.config.batch_size as u64 * 4))
+            .await?;
+        let published: std::collections::HashSet<Uuid> = tail
+            .into_iter()
+            .filter_map(|(_, fields)| {
+                sync_contract::Envelope::from_stream_fields(fields)
+                    .ok()
+                    .map(|e| e.event_id)
+            })
+            .collect();
+        let ids: Vec<i64> = pending
+            .into_iter()
+            .filter(|(_, event)| published.contains(event))
+            .map(|(id, _)| id)
+            .collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.wait_replicated(lease.partition).await?;
+        self.mark(lease, &ids).await?;
+        tracing::info!(partition = lease.partition, rows = ids.len(), "relay: marked rows found published");
+        Ok(ids.len())
+    }
+
+    async fn lead(&self, partition: u32, mut lease: Lease, cancel: &CancellationToken) {
         let mut backoff = Backoff::default();
+        // Fence and reconcile before the first batch, and again after any failed one.
+        let mut reconciled = false;
         let mut last_check = Instant::now();
         let mut last_maintenance = Instant::now() - self.config.maintenance_interval;
         loop {
@@ -159,20 +301,33 @@ impl Relay {
                 break;
             }
             if last_check.elapsed() >= Duration::from_secs(1) {
-                if let Err(e) = sqlx::query("select 1").execute(&mut lease).await {
+                if let Err(e) = sqlx::query("select 1").execute(&mut lease.conn).await {
                     tracing::warn!(partition, error = %e, "relay: lease connection lost");
                     return;
                 }
                 last_check = Instant::now();
             }
-            match self.publish_batch(partition).await {
+            let published = async {
+                if !reconciled {
+                    self.take_over(&lease).await?;
+                    reconciled = true;
+                }
+                self.publish_batch(&lease).await
+            };
+            match published.await {
                 Ok(n) => {
                     backoff.reset();
                     if n as i64 == self.config.batch_size {
                         continue;
                     }
                 }
+                Err(e) if e.is::<Fenced>() => {
+                    tracing::warn!(partition, epoch = lease.epoch, error = %e, "relay: fenced by a newer leader; stepping down");
+                    metrics::counter!("tsync_relay_fenced_total", "partition" => partition.to_string()).increment(1);
+                    return;
+                }
                 Err(e) => {
+                    reconciled = false;
                     metrics::counter!("tsync_relay_errors_total", "partition" => partition.to_string()).increment(1);
                     let delay = backoff.next();
                     tracing::warn!(partition, error = %e, ?delay, "relay: publish failed; retrying");
@@ -192,53 +347,142 @@ impl Relay {
                 _ = tokio::time::sleep(self.config.poll_interval) => {},
             }
         }
-        let _ = lease.close().await;
+        let _ = lease.conn.close().await;
     }
 
-    /// Publish up to one batch of the partition's unpublished rows; returns how many.
-    pub async fn publish_batch(&self, partition: u32) -> anyhow::Result<usize> {
+    /// Publish up to one batch of the partition's unpublished rows under `lease`; returns how
+    /// many. Fails with [`Fenced`] when a newer leader took the partition over.
+    pub async fn publish_batch(&self, lease: &Lease) -> anyhow::Result<usize> {
+        let ids = self.publish_unmarked(lease).await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        self.wait_replicated(lease.partition).await?;
+        self.mark(lease, &ids).await?;
+        Ok(ids.len())
+    }
+
+    /// Append up to one batch of pending rows to the stream (one fenced script call) without
+    /// marking them; returns their ids. [`publish_batch`](Self::publish_batch) is this, then
+    /// `WAIT`, then marking: split so tests can lose the leadership in between.
+    pub async fn publish_unmarked(&self, lease: &Lease) -> anyhow::Result<Vec<i64>> {
         let rows: Vec<(i64, Uuid, i64, String, String)> = sqlx::query_as(
             "select o.id, o.tenant_id, o.seq, o.event_type, o.envelope
              from outbox_pending p join outbox o on o.id = p.id
              where p.partition = $1 order by p.id limit $2",
         )
-        .bind(partition as i32)
+        .bind(lease.partition as i32)
         .bind(self.config.batch_size)
         .fetch_all(&self.db)
         .await?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let started = std::time::Instant::now();
-        let stream = self.keys.events(partition);
-        let pipeline = self.redis.pipeline();
         let mut ids = Vec::with_capacity(rows.len());
+        let mut entries = Vec::with_capacity(rows.len());
         for (id, tenant_id, seq, event_type, envelope) in rows {
-            let fields = stream_fields(&event_type, tenant_id, seq, envelope);
-            let _: () = pipeline
-                .xadd(&stream, false, None::<()>, "*", fields)
-                .await?;
+            entries.push(stream_fields(&event_type, tenant_id, seq, envelope));
             ids.push(id);
         }
-        let replies: Vec<Result<String, Error>> = pipeline.try_all().await;
-        if let Some(Err(e)) = replies.iter().find(|r| r.is_err()) {
-            anyhow::bail!("XADD refused: {e}");
-        }
+        let appended = self.publish_entries(lease, entries).await?;
         anyhow::ensure!(
-            replies.len() == ids.len(),
-            "Redis answered {} of {} XADDs",
-            replies.len(),
+            appended == ids.len(),
+            "Redis appended {appended} of {} entries",
             ids.len()
         );
-        sqlx::query("delete from outbox_pending where id = any($1)")
-            .bind(&ids)
-            .execute(&self.db)
-            .await?;
         metrics::histogram!("tsync_relay_publish_batch_seconds")
             .record(started.elapsed().as_secs_f64());
-        metrics::counter!("tsync_relay_published_total", "partition" => partition.to_string())
+        Ok(ids)
+    }
+
+    /// One call of the fenced publish script: the entries, all or none; none only fences.
+    async fn publish_entries(
+        &self,
+        lease: &Lease,
+        entries: Vec<Vec<(&'static str, String)>>,
+    ) -> anyhow::Result<usize> {
+        let keys = self.keys.relay_publish_keys(lease.partition);
+        let mut args = vec![lease.epoch.to_string()];
+        for fields in entries {
+            args.push((fields.len() * 2).to_string());
+            for (name, value) in fields {
+                args.push(name.to_owned());
+                args.push(value);
+            }
+        }
+        let reply: Result<Vec<String>, Error> =
+            self.publish.evalsha_with_reload(&self.redis, keys, args).await;
+        match reply {
+            Ok(ids) => Ok(ids.len()),
+            Err(e) if e.details().contains("FENCED") => Err(Fenced {
+                partition: lease.partition,
+                epoch: lease.epoch,
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// With `wait_replicas > 0`: block until that many replicas of the stream's master have
+    /// everything written so far (`WAIT` on the master that owns the stream's slot), or fail.
+    async fn wait_replicated(&self, partition: u32) -> anyhow::Result<()> {
+        let wanted = self.config.wait_replicas;
+        if wanted == 0 {
+            return Ok(());
+        }
+        let timeout = self.config.wait_timeout.as_millis().max(1) as i64;
+        let slot = sync_contract::hash_slot(&self.keys.events(partition));
+        let owner = self
+            .redis
+            .cached_cluster_state()
+            .and_then(|state| state.get_server(slot).cloned());
+        let acked: i64 = match owner {
+            Some(server) => {
+                self.redis
+                    .with_cluster_node(server)
+                    .wait(i64::from(wanted), timeout)
+                    .await?
+            }
+            None => self.redis.wait(i64::from(wanted), timeout).await?,
+        };
+        metrics::counter!("tsync_relay_waits_total", "outcome" => if acked >= i64::from(wanted) { "ok" } else { "short" })
+            .increment(1);
+        anyhow::ensure!(
+            acked >= i64::from(wanted),
+            "WAIT: {acked} of {wanted} replicas acknowledged within {timeout} ms; the batch stays pending"
+        );
+        Ok(())
+    }
+
+    /// Mark rows published, under the lease's epoch: fails with [`Fenced`] once a newer leader
+    /// took the partition over.
+    pub async fn mark(&self, lease: &Lease, ids: &[i64]) -> anyhow::Result<()> {
+        let mut tx = self.db.begin().await?;
+        // Shared with other markers, exclusive with a new leader raising the epoch: once raised,
+        // no older leader marks anything.
+        let current: Option<i64> = sqlx::query_scalar(
+            "select epoch from relay_epochs where namespace = $1 and partition = $2 for share",
+        )
+        .bind(self.keys.namespace())
+        .bind(lease.partition as i32)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if current != Some(lease.epoch) {
+            return Err(Fenced {
+                partition: lease.partition,
+                epoch: lease.epoch,
+            }
+            .into());
+        }
+        sqlx::query("delete from outbox_pending where id = any($1)")
+            .bind(ids)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        metrics::counter!("tsync_relay_published_total", "partition" => lease.partition.to_string())
             .increment(ids.len() as u64);
-        Ok(ids.len())
+        Ok(())
     }
 
     /// Trim the partition's event stream and credit stream safely (never below what a group has

@@ -91,12 +91,12 @@ async fn main() -> anyhow::Result<()> {
 
 fn config(db: &TestDatabase, batch_size: i64) -> RelayConfig {
     RelayConfig {
-        database_url: db.url.clone(),
         batch_size,
         poll_interval: Duration::from_millis(500),
         lease_retry: Duration::from_millis(100),
         maintenance_interval: Duration::from_secs(3600),
         retention: Duration::from_secs(3600),
+        ..RelayConfig::new(db.url.clone())
     }
 }
 
