@@ -422,10 +422,16 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         .copied()
         .collect();
     for m in &methods {
-        assert!(known.contains(m), "StreamKeys::{m} is not classified for Redis Cluster here");
+        assert!(
+            known.contains(m),
+            "StreamKeys::{m} is not classified for Redis Cluster here"
+        );
     }
     for k in &known {
-        assert!(methods.contains(k), "{k} is listed here but StreamKeys has no such method");
+        assert!(
+            methods.contains(k),
+            "{k} is listed here but StreamKeys has no such method"
+        );
     }
 
     let keys = StreamKeys::new("tsync", 8).unwrap();
@@ -441,11 +447,17 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
             ];
             for group in groups {
                 let slot = hash_slot(&group[0]);
-                assert!(group.iter().all(|k| hash_slot(k) == slot), "{group:?} spans slots");
+                assert!(
+                    group.iter().all(|k| hash_slot(k) == slot),
+                    "{group:?} spans slots"
+                );
                 slots_used.insert(slot);
             }
         }
     }
     // The partitions spread over the cluster: not one slot for everything.
-    assert!(slots_used.len() >= 8, "partition tags should spread: {slots_used:?}");
+    assert!(
+        slots_used.len() >= 8,
+        "partition tags should spread: {slots_used:?}"
+    );
 }

@@ -226,6 +226,177 @@ impl Drop for RedisServer {
     }
 }
 
+/// A private six-node Redis Cluster (three masters, three replicas) for tests that kill a
+/// master; the shared cluster of `scripts/services --redis-cluster` is for everything else.
+/// Every node is killed when this is dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<(u16, Option<Child>)>,
+}
+
+impl RedisCluster {
+    /// Start six nodes on free ports and join them (`redis-cli --cluster create`), with a node
+    /// timeout of 1 s so a dead master's replica is promoted within a few seconds.
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique_name());
+        std::fs::create_dir_all(&dir)?;
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let port = free_port()?;
+            nodes.push((port, Some(spawn_cluster_node(&dir, port)?)));
+        }
+        let cluster = Self { dir, nodes };
+        for (port, _) in &cluster.nodes {
+            let port = *port;
+            eventually(Duration::from_secs(10), || redis_pings(port)).await?;
+        }
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .await?;
+        anyhow::ensure!(
+            created.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&created.stdout)
+        );
+        let first = cluster.nodes[0].0;
+        eventually(Duration::from_secs(30), || cluster_state_ok(first)).await?;
+        Ok(cluster)
+    }
+
+    /// A `redis-cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let mut nodes = self.nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}"));
+        let first = nodes.next().unwrap_or_default();
+        let rest: Vec<String> = nodes.map(|n| format!("node={n}")).collect();
+        format!("redis-cluster://{first}?{}", rest.join("&"))
+    }
+
+    /// The port of the master that serves `key` now.
+    pub async fn master_of(&self, key: &str) -> anyhow::Result<u16> {
+        let alive = self
+            .nodes
+            .iter()
+            .find(|(_, c)| c.is_some())
+            .context("no node is running")?
+            .0;
+        let slot: u16 = redis_cli(alive, &["cluster", "keyslot", key])
+            .await?
+            .trim()
+            .parse()?;
+        let nodes = redis_cli(alive, &["cluster", "nodes"]).await?;
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let serves = f[8..].iter().any(|range| {
+                let mut ends = range.split('-').filter_map(|n| n.parse::<u16>().ok());
+                match (ends.next(), ends.next()) {
+                    (Some(a), Some(b)) => (a..=b).contains(&slot),
+                    (Some(a), None) => a == slot,
+                    _ => false,
+                }
+            });
+            if serves {
+                let port = f[1].split('@').next().and_then(|a| a.rsplit(':').next());
+                return port
+                    .and_then(|p| p.parse().ok())
+                    .context("a node address without a port");
+            }
+        }
+        bail!("no live master serves slot {slot}")
+    }
+
+    /// SIGKILL the node on `port` (its replica takes over once the others notice).
+    pub async fn kill(&mut self, port: u16) -> anyhow::Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|(p, _)| *p == port)
+            .context("no such node")?;
+        if let Some(mut child) = node.1.take() {
+            child.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+impl RedisCluster {
+    /// Start a killed node again on its port: it reads its cluster configuration back and
+    /// rejoins (a dead master comes back as a replica of the one promoted in its place).
+    pub async fn restart(&mut self, port: u16) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|(p, _)| *p == port)
+            .context("no such node")?;
+        if node.1.is_none() {
+            node.1 = Some(spawn_cluster_node(&dir, port)?);
+        }
+        eventually(Duration::from_secs(10), || redis_pings(port)).await
+    }
+}
+
+fn spawn_cluster_node(dir: &std::path::Path, port: u16) -> anyhow::Result<Child> {
+    Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--cluster-enabled", "yes"])
+        .args(["--cluster-node-timeout", "1000", "--cluster-config-file"])
+        .arg(dir.join(format!("nodes-{port}.conf")))
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("spawning redis-server (is it installed? run scripts/services)")
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.nodes {
+            if let Some(child) = child.as_mut() {
+                let _ = child.start_kill();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .await?;
+    anyhow::ensure!(out.status.success(), "redis-cli {args:?} failed");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn cluster_state_ok(port: u16) -> bool {
+    redis_cli(port, &["cluster", "info"])
+        .await
+        .is_ok_and(|info| info.contains("cluster_state:ok"))
+}
+
 async fn redis_pings(port: u16) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
         return false;

@@ -187,7 +187,10 @@ async fn trimming_keeps_every_entry_a_lagging_group_has_not_acknowledged() -> an
     let _: () = redis.xgroup_create(&stream, "fast", "0", true).await?;
     let _: () = redis.xgroup_create(&stream, "slow", "0", true).await?;
     commit_round_robin(&f, 100).await?;
-    let lease = relay.acquire_lease(partition).await?.expect("nobody else leads");
+    let lease = relay
+        .acquire_lease(partition)
+        .await?
+        .expect("nobody else leads");
     relay.take_over(&lease).await?;
     while relay.publish_batch(&lease).await? > 0 {}
     let all: Vec<(String, std::collections::HashMap<String, String>)> =
@@ -246,7 +249,12 @@ async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() 
     let redis = redis_client(&redis_url()).await?;
     let mut cfg = config(&f.db);
     cfg.batch_size = 20;
-    let a = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg.clone());
+    let a = Relay::new(
+        f.db.pool.clone(),
+        redis.clone(),
+        f.keys.clone(),
+        cfg.clone(),
+    );
     let b = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
     let partition = f.keys.partition_of(f.tenants[0]);
     commit_round_robin(&f, 80).await?;
@@ -273,7 +281,10 @@ async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() 
     assert!(lease_b.epoch() > lease_a.epoch());
 
     // A carries on: marking its batch is refused under B's epoch.
-    let refused = a.mark(&lease_a, &in_flight).await.expect_err("A's marking is fenced");
+    let refused = a
+        .mark(&lease_a, &in_flight)
+        .await
+        .expect_err("A's marking is fenced");
     assert!(refused.is::<Fenced>(), "{refused:#}");
     assert_eq!(
         b.take_over(&lease_b).await?,
@@ -281,7 +292,10 @@ async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() 
         "A's unmarked batch is found at the tail, not sent again"
     );
     // Now Redis refuses A outright.
-    let refused = a.publish_batch(&lease_a).await.expect_err("A is fenced in Redis");
+    let refused = a
+        .publish_batch(&lease_a)
+        .await
+        .expect_err("A is fenced in Redis");
     assert!(refused.is::<Fenced>(), "{refused:#}");
     while b.publish_batch(&lease_b).await? > 0 {}
 
@@ -289,5 +303,154 @@ async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() 
     assert_eq!(check_per_tenant_order(&events), 80);
     assert_eq!(events.len(), 80, "nothing was published twice");
     assert_eq!(unpublished(&f).await, 0);
+    Ok(())
+}
+
+/// Redis replication is asynchronous: entries a master acknowledged and had not replicated die
+/// with it. Under a steady write load, the link from the master of partition 0's stream to its
+/// replica is cut (so what follows is not replicated), a few more entries are appended, and the
+/// master is SIGKILLed; its replica is promoted. The relay waits for one replica before marking
+/// rows (`WAIT`), so the rows of the lost entries were never marked and are published again:
+/// every committed change ends in the streams, in order per tenant, each applied once by a
+/// consumer (Postgres store). Prints the figures: changes, lost, duplicate entries, stall.
+#[tokio::test]
+#[ignore = "open (issue 17): after the failover a partition's earlier entries are missing from the \
+            promoted master's stream; not yet explained (see the closing note of stop 25)"]
+async fn a_master_killed_under_load_loses_no_committed_change() -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use sync_sdk::{
+        consumer::{Consumer, ConsumerConfig, NoHandler},
+        store::{TenantStore, postgres::PostgresStore},
+    };
+    let mut cluster = RedisCluster::start().await?;
+    let f = Arc::new(fixture(16).await?);
+    let redis = wrapper::startup::connect_redis(&cluster.url()).await?;
+    let mut cfg = config(&f.db);
+    cfg.wait_replicas = 1;
+    cfg.wait_timeout = Duration::from_millis(300);
+    cfg.poll_interval = Duration::from_millis(20);
+    let cancel = CancellationToken::new();
+    let relay = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
+    let relaying = tokio::spawn(relay.run(cancel.clone()));
+
+    // A consumer applying everything into a Postgres store, throughout.
+    let store_db = fresh_database().await?;
+    let store = Arc::new(PostgresStore::new(store_db.pool.clone()));
+    store.init().await?;
+    for t in &f.tenants {
+        store.mark_loaded(*t, 0).await?;
+    }
+    let mut consumer_config = ConsumerConfig::new("crm", f.keys.clone());
+    consumer_config.block = Duration::from_millis(100);
+    let consumer = Consumer::new(
+        redis.clone(),
+        store.clone(),
+        Arc::new(NoHandler),
+        consumer_config,
+    );
+    consumer.ensure_groups().await?;
+    let consuming = tokio::spawn(consumer.run(cancel.clone()));
+
+    let committed = Arc::new(AtomicUsize::new(0));
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (f, committed, stop) = (f.clone(), committed.clone(), stop_writing.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            while !stop.load(Ordering::SeqCst) {
+                commit_change(&f.db.pool, f.tenants[i % f.tenants.len()], i as i64).await?;
+                i += 1;
+                committed.store(i, Ordering::SeqCst);
+            }
+            anyhow::Ok(i)
+        })
+    };
+    eventually(Duration::from_secs(30), || async {
+        committed.load(Ordering::SeqCst) >= 300 && unpublished(&f).await < 100
+    })
+    .await?;
+
+    let stream = f.keys.events(0);
+    let victim = cluster.master_of(&stream).await?;
+    let cli = |port: u16, args: &[&str]| {
+        let mut c = std::process::Command::new("redis-cli");
+        c.args(["-p", &port.to_string()]).args(args);
+        c.output()
+    };
+    let length = |port| -> u64 {
+        cli(port, &["xlen", &stream])
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Cut replication, let the master take a few more entries, then kill it.
+    let before = length(victim);
+    cli(victim, &["client", "kill", "type", "replica"])?;
+    eventually(Duration::from_secs(10), || async {
+        length(victim) >= before + 5
+    })
+    .await?;
+    let unreplicated = length(victim) - before;
+    let killed = std::time::SystemTime::now();
+    cluster.kill(victim).await?;
+    let killed_ms = killed.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
+    // The promoted replica has no replica of its own, so WAIT 1 holds its partitions until the
+    // dead node is back (as its replica): durability first, as configured.
+    eventually(Duration::from_secs(30), || async {
+        cluster.master_of(&stream).await.is_ok_and(|m| m != victim)
+    })
+    .await?;
+    let promoted = std::time::SystemTime::now().duration_since(killed)?;
+    cluster.restart(victim).await?;
+
+    // Keep writing through the failover, then stop and let everything drain.
+    let target = committed.load(Ordering::SeqCst) + 300;
+    eventually(Duration::from_secs(60), || async {
+        committed.load(Ordering::SeqCst) >= target
+    })
+    .await?;
+    stop_writing.store(true, Ordering::SeqCst);
+    let total = writer.await??;
+    eventually(Duration::from_secs(60), || async {
+        unpublished(&f).await == 0
+    })
+    .await?;
+
+    let events = read_all_events(&redis, &f.keys).await?;
+    let distinct = check_per_tenant_order(&events);
+    // The first entry the promoted replica took on partition 0 after the kill: the stall.
+    let resumed_ms = events
+        .iter()
+        .filter(|(_, e)| f.keys.partition_of(e.tenant_id) == 0)
+        .filter_map(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+        .filter(|ms| *ms > killed_ms)
+        .min();
+    println!(
+        "failover: {total} changes committed, {distinct} in the streams ({} lost), {} duplicate \
+         entries, {unreplicated} entries appended after replication was cut, replica promoted \
+         after {} ms, partition 0 stalled {} ms after the kill (until the old master was back \
+         as a replica)",
+        total - distinct,
+        events.len() - distinct,
+        promoted.as_millis(),
+        resumed_ms.map_or("?".to_owned(), |r| (r - killed_ms).to_string())
+    );
+    assert_eq!(distinct, total, "every committed change is in the streams");
+
+    // Each applied once: every event id recorded once, none skipped.
+    eventually(Duration::from_secs(60), || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from tsync_processed")
+            .fetch_one(&store_db.pool)
+            .await
+            .unwrap_or(0) as usize
+            == total
+    })
+    .await?;
+    for (_, e) in &events {
+        assert!(store.is_processed(e.event_id).await?);
+    }
+    cancel.cancel();
+    relaying.await?;
+    consuming.await??;
     Ok(())
 }

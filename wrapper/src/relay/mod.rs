@@ -283,7 +283,11 @@ impl Relay {
         }
         self.wait_replicated(lease.partition).await?;
         self.mark(lease, &ids).await?;
-        tracing::info!(partition = lease.partition, rows = ids.len(), "relay: marked rows found published");
+        tracing::info!(
+            partition = lease.partition,
+            rows = ids.len(),
+            "relay: marked rows found published"
+        );
         Ok(ids.len())
     }
 
@@ -411,8 +415,10 @@ impl Relay {
                 args.push(value);
             }
         }
-        let reply: Result<Vec<String>, Error> =
-            self.publish.evalsha_with_reload(&self.redis, keys, args).await;
+        let reply: Result<Vec<String>, Error> = self
+            .publish
+            .evalsha_with_reload(&self.redis, keys, args)
+            .await;
         match reply {
             Ok(ids) => Ok(ids.len()),
             Err(e) if e.details().contains("FENCED") => Err(Fenced {
