@@ -237,7 +237,7 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Start six nodes on free ports and join them (`redis-cli --cluster create`), with a node
-    /// timeout of 1 s so a dead master's replica is promoted within a few seconds.
+    /// timeout of 2 s so a dead master's replica is promoted within a few seconds.
     pub async fn start() -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(unique_name());
         std::fs::create_dir_all(&dir)?;
@@ -349,6 +349,10 @@ impl RedisCluster {
 }
 
 fn spawn_cluster_node(dir: &std::path::Path, port: u16) -> anyhow::Result<Child> {
+    // A directory per node: a replica's full sync writes the RDB it receives as dump.rdb there,
+    // and a node starting up loads the dump.rdb it finds. Shared, the nodes read each other's.
+    let dir = dir.join(port.to_string());
+    std::fs::create_dir_all(&dir)?;
     Command::new("redis-server")
         .args([
             "--port",
@@ -359,10 +363,10 @@ fn spawn_cluster_node(dir: &std::path::Path, port: u16) -> anyhow::Result<Child>
             "",
         ])
         .args(["--appendonly", "no", "--cluster-enabled", "yes"])
-        .args(["--cluster-node-timeout", "1000", "--cluster-config-file"])
-        .arg(dir.join(format!("nodes-{port}.conf")))
+        .args(["--cluster-node-timeout", "2000", "--cluster-config-file"])
+        .arg(dir.join("nodes.conf"))
         .arg("--dir")
-        .arg(dir)
+        .arg(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
