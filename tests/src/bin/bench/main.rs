@@ -73,8 +73,14 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(500i64);
+    let wait = args
+        .iter()
+        .position(|a| a == "--wait")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0u32);
     match args.get(1).map(String::as_str) {
-        Some("relay") => relay(events, batch).await,
+        Some("relay") => relay(events, batch, wait).await,
         Some("consumer") => consumer(events).await,
         Some("load") => load(events).await,
         Some("credits") => credits(events).await,
@@ -82,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
         Some("e2e") => bench_e2e::e2e(&args).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] | consumer [--events N] | load [--events USERS] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30]"
+                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] | consumer [--events N] | load [--events USERS] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30]"
             );
             std::process::exit(2);
         }
@@ -100,7 +106,7 @@ fn config(db: &TestDatabase, batch_size: i64) -> RelayConfig {
     }
 }
 
-async fn relay(events: usize, batch: i64) -> anyhow::Result<()> {
+async fn relay(events: usize, batch: i64, wait_replicas: u32) -> anyhow::Result<()> {
     let db = fresh_database().await?;
     wrapper::MIGRATOR.run(&db.pool).await?;
     let keys = StreamKeys::new(redis_namespace(), 8).unwrap();
@@ -166,7 +172,10 @@ async fn relay(events: usize, batch: i64) -> anyhow::Result<()> {
         db.pool.clone(),
         redis.clone(),
         keys.clone(),
-        config(&db, batch),
+        RelayConfig {
+            wait_replicas,
+            ..config(&db, batch)
+        },
     );
     let started = Instant::now();
     let running = tokio::spawn(relay.run(cancel.clone()));
@@ -191,47 +200,41 @@ async fn relay(events: usize, batch: i64) -> anyhow::Result<()> {
     let sent: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let received: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
     let reader_stop = CancellationToken::new();
-    let reader = {
-        let (redis, keys, received, stop) = (
+    // One reader per stream: one XREAD over every stream would span slots on a Redis Cluster.
+    let mut readers = Vec::new();
+    for stream in keys.all_events() {
+        let (redis, received, stop) = (
             redis_client(&redis_url()).await?,
-            keys.clone(),
             received.clone(),
             reader_stop.clone(),
         );
-        tokio::spawn(async move {
-            let streams = keys.all_events();
-            // Start after each stream's current last entry ("$" per call would miss entries
+        readers.push(tokio::spawn(async move {
+            // Start after the stream's current last entry ("$" per call would miss entries
             // arriving between calls).
-            let mut last = Vec::new();
-            for s in &streams {
-                let newest: Vec<(String, HashMap<String, String>)> = redis
-                    .xrevrange(s, "+", "-", Some(1))
-                    .await
-                    .unwrap_or_default();
-                last.push(
-                    newest
-                        .first()
-                        .map_or_else(|| "0-0".to_owned(), |e| e.0.clone()),
-                );
-            }
+            let newest: Vec<(String, HashMap<String, String>)> = redis
+                .xrevrange(&stream, "+", "-", Some(1))
+                .await
+                .unwrap_or_default();
+            let mut last = newest
+                .first()
+                .map_or_else(|| "0-0".to_owned(), |e| e.0.clone());
             while !stop.is_cancelled() {
                 let reply: Option<XReadResponse<String, String, String, String>> = redis
-                    .xread_map(Some(1000), Some(200), streams.clone(), last.clone())
+                    .xread_map(Some(1000), Some(200), stream.clone(), last.clone())
                     .await
                     .ok();
                 let now = Instant::now();
-                for (stream, entries) in reply.unwrap_or_default() {
-                    let i = streams.iter().position(|s| *s == stream).unwrap_or(0);
+                for (_, entries) in reply.unwrap_or_default() {
                     for (id, fields) in entries {
-                        last[i] = id;
+                        last = id;
                         if let Ok(env) = sync_sdk::contract::Envelope::from_stream_fields(fields) {
                             received.lock().unwrap().insert(env.event_id, now);
                         }
                     }
                 }
             }
-        })
-    };
+        }));
+    }
     let rate = 200u32;
     let started = Instant::now();
     let mut n = 0u64;
@@ -249,7 +252,9 @@ async fn relay(events: usize, batch: i64) -> anyhow::Result<()> {
     })
     .await?;
     reader_stop.cancel();
-    reader.await?;
+    for reader in readers {
+        reader.await?;
+    }
     let received = received.lock().unwrap().clone();
     let mut l: Vec<Duration> = sent
         .lock()
