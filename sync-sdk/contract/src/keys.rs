@@ -140,7 +140,7 @@ impl StreamKeys {
 
     /// The keys of one fast-path consumption, in the order the consume script takes them:
     /// balance, operation record, credit stream, price table. One hash tag, so one slot: the
-    /// script runs atomically on Redis Cluster too (`tests::multi_key_groups_share_one_slot`).
+    /// script runs atomically on Redis Cluster too (`tests::every_key_pattern_has_its_cluster_slot_rule`).
     pub fn credit_consume_keys(
         &self,
         tenant_id: Uuid,
