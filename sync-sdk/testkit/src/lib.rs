@@ -385,7 +385,8 @@ impl Drop for RedisCluster {
     }
 }
 
-async fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+/// Run `redis-cli -p <port> <args…>` against a loopback node; its standard output.
+pub async fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)

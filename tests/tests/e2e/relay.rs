@@ -374,46 +374,31 @@ async fn a_master_killed_under_load_loses_no_committed_change() -> anyhow::Resul
     let partition = f.keys.partition_of(f.tenants[0]);
     let stream = f.keys.events(partition);
     let victim = cluster.master_of(&stream).await?;
-    let cli = |port: u16, args: &[&str]| {
-        let mut c = std::process::Command::new("redis-cli");
-        c.args(["-p", &port.to_string()]).args(args);
-        c.output()
-    };
-    let length = |port| -> u64 {
-        cli(
-            port,
-            &[
-                "-a",
-                "cut-the-replica",
-                "--no-auth-warning",
-                "xlen",
-                &stream,
-            ],
-        )
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(0)
+    const PASSWORD: [&str; 3] = ["-a", "cut-the-replica", "--no-auth-warning"];
+    let length = |port| {
+        let stream = stream.clone();
+        async move {
+            let args = [PASSWORD.as_slice(), &["xlen", &stream]].concat();
+            redis_cli(port, &args)
+                .await
+                .ok()
+                .and_then(|out| out.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
     };
     // Cut replication, let the master take a few more entries, then kill it.
-    let before = length(victim);
+    let before = length(victim).await;
     let cut_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select now()")
         .fetch_one(&f.db.pool)
         .await?;
     // A password the replica does not know keeps it from reconnecting (connections already
     // open, like the relay's, stay authenticated).
-    cli(victim, &["config", "set", "requirepass", "cut-the-replica"])?;
-    cli(
+    redis_cli(victim, &["config", "set", "requirepass", PASSWORD[1]]).await?;
+    redis_cli(
         victim,
-        &[
-            "-a",
-            "cut-the-replica",
-            "--no-auth-warning",
-            "client",
-            "kill",
-            "type",
-            "replica",
-        ],
-    )?;
+        &[PASSWORD.as_slice(), &["client", "kill", "type", "replica"]].concat(),
+    )
+    .await?;
     // With WAIT the relay appends at most one more batch there and then holds on (it cannot be
     // replicated), or it holds rows committed before the cut (its last batch could not be
     // confirmed); without WAIT it would go on appending and marking.
@@ -429,11 +414,11 @@ async fn a_master_killed_under_load_loses_no_committed_change() -> anyhow::Resul
         .unwrap_or(0)
     };
     eventually(Duration::from_secs(30), || async {
-        length(victim) > before || held().await > 0
+        length(victim).await > before || held().await > 0
     })
     .await
     .context("the relay neither appended nor held anything after replication was cut")?;
-    let unreplicated = length(victim) - before;
+    let unreplicated = length(victim).await - before;
     let killed = std::time::SystemTime::now();
     cluster.kill(victim).await?;
     let killed_ms = killed.duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
