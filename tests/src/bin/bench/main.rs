@@ -355,12 +355,6 @@ async fn consume_into<S: sync_sdk::store::TenantStore>(
     }
     let mut config = sync_sdk::consumer::ConsumerConfig::new("crm", keys.clone());
     config.block = Duration::from_millis(100);
-    if let Some(batch) = std::env::var("BENCH_BATCH")
-        .ok()
-        .and_then(|b| b.parse().ok())
-    {
-        config.batch = batch;
-    }
     let cancel = CancellationToken::new();
     let consumer = sync_sdk::consumer::Consumer::new(
         redis.clone(),
