@@ -215,7 +215,7 @@ impl<S: TenantStore, H: Handler> StatusReporter<S, H> {
             reported_at_ms: now_ms(),
             health: self.consumer.health_report().await,
             resyncs,
-            tenants_loaded: self.store.loaded_tenants().await.ok().map(|t| t.len()),
+            tenants_loaded: self.store.loaded_count().await.ok().map(|n| n as usize),
         }
     }
 

@@ -339,6 +339,12 @@ pub trait TenantStore: Send + Sync + 'static {
     /// Every tenant that is loaded (or loading).
     fn loaded_tenants(&self) -> impl Future<Output = Result<Vec<Uuid>, StoreError>> + Send;
 
+    /// How many tenants are loaded (or loading): a count where the store has one, for status
+    /// reports that run every few seconds on a store of many tenants.
+    fn loaded_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        async move { Ok(self.loaded_tenants().await?.len() as u64) }
+    }
+
     /// `(id, version)` of every aggregate of one kind of a tenant, in id order.
     fn versions(
         &self,

@@ -388,6 +388,10 @@ impl TenantStore for MongoStore {
         Ok(out)
     }
 
+    async fn loaded_count(&self) -> Result<u64, StoreError> {
+        self.sync().count_documents(doc! {}).await.map_err(err)
+    }
+
     async fn versions(
         &self,
         tenant_id: Uuid,

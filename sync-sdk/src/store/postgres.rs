@@ -148,6 +148,14 @@ impl TenantStore for PostgresStore {
             .map_err(err)
     }
 
+    async fn loaded_count(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("select count(*) from tsync_sync")
+            .fetch_one(&self.db)
+            .await
+            .map_err(err)?;
+        Ok(n as u64)
+    }
+
     async fn versions(
         &self,
         tenant_id: Uuid,
@@ -302,7 +310,7 @@ impl TenantStore for PostgresStore {
     ) -> Result<Vec<(Uuid, Versioned)>, StoreError> {
         let rows: Vec<(Uuid, i64, serde_json::Value)> = sqlx::query_as(
             "select id, version, state from tsync_entities
-             where kind = $1 and tenant_id = $2 and ($3::uuid is null or id > $3)
+             where kind = $1 and tenant_id = $2 and id > coalesce($3::uuid, '00000000-0000-0000-0000-000000000000')
              order by id limit $4",
         )
         .bind(kind.name())

@@ -59,7 +59,7 @@ async fn list(
     };
     let mut items: Vec<AuditRecord> = sqlx::query_as(
         "select id, tenant_id, actor_id, action, target, outcome, details, request_id, created_at
-         from audit_log where tenant_id = $1 and ($2::bigint is null or id < $2)
+         from audit_log where tenant_id = $1 and id < coalesce($2::bigint, 9223372036854775807)
            and ($3::text is null or action = $3)
          order by id desc limit $4",
     )

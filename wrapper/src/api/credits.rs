@@ -293,7 +293,7 @@ async fn ledger(
     };
     let mut items: Vec<LedgerEntry> = sqlx::query_as(&format!(
         "select {LEDGER_COLUMNS} from credit_ledger
-         where tenant_id = $1 and ($2::bigint is null or id > $2)
+         where tenant_id = $1 and id > coalesce($2::bigint, 0)
            and ($3::text is null or application = $3) and ($4::text is null or operation_code = $4)
          order by id limit $5"
     ))

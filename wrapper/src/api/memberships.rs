@@ -167,7 +167,7 @@ async fn list(
     let limit = page.limit()?;
     let rows: Vec<MembershipRow> = sqlx::query_as(&format!(
         "select {COLUMNS} from memberships
-         where tenant_id = $1 and active and ($2::uuid is null or id > $2) order by id limit $3"
+         where tenant_id = $1 and active and id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') order by id limit $3"
     ))
     .bind(tenant_id)
     .bind(page.cursor)

@@ -155,7 +155,7 @@ async fn list(
     let limit = page.limit()?;
     let rows: Vec<RoleRow> = sqlx::query_as(&format!(
         "select {ROLE_COLUMNS} from roles
-         where tenant_id = $1 and not deleted and ($2::uuid is null or id > $2) order by id limit $3"
+         where tenant_id = $1 and not deleted and id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') order by id limit $3"
     ))
     .bind(tenant_id)
     .bind(page.cursor)

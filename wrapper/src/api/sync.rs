@@ -97,7 +97,7 @@ async fn snapshot(
         .await?;
     let users: Vec<UserRow> = sqlx::query_as(&format!(
         "select {USER_COLUMNS} from users
-         where tenant_id = $1 and ($2::uuid is null or id > $2) order by id limit $3"
+         where tenant_id = $1 and id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') order by id limit $3"
     ))
     .bind(tenant_id)
     .bind(q.cursor)

@@ -220,7 +220,7 @@ async fn list(
     caller.require_platform_admin()?;
     let limit = page.limit()?;
     let rows: Vec<TenantRow> = sqlx::query_as(&format!(
-        "select {TENANT_COLUMNS} from tenants where ($1::uuid is null or id > $1) order by id limit $2"
+        "select {TENANT_COLUMNS} from tenants where id > coalesce($1::uuid, '00000000-0000-0000-0000-000000000000') order by id limit $2"
     ))
     .bind(page.cursor)
     .bind(limit + 1)

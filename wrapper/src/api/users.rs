@@ -135,7 +135,7 @@ async fn list(
     .limit()?;
     let rows: Vec<UserRow> = sqlx::query_as(&format!(
         "select {USER_COLUMNS} from users
-         where tenant_id = $1 and ($2::uuid is null or id > $2) and ($3 or deleted_at is null)
+         where tenant_id = $1 and id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') and ($3 or deleted_at is null)
          order by id limit $4"
     ))
     .bind(tenant_id)

@@ -49,6 +49,9 @@ impl<S: TenantStore> TenantStore for Timed<S> {
     async fn loaded_tenants(&self) -> Result<Vec<Uuid>, StoreError> {
         self.inner.loaded_tenants().await
     }
+    async fn loaded_count(&self) -> Result<u64, StoreError> {
+        self.inner.loaded_count().await
+    }
     async fn versions(&self, t: Uuid, k: EntityKind) -> Result<Vec<(Uuid, i64)>, StoreError> {
         self.inner.versions(t, k).await
     }

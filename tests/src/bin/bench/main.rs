@@ -79,16 +79,34 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0u32);
+    let tenant_count = args
+        .iter()
+        .position(|a| a == "--tenants")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5usize);
+    let store = args
+        .iter()
+        .position(|a| a == "--store")
+        .and_then(|i| args.get(i + 1))
+        .map_or("postgres", String::as_str);
     match args.get(1).map(String::as_str) {
-        Some("relay") => relay(events, batch, wait).await,
-        Some("consumer") => consumer(events).await,
-        Some("load") => load(events).await,
+        Some("relay") => relay(events, batch, wait, tenant_count.unwrap_or(64)).await,
+        Some("consumer") => consumer(events, tenant_count.unwrap_or(16)).await,
+        Some("load") => load(events, runs, store).await,
+        Some("load-app") => load_app(&args[2..]).await,
+        Some("tenants") => tenants(tenant_count.unwrap_or(10_000), events).await,
         Some("credits") => credits(events).await,
         Some("pages") => pages(events).await,
         Some("e2e") => bench_e2e::e2e(&args).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] | consumer [--events N] | load [--events USERS] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30]"
+                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] [--tenants N] | consumer [--events N] [--tenants N] | load [--events USERS] [--runs N] [--store postgres|mongo] | tenants [--tenants N] [--events USERS_EACH] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30]"
             );
             std::process::exit(2);
         }
@@ -106,13 +124,18 @@ fn config(db: &TestDatabase, batch_size: i64) -> RelayConfig {
     }
 }
 
-async fn relay(events: usize, batch: i64, wait_replicas: u32) -> anyhow::Result<()> {
+async fn relay(
+    events: usize,
+    batch: i64,
+    wait_replicas: u32,
+    tenant_count: usize,
+) -> anyhow::Result<()> {
     let db = fresh_database().await?;
     wrapper::MIGRATOR.run(&db.pool).await?;
     let keys = StreamKeys::new(redis_namespace(), 8).unwrap();
     let redis = redis_client(&redis_url()).await?;
     let mut tenants = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..tenant_count {
         tenants.push(insert_tenant(&db.pool, &keys).await?);
     }
     // Commit the outbox rows first (4 writers), with no relay running.
@@ -385,10 +408,10 @@ async fn consume_into<S: sync_sdk::store::TenantStore>(
     Ok(elapsed)
 }
 
-async fn consumer(events: usize) -> anyhow::Result<()> {
+async fn consumer(events: usize, tenant_count: usize) -> anyhow::Result<()> {
     use sync_sdk::store::{mongo::MongoStore, postgres::PostgresStore};
     let redis = redis_client(&redis_url()).await?;
-    let tenants: Vec<Uuid> = (0..16).map(|_| Uuid::now_v7()).collect();
+    let tenants: Vec<Uuid> = (0..tenant_count).map(|_| Uuid::now_v7()).collect();
 
     // Postgres store, with the raw rate on the same entries.
     let keys = StreamKeys::new(redis_namespace(), 8).unwrap();
@@ -449,13 +472,16 @@ async fn consumer(events: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn load(users: usize) -> anyhow::Result<()> {
-    use sync_sdk::{
-        loader::{Loader, WrapperClient, WrapperConfig},
-        store::postgres::PostgresStore,
-    };
+/// The service secret the bench's wrapper knows the app by.
+const LOAD_SECRET: &str = "bench-service-secret-long-enough";
+
+/// `bench load`: a tenant of `users` users (plus its admin) lazy-loaded by an app process of
+/// its own (`bench load-app`, so its peak RSS is the app's alone, not the wrapper's), `runs`
+/// times, each into a fresh store.
+async fn load(users: usize, runs: usize, store: &str) -> anyhow::Result<()> {
     let wrapper = tsync_e2e::wrapper_app::spawn_wrapper().await?;
     let tenant = wrapper.create_tenant("big").await;
+    let started = Instant::now();
     sqlx::query(
         "insert into users (id, tenant_id, email, full_name)
          select gen_random_uuid(), $1, 'u' || g || '@big.test', 'User ' || g
@@ -465,31 +491,221 @@ async fn load(users: usize) -> anyhow::Result<()> {
     .bind(users as i64)
     .execute(&wrapper.db.pool)
     .await?;
-    let secret = "bench-service-secret-long-enough";
-    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", secret).await?;
-    for run in 1..=5 {
-        let db = fresh_database().await?;
-        let store = Arc::new(PostgresStore::new(db.pool.clone()));
-        store.init().await?;
-        let client = WrapperClient::new(WrapperConfig {
-            base_url: wrapper.url.clone(),
-            client_id: "crm".into(),
-            client_secret: secret.into(),
-            page_size: 5_000,
-            timeout: Duration::from_secs(30),
-        });
+    println!(
+        "inserted {users} users in {:.2?} (setup)",
+        started.elapsed()
+    );
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", LOAD_SECRET).await?;
+    for run in 1..=runs {
+        // The store outlives the child (dropped after it exits).
+        let (pg, mongo_db) = match store {
+            "mongo" => (None, Some(fresh_mongo().await?)),
+            _ => (Some(fresh_database().await?), None),
+        };
+        let store_arg = match (&pg, &mongo_db) {
+            (Some(db), _) => db.url.clone(),
+            (_, Some(m)) => m.name().to_owned(),
+            _ => unreachable!(),
+        };
+        let out = tokio::process::Command::new(std::env::current_exe()?)
+            .args([
+                "load-app",
+                &wrapper.url,
+                &tenant.id.to_string(),
+                store,
+                &store_arg,
+            ])
+            .kill_on_drop(true)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "load-app failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        print!("run {run}: {}", String::from_utf8_lossy(&out.stdout));
+        if let Some(m) = mongo_db {
+            m.drop().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The kB figure of a `/proc/self/status` line (`VmHWM`, `VmRSS`).
+fn proc_status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim_start_matches(':')
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// `bench load-app WRAPPER_URL TENANT postgres|mongo DATABASE_URL|MONGO_DB`: the app side of
+/// `bench load`, in its own process; prints the load time and the process's peak RSS.
+async fn load_app(args: &[String]) -> anyhow::Result<()> {
+    use sync_sdk::{
+        loader::{Loader, WrapperClient, WrapperConfig},
+        store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
+    };
+    let [wrapper_url, tenant, store, target] = args else {
+        anyhow::bail!("usage: bench load-app WRAPPER_URL TENANT postgres|mongo TARGET");
+    };
+    let tenant: Uuid = tenant.parse()?;
+    let client = WrapperClient::new(WrapperConfig {
+        base_url: wrapper_url.clone(),
+        client_id: "crm".into(),
+        client_secret: LOAD_SECRET.into(),
+        page_size: 5_000,
+        timeout: Duration::from_secs(60),
+    });
+    async fn run<S: TenantStore>(
+        client: WrapperClient,
+        store: Arc<S>,
+        tenant: Uuid,
+    ) -> anyhow::Result<()> {
         let loader = Loader::new(client, store.clone());
         // Fetch the service token first (an argon2 check at the wrapper), as a running app has.
-        loader.client().digest(tenant.id).await?;
+        loader.client().digest(tenant).await?;
+        let before = proc_status_kb("VmRSS");
         let started = Instant::now();
-        loader.ensure_tenant(tenant.id).await?;
+        loader.ensure_tenant(tenant).await?;
         let took = started.elapsed();
-        let loaded: i64 =
-            sqlx::query_scalar("select count(*) from tsync_entities where kind = 'users'")
-                .fetch_one(&db.pool)
+        let mut loaded = 0usize;
+        let mut after = None;
+        loop {
+            let page = store
+                .page(sync_sdk::store::EntityKind::User, tenant, after, 10_000)
                 .await?;
-        println!("run {run}: loaded a tenant of {loaded} users in {took:.2?}");
+            loaded += page.len();
+            match page.last() {
+                Some((id, _)) => after = Some(*id),
+                None => break,
+            }
+        }
+        println!(
+            "loaded {loaded} users in {took:.2?} ({:.0} users/s); app RSS {} MB before the load, peak {} MB",
+            loaded as f64 / took.as_secs_f64(),
+            before / 1024,
+            proc_status_kb("VmHWM") / 1024
+        );
+        Ok(())
     }
+    match store.as_str() {
+        "mongo" => {
+            let db = mongodb::Client::with_uri_str(mongodb_url())
+                .await?
+                .database(target);
+            let store = Arc::new(MongoStore::new(db));
+            store.init().await?;
+            run(client, store, tenant).await
+        }
+        _ => {
+            let store = Arc::new(PostgresStore::new(sqlx::PgPool::connect(target).await?));
+            store.init().await?;
+            run(client, store, tenant).await
+        }
+    }
+}
+
+/// `bench tenants --tenants N --users U`: N tenants of U users each at the wrapper, every one
+/// lazy-loaded once into one Postgres store (16 at a time); the per-tenant load time as the
+/// store fills up (first and last tenth of the loads, and all of them).
+async fn tenants(count: usize, users: usize) -> anyhow::Result<()> {
+    use sync_sdk::{
+        loader::{Loader, WrapperClient, WrapperConfig},
+        store::postgres::PostgresStore,
+    };
+    let wrapper = tsync_e2e::wrapper_app::spawn_wrapper().await?;
+    let started = Instant::now();
+    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
+    for chunk in ids.chunks(1_000) {
+        let subdomains: Vec<String> = chunk.iter().map(|id| format!("t{}", id.simple())).collect();
+        let partitions: Vec<i32> = chunk
+            .iter()
+            .map(|id| wrapper.state.stream_keys.partition_of(*id) as i32)
+            .collect();
+        sqlx::query(
+            "insert into tenants (id, subdomain, name, partition)
+             select id, sub, sub, p from unnest($1::uuid[], $2::text[], $3::int[]) as t(id, sub, p)",
+        )
+        .bind(chunk)
+        .bind(&subdomains)
+        .bind(&partitions)
+        .execute(&wrapper.db.pool)
+        .await?;
+        sqlx::query(
+            "insert into users (id, tenant_id, email, full_name)
+             select gen_random_uuid(), t, 'u' || g || '@' || t || '.test', 'User ' || g
+             from unnest($1::uuid[]) as t, generate_series(1, $2) g",
+        )
+        .bind(chunk)
+        .bind(users as i64)
+        .execute(&wrapper.db.pool)
+        .await?;
+    }
+    println!(
+        "created {count} tenants of {users} users in {:.2?} (setup)",
+        started.elapsed()
+    );
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", LOAD_SECRET).await?;
+    let db = fresh_database().await?;
+    let store = Arc::new(PostgresStore::new(db.pool.clone()));
+    store.init().await?;
+    let client = WrapperClient::new(WrapperConfig {
+        base_url: wrapper.url.clone(),
+        client_id: "crm".into(),
+        client_secret: LOAD_SECRET.into(),
+        page_size: 5_000,
+        timeout: Duration::from_secs(30),
+    });
+    let loader = Arc::new(Loader::new(client, store.clone()));
+    loader.client().digest(ids[0]).await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let times: Arc<Mutex<Vec<(usize, Duration)>>> = Arc::default();
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..16 {
+        let (loader, ids, next, times) = (loader.clone(), ids.clone(), next.clone(), times.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(id) = ids.get(i) else {
+                    return anyhow::Ok(());
+                };
+                let t = Instant::now();
+                loader.ensure_tenant(*id).await?;
+                times.lock().unwrap().push((i, t.elapsed()));
+            }
+        }));
+    }
+    for w in workers {
+        w.await??;
+    }
+    let total = started.elapsed();
+    let mut times = times.lock().unwrap().clone();
+    times.sort_by_key(|t| t.0);
+    let summary = |part: &[(usize, Duration)]| {
+        let mut l: Vec<Duration> = part.iter().map(|t| t.1).collect();
+        l.sort();
+        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+        format!("p50 {:.2?}, p99 {:.2?}", pct(0.5), pct(0.99))
+    };
+    let tenth = (count / 10).max(1);
+    println!(
+        "lazy-loaded {count} tenants in {total:.2?} ({:.0} tenants/s, 16 at a time); per load: first tenth {}, last tenth {}, all {}",
+        count as f64 / total.as_secs_f64(),
+        summary(&times[..tenth]),
+        summary(&times[count - tenth..]),
+        summary(&times),
+    );
     Ok(())
 }
 
