@@ -51,7 +51,8 @@ pub struct AppArgs {
     /// Number of partition streams.
     #[arg(long, env = "TSYNC_PARTITIONS", default_value_t = 8)]
     pub partitions: u32,
-    /// The wrapper's base URL.
+    /// The wrapper's base URL, or several separated by commas (each request goes to the one
+    /// that answered last, and to the next when it cannot connect).
     #[arg(long, env = "WRAPPER_URL", default_value = "http://127.0.0.1:8080")]
     pub wrapper_url: String,
     /// Issuer of the wrapper's tokens.
@@ -488,10 +489,19 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
             kit.keys.clone(),
             kit.name.clone(),
         );
+        let replica = kit.consumer.config().consumer.clone();
         let stop_nightly = cancel.clone();
         tokio::spawn(async move {
             let lock_ttl = Duration::from_secs(3600);
-            let nightly = full.run_scheduled(&schedule, redis, keys, name, lock_ttl, stop_nightly);
+            let nightly = full.run_scheduled(
+                &schedule,
+                redis,
+                keys,
+                name,
+                replica,
+                lock_ttl,
+                stop_nightly,
+            );
             if let Err(e) = nightly.await {
                 tracing::error!(%schedule, error = %e, "invalid full-sync schedule; no full sync will run");
             }

@@ -147,7 +147,7 @@ struct Keys {
 /// The wrapper's public keys, cached, refreshed on an unknown `kid`.
 pub struct Jwks {
     http: reqwest::Client,
-    url: String,
+    wrappers: crate::wrapper_client::WrapperUrls,
     issuer: String,
     min_refresh: Duration,
     max_age: Duration,
@@ -174,7 +174,8 @@ struct Jwk {
 }
 
 impl Jwks {
-    /// Keys from `wrapper_url/.well-known/jwks.json`, for tokens issued by `issuer`. The set is
+    /// Keys from `wrapper_url/.well-known/jwks.json` (several wrappers may be listed, comma-
+    /// separated, as for [`WrapperClient`](crate::loader::WrapperClient)), for tokens issued by `issuer`. The set is
     /// fetched again when a token names an unknown key (at most once per `min_refresh`) and
     /// when it is older than `max_age` (so a retired key stops verifying).
     pub fn new(
@@ -188,7 +189,7 @@ impl Jwks {
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
-            url: format!("{wrapper_url}/.well-known/jwks.json"),
+            wrappers: crate::wrapper_client::WrapperUrls::new(wrapper_url),
             issuer: issuer.to_owned(),
             min_refresh,
             max_age,
@@ -250,9 +251,8 @@ impl Jwks {
             return Ok(());
         }
         let set: JwkSet = self
-            .http
-            .get(&self.url)
-            .send()
+            .wrappers
+            .send(|base| self.http.get(format!("{base}/.well-known/jwks.json")))
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| AuthError::Keys(e.to_string()))?

@@ -243,33 +243,69 @@ impl<S: TenantStore, I: Integrity> FullSync<S, I> {
         Ok(())
     }
 
-    /// Run on `schedule` (cron with seconds) until cancelled; one replica per run, by a Redis
-    /// lock held for at most `lock_ttl`.
+    /// Run on `schedule` (cron with seconds) until cancelled, once per scheduled time across
+    /// the app's replicas: the first replica to set that time's marker in Redis runs it (the
+    /// marker is never released and lives `lock_ttl`, so a replica that wakes late cannot run
+    /// the same time again after the first finished), and a run lock keeps runs from
+    /// overlapping: a 15 s lease renewed while the run goes on, so a replica killed mid-run
+    /// holds the next runs back for seconds only. Each run is recorded (see [`recent_runs`])
+    /// under `replica`'s name.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_scheduled(
         self: Arc<Self>,
         schedule: &str,
         redis: Client,
         keys: StreamKeys,
         app: String,
+        replica: String,
         lock_ttl: Duration,
         cancel: CancellationToken,
     ) -> Result<(), cron::error::Error> {
         let schedule = cron::Schedule::from_str(schedule)?;
-        let lock = RedisLock::new(redis, keys.lock(&format!("fullsync:{app}")));
+        let lock = RedisLock::new(redis.clone(), keys.lock(&format!("fullsync:{app}")));
         for next in schedule.upcoming(chrono::Utc) {
             let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
             tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(wait) => {},
             }
-            match lock.try_acquire(lock_ttl).await {
+            let tick = keys.lock(&format!("fullsync:{app}:{}", next.timestamp_millis()));
+            match RedisLock::new(redis.clone(), tick)
+                .try_acquire(lock_ttl)
+                .await
+            {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::info!(scheduled = %next, "full sync: another replica runs this one");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "full sync: Redis unavailable; skipping this run");
+                    continue;
+                }
+            }
+            match lock.try_acquire(RUN_LEASE).await {
                 Ok(Some(token)) => {
-                    if let Err(e) = self.run_once(|_, _| {}).await {
+                    // The run lock is a short lease renewed while the run goes on, so a replica
+                    // killed mid-run holds it back for seconds, not for `lock_ttl`.
+                    let outcome = tokio::select! {
+                        outcome = self.run_once(|_, _| {}) => outcome,
+                        () = lock.keep(&token, RUN_LEASE) => Err(LoadError::Unavailable(
+                            "full sync: lost its run lock".into(),
+                        )),
+                    };
+                    if let Err(e) = &outcome {
                         tracing::warn!(error = %e, "full sync failed");
+                    }
+                    let run = FullSyncRun::new(next, &replica, &outcome);
+                    if let Err(e) = run.record(&redis, &keys, &app).await {
+                        tracing::warn!(error = %e, "full sync: could not record the run");
                     }
                     let _ = lock.release(&token).await;
                 }
-                Ok(None) => tracing::info!("full sync: another replica holds the lock"),
+                Ok(None) => {
+                    tracing::warn!(scheduled = %next, "full sync: the previous run is still going; skipping this one")
+                }
                 Err(e) => tracing::warn!(error = %e, "full sync: lock unavailable"),
             }
         }
@@ -277,11 +313,80 @@ impl<S: TenantStore, I: Integrity> FullSync<S, I> {
     }
 }
 
+/// One full-sync run as recorded in `{ns}:fullsyncs:{app}`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FullSyncRun {
+    /// The time the schedule gave this run.
+    pub scheduled_for: chrono::DateTime<chrono::Utc>,
+    /// The replica that ran it.
+    pub replica: String,
+    /// When it ended.
+    pub ended_at: chrono::DateTime<chrono::Utc>,
+    /// Tenants compared.
+    pub tenants_checked: usize,
+    /// Tenants reloaded because they had drifted.
+    pub repaired: usize,
+    /// Tenants that could not be checked.
+    pub failed: usize,
+    /// Orphaned references found.
+    pub orphans: usize,
+    /// Why the run failed, if it did.
+    pub error: Option<String>,
+}
+
+/// The run lock's lease, renewed every third of it while a run goes on.
+const RUN_LEASE: Duration = Duration::from_secs(15);
+
+/// How many runs `{ns}:fullsyncs:{app}` keeps.
+const RUNS_KEPT: i64 = 100;
+
+impl FullSyncRun {
+    fn new(
+        scheduled_for: chrono::DateTime<chrono::Utc>,
+        replica: &str,
+        outcome: &Result<Report, LoadError>,
+    ) -> Self {
+        let report = outcome.as_ref().ok();
+        Self {
+            scheduled_for,
+            replica: replica.to_owned(),
+            ended_at: chrono::Utc::now(),
+            tenants_checked: report.map_or(0, |r| r.tenants_checked),
+            repaired: report.map_or(0, |r| r.repaired.len()),
+            failed: report.map_or(0, |r| r.failed.len()),
+            orphans: report.map_or(0, |r| r.orphans.len()),
+            error: outcome.as_ref().err().map(ToString::to_string),
+        }
+    }
+
+    async fn record(&self, redis: &Client, keys: &StreamKeys, app: &str) -> Result<(), Error> {
+        let key = keys.full_syncs(app);
+        let json = serde_json::to_string(self).unwrap_or_default();
+        let _: i64 = redis.lpush(&key, json).await?;
+        redis.ltrim(&key, 0, RUNS_KEPT - 1).await
+    }
+}
+
+/// The latest full-sync runs of `app` across its replicas, newest first.
+pub async fn recent_runs(
+    redis: &Client,
+    keys: &StreamKeys,
+    app: &str,
+) -> Result<Vec<FullSyncRun>, Error> {
+    let raw: Vec<String> = redis.lrange(keys.full_syncs(app), 0, RUNS_KEPT - 1).await?;
+    Ok(raw
+        .iter()
+        .filter_map(|r| serde_json::from_str(r).ok())
+        .collect())
+}
+
 /// A lease in Redis: `SET key token NX PX ttl`, released only by its holder.
 pub struct RedisLock {
     redis: Client,
     key: String,
     release: Script,
+    renew: Script,
 }
 
 impl RedisLock {
@@ -290,10 +395,14 @@ impl RedisLock {
         let release = Script::from_lua(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
         );
+        let renew = Script::from_lua(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+        );
         Self {
             redis,
             key,
             release,
+            renew,
         }
     }
 
@@ -311,6 +420,34 @@ impl RedisLock {
             )
             .await?;
         Ok(set.map(|_| token))
+    }
+
+    /// Renew the lock's lease to `ttl` every `ttl / 3` while `token` holds it; returns when it
+    /// no longer does (expired and taken, or Redis failing for a whole lease).
+    pub async fn keep(&self, token: &str, ttl: Duration) {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(ttl / 3).await;
+            let renewed: Result<i64, Error> = self
+                .renew
+                .evalsha_with_reload(
+                    &self.redis,
+                    self.key.as_str(),
+                    vec![token.to_owned(), ttl.as_millis().to_string()],
+                )
+                .await;
+            match renewed {
+                Ok(1) => last_renewed = tokio::time::Instant::now(),
+                Ok(_) => return,
+                Err(e) if last_renewed.elapsed() >= ttl => {
+                    tracing::warn!(key = %self.key, error = %e, "lock lease expired");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "lock renewal failed; retrying")
+                }
+            }
+        }
     }
 
     /// Release the lock if `token` still holds it.

@@ -2,9 +2,15 @@
 //! (renewed once on a `401`), the tenant snapshot and digests, credit consumption, audit
 //! reports and the app's registration (its manifest). Every call goes through one request
 //! function, so the token handling exists once.
+//!
+//! The base URL may list several wrappers, separated by commas (`http://w1:8080,http://w2:8080`):
+//! a request that cannot connect to one goes to the next, and the client stays with the one
+//! that answered. Only connection failures move on (the request never reached a wrapper);
+//! a timeout or an error status is the caller's to handle, as with one wrapper.
 
 use std::{
     collections::HashMap,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -34,7 +40,8 @@ pub enum LoadError {
 /// How an app reaches the wrapper: base URL and service credentials.
 #[derive(Clone)]
 pub struct WrapperConfig {
-    /// e.g. `http://127.0.0.1:8080`.
+    /// e.g. `http://127.0.0.1:8080`, or several wrappers separated by commas (see the module
+    /// docs).
     pub base_url: String,
     /// The service client id (the app's name).
     pub client_id: String,
@@ -59,7 +66,58 @@ impl std::fmt::Debug for WrapperConfig {
 pub struct WrapperClient {
     http: reqwest::Client,
     config: WrapperConfig,
+    wrappers: WrapperUrls,
     token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+/// One or more wrapper base URLs (comma-separated), and the one that answered last.
+#[derive(Debug)]
+pub struct WrapperUrls {
+    bases: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl WrapperUrls {
+    /// The URLs of `list` (comma-separated, trailing slashes dropped).
+    pub fn new(list: &str) -> Self {
+        let bases: Vec<String> = list
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_owned())
+            .filter(|b| !b.is_empty())
+            .collect();
+        Self {
+            bases: if bases.is_empty() {
+                vec![String::new()]
+            } else {
+                bases
+            },
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    /// Send the request `build` makes for a base URL, starting with the one that answered
+    /// last and moving on to the next only when it cannot connect.
+    pub async fn send(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let first = self.current.load(Ordering::Relaxed);
+        let mut failed = None;
+        for attempt in 0..self.bases.len() {
+            let i = (first + attempt) % self.bases.len();
+            match build(&self.bases[i]).send().await {
+                Err(e) if e.is_connect() => {
+                    tracing::warn!(wrapper = %self.bases[i], error = %e, "wrapper unreachable; trying the next");
+                    failed = Some(e);
+                }
+                answered => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return answered;
+                }
+            }
+        }
+        Err(failed.expect("at least one base URL was tried"))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,6 +200,7 @@ impl WrapperClient {
             .unwrap_or_default();
         Self {
             http,
+            wrappers: WrapperUrls::new(&config.base_url),
             config,
             token: tokio::sync::Mutex::new(None),
         }
@@ -155,13 +214,16 @@ impl WrapperClient {
         if let Some((token, _)) = fresh {
             return Ok(token.clone());
         }
+        let credentials = serde_json::json!({
+            "clientId": self.config.client_id, "clientSecret": self.config.client_secret,
+        });
         let resp = self
-            .http
-            .post(format!("{}/auth/service-token", self.config.base_url))
-            .json(&serde_json::json!({
-                "clientId": self.config.client_id, "clientSecret": self.config.client_secret,
-            }))
-            .send()
+            .wrappers
+            .send(|base| {
+                self.http
+                    .post(format!("{base}/auth/service-token"))
+                    .json(&credentials)
+            })
             .await
             .map_err(unavailable)?;
         match resp.status().as_u16() {
@@ -185,8 +247,8 @@ impl WrapperClient {
         cursor: Option<Uuid>,
     ) -> Result<SnapshotPage, LoadError> {
         let mut url = format!(
-            "{}/api/sync/tenant/{tenant_id}?limit={}",
-            self.config.base_url, self.config.page_size
+            "/api/sync/tenant/{tenant_id}?limit={}",
+            self.config.page_size
         );
         if let Some(c) = cursor {
             url.push_str(&format!("&cursor={c}"));
@@ -207,11 +269,8 @@ pub struct RemoteDigest {
 impl WrapperClient {
     /// The wrapper's digests of `tenant_id`.
     pub async fn digest(&self, tenant_id: Uuid) -> Result<RemoteDigest, LoadError> {
-        let url = format!(
-            "{}/api/sync/tenant/{tenant_id}/digest",
-            self.config.base_url
-        );
-        self.get_json(&url).await
+        self.get_json(&format!("/api/sync/tenant/{tenant_id}/digest"))
+            .await
     }
 
     /// Report a security event (e.g. a refused cross-tenant attempt) into the audit log of
@@ -223,10 +282,10 @@ impl WrapperClient {
         action: &str,
         details: Value,
     ) -> Result<(), LoadError> {
-        let url = format!("{}/api/audit/events", self.config.base_url);
+        let url = "/api/audit/events";
         let body = serde_json::json!({"tenant": tenant, "actorId": actor_id, "action": action, "details": details});
         let (status, _) = self
-            .request(reqwest::Method::POST, &url, Some(&body))
+            .request(reqwest::Method::POST, url, Some(&body))
             .await?;
         match status {
             202 => Ok(()),
@@ -237,7 +296,7 @@ impl WrapperClient {
     /// Register (or update) the app's manifest: its place in the suite and the paid operations
     /// it may consume, with their default prices.
     pub async fn register(&self, manifest: &sync_contract::AppManifest) -> Result<(), LoadError> {
-        let url = format!("{}/api/apps/{}", self.config.base_url, manifest.name);
+        let url = format!("/api/apps/{}", manifest.name);
         let body = serde_json::to_value(manifest).map_err(unavailable)?;
         match self
             .request(reqwest::Method::PUT, &url, Some(&body))
@@ -253,8 +312,7 @@ impl WrapperClient {
 
     /// Every registered app's manifest.
     pub async fn apps(&self) -> Result<Vec<sync_contract::AppManifest>, LoadError> {
-        self.get_json(&format!("{}/api/apps", self.config.base_url))
-            .await
+        self.get_json("/api/apps").await
     }
 
     /// The manifest `app` registered, if it did.
@@ -277,13 +335,13 @@ impl WrapperClient {
         quantity: i64,
     ) -> Result<Result<Value, crate::credits::offline::CreditError>, LoadError> {
         use crate::credits::offline::CreditError;
-        let url = format!("{}/api/credits/consume", self.config.base_url);
+        let url = "/api/credits/consume";
         let body = serde_json::json!({
             "tenantId": tenant_id, "application": application, "quantity": quantity,
             "operationCode": operation_code, "operationId": operation_id,
         });
         let (status, reply) = self
-            .request(reqwest::Method::POST, &url, Some(&body))
+            .request(reqwest::Method::POST, url, Some(&body))
             .await?;
         match status {
             200 => Ok(Ok(reply)),
@@ -299,31 +357,40 @@ impl WrapperClient {
         }
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, LoadError> {
-        match self.request(reqwest::Method::GET, url, None).await? {
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, LoadError> {
+        match self.request(reqwest::Method::GET, path, None).await? {
             (200, body) => serde_json::from_value(body).map_err(unavailable),
             (404, _) => Err(LoadError::NotFound),
-            (s, _) => Err(unavailable(format!("{url}: HTTP {s}"))),
+            (s, _) => Err(unavailable(format!("{path}: HTTP {s}"))),
         }
     }
 
     /// One call with the service token: renewed once when the wrapper answers `401`; `401`
     /// again or `403` is [`LoadError::Unauthorized`], a transport failure
     /// [`LoadError::Unavailable`]. Any other status comes back with its JSON body (`null` when
-    /// there is none) for the caller to interpret.
+    /// there is none) for the caller to interpret. `path` is the wrapper's (`/api/...`).
     async fn request(
         &self,
         method: reqwest::Method,
-        url: &str,
+        path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), LoadError> {
         for refresh in [false, true] {
             let token = self.token(refresh).await?;
-            let mut request = self.http.request(method.clone(), url).bearer_auth(token);
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            let resp = request.send().await.map_err(unavailable)?;
+            let resp = self
+                .wrappers
+                .send(|base| {
+                    let request = self
+                        .http
+                        .request(method.clone(), format!("{base}{path}"))
+                        .bearer_auth(&token);
+                    match body {
+                        Some(body) => request.json(body),
+                        None => request,
+                    }
+                })
+                .await
+                .map_err(unavailable)?;
             let status = resp.status().as_u16();
             match status {
                 401 if !refresh => continue,

@@ -7,17 +7,26 @@ use tokio::process::{Child, Command};
 
 use crate::{eventually, free_port, unique_name};
 
-/// The loopback ports of the services nginx routes to.
-#[derive(Debug, Clone, Copy)]
+/// The loopback ports of the services nginx routes to: one per replica, each an upstream
+/// server.
+#[derive(Debug, Clone)]
 pub struct Upstreams {
     /// The wrapper (`/api/`, `/auth/`, `/`).
-    pub wrapper: u16,
+    pub wrapper: Vec<u16>,
     /// `/crm/`.
-    pub crm: u16,
+    pub crm: Vec<u16>,
     /// `/hrms/`.
-    pub hrms: u16,
+    pub hrms: Vec<u16>,
     /// `/projects/`.
-    pub projects: u16,
+    pub projects: Vec<u16>,
+}
+
+fn port_list(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A running nginx; killed when dropped.
@@ -56,11 +65,11 @@ impl Nginx {
         hrms_port: u16,
     ) -> anyhow::Result<Self> {
         let upstreams = Upstreams {
-            wrapper: wrapper_port,
-            crm: crm_port,
-            hrms: hrms_port,
+            wrapper: vec![wrapper_port],
+            crm: vec![crm_port],
+            hrms: vec![hrms_port],
             // Nothing listens there: /projects/ answers 502 in tests that do not run it.
-            projects: free_port()?,
+            projects: vec![free_port()?],
         };
         Self::start_upstreams(port, burst, &upstreams).await
     }
@@ -71,18 +80,30 @@ impl Nginx {
         burst: Option<u32>,
         upstreams: &Upstreams,
     ) -> anyhow::Result<Self> {
+        Self::start_upstreams_at(port, burst, None, upstreams).await
+    }
+
+    /// Like [`start_upstreams`](Self::start_upstreams) with every limit's rate at `rate`
+    /// requests per second instead of production's, for load tests from one address.
+    pub async fn start_upstreams_at(
+        port: u16,
+        burst: Option<u32>,
+        rate: Option<u32>,
+        upstreams: &Upstreams,
+    ) -> anyhow::Result<Self> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let prefix = std::env::temp_dir().join(unique_name());
         let rendered = Command::new(root.join("nginx/render"))
             .env("NGINX_PORT", port.to_string())
-            .env("WRAPPER_PORT", upstreams.wrapper.to_string())
-            .env("CRM_PORT", upstreams.crm.to_string())
-            .env("HRMS_PORT", upstreams.hrms.to_string())
-            .env("PROJECTS_PORT", upstreams.projects.to_string())
+            .env("WRAPPER_PORT", port_list(&upstreams.wrapper))
+            .env("CRM_PORT", port_list(&upstreams.crm))
+            .env("HRMS_PORT", port_list(&upstreams.hrms))
+            .env("PROJECTS_PORT", port_list(&upstreams.projects))
             .env("NGINX_PREFIX", &prefix)
             .env("NGINX_TENANT_BURST", burst.unwrap_or(20).to_string())
             .env("NGINX_CLIENT_BURST", burst.unwrap_or(40).to_string())
             .env("NGINX_SIGN_IN_BURST", burst.unwrap_or(10).to_string())
+            .envs(rate.map(|r| ("NGINX_RATE", format!("{r}r/s"))))
             .output()
             .await
             .context("running nginx/render")?;

@@ -86,10 +86,10 @@ impl Suite {
             .ok_or_else(|| anyhow::anyhow!("no port in {}", wrapper.url))?;
         // Scenario tests send many requests of one tenant; limits are tested in nginx.rs.
         let upstreams = Upstreams {
-            wrapper: wrapper_port,
-            crm: crm_port,
-            hrms: hrms_port,
-            projects: projects_port,
+            wrapper: vec![wrapper_port],
+            crm: vec![crm_port],
+            hrms: vec![hrms_port],
+            projects: vec![projects_port],
         };
         let nginx = Nginx::start_upstreams(port, Some(500), &upstreams).await?;
         Ok(Self {
@@ -139,6 +139,15 @@ pub struct Edge {
 }
 
 impl Edge {
+    /// Requests to nginx at `base` (`http://127.0.0.1:<port>`) as `host`'s (`<tenant>.yourapp.test`).
+    pub fn new(base: impl Into<String>, host: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            host: host.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
     /// `method path` with `token` and a JSON `body`: the status and the JSON answer (`null` when
     /// the answer is not JSON).
     pub async fn send(

@@ -136,12 +136,13 @@ impl Application {
                 self.state.stream_keys.clone(),
             );
             let (relay, cancel) = (relay_for(&self.state), cancel.clone());
+            let db = self.state.db.clone();
             let every = Duration::from_secs(self.state.settings.credit_reconcile_secs);
             tokio::spawn(async move {
                 tokio::join!(
                     relay.run(cancel.clone()),
                     ingest.clone().run(cancel.clone()),
-                    reconcile_periodically(ingest, every, cancel),
+                    reconcile_periodically(db, ingest, every, cancel),
                 );
             })
         });
@@ -161,8 +162,10 @@ impl Application {
     }
 }
 
-/// Reconcile credit mirrors every `every` (zero: never) until cancelled.
+/// Reconcile credit mirrors every `every` (zero: never) until cancelled, once per interval
+/// across the wrapper's replicas (see [`claim_tick`]).
 async fn reconcile_periodically(
+    db: PgPool,
     ingest: Arc<crate::credit_ingest::CreditIngest>,
     every: Duration,
     cancel: CancellationToken,
@@ -170,10 +173,25 @@ async fn reconcile_periodically(
     if every.is_zero() {
         return;
     }
+    let runner = format!("pid {}", std::process::id());
     loop {
+        // Wake at the next interval boundary, so replicas agree on the tick.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let tick = now.as_millis() / every.as_millis() + 1;
+        let due = Duration::from_millis((tick * every.as_millis()) as u64) - now;
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(every) => {},
+            _ = tokio::time::sleep(due) => {},
+        }
+        match claim_tick(&db, "credit_reconcile", tick as i64, &runner).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "credit reconciliation: could not claim its run");
+                continue;
+            }
         }
         match ingest.reconcile().await {
             Ok(c) if !c.is_empty() => {
@@ -183,6 +201,35 @@ async fn reconcile_periodically(
             Err(e) => tracing::warn!(error = %e, "credit reconciliation failed"),
         }
     }
+}
+
+/// Claim run `tick` of `job` for `runner`: true for the one replica whose claim lands first.
+/// Claims older than a week are deleted on the way.
+pub async fn claim_tick(
+    db: &PgPool,
+    job: &str,
+    tick: i64,
+    runner: &str,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "insert into job_runs (job, tick, runner) values ($1, $2, $3) on conflict do nothing",
+    )
+    .bind(job)
+    .bind(tick)
+    .bind(runner)
+    .execute(db)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        sqlx::query(
+            "delete from job_runs where job = $1 and started_at < now() - interval '7 days'",
+        )
+        .bind(job)
+        .execute(db)
+        .await?;
+    }
+    Ok(claimed)
 }
 
 /// The full router with its middleware.

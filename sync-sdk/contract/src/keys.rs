@@ -200,6 +200,13 @@ impl StreamKeys {
         format!("{}:resyncs:{app}", self.namespace)
     }
 
+    /// The latest full-sync runs of application `app`, newest first (at most 100): a list of
+    /// JSON records (the scheduled time, the replica that ran it, when it ended, what it
+    /// found), `{ns}:fullsyncs:{app}`.
+    pub fn full_syncs(&self, app: &str) -> String {
+        format!("{}:fullsyncs:{app}", self.namespace)
+    }
+
     /// A lock or lease key: `{ns}:lock:{name}`.
     pub fn lock(&self, name: &str) -> String {
         format!("{}:lock:{name}", self.namespace)

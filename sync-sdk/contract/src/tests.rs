@@ -356,7 +356,7 @@ fn hash_slots_match_redis_cluster() {
 #[test]
 fn every_key_pattern_has_its_cluster_slot_rule() {
     const NOT_KEYS: [&str; 4] = ["new", "namespace", "partitions", "partition_of"];
-    const SINGLE: [&str; 14] = [
+    const SINGLE: [&str; 15] = [
         "events",
         "relay_epoch",
         "events_for",
@@ -371,6 +371,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "revoked_session",
         "status",
         "resyncs",
+        "full_syncs",
     ];
     const SINGLE_MORE: [&str; 1] = ["lock"];
     const GROUPS: [&str; 3] = [

@@ -456,7 +456,8 @@ async fn a_consumer_process_killed_mid_batch_is_taken_over() -> anyhow::Result<(
         rig.publish(&user_event(rig.tenant, *u, 1, i as i64 + 1, "k@x.test"))
             .await?;
     }
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_consume"))
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_replica"))
+        .arg("consume")
         .env("DATABASE_URL", &db.url)
         .env("REDIS_URL", redis_url())
         .env("TSYNC_NAMESPACE", rig.keys.namespace())

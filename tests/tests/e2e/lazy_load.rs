@@ -526,7 +526,8 @@ async fn the_full_sync_lock_admits_one_holder_and_only_it_releases() -> anyhow::
 }
 
 #[tokio::test]
-async fn the_scheduled_full_sync_repairs_drift_on_its_cron_schedule() -> anyhow::Result<()> {
+async fn the_scheduled_full_sync_repairs_drift_once_per_scheduled_time_across_replicas()
+-> anyhow::Result<()> {
     let app = app_with_consumer(1000).await?;
     let t = app.wrapper.create_tenant("nightly").await;
     app.loader.ensure_tenant(t.id).await?;
@@ -545,12 +546,13 @@ async fn the_scheduled_full_sync_repairs_drift_on_its_cron_schedule() -> anyhow:
     let stop = CancellationToken::new();
     // Every second (cron with a seconds field), two replicas sharing the lock.
     let mut replicas = Vec::new();
-    for _ in 0..2 {
+    for replica in ["a", "b"] {
         replicas.push(tokio::spawn(full.clone().run_scheduled(
             "* * * * * *",
             redis_client(&redis_url()).await?,
             keys.clone(),
             "crm".into(),
+            replica.into(),
             Duration::from_secs(30),
             stop.clone(),
         )));
@@ -559,7 +561,28 @@ async fn the_scheduled_full_sync_repairs_drift_on_its_cron_schedule() -> anyhow:
         store_matches_wrapper(&app, t.id)
     })
     .await?;
+    // Each scheduled second ran once, on one replica or the other.
+    let redis = redis_client(&redis_url()).await?;
+    let runs = eventually_some(Duration::from_secs(20), || async {
+        let runs = sync_sdk::fullsync::recent_runs(&redis, &keys, "crm")
+            .await
+            .ok()?;
+        (runs.len() >= 4).then_some(runs)
+    })
+    .await?;
     stop.cancel();
+    let mut times: Vec<_> = runs.iter().map(|r| r.scheduled_for).collect();
+    times.sort();
+    times.dedup();
+    assert_eq!(
+        times.len(),
+        runs.len(),
+        "a scheduled time ran twice: {runs:?}"
+    );
+    assert!(
+        runs.iter().any(|r| r.repaired == 1),
+        "the drifted tenant was repaired: {runs:?}"
+    );
     for r in replicas {
         r.await??;
     }

@@ -12,6 +12,7 @@ mod nginx;
 mod oidc_checks;
 mod projects;
 mod relay;
+mod scale_out;
 mod security;
 mod smoke;
 mod sso;

@@ -177,6 +177,62 @@ async fn two_relays_at_once_keep_order_and_publish_once() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
+async fn relays_share_the_partitions_and_the_survivor_takes_them_all_back() -> anyhow::Result<()> {
+    let f = Arc::new(fixture(16).await?);
+    let redis = redis_client(&redis_url()).await?;
+    let relay = || {
+        Relay::new(
+            f.db.pool.clone(),
+            redis.clone(),
+            f.keys.clone(),
+            config(&f.db),
+        )
+    };
+    let led = |r: &Arc<Relay>| r.partitions_led();
+    let (a, stop_a) = (relay(), CancellationToken::new());
+    let running_a = tokio::spawn(a.clone().run(stop_a.clone()));
+    eventually(Duration::from_secs(20), || async { led(&a) == 8 }).await?;
+    // A steady writer the whole time.
+    let stop_writing = CancellationToken::new();
+    let writer = {
+        let (f, stop) = (f.clone(), stop_writing.clone());
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.is_cancelled() {
+                commit_change(&f.db.pool, f.tenants[n % f.tenants.len()], n as i64).await?;
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::Ok(n)
+        })
+    };
+    let (b, stop_b) = (relay(), CancellationToken::new());
+    let running_b = tokio::spawn(b.clone().run(stop_b.clone()));
+    eventually(Duration::from_secs(20), || async {
+        led(&a) == 4 && led(&b) == 4
+    })
+    .await
+    .with_context(|| format!("A leads {}, B leads {}", led(&a), led(&b)))?;
+    stop_b.cancel();
+    running_b.await?;
+    eventually(Duration::from_secs(20), || async { led(&a) == 8 })
+        .await
+        .with_context(|| format!("A leads {} after B stopped", led(&a)))?;
+    stop_writing.cancel();
+    let written = writer.await??;
+    eventually(Duration::from_secs(30), || async {
+        unpublished(&f).await == 0
+    })
+    .await?;
+    let events = read_all_events(&redis, &f.keys).await?;
+    assert_eq!(check_per_tenant_order(&events), written);
+    assert_eq!(events.len(), written, "handovers publish nothing twice");
+    stop_a.cancel();
+    running_a.await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn trimming_keeps_every_entry_a_lagging_group_has_not_acknowledged() -> anyhow::Result<()> {
     let f = fixture(1).await?;
     let redis = redis_client(&redis_url()).await?;

@@ -17,6 +17,12 @@
 //!   noticing (a paused process, a cut connection) can no longer publish. What it published
 //!   and could not mark is found at the stream's tail by the new leader and marked, not sent
 //!   again.
+//! * **Leadership spread over replicas.** Every relay holds a shared advisory lock while it
+//!   runs, so each one counts the live relays from `pg_locks` (a killed process's locks go
+//!   with its connections); a relay leads at most its fair share, ⌈partitions / relays⌉, and
+//!   steps down from partitions beyond it (another relay takes them over, fenced as above).
+//!   A relay that starts beside running ones gets its share within a few lease retries; when
+//!   one dies the others take its partitions over.
 //! * **Replicated before marked (optional).** With `wait_replicas > 0` the relay sends `WAIT`
 //!   to the stream's master after each batch and marks the rows only once that many replicas
 //!   have the entries; otherwise the rows stay pending and the next attempt first looks for
@@ -29,7 +35,13 @@
 //!
 //! It wakes on `NOTIFY tsync_outbox` and polls as a fallback.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use fred::{prelude::*, types::scripts::Script};
 use rand::Rng;
@@ -125,6 +137,10 @@ pub struct Relay {
     wake: Notify,
     trim: Script,
     publish: Script,
+    /// Partitions this relay leads now.
+    held: AtomicU32,
+    /// The most it should lead: ⌈partitions / live relays⌉.
+    fair_share: AtomicU32,
 }
 
 impl Relay {
@@ -133,18 +149,26 @@ impl Relay {
         Arc::new(Self {
             db,
             redis,
-            keys,
             config,
             wake: Notify::new(),
             trim: Script::from_lua(include_str!("trim.lua")),
             publish: Script::from_lua(include_str!("publish.lua")),
+            held: AtomicU32::new(0),
+            fair_share: AtomicU32::new(keys.partitions()),
+            keys,
         })
+    }
+
+    /// How many partitions this relay leads now.
+    pub fn partitions_led(&self) -> u32 {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Run until `cancel` fires: a NOTIFY listener and one leader loop per partition.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut tasks = JoinSet::new();
         tasks.spawn(self.clone().listen(cancel.clone()));
+        tasks.spawn(self.clone().membership(cancel.clone()));
         for partition in 0..self.keys.partitions() {
             tasks.spawn(self.clone().partition_loop(partition, cancel.clone()));
         }
@@ -183,14 +207,87 @@ impl Relay {
         }
     }
 
+    /// Hold the relays' shared membership lock while running, and keep the fair share up to
+    /// date from the number of its holders.
+    async fn membership(self: Arc<Self>, cancel: CancellationToken) {
+        let class = lock_class(self.keys.namespace());
+        let mut conn: Option<PgConnection> = None;
+        while !cancel.is_cancelled() {
+            let counted = async {
+                if conn.is_none() {
+                    let mut c = PgConnection::connect(&self.config.database_url).await?;
+                    sqlx::query("select pg_advisory_lock_shared($1, $2)")
+                        .bind(class)
+                        .bind(MEMBERSHIP_LOCK)
+                        .execute(&mut c)
+                        .await?;
+                    conn = Some(c);
+                }
+                let Some(c) = conn.as_mut() else {
+                    unreachable!("connected above")
+                };
+                // pg_locks shows the two int4 keys as oids (their bit patterns, unsigned).
+                sqlx::query_scalar::<_, i64>(
+                    "select count(*) from pg_locks where locktype = 'advisory' and granted
+                       and objsubid = 2 and mode = 'ShareLock'
+                       and database = (select oid from pg_database where datname = current_database())
+                       and classid = (($1::bigint + 4294967296) % 4294967296)::oid
+                       and objid = (($2::bigint + 4294967296) % 4294967296)::oid",
+                )
+                .bind(class)
+                .bind(MEMBERSHIP_LOCK)
+                .fetch_one(c)
+                .await
+            };
+            match counted.await {
+                Ok(relays) => {
+                    let partitions = self.keys.partitions();
+                    let relays = (relays.max(1) as u32).min(partitions);
+                    let share = partitions.div_ceil(relays);
+                    if self.fair_share.swap(share, Ordering::SeqCst) != share {
+                        tracing::info!(relays, share, "relay: fair share of partitions");
+                    }
+                }
+                Err(e) => {
+                    // Lead as before (the share stays) and count again on a new connection.
+                    tracing::warn!(error = %e, "relay: counting relays failed");
+                    conn = None;
+                }
+            }
+            sleep_or_cancel(self.config.lease_retry, &cancel).await;
+        }
+        if let Some(c) = conn {
+            let _ = c.close().await;
+        }
+    }
+
+    /// Take one partition off this relay's count if it leads more than its share; true if
+    /// the caller is the one to step down.
+    fn claim_step_down(&self) -> bool {
+        let share = self.fair_share.load(Ordering::SeqCst);
+        self.held
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |held| {
+                (held > share).then(|| held - 1)
+            })
+            .is_ok()
+    }
+
     async fn partition_loop(self: Arc<Self>, partition: u32, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
+            if self.held.load(Ordering::SeqCst) >= self.fair_share.load(Ordering::SeqCst) {
+                sleep_or_cancel(self.config.lease_retry, &cancel).await;
+                continue;
+            }
             match self.acquire_lease(partition).await {
                 Ok(Some(lease)) => {
+                    self.held.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(partition, "relay: leading partition");
                     metrics::gauge!("tsync_relay_leader", "partition" => partition.to_string())
                         .set(1.0);
-                    self.lead(partition, lease, &cancel).await;
+                    let stepped_down = self.lead(partition, lease, &cancel).await;
+                    if !stepped_down {
+                        self.held.fetch_sub(1, Ordering::SeqCst);
+                    }
                     metrics::gauge!("tsync_relay_leader", "partition" => partition.to_string())
                         .set(0.0);
                 }
@@ -291,7 +388,9 @@ impl Relay {
         Ok(ids.len())
     }
 
-    async fn lead(&self, partition: u32, mut lease: Lease, cancel: &CancellationToken) {
+    /// Lead until cancelled, fenced, or the lease is lost; true if it stepped down to keep to
+    /// its fair share (its count already lowered).
+    async fn lead(&self, partition: u32, mut lease: Lease, cancel: &CancellationToken) -> bool {
         let mut backoff = Backoff::default();
         // Fence and reconcile before the first batch, and again after any failed one.
         let mut reconciled = false;
@@ -304,10 +403,15 @@ impl Relay {
             if cancel.is_cancelled() {
                 break;
             }
+            if self.claim_step_down() {
+                tracing::info!(partition, "relay: stepping down to its fair share");
+                let _ = lease.conn.close().await;
+                return true;
+            }
             if last_check.elapsed() >= Duration::from_secs(1) {
                 if let Err(e) = sqlx::query("select 1").execute(&mut lease.conn).await {
                     tracing::warn!(partition, error = %e, "relay: lease connection lost");
-                    return;
+                    return false;
                 }
                 last_check = Instant::now();
             }
@@ -328,7 +432,7 @@ impl Relay {
                 Err(e) if e.is::<Fenced>() => {
                     tracing::warn!(partition, epoch = lease.epoch, error = %e, "relay: fenced by a newer leader; stepping down");
                     metrics::counter!("tsync_relay_fenced_total", "partition" => partition.to_string()).increment(1);
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     reconciled = false;
@@ -352,6 +456,7 @@ impl Relay {
             }
         }
         let _ = lease.conn.close().await;
+        false
     }
 
     /// Publish up to one batch of the partition's unpublished rows under `lease`; returns how
@@ -538,6 +643,9 @@ impl Relay {
 
 /// The advisory-lock class of a namespace, so two deployments sharing a database do not share
 /// leadership.
+/// The second key of the relays' shared membership lock (partition locks use 0..partitions).
+const MEMBERSHIP_LOCK: i32 = i32::MAX;
+
 fn lock_class(namespace: &str) -> i32 {
     let hash = namespace.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)

@@ -365,16 +365,19 @@ async fn raw_read_ack(
     Ok(started.elapsed())
 }
 
+/// The consumer applying `events` into `store`, the tenants marked loaded first through
+/// `setup` (the same store, or one on another client: see the Mongo phase).
 async fn consume_into<S: sync_sdk::store::TenantStore>(
     redis: &Client,
     keys: &StreamKeys,
     store: Arc<S>,
+    setup: &S,
     tenants: &[Uuid],
     events: usize,
     processed: impl Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>,
 ) -> anyhow::Result<Duration> {
     for t in tenants {
-        store.mark_loaded(*t, 0).await?;
+        setup.mark_loaded(*t, 0).await?;
     }
     let mut config = sync_sdk::consumer::ConsumerConfig::new("crm", keys.clone());
     config.block = Duration::from_millis(100);
@@ -423,15 +426,23 @@ async fn consumer(events: usize, tenant_count: usize) -> anyhow::Result<()> {
     let pg = Arc::new(PostgresStore::new(db.pool.clone()));
     pg.init().await?;
     let pool = db.pool.clone();
-    let took = consume_into(&redis, &keys, pg, &tenants, events, move || {
-        let pool = pool.clone();
-        Box::pin(async move {
-            sqlx::query_scalar::<_, i64>("select count(*) from tsync_processed")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(0) as usize
-        })
-    })
+    let took = consume_into(
+        &redis,
+        &keys,
+        pg.clone(),
+        &pg,
+        &tenants,
+        events,
+        move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                sqlx::query_scalar::<_, i64>("select count(*) from tsync_processed")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap_or(0) as usize
+            })
+        },
+    )
     .await?;
     let rate = events as f64 / took.as_secs_f64();
     println!(
@@ -445,6 +456,14 @@ async fn consumer(events: usize, tenant_count: usize) -> anyhow::Result<()> {
     publish_user_events(&redis, &keys, &tenants, mongo_events).await?;
     let mongo = MongoStore::new(fresh_mongo().await?);
     mongo.init().await?;
+    // The tenants are marked loaded on a client without retryable writes: the MongoDB-wire
+    // test server keeps every retryable write's reply (up to 10,000, for 30 minutes) and, once
+    // full, sorts them all on every write, so 10,000 single setup writes would slow down the
+    // phase measured after them (and every later run within 30 minutes).
+    let mut options = mongodb::options::ClientOptions::parse(mongodb_url()).await?;
+    options.retry_writes = Some(false);
+    let setup =
+        MongoStore::new(mongodb::Client::with_options(options)?.database(mongo.database().name()));
     let processed = mongo
         .database()
         .collection::<mongodb::bson::Document>("tsync_processed");
@@ -452,6 +471,7 @@ async fn consumer(events: usize, tenant_count: usize) -> anyhow::Result<()> {
         &redis,
         &keys,
         Arc::new(mongo),
+        &setup,
         &tenants,
         mongo_events,
         move || {
