@@ -157,18 +157,41 @@ impl MongoStore {
                     false => e.into(),
                 })?;
         }
+        let changed = self.write_newer(session, &plan.writes).await?;
+        let watermarks = plan
+            .last_seqs
+            .iter()
+            .map(|(tenant, seq)| doc! {"q": {"_id": tenant.to_string()}, "u": {"$max": {"lastSeq": *seq}}})
+            .collect();
+        self.update_many_statements(session, "tsync_sync", watermarks)
+            .await?;
+        loop {
+            match session.commit_transaction().await {
+                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+                other => return Ok(other.map(|_| plan.outcomes(changed))?),
+            }
+        }
+    }
+
+    /// Write each aggregate of `writes` (event or item index, kind, id, tenant, version, state)
+    /// whose version is newer than the stored one, inside the session's transaction: per kind,
+    /// one lookup of the current versions, one `delete` of the documents replaced and one
+    /// `insert` of the newer versions, whatever the number (an upsert per document costs a
+    /// statement each). Returns the indexes written.
+    async fn write_newer(
+        &self,
+        session: &mut ClientSession,
+        writes: &[(usize, EntityKind, Uuid, Uuid, i64, serde_json::Value)],
+    ) -> Result<Vec<usize>, BatchError> {
         let mut changed = Vec::new();
         for kind in EntityKind::ALL {
-            let writes: Vec<_> = plan.writes.iter().filter(|w| w.1 == kind).collect();
+            let writes: Vec<_> = writes.iter().filter(|w| w.1 == kind).collect();
             if writes.is_empty() {
                 continue;
             }
             let ids: Vec<String> = writes.iter().map(|w| w.2.to_string()).collect();
             let coll = self.entities(kind);
             let current = self.ids_in(session, &coll, &ids).await?;
-            // Whole documents are replaced: the older ones are deleted and every newer version
-            // inserted, two statements whatever the batch size (an upsert per document costs a
-            // statement each).
             let mut replaced = Vec::new();
             let mut docs = Vec::new();
             for (i, _, id, tenant, version, state) in writes {
@@ -185,8 +208,8 @@ impl MongoStore {
                 );
                 changed.push(*i);
             }
-            if !replaced.is_empty() {
-                coll.delete_many(doc! {"_id": {"$in": replaced}})
+            for slice in replaced.chunks(IDS_PER_LOOKUP) {
+                coll.delete_many(doc! {"_id": {"$in": slice}})
                     .session(&mut *session)
                     .await?;
             }
@@ -197,19 +220,7 @@ impl MongoStore {
                     .map_err(BatchError::from_write)?;
             }
         }
-        let watermarks = plan
-            .last_seqs
-            .iter()
-            .map(|(tenant, seq)| doc! {"q": {"_id": tenant.to_string()}, "u": {"$max": {"lastSeq": *seq}}})
-            .collect();
-        self.update_many_statements(session, "tsync_sync", watermarks)
-            .await?;
-        loop {
-            match session.commit_transaction().await {
-                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-                other => return Ok(other.map(|_| plan.outcomes(changed))?),
-            }
-        }
+        Ok(changed)
     }
 
     /// `_id → version` (0 where a document has none) of the documents of `coll` among `ids`.
@@ -315,6 +326,16 @@ impl From<MongoError> for BatchError {
     }
 }
 
+impl From<BatchError> for StoreError {
+    fn from(e: BatchError) -> Self {
+        match e {
+            BatchError::Mongo(e) => mongo_err(e),
+            BatchError::Refused(message) => StoreError::permanent(message),
+            BatchError::Recorded => StoreError::transient("an event id was recorded meanwhile"),
+        }
+    }
+}
+
 impl BatchError {
     /// A write's error: data the server refuses for good is `Refused`, the rest retried.
     fn from_write(e: MongoError) -> Self {
@@ -382,27 +403,45 @@ impl TenantStore for MongoStore {
         tenant_id: Uuid,
         items: Vec<SnapshotItem>,
     ) -> Result<(), StoreError> {
-        let tenant = tenant_id.to_string();
-        for (kind, id, version, state) in items {
-            let id = id.to_string();
-            let state = bson::to_bson(&state).map_err(err)?;
-            // Only a newer version replaces; an existing newer document makes the upsert try an
-            // insert of its _id, which fails as a duplicate: that is the "keep the newer" case.
-            let result = self
-                .entities(kind)
-                .replace_one(
-                    doc! {"_id": &id, "version": {"$lt": version}},
-                    doc! {"_id": &id, "tenantId": &tenant, "version": version, "state": state},
-                )
-                .upsert(true)
-                .await;
-            match result {
-                Ok(_) => {}
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(err(e)),
+        // One transaction per page: a write conflict (a replica applying the same tenant, or a
+        // killed one's transaction the server has not reaped yet) fails fast and the page is
+        // tried again, instead of a plain write the server would keep retrying on its own.
+        let writes: Vec<_> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, id, version, state))| (i, kind, id, tenant_id, version, state))
+            .collect();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut session = self.client.start_session().await.map_err(mongo_err)?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let written = async {
+                session.start_transaction().await?;
+                self.write_newer(&mut session, &writes).await?;
+                loop {
+                    match session.commit_transaction().await {
+                        Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+                        other => return Ok::<_, BatchError>(other?),
+                    }
+                }
+            };
+            match written.await {
+                Ok(()) => return Ok(()),
+                Err(BatchError::Mongo(e))
+                    if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 5 =>
+                {
+                    let _ = session.abort_transaction().await;
+                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempts)).await;
+                }
+                Err(e) => {
+                    let _ = session.abort_transaction().await;
+                    return Err(e.into());
+                }
             }
         }
-        Ok(())
     }
 
     async fn loaded_tenants(&self) -> Result<Vec<Uuid>, StoreError> {
@@ -507,13 +546,7 @@ impl TenantStore for MongoStore {
                 }
                 Err(e) => {
                     let _ = session.abort_transaction().await;
-                    return Err(match e {
-                        BatchError::Mongo(e) => mongo_err(e),
-                        BatchError::Refused(message) => StoreError::permanent(message),
-                        BatchError::Recorded => {
-                            StoreError::transient("an event id was recorded meanwhile")
-                        }
-                    });
+                    return Err(e.into());
                 }
             }
         }

@@ -39,9 +39,15 @@ impl Replica {
     async fn start(service: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
         let port = free_port()?;
         let listen = format!("{}_LISTEN", service.to_uppercase());
+        eprintln!("{service} on {port}");
         let child = Command::new(env!("CARGO_BIN_EXE_replica"))
             .arg(service)
             .env(listen, format!("127.0.0.1:{port}"))
+            // Loads and full syncs are what a failure here needs to show (in the test's output).
+            .env(
+                "RUST_LOG",
+                "warn,sync_sdk::loader=info,sync_sdk::fullsync=info",
+            )
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -112,7 +118,6 @@ async fn app_users(db: &mongodb::Database, tenants: &[Uuid]) -> HashMap<Uuid, (i
 }
 
 #[tokio::test]
-#[ignore = "flaky: a surviving app replica's re-sync of one tenant sometimes never completes (being investigated)"]
 async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edge_keeps_answering()
 -> anyhow::Result<()> {
     let db = fresh_database().await?;
@@ -297,6 +302,7 @@ async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edg
         replica.child.wait().await?;
     }
     let at_kill = writes.load(Ordering::Relaxed);
+    let killed_at = chrono::Utc::now();
     eventually(Duration::from_secs(60), || async {
         writes.load(Ordering::Relaxed) >= at_kill + 300
     })
@@ -309,7 +315,10 @@ async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edg
     }
 
     // Nothing lost: every user in both apps ends at the wrapper's version and name (the dead
-    // replicas' pending entries are claimed by the survivors, or the tenant re-synced).
+    // replicas' pending entries are claimed by the survivors, or the tenant re-synced). A
+    // replica killed inside a MongoDB transaction leaves it open until the server reaps it
+    // (transactionLifetimeLimitSeconds, 60 s): writes to its documents conflict until then, so
+    // a tenant can take about a minute to converge.
     let expected: HashMap<Uuid, (i64, String)> = sqlx::query_as::<_, (Uuid, i64, String)>(
         "select id, version, full_name from users where tenant_id = any($1)",
     )
@@ -376,8 +385,15 @@ async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edg
     // Scheduled work ran once per scheduled time across replicas: each full sync once per
     // time across the apps' replicas, the wrappers' credit reconciliation once per second.
     for app in ["crm", "hrms"] {
-        let runs = sync_sdk::fullsync::recent_runs(&redis, &keys, app).await?;
-        assert!(runs.len() >= 3, "{app}: full syncs ran: {runs:?}");
+        // Polled: a replica killed mid-run holds the next runs back for its lease (15 s).
+        let runs = eventually_some(Duration::from_secs(60), || async {
+            let runs = sync_sdk::fullsync::recent_runs(&redis, &keys, app)
+                .await
+                .ok()?;
+            (runs.len() >= 3).then_some(runs)
+        })
+        .await
+        .with_context(|| format!("{app}: three full syncs did not run"))?;
         let mut times: Vec<_> = runs.iter().map(|r| r.scheduled_for).collect();
         times.sort();
         times.dedup();
@@ -387,14 +403,21 @@ async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edg
             "{app}: a scheduled full sync ran twice: {runs:?}"
         );
     }
-    let (ticks, runners): (i64, i64) = sqlx::query_as(
-        "select count(*), count(distinct runner) from job_runs where job = 'credit_reconcile'",
-    )
-    .fetch_one(&db.pool)
-    .await?;
-    assert!(
-        ticks >= 3 && runners >= 1,
-        "credit reconciliation ran: {ticks} ticks by {runners} runners"
-    );
+    // Claims are unique per (job, tick) by the table's key; what is checked here is that the
+    // surviving wrapper keeps claiming ticks after the other was killed.
+    let claimed_after_kill = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from job_runs where job = 'credit_reconcile' and started_at > $1",
+        )
+        .bind(killed_at)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap_or(0)
+    };
+    eventually(Duration::from_secs(30), || async {
+        claimed_after_kill().await >= 3
+    })
+    .await
+    .context("credit reconciliation stopped after a wrapper was killed")?;
     Ok(())
 }
