@@ -8,3 +8,15 @@ pub mod nginx;
 pub mod oidc;
 pub mod suite;
 pub mod wrapper_app;
+
+/// Fail unless every scheduled time among `runs` (an app's recorded full syncs) ran once.
+pub fn assert_each_scheduled_time_ran_once(app: &str, runs: &[sync_sdk::fullsync::FullSyncRun]) {
+    let mut times: Vec<_> = runs.iter().map(|r| r.scheduled_for).collect();
+    times.sort();
+    times.dedup();
+    assert_eq!(
+        times.len(),
+        runs.len(),
+        "{app}: a scheduled full sync ran twice: {runs:?}"
+    );
+}

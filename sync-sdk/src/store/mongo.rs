@@ -123,6 +123,7 @@ impl MongoStore {
         self.db.collection("tsync_processed")
     }
 
+    /// One attempt at a batch, in a transaction of `session`.
     async fn apply_batch_once(
         &self,
         session: &mut ClientSession,
@@ -165,12 +166,8 @@ impl MongoStore {
             .collect();
         self.update_many_statements(session, "tsync_sync", watermarks)
             .await?;
-        loop {
-            match session.commit_transaction().await {
-                Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-                other => return Ok(other.map(|_| plan.outcomes(changed))?),
-            }
-        }
+        commit(session).await?;
+        Ok(plan.outcomes(changed))
     }
 
     /// Write each aggregate of `writes` (event or item index, kind, id, tenant, version, state)
@@ -326,6 +323,50 @@ impl From<MongoError> for BatchError {
     }
 }
 
+/// Commit the session's transaction (a commit whose result is unknown is sent again).
+async fn commit(session: &mut ClientSession) -> Result<(), BatchError> {
+    loop {
+        match session.commit_transaction().await {
+            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// How a store transaction is retried: a transient transaction error (a write conflict) is
+/// tried again a few times with a growing pause before it goes back to the caller as
+/// transient; [`BatchError::Recorded`] is tried again once, looking the recorded ids up.
+#[derive(Default)]
+struct Retry {
+    failures: u64,
+    recorded_before: bool,
+}
+
+impl Retry {
+    /// After a failed attempt: abort it, then `Ok` to try again or the error to give up with.
+    async fn after(
+        &mut self,
+        session: &mut ClientSession,
+        e: BatchError,
+    ) -> Result<(), StoreError> {
+        let _ = session.abort_transaction().await;
+        match e {
+            BatchError::Recorded if !self.recorded_before => {
+                self.recorded_before = true;
+                Ok(())
+            }
+            BatchError::Mongo(e)
+                if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && self.failures < 4 =>
+            {
+                self.failures += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(10 * self.failures)).await;
+                Ok(())
+            }
+            e => Err(e.into()),
+        }
+    }
+}
+
 impl From<BatchError> for StoreError {
     fn from(e: BatchError) -> Self {
         match e {
@@ -415,31 +456,16 @@ impl TenantStore for MongoStore {
             return Ok(());
         }
         let mut session = self.client.start_session().await.map_err(mongo_err)?;
-        let mut attempts = 0;
+        let mut retry = Retry::default();
         loop {
-            attempts += 1;
             let written = async {
                 session.start_transaction().await?;
                 self.write_newer(&mut session, &writes).await?;
-                loop {
-                    match session.commit_transaction().await {
-                        Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-                        other => return Ok::<_, BatchError>(other?),
-                    }
-                }
+                commit(&mut session).await
             };
             match written.await {
                 Ok(()) => return Ok(()),
-                Err(BatchError::Mongo(e))
-                    if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 5 =>
-                {
-                    let _ = session.abort_transaction().await;
-                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempts)).await;
-                }
-                Err(e) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(e.into());
-                }
+                Err(e) => retry.after(&mut session, e).await?,
             }
         }
     }
@@ -520,34 +546,18 @@ impl TenantStore for MongoStore {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut session = self.client.start_session().await.map_err(mongo_err)?;
-        let mut attempts = 0;
         // The consumer skips the ids it found recorded before it applies, so the batch first
         // goes without looking them up again; one recorded meanwhile (another replica, a
         // redelivery) fails the insert, and the batch is retried with the lookup.
-        let mut look_up_recorded = false;
+        let mut session = self.client.start_session().await.map_err(mongo_err)?;
+        let mut retry = Retry::default();
         loop {
-            attempts += 1;
             match self
-                .apply_batch_once(&mut session, envelopes, look_up_recorded)
+                .apply_batch_once(&mut session, envelopes, retry.recorded_before)
                 .await
             {
                 Ok(outcomes) => return Ok(outcomes),
-                Err(BatchError::Recorded) => {
-                    let _ = session.abort_transaction().await;
-                    look_up_recorded = true;
-                    attempts -= 1;
-                }
-                Err(BatchError::Mongo(e))
-                    if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && attempts < 5 =>
-                {
-                    let _ = session.abort_transaction().await;
-                    tokio::time::sleep(std::time::Duration::from_millis(10 * attempts)).await;
-                }
-                Err(e) => {
-                    let _ = session.abort_transaction().await;
-                    return Err(e.into());
-                }
+                Err(e) => retry.after(&mut session, e).await?,
             }
         }
     }

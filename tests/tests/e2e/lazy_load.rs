@@ -571,14 +571,7 @@ async fn the_scheduled_full_sync_repairs_drift_once_per_scheduled_time_across_re
     })
     .await?;
     stop.cancel();
-    let mut times: Vec<_> = runs.iter().map(|r| r.scheduled_for).collect();
-    times.sort();
-    times.dedup();
-    assert_eq!(
-        times.len(),
-        runs.len(),
-        "a scheduled time ran twice: {runs:?}"
-    );
+    assert_each_scheduled_time_ran_once("crm", &runs);
     assert!(
         runs.iter().any(|r| r.repaired == 1),
         "the drifted tenant was repaired: {runs:?}"

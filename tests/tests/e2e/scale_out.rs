@@ -394,14 +394,7 @@ async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edg
         })
         .await
         .with_context(|| format!("{app}: three full syncs did not run"))?;
-        let mut times: Vec<_> = runs.iter().map(|r| r.scheduled_for).collect();
-        times.sort();
-        times.dedup();
-        assert_eq!(
-            times.len(),
-            runs.len(),
-            "{app}: a scheduled full sync ran twice: {runs:?}"
-        );
+        assert_each_scheduled_time_ran_once(app, &runs);
     }
     // Claims are unique per (job, tick) by the table's key; what is checked here is that the
     // surviving wrapper keeps claiming ticks after the other was killed.

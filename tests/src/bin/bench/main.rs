@@ -551,6 +551,17 @@ async fn load(users: usize, runs: usize, store: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CRM's client of the bench's wrapper, as the lazy-load benches use it (pages of 5,000).
+fn load_client(wrapper_url: &str) -> sync_sdk::loader::WrapperClient {
+    sync_sdk::loader::WrapperClient::new(sync_sdk::loader::WrapperConfig {
+        base_url: wrapper_url.to_owned(),
+        client_id: "crm".into(),
+        client_secret: LOAD_SECRET.into(),
+        page_size: 5_000,
+        timeout: Duration::from_secs(60),
+    })
+}
+
 /// The kB figure of a `/proc/self/status` line (`VmHWM`, `VmRSS`).
 fn proc_status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -572,20 +583,14 @@ fn proc_status_kb(field: &str) -> u64 {
 /// `bench load`, in its own process; prints the load time and the process's peak RSS.
 async fn load_app(args: &[String]) -> anyhow::Result<()> {
     use sync_sdk::{
-        loader::{Loader, WrapperClient, WrapperConfig},
+        loader::{Loader, WrapperClient},
         store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
     };
     let [wrapper_url, tenant, store, target] = args else {
         anyhow::bail!("usage: bench load-app WRAPPER_URL TENANT postgres|mongo TARGET");
     };
     let tenant: Uuid = tenant.parse()?;
-    let client = WrapperClient::new(WrapperConfig {
-        base_url: wrapper_url.clone(),
-        client_id: "crm".into(),
-        client_secret: LOAD_SECRET.into(),
-        page_size: 5_000,
-        timeout: Duration::from_secs(60),
-    });
+    let client = load_client(wrapper_url);
     async fn run<S: TenantStore>(
         client: WrapperClient,
         store: Arc<S>,
@@ -639,10 +644,7 @@ async fn load_app(args: &[String]) -> anyhow::Result<()> {
 /// lazy-loaded once into one Postgres store (16 at a time); the per-tenant load time as the
 /// store fills up (first and last tenth of the loads, and all of them).
 async fn tenants(count: usize, users: usize) -> anyhow::Result<()> {
-    use sync_sdk::{
-        loader::{Loader, WrapperClient, WrapperConfig},
-        store::postgres::PostgresStore,
-    };
+    use sync_sdk::{loader::Loader, store::postgres::PostgresStore};
     let wrapper = tsync_e2e::wrapper_app::spawn_wrapper().await?;
     let started = Instant::now();
     let ids: Vec<Uuid> = (0..count).map(|_| Uuid::now_v7()).collect();
@@ -679,14 +681,7 @@ async fn tenants(count: usize, users: usize) -> anyhow::Result<()> {
     let db = fresh_database().await?;
     let store = Arc::new(PostgresStore::new(db.pool.clone()));
     store.init().await?;
-    let client = WrapperClient::new(WrapperConfig {
-        base_url: wrapper.url.clone(),
-        client_id: "crm".into(),
-        client_secret: LOAD_SECRET.into(),
-        page_size: 5_000,
-        timeout: Duration::from_secs(30),
-    });
-    let loader = Arc::new(Loader::new(client, store.clone()));
+    let loader = Arc::new(Loader::new(load_client(&wrapper.url), store.clone()));
     loader.client().digest(ids[0]).await?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let times: Arc<Mutex<Vec<(usize, Duration)>>> = Arc::default();
