@@ -118,22 +118,17 @@ struct Target {
 
 /// `bench e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30]`.
 pub async fn e2e(args: &[String]) -> anyhow::Result<()> {
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let store = arg("--store").unwrap_or_else(|| "postgres".into());
+    let arg = |name: &str| super::flag(args, name);
+    let store = arg("--store").unwrap_or("postgres");
     let rates: Vec<u32> = arg("--rates")
-        .unwrap_or_else(|| "100,200,400".into())
+        .unwrap_or("100,200,400")
         .split(',')
         .filter_map(|r| r.parse().ok())
         .collect();
     let seconds: u64 = arg("--seconds").and_then(|s| s.parse().ok()).unwrap_or(15);
     let burst: u64 = arg("--burst").and_then(|s| s.parse().ok()).unwrap_or(30);
     let applied: Stamps = Arc::default();
-    match store.as_str() {
+    match store {
         "postgres" => {
             let db = fresh_database().await?;
             let pg = PostgresStore::new(db.pool.clone());
@@ -142,7 +137,7 @@ pub async fn e2e(args: &[String]) -> anyhow::Result<()> {
                 inner: pg,
                 applied: applied.clone(),
             };
-            run(&store, timed, applied, &rates, seconds, burst).await
+            run(store, timed, applied, &rates, seconds, burst).await
         }
         "mongo" => {
             let mongo = MongoStore::new(fresh_mongo().await?);
@@ -151,7 +146,7 @@ pub async fn e2e(args: &[String]) -> anyhow::Result<()> {
                 inner: mongo,
                 applied: applied.clone(),
             };
-            run(&store, timed, applied, &rates, seconds, burst).await
+            run(store, timed, applied, &rates, seconds, burst).await
         }
         other => anyhow::bail!("--store postgres|mongo, not {other}"),
     }

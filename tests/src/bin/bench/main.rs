@@ -61,40 +61,17 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let args: Vec<String> = std::env::args().collect();
-    let events = args
-        .iter()
-        .position(|a| a == "--events")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000usize);
-    let batch = args
-        .iter()
-        .position(|a| a == "--batch")
-        .and_then(|i| args.get(i + 1))
+    let number = |name: &str| flag(&args, name).and_then(|n| n.parse::<usize>().ok());
+    let events = number("--events").unwrap_or(20_000);
+    let batch = flag(&args, "--batch")
         .and_then(|n| n.parse().ok())
         .unwrap_or(500i64);
-    let wait = args
-        .iter()
-        .position(|a| a == "--wait")
-        .and_then(|i| args.get(i + 1))
+    let wait = flag(&args, "--wait")
         .and_then(|n| n.parse().ok())
         .unwrap_or(0u32);
-    let tenant_count = args
-        .iter()
-        .position(|a| a == "--tenants")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok());
-    let runs = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5usize);
-    let store = args
-        .iter()
-        .position(|a| a == "--store")
-        .and_then(|i| args.get(i + 1))
-        .map_or("postgres", String::as_str);
+    let tenant_count = number("--tenants");
+    let runs = number("--runs").unwrap_or(5);
+    let store = flag(&args, "--store").unwrap_or("postgres");
     match args.get(1).map(String::as_str) {
         Some("relay") => relay(events, batch, wait, tenant_count.unwrap_or(64)).await,
         Some("consumer") => consumer(events, tenant_count.unwrap_or(16)).await,
@@ -111,6 +88,14 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+/// The value after `name` among the command's arguments (`--events 20000`).
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn config(db: &TestDatabase, batch_size: i64) -> RelayConfig {
