@@ -117,6 +117,8 @@ pub mod guide {}
 pub use sync_contract as contract;
 /// A reconnecting Redis client and one consumer-group read (`sync_contract::streams`).
 pub use sync_contract::streams as redis;
+/// Logs and traces: `telemetry::init` in an app's `main`, W3C trace context across services.
+pub use sync_telemetry as telemetry;
 #[cfg(feature = "axum")]
 pub use sync_web::{csrf, html};
 

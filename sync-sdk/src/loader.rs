@@ -28,6 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -262,7 +263,9 @@ impl<S: TenantStore> Loader<S> {
     }
 
     async fn load(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
-        let result = self.load_once(tenant_id).await;
+        // The snapshot requests carry this span's trace context to the wrapper.
+        let span = tracing::info_span!("lazy_load", %tenant_id);
+        let result = self.load_once(tenant_id).instrument(span).await;
         match &result {
             Ok(_) => {
                 self.wrapper_down.store(false, Ordering::SeqCst);

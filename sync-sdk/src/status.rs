@@ -209,13 +209,37 @@ impl<S: TenantStore, H: Handler> StatusReporter<S, H> {
         let config = self.consumer.config();
         let mut resyncs = self.loader.pending_resyncs();
         resyncs.sort();
-        ReplicaStatus {
+        let status = ReplicaStatus {
             app: config.app.clone(),
             replica: config.consumer.clone(),
             reported_at_ms: now_ms(),
             health: self.consumer.health_report().await,
             resyncs,
             tenants_loaded: self.store.loaded_count().await.ok().map(|n| n as usize),
+        };
+        self.export_gauges(&status).await;
+        status
+    }
+
+    /// The report as gauges, for dashboards (labels: app and partition, both bounded).
+    async fn export_gauges(&self, status: &ReplicaStatus) {
+        let app = status.app.clone();
+        for p in &status.health.partitions {
+            let labels = [("app", app.clone()), ("partition", p.partition.to_string())];
+            metrics::gauge!("tsync_consumer_reader_alive", &labels)
+                .set(f64::from(u8::from(p.alive)));
+            if let Some(lag) = p.lag {
+                metrics::gauge!("tsync_consumer_group_lag", &labels).set(lag as f64);
+            }
+            let oldest = p.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0;
+            metrics::gauge!("tsync_consumer_oldest_pending_age_seconds", &labels).set(oldest);
+        }
+        if let Some(loaded) = status.tenants_loaded {
+            metrics::gauge!("tsync_store_tenants_loaded", "app" => app.clone()).set(loaded as f64);
+        }
+        let dead: Result<u64, Error> = self.redis.xlen(self.keys.dlq(&app)).await;
+        if let Ok(dead) = dead {
+            metrics::gauge!("tsync_dlq_entries", "app" => app).set(dead as f64);
         }
     }
 

@@ -380,10 +380,13 @@ impl WrapperClient {
             let resp = self
                 .wrappers
                 .send(|base| {
-                    let request = self
+                    let mut request = self
                         .http
                         .request(method.clone(), format!("{base}{path}"))
                         .bearer_auth(&token);
+                    if let Some(traceparent) = crate::telemetry::current_traceparent() {
+                        request = request.header(crate::telemetry::TRACEPARENT, traceparent);
+                    }
                     match body {
                         Some(body) => request.json(body),
                         None => request,

@@ -6,6 +6,8 @@ pub use sync_testkit::*;
 pub mod browser;
 pub mod nginx;
 pub mod oidc;
+pub mod otlp;
+pub mod replicas;
 pub mod suite;
 pub mod wrapper_app;
 

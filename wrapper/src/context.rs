@@ -32,6 +32,9 @@ pub struct Ctx {
     pub correlation_id: String,
     /// The client's address, when known (see the module docs).
     pub client_ip: Option<IpAddr>,
+    /// The caller's W3C trace context (`traceparent`), when it sent a well-formed one: passed
+    /// on into events as it is when this service exports no traces itself.
+    pub traceparent: Option<String>,
 }
 
 /// The proxies whose `X-Forwarded-For` is believed.
@@ -81,10 +84,17 @@ pub async fn attach(
         .filter_map(|v| v.to_str().ok())
         .collect();
     let client_ip = proxies.client(peer, &forwarded);
+    let traceparent = req
+        .headers()
+        .get(sync_telemetry::TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| sync_telemetry::is_traceparent(v))
+        .map(str::to_owned);
     let ctx = Ctx {
         request_id: header_or_new(&req, REQUEST_HEADER),
         correlation_id: header_or_new(&req, CORRELATION_HEADER),
         client_ip,
+        traceparent,
     };
     let span = tracing::info_span!(
         "request",
@@ -94,6 +104,7 @@ pub async fn attach(
         correlation_id = %ctx.correlation_id,
         status = tracing::field::Empty,
     );
+    sync_telemetry::continue_trace(&span, ctx.traceparent.as_deref());
     req.extensions_mut().insert(ctx.clone());
     let started = std::time::Instant::now();
     let mut response = next.run(req).instrument(span.clone()).await;
@@ -129,6 +140,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
                 request_id: id.clone(),
                 correlation_id: id,
                 client_ip: None,
+                traceparent: None,
             }
         }))
     }

@@ -142,6 +142,7 @@ impl CreditIngest {
             request_id: format!("credit-ingest:{entry_id}"),
             correlation_id: operation_id.clone(),
             client_ip: None,
+            traceparent: None,
         };
         let consumption = Consumption {
             tenant_id,

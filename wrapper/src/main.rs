@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 use wrapper::{
     auth::keys::KeyStore,
     config::{AdminCommand, Cli, Command, KeysCommand, ServiceClientCommand},
@@ -12,7 +11,8 @@ use wrapper::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.settings.log_json);
+    // Logs, and traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (flushed on return).
+    let _telemetry = sync_telemetry::init("wrapper", cli.settings.log_json);
     let settings = cli.settings;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -75,16 +75,6 @@ async fn main() -> anyhow::Result<()> {
             println!("service client {app} ready");
             Ok(())
         }
-    }
-}
-
-fn init_tracing(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }
 

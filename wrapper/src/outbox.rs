@@ -60,6 +60,16 @@ pub async fn append(
     .bind(tenant_id)
     .fetch_one(&mut *tx)
     .await?;
+    // The span of the write inside the transaction: the relay's publish and every app's apply
+    // are its children. Made only when traces are exported; otherwise the caller's own
+    // traceparent (if it sent one) is passed on.
+    let span = sync_telemetry::exporting().then(
+        || tracing::info_span!("outbox.append", event_type = %event.event_type(), %tenant_id, seq),
+    );
+    let traceparent = span
+        .as_ref()
+        .and_then(sync_telemetry::traceparent_of)
+        .or_else(|| ctx.traceparent.clone());
     let envelope = Envelope {
         event_id: Uuid::now_v7(),
         event_version: CONTRACT_VERSION,
@@ -70,13 +80,13 @@ pub async fn append(
         occurred_at: Utc::now(),
         source: "wrapper".into(),
         correlation_id: Some(ctx.correlation_id.clone()),
-        traceparent: None,
+        traceparent,
         event,
     };
     sqlx::query(
         "with ins as (
-             insert into outbox (event_id, tenant_id, seq, partition, event_type, envelope)
-             values ($1, $2, $3, $4, $5, $6) returning id, partition)
+             insert into outbox (event_id, tenant_id, seq, partition, event_type, envelope, traceparent)
+             values ($1, $2, $3, $4, $5, $6, $7) returning id, partition)
          insert into outbox_pending (id, partition) select id, partition from ins",
     )
     .bind(envelope.event_id)
@@ -85,6 +95,7 @@ pub async fn append(
     .bind(partition)
     .bind(envelope.event_type().as_str())
     .bind(envelope.to_json_string())
+    .bind(envelope.traceparent.as_deref())
     .execute(&mut *tx)
     .await?;
     sqlx::query("select pg_notify($1, '')")
@@ -143,6 +154,7 @@ pub mod testing {
             request_id: "test".into(),
             correlation_id: "test".into(),
             client_ip: None,
+            traceparent: None,
         };
         let aggregate = Aggregate {
             id: tenant,

@@ -4,11 +4,8 @@ use clap::Parser;
 
 #[sync_sdk::tokio::main(crate = "sync_sdk::tokio")]
 async fn main() -> sync_sdk::anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    // Logs, and traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (flushed on return).
+    let _telemetry = sync_sdk::telemetry::init("projects", false);
     projects::build(projects::Settings::parse())
         .await?
         .run_until_ctrl_c()

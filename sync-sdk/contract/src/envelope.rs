@@ -110,23 +110,51 @@ pub struct Envelope {
     pub event: Event,
 }
 
-/// The wire shape, used for encoding only (decoding validates field by field).
+/// The wire shape, used for encoding only (decoding validates field by field). Its schema is
+/// the `Envelope` of the AsyncAPI document ([`crate::asyncapi`]): written from the very struct
+/// that encodes, with the decoder's rules as constraints.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct Wire<'a> {
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Envelope))]
+pub(crate) struct Wire<'a> {
+    /// UUIDv7, unique: the idempotency key.
     event_id: Uuid,
+    /// `<aggregate>.<verb>`.
     event_type: EventType,
+    /// `MAJOR.MINOR` of the contract the event was written with.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[0-9]+\.[0-9]+$", example = "1.0")
+    )]
     event_version: String,
+    /// The tenant the event belongs to.
     tenant_id: Uuid,
+    /// Per-tenant sequence number, gap-free.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     seq: i64,
+    /// The id of the changed aggregate.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     aggregate_id: &'a str,
+    /// Per-aggregate version, increasing on every change.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     aggregate_version: i64,
+    /// When the change was committed (RFC 3339, milliseconds, UTC).
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     occurred_at: String,
+    /// The producing service, e.g. `wrapper`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1))]
     source: &'a str,
+    /// Propagated from the request that caused the change (`X-Correlation-Id`).
     #[serde(skip_serializing_if = "Option::is_none")]
     correlation_id: Option<&'a str>,
+    /// W3C trace context of the write that made the event.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    )]
     traceparent: Option<&'a str>,
+    /// The aggregate's new state: the schema of the event type's payload.
     payload: Value,
 }
 

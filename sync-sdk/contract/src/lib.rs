@@ -18,6 +18,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "openapi")]
+pub mod asyncapi;
 mod envelope;
 mod keys;
 mod manifest;

@@ -40,6 +40,27 @@ macro_rules! event_types {
             }
         }
 
+        #[cfg(feature = "openapi")]
+        impl EventType {
+            /// The Rust name of the event type (`UserEmailChanged`): its message's key in the
+            /// AsyncAPI document.
+            pub fn variant_name(self) -> &'static str {
+                match self { $(EventType::$variant => stringify!($variant),)+ }
+            }
+
+            /// The name of the payload's schema (`UserState`).
+            pub fn payload_schema_name(self) -> String {
+                match self { $(EventType::$variant => <$payload as utoipa::ToSchema>::name().into_owned(),)+ }
+            }
+
+            /// Every payload's schema and the schemas they refer to, by name.
+            pub(crate) fn payload_schemas(
+                out: &mut std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>>,
+            ) {
+                $( crate::asyncapi::collect::<$payload>(out); )+
+            }
+        }
+
         /// An event: its type together with its typed payload.
         #[derive(Debug, Clone, PartialEq)]
         pub enum Event {
@@ -89,6 +110,21 @@ event_types! {
     CreditConsumed => "credit.consumed", CreditConsumed;
     CreditConfigUpdated => "credit.config_updated", CreditConfigState;
 }
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for EventType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("The kind of an event: `<aggregate>.<verb>`."))
+            .enum_values(Some(EventType::ALL.iter().map(|t| t.as_str())))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for EventType {}
 
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -237,6 +273,7 @@ pub struct SettingsState {
 /// Credits allocated to a tenant, an entity in it, or an application (`credit.allocated`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreditAllocated {
     /// Allocation id: consumers raise a balance once per allocation id.
     pub allocation_id: Uuid,
@@ -257,6 +294,7 @@ pub struct CreditAllocated {
 /// Credits consumed by an operation (`credit.consumed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreditConsumed {
     /// The idempotency key of the consumption.
     pub operation_id: String,

@@ -303,8 +303,10 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 self.plan(q, state, &processed, &mut acks)
             })
             .collect();
+        let spans = self.trace_spans(&plans);
         self.run_handler(part, &mut plans, &mut acks).await;
         self.apply(part, &mut plans, &mut acks).await;
+        drop(spans);
         self.ack(&part.stream, acks).await;
         for plan in plans {
             self.park_rest(part, plan);
@@ -405,6 +407,32 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
             plan.apply.push(i);
         }
         plan
+    }
+
+    /// When traces are exported: one `apply` span per event about to be handled and applied,
+    /// the child of the relay's publish (the entry's `traceparent`) or, for an entry without
+    /// one, of the write that made the event (the envelope's). Open until the round ends.
+    fn trace_spans(&self, plans: &[Plan]) -> Vec<tracing::Span> {
+        if !crate::telemetry::exporting() {
+            return Vec::new();
+        }
+        let events = plans
+            .iter()
+            .flat_map(|p| p.apply.iter().map(move |&i| &p.queue.events[i]));
+        events
+            .map(|pending| {
+                let envelope = &pending.envelope;
+                let span = tracing::info_span!("apply", app = %self.config.app,
+                    event_type = %envelope.event_type(), tenant_id = %envelope.tenant_id,
+                    event_id = %envelope.event_id, seq = envelope.seq);
+                let parent = pending.entry.1.get(crate::telemetry::TRACEPARENT);
+                let parent = parent
+                    .map(String::as_str)
+                    .or(envelope.traceparent.as_deref());
+                crate::telemetry::continue_trace(&span, parent);
+                span
+            })
+            .collect()
     }
 
     /// Run the handler over every event to apply, in one batch; a failure stops its tenant.

@@ -142,7 +142,7 @@ impl PartitionHealth {
         *self.last_death.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause.to_owned());
     }
 
-    pub(super) fn record_parked(&self, part: &Partition) {
+    pub(super) fn record_parked(&self, app: &str, part: &Partition) {
         self.parked_entries
             .store(part.parked_entries(), Ordering::SeqCst);
         let summary = part
@@ -154,8 +154,9 @@ impl PartitionHealth {
                 entries,
             })
             .collect::<Vec<_>>();
-        metrics::gauge!("tsync_consumer_parked_tenants", "partition" => part.partition.to_string())
-            .set(summary.len() as f64);
+        metrics::gauge!("tsync_consumer_parked_tenants", "app" => app.to_owned(),
+            "partition" => part.partition.to_string())
+        .set(summary.len() as f64);
         *self.parked.lock().unwrap_or_else(|e| e.into_inner()) = summary;
     }
 }

@@ -366,7 +366,9 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
                 last_claim = tokio::time::Instant::now();
             }
             self.retry_parked(&mut part).await;
-            self.health.partition(partition).record_parked(&part);
+            self.health
+                .partition(partition)
+                .record_parked(&self.config.app, &part);
             let wait = part.wait(self.config.block);
             if part.parked_entries() >= self.config.max_parked {
                 // Back-pressure: let the parked tenants drain before reading more.

@@ -37,13 +37,10 @@ fn env(name: &str) -> anyhow::Result<String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     use clap::Parser;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match std::env::args().nth(1).as_deref() {
+    let role = std::env::args().nth(1).unwrap_or_default();
+    // Quiet logs unless RUST_LOG says otherwise; traces when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let _telemetry = sync_sdk::telemetry::init_with_default(&role, false, "warn");
+    match Some(role.as_str()).filter(|r| !r.is_empty()) {
         Some("wrapper") => {
             let cli = wrapper::config::Cli::parse_from(["wrapper"]);
             let app = wrapper::startup::Application::build(cli.settings).await?;

@@ -7,7 +7,7 @@ use tsync_e2e::wrapper_app::*;
 
 const SECRET: &str = "crm-service-secret-for-credits";
 
-async fn service_token(app: &TestApp, name: &str) -> String {
+pub(crate) async fn service_token(app: &TestApp, name: &str) -> String {
     wrapper::startup::upsert_service_client(&app.db.pool, name, SECRET)
         .await
         .unwrap();

@@ -5,6 +5,7 @@
 mod app_auth;
 mod compose;
 mod consumer;
+mod contract_docs;
 mod credits;
 mod crm;
 mod lazy_load;
@@ -16,4 +17,5 @@ mod scale_out;
 mod security;
 mod smoke;
 mod sso;
+mod tracing;
 mod wrapper_api;

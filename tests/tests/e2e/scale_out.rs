@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -14,63 +13,21 @@ use std::{
 use anyhow::Context;
 use fred::prelude::*;
 use mongodb::bson::{Document, doc};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use sync_sdk::contract::StreamKeys;
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tsync_e2e::{
     nginx::{Nginx, Upstreams},
+    replicas::{self, Replica},
     suite::Edge,
-    wrapper_app::{PASSWORD, ROOT_EMAIL, TEST_KEK},
+    wrapper_app::{PASSWORD, ROOT_EMAIL},
     *,
 };
 use uuid::Uuid;
 
+const REPLICA: &str = env!("CARGO_BIN_EXE_replica");
 const SECRET: &str = "scale-out-service-secret-long-enough";
-
-/// A service process (`replica <service>`), SIGKILLed when dropped.
-struct Replica {
-    port: u16,
-    child: Child,
-}
-
-impl Replica {
-    async fn start(service: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let listen = format!("{}_LISTEN", service.to_uppercase());
-        eprintln!("{service} on {port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_replica"))
-            .arg(service)
-            .env(listen, format!("127.0.0.1:{port}"))
-            // Loads and full syncs are what a failure here needs to show (in the test's output).
-            .env(
-                "RUST_LOG",
-                "warn,sync_sdk::loader=info,sync_sdk::fullsync=info",
-            )
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let replica = Self { port, child };
-        let url = format!("{}/health", replica.url());
-        eventually(Duration::from_secs(60), || {
-            let url = url.clone();
-            async move {
-                reqwest::get(url)
-                    .await
-                    .is_ok_and(|r| r.status() == StatusCode::OK)
-            }
-        })
-        .await
-        .with_context(|| format!("{service} on {port} did not answer /health"))?;
-        Ok(replica)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
 
 async fn call(
     http: &reqwest::Client,
@@ -123,27 +80,17 @@ async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edg
     let db = fresh_database().await?;
     let ns = redis_namespace();
     let keys = StreamKeys::new(ns.clone(), 8).unwrap();
-    let common = vec![
-        ("REDIS_URL", redis_url()),
-        ("TSYNC_NAMESPACE", ns.clone()),
-        ("TSYNC_PARTITIONS", "8".to_owned()),
-    ];
-    let mut wrapper_env = common.clone();
+    let common = replicas::common_env(&ns, 8);
+    let mut wrapper_env = replicas::wrapper_env(&common, &db.url);
     wrapper_env.extend([
-        ("DATABASE_URL", db.url.clone()),
-        ("WRAPPER_KEY_ENCRYPTION_KEYS", TEST_KEK.to_owned()),
-        ("WRAPPER_COOKIE_SECURE", "false".to_owned()),
-        ("WRAPPER_COOKIE_DOMAIN", ".yourapp.test".to_owned()),
-        ("WRAPPER_BOOTSTRAP_ADMIN_EMAIL", ROOT_EMAIL.to_owned()),
-        ("WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", PASSWORD.to_owned()),
         ("WRAPPER_DB_MAX_CONNECTIONS", "15".to_owned()),
         ("WRAPPER_RELAY_LEASE_RETRY_MS", "200".to_owned()),
         ("WRAPPER_RELAY_POLL_MS", "100".to_owned()),
         ("WRAPPER_CREDIT_RECONCILE_SECS", "1".to_owned()),
     ]);
     // The first wrapper migrates and creates the platform admin; the second joins it.
-    let mut wrappers = vec![Replica::start("wrapper", &wrapper_env).await?];
-    wrappers.push(Replica::start("wrapper", &wrapper_env).await?);
+    let mut wrappers = vec![Replica::start(REPLICA, "wrapper", &wrapper_env).await?];
+    wrappers.push(Replica::start(REPLICA, "wrapper", &wrapper_env).await?);
     for app in ["crm", "hrms"] {
         wrapper::startup::upsert_service_client(&db.pool, app, SECRET).await?;
     }
@@ -196,23 +143,17 @@ async fn one_replica_of_each_service_killed_under_load_loses_nothing_and_the_edg
         .collect::<Vec<_>>()
         .join(",");
     let app_env = |db: &str| {
-        let mut env = common.clone();
-        env.extend([
-            ("MONGODB_URL", mongodb_url()),
-            ("APP_MONGO_DB", db.to_owned()),
-            ("WRAPPER_URL", wrapper_urls.clone()),
-            ("APP_SERVICE_SECRET", SECRET.to_owned()),
-            ("APP_FULL_SYNC_SCHEDULE", "*/2 * * * * *".to_owned()),
-        ]);
+        let mut env = replicas::app_env(&common, db, &wrapper_urls, SECRET);
+        env.push(("APP_FULL_SYNC_SCHEDULE", "*/2 * * * * *".to_owned()));
         env
     };
     let mut crms = Vec::new();
     for _ in 0..3 {
-        crms.push(Replica::start("crm", &app_env(&crm_db)).await?);
+        crms.push(Replica::start(REPLICA, "crm", &app_env(&crm_db)).await?);
     }
     let mut hrmss = Vec::new();
     for _ in 0..2 {
-        hrmss.push(Replica::start("hrms", &app_env(&hrms_db)).await?);
+        hrmss.push(Replica::start(REPLICA, "hrms", &app_env(&hrms_db)).await?);
     }
     let ports = |r: &[Replica]| r.iter().map(|r| r.port).collect::<Vec<_>>();
     let upstreams = Upstreams {

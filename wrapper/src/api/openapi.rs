@@ -1,4 +1,6 @@
-//! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the handlers themselves.
+//! `GET /api/openapi.json`: the OpenAPI 3.1 document, generated from the handlers themselves;
+//! `GET /api/asyncapi.json`: the AsyncAPI 3.0 document of the event streams, generated from the
+//! contract's types (`sync_contract::asyncapi`).
 //!
 //! Every route is registered through `utoipa_axum::OpenApiRouter::routes`, which takes the
 //! method, path, parameters, request body and success responses from the handler's
@@ -18,7 +20,21 @@ use crate::state::AppState;
 
 /// The OpenAPI route.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(serve))
+    OpenApiRouter::new()
+        .routes(routes!(serve))
+        .routes(routes!(serve_asyncapi))
+}
+
+/// The event contract: the streams, one message per event type with its JSON Schema.
+#[utoipa::path(get, path = "/api/asyncapi.json", tag = "meta", security(()),
+    responses((status = 200, description = "The AsyncAPI 3.0 document of the event streams", body = Value)))]
+async fn serve_asyncapi() -> Json<Value> {
+    static DOCUMENT: OnceLock<Value> = OnceLock::new();
+    Json(
+        DOCUMENT
+            .get_or_init(sync_contract::asyncapi::document)
+            .clone(),
+    )
 }
 
 /// This document.

@@ -475,8 +475,8 @@ impl Relay {
     /// marking them; returns their ids. [`publish_batch`](Self::publish_batch) is this, then
     /// `WAIT`, then marking: split so tests can lose the leadership in between.
     pub async fn publish_unmarked(&self, lease: &Lease) -> anyhow::Result<Vec<i64>> {
-        let rows: Vec<(i64, Uuid, i64, String, String)> = sqlx::query_as(
-            "select o.id, o.tenant_id, o.seq, o.event_type, o.envelope
+        let rows: Vec<(i64, Uuid, i64, String, String, Option<String>)> = sqlx::query_as(
+            "select o.id, o.tenant_id, o.seq, o.event_type, o.envelope, o.traceparent
              from outbox_pending p join outbox o on o.id = p.id
              where p.partition = $1 order by p.id limit $2",
         )
@@ -490,8 +490,21 @@ impl Relay {
         let started = std::time::Instant::now();
         let mut ids = Vec::with_capacity(rows.len());
         let mut entries = Vec::with_capacity(rows.len());
-        for (id, tenant_id, seq, event_type, envelope) in rows {
-            entries.push(stream_fields(&event_type, tenant_id, seq, envelope));
+        // One span per event, child of the write that made it, open until the batch is in the
+        // stream; the entry carries it (field `traceparent`) so each app's apply is its child.
+        let mut spans = Vec::new();
+        for (id, tenant_id, seq, event_type, envelope, traceparent) in rows {
+            let mut fields = stream_fields(&event_type, tenant_id, seq, envelope);
+            if let Some(parent) = traceparent.filter(|_| sync_telemetry::exporting()) {
+                let span = tracing::info_span!("relay.publish", event_type = %event_type, %tenant_id, seq,
+                    partition = lease.partition);
+                sync_telemetry::continue_trace(&span, Some(&parent));
+                if let Some(own) = sync_telemetry::traceparent_of(&span) {
+                    fields.push((sync_telemetry::TRACEPARENT, own));
+                }
+                spans.push(span);
+            }
+            entries.push(fields);
             ids.push(id);
         }
         let appended = self.publish_entries(lease, entries).await?;
