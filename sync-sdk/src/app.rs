@@ -133,6 +133,9 @@ impl<H: Handler> AppKit<H> {
         let loader = Loader::new(wrapper(), store.clone());
         let keys = StreamKeys::new(args.namespace.clone(), args.partitions)
             .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
+        // The recorder first: what is recorded before it is installed is lost.
+        crate::telemetry::prometheus();
+        crate::meters::describe(name, args.partitions);
         let mut config = ConsumerConfig::new(name, keys.clone());
         config.resync = Some(loader.resync_hook());
         let redis = crate::redis::connect(&args.redis_url)?;
@@ -258,6 +261,7 @@ impl<H: Handler> AppKit<H> {
 }
 
 /// `GET /health`: a liveness check (`{"status": "ok"}` while the process serves).
+/// `GET /metrics`: Prometheus metrics (docs/metrics.md).
 /// `GET /health/ready`: 200 with the consumer's [`crate::consumer::HealthReport`] when every
 /// partition has a live reader, else 503 with the reasons in the same report.
 fn health<H: Handler>(consumer: Arc<Consumer<MongoStore, H>>) -> axum::Router {
@@ -280,6 +284,18 @@ fn health<H: Handler>(consumer: Arc<Consumer<MongoStore, H>>) -> axum::Router {
             get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/health/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+}
+
+/// `GET /metrics`: the process's metrics in the Prometheus text format.
+async fn metrics_text() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::telemetry::prometheus().render(),
+    )
 }
 
 /// The router state of an app: the SDK's pieces every handler may need, and the app's own

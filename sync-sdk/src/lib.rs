@@ -103,6 +103,7 @@ pub mod http;
 #[cfg(feature = "app")]
 pub mod idempotency;
 pub mod loader;
+pub mod meters;
 pub mod status;
 pub mod store;
 #[cfg(feature = "axum")]

@@ -97,3 +97,138 @@ impl Replica {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// A whole hub as processes: one wrapper, one CRM and one HRMS (each with `extra` in its
+/// environment), nginx in front, and a tenant whose admin visited both apps (so both loaded it).
+pub struct Hub {
+    /// The wrapper process.
+    pub wrapper: Replica,
+    /// The CRM process.
+    pub crm: Replica,
+    /// The HRMS process.
+    pub hrms: Replica,
+    /// The edge.
+    pub nginx: crate::nginx::Nginx,
+    /// The wrapper's database.
+    pub db: crate::TestDatabase,
+    /// The tenant's id.
+    pub tenant_id: String,
+    /// Its subdomain.
+    pub subdomain: String,
+    /// Its admin's user id.
+    pub admin_id: String,
+    /// Its admin's token.
+    pub admin: String,
+    /// The platform admin's token.
+    pub root: String,
+    /// A client.
+    pub http: reqwest::Client,
+}
+
+/// The service secret of the hub's apps.
+const HUB_SECRET: &str = "hub-service-secret-long-enough";
+
+impl Hub {
+    /// Start it (`exe`: the `replica` binary).
+    pub async fn start(exe: &str, extra: &[Var]) -> anyhow::Result<Self> {
+        let db = crate::fresh_database().await?;
+        let common = common_env(&crate::redis_namespace(), 4);
+        let mut env = wrapper_env(&common, &db.url);
+        env.extend(extra.iter().cloned());
+        let wrapper = Replica::start(exe, "wrapper", &env).await?;
+        for app in ["crm", "hrms"] {
+            wrapper::startup::upsert_service_client(&db.pool, app, HUB_SECRET).await?;
+        }
+        let http = reqwest::Client::new();
+        let w = wrapper.url();
+        let root = login(&http, &w, None, ROOT_EMAIL).await?;
+        let subdomain = format!("hub-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let admin_email = format!("admin@{subdomain}.test");
+        let body = serde_json::json!({"name": subdomain, "subdomain": subdomain, "plan": "pro",
+            "features": ["crm", "hrms"],
+            "admin": {"email": admin_email, "fullName": "First Admin", "password": PASSWORD}});
+        let tenant = send(&http, reqwest::Method::POST, &format!("{w}/api/tenants"), &root, body)
+            .await?;
+        let admin = login(&http, &w, Some(&subdomain), &admin_email).await?;
+        let mut apps = Vec::new();
+        for app in ["crm", "hrms"] {
+            let mut env = app_env(&common, &crate::unique_name(), &w, HUB_SECRET);
+            env.extend(extra.iter().cloned());
+            apps.push(Replica::start(exe, app, &env).await?);
+        }
+        let hrms = apps.pop().expect("two apps");
+        let crm = apps.pop().expect("two apps");
+        let upstreams = crate::nginx::Upstreams {
+            wrapper: vec![wrapper.port],
+            crm: vec![crm.port],
+            hrms: vec![hrms.port],
+            projects: vec![free_port()?],
+        };
+        let nginx =
+            crate::nginx::Nginx::start_upstreams_at(free_port()?, None, None, &upstreams).await?;
+        let hub = Self {
+            tenant_id: tenant["id"].as_str().unwrap_or_default().to_owned(),
+            admin_id: tenant["adminUserId"].as_str().unwrap_or_default().to_owned(),
+            wrapper,
+            crm,
+            hrms,
+            nginx,
+            db,
+            subdomain,
+            admin,
+            root,
+            http,
+        };
+        // The first visit loads the tenant into each app (the lazy load).
+        let edge = hub.edge();
+        for path in ["/crm/accounts", "/hrms/employees"] {
+            let (status, body) = edge
+                .send(reqwest::Method::GET, path, &hub.admin, None)
+                .await?;
+            anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
+        }
+        Ok(hub)
+    }
+
+    /// Requests through nginx as the tenant's host.
+    pub fn edge(&self) -> crate::suite::Edge {
+        crate::suite::Edge::new(self.nginx.url(), format!("{}.yourapp.test", self.subdomain))
+    }
+}
+
+async fn login(
+    http: &reqwest::Client,
+    wrapper: &str,
+    tenant: Option<&str>,
+    email: &str,
+) -> anyhow::Result<String> {
+    let body = serde_json::json!({"email": email, "password": PASSWORD, "tenant": tenant});
+    let response = http
+        .post(format!("{wrapper}/auth/login"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "login {email}: {}", response.status());
+    let reply: serde_json::Value = response.json().await?;
+    Ok(reply["token"].as_str().unwrap_or_default().to_owned())
+}
+
+/// `method url` as `token` with a JSON body, expecting 2xx; the JSON answer.
+pub async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let response = http
+        .request(method.clone(), url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await?;
+    let status = response.status();
+    let reply: serde_json::Value = response.json().await.unwrap_or_default();
+    anyhow::ensure!(status.is_success(), "{method} {url}: {status} {reply}");
+    Ok(reply)
+}

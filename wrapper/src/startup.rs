@@ -1,11 +1,11 @@
 //! Building and running the wrapper: connect, migrate, bind (port 0 in tests), serve until the
 //! cancellation token fires, then drain in-flight requests.
 
-use std::{net::SocketAddr, sync::Arc, sync::OnceLock, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, middleware};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sync_telemetry::PrometheusHandle;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use sync_contract::StreamKeys;
 use tokio::net::TcpListener;
@@ -26,17 +26,7 @@ pub use crate::state::AppState;
 /// The process-wide Prometheus recorder (one per process, shared by every in-process app in
 /// tests).
 pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Fails only if an embedding program installed its own recorder first; then metrics
-            // go there and /metrics stays empty, which is that program's choice.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
+    sync_telemetry::prometheus()
 }
 
 /// Connect to Postgres with the configured pool size.
@@ -98,6 +88,8 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding {}", settings.listen))?;
+        let metrics = metrics_handle();
+        crate::meters::describe(settings.partitions);
         let state = AppState {
             db,
             redis,
@@ -107,7 +99,7 @@ impl Application {
                 Duration::from_secs(settings.domain_cache_ttl_secs),
                 settings.cookie_domain.clone(),
             )),
-            metrics: metrics_handle(),
+            metrics,
             oidc: Arc::new(crate::identity::oidc::Oidc::new(providers)),
             settings: Arc::new(settings),
         };

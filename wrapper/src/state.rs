@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use sync_telemetry::PrometheusHandle;
 use sqlx::PgPool;
 use sync_contract::StreamKeys;
 

@@ -1,7 +1,8 @@
 //! # sync-telemetry
 //!
-//! Logs and traces, set up the same way in the wrapper and in every app.
+//! Logs, traces and metrics, set up the same way in the wrapper and in every app.
 //!
+//! * [`prometheus`] is the process's Prometheus recorder (`/metrics` renders it).
 //! * [`init`] installs the log output (pretty, or JSON lines) filtered by `RUST_LOG`, and —
 //!   only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set — an OpenTelemetry layer that exports spans
 //!   over OTLP/HTTP (protobuf) in batches. The standard `OTEL_*` variables apply
@@ -25,6 +26,9 @@
 //! }
 //! ```
 #![warn(missing_docs)]
+
+mod prometheus;
+pub use prometheus::{PrometheusHandle, SECONDS_BUCKETS, prometheus};
 
 use std::{
     collections::HashMap,

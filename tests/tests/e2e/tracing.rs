@@ -3,42 +3,15 @@
 
 use std::time::Duration;
 
-use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use tsync_e2e::{
-    nginx::{Nginx, Upstreams},
     otlp::{OtlpReceiver, ReceivedSpan},
-    replicas::{self, Replica},
-    suite::Edge,
-    wrapper_app::{PASSWORD, ROOT_EMAIL},
+    replicas::Hub,
     *,
 };
 use uuid::Uuid;
 
 const REPLICA: &str = env!("CARGO_BIN_EXE_replica");
-const SECRET: &str = "tracing-service-secret-long-enough";
-
-async fn call(
-    http: &reqwest::Client,
-    method: Method,
-    url: &str,
-    token: Option<&str>,
-    body: Value,
-    traceparent: Option<&str>,
-) -> anyhow::Result<Value> {
-    let mut request = http.request(method.clone(), url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(traceparent) = traceparent {
-        request = request.header("traceparent", traceparent);
-    }
-    let response = request.send().await?;
-    let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status.is_success(), "{method} {url}: {status} {body}");
-    Ok(body)
-}
 
 /// The spans of `trace` named `name` exported by `service`.
 fn named<'a>(
@@ -57,80 +30,35 @@ fn named<'a>(
 async fn one_email_change_is_one_trace_from_the_request_to_every_apps_apply() -> anyhow::Result<()>
 {
     let receiver = OtlpReceiver::start().await?;
-    let otel = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
-        // Export every 100 ms instead of every 5 s.
-        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
-    ];
-    let db = fresh_database().await?;
-    let ns = redis_namespace();
-    let common = replicas::common_env(&ns, 4);
-    let mut wrapper_env = replicas::wrapper_env(&common, &db.url);
-    wrapper_env.extend(otel.clone());
-    let wrapper = Replica::start(REPLICA, "wrapper", &wrapper_env).await?;
-    for app in ["crm", "hrms"] {
-        wrapper::startup::upsert_service_client(&db.pool, app, SECRET).await?;
-    }
-
-    let http = reqwest::Client::new();
-    let w = wrapper.url();
-    let login = |tenant: Option<&str>, email: &str| {
-        let body = json!({"email": email, "password": PASSWORD, "tenant": tenant});
-        let (http, url) = (http.clone(), format!("{w}/auth/login"));
-        async move {
-            let reply = call(&http, Method::POST, &url, None, body, None).await?;
-            anyhow::Ok(reply["token"].as_str().unwrap_or_default().to_owned())
-        }
-    };
-    let root = login(None, ROOT_EMAIL).await?;
-    let sub = format!("trace-{}", &Uuid::now_v7().simple().to_string()[20..]);
-    let admin_email = format!("admin@{sub}.test");
-    let body = json!({"name": sub, "subdomain": sub, "plan": "pro", "features": ["crm", "hrms"],
-                      "admin": {"email": admin_email, "fullName": "First Admin", "password": PASSWORD}});
-    let url = format!("{w}/api/tenants");
-    let tenant = call(&http, Method::POST, &url, Some(&root), body, None).await?;
-    let tenant_id = tenant["id"].as_str().unwrap_or_default().to_owned();
-    let admin_id = tenant["adminUserId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let admin = login(Some(&sub), &admin_email).await?;
-
-    let mut app_processes = Vec::new();
-    for app in ["crm", "hrms"] {
-        let mut env = replicas::app_env(&common, &unique_name(), &w, SECRET);
-        env.extend(otel.clone());
-        app_processes.push(Replica::start(REPLICA, app, &env).await?);
-    }
-    let upstreams = Upstreams {
-        wrapper: vec![wrapper.port],
-        crm: vec![app_processes[0].port],
-        hrms: vec![app_processes[1].port],
-        projects: vec![free_port()?],
-    };
-    let nginx = Nginx::start_upstreams_at(free_port()?, None, None, &upstreams).await?;
-    let edge = Edge::new(nginx.url(), format!("{sub}.yourapp.test"));
-    // The first visit loads the tenant into each app (the lazy load).
-    for path in ["/crm/accounts", "/hrms/employees"] {
-        let (status, body) = edge.send(Method::GET, path, &admin, None).await?;
-        anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
-    }
+    let hub = Hub::start(
+        REPLICA,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+            // Export every 100 ms instead of every 5 s.
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ],
+    )
+    .await?;
+    let (tenant_id, sub) = (hub.tenant_id.clone(), hub.subdomain.clone());
 
     // The email change, sent as part of a trace the test starts.
     let trace = Uuid::new_v4().simple().to_string();
     let caller_span = "00f067aa0ba902b7";
     let traceparent = format!("00-{trace}-{caller_span}-01");
-    let url = format!("{w}/api/tenants/{tenant_id}/users/{admin_id}");
-    let body = json!({"email": format!("renamed@{sub}.test")});
-    call(
-        &http,
-        Method::PATCH,
-        &url,
-        Some(&admin),
-        body,
-        Some(&traceparent),
-    )
-    .await?;
+    let url = format!(
+        "{}/api/tenants/{tenant_id}/users/{}",
+        hub.wrapper.url(),
+        hub.admin_id
+    );
+    let response = hub
+        .http
+        .patch(&url)
+        .bearer_auth(&hub.admin)
+        .header("traceparent", &traceparent)
+        .json(&json!({"email": format!("renamed@{sub}.test")}))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "PATCH {url}: {}", response.status());
 
     // Both apps applied it, each in an `apply` span of the trace.
     let applied = |spans: &[ReceivedSpan], app: &str| {
@@ -204,6 +132,5 @@ async fn one_email_change_is_one_trace_from_the_request_to_every_apps_apply() ->
             "{app}'s snapshot request is not a child of its lazy_load span"
         );
     }
-    drop(nginx);
     Ok(())
 }

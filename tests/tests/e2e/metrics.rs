@@ -1,0 +1,176 @@
+//! The metrics operators look at: every metric the code records is described and documented
+//! (docs/metrics.md), and every metric the Grafana dashboard queries is exported by a running
+//! wrapper, CRM or HRMS process after ordinary use.
+
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use tsync_e2e::{replicas::Hub, *};
+
+const REPLICA: &str = env!("CARGO_BIN_EXE_replica");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+}
+
+/// Every Rust source under `dir`.
+fn sources(dir: &Path, out: &mut Vec<String>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(std::fs::read_to_string(&path).unwrap_or_default());
+        }
+    }
+}
+
+/// `tsync_*` names given as the first argument of `macro!(` calls whose name ends in one of
+/// `macros` (and, with `described`, starts with `describe_`).
+fn metric_names(texts: &[String], described: bool) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for text in texts {
+        for (at, _) in text.match_indices("!(") {
+            let before = &text[..at];
+            let word_start = before
+                .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .map_or(0, |i| i + 1);
+            let word = &before[word_start..];
+            let is_metric = ["counter", "gauge", "histogram"]
+                .iter()
+                .any(|m| word == *m || word == format!("describe_{m}"));
+            if !is_metric || word.starts_with("describe_") != described {
+                continue;
+            }
+            let rest = text[at + 2..].trim_start();
+            if let Some(name) = rest
+                .strip_prefix("\"tsync_")
+                .and_then(|r| r.split('"').next())
+            {
+                names.insert(format!("tsync_{name}"));
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_code_records_is_described_and_documented() {
+    let mut texts = Vec::new();
+    for dir in ["wrapper/src", "sync-sdk/src", "apps"] {
+        sources(&repo().join(dir), &mut texts);
+    }
+    let recorded = metric_names(&texts, false);
+    let described = metric_names(&texts, true);
+    assert!(recorded.len() > 30, "the scan found only {recorded:?}");
+    let undescribed: Vec<_> = recorded.difference(&described).collect();
+    assert!(
+        undescribed.is_empty(),
+        "recorded but not described (wrapper/src/meters.rs, sync-sdk/src/meters.rs): {undescribed:?}"
+    );
+    let docs = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let undocumented: Vec<_> = described
+        .iter()
+        .filter(|n| !docs.contains(&format!("`{n}`")))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "not in docs/metrics.md: {undocumented:?}"
+    );
+}
+
+/// The base names of the metrics a Prometheus exposition holds (from its `# TYPE` lines).
+fn exported(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The metric names the dashboard's queries read (histogram series named by their base).
+fn dashboard_metrics() -> BTreeSet<String> {
+    let path = repo().join("deploy/grafana/dashboards/tenantsync.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for (at, _) in expr.match_indices("tsync_") {
+                let name: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                names.insert(name);
+            }
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_queries_is_exported_by_a_running_service() -> anyhow::Result<()>
+{
+    let wanted = dashboard_metrics();
+    assert!(wanted.len() > 15, "the dashboard reads only {wanted:?}");
+    let hub = Hub::start(REPLICA, &[]).await?;
+    // Ordinary use: a change every app applies, an account (credits), a failed sign-in.
+    let edge = hub.edge();
+    let user = format!("/api/tenants/{}/users/{}", hub.tenant_id, hub.admin_id);
+    let (status, body) = edge
+        .send(Method::PATCH, &user, &hub.admin, Some(json!({"fullName": "Renamed"})))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    let (status, _) = edge
+        .send(
+            Method::POST,
+            "/auth/login",
+            "",
+            Some(json!({"email": "nobody@x.test", "password": "wrong-password-1"})),
+        )
+        .await?;
+    anyhow::ensure!(status.is_client_error(), "a wrong password signed in: {status}");
+
+    let docs = std::fs::read_to_string(repo().join("docs/metrics.md"))?;
+    let services = [&hub.wrapper, &hub.crm, &hub.hrms];
+    // (what the dashboard reads that no service exports, exported metrics not documented)
+    let check = || async {
+        let mut found = BTreeSet::new();
+        for service in services {
+            let response = reqwest::get(format!("{}/metrics", service.url())).await;
+            if let Ok(text) = response.and_then(|r| Ok(r.error_for_status()?)) {
+                found.extend(exported(&text.text().await.unwrap_or_default()));
+            }
+        }
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|name| {
+                let base = ["_bucket", "_count", "_sum"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                !found.contains(*name) && !found.contains(base)
+            })
+            .cloned()
+            .collect();
+        let undocumented: Vec<String> = found
+            .into_iter()
+            .filter(|n| n.starts_with("tsync_") && !docs.contains(&format!("`{n}`")))
+            .collect();
+        (missing, undocumented)
+    };
+    let all_there = eventually(Duration::from_secs(30), || async {
+        check().await.0.is_empty()
+    })
+    .await;
+    let (missing, undocumented) = check().await;
+    assert!(
+        all_there.is_ok(),
+        "the dashboard queries metrics no running service exports: {missing:?}"
+    );
+    assert!(undocumented.is_empty(), "exported, not documented: {undocumented:?}");
+    Ok(())
+}
