@@ -260,7 +260,8 @@ impl<H: Handler> AppKit<H> {
     }
 }
 
-/// `GET /health`: a liveness check (`{"status": "ok"}` while the process serves).
+/// `GET /health` and `GET /health/live`: a liveness check (`{"status": "ok"}` while the
+/// process serves; the wrapper's `/health/live` is the same, so one probe fits every image).
 /// `GET /metrics`: Prometheus metrics (docs/metrics.md).
 /// `GET /health/ready`: 200 with the consumer's [`crate::consumer::HealthReport`] when every
 /// partition has a live reader, else 503 with the reasons in the same report.
@@ -279,12 +280,14 @@ fn health<H: Handler>(consumer: Arc<Consumer<MongoStore, H>>) -> axum::Router {
         }
     };
     axum::Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/health", get(live))
+        .route("/health/live", get(live))
         .route("/health/ready", get(ready))
         .route("/metrics", get(metrics_text))
+}
+
+async fn live() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
 }
 
 /// `GET /metrics`: the process's metrics in the Prometheus text format.

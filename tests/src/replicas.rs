@@ -147,8 +147,14 @@ impl Hub {
         let body = serde_json::json!({"name": subdomain, "subdomain": subdomain, "plan": "pro",
             "features": ["crm", "hrms"],
             "admin": {"email": admin_email, "fullName": "First Admin", "password": PASSWORD}});
-        let tenant = send(&http, reqwest::Method::POST, &format!("{w}/api/tenants"), &root, body)
-            .await?;
+        let tenant = send(
+            &http,
+            reqwest::Method::POST,
+            &format!("{w}/api/tenants"),
+            &root,
+            body,
+        )
+        .await?;
         let admin = login(&http, &w, Some(&subdomain), &admin_email).await?;
         let mut apps = Vec::new();
         for app in ["crm", "hrms"] {
@@ -168,7 +174,10 @@ impl Hub {
             crate::nginx::Nginx::start_upstreams_at(free_port()?, None, None, &upstreams).await?;
         let hub = Self {
             tenant_id: tenant["id"].as_str().unwrap_or_default().to_owned(),
-            admin_id: tenant["adminUserId"].as_str().unwrap_or_default().to_owned(),
+            admin_id: tenant["adminUserId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             wrapper,
             crm,
             hrms,
@@ -208,7 +217,11 @@ async fn login(
         .json(&body)
         .send()
         .await?;
-    anyhow::ensure!(response.status().is_success(), "login {email}: {}", response.status());
+    anyhow::ensure!(
+        response.status().is_success(),
+        "login {email}: {}",
+        response.status()
+    );
     let reply: serde_json::Value = response.json().await?;
     Ok(reply["token"].as_str().unwrap_or_default().to_owned())
 }

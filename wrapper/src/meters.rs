@@ -8,25 +8,82 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 
 /// Describe every wrapper metric and register the zero series (`partitions` of the relay).
 pub fn describe(partitions: u32) {
-    describe_counter!("tsync_relay_published_total", "Events the relay published, by partition: the committed write rate.");
-    describe_counter!("tsync_relay_errors_total", "Relay publish attempts that failed and are retried, by partition.");
-    describe_counter!("tsync_relay_fenced_total", "Publishes refused because a newer leader holds the partition.");
-    describe_gauge!("tsync_relay_leader", "1 while this replica leads the partition's relay, else 0.");
-    describe_gauge!("tsync_relay_outbox_depth", "Outbox rows not yet published, by partition.");
-    describe_gauge!("tsync_relay_oldest_unpublished_age_seconds", "Age of the oldest unpublished outbox row, by partition: the relay lag.");
-    describe_gauge!("tsync_relay_stream_length", "Entries in the partition stream (trimmed once every group has read them).");
-    describe_counter!("tsync_relay_trimmed_total", "Stream entries trimmed after every consumer group read them.");
-    describe_counter!("tsync_relay_waits_total", "WAITs for Redis replicas after a publish, by outcome (ok, short).");
-    describe_histogram!("tsync_relay_publish_batch_seconds", "Time to publish one batch of outbox rows.");
-    describe_counter!("tsync_credit_stream_trimmed_total", "Credit-stream entries trimmed after the ledger recorded them.");
-    describe_counter!("tsync_wrapper_credit_consumptions_total", "Credit consumptions at the wrapper, by outcome (charged, replayed, refused).");
-    describe_counter!("tsync_wrapper_credit_mirror_corrections_total", "Redis credit balances the reconciliation found different from the ledger and corrected.");
-    describe_counter!("tsync_wrapper_logins_total", "Sign-ins by outcome (success, failure, throttled).");
-    describe_counter!("tsync_wrapper_csrf_refusals_total", "Cookie-authenticated writes refused for a missing or foreign Origin.");
-    describe_counter!("tsync_wrapper_cross_tenant_attempts_total", "Requests refused for reaching into another tenant.");
-    describe_counter!("tsync_wrapper_revocation_publish_failures_total", "Sign-outs whose revocation could not be published to Redis.");
-    describe_counter!("tsync_wrapper_snapshots_total", "Snapshot pages served to apps (lazy loads, re-syncs), by app.");
-    describe_histogram!("tsync_wrapper_http_request_duration_seconds", "HTTP request duration, by status code.");
+    describe_counter!(
+        "tsync_relay_published_total",
+        "Events the relay published, by partition: the committed write rate."
+    );
+    describe_counter!(
+        "tsync_relay_errors_total",
+        "Relay publish attempts that failed and are retried, by partition."
+    );
+    describe_counter!(
+        "tsync_relay_fenced_total",
+        "Publishes refused because a newer leader holds the partition."
+    );
+    describe_gauge!(
+        "tsync_relay_leader",
+        "1 while this replica leads the partition's relay, else 0."
+    );
+    describe_gauge!(
+        "tsync_relay_outbox_depth",
+        "Outbox rows not yet published, by partition."
+    );
+    describe_gauge!(
+        "tsync_relay_oldest_unpublished_age_seconds",
+        "Age of the oldest unpublished outbox row, by partition: the relay lag."
+    );
+    describe_gauge!(
+        "tsync_relay_stream_length",
+        "Entries in the partition stream (trimmed once every group has read them)."
+    );
+    describe_counter!(
+        "tsync_relay_trimmed_total",
+        "Stream entries trimmed after every consumer group read them."
+    );
+    describe_counter!(
+        "tsync_relay_waits_total",
+        "WAITs for Redis replicas after a publish, by outcome (ok, short)."
+    );
+    describe_histogram!(
+        "tsync_relay_publish_batch_seconds",
+        "Time to publish one batch of outbox rows."
+    );
+    describe_counter!(
+        "tsync_credit_stream_trimmed_total",
+        "Credit-stream entries trimmed after the ledger recorded them."
+    );
+    describe_counter!(
+        "tsync_wrapper_credit_consumptions_total",
+        "Credit consumptions at the wrapper, by outcome (charged, replayed, refused)."
+    );
+    describe_counter!(
+        "tsync_wrapper_credit_mirror_corrections_total",
+        "Redis credit balances the reconciliation found different from the ledger and corrected."
+    );
+    describe_counter!(
+        "tsync_wrapper_logins_total",
+        "Sign-ins by outcome (success, failure, throttled)."
+    );
+    describe_counter!(
+        "tsync_wrapper_csrf_refusals_total",
+        "Cookie-authenticated writes refused for a missing or foreign Origin."
+    );
+    describe_counter!(
+        "tsync_wrapper_cross_tenant_attempts_total",
+        "Requests refused for reaching into another tenant."
+    );
+    describe_counter!(
+        "tsync_wrapper_revocation_publish_failures_total",
+        "Sign-outs whose revocation could not be published to Redis."
+    );
+    describe_counter!(
+        "tsync_wrapper_snapshots_total",
+        "Snapshot pages served to apps (lazy loads, re-syncs), by app."
+    );
+    describe_histogram!(
+        "tsync_wrapper_http_request_duration_seconds",
+        "HTTP request duration, by status code."
+    );
 
     for outcome in ["success", "failure", "throttled"] {
         metrics::counter!("tsync_wrapper_logins_total", "outcome" => outcome).increment(0);
@@ -45,7 +102,11 @@ pub fn describe(partitions: u32) {
     }
     for p in 0..partitions {
         let partition = p.to_string();
-        for name in ["tsync_relay_published_total", "tsync_relay_errors_total", "tsync_relay_fenced_total"] {
+        for name in [
+            "tsync_relay_published_total",
+            "tsync_relay_errors_total",
+            "tsync_relay_fenced_total",
+        ] {
             metrics::counter!(name, "partition" => partition.clone()).increment(0);
         }
     }

@@ -5,9 +5,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, middleware};
-use sync_telemetry::PrometheusHandle;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use sync_contract::StreamKeys;
+use sync_telemetry::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::{limit::RequestBodyLimitLayer, timeout::TimeoutLayer};

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use sync_telemetry::PrometheusHandle;
 use sqlx::PgPool;
 use sync_contract::StreamKeys;
+use sync_telemetry::PrometheusHandle;
 
 use crate::{config::Settings, domain::hosts::DomainCache, identity::keys::KeyStore};
 

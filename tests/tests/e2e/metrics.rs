@@ -121,7 +121,12 @@ async fn every_metric_the_dashboard_queries_is_exported_by_a_running_service() -
     let edge = hub.edge();
     let user = format!("/api/tenants/{}/users/{}", hub.tenant_id, hub.admin_id);
     let (status, body) = edge
-        .send(Method::PATCH, &user, &hub.admin, Some(json!({"fullName": "Renamed"})))
+        .send(
+            Method::PATCH,
+            &user,
+            &hub.admin,
+            Some(json!({"fullName": "Renamed"})),
+        )
         .await?;
     anyhow::ensure!(status.is_success(), "{status} {body}");
     let (status, _) = edge
@@ -132,16 +137,32 @@ async fn every_metric_the_dashboard_queries_is_exported_by_a_running_service() -
             Some(json!({"email": "nobody@x.test", "password": "wrong-password-1"})),
         )
         .await?;
-    anyhow::ensure!(status.is_client_error(), "a wrong password signed in: {status}");
+    anyhow::ensure!(
+        status.is_client_error(),
+        "a wrong password signed in: {status}"
+    );
 
     let docs = std::fs::read_to_string(repo().join("docs/metrics.md"))?;
     let services = [&hub.wrapper, &hub.crm, &hub.hrms];
+    // The probes the images and deploy/k8s use answer on every service.
+    for (service, ready) in [
+        (&hub.wrapper, "/health"),
+        (&hub.crm, "/health/ready"),
+        (&hub.hrms, "/health/ready"),
+    ] {
+        for path in ["/health/live", ready] {
+            let status = reqwest::get(format!("{}{path}", service.url()))
+                .await?
+                .status();
+            assert!(status.is_success(), "{path} of {}: {status}", service.url());
+        }
+    }
     // (what the dashboard reads that no service exports, exported metrics not documented)
     let check = || async {
         let mut found = BTreeSet::new();
         for service in services {
             let response = reqwest::get(format!("{}/metrics", service.url())).await;
-            if let Ok(text) = response.and_then(|r| Ok(r.error_for_status()?)) {
+            if let Ok(text) = response.and_then(|r| r.error_for_status()) {
                 found.extend(exported(&text.text().await.unwrap_or_default()));
             }
         }
@@ -171,6 +192,9 @@ async fn every_metric_the_dashboard_queries_is_exported_by_a_running_service() -
         all_there.is_ok(),
         "the dashboard queries metrics no running service exports: {missing:?}"
     );
-    assert!(undocumented.is_empty(), "exported, not documented: {undocumented:?}");
+    assert!(
+        undocumented.is_empty(),
+        "exported, not documented: {undocumented:?}"
+    );
     Ok(())
 }

@@ -58,7 +58,11 @@ async fn one_email_change_is_one_trace_from_the_request_to_every_apps_apply() ->
         .json(&json!({"email": format!("renamed@{sub}.test")}))
         .send()
         .await?;
-    anyhow::ensure!(response.status().is_success(), "PATCH {url}: {}", response.status());
+    anyhow::ensure!(
+        response.status().is_success(),
+        "PATCH {url}: {}",
+        response.status()
+    );
 
     // Both apps applied it, each in an `apply` span of the trace.
     let applied = |spans: &[ReceivedSpan], app: &str| {

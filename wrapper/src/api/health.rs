@@ -1,4 +1,6 @@
-//! `GET /health` (database and Redis reachability) and `GET /metrics` (Prometheus text).
+//! `GET /health` (database and Redis reachability: readiness), `GET /health/live` (the process
+//! serves: liveness, which must not fail when a dependency does, or an outage of Postgres would
+//! restart every replica) and `GET /metrics` (Prometheus text).
 
 use std::time::Duration;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -18,7 +20,13 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(health))
+        .routes(routes!(live))
         .routes(routes!(metrics_text))
+}
+
+#[utoipa::path(get, path = "/health/live", tag = "health", security(()), responses((status = 200, description = "The process serves requests", body = Value)))]
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
 }
 
 #[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, description = "Database and Redis answer", body = Value), (status = 503, description = "Database or Redis does not answer", body = Value)))]
