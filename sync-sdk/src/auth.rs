@@ -88,6 +88,9 @@ pub enum AuthError {
     /// The token is valid but its user may no longer use this tenant (synced copy).
     #[error("access revoked: {0}")]
     Revoked(&'static str),
+    /// The tenant is suspended (synced copy): refused until a platform admin resumes it.
+    #[error("this organisation is suspended: ask your administrator")]
+    Suspended,
     /// The session cannot be checked now (tenant not loaded and the wrapper unreachable, or the
     /// revocation check unavailable under [`RevocationPolicy::FailClosed`]).
     #[error("sessions cannot be checked right now: {0}")]
@@ -100,7 +103,9 @@ impl IntoResponse for AuthError {
             AuthError::Missing | AuthError::Invalid(_) | AuthError::Revoked(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            AuthError::WrongTenant | AuthError::Forgery(_) => StatusCode::FORBIDDEN,
+            AuthError::WrongTenant | AuthError::Forgery(_) | AuthError::Suspended => {
+                StatusCode::FORBIDDEN
+            }
             AuthError::NoTenant => StatusCode::BAD_REQUEST,
             AuthError::Keys(_) | AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -463,6 +468,7 @@ impl<S: crate::store::TenantStore> SyncedSessions<S> {
         match user_access(&*self.store, tenant_id, user_id).await {
             Ok(UserAccess::Granted { permissions }) => Ok(permissions),
             Ok(UserAccess::Refused(reason)) => Err(AuthError::Revoked(reason)),
+            Ok(UserAccess::Suspended) => Err(AuthError::Suspended),
             Err(e) => {
                 tracing::warn!(%tenant_id, error = %e, "session check: the store failed");
                 Err(AuthError::Unavailable("the app's store did not answer"))

@@ -65,7 +65,7 @@
 //! let entry = [("envelope", r#"{
 //!     "eventId": "0192f0c4-7b6a-7c3e-8a1b-2c3d4e5f6a7b",
 //!     "eventType": "user.email_changed",
-//!     "eventVersion": "1.0",
+//!     "eventVersion": "1.1",
 //!     "tenantId": "b0a6e370-5d2f-4c1e-9f5b-0c6f1d2e3a4b",
 //!     "seq": 42,
 //!     "aggregateId": "0192f0c4-0000-7000-8000-000000000001",

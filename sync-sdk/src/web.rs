@@ -131,6 +131,11 @@ pub fn refusal(pages: &Pages, error: AuthError, path_and_query: &str) -> Respons
                 escape(&e.to_string())
             ),
         ),
+        AuthError::Suspended => html(
+            StatusCode::FORBIDDEN,
+            "Organisation suspended",
+            r#"<h1>Organisation suspended</h1><p class="error" id="error">This organisation is suspended. Its data is kept, but nobody can use it until it is resumed: ask your administrator.</p>"#,
+        ),
         AuthError::Keys(_) | AuthError::Unavailable(_) => html(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in unavailable",

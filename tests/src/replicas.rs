@@ -99,7 +99,8 @@ impl Replica {
 }
 
 /// A whole hub as processes: one wrapper, one CRM and one HRMS (each with `extra` in its
-/// environment), nginx in front, and a tenant whose admin visited both apps (so both loaded it).
+/// environment), nginx in front (rate limits raised for polling), and a tenant whose admin
+/// visited both apps (so both loaded it).
 pub struct Hub {
     /// The wrapper process.
     pub wrapper: Replica,
@@ -170,8 +171,14 @@ impl Hub {
             hrms: vec![hrms.port],
             projects: vec![free_port()?],
         };
-        let nginx =
-            crate::nginx::Nginx::start_upstreams_at(free_port()?, None, None, &upstreams).await?;
+        // Limits far above what a test sends (it polls): production's would answer 429.
+        let nginx = crate::nginx::Nginx::start_upstreams_at(
+            free_port()?,
+            Some(1000),
+            Some(5000),
+            &upstreams,
+        )
+        .await?;
         let hub = Self {
             tenant_id: tenant["id"].as_str().unwrap_or_default().to_owned(),
             admin_id: tenant["adminUserId"]

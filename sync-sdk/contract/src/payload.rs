@@ -95,6 +95,8 @@ event_types! {
     TenantCreated => "tenant.created", TenantState;
     TenantUpdated => "tenant.updated", TenantState;
     TenantArchived => "tenant.archived", TenantState;
+    TenantSuspended => "tenant.suspended", TenantState;
+    TenantResumed => "tenant.resumed", TenantState;
     UserCreated => "user.created", UserState;
     UserUpdated => "user.updated", UserState;
     UserEmailChanged => "user.email_changed", UserState;
@@ -159,6 +161,9 @@ fn decode<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, Contract
 pub enum TenantStatus {
     /// In use.
     Active,
+    /// Suspended by a platform admin (`POST /api/tenants/{id}/suspend`): every app and the
+    /// wrapper refuse its users until it is resumed; its data is kept.
+    Suspended,
     /// Archived (`DELETE /api/tenants/{id}`); its data is kept.
     Archived,
 }
@@ -185,7 +190,7 @@ pub struct TenantState {
     /// Free-form theme settings.
     #[serde(default)]
     pub theme: serde_json::Value,
-    /// Active or archived.
+    /// Active, suspended or archived.
     pub status: TenantStatus,
 }
 

@@ -58,6 +58,11 @@ fn sample(event_type: EventType) -> Event {
             status: TenantStatus::Archived,
             ..tenant_state
         }),
+        EventType::TenantSuspended => Event::TenantSuspended(TenantState {
+            status: TenantStatus::Suspended,
+            ..tenant_state
+        }),
+        EventType::TenantResumed => Event::TenantResumed(tenant_state),
         EventType::UserCreated => Event::UserCreated(user),
         EventType::UserUpdated => Event::UserUpdated(user),
         EventType::UserEmailChanged => Event::UserEmailChanged(user),
@@ -137,7 +142,7 @@ fn every_type_has_a_sample_of_its_own_type() {
     for &t in EventType::ALL {
         assert_eq!(sample(t).event_type(), t);
     }
-    assert_eq!(EventType::ALL.len(), 17);
+    assert_eq!(EventType::ALL.len(), 19);
 }
 
 #[test]
@@ -175,7 +180,7 @@ fn wire_names_are_camel_case_as_in_design() {
         assert!(v.get(field).is_some(), "missing {field} in {v}");
     }
     assert_eq!(v["eventType"], "user.email_changed");
-    assert_eq!(v["eventVersion"], "1.0");
+    assert_eq!(v["eventVersion"], "1.1");
     assert_eq!(v["occurredAt"], "2025-10-04T15:30:00.000Z");
     assert_eq!(v["payload"]["fullName"], "Ada Lovelace");
 }

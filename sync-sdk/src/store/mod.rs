@@ -134,9 +134,11 @@ impl EntityKind {
     /// (credit movements, which handlers react to).
     pub fn of(event: &Event) -> Option<(EntityKind, Uuid)> {
         Some(match event {
-            Event::TenantCreated(s) | Event::TenantUpdated(s) | Event::TenantArchived(s) => {
-                (EntityKind::Tenant, s.id)
-            }
+            Event::TenantCreated(s)
+            | Event::TenantUpdated(s)
+            | Event::TenantArchived(s)
+            | Event::TenantSuspended(s)
+            | Event::TenantResumed(s) => (EntityKind::Tenant, s.id),
             Event::UserCreated(s)
             | Event::UserUpdated(s)
             | Event::UserEmailChanged(s)
@@ -456,6 +458,8 @@ pub enum UserAccess {
     },
     /// Refused, and why (for the log and the problem's detail).
     Refused(&'static str),
+    /// The tenant is suspended: nobody may use it until a platform admin resumes it.
+    Suspended,
 }
 
 /// The access of `user_id` to `tenant_id` in the synced copy: the tenant must be active, the
@@ -473,6 +477,7 @@ pub async fn user_access<S: TenantStore>(
     )?;
     match tenant {
         None => return Ok(UserAccess::Refused("the tenant is unknown")),
+        Some(t) if t.state["status"] == "suspended" => return Ok(UserAccess::Suspended),
         Some(t) if t.state["status"] != "active" => {
             return Ok(UserAccess::Refused("the tenant is not active"));
         }

@@ -103,7 +103,8 @@ async fn stream_entries(keys: &StreamKeys) -> anyhow::Result<Vec<Value>> {
 }
 
 /// A tenant's life touching every event type: tenant, users (every change), roles,
-/// memberships, settings, credits and their prices, then the tenant archived.
+/// memberships, settings, credits and their prices, a suspension and its end, then the tenant
+/// archived.
 async fn every_kind_of_change(app: &TestApp) -> anyhow::Result<()> {
     let t = app.create_tenant("contract").await;
     let base = format!("/api/tenants/{}", t.id);
@@ -184,6 +185,15 @@ async fn every_kind_of_change(app: &TestApp) -> anyhow::Result<()> {
         json!({"plan": "enterprise", "theme": {"accent": "#0a7"}}),
     )
     .await;
+    for step in ["suspend", "resume"] {
+        app.send_ok(
+            Method::POST,
+            &format!("{base}/{step}"),
+            &app.root,
+            json!({}),
+        )
+        .await;
+    }
     app.send_ok(Method::DELETE, &base, &app.root, json!({}))
         .await;
     Ok(())

@@ -9,6 +9,7 @@ mod contract_docs;
 mod credits;
 mod crm;
 mod lazy_load;
+mod lifecycle;
 mod metrics;
 mod nginx;
 mod oidc_checks;

@@ -28,6 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(read, update, archive))
+        .routes(routes!(suspend))
+        .routes(routes!(resume))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -53,10 +55,10 @@ impl From<TenantRow> for TenantState {
             plan: r.plan,
             features: r.features.0,
             theme: r.theme,
-            status: if r.status == "archived" {
-                TenantStatus::Archived
-            } else {
-                TenantStatus::Active
+            status: match r.status.as_str() {
+                "archived" => TenantStatus::Archived,
+                "suspended" => TenantStatus::Suspended,
+                _ => TenantStatus::Active,
             },
         }
     }
@@ -383,28 +385,94 @@ async fn archive(
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
 ) -> ApiResult<Json<TenantState>> {
-    caller.require_platform_admin()?;
-    let mut tx = state.db.begin().await?;
-    let row: Option<TenantRow> = sqlx::query_as(&format!(
-        "update tenants set status = 'archived', version = version + 1, updated_at = now()
-         where id = $1 and status = 'active' returning {TENANT_COLUMNS}"
-    ))
-    .bind(tenant_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let row = row.ok_or(ApiError::NotFound("active tenant"))?;
-    let aggregate = (tenant_id, row.version);
-    let tenant = TenantState::from(row);
-    outbox::record(
-        &mut tx,
-        &ctx,
-        tenant_id,
-        aggregate,
-        Event::TenantArchived,
-        &tenant,
-    )
-    .await?;
-    tx.commit().await?;
-    state.domains.invalidate();
-    Ok(Json(tenant))
+    let transition = Transition {
+        from: &["active"],
+        to: "archived",
+        event: Event::TenantArchived,
+        refused: "active tenant",
+    };
+    transition.run(&state, &ctx, &caller, tenant_id).await
+}
+
+/// Suspend a tenant (platform admins): the wrapper refuses its sign-ins and sessions at once,
+/// and every app refuses its requests as soon as it applied `tenant.suspended` (its data is
+/// kept). Resume with `POST /api/tenants/{id}/resume`.
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/suspend", tag = "tenants", responses((status = 200, description = "The suspended tenant", body = TenantState)))]
+async fn suspend(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<TenantState>> {
+    let transition = Transition {
+        from: &["active"],
+        to: "suspended",
+        event: Event::TenantSuspended,
+        refused: "active tenant",
+    };
+    transition.run(&state, &ctx, &caller, tenant_id).await
+}
+
+/// Resume a suspended tenant (platform admins): `tenant.resumed`, and its users are served again.
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/resume", tag = "tenants", responses((status = 200, description = "The resumed tenant", body = TenantState)))]
+async fn resume(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<TenantState>> {
+    let transition = Transition {
+        from: &["suspended"],
+        to: "active",
+        event: Event::TenantResumed,
+        refused: "suspended tenant",
+    };
+    transition.run(&state, &ctx, &caller, tenant_id).await
+}
+
+/// A change of a tenant's status by a platform admin, with its event and audit entry, in one
+/// transaction; 404 when the tenant is not in one of the `from` statuses.
+struct Transition {
+    from: &'static [&'static str],
+    to: &'static str,
+    event: fn(TenantState) -> Event,
+    refused: &'static str,
+}
+
+impl Transition {
+    async fn run(
+        self,
+        state: &AppState,
+        ctx: &Ctx,
+        caller: &Caller,
+        tenant_id: Uuid,
+    ) -> ApiResult<Json<TenantState>> {
+        let admin = caller.require_platform_admin()?.id;
+        let mut tx = state.db.begin().await?;
+        let row: Option<TenantRow> = sqlx::query_as(&format!(
+            "update tenants set status = $2, version = version + 1, updated_at = now()
+             where id = $1 and status = any($3) returning {TENANT_COLUMNS}"
+        ))
+        .bind(tenant_id)
+        .bind(self.to)
+        .bind(self.from)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let row = row.ok_or(ApiError::NotFound(self.refused))?;
+        let aggregate = (tenant_id, row.version);
+        let tenant = TenantState::from(row);
+        outbox::record(&mut tx, ctx, tenant_id, aggregate, self.event, &tenant).await?;
+        let entry = crate::audit::Entry {
+            tenant_id: Some(tenant_id),
+            actor_id: Some(admin),
+            action: "tenant_status",
+            target: Some(tenant_id.to_string()),
+            outcome: "success",
+            details: serde_json::json!({"status": self.to}),
+        };
+        crate::audit::record(&mut *tx, ctx, entry).await;
+        tx.commit().await?;
+        state.domains.invalidate();
+        Ok(Json(tenant))
+    }
 }
