@@ -105,6 +105,7 @@ pub struct AppKit<H> {
     wrapper: Arc<WrapperClient>,
     suite: Arc<SuiteApps>,
     schedule: String,
+    hooks: Arc<dyn crate::lifecycle::LifecycleHooks>,
 }
 
 impl<H: Handler> AppKit<H> {
@@ -202,7 +203,15 @@ impl<H: Handler> AppKit<H> {
             wrapper: client.clone(),
             suite,
             schedule: args.full_sync_schedule.clone(),
+            hooks: Arc::new(crate::lifecycle::NoHooks),
         })
+    }
+
+    /// What the app removes beyond the SDK's own work when a user is erased or its tenant
+    /// purged (the default: nothing more; see [`crate::lifecycle`]).
+    pub fn lifecycle_hooks(mut self, hooks: impl crate::lifecycle::LifecycleHooks) -> Self {
+        self.hooks = Arc::new(hooks);
+        self
     }
 
     /// A collection for the app's own data: `app.<name>` in the app's database, a namespace
@@ -536,6 +545,16 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
                 }
             }
         });
+        let lifecycle = crate::lifecycle::LifecycleWorker::new(
+            kit.redis.clone(),
+            kit.keys.clone(),
+            kit.name.clone(),
+            kit.consumer.config().consumer.clone(),
+            kit.wrapper.clone(),
+            kit.store.clone(),
+            kit.hooks.clone(),
+        );
+        let lifecycle = tokio::spawn(lifecycle.run(cancel.clone()));
         let consuming = tokio::spawn(self.kit.consumer.run(cancel.clone()));
         let reporting = tokio::spawn(self.kit.status.run(cancel.clone()));
         let stop = cancel.clone();
@@ -545,6 +564,7 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
         cancel.cancel();
         consuming.await??;
         let _ = reporting.await;
+        let _ = lifecycle.await;
         Ok(())
     }
 }

@@ -102,6 +102,8 @@ pub mod fullsync;
 pub mod http;
 #[cfg(feature = "app")]
 pub mod idempotency;
+#[cfg(feature = "mongo")]
+pub mod lifecycle;
 pub mod loader;
 pub mod meters;
 pub mod status;

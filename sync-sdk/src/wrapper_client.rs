@@ -357,6 +357,20 @@ impl WrapperClient {
         }
     }
 
+    /// Send this app's receipt for lifecycle operation `operation_id` (`body`: replica, status,
+    /// reason, details). [`LoadError::NotFound`] when the wrapper knows no such operation.
+    pub async fn receipt(&self, operation_id: Uuid, body: &Value) -> Result<(), LoadError> {
+        let path = format!("/api/sync/operations/{operation_id}/receipt");
+        match self
+            .request(reqwest::Method::PUT, &path, Some(body))
+            .await?
+        {
+            (204, _) => Ok(()),
+            (404, _) => Err(LoadError::NotFound),
+            (s, body) => Err(unavailable(format!("{path}: HTTP {s} {body}"))),
+        }
+    }
+
     async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, LoadError> {
         match self.request(reqwest::Method::GET, path, None).await? {
             (200, body) => serde_json::from_value(body).map_err(unavailable),

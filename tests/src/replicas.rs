@@ -62,7 +62,16 @@ impl Replica {
     /// Start `service` with `env` and wait (60 s at most) until it answers `/health`. `exe` is
     /// the `replica` binary (`env!("CARGO_BIN_EXE_replica")`, known to the test crate only).
     pub async fn start(exe: &str, service: &str, env: &[(&str, String)]) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        Self::start_at(exe, service, free_port()?, env).await
+    }
+
+    /// [`start`](Self::start) on `port`.
+    pub async fn start_at(
+        exe: &str,
+        service: &str,
+        port: u16,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
         let listen = format!("{}_LISTEN", service.to_uppercase());
         eprintln!("{service} on {port}");
         let child = Command::new(exe)
@@ -124,6 +133,12 @@ pub struct Hub {
     pub root: String,
     /// A client.
     pub http: reqwest::Client,
+    /// The CRM's and the HRMS's MongoDB databases.
+    pub mongo_dbs: [String; 2],
+    /// The namespace of the hub's Redis keys.
+    pub namespace: String,
+    exe: String,
+    app_envs: [Vec<Var>; 2],
 }
 
 /// The service secret of the hub's apps.
@@ -133,7 +148,8 @@ impl Hub {
     /// Start it (`exe`: the `replica` binary).
     pub async fn start(exe: &str, extra: &[Var]) -> anyhow::Result<Self> {
         let db = crate::fresh_database().await?;
-        let common = common_env(&crate::redis_namespace(), 4);
+        let namespace = crate::redis_namespace();
+        let common = common_env(&namespace, 4);
         let mut env = wrapper_env(&common, &db.url);
         env.extend(extra.iter().cloned());
         let wrapper = Replica::start(exe, "wrapper", &env).await?;
@@ -157,11 +173,15 @@ impl Hub {
         )
         .await?;
         let admin = login(&http, &w, Some(&subdomain), &admin_email).await?;
-        let mut apps = Vec::new();
-        for app in ["crm", "hrms"] {
-            let mut env = app_env(&common, &crate::unique_name(), &w, HUB_SECRET);
+        let mongo_dbs = [crate::unique_name(), crate::unique_name()];
+        let app_envs = mongo_dbs.clone().map(|db| {
+            let mut env = app_env(&common, &db, &w, HUB_SECRET);
             env.extend(extra.iter().cloned());
-            apps.push(Replica::start(exe, app, &env).await?);
+            env
+        });
+        let mut apps = Vec::new();
+        for (app, env) in ["crm", "hrms"].into_iter().zip(&app_envs) {
+            apps.push(Replica::start(exe, app, env).await?);
         }
         let hrms = apps.pop().expect("two apps");
         let crm = apps.pop().expect("two apps");
@@ -194,6 +214,10 @@ impl Hub {
             admin,
             root,
             http,
+            mongo_dbs,
+            namespace,
+            exe: exe.to_owned(),
+            app_envs,
         };
         // The first visit loads the tenant into each app (the lazy load).
         let edge = hub.edge();
@@ -204,6 +228,20 @@ impl Hub {
             anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
         }
         Ok(hub)
+    }
+
+    /// Start app `app` (`crm` or `hrms`) again after it was stopped, on the same port (nginx
+    /// knows it there).
+    pub async fn restart(&mut self, app: &str) -> anyhow::Result<()> {
+        let i = usize::from(app != "crm");
+        let old = if i == 0 { &self.crm } else { &self.hrms };
+        let replica = Replica::start_at(&self.exe, app, old.port, &self.app_envs[i]).await?;
+        if i == 0 {
+            self.crm = replica;
+        } else {
+            self.hrms = replica;
+        }
+        Ok(())
     }
 
     /// Requests through nginx as the tenant's host.

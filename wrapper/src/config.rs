@@ -246,6 +246,14 @@ pub struct Settings {
     /// How often mirrored credit balances are reconciled with the ledger, in seconds (0: never).
     #[arg(long, env = "WRAPPER_CREDIT_RECONCILE_SECS", default_value_t = 300)]
     pub credit_reconcile_secs: u64,
+    /// How often lifecycle operations (erasures, purges) not yet confirmed by every app are
+    /// sent again, in seconds.
+    #[arg(long, env = "WRAPPER_LIFECYCLE_RESEND_SECS", default_value_t = 30)]
+    pub lifecycle_resend_secs: u64,
+    /// How long an archived tenant can be restored before it is purged, in seconds (0: purge
+    /// only when asked, `POST /api/tenants/{id}/purge`).
+    #[arg(long, env = "WRAPPER_PURGE_GRACE_SECS", default_value_t = 30 * 24 * 3600)]
+    pub purge_grace_secs: u64,
     /// Log as JSON (production) instead of human-readable text.
     #[arg(long, env = "WRAPPER_LOG_JSON", default_value_t = false, action = clap::ArgAction::Set)]
     pub log_json: bool,

@@ -14,6 +14,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod identity;
+pub mod lifecycle;
 pub mod meters;
 pub mod outbox;
 pub mod relay;

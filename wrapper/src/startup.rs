@@ -130,11 +130,22 @@ impl Application {
             let (relay, cancel) = (relay_for(&self.state), cancel.clone());
             let db = self.state.db.clone();
             let every = Duration::from_secs(self.state.settings.credit_reconcile_secs);
+            let settings = &self.state.settings;
+            let operations = crate::lifecycle::run(
+                db.clone(),
+                self.state.redis.clone(),
+                self.state.stream_keys.clone(),
+                Duration::from_secs(settings.lifecycle_resend_secs.max(1)),
+                (settings.purge_grace_secs > 0)
+                    .then(|| Duration::from_secs(settings.purge_grace_secs)),
+                cancel.clone(),
+            );
             tokio::spawn(async move {
                 tokio::join!(
                     relay.run(cancel.clone()),
                     ingest.clone().run(cancel.clone()),
                     reconcile_periodically(db, ingest, every, cancel),
+                    operations,
                 );
             })
         });

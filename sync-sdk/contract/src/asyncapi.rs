@@ -66,6 +66,25 @@ fn dead_letter_schema() -> Value {
     })
 }
 
+/// A lifecycle command: an operation every app carries out and confirms.
+fn lifecycle_command_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "A Redis stream entry of `{namespace}:lifecycle` (all values strings). \
+            Carry it out idempotently, then confirm with `PUT /api/sync/operations/{operationId}/receipt` \
+            (the wrapper's OpenAPI document); acknowledge the entry only once the receipt is recorded. \
+            The wrapper sends it again until every registered app confirmed.",
+        "required": ["operationId", "kind", "tenantId"],
+        "properties": {
+            "operationId": { "type": "string", "format": "uuid" },
+            "kind": { "type": "string", "enum": ["erase_user", "purge_tenant"] },
+            "tenantId": { "type": "string", "format": "uuid" },
+            "userId": { "type": "string", "format": "uuid",
+                        "description": "The user to erase (erase_user only)." }
+        }
+    })
+}
+
 fn to_json(schema: &RefOr<Schema>) -> Value {
     serde_json::to_value(schema).unwrap_or(Value::Null)
 }
@@ -82,6 +101,7 @@ pub fn document() -> Value {
         .collect();
     schemas.insert("StreamEntryFields".into(), entry_fields_schema());
     schemas.insert("DeadLetter".into(), dead_letter_schema());
+    schemas.insert("LifecycleCommand".into(), lifecycle_command_schema());
 
     let mut messages = Map::new();
     let mut channel_messages = Map::new();
@@ -123,6 +143,15 @@ pub fn document() -> Value {
             "title": "Dead letter",
             "contentType": "application/json",
             "payload": { "$ref": "#/components/schemas/DeadLetter" }
+        }),
+    );
+    messages.insert(
+        "LifecycleCommand".into(),
+        json!({
+            "name": "lifecycle_command",
+            "title": "Lifecycle command",
+            "contentType": "application/json",
+            "payload": { "$ref": "#/components/schemas/LifecycleCommand" }
         }),
     );
     let envelope_field = stream_fields("", uuid::Uuid::nil(), 0, String::new())
@@ -174,6 +203,18 @@ pub fn document() -> Value {
                     "app": { "description": "The app's name (its consumer group)." }
                 },
                 "messages": { "DeadLetter": { "$ref": "#/components/messages/DeadLetter" } }
+            },
+            "lifecycle": {
+                "address": "{namespace}:lifecycle",
+                "title": "Lifecycle operations",
+                "description": "Erasures and purges every app carries out and confirms, read by \
+                    each app's consumer group (the app's name) whatever its tenants' state.",
+                "parameters": {
+                    "namespace": { "description": "TSYNC_NAMESPACE (default `tsync`)." }
+                },
+                "messages": {
+                    "LifecycleCommand": { "$ref": "#/components/messages/LifecycleCommand" }
+                }
             }
         },
         "operations": {
@@ -191,6 +232,11 @@ pub fn document() -> Value {
                 "action": "send",
                 "channel": { "$ref": "#/channels/deadLetters" },
                 "summary": "An app parks what it cannot process, with the reason."
+            },
+            "carryOutLifecycle": {
+                "action": "receive",
+                "channel": { "$ref": "#/channels/lifecycle" },
+                "summary": "An app erases a user or purges a tenant, then sends its receipt."
             }
         },
         "components": {

@@ -173,6 +173,20 @@ impl StreamKeys {
         )
     }
 
+    /// A glob matching every key of `tenant_id` under the credit prefix (mirrored balances,
+    /// allocation sets, price tables, operation records): `{ns}:credits:{P}:*:{tenant}:*`. It
+    /// names the partition's hash tag, so a scan of it goes to one node of a cluster.
+    pub fn tenant_keys_pattern(&self, tenant_id: Uuid) -> String {
+        let p = self.partition_of(tenant_id);
+        format!("{}:credits:{{{p}}}:*:{tenant_id}:*", self.namespace)
+    }
+
+    /// The lifecycle stream: operations every app carries out and confirms (erase a user,
+    /// purge a tenant), read by each app's consumer group: `{ns}:lifecycle`.
+    pub fn lifecycle(&self) -> String {
+        format!("{}:lifecycle", self.namespace)
+    }
+
     /// Every credit stream, in partition order.
     pub fn all_credit_streams(&self) -> Vec<String> {
         (0..self.partitions)

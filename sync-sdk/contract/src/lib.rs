@@ -31,8 +31,8 @@ pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion, stre
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, hash_slot, partition_of};
 pub use manifest::{AppManifest, PaidOperation, ReferenceCheck, suite_links};
 pub use payload::{
-    CreditAllocated, CreditConfigState, CreditConsumed, Event, EventType, MembershipState,
-    RoleState, SettingsState, TenantState, TenantStatus, UserState,
+    CreditAllocated, CreditConfigState, CreditConsumed, ERASED_NAME, Event, EventType,
+    MembershipState, RoleState, SettingsState, TenantState, TenantStatus, UserState, erased_email,
 };
 
 #[cfg(test)]

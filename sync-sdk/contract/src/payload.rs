@@ -102,6 +102,7 @@ event_types! {
     UserEmailChanged => "user.email_changed", UserState;
     UserDeactivated => "user.deactivated", UserState;
     UserDeleted => "user.deleted", UserState;
+    UserErased => "user.erased", UserState;
     RoleCreated => "role.created", RoleState;
     RoleUpdated => "role.updated", RoleState;
     RoleDeleted => "role.deleted", RoleState;
@@ -218,6 +219,15 @@ pub struct UserState {
     /// Set when the user was soft-deleted.
     #[serde(default)]
     pub deleted_at: Option<DateTime<Utc>>,
+}
+
+/// The name every reference to an erased user shows (`user.erased`).
+pub const ERASED_NAME: &str = "[Deleted User]";
+
+/// The address an erased user's state carries instead of theirs: unique, pseudonymous, never
+/// deliverable (`.invalid`).
+pub fn erased_email(user_id: Uuid) -> String {
+    format!("erased-{}@erased.invalid", user_id.simple())
 }
 
 impl UserState {

@@ -75,6 +75,11 @@ fn sample(event_type: EventType) -> Event {
             deleted_at: Some(Utc.with_ymd_and_hms(2025, 10, 4, 15, 30, 0).unwrap()),
             ..user
         }),
+        EventType::UserErased => Event::UserErased(UserState {
+            active: false,
+            deleted_at: Some(Utc.with_ymd_and_hms(2025, 10, 4, 15, 30, 0).unwrap()),
+            ..user
+        }),
         EventType::RoleCreated => Event::RoleCreated(role),
         EventType::RoleUpdated => Event::RoleUpdated(role),
         EventType::RoleDeleted => Event::RoleDeleted(RoleState {
@@ -142,7 +147,7 @@ fn every_type_has_a_sample_of_its_own_type() {
     for &t in EventType::ALL {
         assert_eq!(sample(t).event_type(), t);
     }
-    assert_eq!(EventType::ALL.len(), 19);
+    assert_eq!(EventType::ALL.len(), 20);
 }
 
 #[test]
@@ -360,8 +365,16 @@ fn hash_slots_match_redis_cluster() {
 /// group, if any, checked) before it can break cluster mode unnoticed.
 #[test]
 fn every_key_pattern_has_its_cluster_slot_rule() {
-    const NOT_KEYS: [&str; 4] = ["new", "namespace", "partitions", "partition_of"];
-    const SINGLE: [&str; 15] = [
+    // A SCAN pattern is not a key: `tenant_keys_pattern` names the partition's hash tag, so the
+    // scan goes to the one node that owns it.
+    const NOT_KEYS: [&str; 5] = [
+        "new",
+        "namespace",
+        "partitions",
+        "partition_of",
+        "tenant_keys_pattern",
+    ];
+    const SINGLE: [&str; 16] = [
         "events",
         "relay_epoch",
         "events_for",
@@ -377,6 +390,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "status",
         "resyncs",
         "full_syncs",
+        "lifecycle",
     ];
     const SINGLE_MORE: [&str; 1] = ["lock"];
     const GROUPS: [&str; 3] = [

@@ -143,7 +143,8 @@ impl EntityKind {
             | Event::UserUpdated(s)
             | Event::UserEmailChanged(s)
             | Event::UserDeactivated(s)
-            | Event::UserDeleted(s) => (EntityKind::User, s.id),
+            | Event::UserDeleted(s)
+            | Event::UserErased(s) => (EntityKind::User, s.id),
             Event::RoleCreated(s) | Event::RoleUpdated(s) | Event::RoleDeleted(s) => {
                 (EntityKind::Role, s.id)
             }

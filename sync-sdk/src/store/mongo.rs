@@ -111,6 +111,56 @@ impl MongoStore {
         Ok(())
     }
 
+    /// Replace `user_id`'s personal fields in the synced copy with the erased tombstone (the
+    /// `user.erased` event does the same when it is applied; this does not wait for it). Returns
+    /// how many documents changed (0: not in this copy, or already erased).
+    pub async fn erase_user(&self, tenant_id: Uuid, user_id: Uuid) -> Result<u64, StoreError> {
+        let filter = doc! {"_id": user_id.to_string(), "tenantId": tenant_id.to_string()};
+        let erased = doc! {"$set": {
+            "state.email": crate::contract::erased_email(user_id),
+            "state.fullName": crate::contract::ERASED_NAME,
+            "state.avatarUrl": mongodb::bson::Bson::Null,
+            "state.active": false,
+        }};
+        let changed = self
+            .entities(EntityKind::User)
+            .update_one(filter, erased)
+            .await
+            .map_err(err)?;
+        Ok(changed.modified_count)
+    }
+
+    /// Delete every document of `tenant_id` in this database, the SDK's and the app's own
+    /// collections alike (every document an app keeps carries `tenantId`, as the SDK's do),
+    /// and the tenant's sync state and credit allowance. Returns the count per collection
+    /// (collections with nothing of the tenant left out).
+    pub async fn purge_tenant(
+        &self,
+        tenant_id: Uuid,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let tenant = tenant_id.to_string();
+        let own_keys = format!("^{tenant}:");
+        let filter = doc! {"$or": [
+            {"tenantId": &tenant},
+            {"_id": &tenant},
+            {"_id": {"$regex": own_keys}},
+        ]};
+        let mut counts = std::collections::BTreeMap::new();
+        for name in self.db.list_collection_names().await.map_err(err)? {
+            let deleted = self
+                .db
+                .collection::<Document>(&name)
+                .delete_many(filter.clone())
+                .await
+                .map_err(err)?
+                .deleted_count;
+            if deleted > 0 {
+                counts.insert(name, deleted);
+            }
+        }
+        Ok(counts)
+    }
+
     fn entities(&self, kind: EntityKind) -> Collection<Document> {
         self.db.collection(kind.name())
     }

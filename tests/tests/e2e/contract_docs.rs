@@ -102,7 +102,7 @@ async fn stream_entries(keys: &StreamKeys) -> anyhow::Result<Vec<Value>> {
     Ok(entries)
 }
 
-/// A tenant's life touching every event type: tenant, users (every change), roles,
+/// A tenant's life touching every event type: tenant, users (every change, then erased), roles,
 /// memberships, settings, credits and their prices, a suspension and its end, then the tenant
 /// archived.
 async fn every_kind_of_change(app: &TestApp) -> anyhow::Result<()> {
@@ -120,6 +120,15 @@ async fn every_kind_of_change(app: &TestApp) -> anyhow::Result<()> {
     }
     app.send_ok(Method::DELETE, &user_path, &t.admin, json!({}))
         .await;
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("{user_path}/erase"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "erase");
     let role = app
         .send_ok(
             Method::POST,

@@ -123,3 +123,345 @@ async fn a_suspended_tenant_is_refused_everywhere_within_a_second_and_resuming_r
     assert_eq!(accounts_before, accounts_after);
     Ok(())
 }
+
+/// `(table, rows)` of every table of the wrapper's database with a row whose text holds
+/// `needle`, except `except`.
+async fn wrapper_rows_with(
+    db: &sqlx::PgPool,
+    needle: &str,
+    except: &[&str],
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select table_name::text from information_schema.tables
+         where table_schema = 'public' and table_type = 'BASE TABLE' order by 1",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut found = Vec::new();
+    for table in tables.into_iter().filter(|t| !except.contains(&t.as_str())) {
+        // Names from the catalogue, not from input.
+        let rows: i64 = sqlx::query_scalar(&format!(
+            "select count(*) from \"{table}\" t where strpos(lower(t::text), lower($1)) > 0"
+        ))
+        .bind(needle)
+        .fetch_one(db)
+        .await?;
+        if rows > 0 {
+            found.push((table, rows));
+        }
+    }
+    Ok(found)
+}
+
+/// `(collection, documents)` of every collection of MongoDB database `name` with a document
+/// holding `needle`.
+async fn mongo_docs_with(name: &str, needle: &str) -> anyhow::Result<Vec<(String, usize)>> {
+    let client = mongodb::Client::with_uri_str(mongodb_url()).await?;
+    let db = client.database(name);
+    let mut found = Vec::new();
+    for collection in db.list_collection_names().await? {
+        let mut cursor = db
+            .collection::<mongodb::bson::Document>(&collection)
+            .find(mongodb::bson::doc! {})
+            .await?;
+        let mut hits = 0;
+        while cursor.advance().await? {
+            let doc = cursor.deserialize_current()?;
+            if doc
+                .to_string()
+                .to_lowercase()
+                .contains(&needle.to_lowercase())
+            {
+                hits += 1;
+            }
+        }
+        if hits > 0 {
+            found.push((collection, hits));
+        }
+    }
+    Ok(found)
+}
+
+/// Poll operation `location` until it is done; returns it.
+async fn until_done(hub: &Hub, location: &str) -> anyhow::Result<serde_json::Value> {
+    let url = format!("{}{location}", hub.wrapper.url());
+    eventually_some(Duration::from_secs(60), || async {
+        let op: serde_json::Value = hub
+            .http
+            .get(&url)
+            .bearer_auth(&hub.root)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (op["status"] == "done").then_some(op)
+    })
+    .await
+}
+
+fn receipt_of<'a>(operation: &'a serde_json::Value, app: &str) -> &'a serde_json::Value {
+    operation["apps"]
+        .as_array()
+        .and_then(|apps| apps.iter().find(|a| a["app"] == app))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+#[tokio::test]
+async fn an_erased_user_is_deleted_user_everywhere_and_their_email_is_in_no_store()
+-> anyhow::Result<()> {
+    let hub = Hub::start(
+        REPLICA,
+        &[("WRAPPER_LIFECYCLE_RESEND_SECS", "1".to_owned())],
+    )
+    .await?;
+    let w = hub.wrapper.url();
+    let email = format!(
+        "Erase.Me-{}@{}.test",
+        &uuid::Uuid::new_v4().simple().to_string()[..8],
+        hub.subdomain
+    );
+    let users = format!("{w}/api/tenants/{}/users", hub.tenant_id);
+    let body = json!({"email": email, "fullName": "Erin Erasable", "password": PASSWORD});
+    let user = replicas::send(&hub.http, Method::POST, &users, &hub.admin, body).await?;
+    let user_id = user["id"].as_str().unwrap_or_default().to_owned();
+    // Traces of the address at the wrapper: a sign-in, a failed one (throttle counter), and in
+    // both apps' synced copies; an account the user owns in the CRM.
+    let login =
+        |password: &str| json!({"email": email, "password": password, "tenant": hub.subdomain});
+    hub.http
+        .post(format!("{w}/auth/login"))
+        .json(&login(PASSWORD))
+        .send()
+        .await?;
+    hub.http
+        .post(format!("{w}/auth/login"))
+        .json(&login("not-the-password-1"))
+        .send()
+        .await?;
+    for db in &hub.mongo_dbs {
+        eventually(Duration::from_secs(10), || async {
+            mongo_docs_with(db, &email)
+                .await
+                .is_ok_and(|f| !f.is_empty())
+        })
+        .await?;
+    }
+    fund_crm(&hub).await?;
+    let edge = hub.edge();
+    let account = json!({"name": "Erin's deal", "value": 10, "ownerId": user_id});
+    let (status, created) = edge
+        .send(Method::POST, "/crm/accounts", &hub.admin, Some(account))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {created}");
+
+    let erase = format!("{users}/{user_id}/erase");
+    let response = hub.http.post(&erase).bearer_auth(&hub.admin).send().await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str()?.to_owned();
+    let operation = until_done(&hub, &location).await?;
+    for app in ["crm", "hrms"] {
+        assert_eq!(receipt_of(&operation, app)["status"], "done", "{operation}");
+    }
+    // "[Deleted User]" wherever the user appears.
+    let (_, account) = edge
+        .send(
+            Method::GET,
+            &format!(
+                "/crm/accounts/{}",
+                created["id"].as_str().unwrap_or_default()
+            ),
+            &hub.admin,
+            None,
+        )
+        .await?;
+    assert_eq!(account["owner"]["name"], "[Deleted User]", "{account}");
+    let user = replicas::send(
+        &hub.http,
+        Method::GET,
+        &format!("{users}/{user_id}"),
+        &hub.admin,
+        json!(null),
+    )
+    .await?;
+    assert_eq!(user["fullName"], "[Deleted User]");
+    // And the address in no table and no collection (the audit log keeps the user's id).
+    let rows = wrapper_rows_with(&hub.db.pool, &email, &[]).await?;
+    assert!(rows.is_empty(), "the email is still in {rows:?}");
+    for db in &hub.mongo_dbs {
+        let docs = mongo_docs_with(db, &email).await?;
+        assert!(docs.is_empty(), "the email is still in {db}: {docs:?}");
+    }
+    let audit = wrapper_rows_with(&hub.db.pool, &user_id, &[]).await?;
+    assert!(audit.iter().any(|(t, _)| t == "audit_log"), "{audit:?}");
+    // Erasing again is refused: nothing left to erase.
+    let again = hub.http.post(&erase).bearer_auth(&hub.admin).send().await?;
+    assert_eq!(again.status(), StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_purge_reaches_an_app_that_was_down_and_leaves_nothing_of_the_tenant_anywhere()
+-> anyhow::Result<()> {
+    let mut hub = Hub::start(
+        REPLICA,
+        &[("WRAPPER_LIFECYCLE_RESEND_SECS", "1".to_owned())],
+    )
+    .await?;
+    let w = hub.wrapper.url();
+    let tenant = hub.tenant_id.clone();
+    // Data everywhere: credits mirrored in Redis, an account in the CRM, an employee in the HRMS.
+    let allocate = format!("{w}/api/admin/credits/allocate");
+    replicas::send(
+        &hub.http,
+        Method::POST,
+        &allocate,
+        &hub.root,
+        json!({"tenantId": tenant, "amount": 500}),
+    )
+    .await?;
+    replicas::send(
+        &hub.http,
+        Method::POST,
+        &format!("{allocate}/application"),
+        &hub.admin,
+        json!({"tenantId": tenant, "application": "crm", "amount": 500}),
+    )
+    .await?;
+    let edge = hub.edge();
+    let account = json!({"name": "Doomed deal", "value": 10, "ownerId": hub.admin_id});
+    let (status, body) = edge
+        .send(Method::POST, "/crm/accounts", &hub.admin, Some(account))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    let employee = json!({"userId": hub.admin_id, "department": "Ops", "salary": 1000});
+    let (status, body) = edge
+        .send(Method::POST, "/hrms/employees", &hub.admin, Some(employee))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    let redis = redis_client(&redis_url()).await?;
+    // The CRM's allocation mirrored in Redis, as an app on the fast path has it (balance,
+    // allocation set; the reconciliation adds the price table).
+    let keys = sync_sdk::contract::StreamKeys::new(hub.namespace.clone(), 4).unwrap();
+    let mirror = sync_sdk::credits::CreditMirror::new(redis.clone(), keys);
+    let tenant_id: uuid::Uuid = tenant.parse()?;
+    mirror
+        .apply_allocation(tenant_id, "crm", uuid::Uuid::now_v7(), 500)
+        .await?;
+    let pattern = format!("{}*{tenant}*", hub.namespace);
+    let tenant_keys = || async { redis_keys(&redis, &pattern).await.unwrap_or_default() };
+    let mirrored = eventually(Duration::from_secs(10), || async {
+        !tenant_keys().await.is_empty()
+    })
+    .await;
+    let all = redis_keys(&redis, &format!("{}*", hub.namespace)).await?;
+    assert!(mirrored.is_ok(), "no key of {tenant} ({pattern}): {all:?}");
+
+    for db in &hub.mongo_dbs {
+        assert!(
+            !mongo_docs_with(db, &tenant).await?.is_empty(),
+            "{db} holds nothing yet"
+        );
+    }
+    // The HRMS is down while the tenant is archived and purged.
+    hub.hrms.child.start_kill()?;
+    hub.hrms.child.wait().await?;
+    replicas::send(
+        &hub.http,
+        Method::DELETE,
+        &format!("{w}/api/tenants/{tenant}"),
+        &hub.root,
+        json!({}),
+    )
+    .await?;
+    let response = hub
+        .http
+        .post(format!("{w}/api/tenants/{tenant}/purge"))
+        .bearer_auth(&hub.root)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str()?.to_owned();
+    let url = format!("{w}{location}");
+    let operation = eventually_some(Duration::from_secs(30), || async {
+        let op: serde_json::Value = hub
+            .http
+            .get(&url)
+            .bearer_auth(&hub.root)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (receipt_of(&op, "crm")["status"] == "done").then_some(op)
+    })
+    .await?;
+    assert_eq!(
+        operation["status"], "pending",
+        "done without the HRMS: {operation}"
+    );
+    assert_eq!(
+        receipt_of(&operation, "hrms")["status"],
+        "pending",
+        "{operation}"
+    );
+
+    // Back, it finds the purge (resent every second) and the operation completes.
+    hub.restart("hrms").await?;
+    let operation = until_done(&hub, &location).await?;
+    for app in ["crm", "hrms"] {
+        let receipt = receipt_of(&operation, app);
+        assert_eq!(receipt["status"], "done", "{operation}");
+        assert!(receipt["details"]["documents"].is_object(), "{receipt}");
+    }
+    // Nothing of the tenant remains: no document in either app, no Redis key, no wrapper row
+    // but the audit log (and the operation with its receipts, the proof).
+    for db in &hub.mongo_dbs {
+        let docs = mongo_docs_with(db, &tenant).await?;
+        assert!(docs.is_empty(), "{db} still holds {docs:?}");
+    }
+    let keys = tenant_keys().await;
+    assert!(keys.is_empty(), "Redis still holds {keys:?}");
+    let kept = ["audit_log", "lifecycle_operations", "lifecycle_receipts"];
+    let rows = wrapper_rows_with(&hub.db.pool, &tenant, &kept).await?;
+    assert!(rows.is_empty(), "the wrapper still holds {rows:?}");
+    let audit = wrapper_rows_with(&hub.db.pool, &tenant, &[]).await?;
+    assert!(
+        audit.iter().any(|(t, _)| t == "audit_log"),
+        "the audit log was not kept: {audit:?}"
+    );
+    assert!(
+        operation["result"]["rowsDeleted"]["tenants"] == 1,
+        "{operation}"
+    );
+    Ok(())
+}
+
+/// 500 credits for the tenant, all allocated to the CRM (accounts cost credits).
+async fn fund_crm(hub: &Hub) -> anyhow::Result<()> {
+    let allocate = format!("{}/api/admin/credits/allocate", hub.wrapper.url());
+    let tenant = &hub.tenant_id;
+    let body = json!({"tenantId": tenant, "amount": 500});
+    replicas::send(&hub.http, Method::POST, &allocate, &hub.root, body).await?;
+    let body = json!({"tenantId": tenant, "application": "crm", "amount": 500});
+    let url = format!("{allocate}/application");
+    replicas::send(&hub.http, Method::POST, &url, &hub.admin, body).await?;
+    Ok(())
+}
+
+/// Every key matching `pattern` (SCAN).
+async fn redis_keys(redis: &fred::clients::Client, pattern: &str) -> anyhow::Result<Vec<String>> {
+    use fred::types::scan::Scanner;
+    use futures_util::TryStreamExt;
+    let mut keys = Vec::new();
+    let mut pages = redis.scan(pattern, Some(500), None);
+    while let Some(mut page) = pages.try_next().await? {
+        if let Some(found) = page.take_results() {
+            keys.extend(found.into_iter().filter_map(|k| k.into_string()));
+        }
+        page.next();
+    }
+    Ok(keys)
+}

@@ -6,6 +6,7 @@ pub mod credit_configs;
 pub mod credits;
 pub mod domains;
 pub mod health;
+pub mod lifecycle;
 pub mod memberships;
 pub mod openapi;
 pub mod roles;
@@ -29,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(crate::auth::routes::router())
         .merge(crate::auth::oidc::router())
         .merge(tenants::router())
+        .merge(lifecycle::router())
         .merge(users::router())
         .merge(roles::router())
         .merge(memberships::router())

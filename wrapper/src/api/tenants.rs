@@ -56,7 +56,8 @@ impl From<TenantRow> for TenantState {
             features: r.features.0,
             theme: r.theme,
             status: match r.status.as_str() {
-                "archived" => TenantStatus::Archived,
+                // Purging: gone for everyone but the purge.
+                "archived" | "purging" => TenantStatus::Archived,
                 "suspended" => TenantStatus::Suspended,
                 _ => TenantStatus::Active,
             },
@@ -450,7 +451,8 @@ impl Transition {
         let admin = caller.require_platform_admin()?.id;
         let mut tx = state.db.begin().await?;
         let row: Option<TenantRow> = sqlx::query_as(&format!(
-            "update tenants set status = $2, version = version + 1, updated_at = now()
+            "update tenants set status = $2, version = version + 1, updated_at = now(),
+                 archived_at = case when $2 = 'archived' then now() else archived_at end
              where id = $1 and status = any($3) returning {TENANT_COLUMNS}"
         ))
         .bind(tenant_id)

@@ -1,0 +1,299 @@
+//! Ending things everywhere, with receipts (`crate::lifecycle` has the guarantees):
+//!
+//! * `POST /api/tenants/{t}/users/{u}/erase`: the right to erasure. The wrapper replaces the
+//!   user's personal data with a pseudonymous tombstone (`[Deleted User]`, an address under
+//!   `erased.invalid`) so references still resolve, removes their identities, sign-in counters
+//!   and the address from the audit log and from retained events, publishes `user.erased`, and
+//!   answers `202 Accepted` with the operation every app must confirm.
+//! * `DELETE /api/tenants/{t}` archives (restorable); `POST /api/tenants/{t}/restore` undoes it
+//!   within the grace period (`WRAPPER_PURGE_GRACE_SECS`); `POST /api/tenants/{t}/purge` (or the
+//!   end of the grace period) starts the purge, `202 Accepted` with its operation.
+//! * `GET /api/operations/{id}`: the operation with every registered app's receipt.
+//! * `PUT /api/sync/operations/{id}/receipt`: an app's receipt (service tokens).
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use serde_json::Value;
+use sync_contract::{Event, TenantState, UserState};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{
+    ApiJson,
+    tenants::{TENANT_COLUMNS, TenantRow},
+    users::{USER_COLUMNS, UserRow},
+};
+use crate::{
+    auth::{Access, Caller},
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    lifecycle::{self, Kind, Operation},
+    outbox,
+    state::AppState,
+};
+
+/// Lifecycle routes.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(erase_user))
+        .routes(routes!(restore))
+        .routes(routes!(purge))
+        .routes(routes!(operation))
+        .routes(routes!(receipt))
+}
+
+async fn accepted(state: &AppState, id: Uuid) -> ApiResult<Response> {
+    lifecycle::send(&state.db, &state.redis, &state.stream_keys, id).await;
+    let operation = lifecycle::read(&state.db, id)
+        .await?
+        .ok_or(ApiError::NotFound("operation"))?;
+    let mut response = (StatusCode::ACCEPTED, Json(operation)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/operations/{id}")) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Erase a user's personal data everywhere (tenant admins, platform admins).
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/users/{user_id}/erase", tag = "lifecycle", responses((status = 202, description = "Erased at the wrapper; the operation apps confirm (poll its Location)", body = Operation)))]
+async fn erase_user(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant_id, user_id)): Path<(Uuid, Uuid)>,
+) -> ApiResult<Response> {
+    let admin = caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?
+        .id;
+    let mut tx = state.db.begin().await?;
+    let email: Option<String> = sqlx::query_scalar(
+        "select email from users where tenant_id = $1 and id = $2 and email not like '%@erased.invalid'
+         for update",
+    )
+    .bind(tenant_id)
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let email = email.ok_or(ApiError::NotFound("user"))?;
+    let row: UserRow = sqlx::query_as(&format!(
+        "update users set email = $3, full_name = $4, avatar_url = null, password_hash = null,
+             email_verified = false, active = false, deleted_at = coalesce(deleted_at, now()),
+             version = version + 1, updated_at = now()
+         where tenant_id = $1 and id = $2 returning {USER_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .bind(user_id)
+    .bind(sync_contract::erased_email(user_id))
+    .bind(sync_contract::ERASED_NAME)
+    .fetch_one(&mut *tx)
+    .await?;
+    let aggregate = (user_id, row.version);
+    let tombstone = UserState::from(row);
+    scrub(&mut tx, tenant_id, user_id, &email, &tombstone).await?;
+    outbox::record(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::UserErased,
+        &tombstone,
+    )
+    .await?;
+    let id = lifecycle::create(
+        &mut tx,
+        Kind::EraseUser,
+        tenant_id,
+        Some(user_id),
+        Some(admin),
+    )
+    .await?;
+    let entry = crate::audit::Entry {
+        tenant_id: Some(tenant_id),
+        actor_id: Some(admin),
+        action: "user_erased",
+        target: Some(user_id.to_string()),
+        outcome: "success",
+        details: serde_json::json!({"operationId": id}),
+    };
+    crate::audit::record(&mut *tx, &ctx, entry).await;
+    tx.commit().await?;
+    accepted(&state, id).await
+}
+
+/// Remove `email` wherever else the wrapper keeps it: linked identities, sign-in counters, the
+/// audit log (replaced by the user's id) and retained events of the user (their payload becomes
+/// the tombstone: the relay may not have published them yet, and published ones are kept for a
+/// while).
+async fn scrub(
+    tx: &mut sqlx::PgConnection,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    email: &str,
+    tombstone: &UserState,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from user_identities where user_id = $1")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("delete from sign_in_failures where lower(key) = lower($1)")
+        .bind(format!("account:{tenant_id}:{email}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "update audit_log set target = case when lower(target) = lower($2) then $3 else target end,
+             details = replace(details::text, $2, $3)::jsonb
+         where tenant_id = $1 and (lower(target) = lower($2) or strpos(details::text, $2) > 0)",
+    )
+    .bind(tenant_id)
+    .bind(email)
+    .bind(user_id.to_string())
+    .execute(&mut *tx)
+    .await?;
+    let payload = serde_json::to_value(tombstone).unwrap_or(Value::Null);
+    sqlx::query(
+        "update outbox set envelope = jsonb_set(envelope::jsonb, '{payload}', $3)::text
+         where tenant_id = $1 and event_type like 'user.%'
+           and envelope::jsonb ->> 'aggregateId' = $2",
+    )
+    .bind(tenant_id)
+    .bind(user_id.to_string())
+    .bind(payload)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Restore an archived tenant within its grace period (platform admins).
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/restore", tag = "lifecycle", responses((status = 200, description = "The restored tenant", body = TenantState)))]
+async fn restore(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Json<TenantState>> {
+    caller.require_platform_admin()?;
+    let mut tx = state.db.begin().await?;
+    let row: Option<TenantRow> = sqlx::query_as(&format!(
+        "update tenants set status = 'active', archived_at = null, version = version + 1,
+             updated_at = now()
+         where id = $1 and status = 'archived' returning {TENANT_COLUMNS}"
+    ))
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let row = row.ok_or(ApiError::NotFound("archived tenant"))?;
+    let aggregate = (tenant_id, row.version);
+    let tenant = TenantState::from(row);
+    outbox::record(
+        &mut tx,
+        &ctx,
+        tenant_id,
+        aggregate,
+        Event::TenantUpdated,
+        &tenant,
+    )
+    .await?;
+    tx.commit().await?;
+    state.domains.invalidate();
+    Ok(Json(tenant))
+}
+
+/// Purge an archived tenant now, without waiting for the grace period (platform admins).
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/purge", tag = "lifecycle", responses((status = 202, description = "Purging; the operation apps confirm (poll its Location)", body = Operation)))]
+async fn purge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Response> {
+    let admin = caller.require_platform_admin()?.id;
+    let id = lifecycle::start_purge(&state.db, tenant_id, Some(admin))
+        .await?
+        .ok_or(ApiError::NotFound("archived tenant"))?;
+    state.domains.invalidate();
+    accepted(&state, id).await
+}
+
+/// An operation with every registered app's receipt (platform admins; tenant admins for their
+/// tenant's erasures).
+#[utoipa::path(get, path = "/api/operations/{operation_id}", tag = "lifecycle", responses((status = 200, description = "The operation", body = Operation)))]
+async fn operation(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(operation_id): Path<Uuid>,
+) -> ApiResult<Json<Operation>> {
+    let operation = lifecycle::read(&state.db, operation_id)
+        .await?
+        .ok_or(ApiError::NotFound("operation"))?;
+    if operation.kind == Kind::PurgeTenant.as_str() {
+        caller.require_platform_admin()?;
+    } else {
+        caller
+            .authorize(&state, &ctx, operation.tenant_id, Access::Admin)
+            .await?;
+    }
+    Ok(Json(operation))
+}
+
+/// An app's receipt for an operation.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Receipt {
+    /// The replica that did the work.
+    replica: String,
+    /// `done` or `failed`.
+    status: ReceiptStatus,
+    /// Why it failed.
+    reason: Option<String>,
+    /// What was removed: counts per collection, keys, ….
+    #[serde(default)]
+    details: Value,
+}
+
+#[derive(Debug, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum ReceiptStatus {
+    Done,
+    Failed,
+}
+
+/// Record the calling app's receipt (app service tokens).
+#[utoipa::path(put, path = "/api/sync/operations/{operation_id}/receipt", tag = "sync", request_body = Receipt, responses((status = 204, description = "Recorded")))]
+async fn receipt(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(operation_id): Path<Uuid>,
+    ApiJson(body): ApiJson<Receipt>,
+) -> ApiResult<StatusCode> {
+    let Caller::Service { app } = &caller else {
+        return Err(ApiError::Forbidden("app service tokens only"));
+    };
+    if body.replica.trim().is_empty() || body.replica.len() > 200 {
+        return Err(ApiError::Validation {
+            field: "replica".into(),
+            message: "1 to 200 characters".into(),
+        });
+    }
+    let recorded = lifecycle::receipt(
+        &state.db,
+        &state.redis,
+        &state.stream_keys,
+        operation_id,
+        app,
+        &body.replica,
+        body.status == ReceiptStatus::Done,
+        body.reason.as_deref(),
+        &body.details,
+    )
+    .await?;
+    if !recorded {
+        return Err(ApiError::NotFound("operation"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
