@@ -17,7 +17,8 @@
 //! What the SDK does itself: an erasure replaces the user's personal fields in the synced copy
 //! with the tombstone (`[Deleted User]`); a purge deletes every document of the tenant in the
 //! app's database (the SDK's collections and the app's own: every document carries
-//! `tenantId`), and its re-sync journal entry in Redis. Data an app keeps elsewhere is its
+//! `tenantId`), and its re-sync journal entry in Redis; an export uploads those same documents,
+//! collection by collection, as JSON Lines. Data an app keeps elsewhere is its
 //! [`LifecycleHooks`]' to handle.
 
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
@@ -41,6 +42,14 @@ pub trait LifecycleHooks: Send + Sync + 'static {
     fn erase_user(&self, tenant_id: Uuid, user_id: Uuid) -> HookFuture<'_> {
         let _ = (tenant_id, user_id);
         Box::pin(async { Ok(Value::Null) })
+    }
+
+    /// What the app keeps of `tenant_id` outside its database, for the tenant's export: a JSON
+    /// object of `name → [documents]`, each exported as `<app>/<name>.jsonl` beside the
+    /// database's collections. The default adds nothing.
+    fn export_tenant(&self, tenant_id: Uuid) -> HookFuture<'_> {
+        let _ = tenant_id;
+        Box::pin(async { Ok(json!({})) })
     }
 
     /// Delete what the app keeps of `tenant_id` outside its database (files, other stores).
@@ -195,6 +204,7 @@ impl LifecycleWorker {
                 None => Err("an erasure without userId".to_owned()),
             },
             "purge_tenant" => self.purge(command.tenant).await,
+            "export_tenant" => self.export(command.operation, command.tenant).await,
             other => Err(format!("unknown operation kind `{other}`")),
         };
         let receipt = match &outcome {
@@ -225,6 +235,77 @@ impl LifecycleWorker {
             .map_err(|e| e.to_string())?;
         let app = self.hooks.erase_user(tenant, user).await?;
         Ok(json!({"syncedCopy": synced, "app": app}))
+    }
+
+    /// Upload every document of the tenant in the app's database, collection by collection,
+    /// as JSON Lines in chunks the wrapper's body limit accepts; the line count per collection.
+    async fn export(&self, operation: Uuid, tenant: Uuid) -> Result<Value, String> {
+        const CHUNK: usize = 512 * 1024;
+        let db = self.store.database();
+        let filter = MongoStore::tenant_filter(tenant);
+        let mut counts = serde_json::Map::new();
+        let collections = db
+            .list_collection_names()
+            .await
+            .map_err(|e| e.to_string())?;
+        for name in collections {
+            let mut cursor = db
+                .collection::<mongodb::bson::Document>(&name)
+                .find(filter.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut chunk, mut buffer, mut lines) = (0, Vec::new(), 0u64);
+            while cursor.advance().await.map_err(|e| e.to_string())? {
+                let doc = cursor.deserialize_current().map_err(|e| e.to_string())?;
+                let json = serde_json::to_vec(&doc).map_err(|e| e.to_string())?;
+                buffer.extend_from_slice(&json);
+                buffer.push(b'\n');
+                lines += 1;
+                if buffer.len() >= CHUNK {
+                    self.upload(operation, &name, chunk, std::mem::take(&mut buffer))
+                        .await?;
+                    chunk += 1;
+                }
+            }
+            if !buffer.is_empty() {
+                self.upload(operation, &name, chunk, buffer).await?;
+            }
+            if lines > 0 {
+                counts.insert(name, json!(lines));
+            }
+        }
+        let extra = self.hooks.export_tenant(tenant).await?;
+        for (name, documents) in extra.as_object().into_iter().flatten() {
+            let documents = documents.as_array().map(Vec::as_slice).unwrap_or_default();
+            let mut buffer = Vec::new();
+            for document in documents {
+                buffer.extend_from_slice(document.to_string().as_bytes());
+                buffer.push(b'\n');
+            }
+            self.upload(operation, &format!("hook.{name}"), 0, buffer)
+                .await?;
+            counts.insert(format!("hook.{name}"), json!(documents.len()));
+        }
+        Ok(json!({"documents": counts}))
+    }
+
+    async fn upload(
+        &self,
+        operation: Uuid,
+        collection: &str,
+        chunk: u32,
+        bytes: Vec<u8>,
+    ) -> Result<(), String> {
+        let path = format!("/api/sync/operations/{operation}/parts/{collection}/{chunk}");
+        match self
+            .client
+            .upload(&path, "application/x-ndjson", bytes)
+            .await
+        {
+            Ok(204) => Ok(()),
+            Ok(status) => Err(format!("{path}: HTTP {status}")),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     async fn purge(&self, tenant: Uuid) -> Result<Value, String> {

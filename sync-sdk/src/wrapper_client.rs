@@ -389,6 +389,28 @@ impl WrapperClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), LoadError> {
+        self.send_body(method, path, body.map_or(Body::None, Body::Json))
+            .await
+    }
+
+    /// Upload `bytes` (of `content_type`) to the wrapper's `path` with `PUT`; the status.
+    pub async fn upload(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        bytes: Vec<u8>,
+    ) -> Result<u16, LoadError> {
+        let body = Body::Raw(content_type, bytes);
+        let (status, _) = self.send_body(reqwest::Method::PUT, path, body).await?;
+        Ok(status)
+    }
+
+    async fn send_body(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Body<'_>,
+    ) -> Result<(u16, Value), LoadError> {
         for refresh in [false, true] {
             let token = self.token(refresh).await?;
             let resp = self
@@ -401,9 +423,12 @@ impl WrapperClient {
                     if let Some(traceparent) = crate::telemetry::current_traceparent() {
                         request = request.header(crate::telemetry::TRACEPARENT, traceparent);
                     }
-                    match body {
-                        Some(body) => request.json(body),
-                        None => request,
+                    match &body {
+                        Body::Json(json) => request.json(json),
+                        Body::Raw(content_type, bytes) => request
+                            .header(reqwest::header::CONTENT_TYPE, *content_type)
+                            .body(bytes.clone()),
+                        Body::None => request,
                     }
                 })
                 .await
@@ -420,4 +445,11 @@ impl WrapperClient {
         }
         Err(LoadError::Unauthorized)
     }
+}
+
+/// What a request to the wrapper carries.
+enum Body<'a> {
+    None,
+    Json(&'a Value),
+    Raw(&'static str, Vec<u8>),
 }

@@ -130,6 +130,18 @@ impl MongoStore {
         Ok(changed.modified_count)
     }
 
+    /// The documents of `tenant_id` in any collection of this database: those carrying its id
+    /// as `tenantId`, its sync state (`_id`) and its per-app records (`_id` `<tenant>:…`).
+    pub fn tenant_filter(tenant_id: Uuid) -> Document {
+        let tenant = tenant_id.to_string();
+        let own_keys = format!("^{tenant}:");
+        doc! {"$or": [
+            {"tenantId": &tenant},
+            {"_id": &tenant},
+            {"_id": {"$regex": own_keys}},
+        ]}
+    }
+
     /// Delete every document of `tenant_id` in this database, the SDK's and the app's own
     /// collections alike (every document an app keeps carries `tenantId`, as the SDK's do),
     /// and the tenant's sync state and credit allowance. Returns the count per collection
@@ -138,13 +150,7 @@ impl MongoStore {
         &self,
         tenant_id: Uuid,
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-        let tenant = tenant_id.to_string();
-        let own_keys = format!("^{tenant}:");
-        let filter = doc! {"$or": [
-            {"tenantId": &tenant},
-            {"_id": &tenant},
-            {"_id": {"$regex": own_keys}},
-        ]};
+        let filter = Self::tenant_filter(tenant_id);
         let mut counts = std::collections::BTreeMap::new();
         for name in self.db.list_collection_names().await.map_err(err)? {
             let deleted = self

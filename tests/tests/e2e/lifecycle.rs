@@ -465,3 +465,152 @@ async fn redis_keys(redis: &fred::clients::Client, pattern: &str) -> anyhow::Res
     }
     Ok(keys)
 }
+
+#[tokio::test]
+async fn an_export_holds_exactly_the_tenants_records_from_the_wrapper_and_both_apps()
+-> anyhow::Result<()> {
+    let hub = Hub::start(
+        REPLICA,
+        &[("WRAPPER_LIFECYCLE_RESEND_SECS", "1".to_owned())],
+    )
+    .await?;
+    let w = hub.wrapper.url();
+    // The tenant's data in both apps.
+    fund_crm(&hub).await?;
+    let edge = hub.edge();
+    let account = json!({"name": "Exported deal", "value": 7, "ownerId": hub.admin_id});
+    let (status, body) = edge
+        .send(Method::POST, "/crm/accounts", &hub.admin, Some(account))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    let employee = json!({"userId": hub.admin_id, "department": "Ops", "salary": 1000});
+    let (status, body) = edge
+        .send(Method::POST, "/hrms/employees", &hub.admin, Some(employee))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    // Another tenant with data of its own in both apps: none of it may leak into the export.
+    let other = format!("other-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let body = json!({"name": other, "subdomain": other, "plan": "pro", "features": ["crm", "hrms"],
+        "admin": {"email": format!("admin@{other}.test"), "fullName": "Other Admin", "password": PASSWORD}});
+    let created = replicas::send(
+        &hub.http,
+        Method::POST,
+        &format!("{w}/api/tenants"),
+        &hub.root,
+        body,
+    )
+    .await?;
+    let other_id = created["id"].as_str().unwrap_or_default().to_owned();
+    let login =
+        json!({"email": format!("admin@{other}.test"), "password": PASSWORD, "tenant": other});
+    let other_admin: serde_json::Value = hub
+        .http
+        .post(format!("{w}/auth/login"))
+        .json(&login)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let other_admin = other_admin["token"].as_str().unwrap_or_default().to_owned();
+    let other_edge = tsync_e2e::suite::Edge::new(hub.nginx.url(), format!("{other}.yourapp.test"));
+    let employee =
+        json!({"userId": created["adminUserId"], "department": "Elsewhere", "salary": 5});
+    let (status, body) = other_edge
+        .send(
+            Method::POST,
+            "/hrms/employees",
+            &other_admin,
+            Some(employee),
+        )
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    let (status, _) = other_edge
+        .send(Method::GET, "/crm/accounts", &other_admin, None)
+        .await?;
+    anyhow::ensure!(status.is_success());
+
+    let response = hub
+        .http
+        .post(format!("{w}/api/tenants/{}/export", hub.tenant_id))
+        .bearer_auth(&hub.admin)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str()?.to_owned();
+    let operation = until_done(&hub, &location).await?;
+    for app in ["crm", "hrms"] {
+        let receipt = receipt_of(&operation, app);
+        assert_eq!(receipt["status"], "done", "{operation}");
+        assert!(
+            receipt["details"]["documents"]["users"].as_u64() > Some(0),
+            "{receipt}"
+        );
+    }
+    // The tenant's admin downloads it.
+    let archive = hub
+        .http
+        .get(format!("{w}{location}/archive"))
+        .bearer_auth(&hub.admin)
+        .send()
+        .await?;
+    assert_eq!(archive.status(), StatusCode::OK);
+    assert_eq!(archive.headers()["content-type"], "application/x-tar");
+    let bytes = archive.bytes().await?;
+    let mut files = std::collections::BTreeMap::new();
+    let mut reader = tar::Archive::new(bytes.as_ref());
+    for entry in reader.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut text)?;
+        files.insert(path, text);
+    }
+    let lines = |path: &str| files.get(path).map_or(0, |t| t.lines().count());
+    // Exactly its records: as many users as the wrapper has, its one account and one employee.
+    let users: i64 = sqlx::query_scalar("select count(*) from users where tenant_id = $1")
+        .bind(hub.tenant_id.parse::<uuid::Uuid>()?)
+        .fetch_one(&hub.db.pool)
+        .await?;
+    assert_eq!(
+        lines("wrapper/users.jsonl") as i64,
+        users,
+        "{:?}",
+        files.keys()
+    );
+    assert_eq!(lines("wrapper/tenants.jsonl"), 1);
+    assert_eq!(lines("crm/app.accounts.jsonl"), 1, "{:?}", files.keys());
+    assert_eq!(lines("hrms/app.employees.jsonl"), 1, "{:?}", files.keys());
+    assert!(
+        lines("crm/users.jsonl") >= 1 && lines("hrms/users.jsonl") >= 1,
+        "{:?}",
+        files.keys()
+    );
+    assert_eq!(
+        operation["result"]["files"]["crm/app.accounts.jsonl"], 1,
+        "{operation}"
+    );
+    // Every line is the tenant's; nothing of the other tenant, no password hash.
+    for (path, text) in &files {
+        assert!(!text.contains(&other_id), "{path} holds the other tenant");
+        assert!(
+            !text.contains("password_hash"),
+            "{path} holds a password hash"
+        );
+        for line in text.lines() {
+            let record: serde_json::Value = serde_json::from_str(line)?;
+            assert!(
+                line.contains(&hub.tenant_id),
+                "{path}: {record} is not the tenant's"
+            );
+        }
+    }
+    // Another tenant's admin cannot read it.
+    let refused = hub
+        .http
+        .get(format!("{w}{location}/archive"))
+        .bearer_auth(&other_admin)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    Ok(())
+}

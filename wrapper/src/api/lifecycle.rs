@@ -8,6 +8,10 @@
 //! * `DELETE /api/tenants/{t}` archives (restorable); `POST /api/tenants/{t}/restore` undoes it
 //!   within the grace period (`WRAPPER_PURGE_GRACE_SECS`); `POST /api/tenants/{t}/purge` (or the
 //!   end of the grace period) starts the purge, `202 Accepted` with its operation.
+//! * `POST /api/tenants/{t}/export`: everything of the tenant at the wrapper and in every app,
+//!   as one archive of JSON Lines files (`202 Accepted`; `GET /api/operations/{id}/archive`
+//!   once the operation is done). Apps upload their part with
+//!   `PUT /api/sync/operations/{id}/parts/{collection}/{chunk}`.
 //! * `GET /api/operations/{id}`: the operation with every registered app's receipt.
 //! * `PUT /api/sync/operations/{id}/receipt`: an app's receipt (service tokens).
 
@@ -45,6 +49,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(purge))
         .routes(routes!(operation))
         .routes(routes!(receipt))
+        .routes(routes!(export))
+        .routes(routes!(export_part))
+        .routes(routes!(export_archive))
 }
 
 async fn accepted(state: &AppState, id: Uuid) -> ApiResult<Response> {
@@ -137,6 +144,16 @@ async fn scrub(
     email: &str,
     tombstone: &UserState,
 ) -> Result<(), sqlx::Error> {
+    // Exports of the tenant hold the person's data too.
+    for table in ["export_parts", "export_archives"] {
+        sqlx::query(&format!(
+            "delete from {table} where operation_id in
+                 (select id from lifecycle_operations where tenant_id = $1)"
+        ))
+        .bind(tenant_id)
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query("delete from user_identities where user_id = $1")
         .bind(user_id)
         .execute(&mut *tx)
@@ -231,14 +248,130 @@ async fn operation(
     let operation = lifecycle::read(&state.db, operation_id)
         .await?
         .ok_or(ApiError::NotFound("operation"))?;
+    authorize_operation(&state, &ctx, &caller, &operation).await?;
+    Ok(Json(operation))
+}
+
+/// Purges are the platform admins'; erasures and exports also their tenant's admins'.
+async fn authorize_operation(
+    state: &AppState,
+    ctx: &Ctx,
+    caller: &Caller,
+    operation: &Operation,
+) -> ApiResult<()> {
     if operation.kind == Kind::PurgeTenant.as_str() {
         caller.require_platform_admin()?;
     } else {
         caller
-            .authorize(&state, &ctx, operation.tenant_id, Access::Admin)
+            .authorize(state, ctx, operation.tenant_id, Access::Admin)
             .await?;
     }
-    Ok(Json(operation))
+    Ok(())
+}
+
+/// Export everything of a tenant (tenant admins, platform admins).
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/export", tag = "lifecycle", responses((status = 202, description = "Exporting; the archive is at the operation's /archive once it is done", body = Operation)))]
+async fn export(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+) -> ApiResult<Response> {
+    let admin = caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?
+        .id;
+    let mut tx = state.db.begin().await?;
+    let exists: bool = sqlx::query_scalar(
+        "select exists (select 1 from tenants where id = $1 and status <> 'purging')",
+    )
+    .bind(tenant_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !exists {
+        return Err(ApiError::NotFound("tenant"));
+    }
+    let id = lifecycle::create(&mut tx, Kind::ExportTenant, tenant_id, None, Some(admin)).await?;
+    let entry = crate::audit::Entry {
+        tenant_id: Some(tenant_id),
+        actor_id: Some(admin),
+        action: "tenant_exported",
+        target: Some(tenant_id.to_string()),
+        outcome: "success",
+        details: serde_json::json!({"operationId": id}),
+    };
+    crate::audit::record(&mut *tx, &ctx, entry).await;
+    tx.commit().await?;
+    accepted(&state, id).await
+}
+
+/// One chunk of an app's documents of a collection, as JSON Lines (app service tokens).
+#[utoipa::path(put, path = "/api/sync/operations/{operation_id}/parts/{collection}/{chunk}", tag = "sync", request_body(content = String, content_type = "application/x-ndjson"), responses((status = 204, description = "Stored")))]
+async fn export_part(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((operation_id, collection, chunk)): Path<(Uuid, String, i32)>,
+    body: axum::body::Bytes,
+) -> ApiResult<StatusCode> {
+    let Caller::Service { app } = &caller else {
+        return Err(ApiError::Forbidden("app service tokens only"));
+    };
+    let valid = !collection.is_empty()
+        && collection.len() <= 120
+        && collection
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid {
+        return Err(ApiError::Validation {
+            field: "collection".into(),
+            message: "1 to 120 letters, digits, '_', '-' or '.'".into(),
+        });
+    }
+    if chunk < 0 {
+        return Err(ApiError::Validation {
+            field: "chunk".into(),
+            message: "0 or more".into(),
+        });
+    }
+    let stored =
+        lifecycle::export::store_part(&state.db, operation_id, app, &collection, chunk, &body)
+            .await?;
+    if !stored {
+        return Err(ApiError::NotFound("pending export"));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The archive of a finished export: a tar of JSON Lines files (see `crate::lifecycle::export`).
+#[utoipa::path(get, path = "/api/operations/{operation_id}/archive", tag = "lifecycle", responses((status = 200, description = "The archive", body = Vec<u8>, content_type = "application/x-tar")))]
+async fn export_archive(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(operation_id): Path<Uuid>,
+) -> ApiResult<Response> {
+    let operation = lifecycle::read(&state.db, operation_id)
+        .await?
+        .ok_or(ApiError::NotFound("operation"))?;
+    authorize_operation(&state, &ctx, &caller, &operation).await?;
+    let archive = lifecycle::export::archive(&state.db, operation_id)
+        .await?
+        .ok_or(ApiError::NotFound("finished export"))?;
+    let name = format!(
+        "attachment; filename=\"tenant-{}-{operation_id}.tar\"",
+        operation.tenant_id
+    );
+    let mut response = archive.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&name) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// An app's receipt for an operation.

@@ -11,7 +11,8 @@
 //! * **Receipts.** Each app answers `PUT /api/sync/operations/{id}/receipt` (its service token
 //!   names the app) with what it removed. The operation completes when every app registered at
 //!   that moment has a `done` receipt; a purge then deletes the tenant's rows (the audit log
-//!   and the operation itself stay) and its Redis keys.
+//!   and the operation itself stay) and its Redis keys; an export packages the wrapper's rows
+//!   and the parts each app uploaded into one tar archive of JSON Lines files.
 
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ use sync_contract::StreamKeys;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod export;
+
 /// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -30,6 +33,8 @@ pub enum Kind {
     EraseUser,
     /// Delete everything of a tenant.
     PurgeTenant,
+    /// Gather everything of a tenant into one archive.
+    ExportTenant,
 }
 
 impl Kind {
@@ -38,6 +43,7 @@ impl Kind {
         match self {
             Kind::EraseUser => "erase_user",
             Kind::PurgeTenant => "purge_tenant",
+            Kind::ExportTenant => "export_tenant",
         }
     }
 }
@@ -212,6 +218,8 @@ pub async fn complete_if_answered(
         let rows = purge_rows(&mut tx, tenant_id).await?;
         let keys_removed = purge_redis(redis, keys, tenant_id).await?;
         json!({"rowsDeleted": rows, "redisKeysDeleted": keys_removed})
+    } else if kind == Kind::ExportTenant.as_str() {
+        crate::lifecycle::export::package(&mut tx, id, tenant_id).await?
     } else {
         json!({})
     };
