@@ -614,3 +614,72 @@ async fn an_export_holds_exactly_the_tenants_records_from_the_wrapper_and_both_a
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     Ok(())
 }
+
+#[tokio::test]
+async fn an_archived_tenant_is_restorable_until_its_grace_period_ends_then_purged_on_its_own()
+-> anyhow::Result<()> {
+    let extra = [
+        ("WRAPPER_LIFECYCLE_RESEND_SECS", "1".to_owned()),
+        ("WRAPPER_PURGE_GRACE_SECS", "3".to_owned()),
+    ];
+    let hub = Hub::start(REPLICA, &extra).await?;
+    let w = hub.wrapper.url();
+    let tenant = format!("{w}/api/tenants/{}", hub.tenant_id);
+    let archive = || replicas::send(&hub.http, Method::DELETE, &tenant, &hub.root, json!({}));
+    // Archived, then restored within the grace period: served again, with its data.
+    archive().await?;
+    let restored = replicas::send(
+        &hub.http,
+        Method::POST,
+        &format!("{tenant}/restore"),
+        &hub.root,
+        json!({}),
+    )
+    .await?;
+    assert_eq!(restored["status"], "active");
+    let login = json!({"email": format!("admin@{}.test", hub.subdomain), "password": PASSWORD,
+                       "tenant": hub.subdomain});
+    let signed_in = hub
+        .http
+        .post(format!("{w}/auth/login"))
+        .json(&login)
+        .send()
+        .await?;
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    // Archived again and left: the wrapper purges it once the grace period is over.
+    archive().await?;
+    let purged = eventually_some(Duration::from_secs(30), || async {
+        let id: Option<uuid::Uuid> = sqlx::query_scalar(
+            "select id from lifecycle_operations where tenant_id = $1 and kind = 'purge_tenant'
+             and status = 'done'",
+        )
+        .bind(hub.tenant_id.parse::<uuid::Uuid>().ok()?)
+        .fetch_optional(&hub.db.pool)
+        .await
+        .ok()?;
+        id
+    })
+    .await?;
+    let operation = until_done(&hub, &format!("/api/operations/{purged}")).await?;
+    for app in ["crm", "hrms"] {
+        assert_eq!(receipt_of(&operation, app)["status"], "done", "{operation}");
+    }
+    let restore = hub
+        .http
+        .post(format!("{tenant}/restore"))
+        .bearer_auth(&hub.root)
+        .send()
+        .await?;
+    assert_eq!(
+        restore.status(),
+        StatusCode::NOT_FOUND,
+        "restored after the purge"
+    );
+    for db in &hub.mongo_dbs {
+        assert!(
+            mongo_docs_with(db, &hub.tenant_id).await?.is_empty(),
+            "{db}"
+        );
+    }
+    Ok(())
+}
