@@ -547,11 +547,10 @@ impl<H: Handler, I: Integrity> BoundApp<H, I> {
         });
         let lifecycle = crate::lifecycle::LifecycleWorker::new(
             kit.redis.clone(),
-            kit.keys.clone(),
-            kit.name.clone(),
-            kit.consumer.config().consumer.clone(),
+            kit.consumer.config(),
             kit.wrapper.clone(),
             kit.store.clone(),
+            kit.loader.clone(),
             kit.hooks.clone(),
         );
         let lifecycle = tokio::spawn(lifecycle.run(cancel.clone()));

@@ -11,6 +11,10 @@
 //!   A failure is reported as a `failed` receipt with its reason, so the operation shows it.
 //! * **Idempotent.** Erasing twice or purging an empty tenant changes nothing and confirms
 //!   again; the wrapper keeps the last receipt of each app.
+//! * **No race with the consumer.** An erasure or a purge holds the tenant's turn (as a load
+//!   does), so no batch of the tenant is half-way in this process while it runs. Replicas of
+//!   an app do not share turns: a batch in flight in another replica at that moment can write
+//!   the tenant's documents back (README, known limits).
 //! * **Whatever the tenant's state.** Unlike events, operations do not wait for the tenant to
 //!   be loaded: an app that never loaded a tenant confirms that it holds nothing of it.
 //!
@@ -74,6 +78,7 @@ pub struct LifecycleWorker {
     replica: String,
     client: Arc<WrapperClient>,
     store: Arc<MongoStore>,
+    loader: Arc<crate::loader::Loader<MongoStore>>,
     hooks: Arc<dyn LifecycleHooks>,
     retry_after: Duration,
 }
@@ -103,23 +108,24 @@ impl Command {
 }
 
 impl LifecycleWorker {
-    /// A worker of `app`'s replica `replica`; failed operations are taken up again after 5 s.
+    /// A worker of the replica `config` describes (its app's group, its consumer name);
+    /// failed operations are taken up again after 5 s.
     pub fn new(
         redis: Client,
-        keys: StreamKeys,
-        app: impl Into<String>,
-        replica: impl Into<String>,
+        config: &crate::consumer::ConsumerConfig,
         client: Arc<WrapperClient>,
         store: Arc<MongoStore>,
+        loader: Arc<crate::loader::Loader<MongoStore>>,
         hooks: Arc<dyn LifecycleHooks>,
     ) -> Self {
         Self {
             redis,
-            keys,
-            app: app.into(),
-            replica: replica.into(),
+            keys: config.keys.clone(),
+            app: config.app.clone(),
+            replica: config.consumer.clone(),
             client,
             store,
+            loader,
             hooks,
             retry_after: Duration::from_secs(5),
         }
@@ -228,6 +234,7 @@ impl LifecycleWorker {
     }
 
     async fn erase(&self, tenant: Uuid, user: Uuid) -> Result<Value, String> {
+        let _turn = self.loader.exclusive(tenant).await;
         let synced = self
             .store
             .erase_user(tenant, user)
@@ -309,6 +316,10 @@ impl LifecycleWorker {
     }
 
     async fn purge(&self, tenant: Uuid) -> Result<Value, String> {
+        // The tenant's turn: a consumer round or a load of it in this process finishes first,
+        // and none starts until the purge is done (then the tenant is not loaded: its events
+        // are skipped, a visit finds it gone at the wrapper).
+        let _turn = self.loader.exclusive(tenant).await;
         let app = self.hooks.purge_tenant(tenant).await?;
         let deleted = self
             .store

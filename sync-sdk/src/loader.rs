@@ -257,6 +257,12 @@ impl<S: TenantStore> Loader<S> {
             .filter(|s| !s.is_loading()))
     }
 
+    /// Wait for the tenant's turn and hold it: no load and no consumer round of the tenant runs
+    /// in this process until the turn is dropped (a purge must not race a batch in flight).
+    pub async fn exclusive(&self, tenant_id: Uuid) -> crate::consumer::TenantTurn {
+        crate::consumer::TenantTurn::held(self.gate(tenant_id).lock_owned().await)
+    }
+
     fn gate(&self, tenant_id: Uuid) -> Arc<tokio::sync::Mutex<()>> {
         let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(tenant_id).or_default().clone()

@@ -334,12 +334,36 @@ impl WrapperClient {
         operation_id: &str,
         quantity: i64,
     ) -> Result<Result<Value, crate::credits::offline::CreditError>, LoadError> {
+        self.consume_as(
+            None,
+            tenant_id,
+            application,
+            operation_code,
+            operation_id,
+            quantity,
+        )
+        .await
+    }
+
+    /// [`consume`](Self::consume), recording the user the app acted for (usage by user).
+    pub async fn consume_as(
+        &self,
+        user: Option<Uuid>,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+        operation_id: &str,
+        quantity: i64,
+    ) -> Result<Result<Value, crate::credits::offline::CreditError>, LoadError> {
         use crate::credits::offline::CreditError;
         let url = "/api/credits/consume";
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "tenantId": tenant_id, "application": application, "quantity": quantity,
             "operationCode": operation_code, "operationId": operation_id,
         });
+        if let Some(user) = user {
+            body["userId"] = serde_json::json!(user);
+        }
         let (status, reply) = self
             .request(reqwest::Method::POST, url, Some(&body))
             .await?;

@@ -144,12 +144,15 @@ impl CreditIngest {
             client_ip: None,
             traceparent: None,
         };
+        // Absent (or empty) when the app named no user; a malformed id is dropped, not fatal.
+        let user_id = get("userId").ok().and_then(|u| u.parse().ok());
         let consumption = Consumption {
             tenant_id,
             application: &application,
             operation_code: &operation_code,
             operation_id: &operation_id,
             amount,
+            user_id,
         };
         let mut tx = self.db.begin().await?;
         charge(&mut tx, &ctx, &consumption).await.map_err(|e| {

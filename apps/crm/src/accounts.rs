@@ -150,8 +150,10 @@ pub(crate) async fn create(
     let id = key.resource_id(t);
     serve_tenant(&s.loader, t, |_| async {
         live_owner(&s.store, t, owner_id).await?;
+        // Charged to the caller: usage reports break consumption down by user.
+        let caller = Some(user.user_id);
         s.credits
-            .consume(t, "crm", CREATE_ACCOUNT, &id.to_string(), 1)
+            .consume_as(caller, t, "crm", CREATE_ACCOUNT, &id.to_string(), 1)
             .await?;
         let doc = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
         "value": value, "ownerId": owner_id.to_string()};

@@ -182,8 +182,9 @@ pub(crate) async fn create(
     }
     // With an Idempotency-Key a retry names the same project and the same credit operation.
     let id = key.resource_id(t);
+    let caller = Some(tenant.user.user_id);
     s.credits
-        .consume(t, "projects", CREATE_PROJECT, &id.to_string(), 1)
+        .consume_as(caller, t, "projects", CREATE_PROJECT, &id.to_string(), 1)
         .await?;
     let member_ids: Vec<String> = members.iter().map(Uuid::to_string).collect();
     let project = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,

@@ -4,7 +4,8 @@
 -- credit.consumed entry is appended to the partition's credit stream.
 -- KEYS[1] balance, KEYS[2] operation record, KEYS[3] credit stream, KEYS[4] price table
 -- (one hash tag: one slot).
--- ARGV: operationId, quantity, tenantId, application, operationCode, record TTL (seconds).
+-- ARGV: operationId, quantity, tenantId, application, operationCode, record TTL (seconds),
+-- userId (the user the app acted for; empty when it did not say).
 -- Returns {status, text}: 0 charged (reply JSON), 1 replayed (reply JSON),
 -- 2 insufficient (balance), 3 not mirrored, 4 not priced here (no price, or over the limit):
 -- the caller asks the wrapper, which prices authoritatively.
@@ -23,7 +24,7 @@ local after = redis.call('DECRBY', KEYS[1], amount)
 local entry = redis.call('XADD', KEYS[3], '*',
   'operationId', ARGV[1], 'tenantId', ARGV[3], 'application', ARGV[4],
   'operationCode', ARGV[5], 'quantity', ARGV[2], 'amount', tostring(amount),
-  'balanceAfter', tostring(after))
+  'balanceAfter', tostring(after), 'userId', ARGV[7] or '')
 local reply = cjson.encode({
   operationId = ARGV[1], tenantId = ARGV[3], application = ARGV[4],
   operationCode = ARGV[5], quantity = quantity, amount = amount, balanceAfter = after,

@@ -100,6 +100,20 @@ impl CreditMirror {
         operation_id: &str,
         quantity: i64,
     ) -> Result<FastOutcome, Error> {
+        self.consume_as(None, tenant_id, app, operation_code, operation_id, quantity)
+            .await
+    }
+
+    /// [`consume`](Self::consume), recording the user the app acted for (usage by user).
+    pub async fn consume_as(
+        &self,
+        user: Option<Uuid>,
+        tenant_id: Uuid,
+        app: &str,
+        operation_code: &str,
+        operation_id: &str,
+        quantity: i64,
+    ) -> Result<FastOutcome, Error> {
         let keys = self.keys.credit_consume_keys(tenant_id, app, operation_id);
         let args = vec![
             operation_id.to_owned(),
@@ -108,6 +122,7 @@ impl CreditMirror {
             app.to_owned(),
             operation_code.to_owned(),
             OPERATION_TTL_SECS.to_string(),
+            user.map(|u| u.to_string()).unwrap_or_default(),
         ];
         let (status, text): (i64, String) = self
             .consume

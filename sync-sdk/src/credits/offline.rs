@@ -192,10 +192,33 @@ impl<Q: CreditQueue + TenantStore> CreditClient<Q> {
         operation_id: &str,
         quantity: i64,
     ) -> Result<Consumed, CreditError> {
+        self.consume_as(
+            None,
+            tenant_id,
+            application,
+            operation_code,
+            operation_id,
+            quantity,
+        )
+        .await
+    }
+
+    /// [`consume`](Self::consume), recording `user`, the user the app acted for, in the ledger
+    /// (usage reports by user). A consumption queued offline is recorded without its user.
+    pub async fn consume_as(
+        &self,
+        user: Option<Uuid>,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+        operation_id: &str,
+        quantity: i64,
+    ) -> Result<Consumed, CreditError> {
         use super::FastOutcome;
         if let Some(mirror) = &self.mirror {
             let fast = mirror
-                .consume(
+                .consume_as(
+                    user,
                     tenant_id,
                     application,
                     operation_code,
@@ -221,7 +244,8 @@ impl<Q: CreditQueue + TenantStore> CreditClient<Q> {
             }
         }
         metrics::counter!("tsync_credits_consumed_total", "path" => "direct").increment(1);
-        self.consume_direct(
+        self.consume_direct_as(
+            user,
             tenant_id,
             application,
             operation_code,
@@ -240,9 +264,30 @@ impl<Q: CreditQueue + TenantStore> CreditClient<Q> {
         operation_id: &str,
         quantity: i64,
     ) -> Result<Consumed, CreditError> {
+        self.consume_direct_as(
+            None,
+            tenant_id,
+            application,
+            operation_code,
+            operation_id,
+            quantity,
+        )
+        .await
+    }
+
+    async fn consume_direct_as(
+        &self,
+        user: Option<Uuid>,
+        tenant_id: Uuid,
+        application: &str,
+        operation_code: &str,
+        operation_id: &str,
+        quantity: i64,
+    ) -> Result<Consumed, CreditError> {
         match self
             .wrapper
-            .consume(
+            .consume_as(
+                user,
                 tenant_id,
                 application,
                 operation_code,

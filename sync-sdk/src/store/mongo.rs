@@ -152,7 +152,10 @@ impl MongoStore {
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
         let filter = Self::tenant_filter(tenant_id);
         let mut counts = std::collections::BTreeMap::new();
-        for name in self.db.list_collection_names().await.map_err(err)? {
+        // The sync state first: from then on the consumer treats the tenant as never loaded.
+        let mut names = self.db.list_collection_names().await.map_err(err)?;
+        names.sort_by_key(|n| n != "tsync_sync");
+        for name in names {
             let deleted = self
                 .db
                 .collection::<Document>(&name)

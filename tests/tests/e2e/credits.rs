@@ -373,6 +373,33 @@ mod fast_path {
     }
 
     #[tokio::test]
+    async fn a_fast_path_consumption_records_the_user_the_app_named() -> anyhow::Result<()> {
+        let rig = rig("fastuser", false).await?;
+        let user = rig.tenant.admin_id;
+        let outcome = rig
+            .mirror
+            .consume_as(
+                Some(user),
+                rig.tenant.id,
+                "crm",
+                "crm.accounts.create",
+                "fu-1",
+                1,
+            )
+            .await?;
+        assert!(matches!(outcome, FastOutcome::Charged(_)), "{outcome:?}");
+        eventually(Duration::from_secs(20), || ingested(&rig, 1)).await?;
+        let recorded: Option<Uuid> = sqlx::query_scalar(
+            "select user_id from credit_ledger where tenant_id = $1 and operation_id = 'fu-1'",
+        )
+        .bind(rig.tenant.id)
+        .fetch_one(&rig.app.db.pool)
+        .await?;
+        assert_eq!(recorded, Some(user));
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn sixty_four_concurrent_fast_consumes_charge_exactly_28_and_the_ledger_follows()
     -> anyhow::Result<()> {
         let rig = rig("fast", false).await?;
@@ -867,5 +894,123 @@ async fn an_app_registers_only_itself_and_a_bad_manifest_writes_nothing() -> any
     register_crm(&app, &crm).await;
     let listed = app.get_ok("/api/apps", &t.admin).await;
     assert_eq!(listed, json!([manifest]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn usage_reports_add_up_to_the_ledger_by_user_app_operation_and_day() -> anyhow::Result<()> {
+    let app = spawn_wrapper().await?;
+    let (t, crm) = funded(&app, "usage").await;
+    let (alice, member) = app.create_member(&t, "alice@usage.test").await;
+    let (bob, _) = app.create_member(&t, "bob@usage.test").await;
+    let charges = [
+        (Some(alice), "u-1"),
+        (Some(alice), "u-2"),
+        (Some(alice), "u-3"),
+        (Some(bob), "u-4"),
+        (None, "u-5"),
+    ];
+    for (user, op) in charges {
+        let mut body = consume_body(&t, op);
+        if let Some(user) = user {
+            body["userId"] = json!(user);
+        }
+        app.send_ok(Method::POST, "/api/credits/consume", &crm, body)
+            .await;
+    }
+    let usage = |query: &str| format!("/api/tenants/{}/credits/usage?{query}", t.id);
+    // By user: alice 3 × 35, bob 1 × 35, and the consumption that named nobody.
+    let report = app.get_ok(&usage("by=user"), &t.admin).await;
+    let rows: std::collections::HashMap<String, (i64, i64)> = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let user = r["userId"].as_str().unwrap_or("none").to_owned();
+            (
+                user,
+                (
+                    r["operations"].as_i64().unwrap(),
+                    r["credits"].as_i64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(rows[&alice.to_string()], (3, 105), "{report}");
+    assert_eq!(rows[&bob.to_string()], (1, 35), "{report}");
+    assert_eq!(rows["none"], (1, 35), "{report}");
+    // To the credit what the ledger says.
+    let ledger: i64 = sqlx::query_scalar(
+        "select sum(amount)::bigint from credit_ledger where tenant_id = $1 and kind = 'consumption'",
+    )
+    .bind(t.id)
+    .fetch_one(&app.db.pool)
+    .await?;
+    let reported: i64 = rows.values().map(|(_, credits)| credits).sum();
+    assert_eq!(
+        (reported, report["totals"]["credits"].as_i64()),
+        (ledger, Some(ledger))
+    );
+    // By app, operation and day (the default): one row for today.
+    let report = app.get_ok(&usage(""), &t.admin).await;
+    let today = chrono::Utc::now().date_naive().to_string();
+    assert_eq!(
+        report["items"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    let row = &report["items"][0];
+    assert_eq!(
+        (row["day"].as_str(), row["application"].as_str()),
+        (Some(today.as_str()), Some("crm"))
+    );
+    assert_eq!(
+        (row["operations"].as_i64(), row["credits"].as_i64()),
+        (Some(5), Some(175))
+    );
+    // Paged: one row a page, the same three rows in all.
+    let (mut seen, mut cursor) = (Vec::new(), None::<i64>);
+    loop {
+        let page_query = match cursor {
+            Some(c) => format!("by=user&limit=1&cursor={c}"),
+            None => "by=user&limit=1".to_owned(),
+        };
+        let page = app.get_ok(&usage(&page_query), &t.admin).await;
+        seen.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_i64() {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // As CSV.
+    let response = app
+        .http
+        .get(format!("{}{}", app.url, usage("by=user&format=csv")))
+        .bearer_auth(&t.admin)
+        .send()
+        .await?;
+    assert!(
+        response.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/csv")
+    );
+    let csv = response.text().await?;
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "user_id,operations,credits");
+    assert!(lines.contains(&format!("{alice},3,105").as_str()), "{csv}");
+    assert_eq!(lines.len(), 4, "{csv}");
+    // Refusals name the field; members see no report.
+    let (status, problem) = app
+        .call(Method::GET, &usage("by=tenant"), Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("by"))
+    );
+    let (status, _) = app
+        .call(Method::GET, &usage("by=user"), Some(&member), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     Ok(())
 }

@@ -126,6 +126,8 @@ struct Consume {
     /// Optional: the amount the app expects to be charged; refused when it is not the price.
     credit_amount: Option<i64>,
     operation_id: String,
+    /// The user the app acted for (usage reports by user); optional.
+    user_id: Option<Uuid>,
 }
 
 fn one() -> i64 {
@@ -172,6 +174,7 @@ async fn consume(
         operation_code: &code,
         operation_id: &op,
         amount,
+        user_id: req.user_id,
     };
     let (entry, replayed) = match charge(&mut tx, &ctx, &consumption).await {
         Ok(charged) => charged,

@@ -13,6 +13,7 @@ pub mod roles;
 pub mod settings;
 pub mod sync;
 pub mod tenants;
+pub mod usage;
 pub mod users;
 
 pub use crate::extract::{ApiJson, ApiQuery, Page, PageQuery, typed_body};
@@ -40,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(sync::router())
         .merge(credits::router())
         .merge(credit_configs::router())
+        .merge(usage::router())
         .merge(apps::router())
         .merge(openapi::router())
         .fallback(not_found)

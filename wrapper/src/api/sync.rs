@@ -84,8 +84,10 @@ async fn snapshot(
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
+    // A tenant being purged is gone for the apps: loading it again would bring back what
+    // they just deleted.
     let tenant: TenantRow = sqlx::query_as(&format!(
-        "select {TENANT_COLUMNS} from tenants where id = $1"
+        "select {TENANT_COLUMNS} from tenants where id = $1 and status <> 'purging'"
     ))
     .bind(tenant_id)
     .fetch_optional(&mut *tx)

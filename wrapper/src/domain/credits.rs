@@ -62,13 +62,15 @@ pub struct LedgerEntry {
     pub operation_id: Option<String>,
     /// The balance of `scope` after this entry.
     pub balance_after: i64,
+    /// For consumptions, the user the app acted for, when it said.
+    pub user_id: Option<Uuid>,
     /// When.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub(crate) const LEDGER_COLUMNS: &str =
     "id, entry_id, tenant_id, kind, scope, source_scope, amount, application,
-     operation_code, operation_id, balance_after, created_at";
+     operation_code, operation_id, balance_after, user_id, created_at";
 
 pub(crate) struct NewEntry<'a> {
     pub(crate) tenant_id: Uuid,
@@ -80,13 +82,14 @@ pub(crate) struct NewEntry<'a> {
     pub(crate) operation_code: Option<&'a str>,
     pub(crate) operation_id: Option<&'a str>,
     pub(crate) balance_after: i64,
+    pub(crate) user_id: Option<Uuid>,
 }
 
 pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
     Ok(sqlx::query_as(&format!(
         "insert into credit_ledger (entry_id, tenant_id, kind, scope, source_scope, amount,
-             application, operation_code, operation_id, balance_after)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning {LEDGER_COLUMNS}"
+             application, operation_code, operation_id, balance_after, user_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) returning {LEDGER_COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(e.tenant_id)
@@ -98,6 +101,7 @@ pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiR
     .bind(e.operation_code)
     .bind(e.operation_id)
     .bind(e.balance_after)
+    .bind(e.user_id)
     .fetch_one(tx)
     .await?)
 }
@@ -183,6 +187,7 @@ pub(crate) async fn record_allocation(
         operation_code: None,
         operation_id: None,
         balance_after,
+        user_id: None,
     };
     let entry = insert_entry(tx, new).await?;
     let event = Event::CreditAllocated(CreditAllocated {
@@ -208,6 +213,8 @@ pub(crate) struct Consumption<'a> {
     pub(crate) operation_code: &'a str,
     pub(crate) operation_id: &'a str,
     pub(crate) amount: i64,
+    /// The user the app acted for, when it said (usage reports).
+    pub(crate) user_id: Option<Uuid>,
 }
 
 /// Charge `c` inside `tx`, idempotently by operation id: returns the ledger entry and whether it
@@ -255,6 +262,7 @@ pub(crate) async fn charge(
         operation_code: Some(c.operation_code),
         operation_id: Some(c.operation_id),
         balance_after,
+        user_id: c.user_id,
     };
     let entry = insert_entry(tx, new).await?;
     let event = Event::CreditConsumed(CreditConsumed {
