@@ -683,3 +683,109 @@ async fn an_archived_tenant_is_restorable_until_its_grace_period_ends_then_purge
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn an_app_registered_while_an_operation_is_pending_must_confirm_it_too() -> anyhow::Result<()>
+{
+    let mut hub = Hub::start(
+        REPLICA,
+        &[("WRAPPER_LIFECYCLE_RESEND_SECS", "1".to_owned())],
+    )
+    .await?;
+    let w = hub.wrapper.url();
+    // The HRMS is down, so the erasure stays pending.
+    hub.hrms.child.start_kill()?;
+    hub.hrms.child.wait().await?;
+    let users = format!("{w}/api/tenants/{}/users", hub.tenant_id);
+    let body = json!({"email": format!("late@{}.test", hub.subdomain), "fullName": "Late", "password": PASSWORD});
+    let user = replicas::send(&hub.http, Method::POST, &users, &hub.admin, body).await?;
+    let erase = format!("{users}/{}/erase", user["id"].as_str().unwrap_or_default());
+    let response = hub.http.post(&erase).bearer_auth(&hub.admin).send().await?;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let location = response.headers()["location"].to_str()?.to_owned();
+    // A new app registers meanwhile (its service client, then its manifest).
+    let secret = "reports-service-secret-long-enough";
+    wrapper::startup::upsert_service_client(&hub.db.pool, "reports", secret).await?;
+    let token: serde_json::Value = hub
+        .http
+        .post(format!("{w}/auth/service-token"))
+        .json(&json!({"clientId": "reports", "clientSecret": secret}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = token["accessToken"].as_str().unwrap_or_default().to_owned();
+    let manifest =
+        serde_json::to_value(sync_sdk::contract::AppManifest::new("reports", "Reports"))?;
+    replicas::send(
+        &hub.http,
+        Method::PUT,
+        &format!("{w}/api/apps/reports"),
+        &token,
+        manifest,
+    )
+    .await?;
+    // The HRMS comes back and confirms; the operation still waits for the new app.
+    hub.restart("hrms").await?;
+    let url = format!("{w}{location}");
+    let read = || async {
+        let op: serde_json::Value = hub
+            .http
+            .get(&url)
+            .bearer_auth(&hub.root)
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(op)
+    };
+    let operation = eventually_some(Duration::from_secs(30), || async {
+        let op = read().await.ok()?;
+        (receipt_of(&op, "hrms")["status"] == "done").then_some(op)
+    })
+    .await?;
+    assert_eq!(operation["status"], "pending", "{operation}");
+    assert_eq!(
+        receipt_of(&operation, "reports")["status"],
+        "pending",
+        "{operation}"
+    );
+    // Its receipt — a failure first, shown with the reason, then done — completes it.
+    let receipt = format!(
+        "{w}/api/sync/operations/{}/receipt",
+        operation["id"].as_str().unwrap_or_default()
+    );
+    let failed = json!({"replica": "reports-1", "status": "failed", "reason": "store down"});
+    let answered = hub
+        .http
+        .put(&receipt)
+        .bearer_auth(&token)
+        .json(&failed)
+        .send()
+        .await?;
+    assert_eq!(answered.status(), StatusCode::NO_CONTENT);
+    let op = read().await?;
+    assert_eq!(receipt_of(&op, "reports")["reason"], "store down", "{op}");
+    assert_eq!(op["status"], "pending");
+    let done = json!({"replica": "reports-1", "status": "done", "details": {"users": 0}});
+    let answered = hub
+        .http
+        .put(&receipt)
+        .bearer_auth(&token)
+        .json(&done)
+        .send()
+        .await?;
+    assert_eq!(answered.status(), StatusCode::NO_CONTENT);
+    let op = read().await?;
+    assert_eq!(op["status"], "done", "{op}");
+    // A user token cannot answer for an app.
+    let refused = hub
+        .http
+        .put(&receipt)
+        .bearer_auth(&hub.admin)
+        .json(&done)
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    Ok(())
+}
