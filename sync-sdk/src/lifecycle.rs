@@ -306,7 +306,7 @@ impl LifecycleWorker {
         let path = format!("/api/sync/operations/{operation}/parts/{collection}/{chunk}");
         match self
             .client
-            .upload(&path, "application/x-ndjson", bytes)
+            .upload(&path, "text/plain; charset=utf-8", bytes)
             .await
         {
             Ok(204) => Ok(()),

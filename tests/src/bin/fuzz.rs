@@ -17,6 +17,21 @@ use tsync_e2e::wrapper_app::spawn_wrapper;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Every panic of the wrapper (a handler that panics answers nothing: the connection just
+    // closes) is counted, and fails the run.
+    static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        report_panic(info);
+    }));
+    let outcome = fuzz().await;
+    let panics = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+    anyhow::ensure!(panics == 0, "the wrapper panicked {panics} time(s) (above)");
+    outcome
+}
+
+async fn fuzz() -> anyhow::Result<()> {
     let st = std::env::var("SCHEMATHESIS")
         .context("SCHEMATHESIS is not set: run `eval \"$(scripts/services)\"` first")?;
     let secs: u64 = std::env::var("TSYNC_FUZZ_SECS")
@@ -111,6 +126,21 @@ async fn main() -> anyhow::Result<()> {
         status.code()
     );
     anyhow::ensure!(failures == 0, "Schemathesis found failures (above)");
+    // A connection the server closed or refused is not the generator's fault: the server
+    // crashed or hung on that request (a panic closes the connection without an answer).
+    let network = summary["errors"].as_array().map_or(0, |errors| {
+        errors
+            .iter()
+            .filter(|e| {
+                let text = e.to_string();
+                text.contains("Network Error") || text.contains("Connection")
+            })
+            .count()
+    });
+    anyhow::ensure!(
+        network == 0,
+        "the wrapper dropped {network} connection(s) (above): a crash or a hang is a failure"
+    );
     if errors > 0 {
         // Crashes of the generator itself (e.g. a Hypothesis internal error) are not responses
         // of the API; they are printed above and do not fail the run.

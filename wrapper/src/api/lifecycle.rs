@@ -306,7 +306,7 @@ async fn export(
 }
 
 /// One chunk of an app's documents of a collection, as JSON Lines (app service tokens).
-#[utoipa::path(put, path = "/api/sync/operations/{operation_id}/parts/{collection}/{chunk}", tag = "sync", request_body(content = String, content_type = "application/x-ndjson"), responses((status = 204, description = "Stored")))]
+#[utoipa::path(put, path = "/api/sync/operations/{operation_id}/parts/{collection}/{chunk}", tag = "sync", request_body(content = String, content_type = "text/plain", description = "JSON Lines: one document a line"), responses((status = 204, description = "Stored")))]
 async fn export_part(
     State(state): State<AppState>,
     caller: Caller,

@@ -22,6 +22,9 @@ use crate::{
     state::AppState,
 };
 
+/// The largest cursor a page can hand out (an offset into the grouped rows).
+const MAX_CURSOR: i64 = 1_000_000_000;
+
 /// Usage routes.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(usage))
@@ -44,6 +47,7 @@ struct UsageQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// The `next` of the previous page.
+    #[param(minimum = 0, maximum = 1000000000)]
     cursor: Option<i64>,
 }
 
@@ -122,7 +126,7 @@ async fn usage(
     };
     let offset = match q.cursor {
         None => 0,
-        Some(n) if n >= 0 => n,
+        Some(n) if (0..=MAX_CURSOR).contains(&n) => n,
         Some(_) => return Err(ApiError::invalid("cursor", "the `next` of a previous page")),
     };
     // The grouping is chosen by flags, not by building SQL: an unselected dimension is null
