@@ -80,6 +80,14 @@ pub fn describe(partitions: u32) {
         "tsync_wrapper_snapshots_total",
         "Snapshot pages served to apps (lazy loads, re-syncs), by app."
     );
+    describe_gauge!(
+        "tsync_lifecycle_operations_pending",
+        "Erasures, exports and purges not yet confirmed by every app, by kind."
+    );
+    describe_counter!(
+        "tsync_lifecycle_receipts_total",
+        "Receipts apps sent for lifecycle operations, by outcome (done, failed)."
+    );
     describe_histogram!(
         "tsync_wrapper_http_request_duration_seconds",
         "HTTP request duration, by status code."
@@ -87,6 +95,12 @@ pub fn describe(partitions: u32) {
 
     for outcome in ["success", "failure", "throttled"] {
         metrics::counter!("tsync_wrapper_logins_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["done", "failed"] {
+        metrics::counter!("tsync_lifecycle_receipts_total", "outcome" => outcome).increment(0);
+    }
+    for kind in ["erase_user", "purge_tenant", "export_tenant"] {
+        metrics::gauge!("tsync_lifecycle_operations_pending", "kind" => kind).increment(0.0);
     }
     for outcome in ["charged", "replayed", "refused"] {
         metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => outcome)

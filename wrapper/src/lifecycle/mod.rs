@@ -178,6 +178,8 @@ pub async fn receipt(
     .rows_affected()
         == 1;
     if stored {
+        let outcome = if done { "done" } else { "failed" };
+        metrics::counter!("tsync_lifecycle_receipts_total", "outcome" => outcome).increment(1);
         complete_if_answered(db, redis, keys, id).await?;
     }
     Ok(stored)
@@ -379,6 +381,9 @@ pub async fn run(
         {
             tracing::warn!(error = %e, "lifecycle: purging archived tenants failed");
         }
+        if let Err(e) = export_pending(&db).await {
+            tracing::warn!(error = %e, "lifecycle: counting pending operations failed");
+        }
         let due: Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(
             "select id from lifecycle_operations where status = 'pending'
              and (last_sent_at is null or last_sent_at < now() - make_interval(secs => $1))
@@ -402,6 +407,24 @@ pub async fn run(
             Err(e) => tracing::warn!(error = %e, "lifecycle: reading pending operations failed"),
         }
     }
+}
+
+/// The pending operations per kind, as the gauge dashboards read.
+async fn export_pending(db: &PgPool) -> Result<(), sqlx::Error> {
+    let counts: Vec<(String, i64)> = sqlx::query_as(
+        "select kind, count(*) from lifecycle_operations where status = 'pending' group by kind",
+    )
+    .fetch_all(db)
+    .await?;
+    for kind in [Kind::EraseUser, Kind::PurgeTenant, Kind::ExportTenant] {
+        let pending = counts
+            .iter()
+            .find(|(k, _)| k == kind.as_str())
+            .map_or(0, |(_, n)| *n);
+        metrics::gauge!("tsync_lifecycle_operations_pending", "kind" => kind.as_str())
+            .set(pending as f64);
+    }
+    Ok(())
 }
 
 /// Start the purge of every tenant archived longer than `grace` ago.
