@@ -312,34 +312,7 @@ async fn a_purge_reaches_an_app_that_was_down_and_leaves_nothing_of_the_tenant_a
     let w = hub.wrapper.url();
     let tenant = hub.tenant_id.clone();
     // Data everywhere: credits mirrored in Redis, an account in the CRM, an employee in the HRMS.
-    let allocate = format!("{w}/api/admin/credits/allocate");
-    replicas::send(
-        &hub.http,
-        Method::POST,
-        &allocate,
-        &hub.root,
-        json!({"tenantId": tenant, "amount": 500}),
-    )
-    .await?;
-    replicas::send(
-        &hub.http,
-        Method::POST,
-        &format!("{allocate}/application"),
-        &hub.admin,
-        json!({"tenantId": tenant, "application": "crm", "amount": 500}),
-    )
-    .await?;
-    let edge = hub.edge();
-    let account = json!({"name": "Doomed deal", "value": 10, "ownerId": hub.admin_id});
-    let (status, body) = edge
-        .send(Method::POST, "/crm/accounts", &hub.admin, Some(account))
-        .await?;
-    anyhow::ensure!(status.is_success(), "{status} {body}");
-    let employee = json!({"userId": hub.admin_id, "department": "Ops", "salary": 1000});
-    let (status, body) = edge
-        .send(Method::POST, "/hrms/employees", &hub.admin, Some(employee))
-        .await?;
-    anyhow::ensure!(status.is_success(), "{status} {body}");
+    seed_both_apps(&hub).await?;
     let redis = redis_client(&redis_url()).await?;
     // The CRM's allocation mirrored in Redis, as an app on the fast path has it (balance,
     // allocation set; the reconciliation adds the price table).
@@ -451,6 +424,24 @@ async fn fund_crm(hub: &Hub) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Credits for the CRM, an account in the CRM and an employee in the HRMS, all of the hub's
+/// tenant.
+async fn seed_both_apps(hub: &Hub) -> anyhow::Result<()> {
+    fund_crm(hub).await?;
+    let edge = hub.edge();
+    let account = json!({"name": "A deal", "value": 10, "ownerId": hub.admin_id});
+    let (status, body) = edge
+        .send(Method::POST, "/crm/accounts", &hub.admin, Some(account))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    let employee = json!({"userId": hub.admin_id, "department": "Ops", "salary": 1000});
+    let (status, body) = edge
+        .send(Method::POST, "/hrms/employees", &hub.admin, Some(employee))
+        .await?;
+    anyhow::ensure!(status.is_success(), "{status} {body}");
+    Ok(())
+}
+
 /// Every key matching `pattern` (SCAN).
 async fn redis_keys(redis: &fred::clients::Client, pattern: &str) -> anyhow::Result<Vec<String>> {
     use fred::types::scan::Scanner;
@@ -476,18 +467,7 @@ async fn an_export_holds_exactly_the_tenants_records_from_the_wrapper_and_both_a
     .await?;
     let w = hub.wrapper.url();
     // The tenant's data in both apps.
-    fund_crm(&hub).await?;
-    let edge = hub.edge();
-    let account = json!({"name": "Exported deal", "value": 7, "ownerId": hub.admin_id});
-    let (status, body) = edge
-        .send(Method::POST, "/crm/accounts", &hub.admin, Some(account))
-        .await?;
-    anyhow::ensure!(status.is_success(), "{status} {body}");
-    let employee = json!({"userId": hub.admin_id, "department": "Ops", "salary": 1000});
-    let (status, body) = edge
-        .send(Method::POST, "/hrms/employees", &hub.admin, Some(employee))
-        .await?;
-    anyhow::ensure!(status.is_success(), "{status} {body}");
+    seed_both_apps(&hub).await?;
     // Another tenant with data of its own in both apps: none of it may leak into the export.
     let other = format!("other-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     let body = json!({"name": other, "subdomain": other, "plan": "pro", "features": ["crm", "hrms"],

@@ -5,8 +5,8 @@
 //!   `erased.invalid`) so references still resolve, removes their identities, sign-in counters
 //!   and the address from the audit log and from retained events, publishes `user.erased`, and
 //!   answers `202 Accepted` with the operation every app must confirm.
-//! * `DELETE /api/tenants/{t}` archives (restorable); `POST /api/tenants/{t}/restore` undoes it
-//!   within the grace period (`WRAPPER_PURGE_GRACE_SECS`); `POST /api/tenants/{t}/purge` (or the
+//! * `DELETE /api/tenants/{t}` archives (restorable); `POST /api/tenants/{t}/restore`
+//!   (`api::tenants`) undoes it within the grace period (`WRAPPER_PURGE_GRACE_SECS`); `POST /api/tenants/{t}/purge` (or the
 //!   end of the grace period) starts the purge, `202 Accepted` with its operation.
 //! * `POST /api/tenants/{t}/export`: everything of the tenant at the wrapper and in every app,
 //!   as one archive of JSON Lines files (`202 Accepted`; `GET /api/operations/{id}/archive`
@@ -23,13 +23,12 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use sync_contract::{Event, TenantState, UserState};
+use sync_contract::{Event, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
     ApiJson,
-    tenants::{TENANT_COLUMNS, TenantRow},
     users::{USER_COLUMNS, UserRow},
 };
 use crate::{
@@ -45,7 +44,6 @@ use crate::{
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(erase_user))
-        .routes(routes!(restore))
         .routes(routes!(purge))
         .routes(routes!(operation))
         .routes(routes!(receipt))
@@ -120,17 +118,37 @@ async fn erase_user(
         Some(admin),
     )
     .await?;
+    audit(
+        &mut tx,
+        &ctx,
+        (tenant_id, admin),
+        "user_erased",
+        user_id,
+        id,
+    )
+    .await;
+    tx.commit().await?;
+    accepted(&state, id).await
+}
+
+/// Audit `action` on `target` by `admin` of `tenant`, naming the operation it started.
+async fn audit(
+    tx: &mut sqlx::PgConnection,
+    ctx: &Ctx,
+    (tenant_id, admin): (Uuid, Uuid),
+    action: &str,
+    target: Uuid,
+    operation: Uuid,
+) {
     let entry = crate::audit::Entry {
         tenant_id: Some(tenant_id),
         actor_id: Some(admin),
-        action: "user_erased",
-        target: Some(user_id.to_string()),
+        action,
+        target: Some(target.to_string()),
         outcome: "success",
-        details: serde_json::json!({"operationId": id}),
+        details: serde_json::json!({"operationId": operation}),
     };
-    crate::audit::record(&mut *tx, &ctx, entry).await;
-    tx.commit().await?;
-    accepted(&state, id).await
+    crate::audit::record(tx, ctx, entry).await;
 }
 
 /// Remove `email` wherever else the wrapper keeps it: linked identities, sign-in counters, the
@@ -184,41 +202,6 @@ async fn scrub(
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// Restore an archived tenant within its grace period (platform admins).
-#[utoipa::path(post, path = "/api/tenants/{tenant_id}/restore", tag = "lifecycle", responses((status = 200, description = "The restored tenant", body = TenantState)))]
-async fn restore(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    caller: Caller,
-    Path(tenant_id): Path<Uuid>,
-) -> ApiResult<Json<TenantState>> {
-    caller.require_platform_admin()?;
-    let mut tx = state.db.begin().await?;
-    let row: Option<TenantRow> = sqlx::query_as(&format!(
-        "update tenants set status = 'active', archived_at = null, version = version + 1,
-             updated_at = now()
-         where id = $1 and status = 'archived' returning {TENANT_COLUMNS}"
-    ))
-    .bind(tenant_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let row = row.ok_or(ApiError::NotFound("archived tenant"))?;
-    let aggregate = (tenant_id, row.version);
-    let tenant = TenantState::from(row);
-    outbox::record(
-        &mut tx,
-        &ctx,
-        tenant_id,
-        aggregate,
-        Event::TenantUpdated,
-        &tenant,
-    )
-    .await?;
-    tx.commit().await?;
-    state.domains.invalidate();
-    Ok(Json(tenant))
 }
 
 /// Purge an archived tenant now, without waiting for the grace period (platform admins).
@@ -292,15 +275,15 @@ async fn export(
         return Err(ApiError::NotFound("tenant"));
     }
     let id = lifecycle::create(&mut tx, Kind::ExportTenant, tenant_id, None, Some(admin)).await?;
-    let entry = crate::audit::Entry {
-        tenant_id: Some(tenant_id),
-        actor_id: Some(admin),
-        action: "tenant_exported",
-        target: Some(tenant_id.to_string()),
-        outcome: "success",
-        details: serde_json::json!({"operationId": id}),
-    };
-    crate::audit::record(&mut *tx, &ctx, entry).await;
+    audit(
+        &mut tx,
+        &ctx,
+        (tenant_id, admin),
+        "tenant_exported",
+        tenant_id,
+        id,
+    )
+    .await;
     tx.commit().await?;
     accepted(&state, id).await
 }

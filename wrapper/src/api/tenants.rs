@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(read, update, archive))
         .routes(routes!(suspend))
         .routes(routes!(resume))
+        .routes(routes!(restore))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -380,56 +381,57 @@ pub(crate) async fn set_active_domain(
 }
 
 #[utoipa::path(delete, path = "/api/tenants/{tenant_id}", tag = "tenants", responses((status = 200, description = "The archived tenant", body = TenantState)))]
-async fn archive(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    caller: Caller,
-    Path(tenant_id): Path<Uuid>,
-) -> ApiResult<Json<TenantState>> {
-    let transition = Transition {
-        from: &["active"],
-        to: "archived",
-        event: Event::TenantArchived,
-        refused: "active tenant",
-    };
-    transition.run(&state, &ctx, &caller, tenant_id).await
+async fn archive(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
+    ARCHIVE.run(&s, &ctx, &caller, id.0).await
 }
 
 /// Suspend a tenant (platform admins): the wrapper refuses its sign-ins and sessions at once,
 /// and every app refuses its requests as soon as it applied `tenant.suspended` (its data is
 /// kept). Resume with `POST /api/tenants/{id}/resume`.
 #[utoipa::path(post, path = "/api/tenants/{tenant_id}/suspend", tag = "tenants", responses((status = 200, description = "The suspended tenant", body = TenantState)))]
-async fn suspend(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    caller: Caller,
-    Path(tenant_id): Path<Uuid>,
-) -> ApiResult<Json<TenantState>> {
-    let transition = Transition {
-        from: &["active"],
-        to: "suspended",
-        event: Event::TenantSuspended,
-        refused: "active tenant",
-    };
-    transition.run(&state, &ctx, &caller, tenant_id).await
+async fn suspend(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
+    SUSPEND.run(&s, &ctx, &caller, id.0).await
 }
 
 /// Resume a suspended tenant (platform admins): `tenant.resumed`, and its users are served again.
 #[utoipa::path(post, path = "/api/tenants/{tenant_id}/resume", tag = "tenants", responses((status = 200, description = "The resumed tenant", body = TenantState)))]
-async fn resume(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    caller: Caller,
-    Path(tenant_id): Path<Uuid>,
-) -> ApiResult<Json<TenantState>> {
-    let transition = Transition {
-        from: &["suspended"],
-        to: "active",
-        event: Event::TenantResumed,
-        refused: "suspended tenant",
-    };
-    transition.run(&state, &ctx, &caller, tenant_id).await
+async fn resume(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
+    RESUME.run(&s, &ctx, &caller, id.0).await
 }
+
+/// Restore an archived tenant within its grace period (platform admins; offboarding, see
+/// `api::lifecycle`).
+#[utoipa::path(post, path = "/api/tenants/{tenant_id}/restore", tag = "lifecycle", responses((status = 200, description = "The restored tenant", body = TenantState)))]
+async fn restore(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
+    RESTORE.run(&s, &ctx, &caller, id.0).await
+}
+
+type TenantReply = ApiResult<Json<TenantState>>;
+
+const ARCHIVE: Transition = Transition {
+    from: &["active"],
+    to: "archived",
+    event: Event::TenantArchived,
+    refused: "active tenant",
+};
+const SUSPEND: Transition = Transition {
+    from: &["active"],
+    to: "suspended",
+    event: Event::TenantSuspended,
+    refused: "active tenant",
+};
+const RESUME: Transition = Transition {
+    from: &["suspended"],
+    to: "active",
+    event: Event::TenantResumed,
+    refused: "suspended tenant",
+};
+const RESTORE: Transition = Transition {
+    from: &["archived"],
+    to: "active",
+    event: Event::TenantUpdated,
+    refused: "archived tenant",
+};
 
 /// A change of a tenant's status by a platform admin, with its event and audit entry, in one
 /// transaction; 404 when the tenant is not in one of the `from` statuses.
@@ -442,17 +444,17 @@ struct Transition {
 
 impl Transition {
     async fn run(
-        self,
+        &self,
         state: &AppState,
         ctx: &Ctx,
         caller: &Caller,
         tenant_id: Uuid,
-    ) -> ApiResult<Json<TenantState>> {
+    ) -> TenantReply {
         let admin = caller.require_platform_admin()?.id;
         let mut tx = state.db.begin().await?;
         let row: Option<TenantRow> = sqlx::query_as(&format!(
             "update tenants set status = $2, version = version + 1, updated_at = now(),
-                 archived_at = case when $2 = 'archived' then now() else archived_at end
+                 archived_at = case when $2 = 'archived' then now() end
              where id = $1 and status = any($3) returning {TENANT_COLUMNS}"
         ))
         .bind(tenant_id)
