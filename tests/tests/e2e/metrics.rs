@@ -198,3 +198,51 @@ async fn every_metric_the_dashboard_queries_is_exported_by_a_running_service() -
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sync_health_shows_each_apps_replicas_lag_and_dead_letters_to_platform_admins()
+-> anyhow::Result<()> {
+    let hub = Hub::start(REPLICA, &[]).await?;
+    let url = format!("{}/api/admin/sync-health", hub.wrapper.url());
+    // Both apps' replicas report within a few seconds (every 5 s, the first at start).
+    let health = eventually_some(Duration::from_secs(20), || async {
+        let health: Value = hub
+            .http
+            .get(&url)
+            .bearer_auth(&hub.root)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let reported = |app: &str| {
+            health["apps"].as_array().into_iter().flatten().any(|a| {
+                a["app"] == app
+                    && a["replicas"].as_array().is_some_and(|r| {
+                        r.iter()
+                            .any(|r| r["fresh"] == true && r["health"]["partitions"].is_array())
+                    })
+            })
+        };
+        (reported("crm") && reported("hrms")).then_some(health)
+    })
+    .await?;
+    for app in health["apps"].as_array().unwrap() {
+        assert_eq!(app["deadLetters"], 0, "{app}");
+        let replica = &app["replicas"][0];
+        assert_eq!(
+            replica["health"]["partitions"].as_array().map(Vec::len),
+            Some(4),
+            "{replica}"
+        );
+        assert!(
+            replica["health"]["partitions"][0]["lag"].is_u64(),
+            "{replica}"
+        );
+    }
+    // Tenant admins see no operator data.
+    let refused = hub.http.get(&url).bearer_auth(&hub.admin).send().await?;
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    Ok(())
+}

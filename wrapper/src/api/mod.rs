@@ -12,6 +12,7 @@ pub mod openapi;
 pub mod roles;
 pub mod settings;
 pub mod sync;
+pub mod sync_health;
 pub mod tenants;
 pub mod usage;
 pub mod users;
@@ -39,6 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(domains::router())
         .merge(audit_log::router())
         .merge(sync::router())
+        .merge(sync_health::router())
         .merge(credits::router())
         .merge(credit_configs::router())
         .merge(usage::router())
