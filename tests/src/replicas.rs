@@ -244,6 +244,13 @@ impl Hub {
         Ok(())
     }
 
+    /// `GET path` at the wrapper as the platform admin: the JSON answer.
+    pub async fn get_as_root(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{path}", self.wrapper.url());
+        let response = self.http.get(&url).bearer_auth(&self.root).send().await?;
+        Ok(response.json().await?)
+    }
+
     /// Requests through nginx as the tenant's host.
     pub fn edge(&self) -> crate::suite::Edge {
         crate::suite::Edge::new(self.nginx.url(), format!("{}.yourapp.test", self.subdomain))

@@ -184,18 +184,8 @@ async fn mongo_docs_with(name: &str, needle: &str) -> anyhow::Result<Vec<(String
 
 /// Poll operation `location` until it is done; returns it.
 async fn until_done(hub: &Hub, location: &str) -> anyhow::Result<serde_json::Value> {
-    let url = format!("{}{location}", hub.wrapper.url());
     eventually_some(Duration::from_secs(60), || async {
-        let op: serde_json::Value = hub
-            .http
-            .get(&url)
-            .bearer_auth(&hub.root)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let op = hub.get_as_root(location).await.ok()?;
         (op["status"] == "done").then_some(op)
     })
     .await
@@ -356,18 +346,8 @@ async fn a_purge_reaches_an_app_that_was_down_and_leaves_nothing_of_the_tenant_a
         .await?;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = response.headers()["location"].to_str()?.to_owned();
-    let url = format!("{w}{location}");
     let operation = eventually_some(Duration::from_secs(30), || async {
-        let op: serde_json::Value = hub
-            .http
-            .get(&url)
-            .bearer_auth(&hub.root)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let op = hub.get_as_root(&location).await.ok()?;
         (receipt_of(&op, "crm")["status"] == "done").then_some(op)
     })
     .await?;
@@ -707,18 +687,7 @@ async fn an_app_registered_while_an_operation_is_pending_must_confirm_it_too() -
     .await?;
     // The HRMS comes back and confirms; the operation still waits for the new app.
     hub.restart("hrms").await?;
-    let url = format!("{w}{location}");
-    let read = || async {
-        let op: serde_json::Value = hub
-            .http
-            .get(&url)
-            .bearer_auth(&hub.root)
-            .send()
-            .await?
-            .json()
-            .await?;
-        anyhow::Ok(op)
-    };
+    let read = || hub.get_as_root(&location);
     let operation = eventually_some(Duration::from_secs(30), || async {
         let op = read().await.ok()?;
         (receipt_of(&op, "hrms")["status"] == "done").then_some(op)

@@ -206,16 +206,7 @@ async fn sync_health_shows_each_apps_replicas_lag_and_dead_letters_to_platform_a
     let url = format!("{}/api/admin/sync-health", hub.wrapper.url());
     // Both apps' replicas report within a few seconds (every 5 s, the first at start).
     let health = eventually_some(Duration::from_secs(20), || async {
-        let health: Value = hub
-            .http
-            .get(&url)
-            .bearer_auth(&hub.root)
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let health = hub.get_as_root("/api/admin/sync-health").await.ok()?;
         let reported = |app: &str| {
             health["apps"].as_array().into_iter().flatten().any(|a| {
                 a["app"] == app
