@@ -246,6 +246,10 @@ pub struct Settings {
     /// How often mirrored credit balances are reconciled with the ledger, in seconds (0: never).
     #[arg(long, env = "WRAPPER_CREDIT_RECONCILE_SECS", default_value_t = 300)]
     pub credit_reconcile_secs: u64,
+    /// How often credit grants that expired or ended a period are expired and renewed, in
+    /// seconds (0: never).
+    #[arg(long, env = "WRAPPER_CREDIT_GRANTS_SECS", default_value_t = 60)]
+    pub credit_grants_secs: u64,
     /// How often lifecycle operations (erasures, purges) not yet confirmed by every app are
     /// sent again, in seconds.
     #[arg(long, env = "WRAPPER_LIFECYCLE_RESEND_SECS", default_value_t = 30)]

@@ -11,8 +11,7 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use fred::{prelude::*, types::scripts::Script};
-use serde::Serialize;
+use fred::prelude::*;
 use sqlx::PgPool;
 use sync_contract::StreamKeys;
 use tokio_util::sync::CancellationToken;
@@ -21,41 +20,30 @@ use uuid::Uuid;
 use crate::{
     context::Ctx,
     domain::credits::{Consumption, charge},
+    mirror::Mirror,
 };
 
 /// The consumer group of the wrapper on the credit streams.
 pub const GROUP: &str = "ledger";
 
-/// A mirror that did not match the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Correction {
-    /// The tenant.
-    pub tenant_id: Uuid,
-    /// The application.
-    pub application: String,
-    /// What the mirror held (None: missing).
-    pub mirror: Option<i64>,
-    /// What it holds now.
-    pub ledger: i64,
-}
+pub use crate::mirror::Correction;
 
 /// Ingests credit streams and reconciles mirrors.
 pub struct CreditIngest {
     db: PgPool,
     redis: Client,
     keys: StreamKeys,
-    reset: Script,
+    mirror: Mirror,
 }
 
 impl CreditIngest {
     /// An ingester over `db` and `redis`.
     pub fn new(db: PgPool, redis: Client, keys: StreamKeys) -> Arc<Self> {
         Arc::new(Self {
+            mirror: Mirror::new(db.clone(), redis.clone(), keys.clone()),
             db,
             redis,
             keys,
-            reset: Script::from_lua(include_str!("credit_mirror.lua")),
         })
     }
 
@@ -146,6 +134,8 @@ impl CreditIngest {
         };
         // Absent (or empty) when the app named no user; a malformed id is dropped, not fatal.
         let user_id = get("userId").ok().and_then(|u| u.parse().ok());
+        // The grants the mirror drew (absent in entries written before grants).
+        let drawn = fields.get("draws").map(|d| crate::mirror::drawn(d));
         let consumption = Consumption {
             tenant_id,
             application: &application,
@@ -153,6 +143,7 @@ impl CreditIngest {
             operation_id: &operation_id,
             amount,
             user_id,
+            drawn,
         };
         let mut tx = self.db.begin().await?;
         charge(&mut tx, &ctx, &consumption).await.map_err(|e| {
@@ -162,95 +153,19 @@ impl CreditIngest {
         Ok(())
     }
 
-    /// Correct every application mirror that differs from the ledger; returns the corrections.
+    /// Correct every application mirror that differs from the ledger (and republish its
+    /// prices); returns the corrections.
     pub async fn reconcile(&self) -> anyhow::Result<Vec<Correction>> {
-        let balances: Vec<(Uuid, String, i64)> = sqlx::query_as(
-            "select tenant_id, scope, balance from credit_balances where scope like 'app:%' order by 1, 2",
+        let balances: Vec<(Uuid, String)> = sqlx::query_as(
+            "select tenant_id, scope from credit_balances where scope like 'app:%' order by 1, 2",
         )
         .fetch_all(&self.db)
         .await?;
         let mut corrections = Vec::new();
-        for (tenant_id, scope, ledger_balance) in balances {
-            let application = scope.trim_start_matches("app:").to_owned();
-            crate::domain::apps::publish_prices(
-                &self.db,
-                &self.redis,
-                &self.keys,
-                tenant_id,
-                &application,
-            )
-            .await?;
-            for _attempt in 0..5 {
-                let in_flight = self.not_yet_ingested(tenant_id, &application).await?;
-                let target = ledger_balance - in_flight;
-                let balance_key = self.keys.credit_balance(tenant_id, &application);
-                let mirror: Option<i64> = self.redis.get(&balance_key).await?;
-                if mirror == Some(target) {
-                    break;
-                }
-                let allocations: Vec<Uuid> = sqlx::query_scalar(
-                    "select entry_id from credit_ledger where tenant_id = $1 and scope = $2 and kind = 'allocation'",
-                )
-                .bind(tenant_id)
-                .bind(&scope)
-                .fetch_all(&self.db)
-                .await?;
-                let mut args = vec![
-                    mirror.map(|m| m.to_string()).unwrap_or_default(),
-                    target.to_string(),
-                ];
-                args.extend(allocations.iter().map(Uuid::to_string));
-                let keys = self.keys.credit_mirror_keys(tenant_id, &application);
-                let reset: i64 = self
-                    .reset
-                    .evalsha_with_reload(&self.redis, keys, args)
-                    .await?;
-                if reset == 1 {
-                    tracing::warn!(%tenant_id, %application, ?mirror, target, "credit mirror corrected");
-                    metrics::counter!("tsync_wrapper_credit_mirror_corrections_total").increment(1);
-                    corrections.push(Correction {
-                        tenant_id,
-                        application: application.clone(),
-                        mirror,
-                        ledger: target,
-                    });
-                    break;
-                }
-            }
+        for (tenant_id, scope) in balances {
+            let application = scope.trim_start_matches("app:");
+            corrections.extend(self.mirror.reconcile(tenant_id, application).await?);
         }
         Ok(corrections)
-    }
-
-    /// Credits charged on the stream for this tenant and app but not in the ledger yet.
-    async fn not_yet_ingested(&self, tenant_id: Uuid, application: &str) -> anyhow::Result<i64> {
-        let stream = self.keys.credit_stream(self.keys.partition_of(tenant_id));
-        let entries: Vec<(String, HashMap<String, String>)> =
-            self.redis.xrange(&stream, "-", "+", None).await?;
-        let tenant = tenant_id.to_string();
-        let mut total = 0;
-        for (_, f) in entries {
-            if f.get("tenantId") != Some(&tenant)
-                || f.get("application").map(String::as_str) != Some(application)
-            {
-                continue;
-            }
-            let Some(op) = f.get("operationId") else {
-                continue;
-            };
-            let ingested: bool = sqlx::query_scalar(
-                "select exists(select 1 from credit_ledger where tenant_id = $1 and operation_id = $2 and kind = 'consumption')",
-            )
-            .bind(tenant_id)
-            .bind(op)
-            .fetch_one(&self.db)
-            .await?;
-            if !ingested {
-                total += f
-                    .get("amount")
-                    .and_then(|a| a.parse::<i64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-        Ok(total)
     }
 }

@@ -131,6 +131,12 @@ impl Application {
             let db = self.state.db.clone();
             let every = Duration::from_secs(self.state.settings.credit_reconcile_secs);
             let settings = &self.state.settings;
+            let grants = crate::grant_jobs::run_periodically(
+                db.clone(),
+                self.state.mirror(),
+                Duration::from_secs(settings.credit_grants_secs),
+                cancel.clone(),
+            );
             let operations = crate::lifecycle::run(
                 db.clone(),
                 self.state.redis.clone(),
@@ -146,6 +152,7 @@ impl Application {
                     ingest.clone().run(cancel.clone()),
                     reconcile_periodically(db, ingest, every, cancel),
                     operations,
+                    grants,
                 );
             })
         });
@@ -166,19 +173,42 @@ impl Application {
 }
 
 /// Reconcile credit mirrors every `every` (zero: never) until cancelled, once per interval
-/// across the wrapper's replicas (see [`claim_tick`]).
+/// across the wrapper's replicas.
 async fn reconcile_periodically(
     db: PgPool,
     ingest: Arc<crate::credit_ingest::CreditIngest>,
     every: Duration,
     cancel: CancellationToken,
 ) {
+    on_ticks(db, "credit_reconcile", every, cancel, || async {
+        match ingest.reconcile().await {
+            Ok(c) if !c.is_empty() => {
+                tracing::warn!(corrections = c.len(), "credit mirrors corrected")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "credit reconciliation failed"),
+        }
+    })
+    .await
+}
+
+/// Call `run` at every boundary of `every` (zero: never) until cancelled, on the one replica
+/// that claims the tick (see [`claim_tick`]); replicas wake at the same boundaries.
+pub async fn on_ticks<F, Fut>(
+    db: PgPool,
+    job: &str,
+    every: Duration,
+    cancel: CancellationToken,
+    mut run: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     if every.is_zero() {
         return;
     }
     let runner = format!("pid {}", std::process::id());
     loop {
-        // Wake at the next interval boundary, so replicas agree on the tick.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -188,20 +218,10 @@ async fn reconcile_periodically(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(due) => {},
         }
-        match claim_tick(&db, "credit_reconcile", tick as i64, &runner).await {
-            Ok(true) => {}
-            Ok(false) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "credit reconciliation: could not claim its run");
-                continue;
-            }
-        }
-        match ingest.reconcile().await {
-            Ok(c) if !c.is_empty() => {
-                tracing::warn!(corrections = c.len(), "credit mirrors corrected")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "credit reconciliation failed"),
+        match claim_tick(&db, job, tick as i64, &runner).await {
+            Ok(true) => run().await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(job, error = %e, "could not claim the job's run"),
         }
     }
 }

@@ -29,3 +29,14 @@ pub struct AppState {
     /// OpenID Connect providers for browser sign-in.
     pub oidc: Arc<crate::identity::oidc::Oidc>,
 }
+
+impl AppState {
+    /// The credit mirrors in Redis, checked against the ledger.
+    pub fn mirror(&self) -> crate::mirror::Mirror {
+        crate::mirror::Mirror::new(
+            self.db.clone(),
+            self.redis.clone(),
+            self.stream_keys.clone(),
+        )
+    }
+}

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{Event, EventType};
 
 /// The contract version this crate writes.
-pub const CONTRACT_VERSION: EventVersion = EventVersion { major: 1, minor: 1 };
+pub const CONTRACT_VERSION: EventVersion = EventVersion { major: 1, minor: 2 };
 
 /// Why an event could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

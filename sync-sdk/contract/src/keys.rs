@@ -138,9 +138,28 @@ impl StreamKeys {
         )
     }
 
+    /// The grants of a mirrored balance (a hash: `<grant>` → remaining credits, `<grant>:w` →
+    /// `"<effective ms> <expiry ms>"`, 0 for none): the fast path draws them in the order of
+    /// [`credit_grant_order`](Self::credit_grant_order), skipping those not in effect.
+    pub fn credit_grants(&self, tenant_id: Uuid, app: &str) -> String {
+        let p = self.partition_of(tenant_id);
+        format!(
+            "{}:credits:{{{p}}}:grants:{tenant_id}:{app}",
+            self.namespace
+        )
+    }
+
+    /// The order the fast path draws a mirrored balance's grants in (a sorted set of grant ids,
+    /// scored by priority then expiry; ties by id, the oldest grant first): the ledger's order.
+    pub fn credit_grant_order(&self, tenant_id: Uuid, app: &str) -> String {
+        let p = self.partition_of(tenant_id);
+        format!("{}:credits:{{{p}}}:order:{tenant_id}:{app}", self.namespace)
+    }
+
     /// The keys of one fast-path consumption, in the order the consume script takes them:
-    /// balance, operation record, credit stream, price table. One hash tag, so one slot: the
-    /// script runs atomically on Redis Cluster too (`tests::every_key_pattern_has_its_cluster_slot_rule`).
+    /// balance, operation record, credit stream, price table, grants, grant order. One hash
+    /// tag, so one slot: the script runs atomically on Redis Cluster too
+    /// (`tests::every_key_pattern_has_its_cluster_slot_rule`).
     pub fn credit_consume_keys(
         &self,
         tenant_id: Uuid,
@@ -152,15 +171,19 @@ impl StreamKeys {
             self.credit_operation(tenant_id, app, operation_id),
             self.credit_stream(self.partition_of(tenant_id)),
             self.credit_prices(tenant_id, app),
+            self.credit_grants(tenant_id, app),
+            self.credit_grant_order(tenant_id, app),
         ]
     }
 
-    /// The keys of a mirror's balance and the allocation ids it absorbed, as the allocate and
-    /// reset scripts take them (one slot).
+    /// The keys the wrapper's mirror scripts take: balance, applied change ids, grants, grant
+    /// order (one slot).
     pub fn credit_mirror_keys(&self, tenant_id: Uuid, app: &str) -> Vec<String> {
         vec![
             self.credit_balance(tenant_id, app),
             self.credit_allocations(tenant_id, app),
+            self.credit_grants(tenant_id, app),
+            self.credit_grant_order(tenant_id, app),
         ]
     }
 

@@ -31,9 +31,22 @@ pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion, stre
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, hash_slot, partition_of};
 pub use manifest::{AppManifest, PaidOperation, ReferenceCheck, suite_links};
 pub use payload::{
-    CreditAllocated, CreditConfigState, CreditConsumed, ERASED_NAME, Event, EventType,
-    MembershipState, RoleState, SettingsState, TenantState, TenantStatus, UserState, erased_email,
+    CreditAllocated, CreditConfigState, CreditConsumed, CreditGrantChanged, CreditThresholdReached,
+    ERASED_NAME, Event, EventType, MembershipState, RoleState, SettingsState, TenantState,
+    TenantStatus, UserState, erased_email,
 };
+
+/// The grants a fast-path credit stream entry drew, from its `draws` field
+/// (`<grant id>:<credits>,…` in the order drawn); a malformed part is skipped.
+pub fn credit_draws(field: &str) -> Vec<(uuid::Uuid, i64)> {
+    field
+        .split(',')
+        .filter_map(|part| {
+            let (id, amount) = part.split_once(':')?;
+            Some((id.parse().ok()?, amount.parse().ok()?))
+        })
+        .collect()
+}
 
 #[cfg(test)]
 mod tests;

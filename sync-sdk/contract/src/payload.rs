@@ -112,6 +112,8 @@ event_types! {
     CreditAllocated => "credit.allocated", CreditAllocated;
     CreditConsumed => "credit.consumed", CreditConsumed;
     CreditConfigUpdated => "credit.config_updated", CreditConfigState;
+    CreditGrantChanged => "credit.grant_changed", CreditGrantChanged;
+    CreditThresholdReached => "credit.threshold_reached", CreditThresholdReached;
 }
 
 #[cfg(feature = "openapi")]
@@ -323,6 +325,53 @@ pub struct CreditConsumed {
     pub amount: i64,
     /// The balance after the charge.
     pub balance_after: i64,
+}
+
+/// A grant's credits changed on its own terms (`credit.grant_changed`, contract 1.2): it expired,
+/// a recurring grant renewed, or it was voided. Each is also a ledger entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreditGrantChanged {
+    /// The ledger entry recording the change (consumers act once per entry).
+    pub entry_id: Uuid,
+    /// The grant.
+    pub grant_id: Uuid,
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The balance holding the grant: `tenant`, `app:<name>` or `entity:<id>`.
+    pub scope: String,
+    /// `expired`, `renewed` or `voided`.
+    pub change: String,
+    /// Credits the change removed (expired, voided) or added (renewed).
+    pub amount: i64,
+    /// The grant's remaining credits after the change.
+    pub remaining: i64,
+    /// The balance of `scope` after the change.
+    pub balance_after: i64,
+}
+
+/// A balance crossed a threshold a tenant admin set (`credit.threshold_reached`, contract 1.2):
+/// once per crossing, not once per consumption; it fires again only after the balance has
+/// been back on the safe side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreditThresholdReached {
+    /// The threshold.
+    pub threshold_id: Uuid,
+    /// The tenant.
+    pub tenant_id: Uuid,
+    /// The balance: `tenant`, `app:<name>` or `entity:<id>`.
+    pub scope: String,
+    /// `balance_below` or `percent_used`.
+    pub kind: String,
+    /// The threshold's value (credits, or percent).
+    pub value: i64,
+    /// The balance when it was crossed.
+    pub balance: i64,
+    /// Percent of the live grants' credits used when it was crossed.
+    pub percent_used: i64,
 }
 
 /// The cost of one operation for a tenant (`credit.config_updated`).

@@ -119,6 +119,27 @@ fn sample(event_type: EventType) -> Event {
             cost: 35,
             active: true,
         }),
+        EventType::CreditGrantChanged => Event::CreditGrantChanged(CreditGrantChanged {
+            entry_id: id(6),
+            grant_id: id(7),
+            tenant_id: t,
+            scope: "app:crm".into(),
+            change: "expired".into(),
+            amount: 120,
+            remaining: 0,
+            balance_after: 880,
+        }),
+        EventType::CreditThresholdReached => {
+            Event::CreditThresholdReached(CreditThresholdReached {
+                threshold_id: id(8),
+                tenant_id: t,
+                scope: "app:crm".into(),
+                kind: "percent_used".into(),
+                value: 80,
+                balance: 190,
+                percent_used: 81,
+            })
+        }
     }
 }
 
@@ -147,7 +168,7 @@ fn every_type_has_a_sample_of_its_own_type() {
     for &t in EventType::ALL {
         assert_eq!(sample(t).event_type(), t);
     }
-    assert_eq!(EventType::ALL.len(), 20);
+    assert_eq!(EventType::ALL.len(), 22);
 }
 
 #[test]
@@ -185,7 +206,7 @@ fn wire_names_are_camel_case_as_in_design() {
         assert!(v.get(field).is_some(), "missing {field} in {v}");
     }
     assert_eq!(v["eventType"], "user.email_changed");
-    assert_eq!(v["eventVersion"], "1.1");
+    assert_eq!(v["eventVersion"], "1.2");
     assert_eq!(v["occurredAt"], "2025-10-04T15:30:00.000Z");
     assert_eq!(v["payload"]["fullName"], "Ada Lovelace");
 }
@@ -374,7 +395,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "partition_of",
         "tenant_keys_pattern",
     ];
-    const SINGLE: [&str; 16] = [
+    const SINGLE: [&str; 18] = [
         "events",
         "relay_epoch",
         "events_for",
@@ -385,6 +406,8 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "credit_operation",
         "credit_prices",
         "credit_allocations",
+        "credit_grants",
+        "credit_grant_order",
         "all_credit_streams",
         "revoked_session",
         "status",

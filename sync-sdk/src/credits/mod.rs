@@ -6,14 +6,15 @@
 //!
 //! * **Direct** ([`crate::loader::WrapperClient::consume`]): the wrapper charges its ledger in
 //!   one transaction; idempotent by operation id; a 402 carries the balance.
-//! * **Fast path** ([`CreditMirror`]): the app's allocation is mirrored in Redis and one Lua
-//!   script checks the operation id, prices the operation from the price table the wrapper
-//!   writes beside the balance, checks and decrements the balance and appends a
-//!   `credit.consumed` entry to the partition's credit stream, atomically. The wrapper ingests
-//!   that stream into its ledger, idempotently by operation id. An allocation raises the mirror
-//!   once per allocation id ([`CreditMirror::apply_allocation`], from the app's handler of
-//!   `credit.allocated`). The wrapper's reconciliation corrects a mirror that drifted (for
-//!   example after Redis lost its data).
+//! * **Fast path** ([`CreditMirror`]): the app's allocation is mirrored in Redis, grant by
+//!   grant, and one Lua script checks the operation id, prices the operation from the price
+//!   table the wrapper writes beside the balance, draws the grants in effect in the ledger's
+//!   order (priority, then the earliest expiry, then the oldest), decrements the balance and
+//!   appends a `credit.consumed` entry naming the grants drawn to the partition's credit
+//!   stream, atomically. The wrapper ingests that stream into its ledger, idempotently by
+//!   operation id, drawing the same grants. The wrapper alone writes the mirror: it adds the
+//!   grants of every allocation to an application, takes expired and voided grants out, and its
+//!   reconciliation corrects a mirror that drifted (for example after Redis lost its data).
 
 pub mod offline;
 
@@ -46,6 +47,17 @@ pub struct FastReceipt {
     pub balance_after: i64,
     /// The credit stream entry the wrapper ingests.
     pub entry: String,
+    /// The grants drawn, `<grant id>:<credits>` comma-separated in the order drawn (see
+    /// [`FastReceipt::drawn`]).
+    #[serde(default)]
+    pub draws: String,
+}
+
+impl FastReceipt {
+    /// The grants drawn and the credits taken from each, in the order drawn.
+    pub fn drawn(&self) -> Vec<(Uuid, i64)> {
+        crate::contract::credit_draws(&self.draws)
+    }
 }
 
 /// What a fast-path consumption did.
@@ -55,9 +67,9 @@ pub enum FastOutcome {
     Charged(FastReceipt),
     /// Charged before under the same operation id; nothing charged now.
     Replayed(FastReceipt),
-    /// The balance does not cover the amount; nothing charged.
+    /// The grants in effect do not cover the amount; nothing charged.
     Insufficient {
-        /// The mirrored balance.
+        /// The mirrored credits in effect now.
         balance: i64,
     },
     /// No mirror exists for this tenant and application (use the direct path or reconcile).
@@ -72,7 +84,6 @@ pub struct CreditMirror {
     redis: Client,
     keys: StreamKeys,
     consume: Script,
-    allocate: Script,
 }
 
 fn parse_error(e: impl std::fmt::Display) -> Error {
@@ -86,7 +97,6 @@ impl CreditMirror {
             redis,
             keys,
             consume: Script::from_lua(include_str!("consume.lua")),
-            allocate: Script::from_lua(include_str!("allocate.lua")),
         }
     }
 
@@ -140,30 +150,24 @@ impl CreditMirror {
         })
     }
 
-    /// Raise the mirror by an allocation, once per allocation id; true if applied now.
-    pub async fn apply_allocation(
-        &self,
-        tenant_id: Uuid,
-        app: &str,
-        allocation_id: Uuid,
-        amount: i64,
-    ) -> Result<bool, Error> {
-        let keys = self.keys.credit_mirror_keys(tenant_id, app);
-        let applied: i64 = self
-            .allocate
-            .evalsha_with_reload(
-                &self.redis,
-                keys,
-                vec![allocation_id.to_string(), amount.to_string()],
-            )
-            .await?;
-        Ok(applied == 1)
-    }
-
     /// The mirrored balance, if mirrored.
     pub async fn balance(&self, tenant_id: Uuid, app: &str) -> Result<Option<i64>, Error> {
         self.redis
             .get(self.keys.credit_balance(tenant_id, app))
             .await
+    }
+
+    /// The mirrored grants and their remaining credits, if mirrored.
+    pub async fn grants(&self, tenant_id: Uuid, app: &str) -> Result<Vec<(Uuid, i64)>, Error> {
+        let all: std::collections::HashMap<String, String> = self
+            .redis
+            .hgetall(self.keys.credit_grants(tenant_id, app))
+            .await?;
+        let mut grants: Vec<(Uuid, i64)> = all
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, v.parse().ok()?)))
+            .collect();
+        grants.sort();
+        Ok(grants)
     }
 }

@@ -153,7 +153,10 @@ impl EntityKind {
             }
             Event::SettingsUpdated(s) => (EntityKind::Settings, s.tenant_id),
             Event::CreditConfigUpdated(s) => (EntityKind::CreditConfig, s.id),
-            Event::CreditAllocated(_) | Event::CreditConsumed(_) => return None,
+            Event::CreditAllocated(_)
+            | Event::CreditConsumed(_)
+            | Event::CreditGrantChanged(_)
+            | Event::CreditThresholdReached(_) => return None,
         })
     }
 }

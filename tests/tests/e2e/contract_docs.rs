@@ -103,8 +103,8 @@ async fn stream_entries(keys: &StreamKeys) -> anyhow::Result<Vec<Value>> {
 }
 
 /// A tenant's life touching every event type: tenant, users (every change, then erased), roles,
-/// memberships, settings, credits and their prices, a suspension and its end, then the tenant
-/// archived.
+/// memberships, settings, credits and their prices, a threshold crossed, a voided grant, a
+/// suspension and its end, then the tenant archived.
 async fn every_kind_of_change(app: &TestApp) -> anyhow::Result<()> {
     let t = app.create_tenant("contract").await;
     let base = format!("/api/tenants/{}", t.id);
@@ -178,6 +178,13 @@ async fn every_kind_of_change(app: &TestApp) -> anyhow::Result<()> {
     )
     .await;
     app.fund_app(&t, "crm", 100).await;
+    app.send_ok(
+        Method::POST,
+        &format!("{base}/credits/thresholds"),
+        &t.admin,
+        json!({"scope": "app:crm", "kind": "balance_below", "value": 100}),
+    )
+    .await;
     let crm = super::credits::service_token(app, "crm").await;
     app.send_ok(
         Method::POST,
@@ -185,6 +192,22 @@ async fn every_kind_of_change(app: &TestApp) -> anyhow::Result<()> {
         &crm,
         json!({"tenantId": t.id, "application": "crm", "operationCode": "crm.accounts.create",
                "operationId": "contract-op-1"}),
+    )
+    .await;
+    let grant = app
+        .send_ok(
+            Method::POST,
+            "/api/admin/credits/allocate",
+            &app.root,
+            json!({"tenantId": t.id, "application": "crm", "amount": 10, "category": "promotional"}),
+        )
+        .await;
+    let grant = grant["grantId"].as_str().unwrap_or_default();
+    app.send_ok(
+        Method::POST,
+        &format!("/api/admin/credits/grants/{grant}/void"),
+        &app.root,
+        json!({}),
     )
     .await;
     app.send_ok(

@@ -304,14 +304,8 @@ async fn a_purge_reaches_an_app_that_was_down_and_leaves_nothing_of_the_tenant_a
     // Data everywhere: credits mirrored in Redis, an account in the CRM, an employee in the HRMS.
     seed_both_apps(&hub).await?;
     let redis = redis_client(&redis_url()).await?;
-    // The CRM's allocation mirrored in Redis, as an app on the fast path has it (balance,
-    // allocation set; the reconciliation adds the price table).
-    let keys = sync_sdk::contract::StreamKeys::new(hub.namespace.clone(), 4).unwrap();
-    let mirror = sync_sdk::credits::CreditMirror::new(redis.clone(), keys);
-    let tenant_id: uuid::Uuid = tenant.parse()?;
-    mirror
-        .apply_allocation(tenant_id, "crm", uuid::Uuid::now_v7(), 500)
-        .await?;
+    // The CRM's allocation is mirrored in Redis by the wrapper as it moved (balance, grants,
+    // price table).
     let pattern = format!("{}*{tenant}*", hub.namespace);
     let tenant_keys = || async { redis_keys(&redis, &pattern).await.unwrap_or_default() };
     let mirrored = eventually(Duration::from_secs(10), || async {

@@ -12,7 +12,12 @@
 //! * **The ledger is the truth.** Every allocation and consumption is a ledger row written in
 //!   the same transaction as the balance change and its `credit.*` event.
 
-use axum::{Json, extract::State, http::StatusCode};
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
+use chrono::Timelike;
 use serde::{Deserialize, Serialize};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -35,23 +40,116 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(consume))
         .routes(routes!(balance))
         .routes(routes!(ledger))
+        .routes(routes!(list_grants))
+        .routes(routes!(void_grant))
+        .routes(routes!(list_thresholds, set_threshold))
+        .routes(routes!(delete_threshold))
 }
 
 use crate::domain::apps;
 use crate::domain::credits::{
     Allocation, Consumption, LEDGER_COLUMNS, LedgerEntry, MAX_AMOUNT, POOL, amount, app_scope,
-    charge, charged, debit, record_allocation,
+    charge, charged, record_allocation,
+};
+use crate::domain::grants::{
+    DEFAULT_PRIORITY, GRANT_COLUMNS, Grant, Recurrence, THRESHOLD_COLUMNS, Terms, Threshold,
 };
 
+/// A grant: credits with their terms, to a tenant's pool, an entity in it, or an application.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Allocate {
     tenant_id: Uuid,
+    /// Grant to an entity inside the tenant (not with `application`).
     entity_id: Option<String>,
+    /// Grant straight to an application (not with `entityId`); else the tenant's pool.
+    application: Option<String>,
+    /// Credits (per period, for a recurring grant).
     amount: i64,
+    /// `paid` (default) or `promotional`.
+    category: Option<String>,
+    /// 0–100, lower drawn first (default 50).
+    #[schema(minimum = 0, maximum = 100)]
+    priority: Option<i32>,
+    /// When the credits can first be consumed (default: now).
+    effective_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the remaining credits expire (whole seconds; after `effectiveAt` and now).
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `daily`, `weekly` or `monthly`: the grant renews each period from `effectiveAt`.
+    recurrence: Option<String>,
+    /// What a renewal keeps of the credits left: `none` (default), `all` or `capped`.
+    rollover: Option<String>,
+    /// For `capped`: the most credits a renewal keeps.
+    rollover_cap: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/api/admin/credits/allocate", tag = "credits", request_body = Allocate, responses((status = 201, description = "The ledger entry (platform admins)", body = LedgerEntry)))]
+/// The terms of a grant request, each field checked by name.
+fn terms(req: &Allocate) -> ApiResult<Terms> {
+    let standard = Terms::standard();
+    let category = match req.category.as_deref() {
+        None | Some("paid") => "paid",
+        Some("promotional") => "promotional",
+        Some(_) => return Err(ApiError::invalid("category", "must be paid or promotional")),
+    };
+    let priority = req.priority.unwrap_or(DEFAULT_PRIORITY);
+    if !(0..=100).contains(&priority) {
+        return Err(ApiError::invalid("priority", "must be between 0 and 100"));
+    }
+    let effective_at = req.effective_at.unwrap_or(standard.effective_at);
+    let expires_at = req.expires_at.map(|t| t.with_nanosecond(0).unwrap_or(t));
+    if let Some(t) = expires_at
+        && (t <= effective_at || t <= chrono::Utc::now())
+    {
+        return Err(ApiError::invalid(
+            "expiresAt",
+            "must be after effectiveAt and in the future",
+        ));
+    }
+    let recurrence =
+        match req.recurrence.as_deref() {
+            None => None,
+            Some(r) => Some(Recurrence::parse(r).ok_or_else(|| {
+                ApiError::invalid("recurrence", "must be daily, weekly or monthly")
+            })?),
+        };
+    let rollover = req.rollover.as_deref().unwrap_or("none");
+    if !["none", "all", "capped"].contains(&rollover) {
+        return Err(ApiError::invalid("rollover", "must be none, all or capped"));
+    }
+    if rollover != "none" && recurrence.is_none() {
+        return Err(ApiError::invalid(
+            "rollover",
+            "applies to recurring grants only",
+        ));
+    }
+    match (rollover, req.rollover_cap) {
+        ("capped", Some(cap)) if (0..=MAX_AMOUNT).contains(&cap) => {}
+        ("capped", _) => {
+            return Err(ApiError::invalid(
+                "rolloverCap",
+                format!("a capped rollover needs a cap between 0 and {MAX_AMOUNT}"),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "rolloverCap",
+                "only for a capped rollover",
+            ));
+        }
+        _ => {}
+    }
+    Ok(Terms {
+        category: category.to_owned(),
+        priority,
+        effective_at,
+        expires_at,
+        recurrence,
+        rollover: rollover.to_owned(),
+        rollover_cap: req.rollover_cap,
+    })
+}
+
+#[utoipa::path(post, path = "/api/admin/credits/allocate", tag = "credits", request_body = Allocate, responses((status = 201, description = "The ledger entry of the new grant, `grantId` naming it (platform admins)", body = LedgerEntry)))]
 async fn allocate(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -60,21 +158,63 @@ async fn allocate(
 ) -> ApiResult<(StatusCode, Json<LedgerEntry>)> {
     caller.require_platform_admin()?;
     let amount = amount("amount", req.amount)?;
-    let scope = match &req.entity_id {
-        Some(e) => format!("entity:{}", validate::short_text("entityId", e, 100)?),
-        None => POOL.to_owned(),
+    let terms = terms(&req)?;
+    let (scope, application) = match (&req.entity_id, &req.application) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "application",
+                "a grant goes to an entity or an application, not both",
+            ));
+        }
+        (Some(e), None) => (
+            format!("entity:{}", validate::short_text("entityId", e, 100)?),
+            None,
+        ),
+        (None, Some(a)) => {
+            let a = validate::short_text("application", a, 40)?;
+            (app_scope(&a), Some(a))
+        }
+        (None, None) => (POOL.to_owned(), None),
     };
     let mut tx = state.db.begin().await?;
     super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
     let into = Allocation {
         tenant_id: req.tenant_id,
         scope: &scope,
-        source_scope: None,
         amount,
+        terms,
+        from_pool: false,
     };
-    let entry = record_allocation(&mut tx, &ctx, into, req.entity_id.clone(), None).await?;
+    let entry = record_allocation(
+        &mut tx,
+        &ctx,
+        into,
+        req.entity_id.clone(),
+        application.clone(),
+    )
+    .await?;
     tx.commit().await?;
+    if let Some(app) = &application {
+        mirror_allocation(&state, &entry, app).await;
+    }
     Ok((StatusCode::CREATED, Json(entry)))
+}
+
+/// Put an application's new grants in its mirror (the fast path can draw them at once); a
+/// failure leaves it to the periodic reconciliation.
+async fn mirror_allocation(state: &AppState, entry: &LedgerEntry, app: &str) {
+    let grants: Vec<Uuid> = match (&entry.grant_id, &entry.draws) {
+        (Some(g), _) => vec![*g],
+        (None, Some(draws)) => draws.0.iter().filter_map(|d| d.into).collect(),
+        (None, None) => Vec::new(),
+    };
+    let mirrored = state
+        .mirror()
+        .add_from_ledger(entry.tenant_id, app, entry.entry_id, &grants)
+        .await;
+    if let Err(e) = mirrored {
+        tracing::warn!(error = %e, tenant = %entry.tenant_id, app, "credit mirror not updated; the reconciliation will");
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -85,7 +225,7 @@ struct AllocateApplication {
     amount: i64,
 }
 
-#[utoipa::path(post, path = "/api/admin/credits/allocate/application", tag = "credits", request_body = AllocateApplication, responses((status = 201, description = "The ledger entry (tenant admins: from the tenant's pool to an application)", body = LedgerEntry)))]
+#[utoipa::path(post, path = "/api/admin/credits/allocate/application", tag = "credits", request_body = AllocateApplication, responses((status = 201, description = "The ledger entry (tenant admins: from the tenant's pool to an application). The pool's grants in effect are drawn in order and the application receives one grant per grant drawn, with its category, priority and expiry (`draws`, `into`)", body = LedgerEntry)))]
 async fn allocate_application(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -100,15 +240,16 @@ async fn allocate_application(
     let scope = app_scope(&application);
     let mut tx = state.db.begin().await?;
     super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
-    debit(&mut tx, req.tenant_id, POOL, amount).await?;
     let into = Allocation {
         tenant_id: req.tenant_id,
         scope: &scope,
-        source_scope: Some(POOL),
         amount,
+        terms: Terms::standard(),
+        from_pool: true,
     };
-    let entry = record_allocation(&mut tx, &ctx, into, None, Some(application)).await?;
+    let entry = record_allocation(&mut tx, &ctx, into, None, Some(application.clone())).await?;
     tx.commit().await?;
+    mirror_allocation(&state, &entry, &application).await;
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
@@ -175,6 +316,7 @@ async fn consume(
         operation_id: &op,
         amount,
         user_id: req.user_id,
+        drawn: None,
     };
     let (entry, replayed) = match charge(&mut tx, &ctx, &consumption).await {
         Ok(charged) => charged,
@@ -187,6 +329,17 @@ async fn consume(
         }
     };
     tx.commit().await?;
+    if !replayed && let Some(draws) = &entry.draws {
+        // Both paths spend one balance: what the ledger charged leaves the mirror too (a
+        // failure here is corrected by the reconciliation).
+        if let Err(e) = state
+            .mirror()
+            .debit(req.tenant_id, &req.application, &draws.0)
+            .await
+        {
+            tracing::warn!(error = %e, "credit mirror not debited; the reconciliation will");
+        }
+    }
     let outcome = if replayed { "replayed" } else { "charged" };
     metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => outcome).increment(1);
     Ok(Json(entry))
@@ -229,9 +382,13 @@ struct BalanceQuery {
 }
 
 #[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
 struct Balance {
     scope: String,
+    /// Every grant's remaining credits (what the ledger holds).
     balance: i64,
+    /// The credits of the grants in effect now (what a consumption can draw).
+    available: i64,
 }
 
 /// Users of the tenant (or platform admins) and app services may read credits.
@@ -250,7 +407,7 @@ async fn authorize_read(
     }
 }
 
-#[utoipa::path(get, path = "/api/credits/balance", tag = "credits", params(BalanceQuery), responses((status = 200, description = "The tenant's balances by scope", body = Value)))]
+#[utoipa::path(get, path = "/api/credits/balance", tag = "credits", params(BalanceQuery), responses((status = 200, description = "The tenant's balances by scope: `balance` (every grant's remaining credits) and `available` (the grants in effect now)", body = Value)))]
 async fn balance(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -259,7 +416,11 @@ async fn balance(
 ) -> ApiResult<Json<serde_json::Value>> {
     authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
     let balances: Vec<Balance> = sqlx::query_as(
-        "select scope, balance from credit_balances where tenant_id = $1 order by scope",
+        "select b.scope, b.balance, coalesce((select sum(g.remaining) from credit_grants g
+             where g.tenant_id = b.tenant_id and g.scope = b.scope and g.status = 'active'
+               and g.effective_at <= now() and (g.expires_at is null or g.expires_at > now())), 0)::bigint
+             as available
+         from credit_balances b where b.tenant_id = $1 order by b.scope",
     )
     .bind(q.tenant_id)
     .fetch_all(&state.db)
@@ -315,4 +476,170 @@ async fn ledger(
         None
     };
     Ok(Json(serde_json::json!({"items": items, "nextAfter": next})))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+struct GrantsQuery {
+    tenant_id: Uuid,
+    /// Only this balance: `tenant`, `app:<name>` or `entity:<id>`.
+    scope: Option<String>,
+    /// Include expired and voided grants (default: active only).
+    #[serde(default)]
+    all: bool,
+}
+
+#[utoipa::path(get, path = "/api/credits/grants", tag = "credits", params(GrantsQuery), responses((status = 200, description = "The tenant's grants in draw order (priority, earliest expiry, oldest) with their remaining credits", body = Vec<Grant>)))]
+async fn list_grants(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<GrantsQuery>,
+) -> ApiResult<Json<Vec<Grant>>> {
+    authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
+    let grants: Vec<Grant> = sqlx::query_as(&format!(
+        "select {GRANT_COLUMNS} from credit_grants
+         where tenant_id = $1 and ($2::text is null or scope = $2) and ($3 or status = 'active')
+         order by scope, priority, expires_at nulls last, id limit 1000"
+    ))
+    .bind(q.tenant_id)
+    .bind(&q.scope)
+    .bind(q.all)
+    .fetch_all(&state.db)
+    .await?;
+    Ok(Json(grants))
+}
+
+#[utoipa::path(post, path = "/api/admin/credits/grants/{id}/void", tag = "credits", params(("id" = Uuid, Path, description = "The grant")), responses((status = 200, description = "The void entries: the grant's remaining credits leave its balance, and those of the application grants its credits moved to (platform admins)", body = Vec<LedgerEntry>), (status = 409, description = "The grant has ended already")))]
+async fn void_grant(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> ApiResult<Json<Vec<LedgerEntry>>> {
+    caller.require_platform_admin()?;
+    let status: Option<String> =
+        sqlx::query_scalar("select status from credit_grants where id = $1")
+            .bind(id)
+            .fetch_optional(&state.db)
+            .await?;
+    match status.as_deref() {
+        None => return Err(ApiError::NotFound("grant")),
+        Some("active") => {}
+        Some(_) => return Err(ApiError::Conflict("the grant has ended already".into())),
+    }
+    let entries = crate::grant_jobs::void(&state.db, &state.mirror(), &ctx, id).await?;
+    if entries.is_empty() {
+        return Err(ApiError::Conflict("the grant has ended already".into()));
+    }
+    Ok(Json(entries))
+}
+
+/// A threshold on one of the tenant's balances.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SetThreshold {
+    /// The balance: `tenant`, `app:<name>` or `entity:<id>`.
+    scope: String,
+    /// `balance_below` (credits) or `percent_used` (of the credits its live grants started
+    /// their period with).
+    kind: String,
+    /// Credits, or percent (1–100).
+    value: i64,
+}
+
+#[utoipa::path(post, path = "/api/tenants/{id}/credits/thresholds", tag = "credits", request_body = SetThreshold, params(("id" = Uuid, Path, description = "The tenant")), responses((status = 201, description = "The threshold (tenant admins). Crossing it emits one `credit.threshold_reached` per crossing; one already crossed fires at once", body = Threshold)))]
+async fn set_threshold(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant): Path<Uuid>,
+    ApiJson(req): ApiJson<SetThreshold>,
+) -> ApiResult<(StatusCode, Json<Threshold>)> {
+    caller
+        .authorize(&state, &ctx, tenant, Access::Admin)
+        .await?;
+    let scope = validate::short_text("scope", &req.scope, 140)?;
+    if !(scope == POOL || scope.starts_with("app:") || scope.starts_with("entity:")) {
+        return Err(ApiError::invalid(
+            "scope",
+            "must be tenant, app:<name> or entity:<id>",
+        ));
+    }
+    let max = match req.kind.as_str() {
+        "balance_below" => MAX_AMOUNT,
+        "percent_used" => 100,
+        _ => {
+            return Err(ApiError::invalid(
+                "kind",
+                "must be balance_below or percent_used",
+            ));
+        }
+    };
+    if !(1..=max).contains(&req.value) {
+        return Err(ApiError::invalid(
+            "value",
+            format!("must be between 1 and {max}"),
+        ));
+    }
+    let mut tx = state.db.begin().await?;
+    let threshold: Threshold = sqlx::query_as(&format!(
+        "insert into credit_thresholds (id, tenant_id, scope, kind, value) values ($1, $2, $3, $4, $5)
+         returning {THRESHOLD_COLUMNS}"
+    ))
+    .bind(Uuid::now_v7())
+    .bind(tenant)
+    .bind(&scope)
+    .bind(&req.kind)
+    .bind(req.value)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(balance) = crate::domain::grants::lock_balance(&mut tx, tenant, &scope).await? {
+        crate::domain::grants::check_thresholds(&mut tx, &ctx, tenant, &scope, balance).await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(threshold)))
+}
+
+#[utoipa::path(get, path = "/api/tenants/{id}/credits/thresholds", tag = "credits", params(("id" = Uuid, Path, description = "The tenant")), responses((status = 200, description = "The tenant's thresholds (tenant admins)", body = Vec<Threshold>)))]
+async fn list_thresholds(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant): Path<Uuid>,
+) -> ApiResult<Json<Vec<Threshold>>> {
+    caller
+        .authorize(&state, &ctx, tenant, Access::Admin)
+        .await?;
+    Ok(Json(
+        sqlx::query_as(&format!(
+            "select {THRESHOLD_COLUMNS} from credit_thresholds where tenant_id = $1 order by scope, kind, value"
+        ))
+        .bind(tenant)
+        .fetch_all(&state.db)
+        .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/tenants/{id}/credits/thresholds/{threshold}", tag = "credits", params(("id" = Uuid, Path, description = "The tenant"), ("threshold" = Uuid, Path, description = "The threshold")), responses((status = 204, description = "Removed (tenant admins)")))]
+async fn delete_threshold(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path((tenant, threshold)): Path<(Uuid, Uuid)>,
+) -> ApiResult<StatusCode> {
+    caller
+        .authorize(&state, &ctx, tenant, Access::Admin)
+        .await?;
+    let deleted = sqlx::query("delete from credit_thresholds where id = $1 and tenant_id = $2")
+        .bind(threshold)
+        .bind(tenant)
+        .execute(&state.db)
+        .await?
+        .rows_affected();
+    if deleted == 0 {
+        return Err(ApiError::NotFound("threshold"));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -11,6 +11,7 @@ use sqlx::PgConnection;
 use sync_contract::{CreditAllocated, CreditConsumed, Event};
 use uuid::Uuid;
 
+use super::grants::{self, Draw, Terms};
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
@@ -64,13 +65,19 @@ pub struct LedgerEntry {
     pub balance_after: i64,
     /// For consumptions, the user the app acted for, when it said.
     pub user_id: Option<Uuid>,
+    /// The grant this entry concerns: the one an allocation created, or the one that expired,
+    /// renewed or was voided.
+    pub grant_id: Option<Uuid>,
+    /// For a consumption or a move to an application: the grants drawn, in order.
+    #[schema(value_type = Option<Vec<Draw>>)]
+    pub draws: Option<sqlx::types::Json<Vec<Draw>>>,
     /// When.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub(crate) const LEDGER_COLUMNS: &str =
     "id, entry_id, tenant_id, kind, scope, source_scope, amount, application,
-     operation_code, operation_id, balance_after, user_id, created_at";
+     operation_code, operation_id, balance_after, user_id, grant_id, draws, created_at";
 
 pub(crate) struct NewEntry<'a> {
     pub(crate) tenant_id: Uuid,
@@ -83,13 +90,15 @@ pub(crate) struct NewEntry<'a> {
     pub(crate) operation_id: Option<&'a str>,
     pub(crate) balance_after: i64,
     pub(crate) user_id: Option<Uuid>,
+    pub(crate) grant_id: Option<Uuid>,
+    pub(crate) draws: Option<&'a [Draw]>,
 }
 
 pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
     Ok(sqlx::query_as(&format!(
         "insert into credit_ledger (entry_id, tenant_id, kind, scope, source_scope, amount,
-             application, operation_code, operation_id, balance_after, user_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) returning {LEDGER_COLUMNS}"
+             application, operation_code, operation_id, balance_after, user_id, grant_id, draws)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning {LEDGER_COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(e.tenant_id)
@@ -102,9 +111,13 @@ pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiR
     .bind(e.operation_id)
     .bind(e.balance_after)
     .bind(e.user_id)
+    .bind(e.grant_id)
+    .bind(e.draws.map(sqlx::types::Json))
     .fetch_one(tx)
     .await?)
 }
+
+use grants::check_thresholds;
 
 /// Add `amount` to a balance (creating it); returns (balance, version).
 pub(crate) async fn credit(
@@ -126,49 +139,19 @@ pub(crate) async fn credit(
     .await?)
 }
 
-/// Take `amount` from a balance if it covers it; otherwise a 402 with the balance.
-pub(crate) async fn debit(
-    tx: &mut PgConnection,
-    tenant: Uuid,
-    scope: &str,
-    amount: i64,
-) -> ApiResult<(i64, i64)> {
-    let taken: Option<(i64, i64)> = sqlx::query_as(
-        "update credit_balances set balance = balance - $3, version = version + 1
-         where tenant_id = $1 and scope = $2 and balance >= $3 returning balance, version",
-    )
-    .bind(tenant)
-    .bind(scope)
-    .bind(amount)
-    .fetch_optional(&mut *tx)
-    .await?;
-    match taken {
-        Some(b) => Ok(b),
-        None => {
-            let balance: Option<i64> = sqlx::query_scalar(
-                "select balance from credit_balances where tenant_id = $1 and scope = $2",
-            )
-            .bind(tenant)
-            .bind(scope)
-            .fetch_optional(&mut *tx)
-            .await?;
-            Err(ApiError::InsufficientCredits {
-                balance: balance.unwrap_or(0),
-                required: amount,
-            })
-        }
-    }
-}
-
-/// Credits going into a balance.
+/// Credits going into a balance: a new grant under `terms`, or, for a move from the tenant's
+/// pool to an application, child grants of the pool's grants drawn (`from_pool`).
 pub(crate) struct Allocation<'a> {
     pub(crate) tenant_id: Uuid,
     pub(crate) scope: &'a str,
-    pub(crate) source_scope: Option<&'a str>,
     pub(crate) amount: i64,
+    pub(crate) terms: Terms,
+    pub(crate) from_pool: bool,
 }
 
-/// Credit the receiving balance and record the allocation with its `credit.allocated` event.
+/// Record an allocation with its `credit.allocated` event: a new grant, or a move that draws
+/// the pool's grants in order and gives the application one child grant per grant drawn, with
+/// its terms (category, priority, expiry).
 pub(crate) async fn record_allocation(
     tx: &mut PgConnection,
     ctx: &Ctx,
@@ -176,18 +159,38 @@ pub(crate) async fn record_allocation(
     entity_id: Option<String>,
     application: Option<String>,
 ) -> ApiResult<LedgerEntry> {
-    let (balance_after, version) = credit(tx, a.tenant_id, a.scope, a.amount).await?;
+    let (grant_id, draws, balance_after, version) = if a.from_pool {
+        let (mut draws, pool_after, _) = grants::draw(tx, a.tenant_id, POOL, a.amount).await?;
+        check_thresholds(tx, ctx, a.tenant_id, POOL, pool_after).await?;
+        grants::lock_balance(tx, a.tenant_id, a.scope).await?;
+        let mut after = (0, 0);
+        for d in &mut draws {
+            let terms = grants::terms_of(tx, d.grant_id).await?;
+            let (child, balance, version) =
+                grants::add_grant(tx, a.tenant_id, a.scope, Some(d.grant_id), &terms, d.amount)
+                    .await?;
+            d.into = Some(child);
+            after = (balance, version);
+        }
+        (None, Some(draws), after.0, after.1)
+    } else {
+        let (id, balance, version) =
+            grants::add_grant(tx, a.tenant_id, a.scope, None, &a.terms, a.amount).await?;
+        (Some(id), None, balance, version)
+    };
     let new = NewEntry {
         tenant_id: a.tenant_id,
         kind: "allocation",
         scope: a.scope,
-        source_scope: a.source_scope,
+        source_scope: a.from_pool.then_some(POOL),
         amount: a.amount,
         application: application.as_deref(),
         operation_code: None,
         operation_id: None,
         balance_after,
         user_id: None,
+        grant_id,
+        draws: draws.as_deref(),
     };
     let entry = insert_entry(tx, new).await?;
     let event = Event::CreditAllocated(CreditAllocated {
@@ -203,6 +206,7 @@ pub(crate) async fn record_allocation(
         version,
     };
     outbox::append(tx, ctx, a.tenant_id, aggregate, event).await?;
+    check_thresholds(tx, ctx, a.tenant_id, a.scope, balance_after).await?;
     Ok(entry)
 }
 
@@ -215,12 +219,11 @@ pub(crate) struct Consumption<'a> {
     pub(crate) amount: i64,
     /// The user the app acted for, when it said (usage reports).
     pub(crate) user_id: Option<Uuid>,
+    /// The grants the fast path drew (the ingester): taken as they are when they still hold,
+    /// else the grants in effect are drawn in order.
+    pub(crate) drawn: Option<Vec<Draw>>,
 }
 
-/// Charge `c` inside `tx`, idempotently by operation id: returns the ledger entry and whether it
-/// was charged before (then nothing is charged now). Requests with one operation id are
-/// serialised by a transaction-scoped advisory lock. Used by the direct path and by the
-/// fast-path ingester alike.
 /// The consumption charged under `operation_id`, if any.
 pub(crate) async fn charged(
     tx: &mut PgConnection,
@@ -237,6 +240,10 @@ pub(crate) async fn charged(
     .await?)
 }
 
+/// Charge `c` inside `tx`, idempotently by operation id: returns the ledger entry and whether it
+/// was charged before (then nothing is charged now). Requests with one operation id are
+/// serialised by a transaction-scoped advisory lock. Used by the direct path and by the
+/// fast-path ingester alike.
 pub(crate) async fn charge(
     tx: &mut PgConnection,
     ctx: &Ctx,
@@ -251,7 +258,16 @@ pub(crate) async fn charge(
         return Ok((entry, true));
     }
     let scope = app_scope(c.application);
-    let (balance_after, version) = debit(tx, c.tenant_id, &scope, c.amount).await?;
+    let named = match &c.drawn {
+        Some(drawn) if drawn.iter().map(|d| d.amount).sum::<i64>() == c.amount => {
+            grants::draw_named(tx, c.tenant_id, &scope, drawn).await?
+        }
+        _ => None,
+    };
+    let (draws, balance_after, version) = match named {
+        Some((balance, version)) => (c.drawn.clone().unwrap_or_default(), balance, version),
+        None => grants::draw(tx, c.tenant_id, &scope, c.amount).await?,
+    };
     let new = NewEntry {
         tenant_id: c.tenant_id,
         kind: "consumption",
@@ -263,6 +279,8 @@ pub(crate) async fn charge(
         operation_id: Some(c.operation_id),
         balance_after,
         user_id: c.user_id,
+        grant_id: None,
+        draws: Some(&draws),
     };
     let entry = insert_entry(tx, new).await?;
     let event = Event::CreditConsumed(CreditConsumed {
@@ -278,5 +296,6 @@ pub(crate) async fn charge(
         version,
     };
     outbox::append(tx, ctx, c.tenant_id, aggregate, event).await?;
+    check_thresholds(tx, ctx, c.tenant_id, &scope, balance_after).await?;
     Ok((entry, false))
 }

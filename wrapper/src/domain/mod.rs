@@ -4,5 +4,6 @@
 
 pub mod apps;
 pub mod credits;
+pub mod grants;
 pub mod hosts;
 pub mod users;

@@ -47,6 +47,14 @@ const TABLES: &[(&str, &str)] = &[
         "select to_jsonb(l)::text from credit_ledger l where tenant_id = $1 order by id",
     ),
     (
+        "credit_grants",
+        "select to_jsonb(g)::text from credit_grants g where tenant_id = $1 order by id",
+    ),
+    (
+        "credit_thresholds",
+        "select to_jsonb(t)::text from credit_thresholds t where tenant_id = $1 order by id",
+    ),
+    (
         "credit_configs",
         "select to_jsonb(c)::text from credit_configs c where tenant_id = $1 order by id",
     ),

@@ -254,6 +254,8 @@ async fn purge_rows(tx: &mut PgConnection, tenant_id: Uuid) -> Result<Value, sql
         ("settings", "tenant_id = $1"),
         ("credit_ledger", "tenant_id = $1"),
         ("credit_balances", "tenant_id = $1"),
+        ("credit_grants", "tenant_id = $1"),
+        ("credit_thresholds", "tenant_id = $1"),
         ("credit_configs", "tenant_id = $1"),
         ("users", "tenant_id = $1"),
         (

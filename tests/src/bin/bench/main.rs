@@ -713,14 +713,24 @@ async fn credits(events: usize) -> anyhow::Result<()> {
     let wrapper = tsync_e2e::wrapper_app::spawn_wrapper().await?;
     let tenant = wrapper.create_tenant("credits").await;
     let total = (events as i64) * 2;
-    wrapper
-        .send_ok(
-            Method::POST,
-            "/api/admin/credits/allocate",
-            &wrapper.root,
-            serde_json::json!({"tenantId": tenant.id, "amount": total}),
-        )
-        .await;
+    // Grants in play: a promotional grant drawn first (priority 10, expiring tomorrow) that the
+    // consumptions exhaust part-way, then a paid one; both move to the CRM as two grants.
+    let promotional = (events as i64) / 2;
+    let tomorrow = chrono::Utc::now() + chrono::TimeDelta::days(1);
+    for grant in [
+        serde_json::json!({"tenantId": tenant.id, "amount": promotional, "category": "promotional",
+                           "priority": 10, "expiresAt": tomorrow}),
+        serde_json::json!({"tenantId": tenant.id, "amount": total - promotional}),
+    ] {
+        wrapper
+            .send_ok(
+                Method::POST,
+                "/api/admin/credits/allocate",
+                &wrapper.root,
+                grant,
+            )
+            .await;
+    }
     wrapper
         .send_ok(
             Method::POST,
@@ -775,10 +785,13 @@ async fn credits(events: usize) -> anyhow::Result<()> {
     );
 
     let keys = StreamKeys::new(wrapper.state.settings.namespace.clone(), 8).unwrap();
+    // The wrapper mirrored the CRM's grants when they moved, and took the direct path's draws
+    // out of the mirror.
     let mirror = CreditMirror::new(redis_client(&redis_url()).await?, keys);
-    mirror
-        .apply_allocation(tenant.id, "crm", Uuid::now_v7(), total)
-        .await?;
+    anyhow::ensure!(
+        mirror.balance(tenant.id, "crm").await? == Some(total - direct as i64 - 1),
+        "the mirror holds what the ledger holds"
+    );
     let started = Instant::now();
     let ok = futures_util::stream::iter(0..events)
         .map(|i| {
