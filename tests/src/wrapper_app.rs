@@ -69,6 +69,33 @@ impl TestApp {
     }
 }
 
+/// Another replica of a test wrapper, serving on its own port; it stops when dropped.
+pub struct OtherReplica {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    stop: CancellationToken,
+}
+
+impl Drop for OtherReplica {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl TestApp {
+    /// Start another replica of this wrapper: the same database, Redis namespace and settings
+    /// (relay, credit ingest, scheduled jobs included), on a port of its own.
+    pub async fn another_replica(&self) -> anyhow::Result<OtherReplica> {
+        let mut settings = self.settings.clone();
+        settings.listen = "127.0.0.1:0".parse()?;
+        let app = Application::build(settings).await?;
+        let url = format!("http://{}", app.addr());
+        let stop = CancellationToken::new();
+        tokio::spawn(app.run_until_stopped(stop.clone()));
+        Ok(OtherReplica { url, stop })
+    }
+}
+
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.cancel();

@@ -5,7 +5,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tsync_e2e::wrapper_app::*;
 
-const SECRET: &str = "crm-service-secret-for-credits";
+pub(crate) const SECRET: &str = "crm-service-secret-for-credits";
 
 pub(crate) async fn service_token(app: &TestApp, name: &str) -> String {
     wrapper::startup::upsert_service_client(&app.db.pool, name, SECRET)
@@ -47,7 +47,7 @@ async fn funded(app: &TestApp, name: &str) -> (TestTenant, String) {
 
 /// The CRM's manifest, registered with its own service token as the app does at start-up: the
 /// wrapper then prices `crm.accounts.create` at 35 (and publishes that to mirrored tenants).
-async fn register_crm(app: &TestApp, token: &str) {
+pub(crate) async fn register_crm(app: &TestApp, token: &str) {
     let manifest = serde_json::to_value(crm::manifest()).unwrap();
     app.send_ok(Method::PUT, "/api/apps/crm", token, manifest)
         .await;
@@ -72,7 +72,7 @@ async fn crm_balance(app: &TestApp, t: &TestTenant) -> i64 {
         .unwrap()
 }
 
-async fn consumptions(app: &TestApp, t: &TestTenant) -> (i64, i64) {
+pub(crate) async fn consumptions(app: &TestApp, t: &TestTenant) -> (i64, i64) {
     let ledger: i64 = sqlx::query_scalar(
         "select count(*) from credit_ledger where tenant_id = $1 and kind = 'consumption'",
     )

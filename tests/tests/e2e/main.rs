@@ -8,6 +8,7 @@ mod consumer;
 mod contract_docs;
 mod credits;
 mod crm;
+mod grants;
 mod lazy_load;
 mod lifecycle;
 mod metrics;
