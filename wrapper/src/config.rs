@@ -250,6 +250,20 @@ pub struct Settings {
     /// seconds (0: never).
     #[arg(long, env = "WRAPPER_CREDIT_GRANTS_SECS", default_value_t = 60)]
     pub credit_grants_secs: u64,
+    /// Attempts of a webhook delivery before it is dead-lettered.
+    #[arg(long, env = "WRAPPER_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: i32,
+    /// The first retry's delay of a webhook delivery, in milliseconds (doubling, at most an
+    /// hour).
+    #[arg(long, env = "WRAPPER_WEBHOOK_BACKOFF_MS", default_value_t = 5000)]
+    pub webhook_backoff_ms: u64,
+    /// How long one webhook post may take, in milliseconds.
+    #[arg(long, env = "WRAPPER_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// Hosts a webhook may reach over plain HTTP and at a loopback or private address (local
+    /// development and tests); every other endpoint must be HTTPS at a public address.
+    #[arg(long, env = "WRAPPER_WEBHOOK_INSECURE_HOSTS", value_delimiter = ',')]
+    pub webhook_insecure_hosts: Vec<String>,
     /// How often lifecycle operations (erasures, purges) not yet confirmed by every app are
     /// sent again, in seconds.
     #[arg(long, env = "WRAPPER_LIFECYCLE_RESEND_SECS", default_value_t = 30)]

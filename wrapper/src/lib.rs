@@ -23,6 +23,7 @@ pub mod relay;
 pub mod startup;
 pub mod state;
 pub mod validate;
+pub mod webhooks;
 
 /// The wrapper's schema migrations, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

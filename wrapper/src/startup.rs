@@ -131,6 +131,21 @@ impl Application {
             let db = self.state.db.clone();
             let every = Duration::from_secs(self.state.settings.credit_reconcile_secs);
             let settings = &self.state.settings;
+            let webhooks = crate::webhooks::Webhooks::new(
+                db.clone(),
+                self.state.redis.clone(),
+                self.state.stream_keys.clone(),
+                settings,
+            );
+            let webhooks = {
+                let cancel = cancel.clone();
+                async move {
+                    match webhooks {
+                        Ok(w) => w.run(cancel).await,
+                        Err(e) => tracing::error!(error = %e, "webhooks cannot run"),
+                    }
+                }
+            };
             let grants = crate::grant_jobs::run_periodically(
                 db.clone(),
                 self.state.mirror(),
@@ -153,6 +168,7 @@ impl Application {
                     reconcile_periodically(db, ingest, every, cancel),
                     operations,
                     grants,
+                    webhooks,
                 );
             })
         });

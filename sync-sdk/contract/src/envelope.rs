@@ -160,7 +160,8 @@ pub(crate) struct Wire<'a> {
 
 /// Stream entry field holding the JSON envelope. The other fields are copies for operators and
 /// for filtering (DLQ redrive by type or tenant) without parsing JSON.
-const FIELD_ENVELOPE: &str = "envelope";
+/// The stream-entry field holding the envelope JSON.
+pub const FIELD_ENVELOPE: &str = "envelope";
 
 impl Envelope {
     /// The event type.

@@ -27,7 +27,9 @@ mod payload;
 #[cfg(feature = "redis")]
 pub mod streams;
 
-pub use envelope::{CONTRACT_VERSION, ContractError, Envelope, EventVersion, stream_fields};
+pub use envelope::{
+    CONTRACT_VERSION, ContractError, Envelope, EventVersion, FIELD_ENVELOPE, stream_fields,
+};
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, hash_slot, partition_of};
 pub use manifest::{AppManifest, PaidOperation, ReferenceCheck, suite_links};
 pub use payload::{

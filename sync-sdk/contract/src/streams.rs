@@ -47,3 +47,23 @@ pub async fn read_group(
     let mut map: XReadResponse<String, String, String, String> = reply.into_xread_response()?;
     Ok(map.remove(stream).unwrap_or_default())
 }
+
+/// The entries already delivered to `consumer` of `group` on `stream` and not acknowledged
+/// (XREADGROUP from `0`), oldest first, at most `count`: a consumer reads them after a restart
+/// or a failure, before new ones.
+pub async fn read_group_pending(
+    redis: &Client,
+    group: &str,
+    consumer: &str,
+    stream: &str,
+    count: u64,
+) -> Result<Vec<(String, HashMap<String, String>)>, Error> {
+    let reply: fred::types::Value = redis
+        .xreadgroup(group, consumer, Some(count), None, false, stream, "0")
+        .await?;
+    if reply.is_null() {
+        return Ok(Vec::new());
+    }
+    let mut map: XReadResponse<String, String, String, String> = reply.into_xread_response()?;
+    Ok(map.remove(stream).unwrap_or_default())
+}

@@ -215,6 +215,15 @@ async fn grants_are_drawn_by_priority_then_expiry_and_64_concurrent_consumes_nev
             "rolloverCap",
         ),
         (json!({"rollover": "all"}), "rollover"),
+        (
+            json!({"effectiveAt": "1990-01-01T00:00:00Z"}),
+            "effectiveAt",
+        ),
+        (json!({"expiresAt": "3100-01-01T00:00:00Z"}), "expiresAt"),
+        (
+            json!({"recurrence": "daily", "effectiveAt": in_secs(-3 * 86_400)}),
+            "effectiveAt",
+        ),
     ] {
         let mut body = json!({"tenantId": t.id, "application": "crm", "amount": 10});
         body.as_object_mut()

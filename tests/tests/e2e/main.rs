@@ -21,4 +21,5 @@ mod security;
 mod smoke;
 mod sso;
 mod tracing;
+mod webhooks;
 mod wrapper_api;

@@ -17,7 +17,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use chrono::Timelike;
+use chrono::{Datelike, Timelike};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -97,6 +97,19 @@ fn terms(req: &Allocate) -> ApiResult<Terms> {
     }
     let effective_at = req.effective_at.unwrap_or(standard.effective_at);
     let expires_at = req.expires_at.map(|t| t.with_nanosecond(0).unwrap_or(t));
+    let horizon = |t: chrono::DateTime<chrono::Utc>| (2000..3000).contains(&t.year());
+    if !horizon(effective_at) {
+        return Err(ApiError::invalid(
+            "effectiveAt",
+            "must be in the years 2000 to 2999",
+        ));
+    }
+    if expires_at.is_some_and(|t| !horizon(t)) {
+        return Err(ApiError::invalid(
+            "expiresAt",
+            "must be in the years 2000 to 2999",
+        ));
+    }
     if let Some(t) = expires_at
         && (t <= effective_at || t <= chrono::Utc::now())
     {
@@ -112,6 +125,17 @@ fn terms(req: &Allocate) -> ApiResult<Terms> {
                 ApiError::invalid("recurrence", "must be daily, weekly or monthly")
             })?),
         };
+    // At most one renewal is due when a recurring grant is made: a start further back would
+    // make the job catch up period after period.
+    if let Some(r) = recurrence
+        && r.nth(effective_at, 1)
+            .is_none_or(|first| first <= chrono::Utc::now())
+    {
+        return Err(ApiError::invalid(
+            "effectiveAt",
+            "a recurring grant starts less than one period ago",
+        ));
+    }
     let rollover = req.rollover.as_deref().unwrap_or("none");
     if !["none", "all", "capped"].contains(&rollover) {
         return Err(ApiError::invalid("rollover", "must be none, all or capped"));

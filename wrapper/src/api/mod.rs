@@ -16,6 +16,7 @@ pub mod sync_health;
 pub mod tenants;
 pub mod usage;
 pub mod users;
+pub mod webhooks;
 
 pub use crate::extract::{ApiJson, ApiQuery, Page, PageQuery, typed_body};
 
@@ -45,6 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(credit_configs::router())
         .merge(usage::router())
         .merge(apps::router())
+        .merge(webhooks::router())
         .merge(openapi::router())
         .fallback(not_found)
 }

@@ -55,6 +55,10 @@ const TABLES: &[(&str, &str)] = &[
         "select to_jsonb(t)::text from credit_thresholds t where tenant_id = $1 order by id",
     ),
     (
+        "webhook_endpoints",
+        "select (to_jsonb(w) - 'secret')::text from webhook_endpoints w where tenant_id = $1 order by id",
+    ),
+    (
         "credit_configs",
         "select to_jsonb(c)::text from credit_configs c where tenant_id = $1 order by id",
     ),

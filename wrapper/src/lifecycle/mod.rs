@@ -247,6 +247,12 @@ async fn purge_rows(tx: &mut PgConnection, tenant_id: Uuid) -> Result<Value, sql
             "id in (select id from outbox where tenant_id = $1)",
         ),
         ("outbox", "tenant_id = $1"),
+        (
+            "webhook_attempts",
+            "delivery_id in (select id from webhook_deliveries where tenant_id = $1)",
+        ),
+        ("webhook_deliveries", "tenant_id = $1"),
+        ("webhook_endpoints", "tenant_id = $1"),
         ("user_identities", "tenant_id = $1"),
         ("oidc_flows", "tenant_id = $1"),
         ("memberships", "tenant_id = $1"),

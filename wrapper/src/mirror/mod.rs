@@ -57,10 +57,13 @@ pub struct MirrorGrant {
 impl MirrorGrant {
     /// The five script arguments of this grant: id, remaining, effective ms, expiry ms, score.
     fn args(&self) -> [String; 5] {
-        let expiry_secs = self.expires_at.map_or(99_999_999_999, |t| t.timestamp());
         // The ledger's order: priority, then expiry (whole seconds; none last), then the id,
-        // which a sorted set compares as text, the order of UUIDv7 bytes.
-        let score = i64::from(self.priority) * 100_000_000_000 + expiry_secs;
+        // which a sorted set compares as text, the order of UUIDv7 bytes. The API keeps expiries
+        // before the year 3000 (under 10^12 s), so the score is exact in a double (< 2^53).
+        let expiry_secs = self
+            .expires_at
+            .map_or(999_999_999_999, |t| t.timestamp().clamp(0, 999_999_999_998));
+        let score = i64::from(self.priority) * 1_000_000_000_000 + expiry_secs;
         [
             self.id.to_string(),
             self.remaining.to_string(),
