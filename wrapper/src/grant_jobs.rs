@@ -75,6 +75,8 @@ pub async fn run_due(db: &PgPool, mirror: &Mirror) -> anyhow::Result<Run> {
                 .is_some()
             {
                 run.expired += 1;
+                metrics::counter!("tsync_wrapper_credit_grant_changes_total", "change" => "expired")
+                    .increment(1);
             }
         }
     }
@@ -92,6 +94,8 @@ pub async fn run_due(db: &PgPool, mirror: &Mirror) -> anyhow::Result<Run> {
         for id in &due {
             if renew_grant(db, mirror, *id).await? {
                 run.renewed += 1;
+                metrics::counter!("tsync_wrapper_credit_grant_changes_total", "change" => "renewed")
+                    .increment(1);
             }
         }
     }

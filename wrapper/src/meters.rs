@@ -61,6 +61,14 @@ pub fn describe(partitions: u32) {
         "Redis credit balances the reconciliation found different from the ledger and corrected."
     );
     describe_counter!(
+        "tsync_wrapper_webhook_attempts_total",
+        "Webhook posts by outcome (delivered, retry: failed and tried again later, dead: failed for the last time)."
+    );
+    describe_counter!(
+        "tsync_wrapper_credit_grant_changes_total",
+        "Credit grants changed on their terms by the scheduled job, by change (expired, renewed)."
+    );
+    describe_counter!(
         "tsync_wrapper_logins_total",
         "Sign-ins by outcome (success, failure, throttled)."
     );
@@ -104,6 +112,14 @@ pub fn describe(partitions: u32) {
     }
     for outcome in ["charged", "replayed", "refused"] {
         metrics::counter!("tsync_wrapper_credit_consumptions_total", "outcome" => outcome)
+            .increment(0);
+    }
+    for outcome in ["delivered", "retry", "dead"] {
+        metrics::counter!("tsync_wrapper_webhook_attempts_total", "outcome" => outcome)
+            .increment(0);
+    }
+    for change in ["expired", "renewed"] {
+        metrics::counter!("tsync_wrapper_credit_grant_changes_total", "change" => change)
             .increment(0);
     }
     for name in [
