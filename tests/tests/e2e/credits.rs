@@ -321,7 +321,8 @@ mod fast_path {
         _redis_server: Option<RedisServer>,
     }
 
-    /// A funded tenant whose 1,000-credit crm allocation the wrapper mirrored in Redis.
+    /// A funded tenant whose 1,000-credit crm allocation is mirrored in Redis (provisioned by
+    /// the reconciliation).
     async fn rig(name: &str, private_redis: bool) -> anyhow::Result<Rig> {
         let server = if private_redis {
             Some(RedisServer::start().await?)
@@ -339,7 +340,10 @@ mod fast_path {
         let redis = redis_client(&app.state.settings.redis_url.0).await?;
         let keys = StreamKeys::new(app.state.settings.namespace.clone(), 8).unwrap();
         let mirror = Arc::new(CreditMirror::new(redis.clone(), keys.clone()));
-        // The wrapper mirrored the allocation as it moved to the CRM: one grant of 1,000.
+        // The reconciliation provisions the mirror: one grant of 1,000.
+        CreditIngest::new(app.db.pool.clone(), redis.clone(), keys.clone())
+            .reconcile()
+            .await?;
         assert_eq!(mirror.grants(tenant.id, "crm").await?.len(), 1);
         assert_eq!(mirror.balance(tenant.id, "crm").await?, Some(1000));
         Ok(Rig {

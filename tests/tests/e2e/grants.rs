@@ -122,6 +122,17 @@ async fn assert_balances_are_the_grants(app: &TestApp, t: &TestTenant) {
     assert_eq!(mismatched, 0, "every balance is the sum of its grants");
 }
 
+/// Provision the Redis mirrors of every application balance, as the wrapper's periodic
+/// reconciliation does.
+async fn provision_mirror(app: &TestApp) -> anyhow::Result<()> {
+    let redis = redis_client(&app.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(app.state.settings.namespace.clone(), 8).unwrap();
+    wrapper::credit_ingest::CreditIngest::new(app.db.pool.clone(), redis, keys)
+        .reconcile()
+        .await?;
+    Ok(())
+}
+
 async fn consume(app: &TestApp, token: &str, t: &TestTenant, op: String) -> (StatusCode, Value) {
     app.call(
         Method::POST,
@@ -378,6 +389,7 @@ async fn an_expiry_and_a_monthly_renewal_with_rollover_land_once_with_two_replic
                "rollover": "capped", "rolloverCap": 30}),
     )
     .await;
+    provision_mirror(&app).await?;
     assert_eq!(
         consume(&app, &token, &t, "before".into()).await.0,
         StatusCode::OK
@@ -569,6 +581,7 @@ async fn the_mirror_equals_the_ledger_after_consumes_across_a_boundary_and_an_ex
     )
     .await;
     let lasting = grant(&app, &t, 1_000_000, json!({})).await;
+    provision_mirror(&app).await?;
     let redis = redis_client(&app.state.settings.redis_url.0).await?;
     let mirror = Arc::new(CreditMirror::new(
         redis,
@@ -579,6 +592,17 @@ async fn the_mirror_equals_the_ledger_after_consumes_across_a_boundary_and_an_ex
         3,
         "mirrored as granted"
     );
+    // A grant made now reaches the existing mirror at once (and leaves it when voided).
+    let extra = grant(&app, &t, 7, json!({"priority": 99})).await;
+    assert!(mirror.grants(t.id, "crm").await?.contains(&(extra, 7)));
+    app.send_ok(
+        Method::POST,
+        &format!("/api/admin/credits/grants/{extra}/void"),
+        &app.root,
+        json!({}),
+    )
+    .await;
+    assert_eq!(mirror.grants(t.id, "crm").await?.len(), 3);
 
     let until = expires_at + TimeDelta::milliseconds(3500);
     let receipts = futures_util::future::join_all((0..8).map(|worker| {

@@ -304,8 +304,12 @@ async fn a_purge_reaches_an_app_that_was_down_and_leaves_nothing_of_the_tenant_a
     // Data everywhere: credits mirrored in Redis, an account in the CRM, an employee in the HRMS.
     seed_both_apps(&hub).await?;
     let redis = redis_client(&redis_url()).await?;
-    // The CRM's allocation is mirrored in Redis by the wrapper as it moved (balance, grants,
-    // price table).
+    // The CRM's allocation mirrored in Redis, as the wrapper's reconciliation provisions it
+    // (balance, grants, price table).
+    let keys = sync_sdk::contract::StreamKeys::new(hub.namespace.clone(), 4).unwrap();
+    wrapper::credit_ingest::CreditIngest::new(hub.db.pool.clone(), redis.clone(), keys)
+        .reconcile()
+        .await?;
     let pattern = format!("{}*{tenant}*", hub.namespace);
     let tenant_keys = || async { redis_keys(&redis, &pattern).await.unwrap_or_default() };
     let mirrored = eventually(Duration::from_secs(10), || async {

@@ -3,7 +3,7 @@
 -- ARGV[1] the change (ledger entry) id, then per grant five values: id, remaining,
 -- effective ms, expiry ms (0: none), order score.
 -- Returns 1 if applied, 0 if this change was applied before, 2 if nothing is mirrored (the
--- caller reconciles the whole mirror instead).
+-- reconciliation provisions mirrors).
 if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
 if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
 for i = 2, #ARGV, 5 do

@@ -2,7 +2,8 @@
 //! (`sync_sdk::credits::CreditMirror`, `consume.lua`) draws. The wrapper alone writes it:
 //!
 //! * [`Mirror::add`] sets the grants of a change — an allocation to an application, a renewal —
-//!   once per change (its ledger entry id), right after the change commits;
+//!   in an existing mirror, once per change (its ledger entry id), right after the change
+//!   commits (mirrors are provisioned by the reconciliation);
 //! * [`Mirror::take`] takes a grant out before it expires, renews or is voided in the ledger,
 //!   and returns what it held there: the ledger's remaining credits less that are the fast
 //!   path's consumptions still to be ingested, which stay with the grant;
@@ -121,8 +122,9 @@ impl Mirror {
         }
     }
 
-    /// Set `grants` in `app`'s mirror once for the change `change` (a ledger entry id). A
-    /// tenant and application without a mirror get the whole mirror from the ledger instead.
+    /// Set `grants` in `app`'s mirror once for the change `change` (a ledger entry id). Nothing
+    /// happens where no mirror exists: the periodic reconciliation provisions mirrors, and until
+    /// then the app consumes on the direct path.
     pub async fn add(
         &self,
         tenant: Uuid,
@@ -133,13 +135,10 @@ impl Mirror {
         let mut args = vec![change.to_string()];
         args.extend(grants.iter().flat_map(MirrorGrant::args));
         let keys = self.keys.credit_mirror_keys(tenant, app);
-        let added: i64 = self
+        let _added: i64 = self
             .add
             .evalsha_with_reload(&self.redis, keys, args)
             .await?;
-        if added == 2 {
-            self.reconcile(tenant, app).await?;
-        }
         Ok(())
     }
 

@@ -785,9 +785,12 @@ async fn credits(events: usize) -> anyhow::Result<()> {
     );
 
     let keys = StreamKeys::new(wrapper.state.settings.namespace.clone(), 8).unwrap();
-    // The wrapper mirrored the CRM's grants when they moved, and took the direct path's draws
-    // out of the mirror.
-    let mirror = CreditMirror::new(redis_client(&redis_url()).await?, keys);
+    // The reconciliation provisions the CRM's mirror from the ledger, grant by grant.
+    let redis = redis_client(&redis_url()).await?;
+    wrapper::credit_ingest::CreditIngest::new(wrapper.db.pool.clone(), redis.clone(), keys.clone())
+        .reconcile()
+        .await?;
+    let mirror = CreditMirror::new(redis, keys);
     anyhow::ensure!(
         mirror.balance(tenant.id, "crm").await? == Some(total - direct as i64 - 1),
         "the mirror holds what the ledger holds"
