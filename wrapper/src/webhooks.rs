@@ -255,34 +255,54 @@ impl Webhooks {
         })
     }
 
-    /// Record the deliveries of `entries` and acknowledge them.
+    /// Record the deliveries of `entries` and acknowledge them: one query for the endpoints of
+    /// the batch's tenants, then one insert per subscribed endpoint and event.
     async fn enqueue(
         &self,
         stream: &str,
         entries: Vec<(String, HashMap<String, String>)>,
     ) -> anyhow::Result<()> {
-        for (id, fields) in entries {
-            let tenant = fields.get("tenantId").and_then(|t| t.parse::<Uuid>().ok());
+        let tenant_of =
+            |f: &HashMap<String, String>| f.get("tenantId").and_then(|t| t.parse::<Uuid>().ok());
+        let mut tenants: Vec<Uuid> = entries.iter().filter_map(|(_, f)| tenant_of(f)).collect();
+        tenants.sort();
+        tenants.dedup();
+        let endpoints: Vec<(Uuid, Uuid, Vec<String>)> = sqlx::query_as(
+            "select tenant_id, id, event_types from webhook_endpoints
+             where active and tenant_id = any($1)",
+        )
+        .bind(&tenants)
+        .fetch_all(&self.db)
+        .await?;
+        for (_, fields) in &entries {
             let event_type = fields.get("eventType");
             let envelope = fields.get(sync_contract::FIELD_ENVELOPE);
-            if let (Some(tenant), Some(event_type), Some(envelope)) = (tenant, event_type, envelope)
+            if let (Some(tenant), Some(event_type), Some(envelope)) =
+                (tenant_of(fields), event_type, envelope)
             {
-                self.record(tenant, event_type, envelope).await?;
+                let subscribed: Vec<Uuid> = endpoints
+                    .iter()
+                    .filter(|(t, _, types)| *t == tenant && types.contains(event_type))
+                    .map(|e| e.1)
+                    .collect();
+                self.record(tenant, event_type, envelope, &subscribed)
+                    .await?;
             }
-            let _: u64 = self.redis.xack(stream, GROUP, id.as_str()).await?;
+        }
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        if !ids.is_empty() {
+            let _: u64 = self.redis.xack(stream, GROUP, ids).await?;
         }
         Ok(())
     }
 
-    async fn record(&self, tenant: Uuid, event_type: &str, envelope: &str) -> anyhow::Result<()> {
-        let subscribed: Vec<Uuid> = sqlx::query_scalar(
-            "select id from webhook_endpoints
-             where tenant_id = $1 and active and $2 = any(event_types)",
-        )
-        .bind(tenant)
-        .bind(event_type)
-        .fetch_all(&self.db)
-        .await?;
+    async fn record(
+        &self,
+        tenant: Uuid,
+        event_type: &str,
+        envelope: &str,
+        subscribed: &[Uuid],
+    ) -> anyhow::Result<()> {
         if subscribed.is_empty() {
             return Ok(());
         }
