@@ -52,7 +52,8 @@ use crate::domain::credits::{
     charge, charged, record_allocation,
 };
 use crate::domain::grants::{
-    DEFAULT_PRIORITY, GRANT_COLUMNS, Grant, Recurrence, THRESHOLD_COLUMNS, Terms, Threshold,
+    CreditGrant, CreditThreshold, DEFAULT_PRIORITY, GRANT_COLUMNS, Recurrence, THRESHOLD_COLUMNS,
+    Terms,
 };
 
 /// A grant: credits with their terms, to a tenant's pool, an entity in it, or an application.
@@ -514,15 +515,15 @@ struct GrantsQuery {
     all: bool,
 }
 
-#[utoipa::path(get, path = "/api/credits/grants", tag = "credits", params(GrantsQuery), responses((status = 200, description = "The tenant's grants in draw order (priority, earliest expiry, oldest) with their remaining credits", body = Vec<Grant>)))]
+#[utoipa::path(get, path = "/api/credits/grants", tag = "credits", params(GrantsQuery), responses((status = 200, description = "The tenant's grants in draw order (priority, earliest expiry, oldest) with their remaining credits", body = Vec<CreditGrant>)))]
 async fn list_grants(
     State(state): State<AppState>,
     ctx: Ctx,
     caller: Caller,
     ApiQuery(q): ApiQuery<GrantsQuery>,
-) -> ApiResult<Json<Vec<Grant>>> {
+) -> ApiResult<Json<Vec<CreditGrant>>> {
     authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
-    let grants: Vec<Grant> = sqlx::query_as(&format!(
+    let grants: Vec<CreditGrant> = sqlx::query_as(&format!(
         "select {GRANT_COLUMNS} from credit_grants
          where tenant_id = $1 and ($2::text is null or scope = $2) and ($3 or status = 'active')
          order by scope, priority, expires_at nulls last, id limit 1000"
@@ -573,14 +574,14 @@ struct SetThreshold {
     value: i64,
 }
 
-#[utoipa::path(post, path = "/api/tenants/{id}/credits/thresholds", tag = "credits", request_body = SetThreshold, params(("id" = Uuid, Path, description = "The tenant")), responses((status = 201, description = "The threshold (tenant admins). Crossing it emits one `credit.threshold_reached` per crossing; one already crossed fires at once", body = Threshold)))]
+#[utoipa::path(post, path = "/api/tenants/{id}/credits/thresholds", tag = "credits", request_body = SetThreshold, params(("id" = Uuid, Path, description = "The tenant")), responses((status = 201, description = "The threshold (tenant admins). Crossing it emits one `credit.threshold_reached` per crossing; one already crossed fires at once", body = CreditThreshold)))]
 async fn set_threshold(
     State(state): State<AppState>,
     ctx: Ctx,
     caller: Caller,
     Path(tenant): Path<Uuid>,
     ApiJson(req): ApiJson<SetThreshold>,
-) -> ApiResult<(StatusCode, Json<Threshold>)> {
+) -> ApiResult<(StatusCode, Json<CreditThreshold>)> {
     caller
         .authorize(&state, &ctx, tenant, Access::Admin)
         .await?;
@@ -608,7 +609,7 @@ async fn set_threshold(
         ));
     }
     let mut tx = state.db.begin().await?;
-    let threshold: Threshold = sqlx::query_as(&format!(
+    let threshold: CreditThreshold = sqlx::query_as(&format!(
         "insert into credit_thresholds (id, tenant_id, scope, kind, value) values ($1, $2, $3, $4, $5)
          returning {THRESHOLD_COLUMNS}"
     ))
@@ -626,13 +627,13 @@ async fn set_threshold(
     Ok((StatusCode::CREATED, Json(threshold)))
 }
 
-#[utoipa::path(get, path = "/api/tenants/{id}/credits/thresholds", tag = "credits", params(("id" = Uuid, Path, description = "The tenant")), responses((status = 200, description = "The tenant's thresholds (tenant admins)", body = Vec<Threshold>)))]
+#[utoipa::path(get, path = "/api/tenants/{id}/credits/thresholds", tag = "credits", params(("id" = Uuid, Path, description = "The tenant")), responses((status = 200, description = "The tenant's thresholds (tenant admins)", body = Vec<CreditThreshold>)))]
 async fn list_thresholds(
     State(state): State<AppState>,
     ctx: Ctx,
     caller: Caller,
     Path(tenant): Path<Uuid>,
-) -> ApiResult<Json<Vec<Threshold>>> {
+) -> ApiResult<Json<Vec<CreditThreshold>>> {
     caller
         .authorize(&state, &ctx, tenant, Access::Admin)
         .await?;

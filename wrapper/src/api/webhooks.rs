@@ -46,7 +46,7 @@ struct NewEndpoint {
 /// A registered endpoint (its secret only in the reply to its registration).
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Endpoint {
+struct WebhookEndpoint {
     id: Uuid,
     tenant_id: Uuid,
     url: String,
@@ -61,14 +61,14 @@ struct Endpoint {
 
 const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, event_types, active, created_at";
 
-#[utoipa::path(post, path = "/api/tenants/{id}/webhooks", tag = "webhooks", request_body = NewEndpoint, params(("id" = Uuid, Path, description = "The tenant")), responses((status = 201, description = "The endpoint, with its signing secret (shown this once; tenant admins)", body = Endpoint)))]
+#[utoipa::path(post, path = "/api/tenants/{id}/webhooks", tag = "webhooks", request_body = NewEndpoint, params(("id" = Uuid, Path, description = "The tenant")), responses((status = 201, description = "The endpoint, with its signing secret (shown this once; tenant admins)", body = WebhookEndpoint)))]
 async fn create(
     State(state): State<AppState>,
     ctx: Ctx,
     caller: Caller,
     Path(tenant): Path<Uuid>,
     ApiJson(req): ApiJson<NewEndpoint>,
-) -> ApiResult<(StatusCode, Json<Endpoint>)> {
+) -> ApiResult<(StatusCode, Json<WebhookEndpoint>)> {
     let admin = caller
         .authorize(&state, &ctx, tenant, Access::Admin)
         .await?
@@ -103,7 +103,7 @@ async fn create(
             "a tenant has at most {MAX_ENDPOINTS} webhook endpoints"
         )));
     }
-    let mut endpoint: Endpoint = sqlx::query_as(&format!(
+    let mut endpoint: WebhookEndpoint = sqlx::query_as(&format!(
         "insert into webhook_endpoints (id, tenant_id, url, event_types, secret)
          values ($1, $2, $3, $4, $5) returning {ENDPOINT_COLUMNS}"
     ))
@@ -139,13 +139,13 @@ async fn audit(
     crate::audit::record(tx, ctx, entry).await;
 }
 
-#[utoipa::path(get, path = "/api/tenants/{id}/webhooks", tag = "webhooks", params(("id" = Uuid, Path, description = "The tenant")), responses((status = 200, description = "The tenant's endpoints, without secrets (tenant admins)", body = Vec<Endpoint>)))]
+#[utoipa::path(get, path = "/api/tenants/{id}/webhooks", tag = "webhooks", params(("id" = Uuid, Path, description = "The tenant")), responses((status = 200, description = "The tenant's endpoints, without secrets (tenant admins)", body = Vec<WebhookEndpoint>)))]
 async fn list(
     State(state): State<AppState>,
     ctx: Ctx,
     caller: Caller,
     Path(tenant): Path<Uuid>,
-) -> ApiResult<Json<Vec<Endpoint>>> {
+) -> ApiResult<Json<Vec<WebhookEndpoint>>> {
     caller
         .authorize(&state, &ctx, tenant, Access::Admin)
         .await?;
@@ -210,7 +210,7 @@ async fn remove(
 /// A delivery of one event to one endpoint.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Delivery {
+struct WebhookDelivery {
     id: Uuid,
     endpoint_id: Uuid,
     event_id: Uuid,
@@ -266,7 +266,7 @@ async fn deliveries(
         Some(n) if (1..=500).contains(&n) => n,
         Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 500")),
     };
-    let mut items: Vec<Delivery> = sqlx::query_as(&format!(
+    let mut items: Vec<WebhookDelivery> = sqlx::query_as(&format!(
         "select {DELIVERY_COLUMNS} from webhook_deliveries
          where endpoint_id = $1 and ($2::text is null or status = $2)
            and ($3::uuid is null or id > $3)
@@ -287,7 +287,7 @@ async fn deliveries(
 /// One attempt of a delivery.
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct Attempt {
+struct WebhookAttempt {
     attempt: i32,
     at: chrono::DateTime<chrono::Utc>,
     /// The endpoint's HTTP status, if it answered.
@@ -308,7 +308,7 @@ async fn delivery(
         .authorize(&state, &ctx, tenant, Access::Admin)
         .await?;
     endpoint_of(&state, tenant, endpoint).await?;
-    let found: Option<Delivery> = sqlx::query_as(&format!(
+    let found: Option<WebhookDelivery> = sqlx::query_as(&format!(
         "select {DELIVERY_COLUMNS} from webhook_deliveries where id = $1 and endpoint_id = $2"
     ))
     .bind(delivery)
@@ -316,7 +316,7 @@ async fn delivery(
     .fetch_optional(&state.db)
     .await?;
     let found = found.ok_or(ApiError::NotFound("delivery"))?;
-    let attempts: Vec<Attempt> = sqlx::query_as(
+    let attempts: Vec<WebhookAttempt> = sqlx::query_as(
         "select attempt, at, status_code, error, duration_ms from webhook_attempts
          where delivery_id = $1 order by id",
     )

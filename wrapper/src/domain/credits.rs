@@ -11,7 +11,7 @@ use sqlx::PgConnection;
 use sync_contract::{CreditAllocated, CreditConsumed, Event};
 use uuid::Uuid;
 
-use super::grants::{self, Draw, Terms};
+use super::grants::{self, GrantDraw, Terms};
 use crate::{
     context::Ctx,
     error::{ApiError, ApiResult},
@@ -69,8 +69,8 @@ pub struct LedgerEntry {
     /// renewed or was voided.
     pub grant_id: Option<Uuid>,
     /// For a consumption or a move to an application: the grants drawn, in order.
-    #[schema(value_type = Option<Vec<Draw>>)]
-    pub draws: Option<sqlx::types::Json<Vec<Draw>>>,
+    #[schema(value_type = Option<Vec<GrantDraw>>)]
+    pub draws: Option<sqlx::types::Json<Vec<GrantDraw>>>,
     /// When.
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -91,7 +91,7 @@ pub(crate) struct NewEntry<'a> {
     pub(crate) balance_after: i64,
     pub(crate) user_id: Option<Uuid>,
     pub(crate) grant_id: Option<Uuid>,
-    pub(crate) draws: Option<&'a [Draw]>,
+    pub(crate) draws: Option<&'a [GrantDraw]>,
 }
 
 pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiResult<LedgerEntry> {
@@ -221,7 +221,7 @@ pub(crate) struct Consumption<'a> {
     pub(crate) user_id: Option<Uuid>,
     /// The grants the fast path drew (the ingester): taken as they are when they still hold,
     /// else the grants in effect are drawn in order.
-    pub(crate) drawn: Option<Vec<Draw>>,
+    pub(crate) drawn: Option<Vec<GrantDraw>>,
 }
 
 /// The consumption charged under `operation_id`, if any.

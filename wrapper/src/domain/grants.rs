@@ -28,7 +28,7 @@ pub const DEFAULT_PRIORITY: i32 = 50;
 /// Credits taken from one grant (by a consumption or a move to an application).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Draw {
+pub struct GrantDraw {
     /// The grant drawn.
     pub grant_id: Uuid,
     /// Credits taken from it.
@@ -116,7 +116,7 @@ impl Terms {
 /// A grant as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Grant {
+pub struct CreditGrant {
     /// The grant.
     pub id: Uuid,
     /// The tenant.
@@ -155,7 +155,7 @@ pub struct Grant {
     pub created_at: DateTime<Utc>,
 }
 
-/// The columns of [`Grant`].
+/// The columns of [`CreditGrant`].
 pub const GRANT_COLUMNS: &str = "id, tenant_id, scope, parent_id, category, priority,
     effective_at, expires_at, recurrence, rollover, rollover_cap, amount, initial, remaining,
     next_renewal_at, status, created_at,
@@ -183,7 +183,7 @@ pub async fn lock_balance(
 
 /// Plan taking `amount` from `grants` (id, remaining, in draw order): the draws, or the credits
 /// available when they do not cover it.
-pub fn plan_draws(grants: &[(Uuid, i64)], amount: i64) -> Result<Vec<Draw>, i64> {
+pub fn plan_draws(grants: &[(Uuid, i64)], amount: i64) -> Result<Vec<GrantDraw>, i64> {
     let mut left = amount;
     let mut draws = Vec::new();
     for &(grant_id, remaining) in grants {
@@ -192,7 +192,7 @@ pub fn plan_draws(grants: &[(Uuid, i64)], amount: i64) -> Result<Vec<Draw>, i64>
         }
         let take = remaining.min(left);
         if take > 0 {
-            draws.push(Draw {
+            draws.push(GrantDraw {
                 grant_id,
                 amount: take,
                 into: None,
@@ -213,7 +213,7 @@ async fn take(
     tx: &mut PgConnection,
     tenant: Uuid,
     scope: &str,
-    draws: &[Draw],
+    draws: &[GrantDraw],
 ) -> ApiResult<Option<(i64, i64)>> {
     let ids: Vec<Uuid> = draws.iter().map(|d| d.grant_id).collect();
     let amounts: Vec<i64> = draws.iter().map(|d| d.amount).collect();
@@ -253,7 +253,7 @@ pub async fn draw(
     tenant: Uuid,
     scope: &str,
     amount: i64,
-) -> ApiResult<(Vec<Draw>, i64, i64)> {
+) -> ApiResult<(Vec<GrantDraw>, i64, i64)> {
     let insufficient = |balance| ApiError::InsufficientCredits {
         balance,
         required: amount,
@@ -284,7 +284,7 @@ pub async fn draw_named(
     tx: &mut PgConnection,
     tenant: Uuid,
     scope: &str,
-    draws: &[Draw],
+    draws: &[GrantDraw],
 ) -> ApiResult<Option<(i64, i64)>> {
     if draws.is_empty() || lock_balance(tx, tenant, scope).await?.is_none() {
         return Ok(None);
@@ -366,7 +366,7 @@ pub async fn terms_of(tx: &mut PgConnection, grant: Uuid) -> ApiResult<Terms> {
 /// A threshold's state, as the API shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Threshold {
+pub struct CreditThreshold {
     /// The threshold.
     pub id: Uuid,
     /// The tenant.
@@ -383,7 +383,7 @@ pub struct Threshold {
     pub created_at: DateTime<Utc>,
 }
 
-/// The columns of [`Threshold`].
+/// The columns of [`CreditThreshold`].
 pub const THRESHOLD_COLUMNS: &str = "id, tenant_id, scope, kind, value, armed, created_at";
 
 /// Percent of `initial` used when `balance` is left (0 when nothing was granted).
@@ -487,12 +487,12 @@ mod tests {
         assert_eq!(
             plan_draws(&grants, 35).unwrap(),
             vec![
-                Draw {
+                GrantDraw {
                     grant_id: id(1),
                     amount: 30,
                     into: None
                 },
-                Draw {
+                GrantDraw {
                     grant_id: id(3),
                     amount: 5,
                     into: None

@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use sync_contract::StreamKeys;
 use uuid::Uuid;
 
-use crate::domain::grants::Draw;
+use crate::domain::grants::GrantDraw;
 
 /// A mirror that did not match the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -175,7 +175,7 @@ impl Mirror {
 
     /// Take what a direct-path consumption drew from the ledger's grants out of `app`'s
     /// mirror too (when mirrored), so both paths spend one balance.
-    pub async fn debit(&self, tenant: Uuid, app: &str, draws: &[Draw]) -> anyhow::Result<()> {
+    pub async fn debit(&self, tenant: Uuid, app: &str, draws: &[GrantDraw]) -> anyhow::Result<()> {
         let keys = vec![
             self.keys.credit_balance(tenant, app),
             self.keys.credit_grants(tenant, app),
@@ -328,10 +328,10 @@ impl Mirror {
 }
 
 /// The grants a credit stream entry drew (its `draws` field).
-pub fn drawn(field: &str) -> Vec<Draw> {
+pub fn drawn(field: &str) -> Vec<GrantDraw> {
     sync_contract::credit_draws(field)
         .into_iter()
-        .map(|(grant_id, amount)| Draw {
+        .map(|(grant_id, amount)| GrantDraw {
             grant_id,
             amount,
             into: None,
