@@ -96,7 +96,7 @@ pub mod app;
 pub mod auth;
 pub mod consumer;
 pub mod credits;
-pub mod dlq;
+pub use sync_contract::dlq;
 pub mod fullsync;
 #[cfg(feature = "axum")]
 pub mod http;

@@ -20,6 +20,8 @@
 
 #[cfg(feature = "openapi")]
 pub mod asyncapi;
+#[cfg(feature = "redis")]
+pub mod dlq;
 mod envelope;
 mod keys;
 mod manifest;

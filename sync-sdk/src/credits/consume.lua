@@ -28,17 +28,17 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ids = redis.call('ZRANGE', KEYS[6], 0, -1)
 local left, usable, draws = amount, 0, {}
 for _, id in ipairs(ids) do
+  -- Covered: the grants after do not matter (their credits are only counted for a refusal).
+  if left == 0 then break end
   local g = redis.call('HMGET', KEYS[5], id, id .. ':w')
   local remaining = tonumber(g[1] or '0')
   local effective, expiry = string.match(g[2] or '', '^(%d+) (%d+)$')
   effective, expiry = tonumber(effective), tonumber(expiry)
   if remaining > 0 and effective and effective <= now and (expiry == 0 or expiry > now) then
     usable = usable + remaining
-    if left > 0 then
-      local take = math.min(remaining, left)
-      draws[#draws + 1] = {id, take}
-      left = left - take
-    end
+    local take = math.min(remaining, left)
+    draws[#draws + 1] = {id, take}
+    left = left - take
   end
 end
 if left > 0 then return {2, tostring(usable)} end

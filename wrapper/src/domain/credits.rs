@@ -160,8 +160,10 @@ pub(crate) async fn record_allocation(
     application: Option<String>,
 ) -> ApiResult<LedgerEntry> {
     let (grant_id, draws, balance_after, version) = if a.from_pool {
-        let (mut draws, pool_after, _) = grants::draw(tx, a.tenant_id, POOL, a.amount).await?;
-        check_thresholds(tx, ctx, a.tenant_id, POOL, pool_after).await?;
+        let (mut draws, pool) = grants::draw(tx, a.tenant_id, POOL, a.amount).await?;
+        if pool.watched {
+            check_thresholds(tx, ctx, a.tenant_id, POOL, pool.balance).await?;
+        }
         grants::lock_balance(tx, a.tenant_id, a.scope).await?;
         let mut after = (0, 0);
         for d in &mut draws {
@@ -264,10 +266,11 @@ pub(crate) async fn charge(
         }
         _ => None,
     };
-    let (draws, balance_after, version) = match named {
-        Some((balance, version)) => (c.drawn.clone().unwrap_or_default(), balance, version),
+    let (draws, taken) = match named {
+        Some(taken) => (c.drawn.clone().unwrap_or_default(), taken),
         None => grants::draw(tx, c.tenant_id, &scope, c.amount).await?,
     };
+    let (balance_after, version) = (taken.balance, taken.version);
     let new = NewEntry {
         tenant_id: c.tenant_id,
         kind: "consumption",
@@ -296,6 +299,8 @@ pub(crate) async fn charge(
         version,
     };
     outbox::append(tx, ctx, c.tenant_id, aggregate, event).await?;
-    check_thresholds(tx, ctx, c.tenant_id, &scope, balance_after).await?;
+    if taken.watched {
+        check_thresholds(tx, ctx, c.tenant_id, &scope, balance_after).await?;
+    }
     Ok((entry, false))
 }

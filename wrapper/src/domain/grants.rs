@@ -209,18 +209,34 @@ pub fn plan_draws(grants: &[(Uuid, i64)], amount: i64) -> Result<Vec<GrantDraw>,
 
 /// Take the planned draws from their grants (each must still cover its part) and the sum from
 /// the scope's balance; returns (balance, version) after.
+/// A balance after credits were taken from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Taken {
+    /// The balance after.
+    pub balance: i64,
+    /// Its version after.
+    pub version: i64,
+    /// Whether a threshold watches it (then [`check_thresholds`] has work to do).
+    pub watched: bool,
+}
+
 async fn take(
     tx: &mut PgConnection,
     tenant: Uuid,
     scope: &str,
     draws: &[GrantDraw],
-) -> ApiResult<Option<(i64, i64)>> {
+) -> ApiResult<Option<Taken>> {
     let ids: Vec<Uuid> = draws.iter().map(|d| d.grant_id).collect();
     let amounts: Vec<i64> = draws.iter().map(|d| d.amount).collect();
+    // All or nothing: the draws apply only if every one holds (the caller holds the balance
+    // lock, under which no one else changes the scope's grants).
     let taken = sqlx::query(
-        "update credit_grants g set remaining = g.remaining - d.amount
-         from unnest($1::uuid[], $2::bigint[]) as d(id, amount)
-         where g.id = d.id and g.tenant_id = $3 and g.scope = $4 and g.remaining >= d.amount",
+        "with d as (select * from unnest($1::uuid[], $2::bigint[]) as d(id, amount)),
+              holds as (select count(*) = cardinality($1::uuid[]) as all_hold
+                        from credit_grants g join d on g.id = d.id
+                        where g.tenant_id = $3 and g.scope = $4 and g.remaining >= d.amount)
+         update credit_grants g set remaining = g.remaining - d.amount
+         from d, holds where holds.all_hold and g.id = d.id",
     )
     .bind(&ids)
     .bind(&amounts)
@@ -233,27 +249,32 @@ async fn take(
         return Ok(None);
     }
     let total: i64 = amounts.iter().sum();
-    Ok(Some(
-        sqlx::query_as(
-            "update credit_balances set balance = balance - $3, version = version + 1
-             where tenant_id = $1 and scope = $2 returning balance, version",
-        )
-        .bind(tenant)
-        .bind(scope)
-        .bind(total)
-        .fetch_one(&mut *tx)
-        .await?,
-    ))
+    let (balance, version, watched) = sqlx::query_as(
+        "update credit_balances b set balance = balance - $3, version = version + 1
+         where tenant_id = $1 and scope = $2
+         returning balance, version, exists(select 1 from credit_thresholds t
+                                            where t.tenant_id = $1 and t.scope = $2)",
+    )
+    .bind(tenant)
+    .bind(scope)
+    .bind(total)
+    .fetch_one(&mut *tx)
+    .await?;
+    Ok(Some(Taken {
+        balance,
+        version,
+        watched,
+    }))
 }
 
 /// Take `amount` from the grants of `scope` in effect now, in draw order; a 402 with the
-/// credits in effect when they do not cover it. Returns the draws and (balance, version) after.
+/// credits in effect when they do not cover it. Returns the draws and the balance after.
 pub async fn draw(
     tx: &mut PgConnection,
     tenant: Uuid,
     scope: &str,
     amount: i64,
-) -> ApiResult<(Vec<GrantDraw>, i64, i64)> {
+) -> ApiResult<(Vec<GrantDraw>, Taken)> {
     let insufficient = |balance| ApiError::InsufficientCredits {
         balance,
         required: amount,
@@ -271,10 +292,10 @@ pub async fn draw(
     .await?;
     let draws = plan_draws(&grants, amount).map_err(insufficient)?;
     // Under the balance lock nothing else changes these grants: the plan holds.
-    let (balance, version) = take(tx, tenant, scope, &draws)
+    let taken = take(tx, tenant, scope, &draws)
         .await?
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a planned draw did not hold")))?;
-    Ok((draws, balance, version))
+    Ok((draws, taken))
 }
 
 /// Take exactly `draws` (the grants the fast path drew, whatever their state now: a grant that
@@ -285,22 +306,19 @@ pub async fn draw_named(
     tenant: Uuid,
     scope: &str,
     draws: &[GrantDraw],
-) -> ApiResult<Option<(i64, i64)>> {
-    if draws.is_empty() || lock_balance(tx, tenant, scope).await?.is_none() {
+) -> ApiResult<Option<Taken>> {
+    let mut ids: Vec<Uuid> = draws.iter().map(|d| d.grant_id).collect();
+    ids.sort();
+    ids.dedup();
+    // A grant named twice (never the mirror's doing) or a non-positive part: not these draws.
+    if draws.is_empty()
+        || ids.len() != draws.len()
+        || draws.iter().any(|d| d.amount <= 0)
+        || lock_balance(tx, tenant, scope).await?.is_none()
+    {
         return Ok(None);
     }
-    sqlx::query("savepoint named_draw")
-        .execute(&mut *tx)
-        .await?;
-    match take(tx, tenant, scope, draws).await? {
-        Some(after) => Ok(Some(after)),
-        None => {
-            sqlx::query("rollback to savepoint named_draw")
-                .execute(&mut *tx)
-                .await?;
-            Ok(None)
-        }
-    }
+    take(tx, tenant, scope, draws).await
 }
 
 /// Add a grant of `amount` under `terms` to `scope` and the amount to its balance; returns the

@@ -15,7 +15,7 @@
 //! less its drawn-but-not-ingested ones, so the fast path never spends what the ledger would
 //! refuse.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use fred::{prelude::*, types::scripts::Script};
@@ -99,11 +99,13 @@ pub struct Mirror {
     db: PgPool,
     redis: Client,
     keys: StreamKeys,
-    add: Script,
-    take: Script,
-    reset: Script,
-    debit: Script,
 }
+
+// The scripts, hashed once per process (a `Mirror` is made per request).
+static ADD: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("add.lua")));
+static TAKE: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("take.lua")));
+static RESET: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("reset.lua")));
+static DEBIT: LazyLock<Script> = LazyLock::new(|| Script::from_lua(include_str!("debit.lua")));
 
 /// A grant's columns as the mirror needs them.
 pub const MIRROR_COLUMNS: &str = "id, remaining, effective_at, expires_at, priority";
@@ -111,15 +113,7 @@ pub const MIRROR_COLUMNS: &str = "id, remaining, effective_at, expires_at, prior
 impl Mirror {
     /// The mirrors in `redis` under `keys`, checked against `db`.
     pub fn new(db: PgPool, redis: Client, keys: StreamKeys) -> Self {
-        Self {
-            db,
-            redis,
-            keys,
-            add: Script::from_lua(include_str!("add.lua")),
-            take: Script::from_lua(include_str!("take.lua")),
-            reset: Script::from_lua(include_str!("reset.lua")),
-            debit: Script::from_lua(include_str!("debit.lua")),
-        }
+        Self { db, redis, keys }
     }
 
     /// Set `grants` in `app`'s mirror once for the change `change` (a ledger entry id). Nothing
@@ -135,10 +129,7 @@ impl Mirror {
         let mut args = vec![change.to_string()];
         args.extend(grants.iter().flat_map(MirrorGrant::args));
         let keys = self.keys.credit_mirror_keys(tenant, app);
-        let _added: i64 = self
-            .add
-            .evalsha_with_reload(&self.redis, keys, args)
-            .await?;
+        let _added: i64 = ADD.evalsha_with_reload(&self.redis, keys, args).await?;
         Ok(())
     }
 
@@ -166,8 +157,7 @@ impl Mirror {
             self.keys.credit_grants(tenant, app),
             self.keys.credit_grant_order(tenant, app),
         ];
-        let held: i64 = self
-            .take
+        let held: i64 = TAKE
             .evalsha_with_reload(&self.redis, keys, vec![grant.to_string()])
             .await?;
         Ok((held >= 0).then_some(held))
@@ -184,10 +174,7 @@ impl Mirror {
             .iter()
             .flat_map(|d| [d.grant_id.to_string(), d.amount.to_string()])
             .collect();
-        let _: i64 = self
-            .debit
-            .evalsha_with_reload(&self.redis, keys, args)
-            .await?;
+        let _: i64 = DEBIT.evalsha_with_reload(&self.redis, keys, args).await?;
         Ok(())
     }
 
@@ -274,8 +261,7 @@ impl Mirror {
             ];
             args.extend(changes.iter().map(Uuid::to_string));
             args.extend(target.iter().flat_map(MirrorGrant::args));
-            let reset: i64 = self
-                .reset
+            let reset: i64 = RESET
                 .evalsha_with_reload(&self.redis, keys.clone(), args)
                 .await?;
             if reset == 1 {

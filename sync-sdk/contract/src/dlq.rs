@@ -11,7 +11,7 @@ use fred::prelude::*;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::contract::StreamKeys;
+use crate::StreamKeys;
 
 /// One dead letter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +98,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn matches(&self, letter: &DeadLetter) -> bool {
+    /// Whether `letter` is one of these.
+    pub fn matches(&self, letter: &DeadLetter) -> bool {
         self.event_type
             .as_ref()
             .is_none_or(|t| letter.event_type.as_ref() == Some(t))
