@@ -235,5 +235,164 @@ async fn sync_health_shows_each_apps_replicas_lag_and_dead_letters_to_platform_a
     // Tenant admins see no operator data.
     let refused = hub.http.get(&url).bearer_auth(&hub.admin).send().await?;
     assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+
+    // A re-sync requested through the wrapper is taken over by the CRM's live replica and done:
+    // the request leaves the app's journal.
+    let journal = sync_sdk::contract::StreamKeys::new(hub.namespace.clone(), 4)
+        .unwrap()
+        .resyncs("crm");
+    let redis = redis_client(&redis_url()).await?;
+    tsync_e2e::replicas::send(
+        &hub.http,
+        Method::POST,
+        &format!("{url}/crm/resync"),
+        &hub.root,
+        json!({"tenantId": hub.tenant_id}),
+    )
+    .await?;
+    let requested: Option<String> =
+        fred::interfaces::HashesInterface::hget(&redis, &journal, &hub.tenant_id).await?;
+    assert!(requested.is_some(), "requested");
+    eventually(Duration::from_secs(30), || async {
+        fred::interfaces::HashesInterface::hget::<Option<String>, _, _>(
+            &redis,
+            &journal,
+            &hub.tenant_id,
+        )
+        .await
+        .is_ok_and(|r| r.is_none())
+    })
+    .await?;
+    Ok(())
+}
+
+/// The operator's actions on sync health: an app's dead letters listed and filtered, redriven
+/// by tenant onto their original stream (another tenant's stay), a re-sync requested in the
+/// app's journal for a live replica to take over; each audited, refused to tenant admins, and a
+/// bad filter refused naming the field.
+#[tokio::test]
+async fn sync_health_actions_redrive_dead_letters_by_tenant_and_request_a_resync()
+-> anyhow::Result<()> {
+    use fred::interfaces::{HashesInterface, StreamsInterface};
+    use std::collections::HashMap;
+    use sync_sdk::{
+        contract::StreamKeys,
+        dlq::{self, DeadLetter},
+    };
+    use tsync_e2e::wrapper_app::spawn_wrapper;
+    use wrapper::api::sync_health::RESYNC_REQUESTER;
+
+    let app = spawn_wrapper().await?;
+    let crm = super::credits::service_token(&app, "crm").await;
+    super::credits::register_crm(&app, &crm).await;
+    let (a, b) = (
+        app.create_tenant("lettera").await,
+        app.create_tenant("letterb").await,
+    );
+    let redis = redis_client(&app.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(app.state.settings.namespace.clone(), 8).unwrap();
+    // One poison entry per tenant, as the consumer dead-letters them.
+    for t in [&a, &b] {
+        let stream = keys.events_for(t.id);
+        let fields = HashMap::from([
+            ("eventType".to_owned(), "user.updated".to_owned()),
+            ("tenantId".to_owned(), t.id.to_string()),
+            ("envelope".to_owned(), format!("poison of {}", t.id)),
+        ]);
+        let letter = DeadLetter::new(&stream, "1-0", &fields, "handler failed".into(), 5);
+        dlq::push(&redis, &keys, "crm", &letter).await?;
+    }
+    let base = "/api/admin/sync-health/crm";
+    let listed = app
+        .get_ok(&format!("{base}/dead-letters?tenantId={}", a.id), &app.root)
+        .await;
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{listed}");
+    assert_eq!(
+        (
+            &items[0]["eventType"],
+            &items[0]["attempts"],
+            &items[0]["error"]
+        ),
+        (&json!("user.updated"), &json!(5), &json!("handler failed"))
+    );
+    let (status, problem) = app
+        .call(
+            Method::POST,
+            &format!("{base}/dead-letters/redrive"),
+            Some(&app.root),
+            Some(json!({"eventType": "user.exploded"})),
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), &problem["field"]),
+        (400, &json!("eventType"))
+    );
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("{base}/dead-letters/redrive"),
+            Some(&a.admin),
+            Some(json!({"tenantId": a.id})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 403, "platform admins only");
+    let (status, _) = app
+        .call(
+            Method::POST,
+            "/api/admin/sync-health/nosuchapp/dead-letters/redrive",
+            Some(&app.root),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 404);
+
+    let stream = keys.events_for(a.id);
+    let before: u64 = redis.xlen(&stream).await?;
+    let moved = app
+        .send_ok(
+            Method::POST,
+            &format!("{base}/dead-letters/redrive"),
+            &app.root,
+            json!({"tenantId": a.id}),
+        )
+        .await;
+    assert_eq!(moved["redriven"], 1);
+    let after: u64 = redis.xlen(&stream).await?;
+    assert_eq!(after, before + 1, "back on its stream");
+    let last: Vec<(String, HashMap<String, String>)> =
+        redis.xrevrange(&stream, "+", "-", Some(1)).await?;
+    assert_eq!(last[0].1["envelope"], format!("poison of {}", a.id));
+    let left = dlq::list(&redis, &keys, "crm", None).await?;
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].1.tenant_id,
+        Some(b.id.to_string()),
+        "the other tenant's stays"
+    );
+
+    let (status, _) = app
+        .call(
+            Method::POST,
+            &format!("{base}/resync"),
+            Some(&app.root),
+            Some(json!({"tenantId": b.id})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 202);
+    let journal: Option<String> = redis.hget(keys.resyncs("crm"), b.id.to_string()).await?;
+    assert_eq!(journal.as_deref(), Some(RESYNC_REQUESTER));
+    let audited: Vec<(String, Option<uuid::Uuid>)> = sqlx::query_as(
+        "select action, tenant_id from audit_log where action like 'sync.%' order by id",
+    )
+    .fetch_all(&app.db.pool)
+    .await?;
+    assert_eq!(
+        audited,
+        vec![
+            ("sync.redrive".to_owned(), Some(a.id)),
+            ("sync.resync".to_owned(), Some(b.id))
+        ]
+    );
     Ok(())
 }

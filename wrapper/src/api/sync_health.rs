@@ -4,26 +4,57 @@
 //! loaded), the app's dead letters and pending re-syncs, and its recent full syncs. Read from
 //! what the SDK writes into Redis (`{ns}:status:{app}`, `{ns}:dlq:{app}`, `{ns}:resyncs:{app}`,
 //! `{ns}:fullsyncs:{app}`); the wrapper does not interpret the reports beyond their age.
+//!
+//! And the operator's actions, each audited: list an app's dead letters, redrive them (by
+//! tenant or event type: back onto their streams, where every app skips what it processed),
+//! and ask an app to re-sync one tenant (a request in the app's re-sync journal, which a live
+//! replica takes over within one status tick, as it takes over a dead replica's).
 
-use axum::{Json, extract::State};
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::StatusCode,
+};
 use fred::prelude::*;
+use serde::Deserialize;
 use serde_json::{Value, json};
+use sync_contract::dlq;
 use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
 
-use crate::{auth::Caller, error::ApiResult, state::AppState};
+use super::{ApiJson, ApiQuery};
+use crate::{
+    auth::Caller,
+    context::Ctx,
+    error::{ApiError, ApiResult},
+    state::AppState,
+};
+
+/// The replica name the wrapper's re-sync requests carry in an app's re-sync journal: no
+/// replica reports under it, so a live one takes the request over.
+pub const RESYNC_REQUESTER: &str = "requested-by-wrapper";
 
 /// A replica silent for longer than this is shown as not fresh (the SDK reports every 5 s).
 const FRESH_MS: u64 = 20_000;
 
 /// Sync-health routes.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(sync_health))
+    OpenApiRouter::new()
+        .routes(routes!(sync_health))
+        .routes(routes!(dead_letters))
+        .routes(routes!(redrive))
+        .routes(routes!(resync))
 }
 
 /// Every registered app's sync state (platform admins).
 #[utoipa::path(get, path = "/api/admin/sync-health", tag = "sync", responses((status = 200, description = "Every app's replicas, dead letters, re-syncs and full syncs", body = Value)))]
 async fn sync_health(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_platform_admin()?;
+    Ok(Json(report(&state).await?))
+}
+
+/// Every registered app's sync state (the JSON of `GET /api/admin/sync-health`).
+pub(crate) async fn report(state: &AppState) -> ApiResult<Value> {
     let apps: Vec<String> = sqlx::query_scalar("select name from applications order by name")
         .fetch_all(&state.db)
         .await?;
@@ -71,5 +102,172 @@ async fn sync_health(State(state): State<AppState>, caller: Caller) -> ApiResult
             "recentFullSyncs": full_syncs,
         }));
     }
-    Ok(Json(json!({ "apps": out })))
+    Ok(json!({ "apps": out }))
+}
+
+/// The app, if registered.
+async fn registered(state: &AppState, app: &str) -> ApiResult<()> {
+    let found: Option<bool> = sqlx::query_scalar("select true from applications where name = $1")
+        .bind(app)
+        .fetch_optional(&state.db)
+        .await?;
+    found.map(|_| ()).ok_or(ApiError::NotFound("application"))
+}
+
+/// Which dead letters: by tenant and/or event type (none: all).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct LetterFilter {
+    /// Only this tenant's.
+    pub(crate) tenant_id: Option<Uuid>,
+    /// Only this event type's.
+    pub(crate) event_type: Option<String>,
+}
+
+impl LetterFilter {
+    pub(crate) fn dlq(&self) -> ApiResult<dlq::Filter> {
+        if let Some(t) = &self.event_type
+            && t.parse::<sync_contract::EventType>().is_err()
+        {
+            return Err(ApiError::invalid(
+                "eventType",
+                format!("'{t}' is not an event type"),
+            ));
+        }
+        Ok(dlq::Filter {
+            event_type: self.event_type.clone(),
+            tenant_id: self.tenant_id,
+        })
+    }
+}
+
+/// An app's dead letters (at most 500), oldest first, matching `filter`.
+pub(crate) async fn letters(
+    state: &AppState,
+    app: &str,
+    filter: &LetterFilter,
+) -> ApiResult<Vec<Value>> {
+    let f = filter.dlq()?;
+    let all = dlq::list(&state.redis, &state.stream_keys, app, None)
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(all
+        .into_iter()
+        .filter(|(_, l)| f.matches(l))
+        .take(500)
+        .map(|(id, l)| {
+            json!({
+                "id": id, "tenantId": l.tenant_id, "eventType": l.event_type, "error": l.error,
+                "attempts": l.attempts, "at": l.at, "stream": l.stream, "entryId": l.entry_id,
+            })
+        })
+        .collect())
+}
+
+#[utoipa::path(get, path = "/api/admin/sync-health/{app}/dead-letters", tag = "sync", params(("app" = String, Path, description = "A registered app"), LetterFilter), responses((status = 200, description = "The app's dead letters, oldest first, at most 500 (platform admins)", body = Value)))]
+async fn dead_letters(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    ApiQuery(filter): ApiQuery<LetterFilter>,
+) -> ApiResult<Json<Value>> {
+    caller.require_platform_admin()?;
+    registered(&state, &app).await?;
+    Ok(Json(
+        json!({"items": letters(&state, &app, &filter).await?}),
+    ))
+}
+
+/// Redrive `app`'s dead letters matching `filter` and audit it; how many moved.
+pub(crate) async fn redrive_letters(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    app: &str,
+    filter: &LetterFilter,
+) -> ApiResult<usize> {
+    registered(state, app).await?;
+    let f = filter.dlq()?;
+    let moved = dlq::redrive(&state.redis, &state.stream_keys, app, &f)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let entry = crate::audit::Entry {
+        tenant_id: filter.tenant_id,
+        actor_id: Some(actor),
+        action: "sync.redrive",
+        target: Some(app.to_owned()),
+        outcome: "success",
+        details: json!({"eventType": filter.event_type, "redriven": moved}),
+    };
+    crate::audit::record(&state.db, ctx, entry).await;
+    Ok(moved)
+}
+
+#[utoipa::path(post, path = "/api/admin/sync-health/{app}/dead-letters/redrive", tag = "sync", request_body = LetterFilter, params(("app" = String, Path, description = "A registered app")), responses((status = 200, description = "How many dead letters went back onto their streams (platform admins; audited)", body = Value)))]
+async fn redrive(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(app): Path<String>,
+    ApiJson(filter): ApiJson<LetterFilter>,
+) -> ApiResult<Json<Value>> {
+    let actor = caller.require_platform_admin()?.id;
+    let moved = redrive_letters(&state, &ctx, actor, &app, &filter).await?;
+    Ok(Json(json!({"redriven": moved})))
+}
+
+/// Ask `app` to re-sync `tenant` and audit it.
+pub(crate) async fn request_resync(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    app: &str,
+    tenant: Uuid,
+) -> ApiResult<()> {
+    registered(state, app).await?;
+    let exists: Option<bool> = sqlx::query_scalar("select true from tenants where id = $1")
+        .bind(tenant)
+        .fetch_optional(&state.db)
+        .await?;
+    if exists.is_none() {
+        return Err(ApiError::invalid("tenantId", "no such tenant"));
+    }
+    let _: i64 = state
+        .redis
+        .hset(
+            state.stream_keys.resyncs(app),
+            (tenant.to_string(), RESYNC_REQUESTER),
+        )
+        .await
+        .map_err(anyhow::Error::from)?;
+    let entry = crate::audit::Entry {
+        tenant_id: Some(tenant),
+        actor_id: Some(actor),
+        action: "sync.resync",
+        target: Some(app.to_owned()),
+        outcome: "success",
+        details: json!({}),
+    };
+    crate::audit::record(&state.db, ctx, entry).await;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Resync {
+    tenant_id: Uuid,
+}
+
+#[utoipa::path(post, path = "/api/admin/sync-health/{app}/resync", tag = "sync", request_body = Resync, params(("app" = String, Path, description = "A registered app")), responses((status = 202, description = "The app re-syncs the tenant within a status tick of a live replica (platform admins; audited)", body = Value)))]
+async fn resync(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(app): Path<String>,
+    ApiJson(req): ApiJson<Resync>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let actor = caller.require_platform_admin()?.id;
+    request_resync(&state, &ctx, actor, &app, req.tenant_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"requested": true}))))
 }
