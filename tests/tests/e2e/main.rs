@@ -4,6 +4,7 @@
 
 mod app_auth;
 mod compose;
+mod console;
 mod consumer;
 mod contract_docs;
 mod credits;

@@ -1,0 +1,206 @@
+//! The admin console over HTTP: the credits page through nginx on the tenant's host (balances,
+//! the server-drawn consumption chart, grants, thresholds), refused to members and sent to
+//! sign-in without a session; the sync-health page on the platform host with its redrive form,
+//! refused without this origin. Pages carry the strict content security policy and no script.
+
+use std::collections::HashMap;
+
+use reqwest::{StatusCode, header};
+use serde_json::json;
+use sync_sdk::{
+    contract::StreamKeys,
+    dlq::{self, DeadLetter},
+};
+use tsync_e2e::{suite::Suite, *};
+
+const COOKIE: &str = "tsync_session";
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_credits_page_charts_consumption_per_app_and_only_admins_see_it() -> anyhow::Result<()>
+{
+    let suite = Suite::start(|_| {}).await?;
+    let (w, nginx) = (&suite.wrapper, &suite.nginx);
+    let acme = w.create_tenant("acme").await;
+    let (_, member) = w.create_member(&acme, "member@acme.test").await;
+    w.fund_app(&acme, "crm", 1000).await;
+    w.send_ok(
+        reqwest::Method::POST,
+        &format!("/api/tenants/{}/credits/thresholds", acme.id),
+        &acme.admin,
+        json!({"scope": "app:crm", "kind": "percent_used", "value": 80}),
+    )
+    .await;
+    let http = no_redirects();
+    for name in ["Initech", "Globex"] {
+        let created = http
+            .post(format!("{}/crm/accounts", nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .bearer_auth(&acme.admin)
+            .json(&json!({"name": name, "value": 10, "ownerId": acme.admin_id}))
+            .send()
+            .await?;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let page = |token: Option<String>| {
+        let mut req = http
+            .get(format!("{}/admin/credits", nginx.url()))
+            .header("host", "acme.yourapp.test");
+        if let Some(t) = token {
+            req = req.header(header::COOKIE, format!("{COOKIE}={t}"));
+        }
+        req.send()
+    };
+    let shown = page(Some(acme.admin.clone())).await?;
+    assert_eq!(shown.status(), StatusCode::OK);
+    let csp = shown.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()?
+        .to_owned();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    let body = shown.text().await?;
+    assert!(!body.contains("<script"), "no script");
+    assert!(body.contains(r#"id="usage-chart""#), "the chart");
+    let today = chrono::Utc::now().format("%d %b").to_string();
+    assert!(
+        body.contains(&format!("<title>crm: 70 ({today})</title>")),
+        "two accounts of 35 today, one bar segment: {body}"
+    );
+    assert!(
+        body.contains(r#"id="balances""#) && body.contains("930"),
+        "the balance"
+    );
+    assert!(
+        body.contains("percent used") && body.contains("80 %"),
+        "the threshold"
+    );
+
+    let refused = page(Some(member)).await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert!(refused.text().await?.contains(r#"id="error""#));
+    let anonymous = page(None).await?;
+    assert_eq!(anonymous.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        anonymous.headers()[header::LOCATION],
+        "/auth/login?return_to=%2Fadmin%2Fcredits"
+    );
+    // Another tenant's admin on this host: refused, and audited as a cross-tenant attempt.
+    let other = w.create_tenant("globex").await;
+    assert_eq!(
+        page(Some(other.admin.clone())).await?.status(),
+        StatusCode::FORBIDDEN
+    );
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from audit_log where tenant_id = $1 and action = 'cross_tenant_attempt'",
+    )
+    .bind(acme.id)
+    .fetch_one(&w.db.pool)
+    .await?;
+    assert!(audited >= 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_sync_health_page_lists_dead_letters_and_its_form_redrives_them() -> anyhow::Result<()>
+{
+    let suite = Suite::start(|_| {}).await?;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    let redis = redis_client(&w.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(
+        w.state.settings.namespace.clone(),
+        w.state.settings.partitions,
+    )
+    .unwrap();
+    // The tenant's first event, as if the CRM's handler had failed on it: once redriven, the
+    // fixed handler (here: the CRM, which applied it already) takes it without a new letter.
+    let stream = keys.events_for(acme.id);
+    let tenant = acme.id.to_string();
+    let (id, fields): (String, HashMap<String, String>) =
+        eventually_some(std::time::Duration::from_secs(10), || async {
+            let entries: Vec<(String, HashMap<String, String>)> =
+                fred::interfaces::StreamsInterface::xrange(&redis, &stream, "-", "+", None)
+                    .await
+                    .ok()?;
+            entries
+                .into_iter()
+                .find(|(_, f)| f.get("tenantId") == Some(&tenant))
+        })
+        .await?;
+    let letter = DeadLetter::new(
+        &stream,
+        &id,
+        &fields,
+        "handler failed: store down".into(),
+        5,
+    );
+    dlq::push(&redis, &keys, "crm", &letter).await?;
+
+    let http = no_redirects();
+    let cookie = format!("{COOKIE}={}", w.root);
+    // The platform host: the wrapper's own address (WRAPPER_ADMIN_HOST is 127.0.0.1).
+    let page = http
+        .get(format!("{}/admin/sync-health", w.url))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await?;
+    assert_eq!(page.status(), StatusCode::OK);
+    let body = page.text().await?;
+    assert!(body.contains(r#"id="app-crm""#), "{body}");
+    assert!(
+        body.contains(r#"<span id="dead-letters-crm">1</span>"#),
+        "{body}"
+    );
+    assert!(body.contains("handler failed: store down"));
+    assert!(body.contains(r#"id="lag-crm""#), "the lag chart");
+
+    let form = [
+        ("tenantId", acme.id.to_string()),
+        ("eventType", String::new()),
+    ];
+    // Without this origin: refused by the CSRF guard, nothing moved.
+    let forged = http
+        .post(format!("{}/admin/sync-health/crm/redrive", w.url))
+        .header(header::COOKIE, &cookie)
+        .header(header::ORIGIN, "https://evil.example")
+        .form(&form)
+        .send()
+        .await?;
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    assert_eq!(dlq::list(&redis, &keys, "crm", None).await?.len(), 1);
+    let done = http
+        .post(format!("{}/admin/sync-health/crm/redrive", w.url))
+        .header(header::COOKIE, &cookie)
+        .header(header::ORIGIN, &w.url)
+        .form(&form)
+        .send()
+        .await?;
+    assert_eq!(
+        done.status(),
+        StatusCode::SEE_OTHER,
+        "{}",
+        done.text().await?
+    );
+    assert!(dlq::list(&redis, &keys, "crm", None).await?.is_empty());
+    let after = http
+        .get(format!("{}/admin/sync-health?done=1+redriven", w.url))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(after.contains(r#"<span id="dead-letters-crm">0</span>"#));
+    // A tenant admin is not an operator, here or on their own host.
+    let refused = http
+        .get(format!("{}/admin/sync-health", w.url))
+        .header(header::COOKIE, format!("{COOKIE}={}", acme.admin))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    Ok(())
+}

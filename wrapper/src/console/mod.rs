@@ -1,0 +1,644 @@
+//! The admin console: server-rendered pages under `/admin/`, signed in with the session cookie,
+//! under the sign-in pages' rules (no script, inline styles only, forms post to this origin
+//! and carry its `Origin`, checked by the CSRF guard; no external asset, so it works offline).
+//!
+//! * On a tenant's host, for its admins: `/admin/credits` (balances, grants, a chart of
+//!   consumption per application and day drawn on the server as SVG, thresholds, the ledger).
+//! * On the platform host (`WRAPPER_ADMIN_HOST`), for platform admins: `/admin/sync-health`
+//!   (each app's replicas and partitions with a lag chart, its dead letters with a redrive form,
+//!   a re-sync form), the actions audited like the API's.
+//!
+//! Anyone else gets the 403 page (a user of another tenant is audited as a cross-tenant attempt
+//! by the same check the API uses); a visitor without a session is sent to sign in.
+
+mod chart;
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Form, Router,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::Response,
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::Value;
+use sync_web::{
+    html::{escape, table, url_encode},
+    page::{html, see_other},
+};
+use uuid::Uuid;
+
+use crate::{
+    api::sync_health::{self, LetterFilter},
+    auth::{
+        Access, Caller, UserCaller,
+        pages::{is_admin_host, page_tenant},
+    },
+    context::Ctx,
+    error::ApiError,
+    state::AppState,
+};
+
+/// The console's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/", get(home))
+        .route("/admin/credits", get(credits))
+        .route("/admin/sync-health", get(sync_health_page))
+        .route("/admin/sync-health/{app}/redrive", post(redrive))
+        .route("/admin/sync-health/{app}/resync", post(resync))
+}
+
+/// A wider page than the sign-in pages' (tables and charts), and the console's look.
+const STYLE: &str = "<style>main { max-width: 74rem; margin: 1.5rem auto; } \
+    nav a { font-weight: 600; } h2 { margin-top: 2rem; font-size: 1.2rem; } \
+    td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; } \
+    form.inline { display: flex; gap: .5rem; align-items: end; flex-wrap: wrap; } \
+    form.inline input { width: auto; } .ok { color: #176b2c; } .bad { color: #8a1c1c; } \
+    svg { max-width: 100%; height: auto; background: #fbfcfd; border: 1px solid #e4e7ec; \
+    border-radius: 6px; margin-top: .6rem; } code { font-size: .85rem; }</style>";
+
+/// Who is looking, once allowed.
+enum Viewer {
+    /// A tenant admin (or a platform admin) on the tenant's host.
+    Tenant { id: Uuid, name: String },
+    /// A platform admin on the platform host.
+    Platform { user: UserCaller },
+}
+
+fn forbidden(message: &str) -> Response {
+    html(
+        StatusCode::FORBIDDEN,
+        "Not allowed",
+        &format!(
+            r#"{STYLE}<h1>Not allowed</h1><p class="error" id="error">{}</p><p><a href="/">Back</a></p>"#,
+            escape(message)
+        ),
+    )
+}
+
+/// The viewer of `path`, or the page to answer instead (sign in, 403).
+async fn viewer(
+    state: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    caller: Result<Caller, ApiError>,
+    path: &str,
+) -> Result<Viewer, Response> {
+    let sign_in = || see_other(&format!("/auth/login?return_to={}", url_encode(path)));
+    let caller = match caller {
+        Ok(c @ Caller::User(_)) => c,
+        Ok(Caller::Service { .. }) => return Err(forbidden("the console is for people")),
+        Err(_) => return Err(sign_in()),
+    };
+    if is_admin_host(state, headers) {
+        return match caller.require_platform_admin() {
+            Ok(user) => Ok(Viewer::Platform { user: user.clone() }),
+            Err(_) => Err(forbidden("only platform admins use the console here")),
+        };
+    }
+    let tenant = page_tenant(state, headers).await?;
+    match caller
+        .authorize(state, ctx, tenant.tenant_id, Access::Admin)
+        .await
+    {
+        Ok(_) => Ok(Viewer::Tenant {
+            id: tenant.tenant_id,
+            name: tenant.name.clone(),
+        }),
+        Err(_) => Err(forbidden(
+            "the console is for this organisation's admins; ask one of them",
+        )),
+    }
+}
+
+fn nav(viewer: &Viewer) -> String {
+    let links = match viewer {
+        Viewer::Tenant { .. } => r#"<a href="/admin/credits">Credits</a><a href="/">Apps</a>"#,
+        Viewer::Platform { .. } => r#"<a href="/admin/sync-health">Sync health</a>"#,
+    };
+    format!(
+        r#"{STYLE}<nav>{links}<form method="post" action="/auth/logout"><input type="hidden" name="return_to" value="/admin/"><button type="submit" class="secondary">Sign out</button></form></nav>"#
+    )
+}
+
+async fn home(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+) -> Response {
+    match viewer(&state, &ctx, &headers, caller, "/admin/").await {
+        Ok(Viewer::Tenant { .. }) => see_other("/admin/credits"),
+        Ok(Viewer::Platform { .. }) => see_other("/admin/sync-health"),
+        Err(page) => page,
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %e, "console page failed");
+    html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "Something went wrong",
+        r#"<h1>Something went wrong</h1><p class="error">The page could not be built; see the server log.</p>"#,
+    )
+}
+
+fn num(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+/// Days of consumption the credits chart shows.
+const CHART_DAYS: i64 = 14;
+
+async fn credits(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+) -> Response {
+    let viewer = match viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
+        Ok(v @ Viewer::Tenant { .. }) => v,
+        Ok(Viewer::Platform { .. }) => return see_other("/admin/sync-health"),
+        Err(page) => return page,
+    };
+    let Viewer::Tenant { id, ref name, .. } = viewer else {
+        return see_other("/admin/");
+    };
+    match credits_body(&state, id).await {
+        Ok(body) => html(
+            StatusCode::OK,
+            &format!("Credits · {name}"),
+            &format!(
+                r#"{nav}<h1 id="page-title">Credits · {}</h1>{body}"#,
+                escape(name),
+                nav = nav(&viewer)
+            ),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Error> {
+    let db = &state.db;
+    let balances: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select b.scope, b.balance, coalesce((select sum(g.remaining) from credit_grants g
+             where g.tenant_id = b.tenant_id and g.scope = b.scope and g.status = 'active'
+               and g.effective_at <= now() and (g.expires_at is null or g.expires_at > now())), 0)::bigint
+         from credit_balances b where b.tenant_id = $1 order by b.scope",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    let usage: Vec<(String, chrono::NaiveDate, i64)> = sqlx::query_as(
+        "select coalesce(application, '-'), (created_at at time zone 'UTC')::date, sum(amount)::bigint
+         from credit_ledger where tenant_id = $1 and kind = 'consumption'
+           and created_at >= (now() at time zone 'UTC')::date - ($2::int - 1)
+         group by 1, 2 order by 2, 1",
+    )
+    .bind(tenant)
+    .bind(CHART_DAYS as i32)
+    .fetch_all(db)
+    .await?;
+    let grants: Vec<(
+        String,
+        String,
+        i32,
+        i64,
+        i64,
+        Option<chrono::DateTime<chrono::Utc>>,
+        String,
+    )> = sqlx::query_as(
+        "select scope, category, priority, remaining, initial, expires_at, status
+             from credit_grants where tenant_id = $1 and status = 'active'
+             order by scope, priority, expires_at nulls last, id limit 200",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    let thresholds: Vec<(String, String, i64, bool)> = sqlx::query_as(
+        "select scope, kind, value, armed from credit_thresholds where tenant_id = $1
+         order by scope, kind, value",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    let ledger: Vec<(
+        chrono::DateTime<chrono::Utc>,
+        String,
+        String,
+        i64,
+        Option<String>,
+        i64,
+    )> = sqlx::query_as(
+        "select created_at, kind, scope, amount, operation_code, balance_after
+             from credit_ledger where tenant_id = $1 order by id desc limit 25",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+
+    let today = chrono::Utc::now().date_naive();
+    let days: Vec<chrono::NaiveDate> = (0..CHART_DAYS)
+        .rev()
+        .map(|d| today - chrono::TimeDelta::days(d))
+        .collect();
+    let mut series: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (app, day, amount) in &usage {
+        if let Some(i) = days.iter().position(|d| d == day) {
+            series
+                .entry(app.clone())
+                .or_insert_with(|| vec![0; days.len()])[i] += amount;
+        }
+    }
+    let labels: Vec<String> = days.iter().map(|d| d.format("%d %b").to_string()).collect();
+    let svg = chart::stacked_bars(
+        "usage-chart",
+        &format!("Credits consumed per day, last {CHART_DAYS} days"),
+        &labels,
+        &series,
+    );
+
+    let when = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+    let balance_rows: Vec<Vec<String>> = balances
+        .iter()
+        .map(|(s, b, a)| vec![s.clone(), num(*b), num(*a)])
+        .collect();
+    let grant_rows: Vec<Vec<String>> = grants
+        .iter()
+        .map(
+            |(scope, category, priority, remaining, initial, expires, status)| {
+                vec![
+                    scope.clone(),
+                    category.clone(),
+                    priority.to_string(),
+                    format!("{} of {}", num(*remaining), num(*initial)),
+                    expires.as_ref().map(when).unwrap_or_else(|| "never".into()),
+                    status.clone(),
+                ]
+            },
+        )
+        .collect();
+    let threshold_rows: Vec<Vec<String>> = thresholds
+        .iter()
+        .map(|(scope, kind, value, armed)| {
+            vec![
+                scope.clone(),
+                kind.replace('_', " "),
+                if kind == "percent_used" {
+                    format!("{value} %")
+                } else {
+                    num(*value)
+                },
+                if *armed {
+                    "watching".into()
+                } else {
+                    "crossed".into()
+                },
+            ]
+        })
+        .collect();
+    let ledger_rows: Vec<Vec<String>> = ledger
+        .iter()
+        .map(|(at, kind, scope, amount, op, after)| {
+            vec![
+                when(at),
+                kind.clone(),
+                scope.clone(),
+                num(*amount),
+                op.clone().unwrap_or_default(),
+                num(*after),
+            ]
+        })
+        .collect();
+    Ok(format!(
+        r#"<h2>Balances</h2>{}
+<h2>Consumption</h2>{svg}
+<h2>Grants in use</h2>{}
+<h2>Thresholds</h2>{}
+<h2>Latest ledger entries</h2>{}"#,
+        table(
+            "balances",
+            &["Balance", "Credits", "Available now"],
+            &balance_rows,
+            "No credits yet."
+        ),
+        table(
+            "grants",
+            &[
+                "Balance",
+                "Category",
+                "Priority",
+                "Remaining",
+                "Expires",
+                "Status"
+            ],
+            &grant_rows,
+            "No grants."
+        ),
+        table(
+            "thresholds",
+            &["Balance", "Kind", "Value", "State"],
+            &threshold_rows,
+            "No thresholds: set them with POST /api/tenants/{id}/credits/thresholds."
+        ),
+        table(
+            "ledger",
+            &[
+                "When (UTC)",
+                "Kind",
+                "Balance",
+                "Credits",
+                "Operation",
+                "Balance after"
+            ],
+            &ledger_rows,
+            "No entries."
+        ),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Notice {
+    done: Option<String>,
+}
+
+async fn sync_health_page(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    Query(notice): Query<Notice>,
+) -> Response {
+    let viewer = match viewer(&state, &ctx, &headers, caller, "/admin/sync-health").await {
+        Ok(v @ Viewer::Platform { .. }) => v,
+        Ok(Viewer::Tenant { .. }) => {
+            return forbidden("sync health is for platform admins, on the platform's host");
+        }
+        Err(page) => return page,
+    };
+    let report = match sync_health::report(&state).await {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    let mut body = format!(r#"{}<h1 id="page-title">Sync health</h1>"#, nav(&viewer));
+    if let Some(done) = &notice.done {
+        body.push_str(&format!(
+            r#"<p class="ok" id="notice">{}</p>"#,
+            escape(done)
+        ));
+    }
+    for app in report["apps"].as_array().into_iter().flatten() {
+        let name = app["app"].as_str().unwrap_or_default();
+        match app_section(&state, name, app).await {
+            Ok(section) => body.push_str(&section),
+            Err(e) => return internal(e),
+        }
+    }
+    html(StatusCode::OK, "Sync health", &body)
+}
+
+async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String, ApiError> {
+    let replicas = app["replicas"].as_array().cloned().unwrap_or_default();
+    let replica_rows: Vec<Vec<String>> = replicas
+        .iter()
+        .map(|r| {
+            let h = &r["health"];
+            vec![
+                r["replica"].as_str().unwrap_or_default().to_owned(),
+                if r["fresh"] == true {
+                    "reporting"
+                } else {
+                    "silent"
+                }
+                .to_owned(),
+                format!("{:.1} s ago", r["ageMs"].as_f64().unwrap_or(0.0) / 1000.0),
+                if h["ready"] == true {
+                    "ready".into()
+                } else {
+                    "not ready".into()
+                },
+                r["tenantsLoaded"]
+                    .as_u64()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+                h["resyncsPending"].as_u64().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    // The lag chart: the freshest replica's view of each partition (groups are per app).
+    let mut lag: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut partitions: Vec<String> = Vec::new();
+    if let Some(r) = replicas
+        .iter()
+        .find(|r| r["fresh"] == true)
+        .or(replicas.first())
+    {
+        for p in r["health"]["partitions"].as_array().into_iter().flatten() {
+            partitions.push(format!("P{}", p["partition"].as_u64().unwrap_or(0)));
+            let value = |k: &str| p[k].as_i64().unwrap_or(0);
+            lag.entry("not yet read".into())
+                .or_default()
+                .push(value("lag"));
+            lag.entry("read, not acknowledged".into())
+                .or_default()
+                .push(value("pending"));
+        }
+    }
+    let chart = chart::stacked_bars(
+        &format!("lag-{name}"),
+        &format!("{name}: entries behind, per partition"),
+        &partitions,
+        &lag,
+    );
+    let letters = sync_health::letters(state, name, &LetterFilter::default()).await?;
+    let letter_rows: Vec<Vec<String>> = letters
+        .iter()
+        .take(50)
+        .map(|l| {
+            let s = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
+            vec![
+                s("at")
+                    .chars()
+                    .take(19)
+                    .collect::<String>()
+                    .replace('T', " "),
+                s("tenantId"),
+                s("eventType"),
+                s("error"),
+                l["attempts"].as_u64().unwrap_or(0).to_string(),
+            ]
+        })
+        .collect();
+    let full_syncs: Vec<Vec<String>> = app["recentFullSyncs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .take(5)
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0).to_string();
+            let at = r["scheduledFor"].as_str().unwrap_or_default();
+            vec![
+                at.chars().take(19).collect::<String>().replace('T', " "),
+                r["replica"].as_str().unwrap_or_default().to_owned(),
+                n("tenantsChecked"),
+                n("repaired"),
+                n("orphans"),
+            ]
+        })
+        .collect();
+    let app_path = url_encode(name);
+    Ok(format!(
+        r#"<section id="app-{id}"><h2>{title}</h2>{replicas}{chart}
+<h3>Dead letters: <span id="dead-letters-{id}">{dead}</span></h3>{letters}
+<form class="inline" method="post" action="/admin/sync-health/{app_path}/redrive" id="redrive-{id}">
+<label>Tenant <input type="text" name="tenantId" placeholder="all"></label>
+<label>Event type <input type="text" name="eventType" placeholder="all"></label>
+<button type="submit">Redrive</button></form>
+<h3>Re-sync a tenant</h3>
+<form class="inline" method="post" action="/admin/sync-health/{app_path}/resync" id="resync-{id}">
+<label>Tenant <input type="text" name="tenantId" required></label><button type="submit" class="secondary">Re-sync</button></form>
+<h3>Recent full syncs</h3>{full}</section>"#,
+        id = escape(name),
+        title = escape(name),
+        replicas = table(
+            &format!("replicas-{name}"),
+            &[
+                "Replica",
+                "Reports",
+                "Last report",
+                "Ready",
+                "Tenants loaded",
+                "Re-syncs"
+            ],
+            &replica_rows,
+            "No replica has reported in the last 20 seconds."
+        ),
+        dead = letters.len(),
+        letters = table(
+            &format!("letters-{name}"),
+            &["When (UTC)", "Tenant", "Event type", "Reason", "Attempts"],
+            &letter_rows,
+            "None."
+        ),
+        full = table(
+            &format!("fullsyncs-{name}"),
+            &[
+                "When (UTC)",
+                "Replica",
+                "Tenants checked",
+                "Repaired",
+                "Orphans"
+            ],
+            &full_syncs,
+            "None yet."
+        ),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LetterForm {
+    #[serde(default)]
+    tenant_id: String,
+    #[serde(default)]
+    event_type: String,
+}
+
+/// A form's refusal: the sync-health page with the reason.
+fn refused(e: ApiError) -> Response {
+    let detail = match &e {
+        ApiError::Validation { field, message } => format!("{field}: {message}"),
+        other => other.to_string(),
+    };
+    html(
+        StatusCode::BAD_REQUEST,
+        "Refused",
+        &format!(
+            r#"{STYLE}<h1>Refused</h1><p class="error" id="error">{}</p><p><a href="/admin/sync-health">Back to sync health</a></p>"#,
+            escape(&detail)
+        ),
+    )
+}
+
+fn tenant_field(text: &str) -> Result<Option<Uuid>, ApiError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| ApiError::invalid("tenantId", "not a tenant id"))
+}
+
+async fn redrive(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    Path(app): Path<String>,
+    Form(form): Form<LetterForm>,
+) -> Response {
+    let Viewer::Platform { user } =
+        (match viewer(&state, &ctx, &headers, caller, "/admin/sync-health").await {
+            Ok(v) => v,
+            Err(page) => return page,
+        })
+    else {
+        return forbidden("sync health is for platform admins, on the platform's host");
+    };
+    let filter = match tenant_field(&form.tenant_id) {
+        Ok(tenant_id) => LetterFilter {
+            tenant_id,
+            event_type: Some(form.event_type.trim().to_owned()).filter(|t| !t.is_empty()),
+        },
+        Err(e) => return refused(e),
+    };
+    match sync_health::redrive_letters(&state, &ctx, user.id, &app, &filter).await {
+        Ok(n) => see_other(&format!(
+            "/admin/sync-health?done={}",
+            url_encode(&format!("{n} dead letter(s) of {app} redriven"))
+        )),
+        Err(e) => refused(e),
+    }
+}
+
+async fn resync(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    Path(app): Path<String>,
+    Form(form): Form<LetterForm>,
+) -> Response {
+    let Viewer::Platform { user } =
+        (match viewer(&state, &ctx, &headers, caller, "/admin/sync-health").await {
+            Ok(v) => v,
+            Err(page) => return page,
+        })
+    else {
+        return forbidden("sync health is for platform admins, on the platform's host");
+    };
+    let tenant = match tenant_field(&form.tenant_id) {
+        Ok(Some(t)) => t,
+        Ok(None) => return refused(ApiError::invalid("tenantId", "name the tenant")),
+        Err(e) => return refused(e),
+    };
+    match sync_health::request_resync(&state, &ctx, user.id, &app, tenant).await {
+        Ok(()) => see_other(&format!(
+            "/admin/sync-health?done={}",
+            url_encode(&format!("{app} re-syncs {tenant}"))
+        )),
+        Err(e) => refused(e),
+    }
+}
