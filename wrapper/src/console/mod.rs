@@ -150,7 +150,7 @@ fn num(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -189,6 +189,26 @@ async fn credits(
     }
 }
 
+/// A grant row of the credits page: scope, category, priority, remaining, initial, expiry, status.
+type GrantRow = (
+    String,
+    String,
+    i32,
+    i64,
+    i64,
+    Option<chrono::DateTime<chrono::Utc>>,
+    String,
+);
+/// A ledger row of the credits page: when, kind, scope, amount, operation, balance after.
+type LedgerRow = (
+    chrono::DateTime<chrono::Utc>,
+    String,
+    String,
+    i64,
+    Option<String>,
+    i64,
+);
+
 async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Error> {
     let db = &state.db;
     let balances: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -210,15 +230,7 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
     .bind(CHART_DAYS as i32)
     .fetch_all(db)
     .await?;
-    let grants: Vec<(
-        String,
-        String,
-        i32,
-        i64,
-        i64,
-        Option<chrono::DateTime<chrono::Utc>>,
-        String,
-    )> = sqlx::query_as(
+    let grants: Vec<GrantRow> = sqlx::query_as(
         "select scope, category, priority, remaining, initial, expires_at, status
              from credit_grants where tenant_id = $1 and status = 'active'
              order by scope, priority, expires_at nulls last, id limit 200",
@@ -233,14 +245,7 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
     .bind(tenant)
     .fetch_all(db)
     .await?;
-    let ledger: Vec<(
-        chrono::DateTime<chrono::Utc>,
-        String,
-        String,
-        i64,
-        Option<String>,
-        i64,
-    )> = sqlx::query_as(
+    let ledger: Vec<LedgerRow> = sqlx::query_as(
         "select created_at, kind, scope, amount, operation_code, balance_after
              from credit_ledger where tenant_id = $1 order by id desc limit 25",
     )
