@@ -269,6 +269,17 @@ impl Browser {
             .unwrap_or_default())
     }
 
+    /// Set the window's size (the console is checked at 1280×800).
+    pub async fn resize(&self, width: u32, height: u32) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Save a PNG screenshot as `<artifacts>/<step>.png`; returns its path.
     pub async fn screenshot(&self, step: &str) -> anyhow::Result<PathBuf> {
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await?;

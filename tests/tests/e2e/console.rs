@@ -204,3 +204,105 @@ async fn the_sync_health_page_lists_dead_letters_and_its_form_redrives_them() ->
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     Ok(())
 }
+
+/// In headless Chromium at 1280×800: a tenant admin signs in and sees the credits chart, a
+/// member gets the 403 page, and a platform admin sees a dead letter on the sync-health page
+/// and empties the queue with the redrive button. Screenshots in
+/// `target/test-artifacts/console/`.
+#[tokio::test]
+async fn in_a_browser_admins_see_credits_and_sync_health_and_redrive_with_a_button()
+-> anyhow::Result<()> {
+    use tsync_e2e::{browser::Browser, wrapper_app::PASSWORD};
+    let suite = Suite::start(|_| {}).await?;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    w.create_member(&acme, "member@acme.test").await;
+    w.fund_app(&acme, "crm", 1000).await;
+    for name in ["Initech", "Globex", "Umbrella"] {
+        let created = no_redirects()
+            .post(format!("{}/crm/accounts", suite.nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .bearer_auth(&acme.admin)
+            .json(&json!({"name": name, "value": 10, "ownerId": acme.admin_id}))
+            .send()
+            .await?;
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let browser = Browser::start("console").await?;
+    browser.resize(1280, 800).await?;
+    let sign_in = |email: &'static str| {
+        let browser = &browser;
+        async move {
+            browser.wait_for("#login").await?;
+            browser.type_into("#email", email).await?;
+            browser.type_into("#password", PASSWORD).await?;
+            browser.click("#sign-in").await
+        }
+    };
+
+    browser.goto(&suite.url("acme", "/admin/credits")).await?;
+    sign_in("admin@acme.test").await?;
+    browser
+        .wait_for_url("the credits page", |u| u.ends_with("/admin/credits"))
+        .await?;
+    browser.wait_for("#usage-chart").await?;
+    assert!(browser.text_of("#balances").await?.contains("895"));
+    browser.screenshot("01-tenant-admin-credits").await?;
+
+    browser.delete_cookies().await?;
+    browser.goto(&suite.url("acme", "/admin/credits")).await?;
+    sign_in("member@acme.test").await?;
+    browser.wait_for("#error").await?;
+    browser.screenshot("02-member-is-refused").await?;
+
+    // A poison letter of the CRM, then the platform admin on the platform host.
+    let redis = redis_client(&w.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(
+        w.state.settings.namespace.clone(),
+        w.state.settings.partitions,
+    )
+    .unwrap();
+    let stream = keys.events_for(acme.id);
+    let entries: Vec<(String, HashMap<String, String>)> =
+        fred::interfaces::StreamsInterface::xrange(&redis, &stream, "-", "+", Some(1)).await?;
+    let (id, fields) = entries.into_iter().next().expect("the tenant has events");
+    let letter = DeadLetter::new(
+        &stream,
+        &id,
+        &fields,
+        "handler failed: store down".into(),
+        5,
+    );
+    dlq::push(&redis, &keys, "crm", &letter).await?;
+    browser.delete_cookies().await?;
+    browser
+        .goto(&format!("{}/admin/sync-health", w.url))
+        .await?;
+    sign_in("root@platform.test").await?;
+    browser.wait_for("#app-crm").await?;
+    // The CRM's first report is written as it starts, before its readers run: wait for the
+    // one that says it is ready (every 5 s).
+    let url = format!("{}/admin/sync-health", w.url);
+    eventually(std::time::Duration::from_secs(20), || async {
+        browser.goto(&url).await.is_ok()
+            && browser
+                .text_of("#replicas-crm")
+                .await
+                .is_ok_and(|t| t.contains("ready") && !t.contains("not ready"))
+    })
+    .await?;
+    assert_eq!(browser.text_of("#dead-letters-crm").await?, "1");
+    browser
+        .screenshot("03-sync-health-with-a-dead-letter")
+        .await?;
+    // The whole page, for the README.
+    browser.resize(1280, 1500).await?;
+    browser.screenshot("03b-sync-health-whole-page").await?;
+    browser.resize(1280, 800).await?;
+    browser.click("#redrive-crm button[type=submit]").await?;
+    browser.wait_for("#notice").await?;
+    assert_eq!(browser.text_of("#dead-letters-crm").await?, "0");
+    assert!(dlq::list(&redis, &keys, "crm", None).await?.is_empty());
+    browser.screenshot("04-sync-health-after-redrive").await?;
+    Ok(())
+}

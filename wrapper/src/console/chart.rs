@@ -25,12 +25,14 @@ fn axis_top(max: i64) -> i64 {
 }
 
 /// Bars per label, each stacked from `series` (name → one value per label), with a y axis, a
-/// legend and a `<title>` per segment (the exact figure on hover). `id` names the element.
+/// legend and a `<title>` per segment (the exact figure on hover); `empty` is written across
+/// the plot when every value is zero. `id` names the element.
 pub fn stacked_bars(
     id: &str,
     title: &str,
     labels: &[String],
     series: &BTreeMap<String, Vec<i64>>,
+    empty: &str,
 ) -> String {
     let (width, height) = (960.0_f64, 300.0_f64);
     let (left, right, top, bottom) = (70.0, 20.0, 36.0, 56.0);
@@ -108,9 +110,10 @@ pub fn stacked_bars(
     if series.is_empty() || totals.iter().all(|t| *t == 0) {
         let _ = write!(
             svg,
-            r##"<text x="{cx:.1}" y="{cy:.1}" text-anchor="middle" fill="#5d6677">Nothing consumed in this period.</text>"##,
+            r##"<text x="{cx:.1}" y="{cy:.1}" text-anchor="middle" fill="#5d6677">{e}</text>"##,
             cx = left + plot_w / 2.0,
             cy = top + plot_h / 2.0,
+            e = escape(empty),
         );
     }
     svg.push_str("</svg>");
@@ -131,7 +134,7 @@ mod tests {
             ("<crm>".to_owned(), vec![35, 0]),
             ("hrms".to_owned(), vec![10, 5]),
         ]);
-        let svg = stacked_bars("c", "T & C", &["a".into(), "b".into()], &series);
+        let svg = stacked_bars("c", "T & C", &["a".into(), "b".into()], &series, "none");
         assert!(svg.contains("&lt;crm&gt;: 35 (a)"));
         assert!(svg.contains("T &amp; C"));
         assert_eq!(

@@ -272,6 +272,7 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
         &format!("Credits consumed per day, last {CHART_DAYS} days"),
         &labels,
         &series,
+        "Nothing consumed in this period.",
     );
 
     let when = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
@@ -431,7 +432,13 @@ async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String
                 if h["ready"] == true {
                     "ready".into()
                 } else {
-                    "not ready".into()
+                    let reasons: Vec<&str> = h["reasons"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    format!("not ready: {}", reasons.join("; "))
                 },
                 r["tenantsLoaded"]
                     .as_u64()
@@ -465,6 +472,7 @@ async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String
         &format!("{name}: entries behind, per partition"),
         &partitions,
         &lag,
+        "Nothing behind: every entry read and acknowledged.",
     );
     let letters = sync_health::letters(state, name, &LetterFilter::default()).await?;
     let letter_rows: Vec<Vec<String>> = letters
