@@ -277,7 +277,6 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.body_limit;
     let (routes, _) = api::router().split_for_parts();
     routes
-        .merge(crate::console::router())
         .layer(RequestBodyLimitLayer::new(body_limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,

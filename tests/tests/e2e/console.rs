@@ -188,13 +188,29 @@ async fn the_sync_health_page_lists_dead_letters_and_its_form_redrives_them() ->
     );
     assert!(dlq::list(&redis, &keys, "crm", None).await?.is_empty());
     let after = http
-        .get(format!("{}/admin/sync-health?done=1+redriven", w.url))
+        .get(format!("{}/admin/sync-health?app=crm&redriven=1", w.url))
         .header(header::COOKIE, &cookie)
         .send()
         .await?
         .text()
         .await?;
     assert!(after.contains(r#"<span id="dead-letters-crm">0</span>"#));
+    assert!(
+        after.contains("1 dead letter(s) of crm redriven."),
+        "{after}"
+    );
+    // The notice shows only what the page knows: no text from the address.
+    let spoofed = http
+        .get(format!(
+            "{}/admin/sync-health?app=Call+us+at+555&redriven=1",
+            w.url
+        ))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(!spoofed.contains("Call us") && !spoofed.contains(r#"id="notice""#));
     // A tenant admin is not an operator, here or on their own host.
     let refused = http
         .get(format!("{}/admin/sync-health", w.url))

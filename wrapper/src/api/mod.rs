@@ -47,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(apps::router())
         .merge(webhooks::router())
+        .merge(crate::console::router())
         .merge(openapi::router())
         .fallback(not_found)
 }

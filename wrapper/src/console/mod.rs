@@ -16,11 +16,10 @@ mod chart;
 use std::collections::BTreeMap;
 
 use axum::{
-    Form, Router,
+    Form,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::Response,
-    routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -28,6 +27,7 @@ use sync_web::{
     html::{escape, table, url_encode},
     page::{html, see_other},
 };
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -41,14 +41,14 @@ use crate::{
     state::AppState,
 };
 
-/// The console's routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/admin/", get(home))
-        .route("/admin/credits", get(credits))
-        .route("/admin/sync-health", get(sync_health_page))
-        .route("/admin/sync-health/{app}/redrive", post(redrive))
-        .route("/admin/sync-health/{app}/resync", post(resync))
+/// The console's routes (documented as pages in the OpenAPI document, like the sign-in pages).
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(home))
+        .routes(routes!(credits))
+        .routes(routes!(sync_health_page))
+        .routes(routes!(redrive))
+        .routes(routes!(resync))
 }
 
 /// A wider page than the sign-in pages' (tables and charts), and the console's look.
@@ -124,6 +124,7 @@ fn nav(viewer: &Viewer) -> String {
     )
 }
 
+#[utoipa::path(get, path = "/admin/", tag = "pages", responses((status = 303, description = "To the viewer's console page, or to sign in"), (status = 403, description = "Not an admin here", body = String, content_type = "text/html")))]
 async fn home(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -161,6 +162,7 @@ fn num(n: i64) -> String {
 /// Days of consumption the credits chart shows.
 const CHART_DAYS: i64 = 14;
 
+#[utoipa::path(get, path = "/admin/credits", tag = "pages", responses((status = 200, description = "The tenant's credits page (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn credits(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -374,11 +376,18 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Notice {
-    done: Option<String>,
+    /// The app the last action was for.
+    app: Option<String>,
+    /// How many dead letters the last redrive moved.
+    redriven: Option<u32>,
+    /// The tenant the last re-sync request was for.
+    resync: Option<Uuid>,
 }
 
+#[utoipa::path(get, path = "/admin/sync-health", tag = "pages", params(Notice), responses((status = 200, description = "Every app's sync health with its dead letters (platform admins, on the platform host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not a platform admin here", body = String, content_type = "text/html")))]
 async fn sync_health_page(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -398,10 +407,21 @@ async fn sync_health_page(
         Err(e) => return internal(e),
     };
     let mut body = format!(r#"{}<h1 id="page-title">Sync health</h1>"#, nav(&viewer));
-    if let Some(done) = &notice.done {
+    // Only figures and names the page knows are shown back (no text from the address).
+    let known = notice.app.as_deref().filter(|a| {
+        report["apps"]
+            .as_array()
+            .is_some_and(|apps| apps.iter().any(|x| x["app"] == *a))
+    });
+    let done = match (known, notice.redriven, notice.resync) {
+        (Some(app), Some(n), _) => Some(format!("{n} dead letter(s) of {app} redriven.")),
+        (Some(app), None, Some(t)) => Some(format!("{app} will re-sync tenant {t}.")),
+        _ => None,
+    };
+    if let Some(done) = done {
         body.push_str(&format!(
             r#"<p class="ok" id="notice">{}</p>"#,
-            escape(done)
+            escape(&done)
         ));
     }
     for app in report["apps"].as_array().into_iter().flatten() {
@@ -559,7 +579,7 @@ async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct LetterForm {
     #[serde(default)]
@@ -594,6 +614,7 @@ fn tenant_field(text: &str) -> Result<Option<Uuid>, ApiError> {
         .map_err(|_| ApiError::invalid("tenantId", "not a tenant id"))
 }
 
+#[utoipa::path(post, path = "/admin/sync-health/{app}/redrive", tag = "pages", params(("app" = String, Path, description = "A registered app")), request_body(content = LetterForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "Redriven: back to the sync-health page with what was done"), (status = 400, description = "Refused, with the reason", body = String, content_type = "text/html"), (status = 403, description = "Not a platform admin here, or not from this origin", body = String, content_type = "text/html")))]
 async fn redrive(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -619,13 +640,14 @@ async fn redrive(
     };
     match sync_health::redrive_letters(&state, &ctx, user.id, &app, &filter).await {
         Ok(n) => see_other(&format!(
-            "/admin/sync-health?done={}",
-            url_encode(&format!("{n} dead letter(s) of {app} redriven"))
+            "/admin/sync-health?app={}&redriven={n}",
+            url_encode(&app)
         )),
         Err(e) => refused(e),
     }
 }
 
+#[utoipa::path(post, path = "/admin/sync-health/{app}/resync", tag = "pages", params(("app" = String, Path, description = "A registered app")), request_body(content = LetterForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "Requested: back to the sync-health page"), (status = 400, description = "Refused, with the reason", body = String, content_type = "text/html"), (status = 403, description = "Not a platform admin here, or not from this origin", body = String, content_type = "text/html")))]
 async fn resync(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -649,8 +671,8 @@ async fn resync(
     };
     match sync_health::request_resync(&state, &ctx, user.id, &app, tenant).await {
         Ok(()) => see_other(&format!(
-            "/admin/sync-health?done={}",
-            url_encode(&format!("{app} re-syncs {tenant}"))
+            "/admin/sync-health?app={}&resync={tenant}",
+            url_encode(&app)
         )),
         Err(e) => refused(e),
     }
