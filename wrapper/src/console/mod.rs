@@ -381,10 +381,10 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
 struct Notice {
     /// The app the last action was for.
     app: Option<String>,
-    /// How many dead letters the last redrive moved.
-    redriven: Option<u32>,
-    /// The tenant the last re-sync request was for.
-    resync: Option<Uuid>,
+    /// How many dead letters the last redrive moved (a number; anything else is ignored).
+    redriven: Option<String>,
+    /// The tenant the last re-sync request was for (an id; anything else is ignored).
+    resync: Option<String>,
 }
 
 #[utoipa::path(get, path = "/admin/sync-health", tag = "pages", params(Notice), responses((status = 200, description = "Every app's sync health with its dead letters (platform admins, on the platform host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not a platform admin here", body = String, content_type = "text/html")))]
@@ -413,7 +413,15 @@ async fn sync_health_page(
             .as_array()
             .is_some_and(|apps| apps.iter().any(|x| x["app"] == *a))
     });
-    let done = match (known, notice.redriven, notice.resync) {
+    let redriven = notice
+        .redriven
+        .as_deref()
+        .and_then(|n| n.parse::<u32>().ok());
+    let resynced = notice
+        .resync
+        .as_deref()
+        .and_then(|t| t.parse::<Uuid>().ok());
+    let done = match (known, redriven, resynced) {
         (Some(app), Some(n), _) => Some(format!("{n} dead letter(s) of {app} redriven.")),
         (Some(app), None, Some(t)) => Some(format!("{app} will re-sync tenant {t}.")),
         _ => None,
