@@ -322,3 +322,82 @@ async fn in_a_browser_admins_see_credits_and_sync_health_and_redrive_with_a_butt
     browser.screenshot("04-sync-health-after-redrive").await?;
     Ok(())
 }
+
+/// The users page through nginx: a tenant admin adds a user with the form and the CRM can make
+/// them an account's owner (the user reached it by the stream); a bad address is refused naming
+/// the field and writes nothing; search finds the user; deactivation reaches the wrapper's API.
+#[tokio::test]
+async fn a_user_added_on_the_users_page_reaches_the_crm() -> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let (w, nginx) = (&suite.wrapper, &suite.nginx);
+    let acme = w.create_tenant("acme").await;
+    w.fund_app(&acme, "crm", 1000).await;
+    let http = no_redirects();
+    let origin = suite.url("acme", "");
+    let cookie = format!("{COOKIE}={}", acme.admin);
+    let post = |path: &str, form: Vec<(&'static str, String)>| {
+        http.post(format!("{}{path}", nginx.url()))
+            .header("host", format!("acme.yourapp.test:{}", nginx.port))
+            .header(header::ORIGIN, &origin)
+            .header(header::COOKIE, &cookie)
+            .form(&form)
+            .send()
+    };
+    let users_before = w.count("users").await;
+    let bad = post(
+        "/admin/users",
+        vec![
+            ("fullName", "Nadia Nobody".into()),
+            ("email", "not-an-address".into()),
+            ("password", String::new()),
+        ],
+    )
+    .await?;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(bad.text().await?.contains("email:"), "names the field");
+    assert_eq!(w.count("users").await, users_before, "nothing written");
+
+    let added = post(
+        "/admin/users",
+        vec![
+            ("fullName", "Grace Hopper".into()),
+            ("email", "grace@acme.test".into()),
+            ("password", String::new()),
+        ],
+    )
+    .await?;
+    assert_eq!(added.status(), StatusCode::SEE_OTHER);
+    let location = added.headers()[header::LOCATION].to_str()?.to_owned();
+    let id: uuid::Uuid = location
+        .rsplit_once("created=")
+        .map(|(_, id)| id.parse())
+        .expect("the new user's id")?;
+    // The CRM knows her: she can own an account (it checks owners against its synced users).
+    eventually(std::time::Duration::from_secs(20), || async {
+        http.post(format!("{}/crm/accounts", nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .bearer_auth(&acme.admin)
+            .json(&json!({"name": "Navy", "value": 1, "ownerId": id}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::CREATED)
+    })
+    .await?;
+    let found = http
+        .get(format!("{}/admin/users?q=HOPPER", nginx.url()))
+        .header("host", "acme.yourapp.test")
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(found.contains("grace@acme.test") && !found.contains("admin@acme.test"));
+
+    let deactivated = post(&format!("/admin/users/{id}/deactivate"), vec![]).await?;
+    assert_eq!(deactivated.status(), StatusCode::SEE_OTHER);
+    let user = w
+        .get_ok(&format!("/api/tenants/{}/users/{id}", acme.id), &acme.admin)
+        .await;
+    assert_eq!(user["active"], false);
+    Ok(())
+}

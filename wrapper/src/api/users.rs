@@ -63,11 +63,11 @@ pub(crate) const USER_COLUMNS: &str =
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateUser {
-    email: String,
-    full_name: String,
-    password: Option<String>,
-    avatar_url: Option<String>,
+pub(crate) struct CreateUser {
+    pub(crate) email: String,
+    pub(crate) full_name: String,
+    pub(crate) password: Option<String>,
+    pub(crate) avatar_url: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/tenants/{tenant_id}/users", tag = "users", request_body = CreateUser, responses((status = 201, description = "The user", body = UserState)))]
@@ -81,6 +81,18 @@ async fn create(
     caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
+    let user = create_user(&state, &ctx, tenant_id, req).await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Create a user of `tenant_id` (the caller is allowed to): checked field by field, with its
+/// `user.created` event. The API and the console both call it.
+pub(crate) async fn create_user(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    req: CreateUser,
+) -> ApiResult<UserState> {
     let email = validate::email("email", &req.email)?;
     let full_name = validate::full_name("fullName", &req.full_name)?;
     let hash = match req.password {
@@ -102,9 +114,9 @@ async fn create(
     };
     let mut tx = state.db.begin().await?;
     ensure_active_tenant(&mut tx, tenant_id).await?;
-    insert(&mut tx, &ctx, &user, hash).await?;
+    insert(&mut tx, ctx, &user, hash).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(user)))
+    Ok(user)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -171,12 +183,12 @@ async fn read(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UpdateUser {
-    email: Option<String>,
-    full_name: Option<String>,
-    avatar_url: Option<String>,
-    active: Option<bool>,
-    password: Option<String>,
+pub(crate) struct UpdateUser {
+    pub(crate) email: Option<String>,
+    pub(crate) full_name: Option<String>,
+    pub(crate) avatar_url: Option<String>,
+    pub(crate) active: Option<bool>,
+    pub(crate) password: Option<String>,
 }
 
 #[utoipa::path(patch, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", request_body = UpdateUser, responses((status = 200, description = "The user", body = UserState)))]
@@ -196,6 +208,20 @@ async fn update(
     if !admin && (!is_self || req.email.is_some() || req.active.is_some()) {
         return Err(ApiError::Forbidden("tenant admins only"));
     }
+    Ok(Json(
+        update_user(&state, &ctx, tenant_id, user_id, req).await?,
+    ))
+}
+
+/// Change a user of `tenant_id` (the caller is allowed to), with the event the change is:
+/// `user.deactivated`, `user.email_changed` or `user.updated`. The API and the console call it.
+pub(crate) async fn update_user(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    req: UpdateUser,
+) -> ApiResult<UserState> {
     let email = req
         .email
         .as_deref()
@@ -252,9 +278,9 @@ async fn update(
     } else {
         Event::UserUpdated(user.clone())
     };
-    outbox::append(&mut tx, &ctx, tenant_id, aggregate, event).await?;
+    outbox::append(&mut tx, ctx, tenant_id, aggregate, event).await?;
     tx.commit().await?;
-    Ok(Json(user))
+    Ok(user)
 }
 
 #[utoipa::path(delete, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", responses((status = 200, description = "The soft-deleted user", body = UserState)))]
