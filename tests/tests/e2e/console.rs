@@ -264,6 +264,33 @@ async fn in_a_browser_admins_see_credits_and_sync_health_and_redrive_with_a_butt
     browser.wait_for("#usage-chart").await?;
     assert!(browser.text_of("#balances").await?.contains("895"));
     browser.screenshot("01-tenant-admin-credits").await?;
+    // The users page: add a user with the form; the CRM then knows her.
+    browser.goto(&suite.url("acme", "/admin/users")).await?;
+    browser
+        .type_into("input[name=fullName]", "Grace Hopper")
+        .await?;
+    browser
+        .type_into("input[name=email]", "grace@acme.test")
+        .await?;
+    browser.click("#create-user button[type=submit]").await?;
+    browser.wait_for("#notice").await?;
+    assert!(browser.text_of("#users").await?.contains("grace@acme.test"));
+    browser.screenshot("01b-tenant-admin-added-a-user").await?;
+    let grace: uuid::Uuid =
+        sqlx::query_scalar("select id from users where email = 'grace@acme.test'")
+            .fetch_one(&w.db.pool)
+            .await?;
+    eventually(std::time::Duration::from_secs(20), || async {
+        no_redirects()
+            .post(format!("{}/crm/accounts", suite.nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .bearer_auth(&acme.admin)
+            .json(&json!({"name": "Navy", "value": 1, "ownerId": grace}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::CREATED)
+    })
+    .await?;
 
     browser.delete_cookies().await?;
     browser.goto(&suite.url("acme", "/admin/credits")).await?;
