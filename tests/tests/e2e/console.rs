@@ -102,6 +102,35 @@ async fn the_credits_page_charts_consumption_per_app_and_only_admins_see_it() ->
     .fetch_one(&w.db.pool)
     .await?;
     assert!(audited >= 1);
+
+    // The audit page shows that refusal, filtered by action and day, without naming the other
+    // tenant's user (an id, not their address).
+    let audit = |query: String| {
+        http.get(format!("{}/admin/audit?{query}", nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .header(header::COOKIE, format!("{COOKIE}={}", acme.admin))
+            .send()
+    };
+    let day = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let shown = audit(format!("action=cross_tenant_attempt&from={day}&to={day}"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        shown.contains("<td>cross_tenant_attempt</td><td>denied</td>"),
+        "{shown}"
+    );
+    assert!(shown.contains(&other.admin_id.to_string()));
+    assert!(
+        !shown.contains("admin@globex.test"),
+        "no other tenant's address"
+    );
+    let tomorrow = (chrono::Utc::now() + chrono::TimeDelta::days(1)).format("%Y-%m-%d");
+    let none = audit(format!("action=cross_tenant_attempt&from={tomorrow}"))
+        .await?
+        .text()
+        .await?;
+    assert!(none.contains("No entry matches."));
     Ok(())
 }
 

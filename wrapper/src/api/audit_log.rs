@@ -26,12 +26,64 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
 struct AuditQuery {
     /// Entries older than this id.
     before: Option<i64>,
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// Only this action, e.g. `cross_tenant_attempt`, `login`, `credit.threshold_reached`.
     action: Option<String>,
+    /// Only what this user did.
+    actor_id: Option<Uuid>,
+    /// Only entries at or after this time.
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only entries before this time.
+    to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Which audit entries of a tenant: newest first, older than `before`, at most `limit`.
+#[derive(Debug, Default)]
+pub(crate) struct AuditFilter {
+    pub(crate) before: Option<i64>,
+    pub(crate) action: Option<String>,
+    pub(crate) actor_id: Option<Uuid>,
+    pub(crate) from: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) to: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) limit: i64,
+}
+
+/// A page of `tenant_id`'s audit log matching `f`, and the cursor of the next page.
+pub(crate) async fn page(
+    state: &AppState,
+    tenant_id: Uuid,
+    f: &AuditFilter,
+) -> ApiResult<(Vec<AuditRecord>, Option<i64>)> {
+    let mut items: Vec<AuditRecord> = sqlx::query_as(
+        "select id, tenant_id, actor_id, action, target, outcome, details, request_id, created_at
+         from audit_log where tenant_id = $1 and id < coalesce($2::bigint, 9223372036854775807)
+           and ($3::text is null or action = $3) and ($4::uuid is null or actor_id = $4)
+           and ($5::timestamptz is null or created_at >= $5)
+           and ($6::timestamptz is null or created_at < $6)
+         order by id desc limit $7",
+    )
+    .bind(tenant_id)
+    .bind(f.before)
+    .bind(&f.action)
+    .bind(f.actor_id)
+    .bind(f.from)
+    .bind(f.to)
+    .bind(f.limit + 1)
+    .fetch_all(&state.db)
+    .await?;
+    let more = items.len() as i64 > f.limit;
+    items.truncate(f.limit as usize);
+    let next_before = if more {
+        items.last().map(|r| r.id)
+    } else {
+        None
+    };
+    Ok((items, next_before))
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -57,25 +109,15 @@ async fn list(
         Some(n) if (1..=500).contains(&n) => n,
         Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 500")),
     };
-    let mut items: Vec<AuditRecord> = sqlx::query_as(
-        "select id, tenant_id, actor_id, action, target, outcome, details, request_id, created_at
-         from audit_log where tenant_id = $1 and id < coalesce($2::bigint, 9223372036854775807)
-           and ($3::text is null or action = $3)
-         order by id desc limit $4",
-    )
-    .bind(tenant_id)
-    .bind(q.before)
-    .bind(q.action)
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await?;
-    let more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    let next_before = if more {
-        items.last().map(|r| r.id)
-    } else {
-        None
+    let filter = AuditFilter {
+        before: q.before,
+        action: q.action,
+        actor_id: q.actor_id,
+        from: q.from,
+        to: q.to,
+        limit,
     };
+    let (items, next_before) = page(&state, tenant_id, &filter).await?;
     Ok(Json(AuditPage { items, next_before }))
 }
 
