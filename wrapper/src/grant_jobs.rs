@@ -1,5 +1,5 @@
 //! Grants changing on their own terms, on time: expiries and renewals of recurring grants run
-//! from a scheduled job (once per tick across the wrapper's replicas, [`crate::startup::claim_tick`]),
+//! from a scheduled job (once per tick across the wrapper's replicas, [`crate::jobs::claim_tick`]),
 //! and voids on request. Each is a ledger entry and a `credit.grant_changed` event, written in
 //! one transaction under the balance's lock, and lands once: the grant row is re-read under its
 //! lock and the change applies only if it is still due (two replicas, or a job and a void,
@@ -407,7 +407,7 @@ pub async fn run_periodically(
     every: Duration,
     cancel: CancellationToken,
 ) {
-    crate::startup::on_ticks(db.clone(), "credit_grants", every, cancel, || async {
+    crate::jobs::on_ticks(db.clone(), "credit_grants", every, cancel, || async {
         match run_due(&db, &mirror).await {
             Ok(run) if run != Run::default() => {
                 tracing::info!(

@@ -2,6 +2,7 @@
 
 pub mod apps;
 pub mod audit_log;
+pub mod console;
 pub mod credit_configs;
 pub mod credits;
 pub mod domains;
@@ -47,7 +48,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(apps::router())
         .merge(webhooks::router())
-        .merge(crate::console::router())
+        .merge(console::router())
         .merge(openapi::router())
         .fallback(not_found)
 }
