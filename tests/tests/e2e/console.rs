@@ -257,7 +257,7 @@ async fn the_sync_health_page_lists_dead_letters_and_its_form_redrives_them() ->
 #[tokio::test]
 async fn in_a_browser_admins_see_credits_and_sync_health_and_redrive_with_a_button()
 -> anyhow::Result<()> {
-    use tsync_e2e::{browser::Browser, wrapper_app::PASSWORD};
+    use tsync_e2e::browser::Browser;
     let suite = Suite::start(|_| {}).await?;
     let w = &suite.wrapper;
     let acme = w.create_tenant("acme").await;
@@ -275,15 +275,7 @@ async fn in_a_browser_admins_see_credits_and_sync_health_and_redrive_with_a_butt
     }
     let browser = Browser::start("console").await?;
     browser.resize(1280, 800).await?;
-    let sign_in = |email: &'static str| {
-        let browser = &browser;
-        async move {
-            browser.wait_for("#login").await?;
-            browser.type_into("#email", email).await?;
-            browser.type_into("#password", PASSWORD).await?;
-            browser.click("#sign-in").await
-        }
-    };
+    let sign_in = |email: &'static str| super::sso::sign_in(&browser, email);
 
     browser.goto(&suite.url("acme", "/admin/credits")).await?;
     sign_in("admin@acme.test").await?;

@@ -68,7 +68,8 @@ async fn seed_records(suite: &Suite, tenant: &TestTenant) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn sign_in(browser: &Browser, email: &str) -> anyhow::Result<()> {
+/// Sign in on the page the browser shows as `email` (the test password).
+pub(crate) async fn sign_in(browser: &Browser, email: &str) -> anyhow::Result<()> {
     browser.wait_for("#login").await?;
     browser.type_into("#email", email).await?;
     browser.type_into("#password", PASSWORD).await?;

@@ -400,11 +400,8 @@ async fn sync_health_page(
     caller: Result<Caller, ApiError>,
     Query(notice): Query<Notice>,
 ) -> Response {
-    let viewer = match viewer(&state, &ctx, &headers, caller, "/admin/sync-health").await {
-        Ok(v @ Viewer::Platform { .. }) => v,
-        Ok(Viewer::Tenant { .. }) => {
-            return forbidden("sync health is for platform admins, on the platform's host");
-        }
+    let viewer = match platform_viewer(&state, &ctx, &headers, caller).await {
+        Ok(user) => Viewer::Platform { user },
         Err(page) => return page,
     };
     let report = match sync_health::report(&state).await {
@@ -601,6 +598,21 @@ struct LetterForm {
     event_type: String,
 }
 
+/// The platform admin acting on the sync-health page, or the page to answer instead.
+async fn platform_viewer(
+    state: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    caller: Result<Caller, ApiError>,
+) -> Result<UserCaller, Response> {
+    match viewer(state, ctx, headers, caller, "/admin/sync-health").await? {
+        Viewer::Platform { user } => Ok(user),
+        Viewer::Tenant { .. } => Err(forbidden(
+            "sync health is for platform admins, on the platform's host",
+        )),
+    }
+}
+
 /// A form's refusal on the sync-health page.
 fn refused(e: ApiError) -> Response {
     refused_on("/admin/sync-health", e)
@@ -625,13 +637,9 @@ async fn redrive(
     Path(app): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    let Viewer::Platform { user } =
-        (match viewer(&state, &ctx, &headers, caller, "/admin/sync-health").await {
-            Ok(v) => v,
-            Err(page) => return page,
-        })
-    else {
-        return forbidden("sync health is for platform admins, on the platform's host");
+    let user = match platform_viewer(&state, &ctx, &headers, caller).await {
+        Ok(user) => user,
+        Err(page) => return page,
     };
     let filter = match tenant_field(&form.tenant_id) {
         Ok(tenant_id) => LetterFilter {
@@ -658,13 +666,9 @@ async fn resync(
     Path(app): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    let Viewer::Platform { user } =
-        (match viewer(&state, &ctx, &headers, caller, "/admin/sync-health").await {
-            Ok(v) => v,
-            Err(page) => return page,
-        })
-    else {
-        return forbidden("sync health is for platform admins, on the platform's host");
+    let user = match platform_viewer(&state, &ctx, &headers, caller).await {
+        Ok(user) => user,
+        Err(page) => return page,
     };
     let tenant = match tenant_field(&form.tenant_id) {
         Ok(Some(t)) => t,
