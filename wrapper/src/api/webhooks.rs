@@ -269,7 +269,7 @@ async fn deliveries(
     let mut items: Vec<WebhookDelivery> = sqlx::query_as(&format!(
         "select {DELIVERY_COLUMNS} from webhook_deliveries
          where endpoint_id = $1 and ($2::text is null or status = $2)
-           and ($3::uuid is null or id > $3)
+           and id > coalesce($3::uuid, '00000000-0000-0000-0000-000000000000')
          order by id limit $4"
     ))
     .bind(endpoint)

@@ -751,7 +751,7 @@ async fn users_page(
          from users u
          where u.tenant_id = $1 and u.deleted_at is null
            and ($2::text is null or u.email ilike $2 or u.full_name ilike $2)
-           and ($3::uuid is null or u.id > $3)
+           and u.id > coalesce($3::uuid, '00000000-0000-0000-0000-000000000000')
          order by u.id limit $4",
     )
     .bind(tenant)
