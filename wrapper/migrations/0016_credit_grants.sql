@@ -41,9 +41,10 @@ alter table credit_ledger add column draws jsonb;
 alter table credit_ledger drop constraint credit_ledger_kind_check;
 alter table credit_ledger add constraint credit_ledger_kind_check
     check (kind in ('allocation', 'consumption', 'expiry', 'renewal', 'void'));
+-- A free operation (a price of 0) is still recorded (usage reports count it); it draws nothing.
 alter table credit_ledger drop constraint credit_ledger_amount_check;
 alter table credit_ledger add constraint credit_ledger_amount_check
-    check (amount > 0 or (amount = 0 and kind in ('expiry', 'void')));
+    check (amount > 0 or (amount = 0 and kind in ('consumption', 'expiry', 'void')));
 
 -- What was there before grants: each balance becomes one paid grant of default priority that
 -- never expires.

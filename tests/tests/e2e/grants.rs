@@ -751,3 +751,25 @@ async fn an_offline_replay_cannot_spend_a_grant_that_expired_while_the_wrapper_w
     assert_balances_are_the_grants(&app, &t).await;
     Ok(())
 }
+
+/// An operation a tenant's config makes free is recorded (usage reports count it) and draws no
+/// grant, on the direct path.
+#[tokio::test]
+async fn a_free_operation_is_recorded_and_draws_nothing() -> anyhow::Result<()> {
+    let app = spawn_wrapper().await?;
+    let (t, token) = tenant_with_crm(&app, "free").await;
+    grant(&app, &t, 100, json!({})).await;
+    app.send_ok(
+        Method::PUT,
+        &format!("/api/tenants/{}/credit-configs", t.id),
+        &app.root,
+        json!({"application": "crm", "operationCode": OP, "cost": 0}),
+    )
+    .await;
+    let (status, entry) = consume(&app, &token, &t, "free-1".into()).await;
+    assert_eq!(status, StatusCode::OK, "{entry}");
+    assert_eq!((&entry["amount"], &entry["draws"]), (&json!(0), &json!([])));
+    assert_eq!(crm_balance(&app, &t).await, (100, 100));
+    assert_balances_are_the_grants(&app, &t).await;
+    Ok(())
+}
