@@ -240,9 +240,27 @@ async fn the_sync_health_page_lists_dead_letters_and_its_form_redrives_them() ->
         .text()
         .await?;
     assert!(!spoofed.contains("Call us") && !spoofed.contains(r#"id="notice""#));
+    // Every tenant, for platform admins.
+    let tenants = http
+        .get(format!("{}/admin/tenants", w.url))
+        .header(header::COOKIE, &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        tenants.contains(r#"id="tenants""#) && tenants.contains("<td>acme</td>"),
+        "{tenants}"
+    );
     // A tenant admin is not an operator, here or on their own host.
     let refused = http
         .get(format!("{}/admin/sync-health", w.url))
+        .header(header::COOKIE, format!("{COOKIE}={}", acme.admin))
+        .send()
+        .await?;
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    let refused = http
+        .get(format!("{}/admin/tenants", w.url))
         .header(header::COOKIE, format!("{COOKIE}={}", acme.admin))
         .send()
         .await?;
@@ -440,6 +458,42 @@ async fn a_user_added_on_the_users_page_reaches_the_crm() -> anyhow::Result<()> 
         .text()
         .await?;
     assert!(found.contains("grace@acme.test") && !found.contains("admin@acme.test"));
+
+    // Credits move from the pool to an application with the credits form; more than the pool
+    // holds is refused (402) and moves nothing.
+    w.send_ok(
+        reqwest::Method::POST,
+        "/api/admin/credits/allocate",
+        &w.root,
+        json!({"tenantId": acme.id, "amount": 200}),
+    )
+    .await;
+    let too_much = post(
+        "/admin/credits/move",
+        vec![("amount", "500".into()), ("application", "crm".into())],
+    )
+    .await?;
+    assert_eq!(too_much.status(), StatusCode::PAYMENT_REQUIRED);
+    let moved = post(
+        "/admin/credits/move",
+        vec![("amount", "150".into()), ("application", "crm".into())],
+    )
+    .await?;
+    assert_eq!(moved.status(), StatusCode::SEE_OTHER);
+    let balances = w
+        .get_ok(
+            &format!("/api/credits/balance?tenantId={}", acme.id),
+            &acme.admin,
+        )
+        .await;
+    let pool = balances["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["scope"] == "tenant")
+        .unwrap()["balance"]
+        .clone();
+    assert_eq!(pool, 50, "{balances}");
 
     let deactivated = post(&format!("/admin/users/{id}/deactivate"), vec![]).await?;
     assert_eq!(deactivated.status(), StatusCode::SEE_OTHER);

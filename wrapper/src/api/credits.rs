@@ -260,22 +260,37 @@ async fn allocate_application(
     caller
         .authorize(&state, &ctx, req.tenant_id, Access::Admin)
         .await?;
-    let amount = amount("amount", req.amount)?;
-    let application = validate::short_text("application", &req.application, 40)?;
+    let entry =
+        move_to_application(&state, &ctx, req.tenant_id, &req.application, req.amount).await?;
+    Ok((StatusCode::CREATED, Json(entry)))
+}
+
+/// Move `amount` credits of `tenant`'s pool to `application` (the caller is allowed to): the
+/// pool's grants in effect are drawn in order and the application gets one grant per grant
+/// drawn. The API and the console both call it.
+pub(crate) async fn move_to_application(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant: Uuid,
+    application: &str,
+    amount_asked: i64,
+) -> ApiResult<LedgerEntry> {
+    let amount = amount("amount", amount_asked)?;
+    let application = validate::short_text("application", application, 40)?;
     let scope = app_scope(&application);
     let mut tx = state.db.begin().await?;
-    super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
+    super::users::ensure_active_tenant(&mut tx, tenant).await?;
     let into = Allocation {
-        tenant_id: req.tenant_id,
+        tenant_id: tenant,
         scope: &scope,
         amount,
         terms: Terms::standard(),
         from_pool: true,
     };
-    let entry = record_allocation(&mut tx, &ctx, into, None, Some(application.clone())).await?;
+    let entry = record_allocation(&mut tx, ctx, into, None, Some(application.clone())).await?;
     tx.commit().await?;
-    mirror_allocation(&state, &entry, &application).await;
-    Ok((StatusCode::CREATED, Json(entry)))
+    mirror_allocation(state, &entry, &application).await;
+    Ok(entry)
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

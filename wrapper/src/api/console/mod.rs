@@ -49,6 +49,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(users_page, create_user))
         .routes(routes!(deactivate_user))
         .routes(routes!(audit_page))
+        .routes(routes!(move_credits))
+        .routes(routes!(tenants_page))
         .routes(routes!(sync_health_page))
         .routes(routes!(redrive))
         .routes(routes!(resync))
@@ -122,7 +124,9 @@ fn nav(viewer: &Viewer) -> String {
         Viewer::Tenant { .. } => {
             r#"<a href="/admin/users">Users</a><a href="/admin/credits">Credits</a><a href="/admin/audit">Audit log</a><a href="/">Apps</a>"#
         }
-        Viewer::Platform { .. } => r#"<a href="/admin/sync-health">Sync health</a>"#,
+        Viewer::Platform { .. } => {
+            r#"<a href="/admin/sync-health">Sync health</a><a href="/admin/tenants">Tenants</a>"#
+        }
     };
     format!(
         r#"{STYLE}<nav>{links}<form method="post" action="/auth/logout"><input type="hidden" name="return_to" value="/admin/"><button type="submit" class="secondary">Sign out</button></form></nav>"#
@@ -336,6 +340,10 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
         .collect();
     Ok(format!(
         r#"<h2>Balances</h2>{}
+<form class="inline" method="post" action="/admin/credits/move" id="move-credits">
+<label>Move <input type="text" name="amount" inputmode="numeric" placeholder="credits" required></label>
+<label>from the organisation's pool to <input type="text" name="application" placeholder="e.g. crm" required></label>
+<button type="submit">Move</button></form>
 <h2>Consumption</h2>{svg}
 <h2>Grants in use</h2>{}
 <h2>Thresholds</h2>{}
@@ -1063,4 +1071,107 @@ async fn audit_page(
         ),
     );
     html(StatusCode::OK, &format!("Audit log · {name}"), &body)
+}
+
+/// The credits form of the console: move credits from the pool to an application.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct MoveForm {
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    application: String,
+}
+
+#[utoipa::path(post, path = "/admin/credits/move", tag = "pages", request_body(content = MoveForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "Moved: back to the credits page"), (status = 400, description = "Refused, naming the field", body = String, content_type = "text/html"), (status = 402, description = "The pool's grants in effect do not cover it", body = String, content_type = "text/html"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html")))]
+async fn move_credits(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    Form(form): Form<MoveForm>,
+) -> Response {
+    let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
+        Ok((_, tenant, _)) => tenant,
+        Err(page) => return page,
+    };
+    let Ok(amount) = form.amount.trim().parse::<i64>() else {
+        return refused_on(
+            "/admin/credits",
+            ApiError::invalid("amount", "a whole number of credits"),
+        );
+    };
+    match crate::api::credits::move_to_application(&state, &ctx, tenant, &form.application, amount)
+        .await
+    {
+        Ok(_) => see_other("/admin/credits"),
+        Err(e) => refused_on("/admin/credits", e),
+    }
+}
+
+#[utoipa::path(get, path = "/admin/tenants", tag = "pages", responses((status = 200, description = "Every tenant with its plan, features, status and users (platform admins, on the platform host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not a platform admin here", body = String, content_type = "text/html")))]
+async fn tenants_page(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+) -> Response {
+    let user = match platform_viewer(&state, &ctx, &headers, caller).await {
+        Ok(user) => user,
+        Err(page) => return page,
+    };
+    type Row = (String, String, String, Value, String, i64, i64);
+    let rows: Vec<Row> = match sqlx::query_as(
+        "select t.name, t.subdomain, t.plan, t.features, t.status,
+                (select count(*) from users u where u.tenant_id = t.id and u.deleted_at is null),
+                coalesce((select sum(b.balance) from credit_balances b where b.tenant_id = t.id), 0)::bigint
+         from tenants t order by t.created_at desc limit 500",
+    )
+    .fetch_all(&state.db)
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return internal(e),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(
+            |(name, subdomain, plan, features, status, users, credits)| {
+                let features: Vec<String> = features
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .collect();
+                vec![
+                    name,
+                    subdomain,
+                    plan,
+                    features.join(", "),
+                    status,
+                    users.to_string(),
+                    num(credits),
+                ]
+            },
+        )
+        .collect();
+    let viewer = Viewer::Platform { user };
+    let body = format!(
+        r#"{}<h1 id="page-title">Tenants</h1>{}"#,
+        nav(&viewer),
+        table(
+            "tenants",
+            &[
+                "Name",
+                "Subdomain",
+                "Plan",
+                "Features",
+                "Status",
+                "Users",
+                "Credits"
+            ],
+            &cells,
+            "No tenants yet."
+        )
+    );
+    html(StatusCode::OK, "Tenants", &body)
 }
