@@ -103,6 +103,27 @@ async fn signed_deliveries_reach_a_loopback_endpoint_and_a_failing_one_is_retrie
         )
         .await;
 
+    // A garbage entry of a subscribed type on the tenant's stream first: skipped, it must not
+    // hold the partition's deliveries back.
+    let redis = sync_testkit::redis_client(&app.state.settings.redis_url.0).await?;
+    let keys = sync_sdk::contract::StreamKeys::new(
+        app.state.settings.namespace.clone(),
+        app.state.settings.partitions,
+    )
+    .unwrap();
+    let _: String = fred::interfaces::StreamsInterface::xadd(
+        &redis,
+        keys.events_for(t.id),
+        false,
+        None::<()>,
+        "*",
+        vec![
+            ("eventType", "user.created".to_owned()),
+            ("tenantId", t.id.to_string()),
+            ("envelope", "{not an envelope".to_owned()),
+        ],
+    )
+    .await?;
     // Events: a user (both endpoints), credits moving (nobody), a threshold crossed (the good one).
     app.send_ok(
         Method::POST,
