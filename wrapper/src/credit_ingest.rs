@@ -26,6 +26,9 @@ use crate::{
 /// The consumer group of the wrapper on the credit streams.
 pub const GROUP: &str = "ledger";
 
+/// How often entries that failed to ingest (still pending) are tried again.
+pub const PENDING_RETRY: Duration = Duration::from_secs(5);
+
 pub use crate::mirror::Correction;
 
 /// Ingests credit streams and reconciles mirrors.
@@ -61,6 +64,7 @@ impl CreditIngest {
         let reader = self.redis.clone_new();
         let _connection = reader.connect();
         let mut failures = 0u32;
+        let mut last_sweep = None;
         while !cancel.is_cancelled() {
             let created: Result<(), Error> =
                 self.redis.xgroup_create(&stream, GROUP, "0", true).await;
@@ -68,7 +72,18 @@ impl CreditIngest {
                 Err(e) if !e.details().contains("BUSYGROUP") => Err(e),
                 _ => Ok(()),
             };
+            // Entries read before and not acknowledged (a failed ingestion, a replica that
+            // stopped mid-batch) are tried again every PENDING_RETRY, between new ones: one that
+            // keeps failing is logged each time but never holds the partition back.
+            let sweep = last_sweep.is_none_or(|t: std::time::Instant| t.elapsed() >= PENDING_RETRY);
             let batch = match ready {
+                Ok(()) if sweep => {
+                    last_sweep = Some(std::time::Instant::now());
+                    sync_contract::streams::read_group_pending(
+                        &reader, GROUP, "wrapper", &stream, 100,
+                    )
+                    .await
+                }
                 Ok(()) => {
                     sync_contract::streams::read_group(
                         &reader,
@@ -101,8 +116,12 @@ impl CreditIngest {
                         let _: Result<u64, Error> =
                             self.redis.xack(&stream, GROUP, id.as_str()).await;
                     }
-                    // Left pending: a restart re-reads it (see the note in the closing notes).
-                    Err(e) => tracing::error!(%stream, id, error = %e, "credit ingest failed"),
+                    // Left pending: tried again at the next sweep of pending entries.
+                    Err(e) => {
+                        metrics::counter!("tsync_wrapper_credit_ingest_failures_total")
+                            .increment(1);
+                        tracing::error!(%stream, id, error = %e, "credit ingest failed; retried later")
+                    }
                 }
             }
         }

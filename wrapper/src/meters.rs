@@ -61,6 +61,10 @@ pub fn describe(partitions: u32) {
         "Redis credit balances the reconciliation found different from the ledger and corrected."
     );
     describe_counter!(
+        "tsync_wrapper_credit_ingest_failures_total",
+        "Fast-path consumptions the ledger could not record yet (tried again every 5 s; a steady rate means one is refused: see the log)."
+    );
+    describe_counter!(
         "tsync_wrapper_webhook_attempts_total",
         "Webhook posts by outcome (delivered, retry: failed and tried again later, dead: failed for the last time)."
     );
@@ -127,6 +131,7 @@ pub fn describe(partitions: u32) {
         "tsync_wrapper_cross_tenant_attempts_total",
         "tsync_wrapper_revocation_publish_failures_total",
         "tsync_wrapper_credit_mirror_corrections_total",
+        "tsync_wrapper_credit_ingest_failures_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -773,3 +773,61 @@ async fn a_free_operation_is_recorded_and_draws_nothing() -> anyhow::Result<()> 
     assert_balances_are_the_grants(&app, &t).await;
     Ok(())
 }
+
+/// A fast-path consumption the ledger refuses when it first reads it (no grant covers it yet)
+/// stays pending and is tried again: once a grant arrives it is recorded, once. Before, such an
+/// entry was never read again (the group only read new entries).
+#[tokio::test]
+async fn a_fast_path_entry_the_ledger_refused_is_ingested_once_it_can_be() -> anyhow::Result<()> {
+    use fred::interfaces::StreamsInterface;
+    let app = spawn_wrapper().await?;
+    let (t, _) = tenant_with_crm(&app, "late").await;
+    let redis = redis_client(&app.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(app.state.settings.namespace.clone(), 8).unwrap();
+    let stream = keys.credit_stream(keys.partition_of(t.id));
+    // As the consume script writes it, for a mirror that had credits the ledger has not.
+    let _: String = redis
+        .xadd(
+            &stream,
+            false,
+            None::<()>,
+            "*",
+            vec![
+                ("operationId", "late-1".to_owned()),
+                ("tenantId", t.id.to_string()),
+                ("application", "crm".to_owned()),
+                ("operationCode", OP.to_owned()),
+                ("quantity", "1".to_owned()),
+                ("amount", "35".to_owned()),
+                ("balanceAfter", "0".to_owned()),
+                ("userId", String::new()),
+                ("draws", String::new()),
+            ],
+        )
+        .await?;
+    let pending = || async {
+        let summary: fred::types::Value = redis
+            .xpending(&stream, wrapper::credit_ingest::GROUP, ())
+            .await
+            .unwrap_or(fred::types::Value::Null);
+        summary
+            .into_array()
+            .first()
+            .and_then(|v| v.as_i64())
+            .unwrap_or(-1)
+    };
+    eventually(Duration::from_secs(20), || async { pending().await == 1 }).await?;
+    assert_eq!(
+        consumptions(&app, &t).await,
+        (0, 0),
+        "refused: nothing charged"
+    );
+    let paid = grant(&app, &t, 100, json!({})).await;
+    eventually(Duration::from_secs(30), || async {
+        consumptions(&app, &t).await == (1, 1) && pending().await == 0
+    })
+    .await?;
+    assert_eq!(draws_in_order(&app, &t).await, vec![vec![(paid, 35)]]);
+    assert_eq!(crm_balance(&app, &t).await, (65, 65));
+    Ok(())
+}
