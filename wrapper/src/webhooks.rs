@@ -35,7 +35,7 @@ use uuid::Uuid;
 use crate::{config::Settings, error::ApiError};
 
 /// The consumer group of the webhook deliveries on the event streams.
-pub const GROUP: &str = "webhooks";
+pub const GROUP: &str = crate::relay::WEBHOOKS_GROUP;
 
 /// A new signing secret: `whsec_` and 32 random bytes in base64.
 pub fn new_secret() -> anyhow::Result<String> {

@@ -70,9 +70,15 @@ async fn one_email_change_is_one_trace_from_the_request_to_every_apps_apply() ->
             s.attributes.get("event_type").map(String::as_str) == Some("user.email_changed")
         })
     };
+    // And the wrapper's spans of the chain have been exported too (each process exports in its
+    // own batches, so the apps' may arrive first).
     eventually(Duration::from_secs(30), || async {
         let spans = receiver.spans();
-        applied(&spans, "crm") && applied(&spans, "hrms")
+        applied(&spans, "crm")
+            && applied(&spans, "hrms")
+            && ["request", "outbox.append", "relay.publish"]
+                .iter()
+                .all(|name| !named(&spans, &trace, "wrapper", name).is_empty())
     })
     .await?;
     let spans = receiver.spans();

@@ -53,6 +53,10 @@ use uuid::Uuid;
 
 use crate::outbox::NOTIFY_CHANNEL;
 
+/// The consumer group of the wrapper's webhook deliveries on the event streams (`webhooks`): it
+/// holds the trimming floor like any group but does not make a stream trimmable on its own.
+pub const WEBHOOKS_GROUP: &str = "webhooks";
+
 /// How the relay runs.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -613,9 +617,11 @@ impl Relay {
     /// not acknowledged), delete old published rows, refresh gauges.
     pub async fn maintain(&self, partition: u32) -> anyhow::Result<u64> {
         let stream = self.keys.events(partition);
+        // The webhooks group alone does not make the stream trimmable (apps' groups may come
+        // later), but it holds the floor like any group.
         let (removed, _floor): (u64, Option<String>) = self
             .trim
-            .evalsha_with_reload(&self.redis, stream.as_str(), ())
+            .evalsha_with_reload(&self.redis, stream.as_str(), vec![WEBHOOKS_GROUP])
             .await?;
         // The partition's credit stream, by the same rule: below what the ledger ingester (its
         // group) has acknowledged, every entry is in the ledger already.

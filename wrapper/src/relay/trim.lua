@@ -4,10 +4,23 @@
 -- For each group the floor is its smallest pending id (delivered, not acknowledged) or, when
 -- nothing is pending, its last-delivered-id (everything before it was acknowledged; entries
 -- after it were never delivered). The stream is trimmed below the smallest floor, so no entry a
--- group has not acknowledged is ever removed. A stream without groups is left alone.
+-- group has not acknowledged is ever removed. A stream without groups (or with only passive
+-- ones, below) is left alone.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0, false} end
 local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
 if #groups == 0 then return {0, false} end
+-- ARGV: groups that count for the floor but do not make a stream trimmable on their own (the
+-- wrapper's webhooks group is on every stream from the start; the apps' groups may come later
+-- and must find what was published before them).
+local passive = {}
+for i = 1, #ARGV do passive[ARGV[i]] = true end
+local active = 0
+for _, g in ipairs(groups) do
+  for i = 1, #g, 2 do
+    if g[i] == 'name' and not passive[g[i + 1]] then active = active + 1 end
+  end
+end
+if active == 0 then return {0, false} end
 
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
