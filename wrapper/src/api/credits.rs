@@ -250,7 +250,7 @@ struct AllocateApplication {
     amount: i64,
 }
 
-#[utoipa::path(post, path = "/api/admin/credits/allocate/application", tag = "credits", request_body = AllocateApplication, responses((status = 201, description = "The ledger entry (tenant admins: from the tenant's pool to an application). The pool's grants in effect are drawn in order and the application receives one grant per grant drawn, with its category, priority and expiry (`draws`, `into`)", body = LedgerEntry)))]
+#[utoipa::path(post, path = "/api/admin/credits/allocate/application", tag = "credits", request_body = AllocateApplication, responses((status = 201, description = "The ledger entry (tenant admins: from the tenant's pool to an application). The pool's grants in effect are drawn in order and the application receives one grant per grant drawn, with its category, priority and expiry (`draws`, `into`)", body = LedgerEntry), (status = 402, description = "The pool's grants in effect do not cover the amount (nothing moved)")))]
 async fn allocate_application(
     State(state): State<AppState>,
     ctx: Ctx,
