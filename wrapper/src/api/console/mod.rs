@@ -715,13 +715,14 @@ async fn tenant_viewer(
     path: &str,
 ) -> Result<(Viewer, Uuid, String), Response> {
     match viewer(state, ctx, headers, caller, path).await? {
-        v @ Viewer::Tenant { .. } => {
-            let Viewer::Tenant { id, ref name } = v else {
-                unreachable!("matched above")
-            };
-            let name = name.clone();
-            Ok((v, id, name))
-        }
+        Viewer::Tenant { id, name } => Ok((
+            Viewer::Tenant {
+                id,
+                name: name.clone(),
+            },
+            id,
+            name,
+        )),
         Viewer::Platform { .. } => {
             Err(forbidden("this page is on each organisation's own address"))
         }
