@@ -1,0 +1,283 @@
+//! The credits page: balances, grants, a chart of consumption per application and day, thresholds,
+//! the latest ledger entries, and the form that moves credits from the pool to an application.
+
+use axum::{
+    Form,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::Response,
+};
+use serde::Deserialize;
+use sync_web::{
+    html::{escape, table},
+    page::{html, see_other},
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use std::collections::BTreeMap;
+
+use super::{Viewer, chart, internal, nav, num, refused_on, tenant_viewer, viewer};
+use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
+
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(credits))
+        .routes(routes!(move_credits))
+}
+
+/// Days of consumption the credits chart shows.
+const CHART_DAYS: i64 = 14;
+
+#[utoipa::path(get, path = "/admin/credits", tag = "pages", responses((status = 200, description = "The tenant's credits page (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
+async fn credits(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+) -> Response {
+    let viewer = match viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
+        Ok(v @ Viewer::Tenant { .. }) => v,
+        Ok(Viewer::Platform { .. }) => return see_other("/admin/sync-health"),
+        Err(page) => return page,
+    };
+    let Viewer::Tenant { id, ref name, .. } = viewer else {
+        return see_other("/admin/");
+    };
+    match credits_body(&state, id).await {
+        Ok(body) => html(
+            StatusCode::OK,
+            &format!("Credits · {name}"),
+            &format!(
+                r#"{nav}<h1 id="page-title">Credits · {}</h1>{body}"#,
+                escape(name),
+                nav = nav(&viewer)
+            ),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+/// A grant row of the credits page: scope, category, priority, remaining, initial, expiry, status.
+type GrantRow = (
+    String,
+    String,
+    i32,
+    i64,
+    i64,
+    Option<chrono::DateTime<chrono::Utc>>,
+    String,
+);
+/// A ledger row of the credits page: when, kind, scope, amount, operation, balance after.
+type LedgerRow = (
+    chrono::DateTime<chrono::Utc>,
+    String,
+    String,
+    i64,
+    Option<String>,
+    i64,
+);
+
+async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Error> {
+    let db = &state.db;
+    let balances: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select b.scope, b.balance, coalesce((select sum(g.remaining) from credit_grants g
+             where g.tenant_id = b.tenant_id and g.scope = b.scope and g.status = 'active'
+               and g.effective_at <= now() and (g.expires_at is null or g.expires_at > now())), 0)::bigint
+         from credit_balances b where b.tenant_id = $1 order by b.scope",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    let usage: Vec<(String, chrono::NaiveDate, i64)> = sqlx::query_as(
+        "select coalesce(application, '-'), (created_at at time zone 'UTC')::date, sum(amount)::bigint
+         from credit_ledger where tenant_id = $1 and kind = 'consumption'
+           and created_at >= (now() at time zone 'UTC')::date - ($2::int - 1)
+         group by 1, 2 order by 2, 1",
+    )
+    .bind(tenant)
+    .bind(CHART_DAYS as i32)
+    .fetch_all(db)
+    .await?;
+    let grants: Vec<GrantRow> = sqlx::query_as(
+        "select scope, category, priority, remaining, initial, expires_at, status
+             from credit_grants where tenant_id = $1 and status = 'active'
+             order by scope, priority, expires_at nulls last, id limit 200",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    let thresholds: Vec<(String, String, i64, bool)> = sqlx::query_as(
+        "select scope, kind, value, armed from credit_thresholds where tenant_id = $1
+         order by scope, kind, value",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+    let ledger: Vec<LedgerRow> = sqlx::query_as(
+        "select created_at, kind, scope, amount, operation_code, balance_after
+             from credit_ledger where tenant_id = $1 order by id desc limit 25",
+    )
+    .bind(tenant)
+    .fetch_all(db)
+    .await?;
+
+    let today = chrono::Utc::now().date_naive();
+    let days: Vec<chrono::NaiveDate> = (0..CHART_DAYS)
+        .rev()
+        .map(|d| today - chrono::TimeDelta::days(d))
+        .collect();
+    let mut series: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (app, day, amount) in &usage {
+        if let Some(i) = days.iter().position(|d| d == day) {
+            series
+                .entry(app.clone())
+                .or_insert_with(|| vec![0; days.len()])[i] += amount;
+        }
+    }
+    let labels: Vec<String> = days.iter().map(|d| d.format("%d %b").to_string()).collect();
+    let svg = chart::stacked_bars(
+        "usage-chart",
+        &format!("Credits consumed per day, last {CHART_DAYS} days"),
+        &labels,
+        &series,
+        "Nothing consumed in this period.",
+    );
+
+    let when = |t: &chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+    let balance_rows: Vec<Vec<String>> = balances
+        .iter()
+        .map(|(s, b, a)| vec![s.clone(), num(*b), num(*a)])
+        .collect();
+    let grant_rows: Vec<Vec<String>> = grants
+        .iter()
+        .map(
+            |(scope, category, priority, remaining, initial, expires, status)| {
+                vec![
+                    scope.clone(),
+                    category.clone(),
+                    priority.to_string(),
+                    format!("{} of {}", num(*remaining), num(*initial)),
+                    expires.as_ref().map(when).unwrap_or_else(|| "never".into()),
+                    status.clone(),
+                ]
+            },
+        )
+        .collect();
+    let threshold_rows: Vec<Vec<String>> = thresholds
+        .iter()
+        .map(|(scope, kind, value, armed)| {
+            vec![
+                scope.clone(),
+                kind.replace('_', " "),
+                if kind == "percent_used" {
+                    format!("{value} %")
+                } else {
+                    num(*value)
+                },
+                if *armed {
+                    "watching".into()
+                } else {
+                    "crossed".into()
+                },
+            ]
+        })
+        .collect();
+    let ledger_rows: Vec<Vec<String>> = ledger
+        .iter()
+        .map(|(at, kind, scope, amount, op, after)| {
+            vec![
+                when(at),
+                kind.clone(),
+                scope.clone(),
+                num(*amount),
+                op.clone().unwrap_or_default(),
+                num(*after),
+            ]
+        })
+        .collect();
+    Ok(format!(
+        r#"<h2>Balances</h2>{}
+<form class="inline" method="post" action="/admin/credits/move" id="move-credits">
+<label>Move <input type="text" name="amount" inputmode="numeric" placeholder="credits" required></label>
+<label>from the organisation's pool to <input type="text" name="application" placeholder="e.g. crm" required></label>
+<button type="submit">Move</button></form>
+<h2>Consumption</h2>{svg}
+<h2>Grants in use</h2>{}
+<h2>Thresholds</h2>{}
+<h2>Latest ledger entries</h2>{}"#,
+        table(
+            "balances",
+            &["Balance", "Credits", "Available now"],
+            &balance_rows,
+            "No credits yet."
+        ),
+        table(
+            "grants",
+            &[
+                "Balance",
+                "Category",
+                "Priority",
+                "Remaining",
+                "Expires",
+                "Status"
+            ],
+            &grant_rows,
+            "No grants."
+        ),
+        table(
+            "thresholds",
+            &["Balance", "Kind", "Value", "State"],
+            &threshold_rows,
+            "No thresholds: set them with POST /api/tenants/{id}/credits/thresholds."
+        ),
+        table(
+            "ledger",
+            &[
+                "When (UTC)",
+                "Kind",
+                "Balance",
+                "Credits",
+                "Operation",
+                "Balance after"
+            ],
+            &ledger_rows,
+            "No entries."
+        ),
+    ))
+}
+
+/// The credits form of the console: move credits from the pool to an application.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+struct MoveForm {
+    #[serde(default)]
+    amount: String,
+    #[serde(default)]
+    application: String,
+}
+
+#[utoipa::path(post, path = "/admin/credits/move", tag = "pages", request_body(content = MoveForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "Moved: back to the credits page"), (status = 400, description = "Refused, naming the field", body = String, content_type = "text/html"), (status = 402, description = "The pool's grants in effect do not cover it", body = String, content_type = "text/html"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html")))]
+async fn move_credits(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    Form(form): Form<MoveForm>,
+) -> Response {
+    let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
+        Ok((_, tenant, _)) => tenant,
+        Err(page) => return page,
+    };
+    let Ok(amount) = form.amount.trim().parse::<i64>() else {
+        return refused_on(
+            "/admin/credits",
+            ApiError::invalid("amount", "a whole number of credits"),
+        );
+    };
+    match crate::api::credits::move_to_application(&state, &ctx, tenant, &form.application, amount)
+        .await
+    {
+        Ok(_) => see_other("/admin/credits"),
+        Err(e) => refused_on("/admin/credits", e),
+    }
+}
