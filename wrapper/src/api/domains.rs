@@ -75,7 +75,7 @@ pub struct CustomDomain {
     pub challenge_url: Option<String>,
 }
 
-async fn custom_domain(db: &PgPool, tenant_id: Uuid) -> ApiResult<CustomDomain> {
+pub(crate) async fn custom_domain(db: &PgPool, tenant_id: Uuid) -> ApiResult<CustomDomain> {
     let (domain, pending_domain, challenge_token): (
         Option<String>,
         Option<String>,
@@ -125,25 +125,32 @@ async fn verify(
 ) -> ApiResult<Json<TenantState>> {
     let user = caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
-        .await?
-        .clone();
+        .await?;
+    Ok(Json(verify_domain(&state, &ctx, user.id, tenant_id).await?))
+}
+
+/// Fetch the challenge token from the pending domain for `actor` (already authorized as the
+/// tenant's admin); if it is served there, the domain becomes active. Audited either way.
+pub(crate) async fn verify_domain(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    tenant_id: Uuid,
+) -> ApiResult<TenantState> {
     let pending = custom_domain(&state.db, tenant_id).await?;
     let (Some(domain), Some(token)) = (pending.pending_domain, pending.challenge_token) else {
         return Err(ApiError::Conflict(
             "no custom domain is waiting for verification".into(),
         ));
     };
-    if let Err(reason) = fetch_challenge(&state, &domain, &token).await {
-        audit_domain(
-            &state, &ctx, tenant_id, user.id, &domain, "failure", &reason,
-        )
-        .await;
+    if let Err(reason) = fetch_challenge(state, &domain, &token).await {
+        audit_domain(state, ctx, tenant_id, actor, &domain, "failure", &reason).await;
         return Err(ApiError::invalid(
             "domain",
             format!("the challenge token was not served at {CHALLENGE_PATH}{token}: {reason}"),
         ));
     }
-    activate(&state, &ctx, tenant_id, user.id, &domain, "verified").await
+    activate(state, ctx, tenant_id, actor, &domain, "verified").await
 }
 
 /// `POST /api/tenants/{id}/domain/approve`: a platform admin activates the pending domain.
@@ -154,12 +161,24 @@ async fn approve(
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
 ) -> ApiResult<Json<TenantState>> {
-    let admin = caller.require_platform_admin()?.clone();
+    let admin = caller.require_platform_admin()?;
+    Ok(Json(
+        approve_domain(&state, &ctx, admin.id, tenant_id).await?,
+    ))
+}
+
+/// Activate the tenant's pending domain for a platform admin (already checked), audited.
+pub(crate) async fn approve_domain(
+    state: &AppState,
+    ctx: &Ctx,
+    admin: Uuid,
+    tenant_id: Uuid,
+) -> ApiResult<TenantState> {
     let pending = custom_domain(&state.db, tenant_id).await?;
     let domain = pending
         .pending_domain
         .ok_or_else(|| ApiError::Conflict("no custom domain is waiting for approval".into()))?;
-    activate(&state, &ctx, tenant_id, admin.id, &domain, "approved").await
+    activate(state, ctx, tenant_id, admin, &domain, "approved").await
 }
 
 /// Make `domain` the tenant's active domain (one transaction with its `tenant.updated` event).
@@ -170,13 +189,13 @@ async fn activate(
     actor: Uuid,
     domain: &str,
     how: &str,
-) -> ApiResult<Json<TenantState>> {
+) -> ApiResult<TenantState> {
     let mut tx = state.db.begin().await?;
     let tenant = super::tenants::set_active_domain(&mut tx, ctx, tenant_id, domain).await?;
     tx.commit().await?;
     state.domains.invalidate();
     audit_domain(state, ctx, tenant_id, actor, domain, "success", how).await;
-    Ok(Json(tenant))
+    Ok(tenant)
 }
 
 async fn audit_domain(

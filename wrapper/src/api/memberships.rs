@@ -127,12 +127,27 @@ async fn create(
     let me = caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
+    let membership =
+        grant_audited(&state, &ctx, me.id, tenant_id, req.user_id, req.role_id).await?;
+    Ok((StatusCode::CREATED, Json(membership)))
+}
+
+/// [`grant`] for `actor` (already authorized as the tenant's admin), in its own transaction
+/// with an audit entry.
+pub(crate) async fn grant_audited(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    tenant_id: Uuid,
+    user_id: Uuid,
+    role_id: Uuid,
+) -> ApiResult<MembershipState> {
     let mut tx = state.db.begin().await?;
     super::users::ensure_active_tenant(&mut tx, tenant_id).await?;
-    let membership = grant(&mut tx, &ctx, tenant_id, req.user_id, req.role_id).await?;
-    change_audit(&mut tx, &ctx, me.id, &membership, "membership.granted").await;
+    let membership = grant(&mut tx, ctx, tenant_id, user_id, role_id).await?;
+    change_audit(&mut tx, ctx, actor, &membership, "membership.granted").await;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(membership)))
+    Ok(membership)
 }
 
 async fn change_audit(
@@ -188,6 +203,20 @@ async fn revoke(
     let me = caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
+    Ok(Json(
+        revoke_membership(&state, &ctx, me.id, tenant_id, membership_id).await?,
+    ))
+}
+
+/// Revoke a membership for `actor` (already authorized): `membership.revoked` and an audit
+/// entry in its transaction.
+pub(crate) async fn revoke_membership(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    tenant_id: Uuid,
+    membership_id: Uuid,
+) -> ApiResult<MembershipState> {
     let mut tx = state.db.begin().await?;
     let row: MembershipRow = sqlx::query_as(&format!(
         "update memberships set active = false, version = version + 1, updated_at = now()
@@ -202,14 +231,14 @@ async fn revoke(
     let membership = MembershipState::from(row);
     outbox::record(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         aggregate,
         Event::MembershipRevoked,
         &membership,
     )
     .await?;
-    change_audit(&mut tx, &ctx, me.id, &membership, "membership.revoked").await;
+    change_audit(&mut tx, ctx, actor, &membership, "membership.revoked").await;
     tx.commit().await?;
-    Ok(Json(membership))
+    Ok(membership)
 }

@@ -71,10 +71,10 @@ fn permissions(value: &[String]) -> ApiResult<Vec<String>> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateRole {
-    name: String,
+pub(crate) struct CreateRole {
+    pub(crate) name: String,
     #[serde(default)]
-    permissions: Vec<String>,
+    pub(crate) permissions: Vec<String>,
 }
 
 #[utoipa::path(post, path = "/api/tenants/{tenant_id}/roles", tag = "roles", request_body = CreateRole, responses((status = 201, description = "The role", body = RoleState)))]
@@ -88,6 +88,19 @@ async fn create(
     let me = caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
+    let role = create_role(&state, &ctx, me.id, tenant_id, req).await?;
+    Ok((StatusCode::CREATED, Json(role)))
+}
+
+/// Create a role in `tenant_id` for `actor` (already authorized as its admin): validated,
+/// `role.created` and an audit entry in its transaction.
+pub(crate) async fn create_role(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    tenant_id: Uuid,
+    req: CreateRole,
+) -> ApiResult<RoleState> {
     let role = RoleState {
         id: Uuid::now_v7(),
         tenant_id,
@@ -111,16 +124,16 @@ async fn create(
         )])?;
     outbox::record(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         (role.id, 1),
         Event::RoleCreated,
         &role,
     )
     .await?;
-    role_audit(&mut tx, &ctx, me.id, &role, "role.created").await;
+    role_audit(&mut tx, ctx, actor, &role, "role.created").await;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(role)))
+    Ok(role)
 }
 
 async fn role_audit(
@@ -189,9 +202,9 @@ async fn read(
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UpdateRole {
-    name: Option<String>,
-    permissions: Option<Vec<String>>,
+pub(crate) struct UpdateRole {
+    pub(crate) name: Option<String>,
+    pub(crate) permissions: Option<Vec<String>>,
 }
 
 #[utoipa::path(patch, path = "/api/tenants/{tenant_id}/roles/{role_id}", tag = "roles", request_body = UpdateRole, responses((status = 200, description = "The role", body = RoleState)))]
@@ -205,6 +218,21 @@ async fn update(
     let me = caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
+    Ok(Json(
+        update_role(&state, &ctx, me.id, tenant_id, role_id, req).await?,
+    ))
+}
+
+/// Rename a role or replace its permissions (not the built-in `admin` role), for `actor`
+/// (already authorized): `role.updated` and an audit entry in its transaction.
+pub(crate) async fn update_role(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    tenant_id: Uuid,
+    role_id: Uuid,
+    req: UpdateRole,
+) -> ApiResult<RoleState> {
     let name = req
         .name
         .as_deref()
@@ -229,16 +257,16 @@ async fn update(
     let role = RoleState::from(row);
     outbox::record(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         aggregate,
         Event::RoleUpdated,
         &role,
     )
     .await?;
-    role_audit(&mut tx, &ctx, me.id, &role, "role.updated").await;
+    role_audit(&mut tx, ctx, actor, &role, "role.updated").await;
     tx.commit().await?;
-    Ok(Json(role))
+    Ok(role)
 }
 
 #[utoipa::path(delete, path = "/api/tenants/{tenant_id}/roles/{role_id}", tag = "roles", responses((status = 200, description = "The deleted role", body = RoleState)))]
@@ -251,6 +279,20 @@ async fn delete(
     let me = caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
+    Ok(Json(
+        delete_role(&state, &ctx, me.id, tenant_id, role_id).await?,
+    ))
+}
+
+/// Delete a role (not the built-in `admin` role) for `actor` (already authorized):
+/// `role.deleted` and an audit entry in its transaction.
+pub(crate) async fn delete_role(
+    state: &AppState,
+    ctx: &Ctx,
+    actor: Uuid,
+    tenant_id: Uuid,
+    role_id: Uuid,
+) -> ApiResult<RoleState> {
     let mut tx = state.db.begin().await?;
     let row: RoleRow = sqlx::query_as(&format!(
         "update roles set deleted = true, version = version + 1, updated_at = now()
@@ -265,14 +307,14 @@ async fn delete(
     let role = RoleState::from(row);
     outbox::record(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         aggregate,
         Event::RoleDeleted,
         &role,
     )
     .await?;
-    role_audit(&mut tx, &ctx, me.id, &role, "role.deleted").await;
+    role_audit(&mut tx, ctx, actor, &role, "role.deleted").await;
     tx.commit().await?;
-    Ok(Json(role))
+    Ok(role)
 }

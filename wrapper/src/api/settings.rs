@@ -64,7 +64,20 @@ async fn replace(
     caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
-    if let Some(key) = req.values.keys().find(|k| k.is_empty() || k.len() > 100) {
+    Ok(Json(
+        replace_settings(&state, &ctx, tenant_id, req.values).await?,
+    ))
+}
+
+/// Replace `tenant_id`'s settings (the caller already authorized as its admin), with the
+/// `settings.updated` event in the same transaction.
+pub(crate) async fn replace_settings(
+    state: &AppState,
+    ctx: &Ctx,
+    tenant_id: Uuid,
+    values: BTreeMap<String, serde_json::Value>,
+) -> ApiResult<SettingsState> {
+    if let Some(key) = values.keys().find(|k| k.is_empty() || k.len() > 100) {
         return Err(ApiError::invalid(
             "values",
             format!("key `{key}` must be 1-100 characters"),
@@ -79,25 +92,22 @@ async fn replace(
            returning version"#,
     )
     .bind(tenant_id)
-    .bind(sqlx::types::Json(&req.values))
+    .bind(sqlx::types::Json(&values))
     .fetch_one(&mut *tx)
     .await?;
-    let settings = SettingsState {
-        tenant_id,
-        values: req.values,
-    };
+    let settings = SettingsState { tenant_id, values };
     let aggregate = Aggregate {
         id: tenant_id,
         version,
     };
     outbox::append(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         aggregate,
         Event::SettingsUpdated(settings.clone()),
     )
     .await?;
     tx.commit().await?;
-    Ok(Json(settings))
+    Ok(settings)
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
 use crate::{
-    auth::{Access, Caller, TENANT_ADMIN_PERMISSION, password},
+    auth::{Access, Caller, TENANT_ADMIN_PERMISSION, UserCaller, password},
     context::Ctx,
     error::{ApiError, ApiResult},
     outbox,
@@ -248,14 +248,14 @@ async fn read(
     Ok(Json(fetch(&mut conn, tenant_id).await?.into()))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct UpdateTenant {
-    name: Option<String>,
-    domain: Option<String>,
-    plan: Option<String>,
-    features: Option<Vec<String>>,
-    theme: Option<serde_json::Value>,
+pub(crate) struct UpdateTenant {
+    pub(crate) name: Option<String>,
+    pub(crate) domain: Option<String>,
+    pub(crate) plan: Option<String>,
+    pub(crate) features: Option<Vec<String>>,
+    pub(crate) theme: Option<serde_json::Value>,
 }
 
 #[utoipa::path(patch, path = "/api/tenants/{tenant_id}", tag = "tenants", request_body = UpdateTenant, responses((status = 200, description = "The tenant; a custom domain requested by a tenant admin waits for proof (see /domain)", body = TenantState)))]
@@ -269,6 +269,20 @@ async fn update(
     let user = caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
+    Ok(Json(
+        update_tenant(&state, &ctx, user, tenant_id, req).await?,
+    ))
+}
+
+/// Change a tenant for `user` (already authorized as its admin): only platform admins change
+/// plan and features; a tenant admin's custom domain waits for proof.
+pub(crate) async fn update_tenant(
+    state: &AppState,
+    ctx: &Ctx,
+    user: &UserCaller,
+    tenant_id: Uuid,
+    req: UpdateTenant,
+) -> ApiResult<TenantState> {
     if (req.plan.is_some() || req.features.is_some()) && !user.platform_admin {
         return Err(ApiError::Forbidden(
             "only platform admins change plan and features",
@@ -287,7 +301,7 @@ async fn update(
     let domain = req
         .domain
         .as_deref()
-        .map(|d| custom_domain(&state, d))
+        .map(|d| custom_domain(state, d))
         .transpose()?;
     // A tenant admin's domain waits for proof (see `api::domains`); a platform admin's is active.
     let (active_domain, pending_domain) = match domain {
@@ -335,7 +349,7 @@ async fn update(
     let tenant = TenantState::from(row);
     outbox::record(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         aggregate,
         Event::TenantUpdated,
@@ -344,7 +358,7 @@ async fn update(
     .await?;
     tx.commit().await?;
     state.domains.invalidate();
-    Ok(Json(tenant))
+    Ok(tenant)
 }
 
 /// A requested custom domain: a valid host name outside the platform's domain.

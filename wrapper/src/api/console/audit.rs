@@ -13,7 +13,7 @@ use sync_web::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{internal, nav, tenant_viewer};
+use super::{Host, TenantAdmin, internal, nav, tenant_viewer};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -43,11 +43,12 @@ async fn audit_page(
     caller: Result<Caller, ApiError>,
     Query(q): Query<AuditPageQuery>,
 ) -> Response {
-    let (viewer, tenant, name) =
-        match tenant_viewer(&state, &ctx, &headers, caller, "/admin/audit").await {
-            Ok(v) => v,
-            Err(page) => return page,
-        };
+    let TenantAdmin {
+        id: tenant, name, ..
+    } = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/audit").await {
+        Ok(admin) => admin,
+        Err(page) => return page,
+    };
     let text = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -152,7 +153,7 @@ async fn audit_page(
 <label>To <input type="text" name="to" value="{to}" placeholder="YYYY-MM-DD"></label>
 <button type="submit" class="secondary">Filter</button></form>
 {table}{more}"#,
-        nav = nav(&viewer),
+        nav = nav(Host::Tenant),
         name = escape(&name),
         actor = value(&q.actor),
         action = value(&q.action),

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use std::collections::BTreeMap;
 
-use super::{Viewer, chart, internal, nav, num, refused_on, tenant_viewer, viewer};
+use super::{Host, chart, internal, nav, num, refused_on, tenant_viewer};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -36,14 +36,11 @@ async fn credits(
     headers: HeaderMap,
     caller: Result<Caller, ApiError>,
 ) -> Response {
-    let viewer = match viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
-        Ok(v @ Viewer::Tenant { .. }) => v,
-        Ok(Viewer::Platform { .. }) => return see_other("/admin/sync-health"),
+    let admin = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
+        Ok(admin) => admin,
         Err(page) => return page,
     };
-    let Viewer::Tenant { id, ref name, .. } = viewer else {
-        return see_other("/admin/");
-    };
+    let (id, name) = (admin.id, &admin.name);
     match credits_body(&state, id).await {
         Ok(body) => html(
             StatusCode::OK,
@@ -51,7 +48,7 @@ async fn credits(
             &format!(
                 r#"{nav}<h1 id="page-title">Credits · {}</h1>{body}"#,
                 escape(name),
-                nav = nav(&viewer)
+                nav = nav(Host::Tenant)
             ),
         ),
         Err(e) => internal(e),
@@ -265,7 +262,7 @@ async fn move_credits(
     Form(form): Form<MoveForm>,
 ) -> Response {
     let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
-        Ok((_, tenant, _)) => tenant,
+        Ok(admin) => admin.id,
         Err(page) => return page,
     };
     let Ok(amount) = form.amount.trim().parse::<i64>() else {

@@ -11,9 +11,11 @@
 //! Anyone else gets the 403 page (a user of another tenant is audited as a cross-tenant attempt
 //! by the same check the API uses); a visitor without a session is sent to sign in.
 
+mod access;
 mod audit;
 mod chart;
 mod credits;
+mod organisation;
 mod platform;
 mod sync;
 mod users;
@@ -46,6 +48,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(home))
         .merge(credits::router())
         .merge(users::router())
+        .merge(access::router())
+        .merge(organisation::router())
         .merge(audit::router())
         .merge(sync::router())
         .merge(platform::router())
@@ -60,12 +64,29 @@ const STYLE: &str = "<style>main { max-width: 74rem; margin: 1.5rem auto; } \
     svg { max-width: 100%; height: auto; background: #fbfcfd; border: 1px solid #e4e7ec; \
     border-radius: 6px; margin-top: .6rem; } code { font-size: .85rem; }</style>";
 
+/// A tenant admin (or a platform admin) on the tenant's host.
+struct TenantAdmin {
+    /// The tenant.
+    id: Uuid,
+    /// Its name.
+    name: String,
+    /// Who is looking (the actor of what they do).
+    user: UserCaller,
+}
+
 /// Who is looking, once allowed.
 enum Viewer {
-    /// A tenant admin (or a platform admin) on the tenant's host.
-    Tenant { id: Uuid, name: String },
+    /// On a tenant's host.
+    Tenant(TenantAdmin),
     /// A platform admin on the platform host.
-    Platform { user: UserCaller },
+    Platform(UserCaller),
+}
+
+/// Which console: the tenant's pages or the platform's.
+#[derive(Clone, Copy)]
+enum Host {
+    Tenant,
+    Platform,
 }
 
 fn forbidden(message: &str) -> Response {
@@ -95,7 +116,7 @@ async fn viewer(
     };
     if is_admin_host(state, headers) {
         return match caller.require_platform_admin() {
-            Ok(user) => Ok(Viewer::Platform { user: user.clone() }),
+            Ok(user) => Ok(Viewer::Platform(user.clone())),
             Err(_) => Err(forbidden("only platform admins use the console here")),
         };
     }
@@ -104,22 +125,24 @@ async fn viewer(
         .authorize(state, ctx, tenant.tenant_id, Access::Admin)
         .await
     {
-        Ok(_) => Ok(Viewer::Tenant {
+        Ok(user) => Ok(Viewer::Tenant(TenantAdmin {
             id: tenant.tenant_id,
             name: tenant.name.clone(),
-        }),
+            user: user.clone(),
+        })),
         Err(_) => Err(forbidden(
             "the console is for this organisation's admins; ask one of them",
         )),
     }
 }
 
-fn nav(viewer: &Viewer) -> String {
-    let links = match viewer {
-        Viewer::Tenant { .. } => {
-            r#"<a href="/admin/users">Users</a><a href="/admin/credits">Credits</a><a href="/admin/audit">Audit log</a><a href="/">Apps</a>"#
+/// The console's navigation and its look (every page starts with it).
+fn nav(host: Host) -> String {
+    let links = match host {
+        Host::Tenant => {
+            r#"<a href="/admin/users">Users</a><a href="/admin/roles">Roles</a><a href="/admin/memberships">Memberships</a><a href="/admin/credits">Credits</a><a href="/admin/sync">Sync</a><a href="/admin/settings">Settings</a><a href="/admin/audit">Audit log</a><a href="/">Apps</a>"#
         }
-        Viewer::Platform { .. } => {
+        Host::Platform => {
             r#"<a href="/admin/sync-health">Sync health</a><a href="/admin/tenants">Tenants</a>"#
         }
     };
@@ -136,8 +159,8 @@ async fn home(
     caller: Result<Caller, ApiError>,
 ) -> Response {
     match viewer(&state, &ctx, &headers, caller, "/admin/").await {
-        Ok(Viewer::Tenant { .. }) => see_other("/admin/credits"),
-        Ok(Viewer::Platform { .. }) => see_other("/admin/sync-health"),
+        Ok(Viewer::Tenant(_)) => see_other("/admin/credits"),
+        Ok(Viewer::Platform(_)) => see_other("/admin/sync-health"),
         Err(page) => page,
     }
 }
@@ -163,42 +186,55 @@ fn num(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
-/// The platform admin acting on the sync-health page, or the page to answer instead.
+/// Names typed into one field (permissions, features), separated by commas or white space.
+fn word_list(text: &str) -> Vec<String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// An `ilike` pattern matching `text` anywhere (its wildcards taken literally).
+fn like_pattern(text: &str) -> String {
+    format!(
+        "%{}%",
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
+/// The platform admin viewing (or acting on) a platform page, or the page to answer instead.
 async fn platform_viewer(
     state: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,
     caller: Result<Caller, ApiError>,
+    path: &str,
 ) -> Result<UserCaller, Response> {
-    match viewer(state, ctx, headers, caller, "/admin/sync-health").await? {
-        Viewer::Platform { user } => Ok(user),
-        Viewer::Tenant { .. } => Err(forbidden(
-            "sync health is for platform admins, on the platform's host",
+    match viewer(state, ctx, headers, caller, path).await? {
+        Viewer::Platform(user) => Ok(user),
+        Viewer::Tenant(_) => Err(forbidden(
+            "this page is for platform admins, on the platform's host",
         )),
     }
 }
-/// The tenant admin viewing a tenant page, or the page to answer instead.
+
+/// The tenant admin viewing (or acting on) a tenant page, or the page to answer instead.
 async fn tenant_viewer(
     state: &AppState,
     ctx: &Ctx,
     headers: &HeaderMap,
     caller: Result<Caller, ApiError>,
     path: &str,
-) -> Result<(Viewer, Uuid, String), Response> {
+) -> Result<TenantAdmin, Response> {
     match viewer(state, ctx, headers, caller, path).await? {
-        Viewer::Tenant { id, name } => Ok((
-            Viewer::Tenant {
-                id,
-                name: name.clone(),
-            },
-            id,
-            name,
-        )),
-        Viewer::Platform { .. } => {
-            Err(forbidden("this page is on each organisation's own address"))
-        }
+        Viewer::Tenant(admin) => Ok(admin),
+        Viewer::Platform(_) => Err(forbidden("this page is on each organisation's own address")),
     }
 }
+
+/// A refused form on a tenant page: the reason, naming the field, and the way back.
 
 fn refused_on(back: &str, e: ApiError) -> Response {
     let status = e.status();
@@ -219,4 +255,21 @@ fn refused_on(back: &str, e: ApiError) -> Response {
             escape(back)
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn word_lists_split_on_commas_and_white_space() {
+        assert_eq!(
+            super::word_list(" crm.read, crm.write  hrms.read,,\n"),
+            ["crm.read", "crm.write", "hrms.read"]
+        );
+        assert!(super::word_list(" , ").is_empty());
+    }
+
+    #[test]
+    fn like_patterns_take_wildcards_literally() {
+        assert_eq!(super::like_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
 }

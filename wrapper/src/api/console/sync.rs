@@ -19,9 +19,12 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Viewer, chart, internal, nav, platform_viewer, refused_on};
+use super::{Host, chart, internal, nav, platform_viewer, refused_on};
 use crate::api::sync_health::{self, LetterFilter};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
+
+/// The page (and where its forms return).
+const PAGE: &str = "/admin/sync-health";
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -49,15 +52,17 @@ async fn sync_health_page(
     caller: Result<Caller, ApiError>,
     Query(notice): Query<Notice>,
 ) -> Response {
-    let viewer = match platform_viewer(&state, &ctx, &headers, caller).await {
-        Ok(user) => Viewer::Platform { user },
-        Err(page) => return page,
-    };
+    if let Err(page) = platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
+        return page;
+    }
     let report = match sync_health::report(&state).await {
         Ok(r) => r,
         Err(e) => return internal(e),
     };
-    let mut body = format!(r#"{}<h1 id="page-title">Sync health</h1>"#, nav(&viewer));
+    let mut body = format!(
+        r#"{}<h1 id="page-title">Sync health</h1>"#,
+        nav(Host::Platform)
+    );
     // Only figures and names the page knows are shown back (no text from the address).
     let known = notice.app.as_deref().filter(|a| {
         report["apps"]
@@ -249,7 +254,7 @@ struct LetterForm {
 
 /// A form's refusal on the sync-health page.
 fn refused(e: ApiError) -> Response {
-    refused_on("/admin/sync-health", e)
+    refused_on(PAGE, e)
 }
 
 fn tenant_field(text: &str) -> Result<Option<Uuid>, ApiError> {
@@ -271,7 +276,7 @@ async fn redrive(
     Path(app): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    let user = match platform_viewer(&state, &ctx, &headers, caller).await {
+    let user = match platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
         Ok(user) => user,
         Err(page) => return page,
     };
@@ -300,7 +305,7 @@ async fn resync(
     Path(app): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    let user = match platform_viewer(&state, &ctx, &headers, caller).await {
+    let user = match platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
         Ok(user) => user,
         Err(page) => return page,
     };

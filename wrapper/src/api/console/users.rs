@@ -14,7 +14,7 @@ use sync_web::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{internal, nav, refused_on, tenant_viewer};
+use super::{Host, TenantAdmin, internal, nav, refused_on, tenant_viewer};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -45,21 +45,15 @@ async fn users_page(
     caller: Result<Caller, ApiError>,
     Query(q): Query<UsersQuery>,
 ) -> Response {
-    let (viewer, tenant, name) =
-        match tenant_viewer(&state, &ctx, &headers, caller, "/admin/users").await {
-            Ok(v) => v,
-            Err(page) => return page,
-        };
+    let TenantAdmin {
+        id: tenant, name, ..
+    } = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/users").await {
+        Ok(admin) => admin,
+        Err(page) => return page,
+    };
     let search = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let after = q.after.as_deref().and_then(|a| a.parse::<Uuid>().ok());
-    let pattern = search.map(|t| {
-        format!(
-            "%{}%",
-            t.replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        )
-    });
+    let pattern = search.map(super::like_pattern);
     type Row = (Uuid, String, String, bool, Option<String>);
     let rows: Result<Vec<Row>, sqlx::Error> = sqlx::query_as(
         "select u.id, u.full_name, u.email, u.active,
@@ -137,7 +131,7 @@ async fn users_page(
 <label>Password <input type="password" name="password" autocomplete="new-password"></label>
 <button type="submit">Add</button></form>
 <p class="muted">Without a password the user signs in with the organisation's identity provider.</p>"#,
-        nav = nav(&viewer),
+        nav = nav(Host::Tenant),
         name = escape(&name),
         q = escape(search.unwrap_or("")),
     );
@@ -166,7 +160,7 @@ async fn create_user(
     Form(form): Form<UserForm>,
 ) -> Response {
     let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/users").await {
-        Ok((_, tenant, _)) => tenant,
+        Ok(admin) => admin.id,
         Err(page) => return page,
     };
     let req = crate::api::users::CreateUser {
@@ -190,7 +184,7 @@ async fn deactivate_user(
     Path(user_id): Path<Uuid>,
 ) -> Response {
     let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/users").await {
-        Ok((_, tenant, _)) => tenant,
+        Ok(admin) => admin.id,
         Err(page) => return page,
     };
     let req = crate::api::users::UpdateUser {
