@@ -250,6 +250,9 @@ pub struct Settings {
     /// seconds (0: never).
     #[arg(long, env = "WRAPPER_CREDIT_GRANTS_SECS", default_value_t = 60)]
     pub credit_grants_secs: u64,
+    /// How often each app's lag is sampled into its lag history, in seconds (0: never).
+    #[arg(long, env = "WRAPPER_LAG_HISTORY_SECS", default_value_t = 15)]
+    pub lag_history_secs: u64,
     /// Attempts of a webhook delivery before it is dead-lettered.
     #[arg(long, env = "WRAPPER_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
     pub webhook_max_attempts: i32,

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod grant_jobs;
 pub mod identity;
 pub mod jobs;
+pub mod lag_history;
 pub mod lifecycle;
 pub mod meters;
 pub mod mirror;

@@ -152,6 +152,13 @@ impl Application {
                 Duration::from_secs(settings.credit_grants_secs),
                 cancel.clone(),
             );
+            let lag_history = crate::lag_history::run_periodically(
+                db.clone(),
+                self.state.redis.clone(),
+                self.state.stream_keys.clone(),
+                Duration::from_secs(settings.lag_history_secs),
+                cancel.clone(),
+            );
             let operations = crate::lifecycle::run(
                 db.clone(),
                 self.state.redis.clone(),
@@ -168,6 +175,7 @@ impl Application {
                     reconcile_periodically(db, ingest, every, cancel),
                     operations,
                     grants,
+                    lag_history,
                     webhooks,
                 );
             })

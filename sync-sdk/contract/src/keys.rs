@@ -244,6 +244,13 @@ impl StreamKeys {
         format!("{}:fullsyncs:{app}", self.namespace)
     }
 
+    /// The lag history of application `app`: a stream with one entry per sample (the wrapper
+    /// samples its replicas' reports on a schedule; field `p` holds `[lag, pending]` per
+    /// partition as JSON), capped to about a day, `{ns}:lag-history:{app}`.
+    pub fn lag_history(&self, app: &str) -> String {
+        format!("{}:lag-history:{app}", self.namespace)
+    }
+
     /// A lock or lease key: `{ns}:lock:{name}`.
     pub fn lock(&self, name: &str) -> String {
         format!("{}:lock:{name}", self.namespace)

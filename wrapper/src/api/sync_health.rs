@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery};
 use crate::{
-    auth::Caller,
+    auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
     state::AppState,
@@ -44,6 +44,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters))
         .routes(routes!(redrive))
         .routes(routes!(resync))
+        .routes(routes!(lag_history))
+        .routes(routes!(tenant_sync_health))
 }
 
 /// Every registered app's sync state (platform admins).
@@ -270,4 +272,156 @@ async fn resync(
     let actor = caller.require_platform_admin()?.id;
     request_resync(&state, &ctx, actor, &app, req.tenant_id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({"requested": true}))))
+}
+
+/// How far back a lag history goes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    /// Minutes back from now (1-1440, default 60).
+    #[param(minimum = 1, maximum = 1440)]
+    minutes: Option<u64>,
+}
+
+impl HistoryQuery {
+    fn since_ms(&self) -> ApiResult<u64> {
+        let minutes = self.minutes.unwrap_or(60);
+        if !(1..=1440).contains(&minutes) {
+            return Err(ApiError::invalid("minutes", "between 1 and 1440"));
+        }
+        Ok((chrono::Utc::now().timestamp_millis().max(0) as u64).saturating_sub(minutes * 60_000))
+    }
+}
+
+/// `app`'s lag samples since `since_ms`, oldest first.
+pub(crate) async fn history(
+    state: &AppState,
+    app: &str,
+    since_ms: u64,
+) -> ApiResult<Vec<crate::lag_history::Sample>> {
+    Ok(
+        crate::lag_history::read(&state.redis, &state.stream_keys, app, since_ms)
+            .await
+            .map_err(anyhow::Error::from)?,
+    )
+}
+
+#[utoipa::path(get, path = "/api/admin/sync-health/{app}/lag-history", tag = "sync", params(("app" = String, Path, description = "A registered app"), HistoryQuery), responses((status = 200, description = "The app's lag over time: per sample its time (Unix ms) and `[lag, pending]` per partition (platform admins)", body = Value)))]
+async fn lag_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(app): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Value>> {
+    caller.require_platform_admin()?;
+    registered(&state, &app).await?;
+    let samples = history(&state, &app, q.since_ms()?).await?;
+    let items: Vec<Value> = samples
+        .iter()
+        .map(|s| json!({"atMs": s.at_ms, "partitions": s.partitions.iter().map(|(l, p)| [l, p]).collect::<Vec<_>>()}))
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+/// One tenant's sync state in every app, as its admins see it: the partition its events
+/// travel on (that partition's lag, pending entries and the age of the oldest, whether a
+/// reader is live), whether the app holds the tenant's events back (parked) or is re-syncing
+/// it, its dead letters, when the app last loaded its snapshot, the app's replicas (how many
+/// report and are ready, not their names) and its last full sync, and the lag history of the
+/// tenant's partition since `since_ms`.
+pub(crate) async fn tenant_report(
+    state: &AppState,
+    tenant: Uuid,
+    since_ms: u64,
+) -> ApiResult<Value> {
+    let all = report(state).await?;
+    let partition = state.stream_keys.partition_of(tenant);
+    let mut apps = Vec::new();
+    for app in all["apps"].as_array().into_iter().flatten() {
+        let name = app["app"].as_str().unwrap_or_default().to_owned();
+        let replicas: Vec<&Value> = app["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["fresh"] == true)
+            .collect();
+        let freshest = replicas
+            .iter()
+            .max_by_key(|r| r["reportedAtMs"].as_u64().unwrap_or(0));
+        let part = freshest
+            .and_then(|r| {
+                r["health"]["partitions"]
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["partition"] == partition)
+                    .cloned()
+            })
+            .unwrap_or(Value::Null);
+        let parked: Vec<Value> = replicas
+            .iter()
+            .flat_map(|r| r["health"]["partitions"].as_array().into_iter().flatten())
+            .flat_map(|p| p["parked"].as_array().into_iter().flatten())
+            .filter(|p| p["tenantId"] == tenant.to_string())
+            .map(|p| json!({"reason": p["reason"], "entries": p["entries"]}))
+            .collect();
+        let resyncing: bool = state
+            .redis
+            .hexists(state.stream_keys.resyncs(&name), tenant.to_string())
+            .await
+            .map_err(anyhow::Error::from)?;
+        let filter = LetterFilter {
+            tenant_id: Some(tenant),
+            event_type: None,
+        };
+        let letters = letters(state, &name, &filter).await?;
+        let loaded: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "select max(created_at) from audit_log
+             where tenant_id = $1 and action = 'snapshot.export' and target = $2",
+        )
+        .bind(tenant)
+        .bind(&name)
+        .fetch_one(&state.db)
+        .await?;
+        let samples: Vec<Value> = history(state, &name, since_ms)
+            .await?
+            .into_iter()
+            .filter_map(|s| {
+                let (lag, pending) = *s.partitions.get(partition as usize)?;
+                Some(json!([s.at_ms, lag, pending]))
+            })
+            .collect();
+        apps.push(json!({
+            "app": name,
+            "partition": partition,
+            "replicasReporting": replicas.len(),
+            "replicasReady": replicas.iter().filter(|r| r["health"]["ready"] == true).count(),
+            "lag": part.get("lag"),
+            "pending": part.get("pending"),
+            "oldestPendingAgeMs": part.get("oldestPendingAgeMs"),
+            "readerAlive": part.get("alive"),
+            "parked": parked,
+            "resyncPending": resyncing,
+            "deadLetters": letters.len(),
+            "letters": letters.into_iter().take(50).collect::<Vec<_>>(),
+            "lastLoadedAt": loaded,
+            "lastFullSync": app["recentFullSyncs"].get(0),
+            "lagHistory": samples,
+        }));
+    }
+    Ok(json!({ "tenantId": tenant, "apps": apps }))
+}
+
+#[utoipa::path(get, path = "/api/tenants/{tenant_id}/sync-health", tag = "sync", params(HistoryQuery), responses((status = 200, description = "The tenant's sync state in every app: its partition's lag, parked events, re-sync, dead letters (at most 50 shown), last snapshot load, replicas ready, last full sync, and `lagHistory` as `[atMs, lag, pending]` (tenant admins)", body = Value)))]
+async fn tenant_sync_health(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    caller: Caller,
+    Path(tenant_id): Path<Uuid>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<Value>> {
+    caller
+        .authorize(&state, &ctx, tenant_id, Access::Admin)
+        .await?;
+    Ok(Json(tenant_report(&state, tenant_id, q.since_ms()?).await?))
 }

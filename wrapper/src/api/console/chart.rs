@@ -26,7 +26,8 @@ fn axis_top(max: i64) -> i64 {
 
 /// Bars per label, each stacked from `series` (name → one value per label), with a y axis, a
 /// legend and a `<title>` per segment (the exact figure on hover); `empty` is written across
-/// the plot when every value is zero. `id` names the element.
+/// the plot when every value is zero. `id` names the element. With more than a dozen bars only
+/// every n-th label is written under the axis.
 pub fn stacked_bars(
     id: &str,
     title: &str,
@@ -66,6 +67,8 @@ pub fn stacked_bars(
         );
     }
     let slot = plot_w / labels.len().max(1) as f64;
+    // At most about a dozen axis labels, so they never overlap (every bar keeps its title).
+    let label_every = labels.len().div_ceil(12).max(1);
     let bar = (slot * 0.6).min(48.0);
     for (i, label) in labels.iter().enumerate() {
         let x = left + slot * i as f64 + (slot - bar) / 2.0;
@@ -85,6 +88,9 @@ pub fn stacked_bars(
                 l = escape(label),
             );
             base += v;
+        }
+        if i % label_every != 0 {
+            continue;
         }
         let _ = write!(
             svg,
@@ -143,5 +149,21 @@ mod tests {
             "three segments, two legend keys"
         );
         assert!(!svg.contains("<crm>"));
+    }
+
+    #[test]
+    fn many_bars_keep_a_dozen_axis_labels() {
+        let labels: Vec<String> = (0..60).map(|i| format!("m{i}")).collect();
+        let series = BTreeMap::from([("lag".to_owned(), vec![1; 60])]);
+        let svg = stacked_bars("c", "t", &labels, &series, "none");
+        let axis_labels = svg
+            .matches(r##"text-anchor="middle" fill="#5d6677">m"##)
+            .count();
+        assert_eq!(axis_labels, 12, "every fifth of 60");
+        assert_eq!(
+            svg.matches("<title>lag: 1 (m").count(),
+            60,
+            "every bar titled"
+        );
     }
 }

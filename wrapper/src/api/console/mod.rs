@@ -18,6 +18,7 @@ mod credits;
 mod organisation;
 mod platform;
 mod sync;
+mod tenant_sync;
 mod users;
 
 use axum::{
@@ -52,6 +53,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(organisation::router())
         .merge(audit::router())
         .merge(sync::router())
+        .merge(tenant_sync::router())
         .merge(platform::router())
 }
 
@@ -186,6 +188,50 @@ fn num(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
+/// Minutes of lag history the console charts.
+const HISTORY_MINUTES: u64 = 60;
+
+/// A lag history chart: for each minute of the last [`HISTORY_MINUTES`], the most entries
+/// behind among that minute's samples (`(at_ms, lag, pending)`), stacked as not yet read and
+/// read but not acknowledged; a minute without a sample (nobody reported) stays empty.
+fn history_chart(id: &str, title: &str, samples: &[(u64, u64, u64)], now_ms: u64) -> String {
+    let minute = 60_000;
+    let last = now_ms / minute;
+    let first = last + 1 - HISTORY_MINUTES;
+    let n = HISTORY_MINUTES as usize;
+    let (mut lag, mut pending) = (vec![0i64; n], vec![0i64; n]);
+    for &(at, l, p) in samples {
+        let m = at / minute;
+        if (first..=last).contains(&m) {
+            let i = (m - first) as usize;
+            lag[i] = lag[i].max(l as i64);
+            pending[i] = pending[i].max(p as i64);
+        }
+    }
+    let labels: Vec<String> = (first..=last)
+        .map(|m| {
+            chrono::DateTime::from_timestamp_millis((m * minute) as i64)
+                .map(|t| t.format("%H:%M").to_string())
+                .unwrap_or_default()
+        })
+        .collect();
+    let series = std::collections::BTreeMap::from([
+        ("not yet read".to_owned(), lag),
+        ("read, not acknowledged".to_owned(), pending),
+    ]);
+    chart::stacked_bars(
+        id,
+        title,
+        &labels,
+        &series,
+        "Nothing behind in the last hour (or no samples yet).",
+    )
+}
+
+fn now_ms() -> u64 {
+    chrono::Utc::now().timestamp_millis().max(0) as u64
+}
+
 /// Names typed into one field (permissions, features), separated by commas or white space.
 fn word_list(text: &str) -> Vec<String> {
     text.split(|c: char| c == ',' || c.is_whitespace())
@@ -266,6 +312,21 @@ mod tests {
             ["crm.read", "crm.write", "hrms.read"]
         );
         assert!(super::word_list(" , ").is_empty());
+    }
+
+    #[test]
+    fn the_history_chart_keeps_each_minutes_worst_sample() {
+        let now = 1_700_000_000_000 / 60_000 * 60_000 + 30_000;
+        let samples = [
+            (now - 20_000, 3, 1),
+            (now - 10_000, 9, 0),
+            (now - 61 * 60_000, 500, 500),
+        ];
+        let svg = super::history_chart("h", "t", &samples, now);
+        assert!(svg.contains("<title>not yet read: 9 ("), "{svg}");
+        assert!(svg.contains("<title>read, not acknowledged: 1 ("));
+        assert!(!svg.contains(": 500 ("), "older than the hour");
+        assert_eq!(svg.matches("<title>").count(), 2);
     }
 
     #[test]

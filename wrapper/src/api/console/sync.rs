@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::{Host, chart, internal, nav, platform_viewer, refused_on};
+use super::{
+    HISTORY_MINUTES, Host, chart, history_chart, internal, nav, now_ms, platform_viewer, refused_on,
+};
 use crate::api::sync_health::{self, LetterFilter};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
 
@@ -158,6 +160,25 @@ async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String
         &lag,
         "Nothing behind: every entry read and acknowledged.",
     );
+    let now = now_ms();
+    let samples: Vec<(u64, u64, u64)> =
+        sync_health::history(state, name, now.saturating_sub(HISTORY_MINUTES * 60_000))
+            .await?
+            .into_iter()
+            .map(|s| {
+                let (lag, pending) = s
+                    .partitions
+                    .iter()
+                    .fold((0, 0), |(l, p), (a, b)| (l + a, p + b));
+                (s.at_ms, lag, pending)
+            })
+            .collect();
+    let history = history_chart(
+        &format!("history-{name}"),
+        &format!("{name}: entries behind, all partitions, last hour"),
+        &samples,
+        now,
+    );
     let letters = sync_health::letters(state, name, &LetterFilter::default()).await?;
     let letter_rows: Vec<Vec<String>> = letters
         .iter()
@@ -196,7 +217,7 @@ async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String
         .collect();
     let app_path = url_encode(name);
     Ok(format!(
-        r#"<section id="app-{id}"><h2>{title}</h2>{replicas}{chart}
+        r#"<section id="app-{id}"><h2>{title}</h2>{replicas}{chart}{history}
 <h3>Dead letters: <span id="dead-letters-{id}">{dead}</span></h3>{letters}
 <form class="inline" method="post" action="/admin/sync-health/{app_path}/redrive" id="redrive-{id}">
 <label>Tenant <input type="text" name="tenantId" placeholder="all"></label>
