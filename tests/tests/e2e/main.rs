@@ -5,6 +5,7 @@
 mod app_auth;
 mod compose;
 mod console;
+mod console_pages;
 mod consumer;
 mod contract_docs;
 mod credits;

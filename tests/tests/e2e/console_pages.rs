@@ -1,0 +1,581 @@
+//! The console's pages for who may do what, the organisation's settings and domain, the
+//! platform's plans and domain approvals, and each tenant's own sync page, over HTTP through
+//! nginx: every form changes what its REST route changes (events, audit), refuses bad input
+//! naming the field and writing nothing, refuses forms from another origin and people who are
+//! not admins here; the sync page shows nothing of other tenants.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, extract::Path, routing::get};
+use reqwest::{StatusCode, header};
+use serde_json::{Value, json};
+use sync_sdk::{
+    contract::StreamKeys,
+    dlq::{self, DeadLetter},
+};
+use tsync_e2e::{suite::Suite, *};
+use uuid::Uuid;
+
+const COOKIE: &str = "tsync_session";
+
+/// A signed-in browser's requests on one host: pages, and forms carrying this origin.
+struct Console {
+    http: reqwest::Client,
+    base: String,
+    host: String,
+    origin: String,
+    cookie: String,
+}
+
+impl Console {
+    /// As `token`'s holder on `tenant`'s host through nginx.
+    fn tenant(suite: &Suite, tenant: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base: suite.nginx.url(),
+            host: suite.host(tenant),
+            origin: suite.url(tenant, ""),
+            cookie: format!("{COOKIE}={token}"),
+        }
+    }
+
+    /// As `token`'s holder on the platform host (the wrapper's own address).
+    fn platform(suite: &Suite, token: &str) -> Self {
+        let url = suite.wrapper.url.clone();
+        Self {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            host: url.trim_start_matches("http://").to_owned(),
+            base: url.clone(),
+            origin: url,
+            cookie: format!("{COOKIE}={token}"),
+        }
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, String)> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .header(header::COOKIE, &self.cookie)
+            .send()
+            .await?;
+        Ok((resp.status(), resp.text().await?))
+    }
+
+    async fn post_from(
+        &self,
+        origin: &str,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, String)> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("host", &self.host)
+            .header(header::ORIGIN, origin)
+            .header(header::COOKIE, &self.cookie)
+            .form(form)
+            .send()
+            .await?;
+        // A redirect answers with where it sends the browser.
+        if let Some(to) = resp.headers().get(header::LOCATION) {
+            return Ok((resp.status(), format!("see {}", to.to_str()?)));
+        }
+        Ok((resp.status(), resp.text().await?))
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<(StatusCode, String)> {
+        self.post_from(&self.origin, path, form).await
+    }
+}
+
+async fn scalar<T>(w: &wrapper_app::TestApp, sql: &str, id: Uuid) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sql)
+        .bind(id)
+        .fetch_one(&w.db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+#[tokio::test]
+async fn roles_memberships_and_settings_change_the_tenant_as_the_api_does() -> anyhow::Result<()> {
+    // The custom domain is served on loopback; it answers the challenge once the test sets it.
+    let served: Arc<Mutex<Option<String>>> = Arc::default();
+    let token_served = served.clone();
+    let challenge = serve(Router::new().route(
+        "/.well-known/tenantsync-challenge/{token}",
+        get(move |Path(token): Path<String>| {
+            let served = token_served.lock().unwrap().clone();
+            async move {
+                match served {
+                    Some(t) if t == token => (StatusCode::OK, t),
+                    _ => (StatusCode::NOT_FOUND, String::new()),
+                }
+            }
+        }),
+    ))
+    .await?;
+    let addr = challenge.addr;
+    let suite = Suite::start(|s| s.domain_challenge_addr = Some(addr)).await?;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    let (member_id, member) = w.create_member(&acme, "member@acme.test").await;
+    let admin = Console::tenant(&suite, "acme", &acme.admin);
+
+    // Roles: the built-in admin role is shown, never editable.
+    let (status, page) = admin.get("/admin/roles").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(&format!(r#"id="role-{}""#, acme.admin_role)) && page.contains("built in")
+    );
+    let roles_before = w.count("roles").await;
+    let (status, refused) = admin
+        .post(
+            "/admin/roles",
+            &[("name", "support"), ("permissions", "crm.read, crm write!")],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        refused.contains("permissions:"),
+        "names the field: {refused}"
+    );
+    assert_eq!(w.count("roles").await, roles_before, "nothing written");
+    let (status, _) = admin
+        .post(
+            "/admin/roles",
+            &[
+                ("name", "support"),
+                ("permissions", "crm.read crm.accounts.write"),
+            ],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let support: Uuid = sqlx::query_scalar(
+        "select id from roles where tenant_id = $1 and name = 'support' and not deleted",
+    )
+    .bind(acme.id)
+    .fetch_one(&w.db.pool)
+    .await?;
+    let perms: Value = scalar(w, "select permissions from roles where id = $1", support).await;
+    assert_eq!(perms, json!(["crm.read", "crm.accounts.write"]));
+    let (status, _) = admin
+        .post(
+            &format!("/admin/roles/{}", acme.admin_role),
+            &[("name", "admin"), ("permissions", "")],
+        )
+        .await?;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the admin role is not editable"
+    );
+    let (status, _) = admin
+        .post(
+            &format!("/admin/roles/{support}"),
+            &[("name", "helpdesk"), ("permissions", "crm.read")],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let name: String = scalar(w, "select name from roles where id = $1", support).await;
+    assert_eq!(name, "helpdesk");
+
+    // Memberships: granted by address; an address of nobody here is refused, naming it.
+    let memberships_before = w.count("memberships").await;
+    let role = support.to_string();
+    let (status, refused) = admin
+        .post(
+            "/admin/memberships",
+            &[("email", "admin@globex.test"), ("roleId", &role)],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused.contains("email:"), "{refused}");
+    assert_eq!(w.count("memberships").await, memberships_before);
+    // From another origin: refused by the CSRF guard, nothing written.
+    let (status, _) = admin
+        .post_from(
+            "https://evil.example",
+            "/admin/memberships",
+            &[("email", "member@acme.test"), ("roleId", &role)],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(w.count("memberships").await, memberships_before);
+    let (status, _) = admin
+        .post(
+            "/admin/memberships",
+            &[("email", "MEMBER@acme.test"), ("roleId", &role)],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let membership: Uuid = sqlx::query_scalar(
+        "select id from memberships where user_id = $1 and role_id = $2 and active",
+    )
+    .bind(member_id)
+    .bind(support)
+    .fetch_one(&w.db.pool)
+    .await?;
+    let (_, listed) = admin.get("/admin/memberships?user=member").await?;
+    assert!(
+        listed.contains("member@acme.test") && listed.contains("helpdesk"),
+        "{listed}"
+    );
+    assert!(!listed.contains("admin@acme.test"), "filtered by user");
+    let (_, by_role) = admin
+        .get(&format!("/admin/memberships?role={support}"))
+        .await?;
+    assert!(by_role.contains(&format!(r#"<option value="{support}" selected>"#)));
+    // The member is no admin: every page and form of the console refuses them.
+    let as_member = Console::tenant(&suite, "acme", &member);
+    for page in [
+        "/admin/roles",
+        "/admin/memberships",
+        "/admin/settings",
+        "/admin/sync",
+    ] {
+        assert_eq!(
+            as_member.get(page).await?.0,
+            StatusCode::FORBIDDEN,
+            "{page}"
+        );
+    }
+    let (status, _) = as_member
+        .post(&format!("/admin/memberships/{membership}/revoke"), &[])
+        .await?;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = admin
+        .post(&format!("/admin/memberships/{membership}/revoke"), &[])
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let active: bool = scalar(
+        w,
+        "select active from memberships where id = $1",
+        membership,
+    )
+    .await;
+    assert!(!active);
+    let (status, _) = admin
+        .post(&format!("/admin/roles/{support}/delete"), &[])
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    // Each change was audited with the admin as its actor, like the API's.
+    let actions: Vec<String> = sqlx::query_scalar(
+        "select action from audit_log where tenant_id = $1 and actor_id = $2
+           and action in ('role.created', 'role.updated', 'role.deleted',
+                          'membership.granted', 'membership.revoked') order by id",
+    )
+    .bind(acme.id)
+    .bind(acme.admin_id)
+    .fetch_all(&w.db.pool)
+    .await?;
+    assert_eq!(
+        actions,
+        [
+            "role.created",
+            "role.updated",
+            "membership.granted",
+            "membership.revoked",
+            "role.deleted"
+        ]
+    );
+
+    // Settings: one JSON object; anything else is refused naming `values`, nothing written.
+    let (status, refused) = admin
+        .post("/admin/settings", &[("values", "[1, 2]")])
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused.contains("values:"), "{refused}");
+    let settings = format!("/api/tenants/{}/settings", acme.id);
+    assert_eq!(w.get_ok(&settings, &acme.admin).await["values"], json!({}));
+    let (status, _) = admin
+        .post(
+            "/admin/settings",
+            &[("values", r#"{"locale": "fr", "seats": 12}"#)],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        w.get_ok(&settings, &acme.admin).await["values"],
+        json!({"locale": "fr", "seats": 12})
+    );
+    let (status, refused) = admin
+        .post("/admin/settings/name", &[("name", "  ")])
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused.contains("name:"), "{refused}");
+    let (status, _) = admin
+        .post("/admin/settings/name", &[("name", "Acme Corporation")])
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (_, page) = admin.get("/admin/settings").await?;
+    assert!(page.contains("Settings · Acme Corporation") && page.contains("&quot;locale&quot;"));
+
+    // The custom domain: requested, shown waiting with its token; a failed check is shown
+    // with its reason; once the token is served, "Verify now" makes it active.
+    let (status, _) = admin
+        .post("/admin/domain", &[("domain", "portal.acme-corp.example")])
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let token: String = scalar(
+        w,
+        "select domain_challenge from tenants where id = $1",
+        acme.id,
+    )
+    .await;
+    let (_, page) = admin.get("/admin/settings").await?;
+    assert!(
+        page.contains(r#"id="pending-domain""#) && page.contains(&token),
+        "{page}"
+    );
+    let (status, refused) = admin.post("/admin/domain/verify", &[]).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused.contains("domain:"));
+    let (_, page) = admin.get("/admin/settings").await?;
+    assert!(
+        page.contains("not verified") && page.contains("status 404"),
+        "{page}"
+    );
+    let active: Option<String> =
+        scalar(w, "select domain from tenants where id = $1", acme.id).await;
+    assert_eq!(active, None);
+    *served.lock().unwrap() = Some(token);
+    let (status, _) = admin.post("/admin/domain/verify", &[]).await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let active: Option<String> =
+        scalar(w, "select domain from tenants where id = $1", acme.id).await;
+    assert_eq!(active.as_deref(), Some("portal.acme-corp.example"));
+    let (_, page) = admin.get("/admin/settings").await?;
+    assert!(page.contains("<code>portal.acme-corp.example</code>") && page.contains("verified"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn platform_admins_set_plans_and_features_and_approve_domains() -> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    let platform = Console::platform(&suite, &w.root);
+    let plan_path = format!("/admin/tenants/{}/plan", acme.id);
+    let plan = || scalar::<String>(w, "select plan from tenants where id = $1", acme.id);
+
+    let before = plan().await;
+    // A tenant admin cannot, on their host or on the platform's.
+    let tenant_admin = Console::tenant(&suite, "acme", &acme.admin);
+    let form = [("plan", "enterprise"), ("features", "sso")];
+    assert_eq!(
+        tenant_admin.post(&plan_path, &form).await?.0,
+        StatusCode::FORBIDDEN
+    );
+    let on_platform = Console::platform(&suite, &acme.admin);
+    assert_eq!(
+        on_platform.post(&plan_path, &form).await?.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(plan().await, before);
+
+    let (status, refused) = platform
+        .post(&plan_path, &[("plan", ""), ("features", "sso")])
+        .await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(refused.contains("plan:"), "{refused}");
+    assert_eq!(plan().await, before, "nothing written");
+    let (status, _) = platform
+        .post(
+            &plan_path,
+            &[
+                ("plan", "scale"),
+                ("features", "sso, audit-export  webhooks"),
+            ],
+        )
+        .await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+
+    let tenant = w
+        .get_ok(&format!("/api/tenants/{}", acme.id), &acme.admin)
+        .await;
+    assert_eq!(tenant["plan"], "scale");
+    assert_eq!(
+        tenant["features"],
+        json!(["sso", "audit-export", "webhooks"])
+    );
+
+    // A domain a tenant admin asked for waits on the tenants page until approved there.
+    w.send_ok(
+        reqwest::Method::PATCH,
+        &format!("/api/tenants/{}", acme.id),
+        &acme.admin,
+        json!({"domain": "crm.acme-inc.example"}),
+    )
+    .await;
+    let (status, page) = platform.get("/admin/tenants?q=acm").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains(r#"id="pending-domains""#) && page.contains("crm.acme-inc.example"));
+    assert!(
+        page.contains(r#"value="sso, audit-export, webhooks""#),
+        "{page}"
+    );
+    let approve = format!("/admin/tenants/{}/approve-domain", acme.id);
+    assert_eq!(
+        tenant_admin.post(&approve, &[]).await?.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, _) = platform.post(&approve, &[]).await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let active: Option<String> =
+        scalar(w, "select domain from tenants where id = $1", acme.id).await;
+    assert_eq!(active.as_deref(), Some("crm.acme-inc.example"));
+    let (status, _) = platform.post(&approve, &[]).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "nothing waits any more");
+    let (_, none) = platform.get("/admin/tenants?q=nobody-like-this").await?;
+    assert!(none.contains("No tenant matches."));
+    Ok(())
+}
+
+/// A dead letter of `tenant`'s first event in the CRM, failed with `error`.
+async fn poison(
+    redis: &fred::prelude::Client,
+    keys: &StreamKeys,
+    tenant: Uuid,
+    error: &str,
+) -> anyhow::Result<()> {
+    let stream = keys.events_for(tenant);
+    let id = tenant.to_string();
+    let (entry, fields): (String, HashMap<String, String>) =
+        eventually_some(Duration::from_secs(10), || async {
+            let entries: Vec<(String, HashMap<String, String>)> =
+                fred::interfaces::StreamsInterface::xrange(redis, &stream, "-", "+", None)
+                    .await
+                    .ok()?;
+            entries
+                .into_iter()
+                .find(|(_, f)| f.get("tenantId") == Some(&id))
+        })
+        .await?;
+    let letter = DeadLetter::new(&stream, &entry, &fields, error.into(), 5);
+    dlq::push(redis, keys, "crm", &letter).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn each_tenant_admin_sees_their_own_sync_state_and_its_history() -> anyhow::Result<()> {
+    let suite = Suite::start(|s| s.lag_history_secs = 1).await?;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    let globex = w.create_tenant("globex").await;
+    let redis = redis_client(&w.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(
+        w.state.settings.namespace.clone(),
+        w.state.settings.partitions,
+    )
+    .unwrap();
+    // The CRM loads acme on its first visit.
+    let (status, _) = suite
+        .edge("acme")
+        .send(reqwest::Method::GET, "/crm/accounts", &acme.admin, None)
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    poison(&redis, &keys, acme.id, "acme letter: store down").await?;
+    poison(&redis, &keys, globex.id, "globex letter: handler panicked").await?;
+
+    let path = format!("/api/tenants/{}/sync-health", acme.id);
+    // The history fills once a second; wait for a sample of the CRM.
+    let report = eventually_some(Duration::from_secs(20), || async {
+        let r = w.get_ok(&path, &acme.admin).await;
+        let crm = r["apps"]
+            .as_array()?
+            .iter()
+            .find(|a| a["app"] == "crm")?
+            .clone();
+        (crm["lagHistory"].as_array()?.len() > 0 && crm["replicasReady"].as_u64()? > 0)
+            .then_some(crm)
+    })
+    .await?;
+    assert_eq!(report["partition"], keys.partition_of(acme.id));
+    assert_eq!(report["deadLetters"], 1, "acme's only: {report}");
+    assert_eq!(report["letters"][0]["error"], "acme letter: store down");
+    assert!(report["lastLoadedAt"].is_string(), "{report}");
+    assert!(!report.to_string().contains(&globex.id.to_string()));
+    // Another tenant's admin is refused (and audited as a cross-tenant attempt).
+    let (status, _) = w
+        .call(reqwest::Method::GET, &path, Some(&globex.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = w
+        .call(
+            reqwest::Method::GET,
+            &format!("{path}?minutes=0"),
+            Some(&acme.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.to_string().contains("minutes"), "{body}");
+
+    // The page: acme's dead letter, not globex's; the history chart; a re-sync, audited.
+    let admin = Console::tenant(&suite, "acme", &acme.admin);
+    let (status, page) = admin.get("/admin/sync").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains(r#"<span id="dead-letters-crm">1</span>"#),
+        "{page}"
+    );
+    assert!(page.contains("acme letter: store down"));
+    assert!(!page.contains("globex letter") && !page.contains(&globex.id.to_string()));
+    assert!(page.contains(r#"id="history-crm""#));
+    let (status, _) = admin.post("/admin/sync/crm/resync", &[]).await?;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let audited: i64 = sqlx::query_scalar(
+        "select count(*) from audit_log where tenant_id = $1 and actor_id = $2
+           and action = 'sync.resync' and target = 'crm'",
+    )
+    .bind(acme.id)
+    .bind(acme.admin_id)
+    .fetch_one(&w.db.pool)
+    .await?;
+    assert_eq!(audited, 1);
+    let (status, _) = admin.post("/admin/sync/no-such-app/resync", &[]).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Operators read the same history as JSON, per partition.
+    let history = w
+        .get_ok("/api/admin/sync-health/crm/lag-history?minutes=5", &w.root)
+        .await;
+    let items = history["items"].as_array().expect("items");
+    assert!(!items.is_empty());
+    assert_eq!(
+        items[0]["partitions"].as_array().map(Vec::len),
+        Some(w.state.settings.partitions as usize)
+    );
+    let (status, _) = w
+        .call(
+            reqwest::Method::GET,
+            "/api/admin/sync-health/crm/lag-history",
+            Some(&acme.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, platform_page) = Console::platform(&suite, &w.root)
+        .get("/admin/sync-health")
+        .await?;
+    assert!(platform_page.contains(r#"id="history-crm""#));
+    Ok(())
+}
