@@ -504,7 +504,7 @@ async fn each_tenant_admin_sees_their_own_sync_state_and_its_history() -> anyhow
             .iter()
             .find(|a| a["app"] == "crm")?
             .clone();
-        (crm["lagHistory"].as_array()?.len() > 0 && crm["replicasReady"].as_u64()? > 0)
+        (!crm["lagHistory"].as_array()?.is_empty() && crm["replicasReady"].as_u64()? > 0)
             .then_some(crm)
     })
     .await?;

@@ -281,7 +281,6 @@ async fn tenant_viewer(
 }
 
 /// A refused form on a tenant page: the reason, naming the field, and the way back.
-
 fn refused_on(back: &str, e: ApiError) -> Response {
     let status = e.status();
     let detail = match &e {

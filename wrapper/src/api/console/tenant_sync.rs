@@ -27,14 +27,14 @@ use crate::{api::sync_health, auth::Caller, context::Ctx, error::ApiError, state
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(sync_page))
-        .routes(routes!(resync))
+        .routes(routes!(resync_tenant))
 }
 
 const PAGE: &str = "/admin/sync";
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct Notice {
+struct ResyncNotice {
     /// The app a re-sync was just requested from (a registered app; anything else is ignored).
     resync: Option<String>,
 }
@@ -44,13 +44,13 @@ fn seconds(ms: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-#[utoipa::path(get, path = "/admin/sync", tag = "pages", params(Notice), responses((status = 200, description = "The organisation's sync state in every app with an hour of lag history, its dead letters and a re-sync form (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
+#[utoipa::path(get, path = "/admin/sync", tag = "pages", params(ResyncNotice), responses((status = 200, description = "The organisation's sync state in every app with an hour of lag history, its dead letters and a re-sync form (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn sync_page(
     State(state): State<AppState>,
     ctx: Ctx,
     headers: HeaderMap,
     caller: Result<Caller, ApiError>,
-    Query(notice): Query<Notice>,
+    Query(notice): Query<ResyncNotice>,
 ) -> Response {
     let TenantAdmin { id, name, .. } =
         match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
@@ -212,7 +212,7 @@ fn app_section(app: &Value, now: u64) -> String {
 }
 
 #[utoipa::path(post, path = "/admin/sync/{app}/resync", tag = "pages", params(("app" = String, Path, description = "A registered app")), responses((status = 303, description = "Requested (audited): back to the sync page"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such app", body = String, content_type = "text/html")))]
-async fn resync(
+async fn resync_tenant(
     State(state): State<AppState>,
     ctx: Ctx,
     headers: HeaderMap,
