@@ -579,3 +579,143 @@ async fn each_tenant_admin_sees_their_own_sync_state_and_its_history() -> anyhow
     assert!(platform_page.contains(r#"id="history-crm""#));
     Ok(())
 }
+
+/// In headless Chromium at 1280×800 through nginx: a tenant admin adds a role, grants it with
+/// the memberships form, saves settings, asks for a custom domain and looks at the
+/// organisation's sync page with a dead letter; the platform admin approves the domain on the
+/// tenants page. Screenshots in `target/test-artifacts/console-pages/`.
+#[tokio::test]
+async fn in_a_browser_admins_manage_roles_memberships_settings_and_see_their_sync_state()
+-> anyhow::Result<()> {
+    use tsync_e2e::browser::Browser;
+    let suite = Suite::start(|s| s.lag_history_secs = 1).await?;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    w.create_member(&acme, "member@acme.test").await;
+    let (status, _) = suite
+        .edge("acme")
+        .send(reqwest::Method::GET, "/crm/accounts", &acme.admin, None)
+        .await?;
+    assert_eq!(status, StatusCode::OK);
+    let browser = Browser::start("console-pages").await?;
+    browser.resize(1280, 800).await?;
+
+    browser.goto(&suite.url("acme", "/admin/roles")).await?;
+    super::sso::sign_in(&browser, "admin@acme.test").await?;
+    browser.wait_for("#roles").await?;
+    browser
+        .type_into("#create-role input[name=name]", "support")
+        .await?;
+    browser
+        .type_into(
+            "#create-role input[name=permissions]",
+            "crm.read, crm.accounts.write",
+        )
+        .await?;
+    browser.click("#create-role button[type=submit]").await?;
+    eventually(Duration::from_secs(10), || async {
+        browser
+            .text_of("#roles")
+            .await
+            .is_ok_and(|t| t.contains("Holders"))
+            && browser.has("input[value=support]").await
+    })
+    .await?;
+    browser.screenshot("01-roles").await?;
+
+    let support: Uuid = sqlx::query_scalar(
+        "select id from roles where tenant_id = $1 and name = 'support' and not deleted",
+    )
+    .bind(acme.id)
+    .fetch_one(&w.db.pool)
+    .await?;
+    browser
+        .goto(&suite.url("acme", &format!("/admin/memberships?role={support}")))
+        .await?;
+    browser
+        .type_into("#grant input[name=email]", "member@acme.test")
+        .await?;
+    browser.click("#grant button[type=submit]").await?;
+    eventually(Duration::from_secs(10), || async {
+        browser
+            .text_of("#memberships")
+            .await
+            .is_ok_and(|t| t.contains("member@acme.test") && t.contains("support"))
+    })
+    .await?;
+    browser.screenshot("02-memberships").await?;
+
+    browser.goto(&suite.url("acme", "/admin/settings")).await?;
+    browser
+        .type_into("textarea[name=values]", r#"{"locale": "fr", "seats": 12}"#)
+        .await?;
+    browser
+        .click("#replace-settings button[type=submit]")
+        .await?;
+    eventually(Duration::from_secs(10), || async {
+        browser
+            .text_of("#settings")
+            .await
+            .is_ok_and(|t| t.contains("locale"))
+    })
+    .await?;
+    browser
+        .type_into(
+            "#request-domain input[name=domain]",
+            "portal.acme-corp.example",
+        )
+        .await?;
+    browser.click("#request-domain button[type=submit]").await?;
+    browser.wait_for("#pending-domain").await?;
+    browser.screenshot("03-settings-domain-waiting").await?;
+    browser.resize(1280, 1200).await?;
+    browser.screenshot("03b-settings-whole-page").await?;
+    browser.resize(1280, 800).await?;
+
+    // A dead letter of acme's in the CRM, then the organisation's sync page.
+    let redis = redis_client(&w.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(
+        w.state.settings.namespace.clone(),
+        w.state.settings.partitions,
+    )
+    .unwrap();
+    poison(&redis, &keys, acme.id, "handler failed: store down").await?;
+    let sync = suite.url("acme", "/admin/sync");
+    eventually(Duration::from_secs(20), || async {
+        browser.goto(&sync).await.is_ok()
+            && browser
+                .text_of("#state-crm")
+                .await
+                .is_ok_and(|t| t.contains("1 of 1 replicas ready"))
+    })
+    .await?;
+    assert_eq!(browser.text_of("#dead-letters-crm").await?, "1");
+    browser.wait_for("#history-crm").await?;
+    browser.screenshot("04-tenant-sync").await?;
+    browser.resize(1280, 1400).await?;
+    browser.screenshot("04b-tenant-sync-whole-page").await?;
+    browser.resize(1280, 800).await?;
+    browser.click("#resync-crm button[type=submit]").await?;
+    browser.wait_for("#notice").await?;
+
+    // The platform admin approves the domain on the tenants page.
+    browser.delete_cookies().await?;
+    browser.goto(&format!("{}/admin/tenants", w.url)).await?;
+    super::sso::sign_in(&browser, "root@platform.test").await?;
+    browser.wait_for("#pending-domains").await?;
+    browser.screenshot("05-platform-tenants").await?;
+    browser.click(&format!("#approve-{}", acme.id)).await?;
+    eventually(Duration::from_secs(10), || async {
+        !browser.has("#pending-domains").await
+            && browser
+                .text_of("#tenants")
+                .await
+                .is_ok_and(|t| t.contains("portal.acme-corp.example"))
+    })
+    .await?;
+    browser.screenshot("06-platform-domain-approved").await?;
+    let active: Option<String> =
+        scalar(w, "select domain from tenants where id = $1", acme.id).await;
+    assert_eq!(active.as_deref(), Some("portal.acme-corp.example"));
+    Ok(())
+}

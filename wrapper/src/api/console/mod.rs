@@ -64,7 +64,9 @@ const STYLE: &str = "<style>main { max-width: 74rem; margin: 1.5rem auto; } \
     form.inline { display: flex; gap: .5rem; align-items: end; flex-wrap: wrap; } \
     form.inline input { width: auto; } .ok { color: #176b2c; } .bad { color: #8a1c1c; } \
     svg { max-width: 100%; height: auto; background: #fbfcfd; border: 1px solid #e4e7ec; \
-    border-radius: 6px; margin-top: .6rem; } code { font-size: .85rem; }</style>";
+    border-radius: 6px; margin-top: .6rem; } code { font-size: .85rem; } \
+    td { vertical-align: middle; } td form { margin: 0; } td button { margin-top: 0; } dt { font-weight: 600; margin-top: .5rem; } \
+    textarea { box-sizing: border-box; } select { padding: .5rem; font: inherit; }</style>";
 
 /// A tenant admin (or a platform admin) on the tenant's host.
 struct TenantAdmin {

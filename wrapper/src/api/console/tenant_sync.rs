@@ -100,7 +100,7 @@ fn app_section(app: &Value, now: u64) -> String {
         r#"<span class="bad">no replica reports</span>"#.to_owned()
     } else if ready == reporting && app["readerAlive"] == true {
         format!(
-            r#"<span class="ok">up to date reader, {ready} of {reporting} replicas ready</span>"#
+            r#"<span class="ok">{ready} of {reporting} replicas ready, this partition's reader live</span>"#
         )
     } else {
         format!(r#"<span class="bad">{ready} of {reporting} replicas ready</span>"#)
