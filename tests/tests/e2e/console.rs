@@ -80,6 +80,38 @@ async fn the_credits_page_charts_consumption_per_app_and_only_admins_see_it() ->
         "the threshold"
     );
 
+    // The ledger's filters: by kind and application, by day, on the page and in the API.
+    let ledger = |query: &str| {
+        http.get(format!("{}/admin/credits?{query}", nginx.url()))
+            .header("host", "acme.yourapp.test")
+            .header(header::COOKIE, format!("{COOKIE}={}", acme.admin))
+            .send()
+    };
+    let consumptions = ledger("kind=consumption&application=crm")
+        .await?
+        .text()
+        .await?;
+    let rows = |page: &str| {
+        let table = page.split(r#"<table id="ledger">"#).nth(1).unwrap_or("");
+        let table = table.split("</table>").next().unwrap_or("").to_owned();
+        table.matches("<tr>").count() - 1
+    };
+    assert_eq!(rows(&consumptions), 2, "{consumptions}");
+    assert!(consumptions.contains(r#"<option value="consumption" selected>"#));
+    let allocations = ledger("kind=allocation").await?.text().await?;
+    assert!(rows(&allocations) >= 1 && !allocations.contains("<td>consumption</td>"));
+    let tomorrow = (chrono::Utc::now() + chrono::TimeDelta::days(1)).format("%Y-%m-%d");
+    let none = ledger(&format!("from={tomorrow}")).await?.text().await?;
+    assert_eq!(rows(&none), 0);
+    assert!(none.contains("No entry matches."));
+    let api = w
+        .get_ok(
+            &format!("/api/credits/ledger?tenantId={}&kind=consumption", acme.id),
+            &acme.admin,
+        )
+        .await;
+    assert_eq!(api["items"].as_array().map(Vec::len), Some(2), "{api}");
+
     let refused = page(Some(member)).await?;
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert!(refused.text().await?.contains(r#"id="error""#));

@@ -477,12 +477,83 @@ struct LedgerQuery {
     tenant_id: Uuid,
     application: Option<String>,
     operation_code: Option<String>,
+    /// Only this kind: `allocation`, `consumption`, `expiry`, `renewal` or `void`.
+    kind: Option<String>,
+    /// Entries at or after this time (RFC 3339).
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Entries before this time (RFC 3339).
+    to: Option<chrono::DateTime<chrono::Utc>>,
     after: Option<i64>,
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/credits/ledger", tag = "credits", params(LedgerQuery), responses((status = 200, description = "A page of the tenant's ledger", body = Value)))]
+/// Which ledger entries (every part optional).
+#[derive(Debug, Default)]
+pub(crate) struct LedgerFilter {
+    pub(crate) application: Option<String>,
+    pub(crate) operation_code: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) from: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) to: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Where a page of the ledger starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LedgerCursor {
+    /// Oldest first, after this position (none: from the start).
+    After(Option<i64>),
+    /// Newest first, before this position (none: from the newest).
+    Before(Option<i64>),
+}
+
+/// Up to `limit` of `tenant`'s ledger entries matching `f` from `cursor`, and the position to
+/// continue from if there are more.
+pub(crate) async fn ledger_page(
+    db: &sqlx::PgPool,
+    tenant: Uuid,
+    f: &LedgerFilter,
+    cursor: LedgerCursor,
+    limit: i64,
+) -> Result<(Vec<LedgerEntry>, Option<i64>), sqlx::Error> {
+    let (position, order, at) = match cursor {
+        LedgerCursor::After(a) => ("id > coalesce($2::bigint, 0)", "id", a),
+        LedgerCursor::Before(b) => (
+            "id < coalesce($2::bigint, 9223372036854775807)",
+            "id desc",
+            b,
+        ),
+    };
+    let mut items: Vec<LedgerEntry> = sqlx::query_as(&format!(
+        "select {LEDGER_COLUMNS} from credit_ledger
+         where tenant_id = $1 and {position}
+           and ($3::text is null or application = $3) and ($4::text is null or operation_code = $4)
+           and ($5::text is null or kind = $5)
+           and created_at >= coalesce($6::timestamptz, '-infinity')
+           and created_at < coalesce($7::timestamptz, 'infinity')
+         order by {order} limit $8"
+    ))
+    .bind(tenant)
+    .bind(at)
+    .bind(&f.application)
+    .bind(&f.operation_code)
+    .bind(&f.kind)
+    .bind(f.from)
+    .bind(f.to)
+    .bind(limit + 1)
+    .fetch_all(db)
+    .await?;
+    let more = items.len() as i64 > limit;
+    items.truncate(limit as usize);
+    let next = if more {
+        items.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok((items, next))
+}
+
+#[utoipa::path(get, path = "/api/credits/ledger", tag = "credits", params(LedgerQuery), responses((status = 200, description = "A page of the tenant's ledger, oldest first", body = Value)))]
 async fn ledger(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -495,26 +566,21 @@ async fn ledger(
         Some(n) if (1..=1000).contains(&n) => n,
         Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 1000")),
     };
-    let mut items: Vec<LedgerEntry> = sqlx::query_as(&format!(
-        "select {LEDGER_COLUMNS} from credit_ledger
-         where tenant_id = $1 and id > coalesce($2::bigint, 0)
-           and ($3::text is null or application = $3) and ($4::text is null or operation_code = $4)
-         order by id limit $5"
-    ))
-    .bind(q.tenant_id)
-    .bind(q.after)
-    .bind(&q.application)
-    .bind(&q.operation_code)
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await?;
-    let more = items.len() as i64 > limit;
-    items.truncate(limit as usize);
-    let next = if more {
-        items.last().map(|e| e.id)
-    } else {
-        None
+    let filter = LedgerFilter {
+        application: q.application,
+        operation_code: q.operation_code,
+        kind: q.kind,
+        from: q.from,
+        to: q.to,
     };
+    let (items, next) = ledger_page(
+        &state.db,
+        q.tenant_id,
+        &filter,
+        LedgerCursor::After(q.after),
+        limit,
+    )
+    .await?;
     Ok(Json(serde_json::json!({"items": items, "nextAfter": next})))
 }
 

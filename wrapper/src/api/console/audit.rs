@@ -7,13 +7,13 @@ use axum::{
 };
 use serde::Deserialize;
 use sync_web::{
-    html::{escape, table, url_encode},
+    html::{escape, table},
     page::html,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{Host, TenantAdmin, internal, nav, tenant_viewer};
+use super::{Host, TenantAdmin, day_bounds, field, internal, keep_filters, nav, tenant_viewer};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -49,15 +49,7 @@ async fn audit_page(
         Ok(admin) => admin,
         Err(page) => return page,
     };
-    let text = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
-    };
-    let day = |v: &Option<String>| {
-        text(v).and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
-    };
+    let text = field;
     let (actor_text, action) = (text(&q.actor), text(&q.action));
     // An actor named by address is looked up in this tenant; one that matches nobody matches
     // no entry.
@@ -79,18 +71,13 @@ async fn audit_page(
             ),
         },
     };
-    let (from, to) = (day(&q.from), day(&q.to));
+    let (from, to) = day_bounds(&q.from, &q.to);
     let filter = crate::api::audit_log::AuditFilter {
         before: text(&q.before).and_then(|b| b.parse().ok()),
         action: action.clone(),
         actor_id,
-        from: from
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .map(|t| t.and_utc()),
-        to: to
-            .and_then(|d| d.succ_opt())
-            .and_then(|d| d.and_hms_opt(0, 0, 0))
-            .map(|t| t.and_utc()),
+        from,
+        to,
         limit: 50,
     };
     let (items, next) = match crate::api::audit_log::page(&state, tenant, &filter).await {
@@ -127,19 +114,16 @@ async fn audit_page(
             ]
         })
         .collect();
-    let keep = |k: &str, v: &Option<String>| {
-        text(v)
-            .map(|t| format!("&{k}={}", url_encode(&t)))
-            .unwrap_or_default()
-    };
     let more = next
         .map(|b| {
             format!(
-                r#"<p><a id="next-page" href="/admin/audit?before={b}{}{}{}{}">Older entries</a></p>"#,
-                keep("actor", &q.actor),
-                keep("action", &q.action),
-                keep("from", &q.from),
-                keep("to", &q.to)
+                r#"<p><a id="next-page" href="/admin/audit?before={b}{}">Older entries</a></p>"#,
+                escape(&keep_filters(&[
+                    ("actor", &q.actor),
+                    ("action", &q.action),
+                    ("from", &q.from),
+                    ("to", &q.to)
+                ]))
             )
         })
         .unwrap_or_default();

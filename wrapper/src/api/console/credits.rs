@@ -3,7 +3,7 @@
 
 use axum::{
     Form,
-    extract::State,
+    extract::{Query, State},
     http::{HeaderMap, StatusCode},
     response::Response,
 };
@@ -17,7 +17,10 @@ use uuid::Uuid;
 
 use std::collections::BTreeMap;
 
-use super::{Host, chart, internal, nav, num, refused_on, tenant_viewer};
+use super::{
+    Host, chart, day_bounds, field, internal, keep_filters, nav, num, refused_on, tenant_viewer,
+};
+use crate::api::credits::{LedgerCursor, LedgerFilter, ledger_page};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -29,19 +32,44 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 /// Days of consumption the credits chart shows.
 const CHART_DAYS: i64 = 14;
 
-#[utoipa::path(get, path = "/admin/credits", tag = "pages", responses((status = 200, description = "The tenant's credits page (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
+/// The ledger's filters on the credits page.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct LedgerFilters {
+    /// Only this kind: `allocation`, `consumption`, `expiry`, `renewal` or `void`.
+    kind: Option<String>,
+    /// Only this application's entries.
+    application: Option<String>,
+    /// Only this operation (e.g. `crm.account.create`).
+    operation: Option<String>,
+    /// From this day (`YYYY-MM-DD`, UTC).
+    from: Option<String>,
+    /// To this day, included (`YYYY-MM-DD`, UTC).
+    to: Option<String>,
+    /// Entries older than this position (paging; anything else starts at the newest).
+    before: Option<String>,
+}
+
+/// Ledger entries per page of the credits page.
+const LEDGER_PAGE: i64 = 50;
+
+/// The ledger's kinds, for the filter.
+const KINDS: [&str; 5] = ["allocation", "consumption", "expiry", "renewal", "void"];
+
+#[utoipa::path(get, path = "/admin/credits", tag = "pages", params(LedgerFilters), responses((status = 200, description = "The tenant's credits page (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn credits(
     State(state): State<AppState>,
     ctx: Ctx,
     headers: HeaderMap,
     caller: Result<Caller, ApiError>,
+    Query(q): Query<LedgerFilters>,
 ) -> Response {
     let admin = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
         Ok(admin) => admin,
         Err(page) => return page,
     };
     let (id, name) = (admin.id, &admin.name);
-    match credits_body(&state, id).await {
+    match credits_body(&state, id, &q).await {
         Ok(body) => html(
             StatusCode::OK,
             &format!("Credits · {name}"),
@@ -65,17 +93,11 @@ type GrantRow = (
     Option<chrono::DateTime<chrono::Utc>>,
     String,
 );
-/// A ledger row of the credits page: when, kind, scope, amount, operation, balance after.
-type LedgerRow = (
-    chrono::DateTime<chrono::Utc>,
-    String,
-    String,
-    i64,
-    Option<String>,
-    i64,
-);
-
-async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Error> {
+async fn credits_body(
+    state: &AppState,
+    tenant: Uuid,
+    q: &LedgerFilters,
+) -> Result<String, sqlx::Error> {
     let db = &state.db;
     let balances: Vec<(String, i64, i64)> = sqlx::query_as(
         "select b.scope, b.balance, coalesce((select sum(g.remaining) from credit_grants g
@@ -111,12 +133,22 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
     .bind(tenant)
     .fetch_all(db)
     .await?;
-    let ledger: Vec<LedgerRow> = sqlx::query_as(
-        "select created_at, kind, scope, amount, operation_code, balance_after
-             from credit_ledger where tenant_id = $1 order by id desc limit 25",
+    let (from, to) = day_bounds(&q.from, &q.to);
+    let filter = LedgerFilter {
+        application: field(&q.application),
+        operation_code: field(&q.operation),
+        kind: field(&q.kind),
+        from,
+        to,
+    };
+    let before = field(&q.before).and_then(|b| b.parse().ok());
+    let (ledger, next) = ledger_page(
+        db,
+        tenant,
+        &filter,
+        LedgerCursor::Before(before),
+        LEDGER_PAGE,
     )
-    .bind(tenant)
-    .fetch_all(db)
     .await?;
 
     let today = chrono::Utc::now().date_naive();
@@ -182,17 +214,57 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
         .collect();
     let ledger_rows: Vec<Vec<String>> = ledger
         .iter()
-        .map(|(at, kind, scope, amount, op, after)| {
+        .map(|e| {
             vec![
-                when(at),
-                kind.clone(),
-                scope.clone(),
-                num(*amount),
-                op.clone().unwrap_or_default(),
-                num(*after),
+                when(&e.created_at),
+                e.kind.clone(),
+                e.scope.clone(),
+                num(e.amount),
+                e.operation_code.clone().unwrap_or_default(),
+                num(e.balance_after),
             ]
         })
         .collect();
+    let chosen = field(&q.kind);
+    let kinds: String = KINDS
+        .iter()
+        .map(|k| {
+            let selected = if chosen.as_deref() == Some(*k) {
+                " selected"
+            } else {
+                ""
+            };
+            format!(r#"<option value="{k}"{selected}>{k}</option>"#)
+        })
+        .collect();
+    let value = |v: &Option<String>| escape(&field(v).unwrap_or_default());
+    let filters = format!(
+        r#"<form class="inline" method="get" action="/admin/credits" id="ledger-filters">
+<label>Kind <select name="kind"><option value="">any</option>{kinds}</select></label>
+<label>Application <input type="text" name="application" value="{app}" size="10"></label>
+<label>Operation <input type="text" name="operation" value="{op}" size="18"></label>
+<label>From <input type="text" name="from" value="{from}" placeholder="YYYY-MM-DD" size="10"></label>
+<label>To <input type="text" name="to" value="{to}" placeholder="YYYY-MM-DD" size="10"></label>
+<button type="submit" class="secondary">Filter</button></form>"#,
+        app = value(&q.application),
+        op = value(&q.operation),
+        from = value(&q.from),
+        to = value(&q.to),
+    );
+    let more = next
+        .map(|b| {
+            format!(
+                r#"<p><a id="ledger-next" href="/admin/credits?before={b}{}">Older entries</a></p>"#,
+                escape(&keep_filters(&[
+                    ("kind", &q.kind),
+                    ("application", &q.application),
+                    ("operation", &q.operation),
+                    ("from", &q.from),
+                    ("to", &q.to)
+                ]))
+            )
+        })
+        .unwrap_or_default();
     Ok(format!(
         r#"<h2>Balances</h2>{}
 <form class="inline" method="post" action="/admin/credits/move" id="move-credits">
@@ -202,7 +274,7 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
 <h2>Consumption</h2>{svg}
 <h2>Grants in use</h2>{}
 <h2>Thresholds</h2>{}
-<h2>Latest ledger entries</h2>{}"#,
+<h2 id="ledger-title">Ledger</h2>{filters}{}{more}"#,
         table(
             "balances",
             &["Balance", "Credits", "Available now"],
@@ -239,7 +311,7 @@ async fn credits_body(state: &AppState, tenant: Uuid) -> Result<String, sqlx::Er
                 "Balance after"
             ],
             &ledger_rows,
-            "No entries."
+            "No entry matches."
         ),
     ))
 }

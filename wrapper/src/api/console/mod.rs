@@ -234,6 +234,41 @@ fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
+/// A form field's text, trimmed; none when empty.
+fn field(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+}
+
+/// The start of day `from` and the end of day `to` (`YYYY-MM-DD`, UTC; anything else leaves
+/// that end open).
+fn day_bounds(
+    from: &Option<String>,
+    to: &Option<String>,
+) -> (
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+) {
+    let day = |v: &Option<String>| {
+        field(v).and_then(|d| chrono::NaiveDate::parse_from_str(&d, "%Y-%m-%d").ok())
+    };
+    let start = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+    (
+        day(from).and_then(start),
+        day(to).and_then(|d| d.succ_opt()).and_then(start),
+    )
+}
+
+/// `&key=value` for each filter given, to carry the filters to the next page.
+fn keep_filters(filters: &[(&str, &Option<String>)]) -> String {
+    filters
+        .iter()
+        .filter_map(|(k, v)| field(v).map(|t| format!("&{k}={}", sync_web::html::url_encode(&t))))
+        .collect()
+}
+
 /// Names typed into one field (permissions, features), separated by commas or white space.
 fn word_list(text: &str) -> Vec<String> {
     text.split(|c: char| c == ',' || c.is_whitespace())
@@ -328,6 +363,26 @@ mod tests {
         assert!(svg.contains("<title>read, not acknowledged: 1 ("));
         assert!(!svg.contains(": 500 ("), "older than the hour");
         assert_eq!(svg.matches("<title>").count(), 2);
+    }
+
+    #[test]
+    fn days_bound_whole_utc_days_and_ignore_anything_else() {
+        let (from, to) =
+            super::day_bounds(&Some(" 2026-11-02 ".into()), &Some("2026-11-03".into()));
+        assert_eq!(from.unwrap().to_rfc3339(), "2026-11-02T00:00:00+00:00");
+        assert_eq!(to.unwrap().to_rfc3339(), "2026-11-04T00:00:00+00:00");
+        assert_eq!(
+            super::day_bounds(&Some("yesterday".into()), &None),
+            (None, None)
+        );
+        assert_eq!(
+            super::keep_filters(&[
+                ("kind", &Some("void".into())),
+                ("app", &None),
+                ("q", &Some("a b".into()))
+            ]),
+            "&kind=void&q=a%20b"
+        );
     }
 
     #[test]

@@ -89,10 +89,11 @@ async fn users_page(
             String::new()
         };
         list.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{action}</td></tr>",
+            r#"<tr><td>{}</td><td>{}</td><td>{} <a href="/admin/memberships?user={}">change</a></td><td>{}</td><td>{action}</td></tr>"#,
             escape(full_name),
             escape(email),
             escape(roles.as_deref().unwrap_or("")),
+            escape(&url_encode(email)),
             if *active { "active" } else { "deactivated" },
         ));
     }
