@@ -335,6 +335,11 @@ pub(crate) async fn tenant_report(
     tenant: Uuid,
     since_ms: u64,
 ) -> ApiResult<Value> {
+    let known: Option<bool> = sqlx::query_scalar("select true from tenants where id = $1")
+        .bind(tenant)
+        .fetch_optional(&state.db)
+        .await?;
+    known.ok_or(ApiError::NotFound("tenant"))?;
     let all = report(state).await?;
     let partition = state.stream_keys.partition_of(tenant);
     let mut apps = Vec::new();
