@@ -22,3 +22,27 @@ pub fn assert_each_scheduled_time_ran_once(app: &str, runs: &[sync_sdk::fullsync
         "{app}: a scheduled full sync ran twice: {runs:?}"
     );
 }
+
+/// A custom domain served on loopback for the wrapper's domain challenge: it answers
+/// `/.well-known/tenantsync-challenge/{token}` with the token once the test has put it in the
+/// returned slot, 404 before. Point `WRAPPER_DOMAIN_CHALLENGE_ADDR` at the server's address.
+pub async fn challenge_server()
+-> anyhow::Result<(TestServer, std::sync::Arc<std::sync::Mutex<Option<String>>>)> {
+    use axum::{extract::Path, http::StatusCode, routing::get};
+    let served: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let token_served = served.clone();
+    let server = serve(axum::Router::new().route(
+        "/.well-known/tenantsync-challenge/{token}",
+        get(move |Path(token): Path<String>| {
+            let served = token_served.lock().unwrap().clone();
+            async move {
+                match served {
+                    Some(t) if t == token => (StatusCode::OK, t),
+                    _ => (StatusCode::NOT_FOUND, String::new()),
+                }
+            }
+        }),
+    ))
+    .await?;
+    Ok((server, served))
+}

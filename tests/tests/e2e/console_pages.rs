@@ -4,13 +4,8 @@
 //! naming the field and writing nothing, refuses forms from another origin and people who are
 //! not admins here; the sync page shows nothing of other tenants.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, time::Duration};
 
-use axum::{Router, extract::Path, routing::get};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use sync_sdk::{
@@ -117,21 +112,7 @@ where
 #[tokio::test]
 async fn roles_memberships_and_settings_change_the_tenant_as_the_api_does() -> anyhow::Result<()> {
     // The custom domain is served on loopback; it answers the challenge once the test sets it.
-    let served: Arc<Mutex<Option<String>>> = Arc::default();
-    let token_served = served.clone();
-    let challenge = serve(Router::new().route(
-        "/.well-known/tenantsync-challenge/{token}",
-        get(move |Path(token): Path<String>| {
-            let served = token_served.lock().unwrap().clone();
-            async move {
-                match served {
-                    Some(t) if t == token => (StatusCode::OK, t),
-                    _ => (StatusCode::NOT_FOUND, String::new()),
-                }
-            }
-        }),
-    ))
-    .await?;
+    let (challenge, served) = challenge_server().await?;
     let addr = challenge.addr;
     let suite = Suite::start(|s| s.domain_challenge_addr = Some(addr)).await?;
     let w = &suite.wrapper;

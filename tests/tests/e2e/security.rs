@@ -1,12 +1,8 @@
 //! Security on the real stack (issue 14): each test attacks one class of weakness, asserts the
 //! refusal, and reads back that nothing was written or changed.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use axum::{Router, extract::Path, routing::get};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tsync_e2e::{suite::Suite, wrapper_app::*, *};
@@ -31,21 +27,7 @@ async fn tenant_and_host(app: &TestApp, tenant: &TestTenant, host: &str) -> (Val
 async fn custom_domains_are_validated_unique_and_active_only_once_proven() -> anyhow::Result<()> {
     // The "custom domain" is served on loopback: the wrapper reaches every domain it verifies
     // at this server, which answers the challenge only once the test has set it.
-    let served: Arc<Mutex<Option<String>>> = Arc::default();
-    let token_served = served.clone();
-    let challenge = serve(Router::new().route(
-        "/.well-known/tenantsync-challenge/{token}",
-        get(move |Path(token): Path<String>| {
-            let served = token_served.lock().unwrap().clone();
-            async move {
-                match served {
-                    Some(t) if t == token => (StatusCode::OK, t),
-                    _ => (StatusCode::NOT_FOUND, String::new()),
-                }
-            }
-        }),
-    ))
-    .await?;
+    let (challenge, served) = challenge_server().await?;
     let challenge_addr = challenge.addr;
     let app = spawn_wrapper_with(|s| s.domain_challenge_addr = Some(challenge_addr)).await?;
     let acme = app.create_tenant("acme").await;

@@ -12,12 +12,12 @@ use axum::{
 use serde::Deserialize;
 use sync_web::{
     html::{escape, url_encode},
-    page::{html, see_other},
+    page::html,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{Host, TenantAdmin, internal, nav, refused_on, tenant_viewer};
+use super::{Host, TenantAdmin, back_to, internal, nav, refused_on, tenant_viewer};
 use crate::{
     api::{memberships, roles},
     auth::Caller,
@@ -129,10 +129,10 @@ async fn create_role(
         name: form.name,
         permissions: super::word_list(&form.permissions),
     };
-    match roles::create_role(&state, &ctx, admin.user.id, admin.id, req).await {
-        Ok(_) => see_other(ROLES),
-        Err(e) => refused_on(ROLES, e),
-    }
+    back_to(
+        ROLES,
+        roles::create_role(&state, &ctx, admin.user.id, admin.id, req).await,
+    )
 }
 
 #[utoipa::path(post, path = "/admin/roles/{role_id}", tag = "pages", params(("role_id" = Uuid, Path, description = "The role")), request_body(content = RoleForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "Saved (`role.updated`): back to the roles page"), (status = 400, description = "Refused, naming the field", body = String, content_type = "text/html"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such editable role here (the admin role is not editable)", body = String, content_type = "text/html"), (status = 409, description = "A role with this name exists", body = String, content_type = "text/html")))]
@@ -152,10 +152,10 @@ async fn update_role(
         name: Some(form.name),
         permissions: Some(super::word_list(&form.permissions)),
     };
-    match roles::update_role(&state, &ctx, admin.user.id, admin.id, role_id, req).await {
-        Ok(_) => see_other(ROLES),
-        Err(e) => refused_on(ROLES, e),
-    }
+    back_to(
+        ROLES,
+        roles::update_role(&state, &ctx, admin.user.id, admin.id, role_id, req).await,
+    )
 }
 
 #[utoipa::path(post, path = "/admin/roles/{role_id}/delete", tag = "pages", params(("role_id" = Uuid, Path, description = "The role")), responses((status = 303, description = "Deleted (`role.deleted`): back to the roles page"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such deletable role here", body = String, content_type = "text/html")))]
@@ -170,10 +170,10 @@ async fn delete_role(
         Ok(admin) => admin,
         Err(page) => return page,
     };
-    match roles::delete_role(&state, &ctx, admin.user.id, admin.id, role_id).await {
-        Ok(_) => see_other(ROLES),
-        Err(e) => refused_on(ROLES, e),
-    }
+    back_to(
+        ROLES,
+        roles::delete_role(&state, &ctx, admin.user.id, admin.id, role_id).await,
+    )
 }
 
 /// Memberships shown per page.
@@ -337,11 +337,10 @@ async fn grant(
         }
         Err(e) => return internal(e),
     };
-    match memberships::grant_audited(&state, &ctx, admin.user.id, admin.id, user_id, role_id).await
-    {
-        Ok(_) => see_other(MEMBERSHIPS),
-        Err(e) => refused_on(MEMBERSHIPS, e),
-    }
+    back_to(
+        MEMBERSHIPS,
+        memberships::grant_audited(&state, &ctx, admin.user.id, admin.id, user_id, role_id).await,
+    )
 }
 
 #[utoipa::path(post, path = "/admin/memberships/{membership_id}/revoke", tag = "pages", params(("membership_id" = Uuid, Path, description = "The membership")), responses((status = 303, description = "Revoked (`membership.revoked` reaches every app): back to the memberships page"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such membership here", body = String, content_type = "text/html")))]
@@ -356,9 +355,8 @@ async fn revoke(
         Ok(admin) => admin,
         Err(page) => return page,
     };
-    match memberships::revoke_membership(&state, &ctx, admin.user.id, admin.id, membership_id).await
-    {
-        Ok(_) => see_other(MEMBERSHIPS),
-        Err(e) => refused_on(MEMBERSHIPS, e),
-    }
+    back_to(
+        MEMBERSHIPS,
+        memberships::revoke_membership(&state, &ctx, admin.user.id, admin.id, membership_id).await,
+    )
 }

@@ -10,7 +10,7 @@ use axum::{
 use serde::Deserialize;
 use sync_web::{
     html::{escape, table},
-    page::{html, see_other},
+    page::html,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -18,7 +18,8 @@ use uuid::Uuid;
 use std::collections::BTreeMap;
 
 use super::{
-    Host, chart, day_bounds, field, internal, keep_filters, nav, num, refused_on, tenant_viewer,
+    Host, back_to, chart, day_bounds, field, internal, keep_filters, nav, num, refused_on,
+    tenant_viewer,
 };
 use crate::api::credits::{LedgerCursor, LedgerFilter, ledger_page};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
@@ -343,10 +344,9 @@ async fn move_credits(
             ApiError::invalid("amount", "a whole number of credits"),
         );
     };
-    match crate::api::credits::move_to_application(&state, &ctx, tenant, &form.application, amount)
-        .await
-    {
-        Ok(_) => see_other("/admin/credits"),
-        Err(e) => refused_on("/admin/credits", e),
-    }
+    back_to(
+        "/admin/credits",
+        crate::api::credits::move_to_application(&state, &ctx, tenant, &form.application, amount)
+            .await,
+    )
 }

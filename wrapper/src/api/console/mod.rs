@@ -317,6 +317,14 @@ async fn tenant_viewer(
     }
 }
 
+/// A form's answer: back to `page` when it was done, else the refusal with the way back.
+fn back_to<T>(page: &str, result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(_) => see_other(page),
+        Err(e) => refused_on(page, e),
+    }
+}
+
 /// A refused form on a tenant page: the reason, naming the field, and the way back.
 fn refused_on(back: &str, e: ApiError) -> Response {
     let status = e.status();

@@ -14,11 +14,11 @@ use axum::{
 use serde::Deserialize;
 use sync_web::{
     html::{escape, table},
-    page::{html, see_other},
+    page::html,
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Host, TenantAdmin, internal, nav, refused_on, tenant_viewer};
+use super::{Host, TenantAdmin, back_to, internal, nav, refused_on, tenant_viewer};
 use crate::{
     api::{domains, settings, tenants},
     auth::Caller,
@@ -189,10 +189,10 @@ async fn replace_settings(
             );
         }
     };
-    match settings::replace_settings(&state, &ctx, admin.id, values).await {
-        Ok(_) => see_other(PAGE),
-        Err(e) => refused_on(PAGE, e),
-    }
+    back_to(
+        PAGE,
+        settings::replace_settings(&state, &ctx, admin.id, values).await,
+    )
 }
 
 /// The organisation's new name, or the custom domain it asks for.
@@ -211,10 +211,10 @@ async fn change(
     admin: &TenantAdmin,
     req: tenants::UpdateTenant,
 ) -> Response {
-    match tenants::update_tenant(state, ctx, &admin.user, admin.id, req).await {
-        Ok(_) => see_other(PAGE),
-        Err(e) => refused_on(PAGE, e),
-    }
+    back_to(
+        PAGE,
+        tenants::update_tenant(state, ctx, &admin.user, admin.id, req).await,
+    )
 }
 
 #[utoipa::path(post, path = "/admin/settings/name", tag = "pages", request_body(content = TenantForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "Renamed (`tenant.updated`): back to the settings page"), (status = 400, description = "Refused, naming the field", body = String, content_type = "text/html"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html")))]
@@ -266,8 +266,8 @@ async fn verify_domain(
         Ok(admin) => admin,
         Err(page) => return page,
     };
-    match domains::verify_domain(&state, &ctx, admin.user.id, admin.id).await {
-        Ok(_) => see_other(PAGE),
-        Err(e) => refused_on(PAGE, e),
-    }
+    back_to(
+        PAGE,
+        domains::verify_domain(&state, &ctx, admin.user.id, admin.id).await,
+    )
 }

@@ -9,16 +9,13 @@ use axum::{
     response::Response,
 };
 use serde::Deserialize;
-use sync_web::{
-    html::escape,
-    page::{html, see_other},
-};
+use sync_web::{html::escape, page::html};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use serde_json::Value;
 
-use super::{Host, internal, nav, num, platform_viewer, refused_on};
+use super::{Host, back_to, internal, nav, num, platform_viewer};
 use crate::{
     api::{domains, tenants},
     auth::Caller,
@@ -170,10 +167,10 @@ async fn update_plan(
         features: Some(super::word_list(&form.features)),
         ..Default::default()
     };
-    match tenants::update_tenant(&state, &ctx, &user, tenant_id, req).await {
-        Ok(_) => see_other(PAGE),
-        Err(e) => refused_on(PAGE, e),
-    }
+    back_to(
+        PAGE,
+        tenants::update_tenant(&state, &ctx, &user, tenant_id, req).await,
+    )
 }
 
 #[utoipa::path(post, path = "/admin/tenants/{tenant_id}/approve-domain", tag = "pages", params(("tenant_id" = Uuid, Path, description = "The tenant")), responses((status = 303, description = "Approved: the domain is active; back to the tenants page"), (status = 403, description = "Not a platform admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such active tenant", body = String, content_type = "text/html"), (status = 409, description = "No domain waits for approval", body = String, content_type = "text/html")))]
@@ -188,8 +185,8 @@ async fn approve_domain(
         Ok(user) => user,
         Err(page) => return page,
     };
-    match domains::approve_domain(&state, &ctx, user.id, tenant_id).await {
-        Ok(_) => see_other(PAGE),
-        Err(e) => refused_on(PAGE, e),
-    }
+    back_to(
+        PAGE,
+        domains::approve_domain(&state, &ctx, user.id, tenant_id).await,
+    )
 }

@@ -14,7 +14,7 @@ use sync_web::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{Host, TenantAdmin, internal, nav, refused_on, tenant_viewer};
+use super::{Host, TenantAdmin, back_to, internal, nav, refused_on, tenant_viewer};
 use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -195,8 +195,8 @@ async fn deactivate_user(
         active: Some(false),
         password: None,
     };
-    match crate::api::users::update_user(&state, &ctx, tenant, user_id, req).await {
-        Ok(_) => see_other("/admin/users"),
-        Err(e) => refused_on("/admin/users", e),
-    }
+    back_to(
+        "/admin/users",
+        crate::api::users::update_user(&state, &ctx, tenant, user_id, req).await,
+    )
 }
