@@ -2,11 +2,16 @@
 //! under the sign-in pages' rules (no script, inline styles only, forms post to this origin
 //! and carry its `Origin`, checked by the CSRF guard; no external asset, so it works offline).
 //!
-//! * On a tenant's host, for its admins: `/admin/credits` (balances, grants, a chart of
-//!   consumption per application and day drawn on the server as SVG, thresholds, the ledger).
-//! * On the platform host (`WRAPPER_ADMIN_HOST`), for platform admins: `/admin/sync-health`
-//!   (each app's replicas and partitions with a lag chart, its dead letters with a redrive form,
-//!   a re-sync form), the actions audited like the API's.
+//! * On a tenant's host, for its admins: users, roles, memberships, credits (with a chart of
+//!   consumption per application and day drawn on the server as SVG, and the ledger with
+//!   filters), the organisation's own sync state in every app, settings with the custom domain's
+//!   verification state, and the audit log.
+//! * On the platform host (`WRAPPER_ADMIN_HOST`), for platform admins: every app's sync health
+//!   (replicas, lag now and over the last hour, dead letters with a redrive form, a re-sync
+//!   form) and every tenant (plan and features edited in place, pending domains approved).
+//!
+//! Every form calls the function its REST route calls, so it is validated, evented and audited
+//! the same way; a refusal names the field and writes nothing.
 //!
 //! Anyone else gets the 403 page (a user of another tenant is audited as a cross-tenant attempt
 //! by the same check the API uses); a visitor without a session is sent to sign in.
