@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
-pub use health::{ConsumerHealth, HealthReport, PartitionReport};
+pub use health::{ConsumerHealth, HealthReport, ParkedTenant, PartitionReport};
 
 use crate::{
     contract::{Envelope, StreamKeys},

@@ -427,6 +427,30 @@ async fn platform_admins_set_plans_and_features_and_approve_domains() -> anyhow:
     assert_eq!(status, StatusCode::CONFLICT, "nothing waits any more");
     let (_, none) = platform.get("/admin/tenants?q=nobody-like-this").await?;
     assert!(none.contains("No tenant matches."));
+
+    // Suspend and resume with the buttons; a tenant admin cannot.
+    let status = || scalar::<String>(w, "select status from tenants where id = $1", acme.id);
+    let suspend = format!("/admin/tenants/{}/suspend", acme.id);
+    assert_eq!(
+        tenant_admin.post(&suspend, &[]).await?.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(status().await, "active");
+    assert_eq!(platform.post(&suspend, &[]).await?.0, StatusCode::SEE_OTHER);
+    assert_eq!(status().await, "suspended");
+    let (_, page) = platform.get("/admin/tenants?q=acme").await?;
+    assert!(
+        page.contains(&format!(r#"id="resume-{}""#, acme.id)),
+        "{page}"
+    );
+    let resume = format!("/admin/tenants/{}/resume", acme.id);
+    assert_eq!(platform.post(&resume, &[]).await?.0, StatusCode::SEE_OTHER);
+    assert_eq!(status().await, "active");
+    assert_eq!(
+        platform.post(&resume, &[]).await?.0,
+        StatusCode::NOT_FOUND,
+        "not suspended"
+    );
     Ok(())
 }
 
@@ -698,5 +722,153 @@ async fn in_a_browser_admins_manage_roles_memberships_settings_and_see_their_syn
     let active: Option<String> =
         scalar(w, "select domain from tenants where id = $1", acme.id).await;
     assert_eq!(active.as_deref(), Some("portal.acme-corp.example"));
+    Ok(())
+}
+
+/// What an app's replica reports (here written as the SDK's reporter writes it, for an app that
+/// is behind on acme's partition and holds acme's events back) is what the lag history keeps,
+/// partition by partition, and what the pages draw; another tenant sees none of acme's.
+#[tokio::test]
+async fn the_lag_history_keeps_what_replicas_report_per_partition() -> anyhow::Result<()> {
+    use sync_sdk::{
+        consumer::{HealthReport, ParkedTenant, PartitionReport},
+        status::ReplicaStatus,
+    };
+    let suite = Suite::start(|s| s.lag_history_secs = 1).await?;
+    let w = &suite.wrapper;
+    let acme = w.create_tenant("acme").await;
+    let globex = w.create_tenant("globex").await;
+    let manifest =
+        serde_json::to_value(sync_sdk::contract::AppManifest::new("reports", "Reports"))?;
+    w.send_ok(reqwest::Method::PUT, "/api/apps/reports", &w.root, manifest)
+        .await;
+    let redis = redis_client(&w.state.settings.redis_url.0).await?;
+    let keys = StreamKeys::new(
+        w.state.settings.namespace.clone(),
+        w.state.settings.partitions,
+    )
+    .unwrap();
+    let p = keys.partition_of(acme.id);
+    let report = |now_ms: u64| ReplicaStatus {
+        app: "reports".into(),
+        replica: "reports-1".into(),
+        reported_at_ms: now_ms,
+        health: HealthReport {
+            ready: false,
+            reasons: vec!["partition behind".into()],
+            resyncs_pending: 0,
+            partitions: (0..keys.partitions())
+                .map(|i| PartitionReport {
+                    partition: i,
+                    alive: true,
+                    restarts: 0,
+                    last_death: None,
+                    lag: Some(if i == p { 42 } else { 0 }),
+                    pending: Some(if i == p { 3 } else { 0 }),
+                    oldest_pending_age_ms: Some(if i == p { 1500 } else { 0 }),
+                    parked: if i == p {
+                        vec![ParkedTenant {
+                            tenant_id: acme.id,
+                            reason: "handler".into(),
+                            entries: 3,
+                        }]
+                    } else {
+                        vec![]
+                    },
+                })
+                .collect(),
+        },
+        resyncs: vec![],
+        tenants_loaded: Some(1),
+    };
+    let history = eventually_some(Duration::from_secs(20), || async {
+        let now = chrono::Utc::now().timestamp_millis() as u64;
+        let json = serde_json::to_string(&report(now)).ok()?;
+        let _: i64 = fred::interfaces::HashesInterface::hset(
+            &redis,
+            keys.status("reports"),
+            ("reports-1", json),
+        )
+        .await
+        .ok()?;
+        let h = w
+            .get_ok(
+                "/api/admin/sync-health/reports/lag-history?minutes=5",
+                &w.root,
+            )
+            .await;
+        let last = h["items"].as_array()?.last()?.clone();
+        (last["partitions"][p as usize] == json!([42, 3])).then_some(last)
+    })
+    .await?;
+    assert_eq!(
+        history["partitions"].as_array().map(Vec::len),
+        Some(keys.partitions() as usize)
+    );
+
+    let mine = w
+        .get_ok(
+            &format!("/api/tenants/{}/sync-health", acme.id),
+            &acme.admin,
+        )
+        .await;
+    let app = mine["apps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["app"] == "reports"))
+        .cloned()
+        .expect("the reports app");
+    assert_eq!(app["lag"], 42);
+    assert_eq!(app["pending"], 3);
+    assert_eq!(app["oldestPendingAgeMs"], 1500);
+    assert_eq!(app["parked"], json!([{"reason": "handler", "entries": 3}]));
+    assert_eq!(
+        (
+            app["replicasReporting"].clone(),
+            app["replicasReady"].clone()
+        ),
+        (json!(1), json!(0))
+    );
+    assert!(
+        app["lagHistory"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|s| s[1] == 42 && s[2] == 3)),
+        "{app}"
+    );
+    let theirs = w
+        .get_ok(
+            &format!("/api/tenants/{}/sync-health", globex.id),
+            &globex.admin,
+        )
+        .await;
+    let theirs_app = theirs["apps"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["app"] == "reports"))
+        .cloned()
+        .expect("the reports app");
+    assert_eq!(theirs_app["parked"], json!([]));
+    assert!(!theirs.to_string().contains(&acme.id.to_string()));
+
+    // The pages draw it: the tenant's history and held-back events, the platform's charts.
+    let (_, page) = Console::tenant(&suite, "acme", &acme.admin)
+        .get("/admin/sync")
+        .await?;
+    assert!(page.contains("3 event(s) held back (handler)"), "{page}");
+    assert!(page.contains("<title>not yet read: 42 ("));
+    assert!(page.contains("0 of 1 replicas ready"));
+    let (_, platform) = Console::platform(&suite, &w.root)
+        .get("/admin/sync-health")
+        .await?;
+    let section = platform
+        .split(r#"<section id="app-reports">"#)
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        section.contains(&format!("<title>not yet read: 42 (P{p})</title>")),
+        "{section}"
+    );
+    assert!(
+        section.contains(r#"id="history-reports""#)
+            && section.contains("<title>not yet read: 42 (")
+    );
     Ok(())
 }

@@ -381,12 +381,13 @@ pub(crate) async fn tenant_report(
         };
         let letters = letters(state, &name, &filter).await?;
         let loaded: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-            "select max(created_at) from audit_log
-             where tenant_id = $1 and action = 'snapshot.export' and target = $2",
+            "select created_at from audit_log
+             where tenant_id = $1 and action = 'snapshot.export' and target = $2
+             order by id desc limit 1",
         )
         .bind(tenant)
         .bind(&name)
-        .fetch_one(&state.db)
+        .fetch_optional(&state.db)
         .await?;
         let samples: Vec<Value> = history(state, &name, since_ms)
             .await?
@@ -410,7 +411,12 @@ pub(crate) async fn tenant_report(
             "deadLetters": letters.len(),
             "letters": letters.into_iter().take(50).collect::<Vec<_>>(),
             "lastLoadedAt": loaded,
-            "lastFullSync": app["recentFullSyncs"].get(0),
+            // When the app last checked every tenant, and what it repaired (no replica names).
+            "lastFullSync": app["recentFullSyncs"].get(0).map(|r| json!({
+                "scheduledFor": r["scheduledFor"],
+                "tenantsChecked": r["tenantsChecked"],
+                "repaired": r["repaired"],
+            })),
             "lagHistory": samples,
         }));
     }

@@ -422,6 +422,19 @@ async fn restore(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -
 
 type TenantReply = ApiResult<Json<TenantState>>;
 
+/// Suspend (`suspend`) or resume a tenant for `caller` (platform admins), as
+/// `POST /api/tenants/{id}/suspend` and `/resume` do.
+pub(crate) async fn suspend_or_resume(
+    state: &AppState,
+    ctx: &Ctx,
+    caller: &Caller,
+    tenant_id: Uuid,
+    suspend: bool,
+) -> TenantReply {
+    let transition = if suspend { &SUSPEND } else { &RESUME };
+    transition.run(state, ctx, caller, tenant_id).await
+}
+
 const ARCHIVE: Transition = Transition {
     from: &["active"],
     to: "archived",

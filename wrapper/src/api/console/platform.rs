@@ -29,6 +29,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(tenants_page))
         .routes(routes!(update_plan))
         .routes(routes!(approve_domain))
+        .routes(routes!(suspend))
+        .routes(routes!(resume))
 }
 
 const PAGE: &str = "/admin/tenants";
@@ -100,8 +102,17 @@ async fn tenants_page(
         } else {
             format!("{} · {}", escape(plan), escape(&features.join(", ")))
         };
+        let switch = match status.as_str() {
+            "active" => format!(
+                r#" <form method="post" action="/admin/tenants/{id}/suspend"><button type="submit" class="secondary" id="suspend-{id}">Suspend</button></form>"#
+            ),
+            "suspended" => format!(
+                r#" <form method="post" action="/admin/tenants/{id}/resume"><button type="submit" class="secondary" id="resume-{id}">Resume</button></form>"#
+            ),
+            _ => String::new(),
+        };
         list.push_str(&format!(
-            r#"<tr id="tenant-{id}"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="num">{users}</td><td class="num">{}</td><td>{plan_cell}</td></tr>"#,
+            r#"<tr id="tenant-{id}"><td>{}</td><td>{}</td><td>{}</td><td>{}{switch}</td><td class="num">{users}</td><td class="num">{}</td><td>{plan_cell}</td></tr>"#,
             escape(name),
             escape(subdomain),
             escape(domain.as_deref().unwrap_or("")),
@@ -188,5 +199,46 @@ async fn approve_domain(
     back_to(
         PAGE,
         domains::approve_domain(&state, &ctx, user.id, tenant_id).await,
+    )
+}
+
+#[utoipa::path(post, path = "/admin/tenants/{tenant_id}/suspend", tag = "pages", params(("tenant_id" = Uuid, Path, description = "The tenant")), responses((status = 303, description = "Suspended (`tenant.suspended`: sign-ins refused at once, every app refuses its requests): back to the tenants page"), (status = 403, description = "Not a platform admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such active tenant", body = String, content_type = "text/html")))]
+async fn suspend(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    Path(tenant_id): Path<Uuid>,
+) -> Response {
+    switch(&state, &ctx, &headers, caller, tenant_id, true).await
+}
+
+#[utoipa::path(post, path = "/admin/tenants/{tenant_id}/resume", tag = "pages", params(("tenant_id" = Uuid, Path, description = "The tenant")), responses((status = 303, description = "Resumed (`tenant.resumed`): back to the tenants page"), (status = 403, description = "Not a platform admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such suspended tenant", body = String, content_type = "text/html")))]
+async fn resume(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    caller: Result<Caller, ApiError>,
+    Path(tenant_id): Path<Uuid>,
+) -> Response {
+    switch(&state, &ctx, &headers, caller, tenant_id, false).await
+}
+
+/// Suspend or resume for the platform admin looking, then back to the tenants page.
+async fn switch(
+    state: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    caller: Result<Caller, ApiError>,
+    tenant_id: Uuid,
+    suspend: bool,
+) -> Response {
+    let user = match platform_viewer(state, ctx, headers, caller, PAGE).await {
+        Ok(user) => user,
+        Err(page) => return page,
+    };
+    back_to(
+        PAGE,
+        tenants::suspend_or_resume(state, ctx, &Caller::User(user), tenant_id, suspend).await,
     )
 }
