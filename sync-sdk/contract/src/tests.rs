@@ -395,7 +395,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "partition_of",
         "tenant_keys_pattern",
     ];
-    const SINGLE: [&str; 18] = [
+    const SINGLE: [&str; 19] = [
         "events",
         "relay_epoch",
         "events_for",
@@ -413,6 +413,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "status",
         "resyncs",
         "full_syncs",
+        "lag_history",
         "lifecycle",
     ];
     const SINGLE_MORE: [&str; 1] = ["lock"];

@@ -677,6 +677,36 @@ async fn in_a_browser_admins_manage_roles_memberships_settings_and_see_their_syn
     browser.screenshot("03b-settings-whole-page").await?;
     browser.resize(1280, 800).await?;
 
+    // Another site's page with a form aimed at the settings: the browser posts it from that
+    // origin, the console refuses it, and the settings stay as they were.
+    let target = suite.url("acme", "/admin/settings");
+    let evil = serve(axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let target = target.clone();
+            async move {
+                axum::response::Html(format!(
+                    r#"<!doctype html><title>Win a prize</title><form method="post" action="{target}" id="prize"><input type="hidden" name="values" value='{{"hacked": true}}'><button type="submit">Claim</button></form>"#
+                ))
+            }
+        }),
+    ))
+    .await?;
+    browser.goto(&format!("http://{}/", evil.addr)).await?;
+    browser.click("#prize button").await?;
+    eventually(Duration::from_secs(10), || async {
+        browser
+            .text()
+            .await
+            .is_ok_and(|t| t.contains("Not allowed") || t.contains("origin"))
+    })
+    .await?;
+    browser.screenshot("03c-cross-site-form-refused").await?;
+    let settings = w
+        .get_ok(&format!("/api/tenants/{}/settings", acme.id), &acme.admin)
+        .await;
+    assert_eq!(settings["values"], json!({"locale": "fr", "seats": 12}));
+
     // A dead letter of acme's in the CRM, then the organisation's sync page.
     let redis = redis_client(&w.state.settings.redis_url.0).await?;
     let keys = StreamKeys::new(
