@@ -247,6 +247,22 @@ async fn csrf_guard(
         Err(e) => {
             tracing::warn!(path = %req.uri().path(), reason = %e, "possible CSRF refused");
             metrics::counter!("tsync_wrapper_csrf_refusals_total").increment(1);
+            // A browser posting a form from another site is shown a page, a client the problem.
+            let browser = req
+                .headers()
+                .get(axum::http::header::ACCEPT)
+                .and_then(|a| a.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"));
+            if browser {
+                return sync_web::page::html(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "Not allowed",
+                    &format!(
+                        r#"<h1>Not allowed</h1><p class="error" id="error">{}. Nothing was changed.</p><p><a href="/">Back</a></p>"#,
+                        sync_web::html::escape(&e.to_string())
+                    ),
+                );
+            }
             crate::error::problem(
                 axum::http::StatusCode::FORBIDDEN,
                 "Forbidden",
