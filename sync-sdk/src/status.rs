@@ -245,7 +245,13 @@ impl<S: TenantStore, H: Handler> StatusReporter<S, H> {
 
     /// Write the report once, then take over orphaned re-syncs.
     pub async fn tick(&self) -> Result<(), Error> {
+        self.report().await.map(drop)
+    }
+
+    /// [`tick`](Self::tick), answering whether the replica reported itself ready.
+    async fn report(&self) -> Result<bool, Error> {
         let status = self.status().await;
+        let ready = status.health.ready;
         let json = serde_json::to_string(&status).expect("a status report serialises");
         let key = self.keys.status(&status.app);
         let _: i64 = self
@@ -262,18 +268,26 @@ impl<S: TenantStore, H: Handler> StatusReporter<S, H> {
             tracing::info!(%tenant, "re-sync of a replica that stopped reporting: taking it over");
             self.loader.request_resync(tenant);
         }
-        Ok(())
+        Ok(ready)
     }
 
-    /// Report periodically until `cancel` fires, then remove this replica's report.
+    /// Report periodically until `cancel` fires, then remove this replica's report. While the
+    /// replica is not ready (starting, a reader down) it reports five times as often, so the
+    /// report that says it recovered — or that a starting replica's readers now run — follows
+    /// within a fifth of the interval instead of a whole one.
     pub async fn run(self, cancel: CancellationToken) {
         loop {
-            if let Err(e) = self.tick().await {
-                tracing::warn!(error = %e, "status report failed");
-            }
+            let pause = match self.report().await {
+                Ok(true) => self.every,
+                Ok(false) => self.every / 5,
+                Err(e) => {
+                    tracing::warn!(error = %e, "status report failed");
+                    self.every
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(self.every) => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
         let config = self.consumer.config();

@@ -395,7 +395,7 @@ async fn in_a_browser_admins_see_credits_and_sync_health_and_redrive_with_a_butt
     sign_in("root@platform.test").await?;
     browser.wait_for("#app-crm").await?;
     // The CRM's first report is written as it starts, before its readers run: wait for the
-    // one that says it is ready (every 5 s).
+    // one that says it is ready (a replica not ready reports every second).
     let url = format!("{}/admin/sync-health", w.url);
     eventually(std::time::Duration::from_secs(20), || async {
         browser.goto(&url).await.is_ok()

@@ -887,3 +887,57 @@ async fn a_resync_pending_in_a_dead_replica_is_taken_over_by_a_live_one() -> any
     reporting_b.await?;
     Ok(())
 }
+
+/// A starting replica's first report says it is not ready (its readers do not run yet). While
+/// not ready it reports five times as often, so the report saying it is ready follows within a
+/// fifth of the interval (4 s of 20 here), not a whole one: the test waits 15 s at most.
+#[tokio::test]
+async fn a_replica_not_ready_reports_again_within_a_fifth_of_the_interval() -> anyhow::Result<()> {
+    use sync_sdk::status::{StatusReporter, read};
+    let wrapper = spawn_wrapper().await?;
+    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
+    let db = fresh_database().await?;
+    let store = Arc::new(PostgresStore::new(db.pool.clone()));
+    store.init().await?;
+    let keys = StreamKeys::new(
+        wrapper.state.settings.namespace.clone(),
+        wrapper.state.settings.partitions,
+    )
+    .unwrap();
+    let redis = redis_client(&redis_url()).await?;
+    let loader = Loader::new(
+        WrapperClient::new(WrapperConfig {
+            base_url: wrapper.url.clone(),
+            client_id: "crm".into(),
+            client_secret: SECRET.into(),
+            page_size: 1000,
+            timeout: Duration::from_secs(2),
+        }),
+        store.clone(),
+    );
+    let mut config = ConsumerConfig::new("crm", keys.clone());
+    config.block = Duration::from_millis(200);
+    let consumer = Consumer::new(redis.clone(), store.clone(), Arc::new(NoHandler), config);
+    let reporter = StatusReporter::new(redis.clone(), consumer.clone(), loader, store.clone())
+        .with_timing(Duration::from_secs(20), Duration::from_secs(60));
+    let stop = CancellationToken::new();
+    let reporting = tokio::spawn(reporter.run(stop.clone()));
+    let first = eventually_some(Duration::from_secs(10), || async {
+        read(&redis, &keys, "crm").await.ok()?.into_iter().next()
+    })
+    .await?;
+    assert!(!first.health.ready, "the readers do not run yet: {first:?}");
+
+    consumer.ensure_groups().await?;
+    let running = tokio::spawn(consumer.clone().run(stop.clone()));
+    eventually(Duration::from_secs(15), || async {
+        read(&redis, &keys, "crm")
+            .await
+            .is_ok_and(|r| r.first().is_some_and(|s| s.health.ready))
+    })
+    .await?;
+    stop.cancel();
+    reporting.await?;
+    running.await??;
+    Ok(())
+}
