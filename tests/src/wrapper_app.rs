@@ -18,6 +18,8 @@ pub const PASSWORD: &str = "Correct-Horse-9-Battery";
 pub const ROOT_EMAIL: &str = "root@platform.test";
 /// The key-encryption key every test wrapper seals its signing keys with.
 pub const TEST_KEK: &str = "test-kek:dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM";
+/// A second key-encryption key, for rotations.
+pub const K2: &str = "k2:a2V5LWVuY3J5cHRpb24ta2V5LW51bWJlci10d28tMzI";
 
 /// A running wrapper.
 pub struct TestApp {

@@ -78,6 +78,7 @@ impl Application {
             create_platform_admin(&db, email, &pw.0, "Platform Admin").await?;
         }
         let redis = connect_redis(&settings.redis_url.0).await?;
+        crate::webhooks::seal_all_secrets(&db, &keks).await?;
         let keys = KeyStore::load(db.clone(), settings.issuer.clone(), keks).await?;
         let stream_keys = StreamKeys::new(settings.namespace.clone(), settings.partitions)
             .context("TSYNC_NAMESPACE must be non-empty without braces and TSYNC_PARTITIONS > 0")?;
@@ -133,6 +134,7 @@ impl Application {
             let settings = &self.state.settings;
             let webhooks = crate::webhooks::Webhooks::new(
                 db.clone(),
+                self.state.keys.keks().clone(),
                 self.state.redis.clone(),
                 self.state.stream_keys.clone(),
                 settings,

@@ -14,6 +14,9 @@
 //!   visible with every attempt, and can be sent again on request. A sender holds a delivery
 //!   for the time of one post (`locked_until`, `for update skip locked`): replicas never post
 //!   it twice at once.
+//! * **Secrets sealed at rest** under the key-encryption key that seals the token signing keys
+//!   (`WRAPPER_KEY_ENCRYPTION_KEYS`), bound to their endpoint; sealed (or re-sealed under a new
+//!   KEK) at start-up like the signing keys, so the database alone cannot forge a delivery.
 //! * **Only public HTTPS endpoints** (no redirects followed; a name resolving to a loopback,
 //!   private or link-local address is refused at connect time, so DNS cannot point a webhook
 //!   at the inside), except the hosts of `WRAPPER_WEBHOOK_INSECURE_HOSTS` (development, tests).
@@ -32,7 +35,7 @@ use sync_contract::StreamKeys;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{config::Settings, error::ApiError};
+use crate::{config::Settings, error::ApiError, identity::keys::Keks};
 
 /// The consumer group of the webhook deliveries on the event streams.
 pub const GROUP: &str = crate::relay::WEBHOOKS_GROUP;
@@ -45,6 +48,71 @@ pub fn new_secret() -> anyhow::Result<String> {
         .fill(&mut key)
         .map_err(|_| anyhow::anyhow!("no randomness"))?;
     Ok(format!("whsec_{}", STANDARD.encode(key)))
+}
+
+/// The associated data a webhook secret is sealed with: it binds the sealed secret to its
+/// endpoint, so it cannot be moved to another row.
+fn secret_label(endpoint: Uuid) -> String {
+    format!("webhook secret {endpoint}")
+}
+
+/// Seal `endpoint`'s signing secret under the current key-encryption key: the KEK's id and the
+/// sealed bytes.
+pub fn seal_secret(keks: &Keks, endpoint: Uuid, secret: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    keks.seal(&secret_label(endpoint), secret.as_bytes())
+}
+
+/// `endpoint`'s signing secret, opened (or, from a row written before sealing, as it is).
+fn open_secret(
+    keks: &Keks,
+    endpoint: Uuid,
+    clear: Option<String>,
+    sealed: Option<Vec<u8>>,
+    kek: Option<String>,
+) -> anyhow::Result<String> {
+    match (sealed, kek, clear) {
+        (Some(sealed), Some(kek), _) => Ok(String::from_utf8(keks.open(
+            &kek,
+            &secret_label(endpoint),
+            &sealed,
+        )?)?),
+        (_, _, Some(clear)) => Ok(clear),
+        _ => anyhow::bail!("webhook endpoint {endpoint} has no secret"),
+    }
+}
+
+/// Seal every webhook secret still in the clear and re-seal those under another KEK than the
+/// current one, in one transaction (at start-up, beside the signing keys). A secret that does not
+/// open stops the start, as a signing key does. Returns how many rows changed.
+pub async fn seal_all_secrets(db: &PgPool, keks: &Keks) -> anyhow::Result<usize> {
+    let mut tx = db.begin().await?;
+    type Row = (Uuid, Option<String>, Option<Vec<u8>>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select id, secret, secret_sealed, kek_id from webhook_endpoints
+         where secret is not null or kek_id is distinct from $1 order by id for update",
+    )
+    .bind(keks.current())
+    .fetch_all(&mut *tx)
+    .await?;
+    let changed = rows.len();
+    for (id, clear, sealed, kek) in rows {
+        let secret = open_secret(keks, id, clear, sealed, kek)?;
+        let (kek, sealed) = seal_secret(keks, id, &secret)?;
+        sqlx::query(
+            "update webhook_endpoints set secret = null, secret_sealed = $2, kek_id = $3
+             where id = $1",
+        )
+        .bind(id)
+        .bind(sealed)
+        .bind(kek)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    if changed > 0 {
+        tracing::info!(changed, kek = %keks.current(), "webhook secrets sealed under the current key-encryption key");
+    }
+    Ok(changed)
 }
 
 /// The `webhook-signature` of `body` sent as delivery `id` at `timestamp` (Unix seconds).
@@ -148,6 +216,7 @@ impl reqwest::dns::Resolve for PublicOnly {
 /// Turns events into deliveries and sends them.
 pub struct Webhooks {
     db: PgPool,
+    keks: Keks,
     redis: Client,
     keys: StreamKeys,
     http: reqwest::Client,
@@ -160,6 +229,7 @@ impl Webhooks {
     /// Webhooks of the wrapper configured by `settings`.
     pub fn new(
         db: PgPool,
+        keks: Keks,
         redis: Client,
         keys: StreamKeys,
         settings: &Settings,
@@ -175,6 +245,7 @@ impl Webhooks {
             .build()?;
         Ok(Arc::new(Self {
             db,
+            keks,
             redis,
             keys,
             http,
@@ -352,7 +423,16 @@ impl Webhooks {
 
     /// Post every delivery that is due (up to 32, 8 at a time); how many were attempted.
     pub async fn send_due(&self) -> anyhow::Result<usize> {
-        type Due = (Uuid, String, String, String, i32);
+        type Due = (
+            Uuid,
+            String,
+            Uuid,
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<String>,
+            String,
+            i32,
+        );
         let due: Vec<Due> = sqlx::query_as(
             "update webhook_deliveries d set locked_until = now() + interval '1 minute'
              from webhook_endpoints e
@@ -361,13 +441,22 @@ impl Webhooks {
                  where status = 'pending' and next_attempt_at <= now()
                    and (locked_until is null or locked_until < now())
                  order by next_attempt_at limit 32 for update skip locked)
-             returning d.id, e.url, e.secret, d.body, d.attempts",
+             returning d.id, e.url, e.id, e.secret, e.secret_sealed, e.kek_id, d.body, d.attempts",
         )
         .fetch_all(&self.db)
         .await?;
         let count = due.len();
         futures_util::stream::iter(due)
-            .for_each_concurrent(8, |(id, url, secret, body, attempts)| async move {
+            .for_each_concurrent(8, |(id, url, endpoint, clear, sealed, kek, body, attempts)| async move {
+                // Sealed at start-up under a configured key, so this only fails for a row
+                // altered since: the delivery waits (locked for a minute) and is logged.
+                let secret = match open_secret(&self.keks, endpoint, clear, sealed, kek) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(delivery = %id, error = %e, "webhooks: the endpoint's secret does not open");
+                        return;
+                    }
+                };
                 if let Err(e) = self.attempt(id, &url, &secret, body, attempts + 1).await {
                     tracing::warn!(delivery = %id, error = %e, "webhooks: could not record an attempt");
                 }

@@ -836,7 +836,6 @@ async fn apps_refuse_forged_posts_and_answer_every_refusal_with_a_problem() -> a
 
 #[tokio::test]
 async fn signing_keys_are_sealed_at_rest_and_the_sealing_key_rotates() -> anyhow::Result<()> {
-    const K2: &str = "k2:a2V5LWVuY3J5cHRpb24ta2V5LW51bWJlci10d28tMzI";
     let mut app = spawn_wrapper().await?;
     let acme = app.create_tenant("acme").await;
     let rows = |app: &TestApp| {

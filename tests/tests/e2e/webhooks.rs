@@ -243,3 +243,115 @@ async fn signed_deliveries_reach_a_loopback_endpoint_and_a_failing_one_is_retrie
     assert_eq!(status, StatusCode::FORBIDDEN);
     Ok(())
 }
+
+/// Webhook secrets are sealed at rest like the signing keys: a new endpoint's row holds no
+/// secret in the clear; a row written in the clear before sealing existed is sealed at the
+/// next start; a new key-encryption key re-seals every row; deliveries are still signed with
+/// the secret the tenant was given.
+#[tokio::test]
+async fn webhook_secrets_are_sealed_at_rest_and_resealed_with_a_new_key() -> anyhow::Result<()> {
+    let mut app =
+        spawn_wrapper_with(|s| s.webhook_insecure_hosts = vec!["127.0.0.1".into()]).await?;
+    let (addr, received) = receiver().await?;
+    let t = app.create_tenant("sealed").await;
+    let path = format!("/api/tenants/{}/webhooks", t.id);
+    let created = app
+        .send_ok(
+            Method::POST,
+            &path,
+            &t.admin,
+            json!({"url": format!("http://{addr}/ok"), "eventTypes": ["user.created"]}),
+        )
+        .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    type Row = (uuid::Uuid, Option<String>, Option<Vec<u8>>, Option<String>);
+    let rows = |app: &TestApp| {
+        let pool = app.db.pool.clone();
+        async move {
+            sqlx::query_as::<_, Row>(
+                "select id, secret, secret_sealed, kek_id from webhook_endpoints order by id",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let new = rows(&app).await;
+    assert_eq!(new.len(), 1);
+    assert_eq!(new[0].1, None, "no secret in the clear");
+    assert_eq!(new[0].3.as_deref(), Some("test-kek"));
+    let sealed = new[0].2.clone().expect("sealed");
+    let key = secret.trim_start_matches("whsec_").as_bytes();
+    assert!(
+        !sealed.windows(key.len()).any(|w| w == key),
+        "the sealed bytes do not hold the secret"
+    );
+
+    // A row from before sealing (its secret in the clear), sealed at the next start.
+    let legacy_secret = wrapper::webhooks::new_secret()?;
+    let legacy = uuid::Uuid::now_v7();
+    sqlx::query(
+        "insert into webhook_endpoints (id, tenant_id, url, event_types, secret)
+         values ($1, $2, $3, $4, $5)",
+    )
+    .bind(legacy)
+    .bind(t.id)
+    .bind(format!("http://{addr}/ok"))
+    .bind(vec!["user.created"])
+    .bind(&legacy_secret)
+    .execute(&app.db.pool)
+    .await?;
+    app.restart().await?;
+    let after = rows(&app).await;
+    assert!(
+        after
+            .iter()
+            .all(|r| r.1.is_none() && r.3.as_deref() == Some("test-kek"))
+    );
+    // A new key-encryption key first: every row is re-sealed under it; then the old one goes.
+    app.restart_with(|s| {
+        s.key_encryption_keys = Some(wrapper::config::Secret(format!("{K2},{TEST_KEK}")))
+    })
+    .await?;
+    let rotated = rows(&app).await;
+    assert!(
+        rotated
+            .iter()
+            .all(|r| r.1.is_none() && r.3.as_deref() == Some("k2"))
+    );
+    assert!(rotated.iter().zip(&after).all(|(a, b)| a.2 != b.2));
+    app.restart_with(|s| s.key_encryption_keys = Some(wrapper::config::Secret(K2.into())))
+        .await?;
+
+    // Both endpoints still sign with the secrets their tenant holds.
+    app.send_ok(
+        Method::POST,
+        &format!("/api/tenants/{}/users", t.id),
+        &t.admin,
+        json!({"email": "new@sealed.test", "fullName": "New Person", "password": PASSWORD}),
+    )
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        received.lock().unwrap().len() >= 2
+    })
+    .await?;
+    let got = received.lock().unwrap().clone();
+    let mut verified_with = Vec::new();
+    for (_, headers, body) in &got {
+        let header = |n: &str| headers[n].to_str().unwrap().to_owned();
+        let (id, at) = (header("webhook-id"), header("webhook-timestamp").parse()?);
+        let signature = header("webhook-signature");
+        for (name, s) in [("new", &secret), ("legacy", &legacy_secret)] {
+            if wrapper::webhooks::sign(s, &id, at, body)? == signature {
+                verified_with.push(name);
+            }
+        }
+    }
+    verified_with.sort();
+    assert_eq!(
+        verified_with,
+        ["legacy", "new"],
+        "each signed with its own secret"
+    );
+    Ok(())
+}

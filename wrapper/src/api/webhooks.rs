@@ -103,15 +103,18 @@ async fn create(
             "a tenant has at most {MAX_ENDPOINTS} webhook endpoints"
         )));
     }
+    let id = Uuid::now_v7();
+    let (kek, sealed) = crate::webhooks::seal_secret(state.keys.keks(), id, &secret)?;
     let mut endpoint: WebhookEndpoint = sqlx::query_as(&format!(
-        "insert into webhook_endpoints (id, tenant_id, url, event_types, secret)
-         values ($1, $2, $3, $4, $5) returning {ENDPOINT_COLUMNS}"
+        "insert into webhook_endpoints (id, tenant_id, url, event_types, secret_sealed, kek_id)
+         values ($1, $2, $3, $4, $5, $6) returning {ENDPOINT_COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(tenant)
     .bind(url.as_str())
     .bind(&types)
-    .bind(&secret)
+    .bind(sealed)
+    .bind(kek)
     .fetch_one(&mut *tx)
     .await?;
     audit(&mut tx, &ctx, tenant, admin, "webhook.created", endpoint.id).await;

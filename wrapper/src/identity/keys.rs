@@ -162,8 +162,15 @@ impl Keks {
         Ok(ring::aead::LessSafeKey::new(unbound))
     }
 
-    /// Seal `plain` (the private key of `kid`) under the current KEK: nonce ‖ ciphertext ‖ tag.
-    fn seal(&self, kid: &str, plain: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
+    /// The KEK that seals (the first configured).
+    pub fn current(&self) -> &str {
+        &self.current
+    }
+
+    /// Seal `plain` (the private key of `kid`, or another secret named by `kid`, which is bound
+    /// to it as associated data) under the current KEK: nonce ‖ ciphertext ‖ tag, and the
+    /// KEK's id.
+    pub fn seal(&self, kid: &str, plain: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
         use ring::{aead, rand::SecureRandom};
         let mut nonce = [0u8; aead::NONCE_LEN];
         ring::rand::SystemRandom::new()
@@ -176,14 +183,14 @@ impl Keks {
                 aead::Aad::from(kid.as_bytes()),
                 &mut sealed,
             )
-            .map_err(|_| anyhow::anyhow!("sealing signing key {kid} failed"))?;
+            .map_err(|_| anyhow::anyhow!("sealing {kid} failed"))?;
         let mut out = nonce.to_vec();
         out.extend(sealed);
         Ok((self.current.clone(), out))
     }
 
-    /// Open a private key sealed under `kek_id` for `kid`.
-    fn open(&self, kek_id: &str, kid: &str, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
+    /// Open what [`seal`](Self::seal) sealed under `kek_id` for `kid`.
+    pub fn open(&self, kek_id: &str, kid: &str, sealed: &[u8]) -> anyhow::Result<Vec<u8>> {
         use ring::aead;
         anyhow::ensure!(
             sealed.len() > aead::NONCE_LEN,
@@ -198,7 +205,7 @@ impl Keks {
             .open_in_place(nonce, aead::Aad::from(kid.as_bytes()), &mut body)
             .map_err(|_| {
                 anyhow::anyhow!(
-                    "signing key {kid} does not open with key-encryption key {kek_id} \
+                    "{kid} does not open with key-encryption key {kek_id} \
                      (wrong key, or the row was altered)"
                 )
             })?;
@@ -280,6 +287,11 @@ impl KeyStore {
             keks,
             set: RwLock::new(Arc::new(set)),
         })
+    }
+
+    /// The key-encryption keys (they seal other secrets at rest too, e.g. webhook secrets).
+    pub fn keks(&self) -> &Keks {
+        &self.keks
     }
 
     /// The issuer tokens carry.
