@@ -196,7 +196,7 @@ mod tests {
                     && attrs.contains("ToSchema")
                 {
                     let renamed = attrs.split("schema(as = ").nth(1).map(|r| {
-                        r.split(|c: char| c == ')' || c == ',')
+                        r.split([')', ','])
                             .next()
                             .unwrap_or_default()
                             .trim()
