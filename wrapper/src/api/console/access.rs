@@ -6,7 +6,7 @@
 use axum::{
     Form,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::Response,
 };
 use serde::Deserialize;
@@ -17,10 +17,9 @@ use sync_web::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{Host, TenantAdmin, back_to, internal, nav, refused_on, tenant_viewer};
+use super::{Host, TenantAdmin, back_to, internal, nav, refused_on};
 use crate::{
     api::{memberships, roles},
-    auth::Caller,
     context::Ctx,
     error::ApiError,
     state::AppState,
@@ -41,15 +40,8 @@ const MEMBERSHIPS: &str = "/admin/memberships";
 #[utoipa::path(get, path = "/admin/roles", tag = "pages", responses((status = 200, description = "The tenant's roles with their permissions and holders, with forms to add, edit and delete (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn roles_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    TenantAdmin { id, name, .. }: TenantAdmin,
 ) -> Response {
-    let TenantAdmin { id, name, .. } =
-        match tenant_viewer(&state, &ctx, &headers, caller, ROLES).await {
-            Ok(admin) => admin,
-            Err(page) => return page,
-        };
     type Row = (Uuid, String, sqlx::types::Json<Vec<String>>, i64);
     let rows: Vec<Row> = match sqlx::query_as(
         "select r.id, r.name, r.permissions,
@@ -117,14 +109,9 @@ struct RoleForm {
 async fn create_role(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Form(form): Form<RoleForm>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, ROLES).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let req = roles::CreateRole {
         name: form.name,
         permissions: super::word_list(&form.permissions),
@@ -139,15 +126,10 @@ async fn create_role(
 async fn update_role(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Path(role_id): Path<Uuid>,
     Form(form): Form<RoleForm>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, ROLES).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let req = roles::UpdateRole {
         name: Some(form.name),
         permissions: Some(super::word_list(&form.permissions)),
@@ -162,14 +144,9 @@ async fn update_role(
 async fn delete_role(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Path(role_id): Path<Uuid>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, ROLES).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     back_to(
         ROLES,
         roles::delete_role(&state, &ctx, admin.user.id, admin.id, role_id).await,
@@ -193,16 +170,9 @@ struct MembershipsQuery {
 #[utoipa::path(get, path = "/admin/memberships", tag = "pages", params(MembershipsQuery), responses((status = 200, description = "Who holds which role, filtered and paged, with forms to grant and revoke (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn memberships_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    TenantAdmin { id, name, .. }: TenantAdmin,
     Query(q): Query<MembershipsQuery>,
 ) -> Response {
-    let TenantAdmin { id, name, .. } =
-        match tenant_viewer(&state, &ctx, &headers, caller, MEMBERSHIPS).await {
-            Ok(admin) => admin,
-            Err(page) => return page,
-        };
     let user = q.user.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let role = q.role.as_deref().and_then(|r| r.parse::<Uuid>().ok());
     let after = q.after.as_deref().and_then(|a| a.parse::<Uuid>().ok());
@@ -309,14 +279,9 @@ struct GrantForm {
 async fn grant(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Form(form): Form<GrantForm>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, MEMBERSHIPS).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let Ok(role_id) = form.role_id.trim().parse::<Uuid>() else {
         return refused_on(MEMBERSHIPS, ApiError::invalid("roleId", "choose a role"));
     };
@@ -347,14 +312,9 @@ async fn grant(
 async fn revoke(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Path(membership_id): Path<Uuid>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, MEMBERSHIPS).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     back_to(
         MEMBERSHIPS,
         memberships::revoke_membership(&state, &ctx, admin.user.id, admin.id, membership_id).await,

@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::Response,
 };
 use serde::Deserialize;
@@ -13,8 +13,8 @@ use sync_web::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{Host, TenantAdmin, day_bounds, field, internal, keep_filters, nav, tenant_viewer};
-use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
+use super::{Host, TenantAdmin, day_bounds, field, internal, keep_filters, nav};
+use crate::state::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(audit_page))
@@ -38,17 +38,11 @@ struct AuditPageQuery {
 #[utoipa::path(get, path = "/admin/audit", tag = "pages", params(AuditPageQuery), responses((status = 200, description = "The tenant's audit log with filters (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn audit_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    TenantAdmin {
+        id: tenant, name, ..
+    }: TenantAdmin,
     Query(q): Query<AuditPageQuery>,
 ) -> Response {
-    let TenantAdmin {
-        id: tenant, name, ..
-    } = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/audit").await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let text = field;
     let (actor_text, action) = (text(&q.actor), text(&q.action));
     // An actor named by address is looked up in this tenant; one that matches nobody matches

@@ -4,7 +4,7 @@
 use axum::{
     Form,
     extract::{Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::Response,
 };
 use serde::Deserialize;
@@ -18,11 +18,11 @@ use uuid::Uuid;
 use std::collections::BTreeMap;
 
 use super::{
-    Host, back_to, chart, day_bounds, field, internal, keep_filters, nav, num, refused_on,
-    tenant_viewer,
+    Host, TenantAdmin, back_to, chart, day_bounds, field, internal, keep_filters, nav, num,
+    refused_on,
 };
 use crate::api::credits::{LedgerCursor, LedgerFilter, ledger_page};
-use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
+use crate::{context::Ctx, error::ApiError, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -60,15 +60,9 @@ const KINDS: [&str; 5] = ["allocation", "consumption", "expiry", "renewal", "voi
 #[utoipa::path(get, path = "/admin/credits", tag = "pages", params(LedgerFilters), responses((status = 200, description = "The tenant's credits page (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn credits(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Query(q): Query<LedgerFilters>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let (id, name) = (admin.id, &admin.name);
     match credits_body(&state, id, &q).await {
         Ok(body) => html(
@@ -330,14 +324,10 @@ struct MoveForm {
 async fn move_credits(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Form(form): Form<MoveForm>,
 ) -> Response {
-    let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/credits").await {
-        Ok(admin) => admin.id,
-        Err(page) => return page,
-    };
+    let tenant = admin.id;
     let Ok(amount) = form.amount.trim().parse::<i64>() else {
         return refused_on(
             "/admin/credits",

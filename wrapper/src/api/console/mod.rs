@@ -27,8 +27,8 @@ mod tenant_sync;
 mod users;
 
 use axum::{
-    extract::State,
-    http::{HeaderMap, StatusCode},
+    extract::FromRequestParts,
+    http::{HeaderMap, StatusCode, request::Parts},
     response::Response,
 };
 use sync_web::{
@@ -161,16 +161,10 @@ fn nav(host: Host) -> String {
 }
 
 #[utoipa::path(get, path = "/admin/", tag = "pages", responses((status = 303, description = "To the viewer's console page, or to sign in"), (status = 403, description = "Not an admin here", body = String, content_type = "text/html")))]
-async fn home(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
-) -> Response {
-    match viewer(&state, &ctx, &headers, caller, "/admin/").await {
-        Ok(Viewer::Tenant(_)) => see_other("/admin/credits"),
-        Ok(Viewer::Platform(_)) => see_other("/admin/sync-health"),
-        Err(page) => page,
+async fn home(viewer: Viewer) -> Response {
+    match viewer {
+        Viewer::Tenant(_) => see_other("/admin/credits"),
+        Viewer::Platform(_) => see_other("/admin/sync-health"),
     }
 }
 
@@ -292,33 +286,59 @@ fn like_pattern(text: &str) -> String {
     )
 }
 
-/// The platform admin viewing (or acting on) a platform page, or the page to answer instead.
-async fn platform_viewer(
-    state: &AppState,
-    ctx: &Ctx,
-    headers: &HeaderMap,
-    caller: Result<Caller, ApiError>,
-    path: &str,
-) -> Result<UserCaller, Response> {
-    match viewer(state, ctx, headers, caller, path).await? {
-        Viewer::Platform(user) => Ok(user),
-        Viewer::Tenant(_) => Err(forbidden(
-            "this page is for platform admins, on the platform's host",
-        )),
+/// Where a visitor without a session returns after signing in: the page itself, or the
+/// console's home for a form post (its address answers only posts).
+fn return_path(parts: &Parts) -> String {
+    if parts.method == axum::http::Method::GET {
+        parts.uri.path().to_owned()
+    } else {
+        "/admin/".to_owned()
     }
 }
 
-/// The tenant admin viewing (or acting on) a tenant page, or the page to answer instead.
-async fn tenant_viewer(
-    state: &AppState,
-    ctx: &Ctx,
-    headers: &HeaderMap,
-    caller: Result<Caller, ApiError>,
-    path: &str,
-) -> Result<TenantAdmin, Response> {
-    match viewer(state, ctx, headers, caller, path).await? {
-        Viewer::Tenant(admin) => Ok(admin),
-        Viewer::Platform(_) => Err(forbidden("this page is on each organisation's own address")),
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = Response;
+
+    /// Who is looking, or the page to answer instead (sign in, 403).
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let ctx = match Ctx::from_request_parts(parts, state).await {
+            Ok(ctx) => ctx,
+            Err(never) => match never {},
+        };
+        let caller = Caller::from_request_parts(parts, state).await;
+        let path = return_path(parts);
+        viewer(state, &ctx, &parts.headers, caller, &path).await
+    }
+}
+
+impl FromRequestParts<AppState> for TenantAdmin {
+    type Rejection = Response;
+
+    /// A tenant admin on the tenant's host, or the page to answer instead.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match Viewer::from_request_parts(parts, state).await? {
+            Viewer::Tenant(admin) => Ok(admin),
+            Viewer::Platform(_) => {
+                Err(forbidden("this page is on each organisation's own address"))
+            }
+        }
+    }
+}
+
+/// A platform admin on the platform host.
+struct PlatformAdmin(UserCaller);
+
+impl FromRequestParts<AppState> for PlatformAdmin {
+    type Rejection = Response;
+
+    /// A platform admin on the platform host, or the page to answer instead.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        match Viewer::from_request_parts(parts, state).await? {
+            Viewer::Platform(user) => Ok(PlatformAdmin(user)),
+            Viewer::Tenant(_) => Err(forbidden(
+                "this page is for platform admins, on the platform's host",
+            )),
+        }
     }
 }
 

@@ -5,12 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::{
-    Form,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::Response,
-};
+use axum::{Form, extract::State, http::StatusCode, response::Response};
 use serde::Deserialize;
 use sync_web::{
     html::{escape, table},
@@ -18,10 +13,9 @@ use sync_web::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{Host, TenantAdmin, back_to, internal, nav, refused_on, tenant_viewer};
+use super::{Host, TenantAdmin, back_to, internal, nav, refused_on};
 use crate::{
     api::{domains, settings, tenants},
-    auth::Caller,
     context::Ctx,
     error::ApiError,
     state::AppState,
@@ -48,15 +42,8 @@ type Attempt = (
 #[utoipa::path(get, path = "/admin/settings", tag = "pages", responses((status = 200, description = "The organisation's name, custom domain with its verification state, and settings, with forms to change them (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn settings_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    TenantAdmin { id, name, .. }: TenantAdmin,
 ) -> Response {
-    let TenantAdmin { id, name, .. } =
-        match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
-            Ok(admin) => admin,
-            Err(page) => return page,
-        };
     let domain = match domains::custom_domain(&state.db, id).await {
         Ok(d) => d,
         Err(e) => return internal(e),
@@ -172,14 +159,9 @@ struct SettingsForm {
 async fn replace_settings(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Form(form): Form<SettingsForm>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let values: BTreeMap<String, serde_json::Value> = match serde_json::from_str(&form.values) {
         Ok(v) => v,
         Err(e) => {
@@ -221,14 +203,9 @@ async fn change(
 async fn rename(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Form(form): Form<TenantForm>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let req = tenants::UpdateTenant {
         name: Some(form.name.unwrap_or_default()),
         ..Default::default()
@@ -240,14 +217,9 @@ async fn rename(
 async fn request_domain(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Form(form): Form<TenantForm>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let req = tenants::UpdateTenant {
         domain: Some(form.domain.unwrap_or_default().trim().to_owned()),
         ..Default::default()
@@ -256,16 +228,7 @@ async fn request_domain(
 }
 
 #[utoipa::path(post, path = "/admin/domain/verify", tag = "pages", responses((status = 303, description = "Verified: the domain is active; back to the settings page"), (status = 400, description = "The token was not served there (why, naming the field); the attempt is shown on the page", body = String, content_type = "text/html"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html"), (status = 409, description = "No domain waits for proof", body = String, content_type = "text/html")))]
-async fn verify_domain(
-    State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
-) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
+async fn verify_domain(State(state): State<AppState>, ctx: Ctx, admin: TenantAdmin) -> Response {
     back_to(
         PAGE,
         domains::verify_domain(&state, &ctx, admin.user.id, admin.id).await,

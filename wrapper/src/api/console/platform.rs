@@ -5,7 +5,7 @@
 use axum::{
     Form,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::Response,
 };
 use serde::Deserialize;
@@ -15,12 +15,11 @@ use uuid::Uuid;
 
 use serde_json::Value;
 
-use super::{Host, back_to, internal, nav, num, platform_viewer};
+use super::{Host, PlatformAdmin, back_to, internal, nav, num};
 use crate::{
     api::{domains, tenants},
     auth::Caller,
     context::Ctx,
-    error::ApiError,
     state::AppState,
 };
 
@@ -45,14 +44,9 @@ struct TenantsQuery {
 #[utoipa::path(get, path = "/admin/tenants", tag = "pages", params(TenantsQuery), responses((status = 200, description = "Every tenant with its plan, features, status, users and credits, plan and features editable, pending domains to approve (platform admins, on the platform host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not a platform admin here", body = String, content_type = "text/html")))]
 async fn tenants_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    _: PlatformAdmin,
     Query(q): Query<TenantsQuery>,
 ) -> Response {
-    if let Err(page) = platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        return page;
-    }
     let search = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     type Row = (
         Uuid,
@@ -164,15 +158,10 @@ struct PlanForm {
 async fn update_plan(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    PlatformAdmin(user): PlatformAdmin,
     Path(tenant_id): Path<Uuid>,
     Form(form): Form<PlanForm>,
 ) -> Response {
-    let user = match platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(user) => user,
-        Err(page) => return page,
-    };
     let req = tenants::UpdateTenant {
         plan: Some(form.plan.trim().to_owned()),
         features: Some(super::word_list(&form.features)),
@@ -188,14 +177,9 @@ async fn update_plan(
 async fn approve_domain(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    PlatformAdmin(user): PlatformAdmin,
     Path(tenant_id): Path<Uuid>,
 ) -> Response {
-    let user = match platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(user) => user,
-        Err(page) => return page,
-    };
     back_to(
         PAGE,
         domains::approve_domain(&state, &ctx, user.id, tenant_id).await,
@@ -206,39 +190,26 @@ async fn approve_domain(
 async fn suspend(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    PlatformAdmin(user): PlatformAdmin,
     Path(tenant_id): Path<Uuid>,
 ) -> Response {
-    switch(&state, &ctx, &headers, caller, tenant_id, true).await
+    let caller = Caller::User(user);
+    back_to(
+        PAGE,
+        tenants::suspend_or_resume(&state, &ctx, &caller, tenant_id, true).await,
+    )
 }
 
 #[utoipa::path(post, path = "/admin/tenants/{tenant_id}/resume", tag = "pages", params(("tenant_id" = Uuid, Path, description = "The tenant")), responses((status = 303, description = "Resumed (`tenant.resumed`): back to the tenants page"), (status = 403, description = "Not a platform admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such suspended tenant", body = String, content_type = "text/html")))]
 async fn resume(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    PlatformAdmin(user): PlatformAdmin,
     Path(tenant_id): Path<Uuid>,
 ) -> Response {
-    switch(&state, &ctx, &headers, caller, tenant_id, false).await
-}
-
-/// Suspend or resume for the platform admin looking, then back to the tenants page.
-async fn switch(
-    state: &AppState,
-    ctx: &Ctx,
-    headers: &HeaderMap,
-    caller: Result<Caller, ApiError>,
-    tenant_id: Uuid,
-    suspend: bool,
-) -> Response {
-    let user = match platform_viewer(state, ctx, headers, caller, PAGE).await {
-        Ok(user) => user,
-        Err(page) => return page,
-    };
+    let caller = Caller::User(user);
     back_to(
         PAGE,
-        tenants::suspend_or_resume(state, ctx, &Caller::User(user), tenant_id, suspend).await,
+        tenants::suspend_or_resume(&state, &ctx, &caller, tenant_id, false).await,
     )
 }

@@ -4,7 +4,7 @@
 use axum::{
     Form,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::Response,
 };
 use serde::Deserialize;
@@ -20,10 +20,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{
-    HISTORY_MINUTES, Host, chart, history_chart, internal, nav, now_ms, platform_viewer, refused_on,
+    HISTORY_MINUTES, Host, PlatformAdmin, chart, history_chart, internal, nav, now_ms, refused_on,
 };
 use crate::api::sync_health::{self, LetterFilter};
-use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
+use crate::{context::Ctx, error::ApiError, state::AppState};
 
 /// The page (and where its forms return).
 const PAGE: &str = "/admin/sync-health";
@@ -49,14 +49,9 @@ struct Notice {
 #[utoipa::path(get, path = "/admin/sync-health", tag = "pages", params(Notice), responses((status = 200, description = "Every app's sync health with its dead letters (platform admins, on the platform host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not a platform admin here", body = String, content_type = "text/html")))]
 async fn sync_health_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    _: PlatformAdmin,
     Query(notice): Query<Notice>,
 ) -> Response {
-    if let Err(page) = platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        return page;
-    }
     let report = match sync_health::report(&state).await {
         Ok(r) => r,
         Err(e) => return internal(e),
@@ -292,15 +287,10 @@ fn tenant_field(text: &str) -> Result<Option<Uuid>, ApiError> {
 async fn redrive(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    PlatformAdmin(user): PlatformAdmin,
     Path(app): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    let user = match platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(user) => user,
-        Err(page) => return page,
-    };
     let filter = match tenant_field(&form.tenant_id) {
         Ok(tenant_id) => LetterFilter {
             tenant_id,
@@ -321,15 +311,10 @@ async fn redrive(
 async fn resync(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    PlatformAdmin(user): PlatformAdmin,
     Path(app): Path<String>,
     Form(form): Form<LetterForm>,
 ) -> Response {
-    let user = match platform_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(user) => user,
-        Err(page) => return page,
-    };
     let tenant = match tenant_field(&form.tenant_id) {
         Ok(Some(t)) => t,
         Ok(None) => return refused(ApiError::invalid("tenantId", "name the tenant")),

@@ -7,7 +7,7 @@
 
 use axum::{
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::Response,
 };
 use serde::Deserialize;
@@ -18,11 +18,8 @@ use sync_web::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{
-    HISTORY_MINUTES, Host, TenantAdmin, history_chart, internal, nav, now_ms, refused_on,
-    tenant_viewer,
-};
-use crate::{api::sync_health, auth::Caller, context::Ctx, error::ApiError, state::AppState};
+use super::{HISTORY_MINUTES, Host, TenantAdmin, history_chart, internal, nav, now_ms, refused_on};
+use crate::{api::sync_health, context::Ctx, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -47,16 +44,9 @@ fn seconds(ms: Option<u64>) -> String {
 #[utoipa::path(get, path = "/admin/sync", tag = "pages", params(ResyncNotice), responses((status = 200, description = "The organisation's sync state in every app with an hour of lag history, its dead letters and a re-sync form (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn sync_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    TenantAdmin { id, name, .. }: TenantAdmin,
     Query(notice): Query<ResyncNotice>,
 ) -> Response {
-    let TenantAdmin { id, name, .. } =
-        match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
-            Ok(admin) => admin,
-            Err(page) => return page,
-        };
     let now = now_ms();
     let since = now.saturating_sub(HISTORY_MINUTES * 60_000);
     let report = match sync_health::tenant_report(&state, id, since).await {
@@ -215,14 +205,9 @@ fn app_section(app: &Value, now: u64) -> String {
 async fn resync_tenant(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Path(app): Path<String>,
 ) -> Response {
-    let admin = match tenant_viewer(&state, &ctx, &headers, caller, PAGE).await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     match sync_health::request_resync(&state, &ctx, admin.user.id, &app, admin.id).await {
         Ok(()) => see_other(&format!("{PAGE}?resync={}", url_encode(&app))),
         Err(e) => refused_on(PAGE, e),

@@ -3,7 +3,7 @@
 use axum::{
     Form,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode},
+    http::StatusCode,
     response::Response,
 };
 use serde::Deserialize;
@@ -14,8 +14,8 @@ use sync_web::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{Host, TenantAdmin, back_to, internal, nav, refused_on, tenant_viewer};
-use crate::{auth::Caller, context::Ctx, error::ApiError, state::AppState};
+use super::{Host, TenantAdmin, back_to, internal, nav, refused_on};
+use crate::{context::Ctx, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -40,17 +40,11 @@ struct UsersQuery {
 #[utoipa::path(get, path = "/admin/users", tag = "pages", params(UsersQuery), responses((status = 200, description = "The tenant's users, searchable and paged, with a form to add one (its admins, on its host)", body = String, content_type = "text/html"), (status = 303, description = "Not signed in: to the sign-in page"), (status = 403, description = "Not an admin of this organisation", body = String, content_type = "text/html")))]
 async fn users_page(
     State(state): State<AppState>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    TenantAdmin {
+        id: tenant, name, ..
+    }: TenantAdmin,
     Query(q): Query<UsersQuery>,
 ) -> Response {
-    let TenantAdmin {
-        id: tenant, name, ..
-    } = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/users").await {
-        Ok(admin) => admin,
-        Err(page) => return page,
-    };
     let search = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty());
     let after = q.after.as_deref().and_then(|a| a.parse::<Uuid>().ok());
     let pattern = search.map(super::like_pattern);
@@ -156,14 +150,10 @@ struct UserForm {
 async fn create_user(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Form(form): Form<UserForm>,
 ) -> Response {
-    let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/users").await {
-        Ok(admin) => admin.id,
-        Err(page) => return page,
-    };
+    let tenant = admin.id;
     let req = crate::api::users::CreateUser {
         email: form.email,
         full_name: form.full_name,
@@ -180,14 +170,10 @@ async fn create_user(
 async fn deactivate_user(
     State(state): State<AppState>,
     ctx: Ctx,
-    headers: HeaderMap,
-    caller: Result<Caller, ApiError>,
+    admin: TenantAdmin,
     Path(user_id): Path<Uuid>,
 ) -> Response {
-    let tenant = match tenant_viewer(&state, &ctx, &headers, caller, "/admin/users").await {
-        Ok(admin) => admin.id,
-        Err(page) => return page,
-    };
+    let tenant = admin.id;
     let req = crate::api::users::UpdateUser {
         email: None,
         full_name: None,
