@@ -27,6 +27,17 @@ struct App {
     consumer: tokio::task::JoinHandle<Result<(), fred::error::Error>>,
 }
 
+/// The CRM's client of `base_url` (its service credentials), `page_size` users a page.
+fn crm_client(base_url: String, page_size: u32, timeout: Duration) -> WrapperClient {
+    WrapperClient::new(WrapperConfig {
+        base_url,
+        client_id: "crm".into(),
+        client_secret: SECRET.into(),
+        page_size,
+        timeout,
+    })
+}
+
 async fn app_with_consumer(page_size: u32) -> anyhow::Result<App> {
     app_with(page_size, Duration::from_secs(900)).await
 }
@@ -37,13 +48,7 @@ async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
     let db = fresh_database().await?;
     let store = Arc::new(PostgresStore::new(db.pool.clone()));
     store.init().await?;
-    let client = WrapperClient::new(WrapperConfig {
-        base_url: wrapper.url.clone(),
-        client_id: "crm".into(),
-        client_secret: SECRET.into(),
-        page_size,
-        timeout: Duration::from_secs(10),
-    });
+    let client = crm_client(wrapper.url.clone(), page_size, Duration::from_secs(10));
     let loader = Loader::with_staleness(client, store.clone(), staleness)
         .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(500));
     let keys = StreamKeys::new(
@@ -725,13 +730,7 @@ async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Resu
     wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
     let store = Arc::new(MongoStore::new(fresh_mongo().await?));
     store.init().await?;
-    let client = WrapperClient::new(WrapperConfig {
-        base_url: wrapper.url.clone(),
-        client_id: "crm".into(),
-        client_secret: SECRET.into(),
-        page_size: 1000,
-        timeout: Duration::from_secs(10),
-    });
+    let client = crm_client(wrapper.url.clone(), 1000, Duration::from_secs(10));
     let loader = Loader::new(client, store.clone())
         .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(500));
     let keys = StreamKeys::new(
@@ -814,13 +813,7 @@ async fn a_resync_pending_in_a_dead_replica_is_taken_over_by_a_live_one() -> any
     .unwrap();
     let redis = redis_client(&redis_url()).await?;
     let replica = |base_url: String| {
-        let client = WrapperClient::new(WrapperConfig {
-            base_url,
-            client_id: "crm".into(),
-            client_secret: SECRET.into(),
-            page_size: 1000,
-            timeout: Duration::from_secs(2),
-        });
+        let client = crm_client(base_url, 1000, Duration::from_secs(2));
         let loader = Loader::new(client, store.clone())
             .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(300));
         let mut config = ConsumerConfig::new("crm", keys.clone());
@@ -906,13 +899,7 @@ async fn a_replica_not_ready_reports_again_within_a_fifth_of_the_interval() -> a
     .unwrap();
     let redis = redis_client(&redis_url()).await?;
     let loader = Loader::new(
-        WrapperClient::new(WrapperConfig {
-            base_url: wrapper.url.clone(),
-            client_id: "crm".into(),
-            client_secret: SECRET.into(),
-            page_size: 1000,
-            timeout: Duration::from_secs(2),
-        }),
+        crm_client(wrapper.url.clone(), 1000, Duration::from_secs(2)),
         store.clone(),
     );
     let mut config = ConsumerConfig::new("crm", keys.clone());
