@@ -115,17 +115,62 @@ impl CreditIngest {
                     Ok(()) => {
                         let _: Result<u64, Error> =
                             self.redis.xack(&stream, GROUP, id.as_str()).await;
+                        // Only an entry read again may have failed before.
+                        if sweep {
+                            let _: Result<i64, Error> = self
+                                .redis
+                                .hdel(self.keys.credit_failures(), format!("{stream}/{id}"))
+                                .await;
+                        }
                     }
-                    // Left pending: tried again at the next sweep of pending entries.
+                    // Left pending: tried again at the next sweep of pending entries, and shown
+                    // (with the reason) until charged.
                     Err(e) => {
                         metrics::counter!("tsync_wrapper_credit_ingest_failures_total")
                             .increment(1);
-                        tracing::error!(%stream, id, error = %e, "credit ingest failed; retried later")
+                        tracing::error!(%stream, id, error = %e, "credit ingest failed; retried later");
+                        self.note_failure(&stream, &id, &fields, &e).await;
                     }
                 }
             }
         }
         let _ = reader.quit().await;
+    }
+
+    /// Record that entry `id` of `stream` could not be charged, and why (its first failure is
+    /// kept). A failure to record is logged: the entry stays pending either way.
+    async fn note_failure(
+        &self,
+        stream: &str,
+        id: &str,
+        fields: &HashMap<String, String>,
+        error: &anyhow::Error,
+    ) {
+        let key = self.keys.credit_failures();
+        let field = format!("{stream}/{id}");
+        let now = chrono::Utc::now();
+        let before: Option<String> = self.redis.hget(&key, &field).await.unwrap_or(None);
+        let first = before
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|b| b["firstFailedAt"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| now.to_rfc3339());
+        let get = |k: &str| fields.get(k).cloned().unwrap_or_default();
+        let record = serde_json::json!({
+            "stream": stream,
+            "entryId": id,
+            "tenantId": get("tenantId"),
+            "application": get("application"),
+            "operationId": get("operationId"),
+            "operationCode": get("operationCode"),
+            "amount": get("amount").parse::<i64>().ok(),
+            "error": format!("{error:#}"),
+            "firstFailedAt": first,
+            "lastFailedAt": now.to_rfc3339(),
+        });
+        let written: Result<i64, Error> = self.redis.hset(&key, (field, record.to_string())).await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "credit ingest: could not record a failure");
+        }
     }
 
     /// Write one fast-path consumption into the ledger (a no-op if its operation id is there).

@@ -244,6 +244,14 @@ impl StreamKeys {
         format!("{}:fullsyncs:{app}", self.namespace)
     }
 
+    /// The fast-path consumptions the wrapper could not charge yet (they stay pending in their
+    /// credit stream and are tried again): a hash, `{stream}/{entry id}` → JSON with the tenant,
+    /// application, operation, credits, the first and last failure and the last reason,
+    /// `{ns}:credit-failures`. An entry leaves it once charged.
+    pub fn credit_failures(&self) -> String {
+        format!("{}:credit-failures", self.namespace)
+    }
+
     /// The lag history of application `app`: a stream with one entry per sample (the wrapper
     /// samples its replicas' reports on a schedule; field `p` holds `[lag, pending]` per
     /// partition as JSON), capped to about a day, `{ns}:lag-history:{app}`.

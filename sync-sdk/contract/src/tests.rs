@@ -395,7 +395,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "partition_of",
         "tenant_keys_pattern",
     ];
-    const SINGLE: [&str; 19] = [
+    const SINGLE: [&str; 20] = [
         "events",
         "relay_epoch",
         "events_for",
@@ -408,6 +408,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "credit_allocations",
         "credit_grants",
         "credit_grant_order",
+        "credit_failures",
         "all_credit_streams",
         "revoked_session",
         "status",

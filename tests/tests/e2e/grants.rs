@@ -822,11 +822,47 @@ async fn a_fast_path_entry_the_ledger_refused_is_ingested_once_it_can_be() -> an
         (0, 0),
         "refused: nothing charged"
     );
+    // Shown while it waits, with the ledger's reason: to the platform and to the tenant.
+    let waiting = |token: String, path: String| {
+        let app = &app;
+        async move { app.get_ok(&path, &token).await["creditsWaiting"].clone() }
+    };
+    let tenant_path = format!("/api/tenants/{}/sync-health", t.id);
+    let mine = waiting(t.admin.clone(), tenant_path.clone()).await;
+    assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(
+        (
+            &mine[0]["operationId"],
+            &mine[0]["amount"],
+            &mine[0]["application"]
+        ),
+        (&json!("late-1"), &json!(35), &json!("crm"))
+    );
+    assert!(
+        mine[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("late-1")),
+        "{mine}"
+    );
+    let all = waiting(app.root.clone(), "/api/admin/sync-health".into()).await;
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    let other = app.create_tenant("other").await;
+    let theirs = waiting(
+        other.admin.clone(),
+        format!("/api/tenants/{}/sync-health", other.id),
+    )
+    .await;
+    assert_eq!(theirs, json!([]), "another tenant sees none of it");
     let paid = grant(&app, &t, 100, json!({})).await;
     eventually(Duration::from_secs(30), || async {
         consumptions(&app, &t).await == (1, 1) && pending().await == 0
     })
     .await?;
+    assert_eq!(
+        waiting(t.admin.clone(), tenant_path).await,
+        json!([]),
+        "charged: gone"
+    );
     assert_eq!(draws_in_order(&app, &t).await, vec![vec![(paid, 35)]]);
     assert_eq!(crm_balance(&app, &t).await, (65, 65));
     Ok(())

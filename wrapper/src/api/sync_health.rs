@@ -49,7 +49,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Every registered app's sync state (platform admins).
-#[utoipa::path(get, path = "/api/admin/sync-health", tag = "sync", responses((status = 200, description = "Every app's replicas, dead letters, re-syncs and full syncs", body = Value)))]
+#[utoipa::path(get, path = "/api/admin/sync-health", tag = "sync", responses((status = 200, description = "Every app's replicas, dead letters, re-syncs and full syncs, and `creditsWaiting`: fast-path consumptions not charged yet, with the reason", body = Value)))]
 async fn sync_health(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require_platform_admin()?;
     Ok(Json(report(&state).await?))
@@ -104,7 +104,28 @@ pub(crate) async fn report(state: &AppState) -> ApiResult<Value> {
             "recentFullSyncs": full_syncs,
         }));
     }
-    Ok(json!({ "apps": out }))
+    Ok(json!({ "apps": out, "creditsWaiting": credits_waiting(state, None).await? }))
+}
+
+/// Fast-path consumptions the ledger has not charged yet (retried every few seconds; each with
+/// the last reason), oldest first, of one tenant or all; at most 100.
+pub(crate) async fn credits_waiting(
+    state: &AppState,
+    tenant: Option<Uuid>,
+) -> ApiResult<Vec<Value>> {
+    let all: std::collections::HashMap<String, String> = state
+        .redis
+        .hgetall(state.stream_keys.credit_failures())
+        .await
+        .map_err(anyhow::Error::from)?;
+    let mut items: Vec<Value> = all
+        .into_values()
+        .filter_map(|v| serde_json::from_str::<Value>(&v).ok())
+        .filter(|v| tenant.is_none_or(|t| v["tenantId"] == t.to_string()))
+        .collect();
+    items.sort_by_key(|v| v["firstFailedAt"].as_str().unwrap_or_default().to_owned());
+    items.truncate(100);
+    Ok(items)
 }
 
 /// The app, if registered.
@@ -420,7 +441,11 @@ pub(crate) async fn tenant_report(
             "lagHistory": samples,
         }));
     }
-    Ok(json!({ "tenantId": tenant, "apps": apps }))
+    Ok(json!({
+        "tenantId": tenant,
+        "apps": apps,
+        "creditsWaiting": credits_waiting(state, Some(tenant)).await?,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/tenants/{tenant_id}/sync-health", tag = "sync", params(HistoryQuery), responses((status = 200, description = "The tenant's sync state in every app: its partition's lag, parked events, re-sync, dead letters (at most 50 shown), last snapshot load, replicas ready, last full sync, and `lagHistory` as `[atMs, lag, pending]` (tenant admins)", body = Value)))]

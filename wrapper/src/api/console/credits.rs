@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Host, TenantAdmin, back_to, chart, day_bounds, field, internal, keep_filters, nav, num,
-    refused_on,
+    refused_on, waiting_table,
 };
 use crate::api::credits::{LedgerCursor, LedgerFilter, ledger_page};
 use crate::{context::Ctx, error::ApiError, state::AppState};
@@ -113,6 +113,13 @@ async fn credits_body(
     .bind(CHART_DAYS as i32)
     .fetch_all(db)
     .await?;
+    let waiting = crate::api::sync_health::credits_waiting(state, Some(tenant))
+        .await
+        .map(|items| waiting_table(&items, false))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "credits page: waiting consumptions unreadable");
+            r#"<p class="muted">Not available right now.</p>"#.to_owned()
+        });
     let grants: Vec<GrantRow> = sqlx::query_as(
         "select scope, category, priority, remaining, initial, expires_at, status
              from credit_grants where tenant_id = $1 and status = 'active'
@@ -268,6 +275,7 @@ async fn credits_body(
 <button type="submit">Move</button></form>
 <h2>Consumption</h2>{svg}
 <h2>Grants in use</h2>{}
+<h2>Waiting to be charged</h2>{waiting}
 <h2>Thresholds</h2>{}
 <h2 id="ledger-title">Ledger</h2>{filters}{}{more}"#,
         table(

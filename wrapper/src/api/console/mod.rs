@@ -233,6 +233,49 @@ fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
+/// The fast-path consumptions not charged yet (`creditsWaiting` of the sync-health JSON) as a
+/// table, with their tenant when `with_tenant`.
+fn waiting_table(items: &[serde_json::Value], with_tenant: bool) -> String {
+    let when = |v: &serde_json::Value| {
+        v.as_str()
+            .map(|t| t.chars().take(19).collect::<String>().replace('T', " "))
+            .unwrap_or_default()
+    };
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|i| {
+            let s = |k: &str| i[k].as_str().unwrap_or_default().to_owned();
+            let mut row = vec![
+                when(&i["firstFailedAt"]),
+                s("application"),
+                s("operationCode"),
+                i["amount"].as_i64().map(num).unwrap_or_default(),
+                s("error"),
+            ];
+            if with_tenant {
+                row.insert(1, s("tenantId"));
+            }
+            row
+        })
+        .collect();
+    let mut headers = vec![
+        "Since (UTC)",
+        "Application",
+        "Operation",
+        "Credits",
+        "Why not yet",
+    ];
+    if with_tenant {
+        headers.insert(1, "Tenant");
+    }
+    sync_web::html::table(
+        "credits-waiting",
+        &headers,
+        &rows,
+        "None: every fast-path consumption is charged.",
+    )
+}
+
 /// A form field's text, trimmed; none when empty.
 fn field(v: &Option<String>) -> Option<String> {
     v.as_deref()

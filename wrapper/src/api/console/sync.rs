@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::{
     HISTORY_MINUTES, Host, PlatformAdmin, chart, history_chart, internal, nav, now_ms, refused_on,
+    waiting_table,
 };
 use crate::api::sync_health::{self, LetterFilter};
 use crate::{context::Ctx, error::ApiError, state::AppState};
@@ -92,6 +93,14 @@ async fn sync_health_page(
             Err(e) => return internal(e),
         }
     }
+    let waiting = report["creditsWaiting"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    body.push_str(&format!(
+        r#"<h2>Credit consumptions waiting to be charged</h2><p class="muted">Served by an app on its mirrored balance, refused by the ledger so far (tried again every few seconds, charged once it can be).</p>{}"#,
+        waiting_table(&waiting, true)
+    ));
     html(StatusCode::OK, "Sync health", &body)
 }
 
