@@ -356,13 +356,14 @@ pub(crate) async fn tenant_report(
     tenant: Uuid,
     since_ms: u64,
 ) -> ApiResult<Value> {
-    let known: Option<bool> = sqlx::query_scalar("select true from tenants where id = $1")
+    // The partition the tenant's events are published on (given at its creation).
+    let partition: i32 = sqlx::query_scalar("select partition from tenants where id = $1")
         .bind(tenant)
         .fetch_optional(&state.db)
-        .await?;
-    known.ok_or(ApiError::NotFound("tenant"))?;
+        .await?
+        .ok_or(ApiError::NotFound("tenant"))?;
+    let partition = partition.max(0) as u32;
     let all = report(state).await?;
-    let partition = state.stream_keys.partition_of(tenant);
     let mut apps = Vec::new();
     for app in all["apps"].as_array().into_iter().flatten() {
         let name = app["app"].as_str().unwrap_or_default().to_owned();
