@@ -57,6 +57,14 @@ async fn sync_health(State(state): State<AppState>, caller: Caller) -> ApiResult
 
 /// Every registered app's sync state (the JSON of `GET /api/admin/sync-health`).
 pub(crate) async fn report(state: &AppState) -> ApiResult<Value> {
+    Ok(json!({
+        "apps": apps_report(state).await?,
+        "creditsWaiting": credits_waiting(state, None).await?,
+    }))
+}
+
+/// Every registered app's replicas, dead letters, re-syncs and full syncs.
+async fn apps_report(state: &AppState) -> ApiResult<Vec<Value>> {
     let apps: Vec<String> = sqlx::query_scalar("select name from applications order by name")
         .fetch_all(&state.db)
         .await?;
@@ -104,7 +112,7 @@ pub(crate) async fn report(state: &AppState) -> ApiResult<Value> {
             "recentFullSyncs": full_syncs,
         }));
     }
-    Ok(json!({ "apps": out, "creditsWaiting": credits_waiting(state, None).await? }))
+    Ok(out)
 }
 
 /// Fast-path consumptions the ledger has not charged yet (retried every few seconds; each with
@@ -363,9 +371,9 @@ pub(crate) async fn tenant_report(
         .await?
         .ok_or(ApiError::NotFound("tenant"))?;
     let partition = partition.max(0) as u32;
-    let all = report(state).await?;
+    let all = apps_report(state).await?;
     let mut apps = Vec::new();
-    for app in all["apps"].as_array().into_iter().flatten() {
+    for app in &all {
         let name = app["app"].as_str().unwrap_or_default().to_owned();
         let replicas: Vec<&Value> = app["replicas"]
             .as_array()
