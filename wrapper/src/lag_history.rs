@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 /// Samples kept per app (about a day at the default 15 s).
 pub const KEEP: i64 = 6_000;
 
-/// A report older than this is not sampled (the SDK reports every 5 s).
-const FRESH_MS: u64 = 20_000;
+/// A report older than this is not the replica's current state (the SDK reports every 5 s,
+/// every second while not ready): not sampled here, shown as silent by the sync-health report.
+pub const FRESH_MS: u64 = 20_000;
 
 /// One sample: when (Unix ms) and `(lag, pending)` per partition, in partition order.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +27,8 @@ pub struct Sample {
     pub partitions: Vec<(u64, u64)>,
 }
 
-fn now_ms() -> u64 {
+/// Now, in Unix milliseconds (the unit of reports and samples).
+pub fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 

@@ -27,15 +27,13 @@ use crate::{
     auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
+    lag_history::{FRESH_MS, now_ms},
     state::AppState,
 };
 
 /// The replica name the wrapper's re-sync requests carry in an app's re-sync journal: no
 /// replica reports under it, so a live one takes the request over.
 pub const RESYNC_REQUESTER: &str = "requested-by-wrapper";
-
-/// A replica silent for longer than this is shown as not fresh (the SDK reports every 5 s).
-const FRESH_MS: u64 = 20_000;
 
 /// Sync-health routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -70,7 +68,7 @@ async fn apps_report(state: &AppState) -> ApiResult<Vec<Value>> {
         .await?;
     let keys = &state.stream_keys;
     let redis = &state.redis;
-    let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let now = now_ms();
     let mut out = Vec::new();
     for app in apps {
         let reports: std::collections::HashMap<String, String> = redis
@@ -319,7 +317,7 @@ impl HistoryQuery {
         if !(1..=1440).contains(&minutes) {
             return Err(ApiError::invalid("minutes", "between 1 and 1440"));
         }
-        Ok((chrono::Utc::now().timestamp_millis().max(0) as u64).saturating_sub(minutes * 60_000))
+        Ok(now_ms().saturating_sub(minutes * 60_000))
     }
 }
 

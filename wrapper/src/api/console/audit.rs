@@ -43,8 +43,7 @@ async fn audit_page(
     }: TenantAdmin,
     Query(q): Query<AuditPageQuery>,
 ) -> Response {
-    let text = field;
-    let (actor_text, action) = (text(&q.actor), text(&q.action));
+    let (actor_text, action) = (field(&q.actor), field(&q.action));
     // An actor named by address is looked up in this tenant; one that matches nobody matches
     // no entry.
     let actor_id = match &actor_text {
@@ -67,7 +66,7 @@ async fn audit_page(
     };
     let (from, to) = day_bounds(&q.from, &q.to);
     let filter = crate::api::audit_log::AuditFilter {
-        before: text(&q.before).and_then(|b| b.parse().ok()),
+        before: field(&q.before).and_then(|b| b.parse().ok()),
         action: action.clone(),
         actor_id,
         from,
@@ -121,7 +120,7 @@ async fn audit_page(
             )
         })
         .unwrap_or_default();
-    let value = |v: &Option<String>| escape(&text(v).unwrap_or_default());
+    let value = |v: &Option<String>| escape(&field(v).unwrap_or_default());
     let body = format!(
         r#"{nav}<h1 id="page-title">Audit log · {name}</h1>
 <form class="inline" method="get" action="/admin/audit" id="filters">

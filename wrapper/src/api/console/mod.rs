@@ -45,6 +45,7 @@ use crate::{
     },
     context::Ctx,
     error::ApiError,
+    lag_history::now_ms,
     state::AppState,
 };
 
@@ -229,24 +230,21 @@ fn history_chart(id: &str, title: &str, samples: &[(u64, u64, u64)], now_ms: u64
     )
 }
 
-fn now_ms() -> u64 {
-    chrono::Utc::now().timestamp_millis().max(0) as u64
+/// An RFC 3339 time from the sync-health JSON as `YYYY-MM-DD HH:MM:SS` (UTC).
+fn utc_text(v: &serde_json::Value) -> Option<String> {
+    v.as_str()
+        .map(|t| t.chars().take(19).collect::<String>().replace('T', " "))
 }
 
 /// The fast-path consumptions not charged yet (`creditsWaiting` of the sync-health JSON) as a
 /// table, with their tenant when `with_tenant`.
 fn waiting_table(items: &[serde_json::Value], with_tenant: bool) -> String {
-    let when = |v: &serde_json::Value| {
-        v.as_str()
-            .map(|t| t.chars().take(19).collect::<String>().replace('T', " "))
-            .unwrap_or_default()
-    };
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|i| {
             let s = |k: &str| i[k].as_str().unwrap_or_default().to_owned();
             let mut row = vec![
-                when(&i["firstFailedAt"]),
+                utc_text(&i["firstFailedAt"]).unwrap_or_default(),
                 s("application"),
                 s("operationCode"),
                 i["amount"].as_i64().map(num).unwrap_or_default(),

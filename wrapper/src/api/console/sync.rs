@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use super::{
     HISTORY_MINUTES, Host, PlatformAdmin, chart, history_chart, internal, nav, now_ms, refused_on,
-    waiting_table,
+    utc_text, waiting_table,
 };
 use crate::api::sync_health::{self, LetterFilter};
 use crate::{context::Ctx, error::ApiError, state::AppState};
@@ -190,11 +190,7 @@ async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String
         .map(|l| {
             let s = |k: &str| l[k].as_str().unwrap_or_default().to_owned();
             vec![
-                s("at")
-                    .chars()
-                    .take(19)
-                    .collect::<String>()
-                    .replace('T', " "),
+                utc_text(&l["at"]).unwrap_or_default(),
                 s("tenantId"),
                 s("eventType"),
                 s("error"),
@@ -209,9 +205,8 @@ async fn app_section(state: &AppState, name: &str, app: &Value) -> Result<String
         .take(5)
         .map(|r| {
             let n = |k: &str| r[k].as_u64().unwrap_or(0).to_string();
-            let at = r["scheduledFor"].as_str().unwrap_or_default();
             vec![
-                at.chars().take(19).collect::<String>().replace('T', " "),
+                utc_text(&r["scheduledFor"]).unwrap_or_default(),
                 r["replica"].as_str().unwrap_or_default().to_owned(),
                 n("tenantsChecked"),
                 n("repaired"),

@@ -18,7 +18,9 @@ use sync_web::{
 };
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{HISTORY_MINUTES, Host, TenantAdmin, history_chart, internal, nav, now_ms, refused_on};
+use super::{
+    HISTORY_MINUTES, Host, TenantAdmin, history_chart, internal, nav, now_ms, refused_on, utc_text,
+};
 use crate::{api::sync_health, context::Ctx, state::AppState};
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
@@ -107,10 +109,6 @@ fn app_section(app: &Value, now: u64) -> String {
             )
         })
         .collect();
-    let when = |v: &Value| {
-        v.as_str()
-            .map(|t| t.chars().take(19).collect::<String>().replace('T', " "))
-    };
     let full = &app["lastFullSync"];
     let rows = vec![
         vec![
@@ -141,12 +139,12 @@ fn app_section(app: &Value, now: u64) -> String {
         ],
         vec![
             "Last loaded (UTC)".into(),
-            when(&app["lastLoadedAt"])
+            utc_text(&app["lastLoadedAt"])
                 .unwrap_or_else(|| "not yet: the app loads it on its first visit".into()),
         ],
         vec![
             "Last full sync (UTC)".into(),
-            when(&full["scheduledFor"])
+            utc_text(&full["scheduledFor"])
                 .map(|t| {
                     format!(
                         "{t}: {} tenants checked, {} repaired",
@@ -175,7 +173,7 @@ fn app_section(app: &Value, now: u64) -> String {
         .flatten()
         .map(|l| {
             vec![
-                when(&l["at"]).unwrap_or_default(),
+                utc_text(&l["at"]).unwrap_or_default(),
                 l["eventType"].as_str().unwrap_or_default().to_owned(),
                 l["error"].as_str().unwrap_or_default().to_owned(),
                 l["attempts"].as_u64().unwrap_or(0).to_string(),
