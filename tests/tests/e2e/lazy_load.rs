@@ -38,24 +38,31 @@ fn crm_client(base_url: String, page_size: u32, timeout: Duration) -> WrapperCli
     })
 }
 
-async fn app_with_consumer(page_size: u32) -> anyhow::Result<App> {
-    app_with(page_size, Duration::from_secs(900)).await
-}
-
-async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
+/// A wrapper the CRM may call (its service client registered), a fresh PostgreSQL store for
+/// the CRM's side (and its database, kept by the caller), and the wrapper's stream keys.
+async fn crm_side() -> anyhow::Result<(TestApp, TestDatabase, Arc<PostgresStore>, StreamKeys)> {
     let wrapper = spawn_wrapper().await?;
     wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
     let db = fresh_database().await?;
     let store = Arc::new(PostgresStore::new(db.pool.clone()));
     store.init().await?;
-    let client = crm_client(wrapper.url.clone(), page_size, Duration::from_secs(10));
-    let loader = Loader::with_staleness(client, store.clone(), staleness)
-        .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(500));
     let keys = StreamKeys::new(
         wrapper.state.settings.namespace.clone(),
         wrapper.state.settings.partitions,
     )
     .unwrap();
+    Ok((wrapper, db, store, keys))
+}
+
+async fn app_with_consumer(page_size: u32) -> anyhow::Result<App> {
+    app_with(page_size, Duration::from_secs(900)).await
+}
+
+async fn app_with(page_size: u32, staleness: Duration) -> anyhow::Result<App> {
+    let (wrapper, db, store, keys) = crm_side().await?;
+    let client = crm_client(wrapper.url.clone(), page_size, Duration::from_secs(10));
+    let loader = Loader::with_staleness(client, store.clone(), staleness)
+        .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(500));
     let mut config = ConsumerConfig::new("crm", keys);
     config.block = Duration::from_millis(200);
     config.gap_wait = Duration::from_millis(300);
@@ -799,18 +806,9 @@ async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Resu
 #[tokio::test]
 async fn a_resync_pending_in_a_dead_replica_is_taken_over_by_a_live_one() -> anyhow::Result<()> {
     use sync_sdk::status::{AppStatus, ResyncJournal, StatusReporter};
-    let wrapper = spawn_wrapper().await?;
-    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
+    let (wrapper, db, store, keys) = crm_side().await?;
     let t = wrapper.create_tenant("takeover").await;
     let (member, _) = wrapper.create_member(&t, "m@takeover.test").await;
-    let db = fresh_database().await?;
-    let store = Arc::new(PostgresStore::new(db.pool.clone()));
-    store.init().await?;
-    let keys = StreamKeys::new(
-        wrapper.state.settings.namespace.clone(),
-        wrapper.state.settings.partitions,
-    )
-    .unwrap();
     let redis = redis_client(&redis_url()).await?;
     let replica = |base_url: String| {
         let client = crm_client(base_url, 1000, Duration::from_secs(2));
@@ -887,16 +885,7 @@ async fn a_resync_pending_in_a_dead_replica_is_taken_over_by_a_live_one() -> any
 #[tokio::test]
 async fn a_replica_not_ready_reports_again_within_a_fifth_of_the_interval() -> anyhow::Result<()> {
     use sync_sdk::status::{StatusReporter, read};
-    let wrapper = spawn_wrapper().await?;
-    wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
-    let db = fresh_database().await?;
-    let store = Arc::new(PostgresStore::new(db.pool.clone()));
-    store.init().await?;
-    let keys = StreamKeys::new(
-        wrapper.state.settings.namespace.clone(),
-        wrapper.state.settings.partitions,
-    )
-    .unwrap();
+    let (wrapper, _db, store, keys) = crm_side().await?;
     let redis = redis_client(&redis_url()).await?;
     let loader = Loader::new(
         crm_client(wrapper.url.clone(), 1000, Duration::from_secs(2)),
