@@ -132,6 +132,10 @@ impl<H: Handler> AppKit<H> {
             })
         };
         let loader = Loader::new(wrapper(), store.clone());
+        // The app serves, loads and charges only tenants whose plan has its feature.
+        if let Some(feature) = &manifest.feature {
+            loader.require_feature(feature);
+        }
         let keys = StreamKeys::new(args.namespace.clone(), args.partitions)
             .ok_or_else(|| anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS"))?;
         // The recorder first: what is recorded before it is installed is lost.

@@ -91,6 +91,9 @@ pub enum AuthError {
     /// The tenant is suspended (synced copy): refused until a platform admin resumes it.
     #[error("this organisation is suspended: ask your administrator")]
     Suspended,
+    /// The tenant's plan does not include the feature this app needs (synced copy).
+    #[error("this organisation's plan does not include the feature '{0}'")]
+    FeatureMissing(String),
     /// The session cannot be checked now (tenant not loaded and the wrapper unreachable, or the
     /// revocation check unavailable under [`RevocationPolicy::FailClosed`]).
     #[error("sessions cannot be checked right now: {0}")]
@@ -103,13 +106,15 @@ impl IntoResponse for AuthError {
             AuthError::Missing | AuthError::Invalid(_) | AuthError::Revoked(_) => {
                 StatusCode::UNAUTHORIZED
             }
-            AuthError::WrongTenant | AuthError::Forgery(_) | AuthError::Suspended => {
-                StatusCode::FORBIDDEN
-            }
+            AuthError::WrongTenant
+            | AuthError::Forgery(_)
+            | AuthError::Suspended
+            | AuthError::FeatureMissing(_) => StatusCode::FORBIDDEN,
             AuthError::NoTenant => StatusCode::BAD_REQUEST,
             AuthError::Keys(_) | AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let mut response = crate::http::problem(status, None, &self.to_string());
+        let field = matches!(self, AuthError::FeatureMissing(_)).then_some("feature");
+        let mut response = crate::http::problem(status, field, &self.to_string());
         if status == StatusCode::SERVICE_UNAVAILABLE {
             // A dependency (the wrapper, Redis, the store) is away: worth retrying shortly.
             response.headers_mut().insert(
@@ -460,6 +465,7 @@ impl<S: crate::store::TenantStore> SyncedSessions<S> {
         match self.loader.ensure_tenant(tenant_id).await {
             Ok(_) => {}
             Err(LoadError::NotFound) => return Err(AuthError::Revoked("the tenant is unknown")),
+            Err(LoadError::FeatureMissing(f)) => return Err(AuthError::FeatureMissing(f)),
             Err(e) => {
                 tracing::warn!(%tenant_id, error = %e, "session check: the tenant is not loaded");
                 return Err(AuthError::Unavailable("the tenant is not loaded yet"));

@@ -267,6 +267,11 @@ pub(crate) fn served(
             None,
             "no such tenant",
         ))),
+        Err(e @ LoadError::FeatureMissing(_)) => Err(Box::new(problem(
+            StatusCode::FORBIDDEN,
+            Some("feature"),
+            &e.to_string(),
+        ))),
         Err(e) => {
             tracing::error!(%tenant_id, error = %e, "tenant could not be served");
             Err(Box::new(problem(

@@ -173,7 +173,7 @@ impl LifecycleWorker {
                 )
                 .await?;
                 for (id, fields) in stale.into_iter().chain(fresh) {
-                    if self.carry_out(&fields).await {
+                    if self.carry_out(&stream, &id, &fields).await {
                         let _: i64 = self.redis.xack(&stream, self.app.as_str(), &id).await?;
                     }
                 }
@@ -198,12 +198,47 @@ impl LifecycleWorker {
         }
     }
 
-    /// Carry out one command and send the receipt; true when the wrapper has it (acknowledge).
-    async fn carry_out(&self, fields: &HashMap<String, String>) -> bool {
+    /// Carry out one command and send the receipt; true when the wrapper has it, or the entry
+    /// was dead-lettered (acknowledge).
+    async fn carry_out(&self, stream: &str, id: &str, fields: &HashMap<String, String>) -> bool {
         let Some(command) = Command::parse(fields) else {
-            tracing::warn!(?fields, "lifecycle: an unreadable command; dropped");
-            return true;
+            return self
+                .dead_letter(stream, id, fields, "an unreadable lifecycle command")
+                .await;
         };
+        // The stream is not proof: the wrapper must vouch for the operation before anything is
+        // deleted or handed out (see sync_contract::LifecycleOperation).
+        match self.client.operation(command.operation).await {
+            Ok(op) if op.proves(&command.kind, command.tenant, command.user) => {}
+            // Confirmed already by every app: a late copy of the command, nothing to do.
+            Ok(op) if op.status == "done" && op.kind == command.kind => return true,
+            Ok(_) => {
+                return self
+                    .dead_letter(
+                        stream,
+                        id,
+                        fields,
+                        "unproven lifecycle command: the wrapper's operation differs",
+                    )
+                    .await;
+            }
+            Err(crate::loader::LoadError::NotFound) => {
+                return self
+                    .dead_letter(
+                        stream,
+                        id,
+                        fields,
+                        "unproven lifecycle command: the wrapper knows no such operation",
+                    )
+                    .await;
+            }
+            // The wrapper cannot answer now: the entry stays pending and is tried again.
+            Err(e) => {
+                tracing::warn!(operation = %command.operation, error = %e,
+                    "lifecycle: the operation could not be checked with the wrapper; retried");
+                return false;
+            }
+        }
         let outcome = match command.kind.as_str() {
             "erase_user" => match command.user {
                 Some(user) => self.erase(command.tenant, user).await,
@@ -228,6 +263,32 @@ impl LifecycleWorker {
             Err(e) => {
                 tracing::warn!(operation = %command.operation, error = %e,
                     "lifecycle: receipt not sent; retried");
+                false
+            }
+        }
+    }
+
+    /// Park entry `id` in the app's dead letters, changing nothing else; true once it is there
+    /// (then the entry is acknowledged).
+    async fn dead_letter(
+        &self,
+        stream: &str,
+        id: &str,
+        fields: &HashMap<String, String>,
+        why: &str,
+    ) -> bool {
+        metrics::counter!("tsync_lifecycle_unproven_total", "app" => self.app.clone()).increment(1);
+        tracing::warn!(
+            ?fields,
+            entry = id,
+            why,
+            "lifecycle: command refused; dead-lettered"
+        );
+        let letter = crate::contract::dlq::DeadLetter::new(stream, id, fields, why.to_owned(), 0);
+        match crate::contract::dlq::push(&self.redis, &self.keys, &self.app, &letter).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "lifecycle: dead-lettering failed; retried");
                 false
             }
         }

@@ -90,6 +90,7 @@ pub struct Loader<S> {
     resyncs: Mutex<HashSet<Uuid>>,
     resync_backoff: (Duration, Duration),
     journal: std::sync::OnceLock<crate::status::ResyncJournal>,
+    feature: std::sync::OnceLock<String>,
 }
 
 impl<S: TenantStore> Loader<S> {
@@ -111,6 +112,7 @@ impl<S: TenantStore> Loader<S> {
             resyncs: Mutex::new(HashSet::new()),
             resync_backoff: (Duration::from_millis(500), Duration::from_secs(30)),
             journal: std::sync::OnceLock::new(),
+            feature: std::sync::OnceLock::new(),
         })
     }
 
@@ -122,6 +124,39 @@ impl<S: TenantStore> Loader<S> {
         self
     }
 
+    /// Serve only tenants whose plan has `feature` (the app manifest's): every other tenant is
+    /// refused with [`LoadError::FeatureMissing`] by [`availability`](Self::availability) and
+    /// [`ensure_tenant`](Self::ensure_tenant), read from the synced copy, so a tenant that
+    /// loses the feature is refused as soon as that change is applied. Set once; later calls
+    /// are ignored.
+    pub fn require_feature(&self, feature: &str) {
+        let _ = self.feature.set(feature.to_owned());
+    }
+
+    /// Refuse `tenant_id` unless its synced plan has the required feature (if any).
+    async fn entitled(&self, tenant_id: Uuid) -> Result<(), LoadError> {
+        let Some(feature) = self.feature.get() else {
+            return Ok(());
+        };
+        let tenant = self
+            .store
+            .get(crate::store::EntityKind::Tenant, tenant_id, tenant_id)
+            .await?;
+        let has = tenant.is_some_and(|t| {
+            t.state["features"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str())
+                .any(|f| f.eq_ignore_ascii_case(feature))
+        });
+        if has {
+            Ok(())
+        } else {
+            Err(LoadError::FeatureMissing(feature.clone()))
+        }
+    }
+
     /// Whether the tenant can be served, loading it if needed, refreshing it in the background
     /// when stale, and degrading to the local copy when the wrapper is unreachable.
     pub async fn availability(
@@ -129,6 +164,7 @@ impl<S: TenantStore> Loader<S> {
         tenant_id: Uuid,
     ) -> Result<Availability, LoadError> {
         if let Some(state) = self.loaded(tenant_id).await? {
+            self.entitled(tenant_id).await?;
             if self.is_stale(tenant_id) {
                 let loader = self.clone();
                 tokio::spawn(async move {
@@ -145,6 +181,7 @@ impl<S: TenantStore> Loader<S> {
         }
         match self.ensure_tenant(tenant_id).await {
             Ok(state) => Ok(Availability::Fresh(state)),
+            Err(LoadError::FeatureMissing(f)) => Err(LoadError::FeatureMissing(f)),
             Err(LoadError::Unavailable(_)) => Ok(Availability::Unavailable {
                 retry_after: Duration::from_secs(5),
             }),
@@ -166,6 +203,12 @@ impl<S: TenantStore> Loader<S> {
 
     /// The tenant's sync state, loading it first if it was never loaded.
     pub async fn ensure_tenant(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
+        let state = self.ensure_loaded(tenant_id).await?;
+        self.entitled(tenant_id).await?;
+        Ok(state)
+    }
+
+    async fn ensure_loaded(&self, tenant_id: Uuid) -> Result<SyncState, LoadError> {
         if let Some(state) = self.loaded(tenant_id).await? {
             return Ok(state);
         }

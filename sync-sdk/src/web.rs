@@ -136,6 +136,14 @@ pub fn refusal(pages: &Pages, error: AuthError, path_and_query: &str) -> Respons
             "Organisation suspended",
             r#"<h1>Organisation suspended</h1><p class="error" id="error">This organisation is suspended. Its data is kept, but nobody can use it until it is resumed: ask your administrator.</p>"#,
         ),
+        AuthError::FeatureMissing(feature) => html(
+            StatusCode::FORBIDDEN,
+            "Not in your plan",
+            &format!(
+                r#"<h1>Not in your plan</h1><p class="error" id="error">This organisation's plan does not include {}: ask your administrator.</p>"#,
+                escape(&feature)
+            ),
+        ),
         AuthError::Keys(_) | AuthError::Unavailable(_) => html(
             StatusCode::SERVICE_UNAVAILABLE,
             "Sign-in unavailable",

@@ -32,6 +32,10 @@ pub enum LoadError {
     /// The app's credentials were refused.
     #[error("the wrapper refused the app's credentials")]
     Unauthorized,
+    /// The tenant's plan does not include the feature this app needs: the app may not load,
+    /// serve or charge it.
+    #[error("this organisation's plan does not include the feature '{0}'")]
+    FeatureMissing(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -381,6 +385,16 @@ impl WrapperClient {
         }
     }
 
+    /// Lifecycle operation `operation_id` as the wrapper recorded it: what proves a command
+    /// read from the lifecycle stream. [`LoadError::NotFound`] when the wrapper knows none.
+    pub async fn operation(
+        &self,
+        operation_id: Uuid,
+    ) -> Result<sync_contract::LifecycleOperation, LoadError> {
+        self.get_json(&format!("/api/sync/operations/{operation_id}"))
+            .await
+    }
+
     /// Send this app's receipt for lifecycle operation `operation_id` (`body`: replica, status,
     /// reason, details). [`LoadError::NotFound`] when the wrapper knows no such operation.
     pub async fn receipt(&self, operation_id: Uuid, body: &Value) -> Result<(), LoadError> {
@@ -460,11 +474,18 @@ impl WrapperClient {
             let status = resp.status().as_u16();
             match status {
                 401 if !refresh => continue,
-                401 | 403 => return Err(LoadError::Unauthorized),
+                401 => return Err(LoadError::Unauthorized),
                 _ => {}
             }
             let bytes = resp.bytes().await.map_err(unavailable)?;
             let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status == 403 {
+                // The wrapper names the feature when the tenant's plan lacks the app's.
+                return Err(match value["feature"].as_str() {
+                    Some(feature) => LoadError::FeatureMissing(feature.to_owned()),
+                    None => LoadError::Unauthorized,
+                });
+            }
             return Ok((status, value));
         }
         Err(LoadError::Unauthorized)

@@ -25,11 +25,21 @@ pub struct Entry<'a> {
     pub details: serde_json::Value,
 }
 
-/// Record `entry`, logging (not failing) if the database refuses.
+/// Record `entry`, a fact the wrapper saw, logging (not failing) if the database refuses.
 pub async fn record(db: impl PgExecutor<'_>, ctx: &Ctx, entry: Entry<'_>) {
+    insert(db, ctx, None, entry).await
+}
+
+/// Record `entry` as reported by `app` (its action already `<app>:<action>`).
+pub async fn record_reported(db: impl PgExecutor<'_>, ctx: &Ctx, app: &str, entry: Entry<'_>) {
+    insert(db, ctx, Some(app), entry).await
+}
+
+async fn insert(db: impl PgExecutor<'_>, ctx: &Ctx, reported_by: Option<&str>, entry: Entry<'_>) {
     let result = sqlx::query(
-        "insert into audit_log (tenant_id, actor_id, action, target, outcome, details, request_id)
-         values ($1, $2, $3, $4, $5, $6, $7)",
+        "insert into audit_log
+           (tenant_id, actor_id, action, target, outcome, details, request_id, reported_by)
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(entry.tenant_id)
     .bind(entry.actor_id)
@@ -38,6 +48,7 @@ pub async fn record(db: impl PgExecutor<'_>, ctx: &Ctx, entry: Entry<'_>) {
     .bind(entry.outcome)
     .bind(&entry.details)
     .bind(&ctx.request_id)
+    .bind(reported_by)
     .execute(db)
     .await;
     if let Err(e) = result {
@@ -64,6 +75,10 @@ pub struct AuditRecord {
     pub outcome: String,
     /// Extra details.
     pub details: serde_json::Value,
+    /// The app that reported the entry (`POST /api/audit/events`; its action is then
+    /// `<app>:<action>`), or none when the wrapper wrote it: only entries without it are the
+    /// wrapper's own facts.
+    pub reported_by: Option<String>,
     /// The request that caused it.
     pub request_id: Option<String>,
     /// When.

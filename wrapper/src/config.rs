@@ -204,6 +204,23 @@ pub struct Settings {
     /// The longest wait after repeated failures.
     #[arg(long, env = "WRAPPER_SIGN_IN_MAX_LOCK_SECS", default_value_t = 900)]
     pub sign_in_max_lock_secs: i64,
+    /// Password hashes (sign-in, service tokens, new passwords) run at once; argon2id holds
+    /// 19 MiB each. 0: one per CPU.
+    #[arg(long, env = "WRAPPER_PASSWORD_HASH_CONCURRENCY", default_value_t = 0)]
+    pub password_hash_concurrency: usize,
+    /// How long a request waits for a hashing slot before it is answered 503 with
+    /// `Retry-After`, in milliseconds.
+    #[arg(long, env = "WRAPPER_PASSWORD_HASH_WAIT_MS", default_value_t = 2000)]
+    pub password_hash_wait_ms: u64,
+    /// Most thresholds on one balance of a tenant.
+    #[arg(long, env = "WRAPPER_MAX_THRESHOLDS_PER_BALANCE", default_value_t = 10)]
+    pub max_thresholds_per_balance: i64,
+    /// Most webhook endpoints of one tenant.
+    #[arg(long, env = "WRAPPER_MAX_WEBHOOK_ENDPOINTS", default_value_t = 20)]
+    pub max_webhook_endpoints: i64,
+    /// Most export parts (collection chunks) one app may upload for one export.
+    #[arg(long, env = "WRAPPER_MAX_EXPORT_PARTS", default_value_t = 1000)]
+    pub max_export_parts: i64,
     /// Reach custom domains being verified at this address instead of their DNS answer (tests
     /// serve the challenge on loopback; an operator may point it at the edge).
     #[arg(long, env = "WRAPPER_DOMAIN_CHALLENGE_ADDR")]

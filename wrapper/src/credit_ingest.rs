@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::{
     context::Ctx,
     domain::credits::{Consumption, charge},
+    error::ApiError,
     mirror::Mirror,
 };
 
@@ -30,6 +31,17 @@ pub const GROUP: &str = "ledger";
 pub const PENDING_RETRY: Duration = Duration::from_secs(5);
 
 pub use crate::mirror::Correction;
+
+/// Why a credit entry was not charged.
+#[derive(Debug, thiserror::Error)]
+pub enum Ingest {
+    /// It never will be: dead-lettered and acknowledged.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// Not now (the ledger or a grant may allow it later): left pending and tried again.
+    #[error(transparent)]
+    Retry(#[from] anyhow::Error),
+}
 
 /// Ingests credit streams and reconciles mirrors.
 pub struct CreditIngest {
@@ -111,7 +123,11 @@ impl CreditIngest {
             };
             failures = 0;
             for (id, fields) in entries {
-                match self.ingest(&id, &fields).await {
+                let ingested = match self.ingest(&id, &fields).await {
+                    Err(Ingest::Refused(why)) => self.refuse(&stream, &id, &fields, why).await,
+                    other => other,
+                };
+                match ingested {
                     Ok(()) => {
                         let _: Result<u64, Error> =
                             self.redis.xack(&stream, GROUP, id.as_str()).await;
@@ -126,6 +142,7 @@ impl CreditIngest {
                     // Left pending: tried again at the next sweep of pending entries, and shown
                     // (with the reason) until charged.
                     Err(e) => {
+                        let e = anyhow::Error::from(e);
                         metrics::counter!("tsync_wrapper_credit_ingest_failures_total")
                             .increment(1);
                         tracing::error!(%stream, id, error = %e, "credit ingest failed; retried later");
@@ -173,23 +190,58 @@ impl CreditIngest {
         }
     }
 
+    /// Dead-letter entry `id` the ledger will never take (`{ns}:dlq:ledger`, with the reason)
+    /// instead of trying it every 5 s forever; it is then acknowledged. Ok once it is there.
+    async fn refuse(
+        &self,
+        stream: &str,
+        id: &str,
+        fields: &HashMap<String, String>,
+        why: String,
+    ) -> Result<(), Ingest> {
+        metrics::counter!("tsync_wrapper_credit_entries_refused_total").increment(1);
+        tracing::warn!(%stream, id, why, "credit ingest: entry refused; dead-lettered");
+        let letter = sync_contract::dlq::DeadLetter::new(stream, id, fields, why, 0);
+        sync_contract::dlq::push(&self.redis, &self.keys, GROUP, &letter)
+            .await
+            .map_err(|e| Ingest::Retry(e.into()))
+    }
+
     /// Write one fast-path consumption into the ledger (a no-op if its operation id is there).
+    /// An entry that can never be charged (malformed, or for a tenant whose plan lacks the app)
+    /// is [`Ingest::Refused`]; a ledger refusal that may pass later (no grant covers it yet)
+    /// is [`Ingest::Retry`].
     pub async fn ingest(
         &self,
         entry_id: &str,
         fields: &HashMap<String, String>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), Ingest> {
         let get = |k: &str| {
             fields
                 .get(k)
                 .cloned()
-                .ok_or_else(|| anyhow::anyhow!("credit entry without {k}"))
+                .ok_or_else(|| Ingest::Refused(format!("credit entry without {k}")))
         };
-        let tenant_id: Uuid = get("tenantId")?.parse()?;
+        let parsed = |k: &str, e: &dyn std::fmt::Display| Ingest::Refused(format!("{k}: {e}"));
+        let tenant_id: Uuid = get("tenantId")?
+            .parse()
+            .map_err(|e| parsed("tenantId", &e))?;
         let application = get("application")?;
         let operation_id = get("operationId")?;
         let operation_code = get("operationCode")?;
-        let amount: i64 = get("amount")?.parse()?;
+        let amount: i64 = get("amount")?.parse().map_err(|e| parsed("amount", &e))?;
+        if amount <= 0 {
+            return Err(Ingest::Refused("amount: must be positive".into()));
+        }
+        // Only for a tenant whose plan has the app: an entry naming another tenant (forged,
+        // or written for a tenant that lost the app) charges nothing.
+        match crate::domain::apps::require_tenant_has_app(&self.db, &application, tenant_id).await {
+            Ok(()) => {}
+            Err(e @ (ApiError::FeatureMissing { .. } | ApiError::NotFound(_))) => {
+                return Err(Ingest::Refused(e.to_string()));
+            }
+            Err(e) => return Err(Ingest::Retry(e.into())),
+        }
         let ctx = Ctx {
             request_id: format!("credit-ingest:{entry_id}"),
             correlation_id: operation_id.clone(),
@@ -209,11 +261,14 @@ impl CreditIngest {
             user_id,
             drawn,
         };
-        let mut tx = self.db.begin().await?;
+        let retry = |e: anyhow::Error| Ingest::Retry(e);
+        let mut tx = self.db.begin().await.map_err(|e| retry(e.into()))?;
         charge(&mut tx, &ctx, &consumption).await.map_err(|e| {
-            anyhow::anyhow!("ledger refuses fast-path consumption {operation_id}: {e}")
+            retry(anyhow::anyhow!(
+                "ledger refuses fast-path consumption {operation_id}: {e}"
+            ))
         })?;
-        tx.commit().await?;
+        tx.commit().await.map_err(|e| retry(e.into()))?;
         Ok(())
     }
 

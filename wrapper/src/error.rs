@@ -25,6 +25,32 @@ pub enum ApiError {
     /// The credentials do not allow this.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// The tenant's plan lacks the feature an app needs: the app may not serve, load or charge
+    /// it.
+    #[error("the tenant's plan does not include the feature '{feature}' that {app} needs")]
+    FeatureMissing {
+        /// The app's feature.
+        feature: String,
+        /// The app.
+        app: String,
+    },
+    /// A per-tenant (or per-object) limit is reached; nothing was written.
+    #[error("limit reached: at most {max} {what} ({limit})")]
+    LimitReached {
+        /// The setting that holds the limit, e.g. `WRAPPER_MAX_THRESHOLDS_PER_BALANCE`.
+        limit: &'static str,
+        /// What is counted, e.g. `thresholds per balance`.
+        what: &'static str,
+        /// The limit.
+        max: i64,
+    },
+    /// The server is saturated (e.g. every password-hashing slot is busy): try again after
+    /// `retry_after` seconds; nothing was checked or written.
+    #[error("busy; try again in {retry_after} s")]
+    Busy {
+        /// Seconds to wait.
+        retry_after: u64,
+    },
     /// The resource does not exist (or is not visible to the caller).
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -77,7 +103,9 @@ impl ApiError {
         match self {
             Self::Validation { .. } => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::FeatureMissing { .. } => StatusCode::FORBIDDEN,
+            Self::LimitReached { .. } => StatusCode::CONFLICT,
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) | Self::Taken { .. } => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -169,6 +197,12 @@ impl IntoResponse for ApiError {
                 "field": field,
                 "errors": [{"field": field, "message": message}],
             }),
+            Self::FeatureMissing { feature, .. } => json!({
+                "detail": self.to_string(), "feature": feature,
+            }),
+            Self::LimitReached { limit, max, .. } => json!({
+                "detail": self.to_string(), "limit": limit, "max": max,
+            }),
             Self::InsufficientCredits { balance, required } => json!({
                 "detail": self.to_string(), "balance": balance, "required": required,
             }),
@@ -179,7 +213,9 @@ impl IntoResponse for ApiError {
             other => json!({"detail": other.to_string()}),
         };
         let retry_after = match &self {
-            Self::TooManyRequests { retry_after } => Some(*retry_after),
+            Self::TooManyRequests { retry_after } | Self::Busy { retry_after } => {
+                Some(*retry_after)
+            }
             _ => None,
         };
         let mut response = problem(status, status.canonical_reason().unwrap_or("error"), detail);

@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod meters;
 pub mod mirror;
 pub mod outbox;
+pub mod public_net;
 pub mod relay;
 pub mod startup;
 pub mod state;

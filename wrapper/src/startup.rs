@@ -102,6 +102,10 @@ impl Application {
             )),
             metrics,
             oidc: Arc::new(crate::identity::oidc::Oidc::new(providers)),
+            passwords: crate::identity::password::Hasher::new(
+                settings.password_hash_concurrency,
+                Duration::from_millis(settings.password_hash_wait_ms),
+            ),
             settings: Arc::new(settings),
         };
         Ok(Self { listener, state })
@@ -284,7 +288,10 @@ pub async fn create_platform_admin(
     let email = validate::email("email", email)?;
     validate::password("password", password_text)?;
     let name = validate::full_name("name", name)?;
-    let hash = password::hash(password_text.to_owned()).await?;
+    let hash = {
+        let password_text = password_text.to_owned();
+        tokio::task::spawn_blocking(move || password::hash_now(&password_text)).await??
+    };
     let id: Option<Uuid> = sqlx::query_scalar(
         "insert into users (id, tenant_id, email, full_name, password_hash, is_platform_admin, email_verified)
          values ($1, null, $2, $3, $4, true, true)
@@ -314,7 +321,10 @@ pub async fn upsert_service_client(db: &PgPool, app: &str, secret: &str) -> anyh
         secret.len() >= 24,
         "a service secret needs at least 24 characters"
     );
-    let hash = password::hash(secret.to_owned()).await?;
+    let hash = {
+        let secret = secret.to_owned();
+        tokio::task::spawn_blocking(move || password::hash_now(&secret)).await??
+    };
     sqlx::query(
         "insert into service_clients (client_id, secret_hash, application) values ($1, $2, $1)
          on conflict (client_id) do update set secret_hash = excluded.secret_hash",

@@ -23,7 +23,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -35,7 +35,12 @@ use sync_contract::StreamKeys;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{config::Settings, error::ApiError, identity::keys::Keks};
+use crate::{
+    config::Settings,
+    error::ApiError,
+    identity::keys::Keks,
+    public_net::{self, is_public},
+};
 
 /// The consumer group of the webhook deliveries on the event streams.
 pub const GROUP: &str = crate::relay::WEBHOOKS_GROUP;
@@ -123,39 +128,6 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> anyhow::Resul
     Ok(format!("v1,{}", STANDARD.encode(tag.as_ref())))
 }
 
-/// Whether `ip` is an address on the public internet (not loopback, private, link-local,
-/// shared, documentation, multicast or unspecified).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
-        }
-    }
-}
-
 /// Check a webhook URL: HTTPS (plain HTTP only for an insecure host), a host, no credentials,
 /// and no IP literal outside the public internet (unless an insecure host).
 pub fn check_url(text: &str, insecure_hosts: &[String]) -> Result<reqwest::Url, ApiError> {
@@ -187,32 +159,6 @@ pub fn check_url(text: &str, insecure_hosts: &[String]) -> Result<reqwest::Url, 
     Ok(url)
 }
 
-/// Resolves names to public addresses only (an insecure host resolves as it is).
-struct PublicOnly {
-    insecure: Arc<Vec<String>>,
-}
-
-impl reqwest::dns::Resolve for PublicOnly {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let insecure = self
-            .insecure
-            .iter()
-            .any(|h| h.eq_ignore_ascii_case(name.as_str()));
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| insecure || is_public(a.ip()))
-                .collect();
-            if found.is_empty() {
-                return Err(format!("{host} resolves to no public address").into());
-            }
-            let addrs: reqwest::dns::Addrs = Box::new(found.into_iter());
-            Ok(addrs)
-        })
-    }
-}
-
 /// Turns events into deliveries and sends them.
 pub struct Webhooks {
     db: PgPool,
@@ -235,14 +181,12 @@ impl Webhooks {
         settings: &Settings,
     ) -> anyhow::Result<Arc<Self>> {
         let insecure = Arc::new(settings.webhook_insecure_hosts.clone());
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_millis(settings.webhook_timeout_ms))
-            .dns_resolver(Arc::new(PublicOnly {
-                insecure: insecure.clone(),
-            }))
-            .user_agent("tenantsync-webhooks/1")
-            .build()?;
+        let http = public_net::public_client(
+            insecure.clone(),
+            Duration::from_millis(settings.webhook_timeout_ms),
+        )
+        .user_agent("tenantsync-webhooks/1")
+        .build()?;
         Ok(Arc::new(Self {
             db,
             keks,
@@ -614,7 +558,13 @@ mod tests {
         }
         let local = vec!["127.0.0.1".to_owned()];
         assert!(check_url("http://127.0.0.1:8080/hook", &local).is_ok());
-        assert!(!is_public("100.64.0.1".parse().unwrap()));
-        assert!(is_public("8.8.8.8".parse().unwrap()));
+        for embedded in [
+            "https://[::127.0.0.1]/x",
+            "https://[64:ff9b::a9fe:a9fe]/latest",
+            "https://[2002:a00:1::]/x",
+            "https://[fec0::1]/x",
+        ] {
+            assert!(check_url(embedded, &none).is_err(), "{embedded}");
+        }
     }
 }

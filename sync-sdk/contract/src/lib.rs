@@ -24,6 +24,7 @@ pub mod asyncapi;
 pub mod dlq;
 mod envelope;
 mod keys;
+mod lifecycle;
 mod manifest;
 mod payload;
 #[cfg(feature = "redis")]
@@ -33,6 +34,7 @@ pub use envelope::{
     CONTRACT_VERSION, ContractError, Envelope, EventVersion, FIELD_ENVELOPE, stream_fields,
 };
 pub use keys::{DEFAULT_NAMESPACE, DEFAULT_PARTITIONS, StreamKeys, hash_slot, partition_of};
+pub use lifecycle::LifecycleOperation;
 pub use manifest::{AppManifest, PaidOperation, ReferenceCheck, suite_links};
 pub use payload::{
     CreditAllocated, CreditConfigState, CreditConsumed, CreditGrantChanged, CreditThresholdReached,

@@ -32,7 +32,8 @@ struct AuditQuery {
     before: Option<i64>,
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
-    /// Only this action, e.g. `cross_tenant_attempt`, `login`, `credit.threshold_reached`.
+    /// Only this action, e.g. `cross_tenant_attempt`, `login`, `credit.threshold_reached`, or an
+    /// app's report, `crm:cross_tenant_attempt`.
     action: Option<String>,
     /// Only what this user did.
     actor_id: Option<Uuid>,
@@ -60,7 +61,8 @@ pub(crate) async fn page(
     f: &AuditFilter,
 ) -> ApiResult<(Vec<AuditRecord>, Option<i64>)> {
     let mut items: Vec<AuditRecord> = sqlx::query_as(
-        "select id, tenant_id, actor_id, action, target, outcome, details, request_id, created_at
+        "select id, tenant_id, actor_id, action, target, outcome, details, reported_by,
+           request_id, created_at
          from audit_log where tenant_id = $1 and id < coalesce($2::bigint, 9223372036854775807)
            and ($3::text is null or action = $3) and ($4::uuid is null or actor_id = $4)
            and ($5::timestamptz is null or created_at >= $5)
@@ -126,7 +128,11 @@ async fn list(
 struct AppEvent {
     /// The tenant the event is about: its id or subdomain.
     tenant: String,
+    /// The user the app says acted (kept as the app's claim in the details, never as the
+    /// entry's actor: only the wrapper names actors).
     actor_id: Option<Uuid>,
+    /// What the app saw, 1-60 lowercase letters, digits, '.', '_' or '-'; recorded as
+    /// `<app>:<action>`.
     action: String,
     target: Option<String>,
     /// Free-form details of the event (an object).
@@ -135,9 +141,14 @@ struct AppEvent {
     details: serde_json::Value,
 }
 
+/// The largest `details` an app may report, in bytes of JSON.
+const MAX_APP_EVENT_DETAILS: usize = 4096;
+
 /// `POST /api/audit/events`: apps report security events (e.g. a cross-tenant attempt they
-/// refused) into the tenant's audit log. App service tokens only.
-#[utoipa::path(post, path = "/api/audit/events", tag = "audit", request_body = AppEvent, responses((status = 204, description = "Recorded (app service tokens only)")))]
+/// refused) into the tenant's audit log, in the app's own namespace: the entry's action is
+/// `<app>:<action>` and `reportedBy` names the app, so nothing an app reports reads as a fact
+/// the wrapper recorded. App service tokens only, for tenants that have the app's feature.
+#[utoipa::path(post, path = "/api/audit/events", tag = "audit", request_body = AppEvent, responses((status = 202, description = "Recorded (app service tokens only)")))]
 async fn report(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -147,23 +158,55 @@ async fn report(
     let Caller::Service { app } = &caller else {
         return Err(ApiError::Forbidden("app service tokens only"));
     };
-    let action = crate::validate::short_text("action", &event.action, 100)?;
+    let action = app_action(&event.action)?;
     if !(event.details.is_object() || event.details.is_null()) {
         return Err(ApiError::invalid("details", "must be an object"));
     }
+    if event.details.to_string().len() > MAX_APP_EVENT_DETAILS {
+        return Err(ApiError::invalid(
+            "details",
+            format!("at most {MAX_APP_EVENT_DETAILS} bytes of JSON"),
+        ));
+    }
+    let target = match &event.target {
+        Some(t) => Some(crate::validate::short_text("target", t, 200)?),
+        None => None,
+    };
     let tenant_id = state
         .domains
         .resolve_tenant_ref(&state.db, &event.tenant)
         .await?
         .ok_or(ApiError::invalid("tenant", "no such tenant"))?;
+    crate::domain::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
+    let namespaced = format!("{app}:{action}");
     let entry = crate::audit::Entry {
         tenant_id: Some(tenant_id),
-        actor_id: event.actor_id,
-        action: &action,
-        target: event.target,
+        actor_id: None,
+        action: &namespaced,
+        target,
         outcome: "denied",
-        details: serde_json::json!({"reportedBy": app, "details": event.details}),
+        details: serde_json::json!({
+            "reportedBy": app,
+            "claimedActorId": event.actor_id,
+            "details": event.details,
+        }),
     };
-    crate::audit::record(&state.db, &ctx, entry).await;
+    crate::audit::record_reported(&state.db, &ctx, app, entry).await;
     Ok(axum::http::StatusCode::ACCEPTED)
+}
+
+/// An app's action name: 1-60 lowercase letters, digits, '.', '_' or '-'.
+fn app_action(text: &str) -> ApiResult<String> {
+    let ok = (1..=60).contains(&text.len())
+        && text.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            "action",
+            "must be 1-60 lowercase letters, digits, '.', '_' or '-'",
+        ))
+    }
 }

@@ -334,6 +334,7 @@ async fn consume(
     }
     let code = validate::short_text("operationCode", &req.operation_code, 100)?;
     let op = validate::short_text("operationId", &req.operation_id, 200)?;
+    apps::require_tenant_has_app(&state.db, &req.application, req.tenant_id).await?;
     if !(1..=MAX_QUANTITY).contains(&req.quantity) {
         return Err(ApiError::invalid(
             "quantity",
@@ -344,7 +345,7 @@ async fn consume(
     let amount = match priced(&mut tx, &req, &code).await {
         Ok(amount) => amount,
         // A repeat answers the original entry even when the price has changed since.
-        Err(refused) => match charged(&mut tx, req.tenant_id, &op).await? {
+        Err(refused) => match charged(&mut tx, req.tenant_id, &req.application, &op).await? {
             Some(original) => return Ok(Json(original)),
             None => return Err(refused),
         },
@@ -431,19 +432,63 @@ struct Balance {
     available: i64,
 }
 
-/// Users of the tenant (or platform admins) and app services may read credits.
+/// What a reader of a tenant's credits may see.
+enum CreditReader {
+    /// A member, an admin or a platform admin: every balance; other users' ids in the ledger
+    /// only with `usage_reports` (tenant admins and platform admins, who may read usage reports).
+    User { id: Uuid, usage_reports: bool },
+    /// An app: only its own application's balance, grants and ledger, and only for a tenant
+    /// whose plan has its feature.
+    App { scope: String },
+}
+
+impl CreditReader {
+    /// The one balance an app may read; none for users (every balance).
+    fn only_scope(&self) -> Option<&str> {
+        match self {
+            CreditReader::App { scope } => Some(scope),
+            CreditReader::User { .. } => None,
+        }
+    }
+
+    /// `entries` with other users' ids removed unless the reader may see them.
+    fn redact(&self, entries: &mut [LedgerEntry]) {
+        if let CreditReader::User {
+            id,
+            usage_reports: false,
+        } = self
+        {
+            for e in entries {
+                if e.user_id.is_some_and(|u| u != *id) {
+                    e.user_id = None;
+                }
+            }
+        }
+    }
+}
+
+/// Users of the tenant (or platform admins) may read its credits; app services only their own
+/// application's, for tenants that have their feature.
 async fn authorize_read(
     state: &AppState,
     ctx: &Ctx,
     caller: &Caller,
     tenant: Uuid,
-) -> ApiResult<()> {
+) -> ApiResult<CreditReader> {
     match caller {
-        Caller::Service { .. } => Ok(()),
-        Caller::User(_) => caller
-            .authorize(state, ctx, tenant, Access::Read)
-            .await
-            .map(|_| ()),
+        Caller::Service { app } => {
+            apps::require_tenant_has_app(&state.db, app, tenant).await?;
+            Ok(CreditReader::App {
+                scope: crate::domain::credits::app_scope(app),
+            })
+        }
+        Caller::User(_) => {
+            let user = caller.authorize(state, ctx, tenant, Access::Read).await?;
+            Ok(CreditReader::User {
+                id: user.id,
+                usage_reports: user.platform_admin || user.tenant_admin,
+            })
+        }
     }
 }
 
@@ -454,15 +499,17 @@ async fn balance(
     caller: Caller,
     ApiQuery(q): ApiQuery<BalanceQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
+    let reader = authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
     let balances: Vec<Balance> = sqlx::query_as(
         "select b.scope, b.balance, coalesce((select sum(g.remaining) from credit_grants g
              where g.tenant_id = b.tenant_id and g.scope = b.scope and g.status = 'active'
                and g.effective_at <= now() and (g.expires_at is null or g.expires_at > now())), 0)::bigint
              as available
-         from credit_balances b where b.tenant_id = $1 order by b.scope",
+         from credit_balances b where b.tenant_id = $1 and ($2::text is null or b.scope = $2)
+         order by b.scope",
     )
     .bind(q.tenant_id)
+    .bind(reader.only_scope())
     .fetch_all(&state.db)
     .await?;
     Ok(Json(
@@ -491,6 +538,8 @@ struct LedgerQuery {
 /// Which ledger entries (every part optional).
 #[derive(Debug, Default)]
 pub(crate) struct LedgerFilter {
+    /// Only entries of this balance (an app reads only its own).
+    pub(crate) scope: Option<String>,
     pub(crate) application: Option<String>,
     pub(crate) operation_code: Option<String>,
     pub(crate) kind: Option<String>,
@@ -531,6 +580,7 @@ pub(crate) async fn ledger_page(
            and ($5::text is null or kind = $5)
            and created_at >= coalesce($6::timestamptz, '-infinity')
            and created_at < coalesce($7::timestamptz, 'infinity')
+           and ($9::text is null or scope = $9)
          order by {order} limit $8"
     ))
     .bind(tenant)
@@ -541,6 +591,7 @@ pub(crate) async fn ledger_page(
     .bind(f.from)
     .bind(f.to)
     .bind(limit + 1)
+    .bind(&f.scope)
     .fetch_all(db)
     .await?;
     let more = items.len() as i64 > limit;
@@ -560,20 +611,21 @@ async fn ledger(
     caller: Caller,
     ApiQuery(q): ApiQuery<LedgerQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
+    let reader = authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
     let limit = match q.limit {
         None => 100,
         Some(n) if (1..=1000).contains(&n) => n,
         Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 1000")),
     };
     let filter = LedgerFilter {
+        scope: reader.only_scope().map(str::to_owned),
         application: q.application,
         operation_code: q.operation_code,
         kind: q.kind,
         from: q.from,
         to: q.to,
     };
-    let (items, next) = ledger_page(
+    let (mut items, next) = ledger_page(
         &state.db,
         q.tenant_id,
         &filter,
@@ -581,6 +633,7 @@ async fn ledger(
         limit,
     )
     .await?;
+    reader.redact(&mut items);
     Ok(Json(serde_json::json!({"items": items, "nextAfter": next})))
 }
 
@@ -603,14 +656,22 @@ async fn list_grants(
     caller: Caller,
     ApiQuery(q): ApiQuery<GrantsQuery>,
 ) -> ApiResult<Json<Vec<CreditGrant>>> {
-    authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
+    let reader = authorize_read(&state, &ctx, &caller, q.tenant_id).await?;
+    if let (Some(mine), Some(asked)) = (reader.only_scope(), &q.scope)
+        && mine != asked
+    {
+        return Err(ApiError::Forbidden(
+            "an app reads only its own application's grants",
+        ));
+    }
+    let scope = reader.only_scope().map(str::to_owned).or(q.scope);
     let grants: Vec<CreditGrant> = sqlx::query_as(&format!(
         "select {GRANT_COLUMNS} from credit_grants
          where tenant_id = $1 and ($2::text is null or scope = $2) and ($3 or status = 'active')
          order by scope, priority, expires_at nulls last, id limit 1000"
     ))
     .bind(q.tenant_id)
-    .bind(&q.scope)
+    .bind(&scope)
     .bind(q.all)
     .fetch_all(&state.db)
     .await?;
@@ -690,6 +751,19 @@ async fn set_threshold(
         ));
     }
     let mut tx = state.db.begin().await?;
+    // Each threshold is checked on every change of its balance and may fire at once.
+    crate::domain::limits::Limit {
+        setting: "WRAPPER_MAX_THRESHOLDS_PER_BALANCE",
+        what: "thresholds per balance",
+        max: state.settings.max_thresholds_per_balance,
+    }
+    .check(
+        &mut tx,
+        tenant,
+        &scope,
+        "select count(*) from credit_thresholds where tenant_id = $1 and scope = $2",
+    )
+    .await?;
     let threshold: CreditThreshold = sqlx::query_as(&format!(
         "insert into credit_thresholds (id, tenant_id, scope, kind, value) values ($1, $2, $3, $4, $5)
          returning {THRESHOLD_COLUMNS}"

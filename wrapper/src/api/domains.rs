@@ -10,7 +10,7 @@
 //! change made through this replica clears the cache at once, and the TTL bounds how long another
 //! replica's change can go unseen.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use axum::{
@@ -222,9 +222,9 @@ async fn audit_domain(
 /// compare the body with the token. With `WRAPPER_DOMAIN_CHALLENGE_ADDR` set, the domain is
 /// reached at that address instead of its DNS answer (tests serve it on loopback).
 async fn fetch_challenge(state: &AppState, domain: &str, token: &str) -> Result<(), String> {
-    let mut client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(5));
+    // The tenant names the host: it resolves through the public-only resolver, so a domain
+    // pointed at the inside of the deployment is never fetched.
+    let mut client = crate::public_net::public_client(Arc::default(), Duration::from_secs(5));
     let mut url = format!("http://{domain}{CHALLENGE_PATH}{token}");
     if let Some(addr) = state.settings.domain_challenge_addr {
         client = client.resolve(domain, addr);

@@ -47,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(purge))
         .routes(routes!(operation))
         .routes(routes!(receipt))
+        .routes(routes!(vouch))
         .routes(routes!(export))
         .routes(routes!(export_part))
         .routes(routes!(export_archive))
@@ -54,6 +55,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 async fn accepted(state: &AppState, id: Uuid) -> ApiResult<Response> {
     lifecycle::send(&state.db, &state.redis, &state.stream_keys, id).await;
+    answer(state, id).await
+}
+
+/// 202 with operation `id` and its Location.
+async fn answer(state: &AppState, id: Uuid) -> ApiResult<Response> {
     let operation = lifecycle::read(&state.db, id)
         .await?
         .ok_or(ApiError::NotFound("operation"))?;
@@ -235,6 +241,30 @@ async fn operation(
     Ok(Json(operation))
 }
 
+/// What an app asks before it carries out a command read from the lifecycle stream: the
+/// operation as the wrapper recorded it (app service tokens). The stream is not proof; this
+/// answer is (see `sync_contract::LifecycleOperation`).
+#[utoipa::path(get, path = "/api/sync/operations/{operation_id}", tag = "sync", responses((status = 200, description = "The operation as the wrapper recorded it (app service tokens)", body = sync_contract::LifecycleOperation), (status = 404, description = "No such operation")))]
+async fn vouch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(operation_id): Path<Uuid>,
+) -> ApiResult<Json<sync_contract::LifecycleOperation>> {
+    if !matches!(caller, Caller::Service { .. }) {
+        return Err(ApiError::Forbidden("app service tokens only"));
+    }
+    let operation = lifecycle::read(&state.db, operation_id)
+        .await?
+        .ok_or(ApiError::NotFound("operation"))?;
+    Ok(Json(sync_contract::LifecycleOperation {
+        operation_id: operation.id,
+        kind: operation.kind,
+        tenant_id: operation.tenant_id,
+        user_id: operation.subject,
+        status: operation.status,
+    }))
+}
+
 /// Purges are the platform admins'; erasures and exports also their tenant's admins'.
 async fn authorize_operation(
     state: &AppState,
@@ -273,6 +303,24 @@ async fn export(
     .await?;
     if !exists {
         return Err(ApiError::NotFound("tenant"));
+    }
+    // One export at a time per tenant: each makes every app dump the whole tenant, so a repeat
+    // while one is pending answers that one (and starts nothing).
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':export', 0))")
+        .bind(tenant_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let pending: Option<Uuid> = sqlx::query_scalar(
+        "select id from lifecycle_operations
+         where tenant_id = $1 and kind = 'export_tenant' and status = 'pending'
+         order by created_at limit 1",
+    )
+    .bind(tenant_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(id) = pending {
+        tx.commit().await?;
+        return answer(&state, id).await;
     }
     let id = lifecycle::create(&mut tx, Kind::ExportTenant, tenant_id, None, Some(admin)).await?;
     audit(
@@ -316,9 +364,25 @@ async fn export_part(
             message: "0 or more".into(),
         });
     }
+    let mut tx = state.db.begin().await?;
+    crate::domain::limits::Limit {
+        setting: "WRAPPER_MAX_EXPORT_PARTS",
+        what: "parts per app and export",
+        max: state.settings.max_export_parts,
+    }
+    .check(
+        &mut tx,
+        operation_id,
+        &format!("{app}/{collection}/{chunk}"),
+        "select count(*) from export_parts where operation_id = $1
+           and source || '/' || collection || '/' || chunk <> $2
+           and source = split_part($2, '/', 1)",
+    )
+    .await?;
     let stored =
-        lifecycle::export::store_part(&state.db, operation_id, app, &collection, chunk, &body)
+        lifecycle::export::store_part(&mut *tx, operation_id, app, &collection, chunk, &body)
             .await?;
+    tx.commit().await?;
     if !stored {
         return Err(ApiError::NotFound("pending export"));
     }

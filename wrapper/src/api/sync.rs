@@ -80,6 +80,8 @@ async fn snapshot(
         Some(n) if (1..=10_000).contains(&n) => n,
         Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 10000")),
     };
+    // An app loads only tenants whose plan has its feature.
+    crate::domain::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
@@ -203,9 +205,10 @@ async fn digest(
     caller: Caller,
     Path(tenant_id): Path<Uuid>,
 ) -> ApiResult<Json<Value>> {
-    if !matches!(caller, Caller::Service { .. }) {
+    let Caller::Service { app } = &caller else {
         return Err(ApiError::Forbidden("app service tokens only"));
-    }
+    };
+    crate::domain::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)

@@ -411,6 +411,7 @@ pub(crate) async fn tenant_report(
         let loaded: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
             "select created_at from audit_log
              where tenant_id = $1 and action = 'snapshot.export' and target = $2
+               and reported_by is null
              order by id desc limit 1",
         )
         .bind(tenant)

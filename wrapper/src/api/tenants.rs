@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
 use crate::{
-    auth::{Access, Caller, TENANT_ADMIN_PERMISSION, UserCaller, password},
+    auth::{Access, Caller, TENANT_ADMIN_PERMISSION, UserCaller},
     context::Ctx,
     error::{ApiError, ApiResult},
     outbox,
@@ -122,7 +122,11 @@ async fn create(
             let email = validate::email("admin.email", &a.email)?;
             let full_name = validate::full_name("admin.fullName", &a.full_name)?;
             validate::password("admin.password", &a.password)?;
-            Some((email, full_name, password::hash(a.password.clone()).await?))
+            Some((
+                email,
+                full_name,
+                state.hash_password(a.password.clone()).await?,
+            ))
         }
         None => None,
     };

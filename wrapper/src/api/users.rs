@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::{ApiJson, ApiQuery, Page, PageQuery};
 pub(crate) use crate::domain::users::{ensure_active_tenant, insert};
 use crate::{
-    auth::{Access, Caller, password},
+    auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
     outbox::{self, Aggregate},
@@ -98,7 +98,7 @@ pub(crate) async fn create_user(
     let hash = match req.password {
         Some(p) => {
             validate::password("password", &p)?;
-            Some(password::hash(p).await?)
+            Some(state.hash_password(p).await?)
         }
         None => None,
     };
@@ -235,7 +235,7 @@ pub(crate) async fn update_user(
     let hash = match req.password {
         Some(p) => {
             validate::password("password", &p)?;
-            Some(password::hash(p).await?)
+            Some(state.hash_password(p).await?)
         }
         None => None,
     };

@@ -31,9 +31,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retry))
 }
 
-/// Most endpoints one tenant may register.
-const MAX_ENDPOINTS: i64 = 20;
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NewEndpoint {
@@ -92,17 +89,18 @@ async fn create(
     let secret = crate::webhooks::new_secret()?;
     let mut tx = state.db.begin().await?;
     super::users::ensure_active_tenant(&mut tx, tenant).await?;
-    let count: i64 = sqlx::query_scalar(
-        "select count(*) from webhook_endpoints where tenant_id = $1 and active",
-    )
-    .bind(tenant)
-    .fetch_one(&mut *tx)
-    .await?;
-    if count >= MAX_ENDPOINTS {
-        return Err(ApiError::Conflict(format!(
-            "a tenant has at most {MAX_ENDPOINTS} webhook endpoints"
-        )));
+    crate::domain::limits::Limit {
+        setting: "WRAPPER_MAX_WEBHOOK_ENDPOINTS",
+        what: "active webhook endpoints per tenant",
+        max: state.settings.max_webhook_endpoints,
     }
+    .check(
+        &mut tx,
+        tenant,
+        "",
+        "select count(*) from webhook_endpoints where tenant_id = $1 and active and $2 = $2",
+    )
+    .await?;
     let id = Uuid::now_v7();
     let (kek, sealed) = crate::webhooks::seal_secret(state.keys.keks(), id, &secret)?;
     let mut endpoint: WebhookEndpoint = sqlx::query_as(&format!(

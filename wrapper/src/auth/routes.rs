@@ -17,7 +17,6 @@ use uuid::Uuid;
 use super::{
     Caller, SESSION_COOKIE,
     keys::{Claims, TokenKind},
-    password,
 };
 use crate::{
     audit,
@@ -113,7 +112,7 @@ pub(crate) async fn check_password(
     .fetch_optional(&state.db)
     .await?;
     let (user_id, stored) = row.map_or((None, None), |(id, h)| (Some(id), h));
-    let ok = password::verify(password, stored).await;
+    let ok = state.verify_password(password, stored).await?;
     let user_id = user_id.filter(|_| ok);
     let outcome = if user_id.is_some() {
         "success"
@@ -283,7 +282,7 @@ async fn service_token(
             .fetch_optional(&state.db)
             .await?;
     let (stored, app) = row.map_or((None, None), |(h, a)| (Some(h), Some(a)));
-    let ok = password::verify(req.client_secret, stored).await;
+    let ok = state.verify_password(req.client_secret, stored).await?;
     let Some(app) = app.filter(|_| ok) else {
         let entry = audit::Entry {
             tenant_id: None,

@@ -59,11 +59,15 @@ impl Attempt {
             (&attempt.source, settings.sign_in_source_failures),
         ];
         // Counters of guesses at made-up accounts would pile up: about one attempt in a hundred
-        // drops every row whose window and wait are over.
+        // drops rows whose window and wait are over. It skips rows an attempt holds (never
+        // waits for one), so it cannot deadlock with attempts that lock theirs in key order.
         if rand::random::<u8>() < 3 {
             sqlx::query(
-                "delete from sign_in_failures where last_failure < now() - interval '15 minutes'
-                   and (locked_until is null or locked_until < now())",
+                "delete from sign_in_failures where key in (
+                   select key from sign_in_failures
+                   where last_failure < now() - interval '15 minutes'
+                     and (locked_until is null or locked_until < now())
+                   limit 1000 for update skip locked)",
             )
             .execute(&state.db)
             .await?;
@@ -71,25 +75,23 @@ impl Attempt {
         let mut tx = state.db.begin().await?;
         let mut keys: Vec<&String> = limits.iter().map(|(k, _)| *k).collect();
         keys.sort();
+        // Create or lock each row in one statement, in one order: a row cannot vanish between
+        // an insert that found it and the lock (a success deletes the account's row; before,
+        // that left the later update with no row: a 404), and two attempts always lock in the
+        // same order (no deadlock).
+        let mut waits: Vec<Option<i64>> = Vec::with_capacity(keys.len());
         for key in &keys {
-            sqlx::query("insert into sign_in_failures (key) values ($1) on conflict do nothing")
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
+            let wait: Option<i64> = sqlx::query_scalar(
+                "insert into sign_in_failures (key) values ($1)
+                 on conflict (key) do update set key = excluded.key
+                 returning ceil(extract(epoch from locked_until - now()))::bigint",
+            )
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            waits.push(wait);
         }
-        // Lock both rows in one order; refuse if either is waiting.
-        let waits: Vec<(String, Option<i64>)> = sqlx::query_as(
-            "select key, ceil(extract(epoch from locked_until - now()))::bigint
-             from sign_in_failures where key = any($1) order by key for update",
-        )
-        .bind(keys.iter().map(|k| k.as_str()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        let wait = waits
-            .iter()
-            .filter_map(|(_, w)| *w)
-            .filter(|w| *w > 0)
-            .max();
+        let wait = waits.iter().filter_map(|w| *w).filter(|w| *w > 0).max();
         if let Some(retry_after) = wait {
             tx.commit().await?;
             metrics::counter!("tsync_wrapper_logins_total", "outcome" => "throttled").increment(1);

@@ -19,6 +19,27 @@ use crate::{
 pub(crate) const MAX_OPERATIONS: usize = 200;
 /// Most integrity checks one app may declare.
 pub(crate) const MAX_REFERENCES: usize = 50;
+/// First path segments the wrapper and the edge serve themselves: an app served under one of
+/// them would take over (or be shadowed by) sign-in, the API, the console, the keys or the
+/// health checks, so no manifest may claim them. Compared without regard to case, since some
+/// proxies and browsers fold it.
+pub(crate) const RESERVED_PATHS: &[&str] = &[
+    "admin",
+    "api",
+    "auth",
+    "health",
+    "metrics",
+    "ready",
+    "well-known",
+    "static",
+    "assets",
+    "login",
+    "logout",
+    "portal",
+    "oauth",
+    "oidc",
+    "wrapper",
+];
 
 /// `manifest` checked field by field (the first fault is named), trimmed.
 pub(crate) fn checked(name: &str, manifest: AppManifest) -> ApiResult<AppManifest> {
@@ -45,6 +66,12 @@ pub(crate) fn checked(name: &str, manifest: AppManifest) -> ApiResult<AppManifes
     let segment = manifest.public_path.trim_matches('/');
     valid_name("publicPath", segment)
         .map_err(|_| ApiError::invalid("publicPath", "must be one path segment such as /crm/"))?;
+    if RESERVED_PATHS.contains(&segment) {
+        return Err(ApiError::invalid(
+            "publicPath",
+            format!("/{segment}/ is served by the wrapper or the edge and cannot be an app's path"),
+        ));
+    }
     let feature = match manifest.feature.as_deref() {
         Some(f) => Some(validate::short_text("feature", f, 60)?),
         None => None,
@@ -287,4 +314,35 @@ pub(crate) async fn publish_prices_of_app(
         publish_prices(db, redis, keys, tenant, app).await?;
     }
     Ok(())
+}
+
+/// Whether `app` may act for `tenant_id`: the tenant exists and its plan has the feature the
+/// app's manifest requires (an app requiring none, or not registered yet, is every tenant's;
+/// features compare without regard to case, as the suite links do). Otherwise the app may
+/// not load, serve, charge or report for the tenant: [`ApiError::FeatureMissing`], naming the
+/// feature.
+pub(crate) async fn require_tenant_has_app(
+    db: impl sqlx::PgExecutor<'_>,
+    app: &str,
+    tenant_id: uuid::Uuid,
+) -> ApiResult<()> {
+    let row: Option<(Option<String>, bool)> = sqlx::query_as(
+        "select a.feature, coalesce(a.feature is null or exists (
+                  select 1 from jsonb_array_elements_text(t.features) f
+                  where lower(f) = lower(a.feature)), true)
+         from tenants t left join applications a on a.name = $1
+         where t.id = $2",
+    )
+    .bind(app)
+    .bind(tenant_id)
+    .fetch_optional(db)
+    .await?;
+    match row {
+        None => Err(ApiError::NotFound("tenant")),
+        Some((_, true)) => Ok(()),
+        Some((feature, false)) => Err(ApiError::FeatureMissing {
+            feature: feature.unwrap_or_default(),
+            app: app.to_owned(),
+        }),
+    }
 }

@@ -226,17 +226,21 @@ pub(crate) struct Consumption<'a> {
     pub(crate) drawn: Option<Vec<GrantDraw>>,
 }
 
-/// The consumption charged under `operation_id`, if any.
+/// The consumption `application` charged under `operation_id`, if any. Operation ids are the
+/// app's own: another app's entry under the same id is a different operation.
 pub(crate) async fn charged(
     tx: &mut PgConnection,
     tenant: Uuid,
+    application: &str,
     operation_id: &str,
 ) -> ApiResult<Option<LedgerEntry>> {
     Ok(sqlx::query_as(&format!(
         "select {LEDGER_COLUMNS} from credit_ledger
-         where tenant_id = $1 and operation_id = $2 and kind = 'consumption'"
+         where tenant_id = $1 and application = $2 and operation_id = $3
+           and kind = 'consumption'"
     ))
     .bind(tenant)
+    .bind(application)
     .bind(operation_id)
     .fetch_optional(tx)
     .await?)
@@ -251,12 +255,13 @@ pub(crate) async fn charge(
     ctx: &Ctx,
     c: &Consumption<'_>,
 ) -> ApiResult<(LedgerEntry, bool)> {
-    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+    sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':' || $2 || ':' || $3, 0))")
         .bind(c.tenant_id.to_string())
+        .bind(c.application)
         .bind(c.operation_id)
         .execute(&mut *tx)
         .await?;
-    if let Some(entry) = charged(tx, c.tenant_id, c.operation_id).await? {
+    if let Some(entry) = charged(tx, c.tenant_id, c.application, c.operation_id).await? {
         return Ok((entry, true));
     }
     let scope = app_scope(c.application);

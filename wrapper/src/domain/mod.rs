@@ -6,4 +6,5 @@ pub mod apps;
 pub mod credits;
 pub mod grants;
 pub mod hosts;
+pub mod limits;
 pub mod users;

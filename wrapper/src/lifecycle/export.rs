@@ -71,7 +71,7 @@ const TABLES: &[(&str, &str)] = &[
 /// Record one uploaded chunk of an app's collection. Returns false when the operation is not a
 /// pending export.
 pub async fn store_part(
-    db: &sqlx::PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     operation_id: Uuid,
     app: &str,
     collection: &str,

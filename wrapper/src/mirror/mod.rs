@@ -199,10 +199,12 @@ impl Mirror {
         let ops: Vec<&str> = mine.iter().map(|f| f["operationId"].as_str()).collect();
         let ingested: Vec<String> = sqlx::query_scalar(
             "select operation_id from credit_ledger
-             where tenant_id = $1 and kind = 'consumption' and operation_id = any($2)",
+             where tenant_id = $1 and kind = 'consumption' and application = $3
+               and operation_id = any($2)",
         )
         .bind(tenant)
         .bind(&ops)
+        .bind(app)
         .fetch_all(&self.db)
         .await?;
         let mut flight = InFlight::default();

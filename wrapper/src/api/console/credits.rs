@@ -137,6 +137,7 @@ async fn credits_body(
     .await?;
     let (from, to) = day_bounds(&q.from, &q.to);
     let filter = LedgerFilter {
+        scope: None,
         application: field(&q.application),
         operation_code: field(&q.operation),
         kind: field(&q.kind),

@@ -60,7 +60,8 @@ async fn settings_page(
     let values = values.map(|v| v.0).unwrap_or_default();
     let attempt: Option<Attempt> = match sqlx::query_as(
         "select created_at, outcome, target, details from audit_log
-         where tenant_id = $1 and action = 'domain_verification' order by id desc limit 1",
+         where tenant_id = $1 and action = 'domain_verification' and reported_by is null
+         order by id desc limit 1",
     )
     .bind(id)
     .fetch_optional(&state.db)
