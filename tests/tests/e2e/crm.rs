@@ -94,14 +94,15 @@ async fn another_tenants_host_is_refused_and_audited(
         .send(Method::GET, "/crm/accounts", &acme.admin, None)
         .await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    // ...and once globex exists, the attempt is in its audit log, reported by the app.
+    // ...and once globex exists, the attempt is in its audit log, reported by the app in its
+    // own namespace: the actor is the app's claim, never the entry's actor.
     let globex = suite.wrapper.create_tenant("globex").await;
     let (status, _) = globex_edge
         .send(Method::GET, "/crm/accounts", &acme.admin, None)
         .await?;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let audit_path = format!(
-        "/api/tenants/{}/audit?action=cross_tenant_attempt",
+        "/api/tenants/{}/audit?action=crm:cross_tenant_attempt",
         globex.id
     );
     eventually(Duration::from_secs(10), || async {
@@ -109,9 +110,13 @@ async fn another_tenants_host_is_refused_and_audited(
             .wrapper
             .call(Method::GET, &audit_path, Some(&globex.admin), None)
             .await;
-        audit["items"]
-            .as_array()
-            .is_some_and(|items| items.iter().any(|i| i["actorId"] == json!(acme.admin_id)))
+        audit["items"].as_array().is_some_and(|items| {
+            items.iter().any(|i| {
+                i["details"]["claimedActorId"] == json!(acme.admin_id)
+                    && i["reportedBy"] == "crm"
+                    && i["actorId"].is_null()
+            })
+        })
     })
     .await
 }

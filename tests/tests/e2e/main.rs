@@ -12,6 +12,7 @@ mod credits;
 mod crm;
 mod grants;
 mod lazy_load;
+mod least_privilege;
 mod lifecycle;
 mod metrics;
 mod nginx;

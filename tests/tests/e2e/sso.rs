@@ -227,14 +227,20 @@ async fn a_browser_signs_in_once_for_every_app_and_signs_out_of_all_of_them() ->
     assert!(browser.text().await?.contains("Access denied"));
     assert!(!browser.text().await?.contains("Initech"), "no acme data");
     browser.screenshot("06-globex-user-refused-on-acme").await?;
-    let audit_path = format!("/api/tenants/{}/audit?action=cross_tenant_attempt", acme.id);
+    // Reported by the CRM, in its own namespace (the actor is the app's claim).
+    let audit_path = format!(
+        "/api/tenants/{}/audit?action=crm:cross_tenant_attempt",
+        acme.id
+    );
     eventually(Duration::from_secs(10), || async {
         let (_, audit) = w
             .call(Method::GET, &audit_path, Some(&acme.admin), None)
             .await;
-        audit["items"]
-            .as_array()
-            .is_some_and(|items| items.iter().any(|i| i["actorId"] == json!(globex.admin_id)))
+        audit["items"].as_array().is_some_and(|items| {
+            items
+                .iter()
+                .any(|i| i["details"]["claimedActorId"] == json!(globex.admin_id))
+        })
     })
     .await
     .context("the attempt is in acme's audit log")?;
