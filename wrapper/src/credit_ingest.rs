@@ -32,6 +32,40 @@ pub const PENDING_RETRY: Duration = Duration::from_secs(5);
 
 pub use crate::mirror::Correction;
 
+/// How often the ingester looks for apps registered since (their credit streams).
+const APPS_REFRESH: Duration = Duration::from_secs(5);
+
+/// An entry read from one of a partition's credit streams: the stream, its owner (none for the
+/// shared legacy stream), the entry id and its fields.
+type Read = (String, Option<String>, String, HashMap<String, String>);
+
+/// One XREADGROUP over every stream of `streams` (one slot: they share the partition's hash
+/// tag): new entries, or with `pending` the entries delivered before and not acknowledged.
+async fn read_streams(
+    reader: &Client,
+    streams: &[(String, Option<String>)],
+    pending: bool,
+) -> Result<Vec<Read>, Error> {
+    let keys: Vec<&str> = streams.iter().map(|(s, _)| s.as_str()).collect();
+    let ids: Vec<&str> = vec![if pending { "0" } else { ">" }; keys.len()];
+    let block = (!pending).then_some(500);
+    let reply: fred::types::Value = reader
+        .xreadgroup(GROUP, "wrapper", Some(100), block, false, keys, ids)
+        .await?;
+    if reply.is_null() {
+        return Ok(Vec::new());
+    }
+    let map: fred::types::streams::XReadResponse<String, String, String, String> =
+        reply.into_xread_response()?;
+    let mut out = Vec::new();
+    for (stream, owner) in streams {
+        for (id, fields) in map.get(stream).cloned().unwrap_or_default() {
+            out.push((stream.clone(), owner.clone(), id, fields));
+        }
+    }
+    Ok(out)
+}
+
 /// Why a credit entry was not charged.
 #[derive(Debug, thiserror::Error)]
 pub enum Ingest {
@@ -71,41 +105,69 @@ impl CreditIngest {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// The partition's credit streams: every registered app's own (its name is the owner) and
+    /// the shared legacy stream (no owner).
+    async fn streams_of(&self, partition: u32) -> anyhow::Result<Vec<(String, Option<String>)>> {
+        let apps: Vec<String> = sqlx::query_scalar("select name from applications order by name")
+            .fetch_all(&self.db)
+            .await?;
+        let mut streams = vec![(self.keys.credit_stream(partition), None)];
+        streams.extend(
+            apps.into_iter()
+                .map(|app| (self.keys.app_credit_stream(partition, &app), Some(app))),
+        );
+        Ok(streams)
+    }
+
     async fn partition_loop(self: Arc<Self>, partition: u32, cancel: CancellationToken) {
-        let stream = self.keys.credit_stream(partition);
         let reader = self.redis.clone_new();
         let _connection = reader.connect();
         let mut failures = 0u32;
         let mut last_sweep = None;
+        let mut streams: Vec<(String, Option<String>)> = Vec::new();
+        let mut listed: Option<std::time::Instant> = None;
         while !cancel.is_cancelled() {
-            let created: Result<(), Error> =
-                self.redis.xgroup_create(&stream, GROUP, "0", true).await;
-            let ready = match created {
-                Err(e) if !e.details().contains("BUSYGROUP") => Err(e),
-                _ => Ok(()),
+            // Apps register at any time: their streams are looked up again every few seconds
+            // (and their groups created, from the start of the stream).
+            let stale = listed.is_none_or(|t| t.elapsed() >= APPS_REFRESH);
+            let ready = if stale {
+                match self.streams_of(partition).await {
+                    Ok(found) => {
+                        let mut created = Ok(());
+                        for (stream, _) in &found {
+                            let made: Result<(), Error> =
+                                self.redis.xgroup_create(stream, GROUP, "0", true).await;
+                            if let Err(e) = made
+                                && !e.details().contains("BUSYGROUP")
+                            {
+                                created = Err(anyhow::Error::from(e));
+                                break;
+                            }
+                        }
+                        if created.is_ok() {
+                            streams = found;
+                            listed = Some(std::time::Instant::now());
+                        }
+                        created
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(())
             };
             // Entries read before and not acknowledged (a failed ingestion, a replica that
             // stopped mid-batch) are tried again every PENDING_RETRY, between new ones: one that
             // keeps failing is logged each time but never holds the partition back.
             let sweep = last_sweep.is_none_or(|t: std::time::Instant| t.elapsed() >= PENDING_RETRY);
             let batch = match ready {
-                Ok(()) if sweep => {
-                    last_sweep = Some(std::time::Instant::now());
-                    sync_contract::streams::read_group_pending(
-                        &reader, GROUP, "wrapper", &stream, 100,
-                    )
-                    .await
-                }
+                Ok(()) if streams.is_empty() => Ok(Vec::new()),
                 Ok(()) => {
-                    sync_contract::streams::read_group(
-                        &reader,
-                        GROUP,
-                        "wrapper",
-                        &stream,
-                        100,
-                        Some(Duration::from_millis(500)),
-                    )
-                    .await
+                    if sweep {
+                        last_sweep = Some(std::time::Instant::now());
+                    }
+                    read_streams(&reader, &streams, sweep)
+                        .await
+                        .map_err(anyhow::Error::from)
                 }
                 Err(e) => Err(e),
             };
@@ -113,7 +175,7 @@ impl CreditIngest {
                 Ok(entries) => entries,
                 Err(e) => {
                     failures += 1;
-                    tracing::warn!(%stream, error = %e, "credit ingest: read failed");
+                    tracing::warn!(partition, error = %e, "credit ingest: read failed");
                     tokio::select! {
                         _ = cancel.cancelled() => {},
                         _ = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(50)))) => {},
@@ -122,8 +184,8 @@ impl CreditIngest {
                 }
             };
             failures = 0;
-            for (id, fields) in entries {
-                let ingested = match self.ingest(&id, &fields).await {
+            for (stream, owner, id, fields) in entries {
+                let ingested = match self.ingest_owned(owner.as_deref(), &id, &fields).await {
                     Err(Ingest::Refused(why)) => self.refuse(&stream, &id, &fields, why).await,
                     other => other,
                 };
@@ -205,6 +267,26 @@ impl CreditIngest {
         sync_contract::dlq::push(&self.redis, &self.keys, GROUP, &letter)
             .await
             .map_err(|e| Ingest::Retry(e.into()))
+    }
+
+    /// [`ingest`](Self::ingest) an entry read from `owner`'s own stream: it must name `owner`
+    /// as its application (only `owner` may write that stream under the Redis ACLs, so an
+    /// entry naming another app is a forgery, refused). Entries of the shared legacy stream
+    /// (`owner` none) are taken as they say.
+    pub async fn ingest_owned(
+        &self,
+        owner: Option<&str>,
+        entry_id: &str,
+        fields: &HashMap<String, String>,
+    ) -> Result<(), Ingest> {
+        if let Some(owner) = owner
+            && fields.get("application").map(String::as_str) != Some(owner)
+        {
+            return Err(Ingest::Refused(format!(
+                "an entry of {owner}'s credit stream names another application"
+            )));
+        }
+        self.ingest(entry_id, fields).await
     }
 
     /// Write one fast-path consumption into the ledger (a no-op if its operation id is there).

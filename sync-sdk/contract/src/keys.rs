@@ -101,10 +101,20 @@ impl StreamKeys {
         format!("{}:dlq:{app}", self.namespace)
     }
 
-    /// The credit stream of partition `partition` (fast-path consumptions the wrapper ingests):
-    /// `{ns}:credits:{P}`.
+    /// The shared credit stream of partition `partition`, `{ns}:credits:{P}`: where SDKs before
+    /// per-app credit streams appended fast-path consumptions. The wrapper still drains it,
+    /// but nothing in it says which app wrote an entry, so under the Redis ACLs no app may
+    /// write it; current SDKs append to [`app_credit_stream`](Self::app_credit_stream).
     pub fn credit_stream(&self, partition: u32) -> String {
         format!("{}:credits:{{{partition}}}", self.namespace)
+    }
+
+    /// The credit stream application `app` appends its fast-path consumptions of partition
+    /// `partition` to, `{ns}:credits:{P}:stream:{app}`. One stream per app, so the Redis ACL
+    /// that lets only `app` write it is what proves an entry is `app`'s: the wrapper charges an
+    /// entry of this stream to `app` only.
+    pub fn app_credit_stream(&self, partition: u32, app: &str) -> String {
+        format!("{}:credits:{{{partition}}}:stream:{app}", self.namespace)
     }
 
     /// The mirrored balance of an application's allocation:
@@ -118,11 +128,14 @@ impl StreamKeys {
         )
     }
 
-    /// The remembered reply of one fast-path consumption (its idempotency record).
+    /// The remembered reply of one fast-path consumption (its idempotency record):
+    /// `{ns}:credits:{P}:op:{app}:{tenant}:{operation id}`. The app comes right after the kind,
+    /// so a per-partition prefix names one app's records and nothing else, whatever the
+    /// operation id holds (the Redis ACL grants each app its own prefix).
     pub fn credit_operation(&self, tenant_id: Uuid, app: &str, operation_id: &str) -> String {
         let p = self.partition_of(tenant_id);
         format!(
-            "{}:credits:{{{p}}}:op:{tenant_id}:{app}:{operation_id}",
+            "{}:credits:{{{p}}}:op:{app}:{tenant_id}:{operation_id}",
             self.namespace
         )
     }
@@ -157,7 +170,7 @@ impl StreamKeys {
     }
 
     /// The keys of one fast-path consumption, in the order the consume script takes them:
-    /// balance, operation record, credit stream, price table, grants, grant order. One hash
+    /// balance, operation record, the app's credit stream, price table, grants, grant order. One hash
     /// tag, so one slot: the script runs atomically on Redis Cluster too
     /// (`tests::every_key_pattern_has_its_cluster_slot_rule`).
     pub fn credit_consume_keys(
@@ -169,7 +182,7 @@ impl StreamKeys {
         vec![
             self.credit_balance(tenant_id, app),
             self.credit_operation(tenant_id, app, operation_id),
-            self.credit_stream(self.partition_of(tenant_id)),
+            self.app_credit_stream(self.partition_of(tenant_id), app),
             self.credit_prices(tenant_id, app),
             self.credit_grants(tenant_id, app),
             self.credit_grant_order(tenant_id, app),
@@ -210,7 +223,14 @@ impl StreamKeys {
         format!("{}:lifecycle", self.namespace)
     }
 
-    /// Every credit stream, in partition order.
+    /// Every credit stream of `app`, in partition order.
+    pub fn all_app_credit_streams(&self, app: &str) -> Vec<String> {
+        (0..self.partitions)
+            .map(|p| self.app_credit_stream(p, app))
+            .collect()
+    }
+
+    /// Every shared (legacy) credit stream, in partition order.
     pub fn all_credit_streams(&self) -> Vec<String> {
         (0..self.partitions)
             .map(|p| self.credit_stream(p))

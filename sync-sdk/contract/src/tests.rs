@@ -395,13 +395,15 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
         "partition_of",
         "tenant_keys_pattern",
     ];
-    const SINGLE: [&str; 20] = [
+    const SINGLE: [&str; 22] = [
         "events",
         "relay_epoch",
         "events_for",
         "all_events",
         "dlq",
         "credit_stream",
+        "app_credit_stream",
+        "all_app_credit_streams",
         "credit_balance",
         "credit_operation",
         "credit_prices",
@@ -473,7 +475,7 @@ fn every_key_pattern_has_its_cluster_slot_rule() {
             // The mirror and the stream its consumptions are appended to share the slot too.
             assert_eq!(
                 hash_slot(&keys.credit_balance(tenant, app)),
-                hash_slot(&keys.credit_stream(partition))
+                hash_slot(&keys.app_credit_stream(partition, app))
             );
         }
     }

@@ -3,7 +3,7 @@
 -- price table the wrapper writes, the grants in effect are drawn in the ledger's order
 -- (priority, then earliest expiry, then the oldest grant: the order of KEYS[6]), the balance
 -- is decremented and a credit.consumed entry naming the grants drawn is appended to the
--- partition's credit stream.
+-- app's own credit stream of the partition (only it may write there under the Redis ACLs).
 -- KEYS[1] balance, KEYS[2] operation record, KEYS[3] credit stream, KEYS[4] price table,
 -- KEYS[5] grants (`<id>` remaining, `<id>:w` "<effective ms> <expiry ms>"), KEYS[6] grant
 -- order (one hash tag: one slot).

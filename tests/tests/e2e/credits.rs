@@ -421,7 +421,7 @@ mod fast_path {
         // The relay's maintenance trims the credit stream below what the ledger acknowledged:
         // the stream does not grow without bound, and nothing is lost or counted twice.
         let partition = rig.keys.partition_of(rig.tenant.id);
-        let stream = rig.keys.credit_stream(partition);
+        let stream = rig.keys.app_credit_stream(partition, "crm");
         let relay = wrapper::startup::relay_for(&rig.app.state);
         eventually(Duration::from_secs(20), || async {
             relay.maintain(partition).await.is_ok()
@@ -544,7 +544,9 @@ mod fast_path {
         let ingest =
             CreditIngest::new(rig.app.db.pool.clone(), rig.redis.clone(), rig.keys.clone());
         let entry = &receipts[0].entry;
-        let stream = rig.keys.credit_stream(rig.keys.partition_of(rig.tenant.id));
+        let stream = rig
+            .keys
+            .app_credit_stream(rig.keys.partition_of(rig.tenant.id), "crm");
         let fields: Vec<(String, std::collections::HashMap<String, String>)> =
             fred::interfaces::StreamsInterface::xrange(
                 &rig.redis,

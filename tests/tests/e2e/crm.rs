@@ -416,7 +416,7 @@ async fn account_creation_takes_the_credit_fast_path_where_mirrored() -> anyhow:
     let entries: Vec<(String, std::collections::HashMap<String, String>)> =
         fred::prelude::StreamsInterface::xrange(
             &redis,
-            keys.credit_stream(keys.partition_of(acme.id)),
+            keys.app_credit_stream(keys.partition_of(acme.id), "crm"),
             "-",
             "+",
             None,

@@ -784,7 +784,7 @@ async fn a_fast_path_entry_the_ledger_refused_is_ingested_once_it_can_be() -> an
     let (t, _) = tenant_with_crm(&app, "late").await;
     let redis = redis_client(&app.state.settings.redis_url.0).await?;
     let keys = StreamKeys::new(app.state.settings.namespace.clone(), 8).unwrap();
-    let stream = keys.credit_stream(keys.partition_of(t.id));
+    let stream = keys.app_credit_stream(keys.partition_of(t.id), "crm");
     // As the consume script writes it, for a mirror that had credits the ledger has not.
     let _: String = redis
         .xadd(

@@ -111,6 +111,23 @@ async fn forged_purge_erasure_and_credit_entries_on_the_streams_change_nothing()
         )
         .await?;
 
+    // An entry on the CRM's own stream that names another app is a forgery too.
+    let _: String = redis
+        .xadd(
+            keys.app_credit_stream(keys.partition_of(acme.id), "crm"),
+            false,
+            None,
+            "*",
+            vec![
+                ("tenantId", acme.id.to_string()),
+                ("application", "projects".to_owned()),
+                ("operationId", Uuid::now_v7().to_string()),
+                ("operationCode", "projects.create".to_owned()),
+                ("amount", "20".to_owned()),
+            ],
+        )
+        .await?;
+
     // Each app refuses both commands and parks them in its dead letters (visible in sync
     // health); the wrapper parks the credit entry.
     for app in ["crm", "hrms", "projects"] {
@@ -125,6 +142,9 @@ async fn forged_purge_erasure_and_credit_entries_on_the_streams_change_nothing()
     }
     eventually(Duration::from_secs(20), || async {
         !letters(&redis, &keys, "ledger", "feature").await.is_empty()
+            && !letters(&redis, &keys, "ledger", "names another application")
+                .await
+                .is_empty()
     })
     .await?;
     let health = w.get_ok("/api/admin/sync-health", &w.root).await;

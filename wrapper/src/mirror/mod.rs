@@ -180,9 +180,17 @@ impl Mirror {
 
     /// What `app`'s fast path charged `tenant` that the ledger has not ingested yet.
     pub async fn in_flight(&self, tenant: Uuid, app: &str) -> anyhow::Result<InFlight> {
-        let stream = self.keys.credit_stream(self.keys.partition_of(tenant));
-        let entries: Vec<(String, HashMap<String, String>)> =
-            self.redis.xrange(&stream, "-", "+", None).await?;
+        // The app's own stream, and the shared one older SDKs appended to.
+        let partition = self.keys.partition_of(tenant);
+        let mut entries: Vec<(String, HashMap<String, String>)> = self
+            .redis
+            .xrange(self.keys.app_credit_stream(partition, app), "-", "+", None)
+            .await?;
+        let legacy: Vec<(String, HashMap<String, String>)> = self
+            .redis
+            .xrange(self.keys.credit_stream(partition), "-", "+", None)
+            .await?;
+        entries.extend(legacy);
         let tenant_text = tenant.to_string();
         let mine: Vec<HashMap<String, String>> = entries
             .into_iter()

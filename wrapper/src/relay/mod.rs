@@ -625,11 +625,23 @@ impl Relay {
             .await?;
         // The partition's credit stream, by the same rule: below what the ledger ingester (its
         // group) has acknowledged, every entry is in the ledger already.
-        let credits = self.keys.credit_stream(partition);
-        let (credits_removed, _floor): (u64, Option<String>) = self
-            .trim
-            .evalsha_with_reload(&self.redis, credits.as_str(), ())
+        // Every app's own credit stream and the shared legacy one.
+        let apps: Vec<String> = sqlx::query_scalar("select name from applications")
+            .fetch_all(&self.db)
             .await?;
+        let mut credit_streams = vec![self.keys.credit_stream(partition)];
+        credit_streams.extend(
+            apps.iter()
+                .map(|app| self.keys.app_credit_stream(partition, app)),
+        );
+        let mut credits_removed = 0;
+        for credits in credit_streams {
+            let (removed, _floor): (u64, Option<String>) = self
+                .trim
+                .evalsha_with_reload(&self.redis, credits.as_str(), ())
+                .await?;
+            credits_removed += removed;
+        }
         let retention = self.config.retention.as_secs_f64();
         sqlx::query(
             "delete from outbox o where o.partition = $1
