@@ -16,6 +16,16 @@ use crate::{
 /// The apps' service secret in suite tests.
 pub const SERVICE_SECRET: &str = "suite-service-secret-end-to-end";
 
+/// The Redis URL of ACL user `<namespace>-<user>` (password [`SERVICE_SECRET`]) on the test
+/// Redis (a cluster URL keeps its seed nodes).
+pub fn acl_url(namespace: &str, user: &str) -> String {
+    let url = crate::redis_url();
+    match url.split_once("://") {
+        Some((scheme, rest)) => format!("{scheme}://{namespace}-{user}:{SERVICE_SECRET}@{rest}"),
+        None => url,
+    }
+}
+
 /// A running suite; everything stops when dropped.
 pub struct Suite {
     /// The wrapper (its database, keys, helpers).
@@ -45,14 +55,59 @@ impl Suite {
 
     /// Start everything with nginx on `port`.
     pub async fn start_on(port: u16, adjust: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
-        let wrapper = spawn_wrapper_with(adjust).await?;
+        Self::start_inner(port, adjust, false).await
+    }
+
+    /// Start everything with each app and the wrapper on a Redis ACL user of its own
+    /// (`wrapper redis-acl apply` for the test's namespace, password [`SERVICE_SECRET`]), as
+    /// production runs them. [`acl_url`] gives a user's URL.
+    pub async fn start_with_redis_users(
+        adjust: impl FnOnce(&mut Settings),
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(free_port()?, adjust, true).await
+    }
+
+    async fn start_inner(
+        port: u16,
+        adjust: impl FnOnce(&mut Settings),
+        redis_users: bool,
+    ) -> anyhow::Result<Self> {
+        let namespace = crate::redis_namespace();
+        if redis_users {
+            let keys = sync_sdk::contract::StreamKeys::new(namespace.clone(), 8)
+                .ok_or_else(|| anyhow::anyhow!("bad namespace"))?;
+            let users: Vec<wrapper::redis_acl::UserSpec> = ["wrapper", "crm", "hrms", "projects"]
+                .iter()
+                .map(|u| format!("{u}={SERVICE_SECRET}").parse())
+                .collect::<Result<_, _>>()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
+            wrapper::redis_acl::apply(&crate::redis_url(), &keys, &users).await?;
+        }
+        let user_url = |user: &str| {
+            if redis_users {
+                acl_url(&namespace, user)
+            } else {
+                crate::redis_url()
+            }
+        };
+        let wrapper_url = user_url("wrapper");
+        let wrapper = spawn_wrapper_with(|s| {
+            s.namespace = namespace.clone();
+            s.redis_url = wrapper::config::Secret(wrapper_url);
+            adjust(s);
+        })
+        .await?;
         for app in ["crm", "hrms", "projects"] {
             wrapper::startup::upsert_service_client(&wrapper.db.pool, app, SERVICE_SECRET).await?;
         }
+        let args = |app: &str| sync_sdk::app::AppArgs {
+            redis_url: user_url(app),
+            ..app_args(&wrapper, SERVICE_SECRET)
+        };
         let stop = CancellationToken::new();
         let crm = crm::build(crm::Settings {
             listen: "127.0.0.1:0".parse()?,
-            app: app_args(&wrapper, SERVICE_SECRET),
+            app: args("crm"),
         })
         .await?;
         let crm_port = crm.addr().port();
@@ -60,13 +115,13 @@ impl Suite {
         tokio::spawn(crm.run_until_stopped(stop.clone()));
         let hrms = hrms::build(hrms::Settings {
             listen: "127.0.0.1:0".parse()?,
-            app: app_args(&wrapper, SERVICE_SECRET),
+            app: args("hrms"),
         })
         .await?;
         let hrms_port = hrms.addr().port();
         let hrms_full_sync = hrms.full_sync();
         tokio::spawn(hrms.run_until_stopped(stop.clone()));
-        let projects_args = app_args(&wrapper, SERVICE_SECRET);
+        let projects_args = args("projects");
         let projects_db = mongodb::Client::with_uri_str(&projects_args.mongodb_url)
             .await?
             .database(projects_args.mongo_db.as_deref().unwrap_or("projects"));

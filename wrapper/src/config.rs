@@ -52,6 +52,35 @@ pub enum Command {
     /// Manage the token signing keys (published at /.well-known/jwks.json).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Redis ACL users for the apps and the wrapper (see `redis_acl`): print them as an ACL
+    /// file, or apply them on every node.
+    #[command(subcommand)]
+    RedisAcl(RedisAclCommand),
+}
+
+/// `wrapper redis-acl ...`
+#[derive(Debug, Subcommand)]
+pub enum RedisAclCommand {
+    /// Print the users as ACL file lines (`user <namespace>-<app> …`, passwords hashed).
+    Print(RedisAclArgs),
+    /// Create or update the users on every node of `--admin-url` (default: REDIS_URL).
+    Apply(RedisAclArgs),
+}
+
+/// The users to make: `<app>=<password>` or `<app>=@<file>`; `wrapper` is the wrapper's own.
+#[derive(Debug, Args)]
+pub struct RedisAclArgs {
+    /// A user, e.g. `crm=@/run/secrets/crm-redis` (repeat, or comma-separate in the variable).
+    #[arg(
+        long = "user",
+        env = "WRAPPER_REDIS_ACL_USERS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub users: Vec<crate::redis_acl::UserSpec>,
+    /// A Redis URL allowed to run `ACL SETUSER` (an operator's, not the wrapper's own user).
+    #[arg(long, env = "WRAPPER_REDIS_ADMIN_URL")]
+    pub admin_url: Option<Secret>,
 }
 
 /// `wrapper keys ...`

@@ -22,6 +22,7 @@ pub mod meters;
 pub mod mirror;
 pub mod outbox;
 pub mod public_net;
+pub mod redis_acl;
 pub mod relay;
 pub mod startup;
 pub mod state;

@@ -4,7 +4,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use wrapper::{
     auth::keys::KeyStore,
-    config::{AdminCommand, Cli, Command, KeysCommand, ServiceClientCommand},
+    config::{AdminCommand, Cli, Command, KeysCommand, RedisAclCommand, ServiceClientCommand},
     startup,
 };
 
@@ -65,6 +65,30 @@ async fn main() -> anyhow::Result<()> {
             }
             for key in keys.jwks().await["keys"].as_array().into_iter().flatten() {
                 println!("{}", key["kid"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::RedisAcl(command) => {
+            let keys =
+                sync_contract::StreamKeys::new(settings.namespace.clone(), settings.partitions)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("invalid TSYNC_NAMESPACE or TSYNC_PARTITIONS")
+                    })?;
+            match command {
+                RedisAclCommand::Print(args) => {
+                    print!("{}", wrapper::redis_acl::acl_file(&keys, &args.users));
+                }
+                RedisAclCommand::Apply(args) => {
+                    let url = args.admin_url.map_or(settings.redis_url.0.clone(), |u| u.0);
+                    let nodes = wrapper::redis_acl::apply(&url, &keys, &args.users).await?;
+                    for user in &args.users {
+                        println!(
+                            "{} ready on {} node(s)",
+                            wrapper::redis_acl::user_name(&keys, &user.name),
+                            nodes.len()
+                        );
+                    }
+                }
             }
             Ok(())
         }

@@ -18,6 +18,7 @@ mod metrics;
 mod nginx;
 mod oidc_checks;
 mod projects;
+mod redis_acl;
 mod relay;
 mod scale_out;
 mod security;
