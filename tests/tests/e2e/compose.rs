@@ -295,3 +295,72 @@ fn the_image_runs_unprivileged_checks_its_health_and_caches_its_dependencies() {
         );
     }
 }
+
+/// `name=secret` pairs of a `WRAPPER_REDIS_ACL_USERS` value.
+fn acl_users(value: &str) -> BTreeMap<String, String> {
+    value
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(n, s)| (n.to_owned(), s.to_owned()))
+        .collect()
+}
+
+/// Whether `url` connects as `<namespace>-<service>` with `secret`.
+fn connects_as(url: &str, service: &str, secret: &str) -> bool {
+    url.contains(&format!("://tsync-{service}:{secret}@"))
+}
+
+#[test]
+fn every_service_connects_to_redis_as_its_own_acl_user_in_compose_and_kubernetes() {
+    let services = ["wrapper", "crm", "hrms", "projects"];
+    let compose = yaml_documents("docker-compose.yml").remove(0);
+    let job = &compose["services"]["redis-acl"];
+    assert_eq!(job["command"], serde_json::json!(["redis-acl", "apply"]));
+    let users = acl_users(
+        job["environment"]["WRAPPER_REDIS_ACL_USERS"]
+            .as_str()
+            .unwrap_or_default(),
+    );
+    for service in services {
+        let url = compose["services"][service]["environment"]["REDIS_URL"]
+            .as_str()
+            .unwrap_or_default();
+        let secret = users.get(service).map(String::as_str).unwrap_or("?");
+        assert!(
+            connects_as(url, service, secret),
+            "compose: {service} connects as {url}, not as its ACL user"
+        );
+    }
+    assert_eq!(
+        compose["services"]["wrapper"]["depends_on"]["redis-acl"]["condition"],
+        "service_completed_successfully"
+    );
+    let secrets = yaml_documents("deploy/k8s/secrets.yaml").remove(0);
+    let data = &secrets["stringData"];
+    let users = acl_users(data["redis-acl-users"].as_str().unwrap_or_default());
+    for service in services {
+        let url = data[format!("{service}-redis-url")]
+            .as_str()
+            .unwrap_or_default();
+        let secret = users.get(service).map(String::as_str).unwrap_or("?");
+        assert!(
+            connects_as(url, service, secret),
+            "k8s: {service}-redis-url is {url}, not its ACL user"
+        );
+        let deployment = yaml_documents(&format!("deploy/k8s/{service}.yaml"));
+        let text = serde_json::to_string(&deployment).unwrap();
+        assert!(
+            text.contains(&format!("\"key\":\"{service}-redis-url\"")),
+            "k8s: {service} does not read its own Redis URL"
+        );
+    }
+    assert!(
+        data.get("redis-url").is_none(),
+        "a shared Redis URL is left"
+    );
+    let job = yaml_documents("deploy/k8s/redis-acl-job.yaml").remove(0);
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        serde_json::json!(["redis-acl", "apply"])
+    );
+}
