@@ -10,6 +10,10 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 /// Describe every SDK metric and register the zero series of `app` on `partitions`.
 pub fn describe(app: &str, partitions: u32) {
     describe_counter!(
+        "tsync_lifecycle_unproven_total",
+        "Lifecycle commands read from the stream that the wrapper did not vouch for (or unreadable), dead-lettered without acting, by app."
+    );
+    describe_counter!(
         "tsync_consumer_consumed_total",
         "Stream entries read, by app and event type."
     );

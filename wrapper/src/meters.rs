@@ -9,6 +9,14 @@ use metrics::{describe_counter, describe_gauge, describe_histogram};
 /// Describe every wrapper metric and register the zero series (`partitions` of the relay).
 pub fn describe(partitions: u32) {
     describe_counter!(
+        "tsync_wrapper_password_hash_busy_total",
+        "Requests answered 503 because every password-hashing slot stayed busy for the whole wait."
+    );
+    describe_counter!(
+        "tsync_wrapper_credit_entries_refused_total",
+        "Fast-path credit entries the ledger will never take (malformed, another app's, or for a tenant without the app), dead-lettered to {ns}:dlq:ledger."
+    );
+    describe_counter!(
         "tsync_relay_published_total",
         "Events the relay published, by partition: the committed write rate."
     );
