@@ -235,8 +235,14 @@ impl TestApp {
         .await;
     }
 
-    /// Create tenant `subdomain` with admin `admin@<subdomain>.test`, signed in.
+    /// Create tenant `subdomain` with admin `admin@<subdomain>.test`, signed in, on a plan with
+    /// the `crm` and `hrms` features.
     pub async fn create_tenant(&self, subdomain: &str) -> TestTenant {
+        self.create_tenant_with(subdomain, &["crm", "hrms"]).await
+    }
+
+    /// [`create_tenant`](Self::create_tenant) on a plan with `features`.
+    pub async fn create_tenant_with(&self, subdomain: &str, features: &[&str]) -> TestTenant {
         let admin_email = format!("admin@{subdomain}.test");
         let body = self
             .send_ok(
@@ -244,7 +250,7 @@ impl TestApp {
                 "/api/tenants",
                 &self.root,
                 json!({"name": subdomain.to_uppercase(), "subdomain": subdomain, "plan": "pro",
-                       "features": ["crm", "hrms"],
+                       "features": features,
                        "admin": {"email": admin_email, "fullName": "First Admin", "password": PASSWORD}}),
             )
             .await;

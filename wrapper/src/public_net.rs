@@ -200,6 +200,46 @@ mod tests {
         }
     }
 
+    /// A one-request HTTP server on loopback: its port.
+    async fn answer_once() -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_not_fetched_unless_the_host_is_insecure() {
+        let port = answer_once().await;
+        let url = format!("http://localhost:{port}/");
+        let strict = public_client(Arc::default(), Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let refused = strict.get(&url).send().await;
+        assert!(refused.is_err(), "fetched loopback: {refused:?}");
+        let insecure = public_client(Arc::new(vec!["localhost".into()]), Duration::from_secs(2))
+            .build()
+            .unwrap();
+        assert!(
+            insecure
+                .get(&url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+    }
+
     #[test]
     fn ipv4_ranges() {
         for inside in [

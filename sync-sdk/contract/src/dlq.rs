@@ -138,7 +138,10 @@ pub async fn list(
 }
 
 /// Put matching dead letters back on their original streams and remove them from the DLQ;
-/// returns how many.
+/// returns how many. Only letters of this namespace's event and lifecycle streams go back; any
+/// other stream a letter names is left alone. The fields are the letter's own, as the app wrote
+/// them: the wrapper's redrive (sync health) republishes its own copy of each event instead,
+/// which is what an operator should use when an app's Redis user may not be trusted.
 pub async fn redrive(
     redis: &Client,
     keys: &StreamKeys,
@@ -147,7 +150,9 @@ pub async fn redrive(
 ) -> Result<usize, Error> {
     let mut moved = 0;
     for (id, letter) in list(redis, keys, app, None).await? {
-        if !filter.matches(&letter) || letter.fields.is_empty() {
+        let shared =
+            keys.all_events().contains(&letter.stream) || letter.stream == keys.lifecycle();
+        if !filter.matches(&letter) || letter.fields.is_empty() || !shared {
             continue;
         }
         let fields: Vec<(String, String)> = letter.fields.into_iter().collect();

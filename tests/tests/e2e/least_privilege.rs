@@ -422,6 +422,55 @@ async fn app_reports_and_manifests_cannot_pass_for_the_wrapper() -> anyhow::Resu
         assert_eq!(problem["field"], "publicPath", "{problem}");
     }
     assert_eq!(w.count("applications").await, apps_before);
+    // Once registered, an app cannot drop (or change) the feature that gates it; a platform
+    // admin can.
+    let mut open_to_all = crm::manifest();
+    open_to_all.feature = None;
+    let (status, _) = w
+        .call(
+            Method::PUT,
+            "/api/apps/crm",
+            Some(&crm),
+            Some(serde_json::to_value(&open_to_all)?),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let listed = w.get_ok("/api/apps", &w.root).await;
+    assert!(
+        listed.to_string().contains("\"feature\":\"crm\""),
+        "{listed}"
+    );
+    let (status, _) = w
+        .call(
+            Method::PUT,
+            "/api/apps/crm",
+            Some(&w.root),
+            Some(serde_json::to_value(&open_to_all)?),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // A webhook URL at an IPv6 literal that carries an inside IPv4 address is no public address.
+    let hooks = format!("/api/tenants/{}/webhooks", acme.id);
+    for url in [
+        "https://[::127.0.0.1]/hook",
+        "https://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+        "https://[2002:a00:1::1]/hook",
+        "https://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/hook",
+        "https://[fec0::1]/hook",
+    ] {
+        let (status, problem) = w
+            .call(
+                Method::POST,
+                &hooks,
+                Some(&acme.admin),
+                Some(json!({"url": url, "eventTypes": ["user.created"]})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {problem}");
+        assert_eq!(problem["field"], "url");
+    }
+    assert_eq!(w.count("webhook_endpoints").await, 0);
     Ok(())
 }
 
@@ -654,5 +703,66 @@ async fn two_hundred_concurrent_sign_ins_to_one_account_get_only_documented_answ
         counts.contains_key(&503),
         "the bound never showed: {counts:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redrive_republishes_the_wrappers_own_copy_never_what_an_app_wrote_in_its_dead_letters()
+-> anyhow::Result<()> {
+    let w = spawn_wrapper().await?;
+    let crm = service_token(&w, "crm").await;
+    register_crm(&w, &crm).await;
+    let acme = w.create_tenant("acme").await;
+    let keys = w.state.stream_keys.clone();
+    let redis = raw_redis().await?;
+    // A genuine event, as the relay published it.
+    let (event_id, envelope): (Uuid, String) = sqlx::query_as(
+        "select event_id, envelope from outbox where tenant_id = $1 and event_type = 'user.created'",
+    )
+    .bind(acme.id)
+    .fetch_one(&w.db.pool)
+    .await?;
+    let stream = keys.events(keys.partition_of(acme.id));
+    let as_fields = |envelope: &str| -> std::collections::HashMap<String, String> {
+        let parsed = sync_contract::Envelope::from_json_str(envelope).expect("an envelope");
+        parsed
+            .to_stream_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.replace("First Admin", "Mallory Admin")))
+            .collect()
+    };
+    // The app's dead letters hold it tampered with, and an event the wrapper never wrote.
+    let tampered = as_fields(&envelope);
+    let forged_envelope = envelope.replace(&event_id.to_string(), &Uuid::now_v7().to_string());
+    let forged = as_fields(&forged_envelope);
+    for fields in [&tampered, &forged] {
+        let letter = dlq::DeadLetter::new(&stream, "1-0", fields, "handler failed".into(), 3);
+        dlq::push(&redis, &keys, "crm", &letter).await?;
+    }
+    let before: u64 = redis.xlen(&stream).await?;
+    let answer = w
+        .send_ok(
+            Method::POST,
+            "/api/admin/sync-health/crm/dead-letters/redrive",
+            &w.root,
+            json!({}),
+        )
+        .await;
+    assert_eq!(answer, json!({"redriven": 1, "refused": 1}));
+    let entries: Vec<(String, std::collections::HashMap<String, String>)> =
+        redis.xrange(&stream, "-", "+", None).await?;
+    assert_eq!(entries.len() as u64, before + 1);
+    let republished = &entries.last().expect("an entry").1;
+    assert_eq!(
+        republished.get(sync_contract::FIELD_ENVELOPE),
+        Some(&envelope),
+        "the wrapper's own copy, byte for byte"
+    );
+    let text = format!("{entries:?}");
+    assert!(!text.contains("Mallory"), "the app's version was published");
+    // The forged one stays in the dead letters for a person to look at.
+    let left = dlq::list(&redis, &keys, "crm", None).await?;
+    assert_eq!(left.len(), 1);
+    redis.quit().await?;
     Ok(())
 }

@@ -291,14 +291,23 @@ async fn sync_health_actions_redrive_dead_letters_by_tenant_and_request_a_resync
     );
     let redis = redis_client(&app.state.settings.redis_url.0).await?;
     let keys = StreamKeys::new(app.state.settings.namespace.clone(), 8).unwrap();
-    // One poison entry per tenant, as the consumer dead-letters them.
+    // One entry per tenant its handler failed on, as the consumer dead-letters them: each a
+    // real event of the tenant (the wrapper republishes its own copy of it from the outbox).
+    let mut envelopes = HashMap::new();
     for t in [&a, &b] {
         let stream = keys.events_for(t.id);
-        let fields = HashMap::from([
-            ("eventType".to_owned(), "user.updated".to_owned()),
-            ("tenantId".to_owned(), t.id.to_string()),
-            ("envelope".to_owned(), format!("poison of {}", t.id)),
-        ]);
+        let (seq, envelope): (i64, String) = sqlx::query_as(
+            "select seq, envelope from outbox where tenant_id = $1 and event_type = 'user.created'",
+        )
+        .bind(t.id)
+        .fetch_one(&app.db.pool)
+        .await?;
+        envelopes.insert(t.id, envelope.clone());
+        let fields: HashMap<String, String> =
+            sync_sdk::contract::stream_fields("user.created", t.id, seq, envelope)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
         let letter = DeadLetter::new(&stream, "1-0", &fields, "handler failed".into(), 5);
         dlq::push(&redis, &keys, "crm", &letter).await?;
     }
@@ -314,7 +323,7 @@ async fn sync_health_actions_redrive_dead_letters_by_tenant_and_request_a_resync
             &items[0]["attempts"],
             &items[0]["error"]
         ),
-        (&json!("user.updated"), &json!(5), &json!("handler failed"))
+        (&json!("user.created"), &json!(5), &json!("handler failed"))
     );
     let (status, problem) = app
         .call(
@@ -357,12 +366,12 @@ async fn sync_health_actions_redrive_dead_letters_by_tenant_and_request_a_resync
             json!({"tenantId": a.id}),
         )
         .await;
-    assert_eq!(moved["redriven"], 1);
+    assert_eq!(moved, json!({"redriven": 1, "refused": 0}));
     let after: u64 = redis.xlen(&stream).await?;
     assert_eq!(after, before + 1, "back on its stream");
     let last: Vec<(String, HashMap<String, String>)> =
         redis.xrevrange(&stream, "+", "-", Some(1)).await?;
-    assert_eq!(last[0].1["envelope"], format!("poison of {}", a.id));
+    assert_eq!(last[0].1["envelope"], envelopes[&a.id]);
     let left = dlq::list(&redis, &keys, "crm", None).await?;
     assert_eq!(left.len(), 1);
     assert_eq!(

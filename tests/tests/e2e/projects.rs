@@ -37,7 +37,9 @@ async fn projects_charges(suite: &Suite, t: &TestTenant) -> i64 {
 async fn a_paid_project_is_created_once_under_retries_at_the_tenants_price() -> anyhow::Result<()> {
     let suite = Suite::start(|_| {}).await?;
     let wrapper = &suite.wrapper;
-    let acme = wrapper.create_tenant("acme").await;
+    let acme = wrapper
+        .create_tenant_with("acme", &["crm", "hrms", "projects"])
+        .await;
     let (ada, _) = wrapper.create_member(&acme, "ada@acme.test").await;
     wrapper.fund_app(&acme, "projects", 1000).await;
     let edge = suite.edge(&acme.subdomain);
@@ -189,7 +191,9 @@ async fn project_members_follow_the_wrapper_deactivated_reactivated_and_deleted(
 -> anyhow::Result<()> {
     let suite = Suite::start(|_| {}).await?;
     let wrapper = &suite.wrapper;
-    let acme = wrapper.create_tenant("acme").await;
+    let acme = wrapper
+        .create_tenant_with("acme", &["crm", "hrms", "projects"])
+        .await;
     let (ada, _) = wrapper.create_member(&acme, "ada@acme.test").await;
     let (bob, _) = wrapper.create_member(&acme, "bob@acme.test").await;
     wrapper.fund_app(&acme, "projects", 100).await;
@@ -356,8 +360,12 @@ async fn service_token(suite: &Suite, app: &str) -> String {
 async fn with_the_wrapper_down_a_loaded_tenant_is_served_degraded() -> anyhow::Result<()> {
     let suite = Suite::start(|_| {}).await?;
     let wrapper = &suite.wrapper;
-    let acme = wrapper.create_tenant("acme").await;
-    let globex = wrapper.create_tenant("globex").await;
+    let acme = wrapper
+        .create_tenant_with("acme", &["crm", "hrms", "projects"])
+        .await;
+    let globex = wrapper
+        .create_tenant_with("globex", &["crm", "hrms", "projects"])
+        .await;
     let http = reqwest::Client::new();
     let get = |t: &TestTenant| {
         http.get(format!("{}/projects/projects", suite.nginx.url()))

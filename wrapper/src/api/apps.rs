@@ -50,6 +50,16 @@ async fn register(
     }
     let manifest = apps::checked(&name, manifest)?;
     let mut tx = state.db.begin().await?;
+    // The feature decides which tenants an app may load, serve and charge: once registered,
+    // only a platform admin changes it (an app dropping its feature would reach every tenant).
+    if let Caller::Service { .. } = &caller
+        && let Some(registered) = apps::registered_feature(&mut tx, &name).await?
+        && registered != manifest.feature
+    {
+        return Err(ApiError::Forbidden(
+            "only a platform admin changes the feature an app requires",
+        ));
+    }
     apps::register(&mut tx, &manifest).await?;
     let entry = audit::Entry {
         tenant_id: None,

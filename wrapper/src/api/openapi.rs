@@ -60,7 +60,7 @@ const REFUSALS: &[(u16, &str)] = &[
     (408, "The request took longer than the server's timeout"),
     (
         409,
-        "Conflicts with existing state (a duplicate, a taken domain)",
+        "Conflicts with existing state (a duplicate, a taken domain), or a per-tenant limit is reached (`limit` names its setting)",
     ),
     (413, "The body is larger than the limit"),
     (415, "The body is not JSON"),
@@ -99,6 +99,9 @@ fn finish(api: utoipa::openapi::OpenApi) -> Value {
             "status": {"type": "integer"},
             "detail": {"type": "string"},
             "field": {"type": "string", "description": "The field at fault, for 400"},
+            "feature": {"type": "string", "description": "The feature the tenant's plan lacks, for 403 to an app"},
+            "limit": {"type": "string", "description": "The setting holding the limit reached, for 409"},
+            "max": {"type": "integer", "description": "That limit"},
             "errors": {"type": "array", "items": {"type": "object"}},
         },
     });

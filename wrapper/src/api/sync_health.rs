@@ -6,7 +6,9 @@
 //! `{ns}:fullsyncs:{app}`); the wrapper does not interpret the reports beyond their age.
 //!
 //! And the operator's actions, each audited: list an app's dead letters, redrive them (by
-//! tenant or event type: back onto their streams, where every app skips what it processed),
+//! tenant or event type: back onto their streams, where every app skips what it processed; the
+//! wrapper republishes its own copy of each event from the outbox, never the letter's fields,
+//! which the app wrote),
 //! and ask an app to re-sync one tenant (a request in the app's re-sync journal, which a live
 //! replica takes over within one status tick, as it takes over a dead replica's).
 
@@ -208,32 +210,113 @@ async fn dead_letters(
     ))
 }
 
-/// Redrive `app`'s dead letters matching `filter` and audit it; how many moved.
+/// What the wrapper puts back for one dead letter. Never the letter's own fields: the app wrote
+/// them (its Redis user may write its dead letters), and the wrapper's user may append to the
+/// event streams, so republishing them would publish whatever the app chose (a confused deputy).
+enum Vouched {
+    /// The wrapper's own copy of the event (from the outbox), for its partition stream.
+    Event(String, Vec<(&'static str, String)>),
+    /// The lifecycle operation is still pending: its command was sent again.
+    Resent,
+    /// Nothing the wrapper can vouch for (an unknown event, one older than the outbox keeps, a
+    /// finished or unknown operation, another stream): left in the dead letters.
+    Refused,
+}
+
+async fn vouch(state: &AppState, letter: &dlq::DeadLetter) -> ApiResult<Vouched> {
+    let keys = &state.stream_keys;
+    if keys.all_events().contains(&letter.stream) {
+        let event_id = letter
+            .fields
+            .get(sync_contract::FIELD_ENVELOPE)
+            .and_then(|e| serde_json::from_str::<Value>(e).ok())
+            .and_then(|v| v["eventId"].as_str()?.parse::<Uuid>().ok());
+        let Some(event_id) = event_id else {
+            return Ok(Vouched::Refused);
+        };
+        let row: Option<(String, Uuid, i64, i32, String)> = sqlx::query_as(
+            "select event_type, tenant_id, seq, partition, envelope from outbox
+             where event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_optional(&state.db)
+        .await?;
+        return Ok(match row {
+            Some((event_type, tenant, seq, partition, envelope)) => Vouched::Event(
+                keys.events(partition as u32),
+                sync_contract::stream_fields(&event_type, tenant, seq, envelope),
+            ),
+            None => Vouched::Refused,
+        });
+    }
+    if letter.stream == keys.lifecycle() {
+        let operation = letter
+            .fields
+            .get("operationId")
+            .and_then(|o| o.parse::<Uuid>().ok());
+        if let Some(id) = operation
+            && crate::lifecycle::read(&state.db, id)
+                .await?
+                .is_some_and(|o| o.status == "pending")
+        {
+            crate::lifecycle::send(&state.db, &state.redis, keys, id).await;
+            return Ok(Vouched::Resent);
+        }
+    }
+    Ok(Vouched::Refused)
+}
+
+/// Redrive `app`'s dead letters matching `filter` with what the wrapper can vouch for, and
+/// audit it: (how many went back, how many were refused and left in the dead letters).
 pub(crate) async fn redrive_letters(
     state: &AppState,
     ctx: &Ctx,
     actor: Uuid,
     app: &str,
     filter: &LetterFilter,
-) -> ApiResult<usize> {
+) -> ApiResult<(usize, usize)> {
     registered(state, app).await?;
     let f = filter.dlq()?;
-    let moved = dlq::redrive(&state.redis, &state.stream_keys, app, &f)
+    let keys = &state.stream_keys;
+    let (mut moved, mut refused) = (0, 0);
+    let all = dlq::list(&state.redis, keys, app, None)
         .await
         .map_err(anyhow::Error::from)?;
+    for (id, letter) in all.into_iter().filter(|(_, l)| f.matches(l)) {
+        match vouch(state, &letter).await? {
+            Vouched::Event(stream, fields) => {
+                let _: String = state
+                    .redis
+                    .xadd(stream, false, None::<()>, "*", fields)
+                    .await
+                    .map_err(anyhow::Error::from)?;
+            }
+            Vouched::Resent => {}
+            Vouched::Refused => {
+                refused += 1;
+                continue;
+            }
+        }
+        let _: u64 = state
+            .redis
+            .xdel(keys.dlq(app), id.as_str())
+            .await
+            .map_err(anyhow::Error::from)?;
+        moved += 1;
+    }
     let entry = crate::audit::Entry {
         tenant_id: filter.tenant_id,
         actor_id: Some(actor),
         action: "sync.redrive",
         target: Some(app.to_owned()),
         outcome: "success",
-        details: json!({"eventType": filter.event_type, "redriven": moved}),
+        details: json!({"eventType": filter.event_type, "redriven": moved, "refused": refused}),
     };
     crate::audit::record(&state.db, ctx, entry).await;
-    Ok(moved)
+    Ok((moved, refused))
 }
 
-#[utoipa::path(post, path = "/api/admin/sync-health/{app}/dead-letters/redrive", tag = "sync", request_body = LetterFilter, params(("app" = String, Path, description = "A registered app")), responses((status = 200, description = "How many dead letters went back onto their streams (platform admins; audited)", body = Value)))]
+#[utoipa::path(post, path = "/api/admin/sync-health/{app}/dead-letters/redrive", tag = "sync", request_body = LetterFilter, params(("app" = String, Path, description = "A registered app")), responses((status = 200, description = "How many dead letters went back onto their streams as the wrapper's own copy (`redriven`), and how many it could not vouch for and left (`refused`) (platform admins; audited)", body = Value)))]
 async fn redrive(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -242,8 +325,8 @@ async fn redrive(
     ApiJson(filter): ApiJson<LetterFilter>,
 ) -> ApiResult<Json<Value>> {
     let actor = caller.require_platform_admin()?.id;
-    let moved = redrive_letters(&state, &ctx, actor, &app, &filter).await?;
-    Ok(Json(json!({"redriven": moved})))
+    let (moved, refused) = redrive_letters(&state, &ctx, actor, &app, &filter).await?;
+    Ok(Json(json!({"redriven": moved, "refused": refused})))
 }
 
 /// Ask `app` to re-sync `tenant` and audit it.

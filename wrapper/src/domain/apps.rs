@@ -137,6 +137,21 @@ pub(crate) fn checked(name: &str, manifest: AppManifest) -> ApiResult<AppManifes
     })
 }
 
+/// The feature `name` was registered with: none when the app is not registered, `Some(None)`
+/// when it requires no feature. The row is locked until `tx` ends (two registrations of one
+/// app take turns).
+pub(crate) async fn registered_feature(
+    tx: &mut PgConnection,
+    name: &str,
+) -> ApiResult<Option<Option<String>>> {
+    let row: Option<(Option<String>,)> =
+        sqlx::query_as("select feature from applications where name = $1 for update")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(row.map(|(f,)| f))
+}
+
 /// Store `manifest` (replacing the app's earlier one and its operations).
 pub(crate) async fn register(tx: &mut PgConnection, manifest: &AppManifest) -> ApiResult<()> {
     sqlx::query(

@@ -32,11 +32,17 @@
 //! change being committed in the app's store (HDR histogram), the backlog over time and the
 //! catch-up time after the load stops; plots in `docs/bench/`.
 //!
+//! `cargo run --release -p tsync-e2e --bin bench -- sign-in --wrapper-bin target/release/wrapper`
+//!
+//! sign-in: 200 concurrent password sign-ins to one account, round after round, against the
+//! wrapper binary as a process: throughput, latency, answers and resident memory.
+//!
 //! relay: raw pipelined XADD of the outbox's payloads vs. the relay publishing the same number
 //! of committed outbox rows, on the same Redis in one run; then commit → stream latency at a
 //! steady write rate.
 
 mod bench_e2e;
+mod bench_sign_in;
 mod plots;
 
 use std::{
@@ -81,9 +87,10 @@ async fn main() -> anyhow::Result<()> {
         Some("credits") => credits(events).await,
         Some("pages") => pages(events).await,
         Some("e2e") => bench_e2e::e2e(&args).await,
+        Some("sign-in") => bench_sign_in::sign_in(&args).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] [--tenants N] | consumer [--events N] [--tenants N] | load [--events USERS] [--runs N] [--store postgres|mongo] | tenants [--tenants N] [--events USERS_EACH] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30]"
+                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] [--tenants N] | consumer [--events N] [--tenants N] | load [--events USERS] [--runs N] [--store postgres|mongo] | tenants [--tenants N] [--events USERS_EACH] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30] | sign-in [--wrapper-bin PATH] [--label NAME] [--concurrency 200] [--rounds 5]"
             );
             std::process::exit(2);
         }

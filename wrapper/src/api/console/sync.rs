@@ -303,7 +303,7 @@ async fn redrive(
         Err(e) => return refused(e),
     };
     match sync_health::redrive_letters(&state, &ctx, user.id, &app, &filter).await {
-        Ok(n) => see_other(&format!(
+        Ok((n, _)) => see_other(&format!(
             "/admin/sync-health?app={}&redriven={n}",
             url_encode(&app)
         )),
