@@ -286,6 +286,31 @@ impl TestApp {
         (id, token)
     }
 
+    /// Create a user of `tenant`, erase them (`POST …/erase`) and wait until every registered
+    /// app confirmed (the operation is `done`): the lifecycle round trip, end to end.
+    pub async fn erase_a_new_user(&self, tenant: &TestTenant) -> anyhow::Result<()> {
+        let users = format!("/api/tenants/{}/users", tenant.id);
+        let user = self
+            .send_ok(
+                Method::POST,
+                &users,
+                &tenant.admin,
+                json!({"email": format!("leaving@{}.test", tenant.subdomain),
+                       "fullName": "Leaving Soon"}),
+            )
+            .await;
+        let erase = format!("{users}/{}/erase", user["id"].as_str().unwrap_or_default());
+        let (status, op) = self
+            .call(Method::POST, &erase, Some(&tenant.admin), None)
+            .await;
+        anyhow::ensure!(status == StatusCode::ACCEPTED, "erase: {status} {op}");
+        let location = format!("/api/operations/{}", op["id"].as_str().unwrap_or_default());
+        crate::eventually(std::time::Duration::from_secs(30), || async {
+            self.get_ok(&location, &tenant.admin).await["status"] == "done"
+        })
+        .await
+    }
+
     /// Every outbox envelope of `tenant`, in seq order.
     pub async fn outbox(&self, tenant: Uuid) -> Vec<Value> {
         sqlx::query_scalar("select envelope::jsonb from outbox where tenant_id = $1 order by seq")

@@ -59,15 +59,21 @@ const CONSUME: &str = "+xreadgroup +xack +xautoclaim +xclaim +xpending +xinfo|gr
 /// dangerous, and scripts over them.
 const OWN: &str = "+@read +@write -@admin -@dangerous +evalsha +eval";
 
-/// The ACL rules of `app`'s user (without its password): see the module docs.
-pub fn app_rules(keys: &StreamKeys, app: &str) -> Vec<String> {
-    let ns = keys.namespace();
+/// The rules every user starts with: nothing, then on, no channels, the connection's commands.
+fn base_rules() -> Vec<String> {
     let mut rules = vec![
         "reset".to_owned(),
         "on".to_owned(),
         "resetchannels".to_owned(),
     ];
     rules.extend(CONNECTION.iter().map(|r| (*r).to_owned()));
+    rules
+}
+
+/// The ACL rules of `app`'s user (without its password): see the module docs.
+pub fn app_rules(keys: &StreamKeys, app: &str) -> Vec<String> {
+    let ns = keys.namespace();
+    let mut rules = base_rules();
     // The shared streams, consumer-group commands only.
     rules.push(format!("(~{ns}:events:* ~{ns}:lifecycle {CONSUME})"));
     // Sign-out markers: read only.
@@ -99,14 +105,8 @@ pub fn app_rules(keys: &StreamKeys, app: &str) -> Vec<String> {
 /// The ACL rules of the wrapper's user (without its password): every key of the namespace,
 /// every command but the administrative and dangerous ones.
 pub fn wrapper_rules(keys: &StreamKeys) -> Vec<String> {
-    let ns = keys.namespace();
-    let mut rules = vec![
-        "reset".to_owned(),
-        "on".to_owned(),
-        "resetchannels".to_owned(),
-    ];
-    rules.extend(CONNECTION.iter().map(|r| (*r).to_owned()));
-    rules.push(format!("(~{ns}:* {OWN})"));
+    let mut rules = base_rules();
+    rules.push(format!("(~{}:* {OWN})", keys.namespace()));
     rules
 }
 

@@ -52,15 +52,7 @@ async fn forged_purge_erasure_and_credit_entries_on_the_streams_change_nothing()
         .await?;
     assert_eq!(status, StatusCode::CREATED, "{account}");
     // A tenant without the CRM: a forged consumption for it must charge nothing.
-    let bare = w
-        .send_ok(
-            Method::POST,
-            "/api/tenants",
-            &w.root,
-            json!({"name": "Bare", "subdomain": "bare", "plan": "free", "features": []}),
-        )
-        .await;
-    let bare_id: Uuid = serde_json::from_value(bare["id"].clone())?;
+    let bare_id = w.create_tenant_with("bare", &[]).await.id;
     let ledger_before: i64 = w.count("credit_ledger").await;
 
     let keys = w.state.stream_keys.clone();
@@ -172,26 +164,7 @@ async fn forged_purge_erasure_and_credit_entries_on_the_streams_change_nothing()
     assert_eq!(bare_ledger, 0);
 
     // A real erasure still goes through (the apps ask, the wrapper vouches).
-    let users = format!("/api/tenants/{}/users", acme.id);
-    let member = w
-        .send_ok(
-            Method::POST,
-            &users,
-            &acme.admin,
-            json!({"email": "leaving@acme.test", "fullName": "Leaving Soon"}),
-        )
-        .await;
-    let erase = format!(
-        "{users}/{}/erase",
-        member["id"].as_str().unwrap_or_default()
-    );
-    let (status, op) = w.call(Method::POST, &erase, Some(&acme.admin), None).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
-    let location = format!("/api/operations/{}", op["id"].as_str().unwrap_or_default());
-    eventually(Duration::from_secs(30), || async {
-        w.get_ok(&location, &acme.admin).await["status"] == "done"
-    })
-    .await?;
+    w.erase_a_new_user(&acme).await?;
     redis.quit().await?;
     Ok(())
 }
@@ -294,15 +267,7 @@ async fn an_app_reads_and_spends_only_its_own_credits_and_only_for_tenants_with_
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     // A tenant without the feature: nothing read, nothing charged, the feature named.
-    let bare = w
-        .send_ok(
-            Method::POST,
-            "/api/tenants",
-            &w.root,
-            json!({"name": "Bare", "subdomain": "bare", "plan": "free", "features": ["hrms"]}),
-        )
-        .await;
-    let bare_id = bare["id"].as_str().unwrap_or_default().to_owned();
+    let bare_id = w.create_tenant_with("bare", &["hrms"]).await.id;
     let ledger_rows = w.count("credit_ledger").await;
     for (method, path, body) in [
         (
@@ -518,20 +483,10 @@ async fn an_app_refuses_a_tenant_whose_plan_lacks_its_feature_and_one_that_loses
     assert_eq!(status, StatusCode::OK, "the HRMS still serves it");
 
     // A tenant that never had it is never loaded by the CRM.
-    let bare = w
-        .send_ok(
-            Method::POST,
-            "/api/tenants",
-            &w.root,
-            json!({"name": "Bare", "subdomain": "bare", "plan": "free", "features": ["hrms"],
-                   "admin": {"email": "admin@bare.test", "fullName": "Bare Admin",
-                             "password": PASSWORD}}),
-        )
-        .await;
-    let token = w.login("admin@bare.test", PASSWORD, Some("bare")).await?;
+    let bare = w.create_tenant_with("bare", &["hrms"]).await;
     let (status, problem) = suite
         .edge("bare")
-        .send(Method::GET, "/crm/accounts", &token, None)
+        .send(Method::GET, "/crm/accounts", &bare.admin, None)
         .await?;
     assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
     assert_eq!(problem["field"], "feature");
@@ -539,7 +494,7 @@ async fn an_app_refuses_a_tenant_whose_plan_lacks_its_feature_and_one_that_loses
         "select count(*) from audit_log where tenant_id = $1 and action = 'snapshot.export'
            and target = 'crm'",
     )
-    .bind(Uuid::parse_str(bare["id"].as_str().unwrap_or_default())?)
+    .bind(bare.id)
     .fetch_one(&w.db.pool)
     .await?;
     assert_eq!(exports, 0, "the CRM loaded a tenant without its feature");

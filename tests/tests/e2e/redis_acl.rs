@@ -70,25 +70,7 @@ async fn apps_on_their_own_redis_users_work_end_to_end_and_are_refused_beyond_th
         .await?;
     assert_eq!(status, StatusCode::OK);
     // The lifecycle: an erasure is carried out and confirmed by every app.
-    let member = w
-        .send_ok(
-            Method::POST,
-            &users,
-            &acme.admin,
-            json!({"email": "leaving@acme.test", "fullName": "Leaving Soon"}),
-        )
-        .await;
-    let erase = format!(
-        "{users}/{}/erase",
-        member["id"].as_str().unwrap_or_default()
-    );
-    let (status, op) = w.call(Method::POST, &erase, Some(&acme.admin), None).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
-    let location = format!("/api/operations/{}", op["id"].as_str().unwrap_or_default());
-    eventually(Duration::from_secs(30), || async {
-        w.get_ok(&location, &acme.admin).await["status"] == "done"
-    })
-    .await?;
+    w.erase_a_new_user(&acme).await?;
 
     // As the CRM's user: its own keys yes, nothing else.
     let crm = wrapper::startup::connect_redis(&acl_url(&namespace, "crm")).await?;
