@@ -506,6 +506,7 @@ async fn per_tenant_limits_hold_under_concurrent_requests_and_a_repeated_export_
 -> anyhow::Result<()> {
     let w = spawn_wrapper_with(|s| {
         s.max_thresholds_per_balance = 3;
+        s.max_export_parts = 2;
     })
     .await?;
     let acme = w.create_tenant("acme").await;
@@ -565,6 +566,33 @@ async fn per_tenant_limits_hold_under_concurrent_requests_and_a_repeated_export_
     .fetch_one(&w.db.pool)
     .await?;
     assert_eq!(pending, 1);
+
+    // An app uploads at most WRAPPER_MAX_EXPORT_PARTS parts to one export (a part sent again
+    // replaces itself and does not count twice).
+    let crm = service_token(&w, "crm").await;
+    let op = ids.iter().next().cloned().unwrap_or_default();
+    let part = |chunk: u32| {
+        w.http
+            .put(format!(
+                "{}/api/sync/operations/{op}/parts/accounts/{chunk}",
+                w.url
+            ))
+            .bearer_auth(&crm)
+            .header("content-type", "text/plain")
+            .body("{\"name\":\"Initech\"}\n")
+            .send()
+    };
+    for chunk in [0, 1, 1] {
+        assert_eq!(part(chunk).await?.status(), StatusCode::NO_CONTENT);
+    }
+    let refused = part(2).await?;
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+    let problem: Value = refused.json().await?;
+    assert_eq!(problem["limit"], "WRAPPER_MAX_EXPORT_PARTS");
+    let parts: i64 = sqlx::query_scalar("select count(*) from export_parts")
+        .fetch_one(&w.db.pool)
+        .await?;
+    assert_eq!(parts, 2);
     Ok(())
 }
 

@@ -365,20 +365,25 @@ async fn export_part(
         });
     }
     let mut tx = state.db.begin().await?;
-    crate::domain::limits::Limit {
+    // One app's parts of one export, counted under a lock per (export, app); a part sent
+    // again replaces itself and does not count twice.
+    let limit = crate::domain::limits::Limit {
         setting: "WRAPPER_MAX_EXPORT_PARTS",
         what: "parts per app and export",
         max: state.settings.max_export_parts,
-    }
-    .check(
-        &mut tx,
-        operation_id,
-        &format!("{app}/{collection}/{chunk}"),
-        "select count(*) from export_parts where operation_id = $1
-           and source || '/' || collection || '/' || chunk <> $2
-           and source = split_part($2, '/', 1)",
+    };
+    limit.lock(&mut tx, operation_id, app).await?;
+    let others: i64 = sqlx::query_scalar(
+        "select count(*) from export_parts where operation_id = $1 and source = $2
+           and not (collection = $3 and chunk = $4)",
     )
+    .bind(operation_id)
+    .bind(app)
+    .bind(&collection)
+    .bind(chunk)
+    .fetch_one(&mut *tx)
     .await?;
+    limit.enforce(others)?;
     let stored =
         lifecycle::export::store_part(&mut *tx, operation_id, app, &collection, chunk, &body)
             .await?;

@@ -33,16 +33,33 @@ impl Limit {
         key: &str,
         count: &str,
     ) -> ApiResult<()> {
-        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':limit:' || $2, 0))")
-            .bind(tenant.to_string())
-            .bind(format!("{}:{key}", self.setting))
-            .execute(&mut *tx)
-            .await?;
+        self.lock(tx, tenant, key).await?;
         let n: i64 = sqlx::query_scalar(count)
             .bind(tenant)
             .bind(key)
             .fetch_one(&mut *tx)
             .await?;
+        self.enforce(n)
+    }
+
+    /// Serialise creators of this kind for (`scope`, `key`) until `tx` ends; the caller then
+    /// counts and [`enforce`](Self::enforce)s.
+    pub(crate) async fn lock(
+        &self,
+        tx: &mut PgConnection,
+        scope: Uuid,
+        key: &str,
+    ) -> ApiResult<()> {
+        sqlx::query("select pg_advisory_xact_lock(hashtextextended($1 || ':limit:' || $2, 0))")
+            .bind(scope.to_string())
+            .bind(format!("{}:{key}", self.setting))
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Refuse when `n` objects already reach the limit.
+    pub(crate) fn enforce(&self, n: i64) -> ApiResult<()> {
         if n >= self.max {
             return Err(ApiError::LimitReached {
                 limit: self.setting,
