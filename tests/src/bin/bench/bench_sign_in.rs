@@ -51,10 +51,7 @@ pub async fn sign_in(args: &[String]) -> anyhow::Result<()> {
         .env("REDIS_URL", redis_url())
         .env("TSYNC_NAMESPACE", redis_namespace())
         .env("WRAPPER_LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "WRAPPER_KEY_ENCRYPTION_KEYS",
-            "bench-kek:YmVuY2gta2V5LWVuY3J5cHRpb24ta2V5LTMyLWJ5dGVz",
-        )
+        .env("WRAPPER_KEY_ENCRYPTION_KEYS", tsync_e2e::wrapper_app::TEST_KEK)
         .env("WRAPPER_COOKIE_SECURE", "false")
         .env("WRAPPER_BOOTSTRAP_ADMIN_EMAIL", "root@bench.test")
         .env("WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", password)
