@@ -1,11 +1,15 @@
-//! Password hashing with argon2id, off the async runtime (`spawn_blocking`), under a bound.
+//! Password hashing with argon2id, off the async runtime, under a bound.
 //!
 //! One argon2id hash with the default parameters holds 19 MiB for tens of milliseconds of CPU.
-//! Unbounded, 200 concurrent sign-ins filled the blocking pool with 200 hashes and the process
-//! grew from 30 MB to 459 MB (and kept it: the allocator does not give it back). [`Hasher`]
-//! runs at most `WRAPPER_PASSWORD_HASH_CONCURRENCY` hashes at once; a caller waits for a slot
-//! at most `WRAPPER_PASSWORD_HASH_WAIT_MS` and is then answered [`Busy`] (503 with
-//! `Retry-After`), so a flood costs queueing, not memory, and nobody waits without bound.
+//! Unbounded, 200 concurrent sign-ins put 200 hashes on the blocking pool at once, and the
+//! process kept what the allocator had handed out (BENCHMARKS.md: from 43 MiB to 3.3 GiB after
+//! one round, 15 GiB after five). [`Hasher`] admits at most `WRAPPER_PASSWORD_HASH_CONCURRENCY`
+//! hashes at once; a caller waits for a slot at most `WRAPPER_PASSWORD_HASH_WAIT_MS` and is
+//! then answered [`Busy`] (503 with `Retry-After`), so a flood costs queueing, not memory, and
+//! nobody waits without bound. The hashes run on that many threads of the hasher's own, not on
+//! the runtime's blocking pool: the allocator keeps the freed 19 MiB of a hash in the arena of
+//! the thread that ran it, so the fewer threads ever hash, the less the process keeps (with the
+//! blocking pool's rotating threads a bound of two still kept about 430 MiB).
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,27 +24,58 @@ use tokio::sync::Semaphore;
 #[error("every password-hashing slot is busy")]
 pub struct Busy;
 
-/// The bounded password hasher (cheap to clone; clones share the slots).
+/// A hashing job for the hasher's threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The bounded password hasher (cheap to clone; clones share the slots and the threads, which
+/// end when the last clone is dropped).
 #[derive(Debug, Clone)]
 pub struct Hasher {
     slots: Arc<Semaphore>,
     wait: Duration,
+    jobs: std::sync::mpsc::Sender<Job>,
 }
 
 impl Hasher {
-    /// At most `concurrency` hashes at once (0: one per CPU); a caller waits up to `wait`.
+    /// At most `concurrency` hashes at once (0: one per CPU), on as many threads of its own; a
+    /// caller waits up to `wait`.
     pub fn new(concurrency: usize, wait: Duration) -> Self {
         let concurrency = match concurrency {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
             n => n,
         };
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        for i in 0..concurrency {
+            let queue = queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("password-hash-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only to take the next job, not while it runs.
+                        let next = queue.lock().map(|q| q.recv());
+                        match next {
+                            // A panicking job drops its answer (the caller gets Busy) and
+                            // leaves the thread serving the next one.
+                            Ok(Ok(job)) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            _ => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a password-hashing thread");
+            }
+        }
         Self {
             slots: Arc::new(Semaphore::new(concurrency)),
             wait,
+            jobs,
         }
     }
 
-    /// Run `work` on the blocking pool once a slot is free.
+    /// Run `work` on a hashing thread once a slot is free.
     async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
@@ -53,15 +88,15 @@ impl Hasher {
                 return Err(Busy);
             }
         };
-        let done = tokio::task::spawn_blocking(move || {
-            let out = work();
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(work());
             drop(permit);
-            out
-        })
-        .await;
-        // A panicking hash is a bug, not a busy server; it is reported as busy rather than
-        // taking the request down (the panic itself is logged by the runtime).
-        done.map_err(|_| Busy)
+        });
+        // No thread took it (none could be started) or the hash panicked: reported as busy
+        // rather than taking the request down (a panic is logged by the thread's hook).
+        self.jobs.send(job).map_err(|_| Busy)?;
+        result.await.map_err(|_| Busy)
     }
 
     /// Hash `password` (argon2id, default parameters, random salt).

@@ -51,7 +51,10 @@ pub async fn sign_in(args: &[String]) -> anyhow::Result<()> {
         .env("REDIS_URL", redis_url())
         .env("TSYNC_NAMESPACE", redis_namespace())
         .env("WRAPPER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WRAPPER_KEY_ENCRYPTION_KEYS", tsync_e2e::wrapper_app::TEST_KEK)
+        .env(
+            "WRAPPER_KEY_ENCRYPTION_KEYS",
+            tsync_e2e::wrapper_app::TEST_KEK,
+        )
         .env("WRAPPER_COOKIE_SECURE", "false")
         .env("WRAPPER_BOOTSTRAP_ADMIN_EMAIL", "root@bench.test")
         .env("WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", password)
