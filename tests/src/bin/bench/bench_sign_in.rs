@@ -60,7 +60,10 @@ pub async fn sign_in(args: &[String]) -> anyhow::Result<()> {
         .env("WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", password)
         .env("WRAPPER_SIGN_IN_ACCOUNT_FAILURES", "100000000")
         .env("WRAPPER_SIGN_IN_SOURCE_FAILURES", "100000000")
-        .env("WRAPPER_DB_MAX_CONNECTIONS", "50")
+        .env(
+            "WRAPPER_DB_MAX_CONNECTIONS",
+            std::env::var("BENCH_DB_CONNECTIONS").unwrap_or_else(|_| "50".into()),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
