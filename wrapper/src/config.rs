@@ -22,6 +22,56 @@ impl std::str::FromStr for Secret {
     }
 }
 
+/// A name and its secret, given as `name=secret` or `name=@file` (the file's content, trimmed:
+/// a mounted secret): Redis users, service clients.
+#[derive(Clone)]
+pub struct NamedSecret {
+    /// `crm`, `hrms`, … (or `wrapper` for its Redis user).
+    pub name: String,
+    /// Its secret (never printed).
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NamedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NamedSecret")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::str::FromStr for NamedSecret {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, secret) = text
+            .split_once('=')
+            .ok_or("expected <app>=<secret> or <app>=@<file>")?;
+        let valid = !name.is_empty()
+            && name.len() <= 40
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid {
+            return Err(format!("'{name}': 1-40 lowercase letters, digits or '-'"));
+        }
+        let secret = match secret.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{path}: {e}"))?
+                .trim()
+                .to_owned(),
+            None => secret.to_owned(),
+        };
+        if secret.len() < 16 {
+            return Err(format!("{name}: a password needs at least 16 characters"));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            secret,
+        })
+    }
+}
+
 /// The Tenantsync wrapper: identity, tenants and credits, published through an outbox.
 #[derive(Debug, Parser)]
 #[command(name = "wrapper", version, about)]
@@ -77,7 +127,7 @@ pub struct RedisAclArgs {
         value_delimiter = ',',
         required = true
     )]
-    pub users: Vec<crate::redis_acl::UserSpec>,
+    pub users: Vec<NamedSecret>,
     /// A Redis URL allowed to run `ACL SETUSER` (an operator's, not the wrapper's own user).
     #[arg(long, env = "WRAPPER_REDIS_ADMIN_URL")]
     pub admin_url: Option<Secret>,
@@ -263,6 +313,17 @@ pub struct Settings {
     /// Bootstrap: the password of that admin.
     #[arg(long, env = "WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", hide_env_values = true)]
     pub bootstrap_admin_password: Option<Secret>,
+    /// Bootstrap: service clients to create or update at start-up, `<app>=<secret>` or
+    /// `<app>=@<file>`, comma-separated (what `wrapper service-client create` does, so compose
+    /// and Kubernetes need no manual step). Idempotent: a client whose stored secret already
+    /// matches is left as it is.
+    #[arg(
+        long = "bootstrap-service-client",
+        env = "WRAPPER_BOOTSTRAP_SERVICE_CLIENTS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub bootstrap_service_clients: Vec<NamedSecret>,
     /// Run the outbox relay and the credit-stream ingester inside `serve` (`wrapper relay` runs
     /// the relay alone).
     #[arg(long, env = "WRAPPER_RELAY", default_value_t = true, action = clap::ArgAction::Set)]

@@ -142,54 +142,8 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One user to create: its name and secret, from `name=secret` or `name=@file`.
-#[derive(Clone)]
-pub struct UserSpec {
-    /// `crm`, `hrms`, …, or `wrapper`.
-    pub name: String,
-    /// Its password.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for UserSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserSpec")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl std::str::FromStr for UserSpec {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (name, secret) = text
-            .split_once('=')
-            .ok_or("expected <app>=<secret> or <app>=@<file>")?;
-        let valid = !name.is_empty()
-            && name.len() <= 40
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid {
-            return Err(format!("'{name}': 1-40 lowercase letters, digits or '-'"));
-        }
-        let secret = match secret.strip_prefix('@') {
-            Some(path) => std::fs::read_to_string(path)
-                .map_err(|e| format!("{path}: {e}"))?
-                .trim()
-                .to_owned(),
-            None => secret.to_owned(),
-        };
-        if secret.len() < 16 {
-            return Err(format!("{name}: a password needs at least 16 characters"));
-        }
-        Ok(Self {
-            name: name.to_owned(),
-            secret,
-        })
-    }
-}
+/// One user to create: its name and password (`crm=<secret>` or `crm=@<file>`).
+pub type UserSpec = crate::config::NamedSecret;
 
 /// The ACL file lines (`user <name> <rules…>`) for `users`, passwords hashed.
 pub fn acl_file(keys: &StreamKeys, users: &[UserSpec]) -> String {

@@ -77,6 +77,11 @@ impl Application {
         ) {
             create_platform_admin(&db, email, &pw.0, "Platform Admin").await?;
         }
+        for client in &settings.bootstrap_service_clients {
+            ensure_service_client(&db, &client.name, &client.secret)
+                .await
+                .with_context(|| format!("bootstrapping service client {}", client.name))?;
+        }
         let redis = connect_redis(&settings.redis_url.0).await?;
         crate::webhooks::seal_all_secrets(&db, &keks).await?;
         let keys = KeyStore::load(db.clone(), settings.issuer.clone(), keks).await?;
@@ -312,6 +317,26 @@ pub async fn create_platform_admin(
         .fetch_one(db)
         .await?),
     }
+}
+
+/// Make sure `app`'s service client exists with `secret`: left as it is when its stored secret
+/// already matches (no new hash at every start), created or replaced otherwise.
+pub async fn ensure_service_client(db: &PgPool, app: &str, secret: &str) -> anyhow::Result<()> {
+    let stored: Option<String> =
+        sqlx::query_scalar("select secret_hash from service_clients where client_id = $1")
+            .bind(app)
+            .fetch_optional(db)
+            .await?;
+    if let Some(stored) = stored {
+        let secret = secret.to_owned();
+        let matches =
+            tokio::task::spawn_blocking(move || password::verify_now(&secret, Some(stored)))
+                .await?;
+        if matches {
+            return Ok(());
+        }
+    }
+    upsert_service_client(db, app, secret).await
 }
 
 /// Create or replace the service client of `app` (client id = app name).

@@ -364,3 +364,56 @@ fn every_service_connects_to_redis_as_its_own_acl_user_in_compose_and_kubernetes
         serde_json::json!(["redis-acl", "apply"])
     );
 }
+
+#[test]
+fn the_wrapper_creates_every_apps_service_client_from_the_apps_own_secret() {
+    let apps = ["crm", "hrms", "projects"];
+    let compose = yaml_documents("docker-compose.yml").remove(0);
+    let clients = acl_users(
+        compose["services"]["wrapper"]["environment"]["WRAPPER_BOOTSTRAP_SERVICE_CLIENTS"]
+            .as_str()
+            .unwrap_or_default(),
+    );
+    for app in apps {
+        let secret = &compose["services"][app]["environment"]["APP_SERVICE_SECRET"];
+        assert_eq!(
+            clients.get(app).map(String::as_str),
+            secret.as_str(),
+            "compose: the wrapper does not create {app}'s service client with its secret"
+        );
+    }
+    let wrapper = yaml_documents("deploy/k8s/wrapper.yaml");
+    let deployment = wrapper.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let value = env
+        .iter()
+        .find(|e| e["name"] == "WRAPPER_BOOTSTRAP_SERVICE_CLIENTS")
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_default();
+    let mount = pod["containers"][0]["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .unwrap_or_default();
+    let items = pod["volumes"][0]["secret"]["items"].as_array().unwrap();
+    for app in apps {
+        let docs = yaml_documents(&format!("deploy/k8s/{app}.yaml"));
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let app_env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap();
+        let key = app_env
+            .iter()
+            .find(|e| e["name"] == "APP_SERVICE_SECRET")
+            .and_then(|e| e["valueFrom"]["secretKeyRef"]["key"].as_str())
+            .unwrap_or_default();
+        let path = items
+            .iter()
+            .find(|i| i["key"] == key)
+            .and_then(|i| i["path"].as_str())
+            .unwrap_or("?");
+        assert!(
+            value.contains(&format!("{app}=@{mount}/{path}")),
+            "k8s: {app}'s service client is not made from the secret it reads ({key}): {value}"
+        );
+    }
+}

@@ -749,3 +749,82 @@ async fn a_redrive_republishes_the_wrappers_own_copy_never_what_an_app_wrote_in_
     redis.quit().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn service_clients_come_from_the_configuration_at_start_idempotently() -> anyhow::Result<()> {
+    let secret_file = std::env::temp_dir().join(format!("tsync-hrms-{}", Uuid::now_v7()));
+    std::fs::write(&secret_file, "hrms-secret-from-a-mounted-file-0123\n")?;
+    let clients = format!(
+        "crm=crm-secret-from-the-environment-0123,hrms=@{}",
+        secret_file.display()
+    );
+    let parse = |text: &str| -> Vec<wrapper::config::NamedSecret> {
+        text.split(',')
+            .map(|c| c.parse().expect("a client"))
+            .collect()
+    };
+    let mut w = spawn_wrapper_with(|s| s.bootstrap_service_clients = parse(&clients)).await?;
+    async fn token(w: &TestApp, app: &str, secret: &str) -> StatusCode {
+        w.call(
+            Method::POST,
+            "/auth/service-token",
+            None,
+            Some(json!({"clientId": app, "clientSecret": secret})),
+        )
+        .await
+        .0
+    }
+    assert_eq!(
+        token(&w, "crm", "crm-secret-from-the-environment-0123").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        token(&w, "hrms", "hrms-secret-from-a-mounted-file-0123").await,
+        StatusCode::OK
+    );
+    let pool = w.db.pool.clone();
+    let hash_of = |app: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "select secret_hash from service_clients where client_id = $1",
+            )
+            .bind(app)
+            .fetch_one(&pool)
+            .await
+            .expect("a client")
+        }
+    };
+    let before = hash_of("crm").await;
+    // Started again with the same configuration: nothing rewritten.
+    w.restart().await?;
+    assert_eq!(hash_of("crm").await, before);
+    // With a new secret: replaced, the old one refused.
+    let rotated = "crm=crm-secret-rotated-by-the-operator-9".to_owned();
+    w.restart_with(|s| s.bootstrap_service_clients = parse(&rotated))
+        .await?;
+    assert_ne!(hash_of("crm").await, before);
+    assert_eq!(
+        token(&w, "crm", "crm-secret-from-the-environment-0123").await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        token(&w, "crm", "crm-secret-rotated-by-the-operator-9").await,
+        StatusCode::OK
+    );
+    // A bad entry stops the start with the reason.
+    let settings = {
+        let mut s = w.settings_for_test();
+        s.bootstrap_service_clients = parse("crm=too-short-a-secret-x");
+        s
+    };
+    let refused = wrapper::startup::Application::build(settings).await;
+    assert!(
+        refused
+            .err()
+            .is_some_and(|e| format!("{e:#}").contains("24 characters")),
+        "a short service secret was accepted"
+    );
+    std::fs::remove_file(secret_file)?;
+    Ok(())
+}
