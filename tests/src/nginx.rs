@@ -91,6 +91,28 @@ impl Nginx {
         rate: Option<u32>,
         upstreams: &Upstreams,
     ) -> anyhow::Result<Self> {
+        Self::start_inner(port, burst, rate, None, upstreams).await
+    }
+
+    /// Like [`start_upstreams`](Self::start_upstreams), connecting to the upstreams from
+    /// `proxy_bind` (a loopback address of the edge's own, e.g. `127.0.2.1`): what the wrapper
+    /// sees as the edge's address, as a proxy on another host of a network would be.
+    pub async fn start_bound(
+        port: u16,
+        burst: Option<u32>,
+        proxy_bind: &str,
+        upstreams: &Upstreams,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(port, burst, None, Some(proxy_bind), upstreams).await
+    }
+
+    async fn start_inner(
+        port: u16,
+        burst: Option<u32>,
+        rate: Option<u32>,
+        proxy_bind: Option<&str>,
+        upstreams: &Upstreams,
+    ) -> anyhow::Result<Self> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
         let prefix = std::env::temp_dir().join(unique_name());
         let rendered = Command::new(root.join("nginx/render"))
@@ -104,6 +126,7 @@ impl Nginx {
             .env("NGINX_CLIENT_BURST", burst.unwrap_or(40).to_string())
             .env("NGINX_SIGN_IN_BURST", burst.unwrap_or(10).to_string())
             .envs(rate.map(|r| ("NGINX_RATE", format!("{r}r/s"))))
+            .envs(proxy_bind.map(|b| ("NGINX_PROXY_BIND", b.to_owned())))
             .output()
             .await
             .context("running nginx/render")?;

@@ -261,14 +261,15 @@ pub struct Settings {
     /// this replica invalidate it at once).
     #[arg(long, env = "WRAPPER_DOMAIN_CACHE_TTL_SECS", default_value_t = 30)]
     pub domain_cache_ttl_secs: u64,
-    /// Proxies whose `X-Forwarded-For` names the client (comma-separated addresses; the edge).
+    /// Proxies whose `X-Forwarded-For` names the client: the edge's addresses or CIDR ranges
+    /// (`172.28.0.0/16`), comma-separated. Only what reaches the wrapper through the edge.
     #[arg(
         long,
         env = "WRAPPER_TRUSTED_PROXIES",
         value_delimiter = ',',
         default_value = "127.0.0.1,::1"
     )]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<crate::context::IpRange>,
     /// The one host platform admins sign in on (their cookie is for this host only). Hosts that
     /// name no tenant offer no sign-in otherwise.
     #[arg(long, env = "WRAPPER_ADMIN_HOST", default_value = "127.0.0.1")]

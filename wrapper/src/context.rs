@@ -4,8 +4,9 @@
 //! every app that applied it.
 //!
 //! It also carries the client's address: the peer's, or — when the peer is one of the trusted
-//! proxies (`WRAPPER_TRUSTED_PROXIES`, loopback by default: the edge) — the rightmost address in
-//! `X-Forwarded-For` that is not a trusted proxy. Sign-in throttling counts failures per address.
+//! proxies (`WRAPPER_TRUSTED_PROXIES`: addresses or CIDR ranges, loopback by default: the edge) —
+//! the rightmost address in `X-Forwarded-For` that is not a trusted proxy. Sign-in throttling
+//! counts failures per address.
 
 use std::{net::IpAddr, sync::Arc};
 
@@ -37,23 +38,85 @@ pub struct Ctx {
     pub traceparent: Option<String>,
 }
 
+/// An address range: `10.0.0.0/8`, `fd00::/8`, or one address (`127.0.0.1`, `::1`). An
+/// IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, what a dual-stack listener reports) is judged as
+/// the IPv4 address it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpRange {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text.trim(), None),
+        };
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("'{text}' is not an address or a CIDR range"))?;
+        let network = network.to_canonical();
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("'{text}': the prefix must be 0 to {max}"))?,
+        };
+        Ok(Self { network, prefix })
+    }
+}
+
 /// The proxies whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(pub Arc<Vec<IpAddr>>);
+pub struct TrustedProxies(pub Arc<Vec<IpRange>>);
 
 impl TrustedProxies {
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|range| range.contains(ip))
+    }
+
     /// The client behind `peer`, given the request's `X-Forwarded-For` values.
     pub fn client(&self, peer: Option<IpAddr>, forwarded: &[&str]) -> Option<IpAddr> {
-        let peer = peer?;
-        if !self.0.contains(&peer) {
+        let peer = peer?.to_canonical();
+        if !self.trusts(peer) {
             return Some(peer);
         }
         let hops = forwarded.iter().flat_map(|v| v.split(','));
-        let mut hops: Vec<IpAddr> = hops.filter_map(|h| h.trim().parse().ok()).collect();
+        let mut hops: Vec<IpAddr> = hops
+            .filter_map(|h| h.trim().parse::<IpAddr>().ok())
+            .map(|ip| ip.to_canonical())
+            .collect();
         hops.reverse();
         Some(
             hops.into_iter()
-                .find(|ip| !self.0.contains(ip))
+                .find(|ip| !self.trusts(*ip))
                 .unwrap_or(peer),
         )
     }
@@ -153,7 +216,8 @@ mod tests {
     #[test]
     fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let proxies = TrustedProxies(Arc::new(vec![ip("127.0.0.1"), ip("10.0.0.2")]));
+        let range = |s: &str| s.parse::<IpRange>().unwrap();
+        let proxies = TrustedProxies(Arc::new(vec![range("127.0.0.1"), range("10.0.0.2")]));
         let spoofed = ["6.6.6.6, 1.2.3.4"];
         assert_eq!(
             proxies.client(Some(ip("9.9.9.9")), &spoofed),
@@ -173,5 +237,36 @@ mod tests {
             Some(ip("127.0.0.1"))
         );
         assert_eq!(proxies.client(None, &spoofed), None);
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let range = |s: &str| s.parse::<IpRange>().unwrap();
+        let edge = TrustedProxies(Arc::new(vec![range("172.28.0.0/16"), range("fd00::/8")]));
+        let chain = ["203.0.113.9, 172.28.3.4"];
+        assert_eq!(
+            edge.client(Some(ip("172.28.0.10")), &chain),
+            Some(ip("203.0.113.9"))
+        );
+        // A dual-stack listener reports the proxy mapped into IPv6.
+        assert_eq!(
+            edge.client(Some(ip("::ffff:172.28.0.10")), &chain),
+            Some(ip("203.0.113.9"))
+        );
+        assert_eq!(
+            edge.client(Some(ip("fd12::1")), &["2001:db8::7"]),
+            Some(ip("2001:db8::7"))
+        );
+        // Outside the range: the peer itself, whatever it forwards.
+        assert_eq!(
+            edge.client(Some(ip("172.29.0.1")), &chain),
+            Some(ip("172.29.0.1"))
+        );
+        assert!(range("0.0.0.0/0").contains(ip("8.8.8.8")));
+        assert!(!range("10.0.0.0/8").contains(ip("11.0.0.1")));
+        for bad in ["10.0.0.0/33", "fd00::/129", "nonsense", "10.0.0.0/x"] {
+            assert!(bad.parse::<IpRange>().is_err(), "{bad}");
+        }
     }
 }

@@ -417,3 +417,24 @@ fn the_wrapper_creates_every_apps_service_client_from_the_apps_own_secret() {
         );
     }
 }
+
+#[test]
+fn the_wrapper_believes_forwarded_addresses_from_the_edge_alone() {
+    let compose = yaml_documents("docker-compose.yml").remove(0);
+    let edge = compose["services"]["nginx"]["networks"]["default"]["ipv4_address"]
+        .as_str()
+        .expect("the edge has a fixed address");
+    let subnet: wrapper::context::IpRange =
+        compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .unwrap();
+    assert!(subnet.contains(edge.parse().unwrap()));
+    let trusted = compose["services"]["wrapper"]["environment"]["WRAPPER_TRUSTED_PROXIES"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(trusted, edge, "compose trusts more than the edge");
+    let k8s = k8s_shape("wrapper");
+    assert!(k8s.2.contains("WRAPPER_TRUSTED_PROXIES"));
+}

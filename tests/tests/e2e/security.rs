@@ -932,3 +932,64 @@ async fn signing_keys_are_sealed_at_rest_and_the_sealing_key_rotates() -> anyhow
     }
     Ok(())
 }
+
+/// The edge at an address of its own (`proxy_bind 127.0.2.1`), trusted as a CIDR range, as a
+/// proxy on another host of a pod or compose network is: two clients behind it are two
+/// addresses to the wrapper, so one guessing passwords slows only itself.
+#[tokio::test]
+async fn a_client_guessing_behind_the_edge_does_not_slow_another_clients_sign_in()
+-> anyhow::Result<()> {
+    use tsync_e2e::nginx::{Nginx, Upstreams};
+    let w = spawn_wrapper_with(|s| {
+        s.trusted_proxies = vec!["127.0.2.0/24".parse().expect("a range")];
+    })
+    .await?;
+    w.create_tenant("acme").await;
+    let wrapper_port: u16 = w.url.rsplit(':').next().unwrap_or_default().parse()?;
+    let upstreams = Upstreams {
+        wrapper: vec![wrapper_port],
+        crm: vec![free_port()?],
+        hrms: vec![free_port()?],
+        projects: vec![free_port()?],
+    };
+    let edge = Nginx::start_bound(free_port()?, Some(500), "127.0.2.1", &upstreams).await?;
+    let from = |addr: &str| {
+        reqwest::Client::builder()
+            .local_address(addr.parse::<std::net::IpAddr>().ok())
+            .build()
+    };
+    let (guesser, other) = (from("127.0.3.1")?, from("127.0.3.2")?);
+    let url = format!("http://127.0.0.1:{}/auth/login", edge.port);
+    let sign_in = |client: &reqwest::Client, email: String, password: &str| {
+        client
+            .post(&url)
+            .header("host", "acme.yourapp.test")
+            .json(&json!({"email": email, "password": password, "tenant": "acme"}))
+            .send()
+    };
+    let mut answers = Vec::new();
+    for i in 0..25 {
+        let r = sign_in(&guesser, format!("guess{i}@acme.test"), "Wrong-Password-1").await?;
+        answers.push(r.status().as_u16());
+    }
+    assert!(
+        answers.ends_with(&[429, 429, 429]),
+        "the guessing client is slowed: {answers:?}"
+    );
+    let r = sign_in(&other, "admin@acme.test".into(), PASSWORD).await?;
+    assert_eq!(r.status(), StatusCode::OK, "the other client waits");
+    // The wrapper counted the guessing client's address, never the edge's.
+    let sources: Vec<String> =
+        sqlx::query_scalar("select key from sign_in_failures where key like 'source:%'")
+            .fetch_all(&w.db.pool)
+            .await?;
+    assert!(
+        sources.contains(&"source:127.0.3.1".to_owned()),
+        "{sources:?}"
+    );
+    assert!(
+        !sources.iter().any(|k| k.starts_with("source:127.0.2.")),
+        "{sources:?}"
+    );
+    Ok(())
+}
