@@ -438,3 +438,42 @@ fn the_wrapper_believes_forwarded_addresses_from_the_edge_alone() {
     let k8s = k8s_shape("wrapper");
     assert!(k8s.2.contains("WRAPPER_TRUSTED_PROXIES"));
 }
+
+#[test]
+fn the_edge_and_the_wrapper_serve_one_parent_domain_and_the_cluster_waits_for_a_replica() {
+    let conf = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nginx/nginx.conf"))
+        .unwrap();
+    let server_name = |text: &str| -> String {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("server_name "))
+            .map(|d| d.trim_end_matches(';').to_owned())
+            .expect("a server_name")
+    };
+    let compose = yaml_documents("docker-compose.yml").remove(0);
+    assert_eq!(
+        compose["services"]["wrapper"]["environment"]["WRAPPER_COOKIE_DOMAIN"]
+            .as_str()
+            .unwrap_or_default(),
+        server_name(&conf),
+        "compose: the wrapper's cookie domain is not the edge's"
+    );
+    let config = yaml_documents("deploy/k8s/config.yaml").remove(0);
+    let domain = config["data"]["cookie-domain"].as_str().unwrap_or_default();
+    let edge = yaml_documents("deploy/k8s/nginx-config.yaml").remove(0);
+    assert_eq!(
+        server_name(edge["data"]["nginx.conf"].as_str().unwrap_or_default()),
+        domain,
+        "k8s: the edge's parent domain is not the wrapper's"
+    );
+    let wrapper = yaml_documents("deploy/k8s/wrapper.yaml");
+    let deployment = wrapper.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let var = |name: &str| env.iter().find(|e| e["name"] == name).cloned();
+    assert_eq!(
+        var("WRAPPER_COOKIE_DOMAIN").unwrap()["valueFrom"]["configMapKeyRef"]["key"],
+        "cookie-domain"
+    );
+    assert_eq!(var("WRAPPER_RELAY_WAIT_REPLICAS").unwrap()["value"], "1");
+}
