@@ -4,6 +4,7 @@
 
 mod app_auth;
 mod compose;
+mod config_reference;
 mod console;
 mod console_pages;
 mod consumer;
