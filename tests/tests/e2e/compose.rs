@@ -271,6 +271,11 @@ fn the_image_runs_unprivileged_checks_its_health_and_caches_its_dependencies() {
         "runs as {user}"
     );
     assert!(at("HEALTHCHECK").is_some(), "no HEALTHCHECK");
+    // What ships carries no DWARF (the line tables are split off in the build stage).
+    assert!(
+        dockerfile.contains("objcopy --strip-debug") && dockerfile.contains("--only-keep-debug"),
+        "the image ships its debug info"
+    );
     assert!(
         dockerfile.contains("/health/live"),
         "the health check probes liveness"
