@@ -325,6 +325,11 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub bootstrap_service_clients: Vec<NamedSecret>,
+    /// Bootstrap: a first tenant to create at start-up if no tenant has its subdomain, as the
+    /// JSON body of `POST /api/tenants` (name, subdomain, plan, features, admin with its
+    /// password), or `@<file>` holding it. Idempotent: an existing subdomain is left as it is.
+    #[arg(long, env = "WRAPPER_BOOTSTRAP_TENANT", hide_env_values = true)]
+    pub bootstrap_tenant: Option<Secret>,
     /// Run the outbox relay and the credit-stream ingester inside `serve` (`wrapper relay` runs
     /// the relay alone).
     #[arg(long, env = "WRAPPER_RELAY", default_value_t = true, action = clap::ArgAction::Set)]

@@ -113,6 +113,11 @@ impl Application {
             ),
             settings: Arc::new(settings),
         };
+        if let Some(tenant) = &state.settings.bootstrap_tenant {
+            bootstrap_tenant(&state, &tenant.0)
+                .await
+                .context("WRAPPER_BOOTSTRAP_TENANT")?;
+        }
         Ok(Self { listener, state })
     }
 
@@ -317,6 +322,36 @@ pub async fn create_platform_admin(
         .fetch_one(db)
         .await?),
     }
+}
+
+/// Create the tenant `spec` describes (a `POST /api/tenants` body, or `@<file>` holding one)
+/// unless a tenant already has its subdomain.
+async fn bootstrap_tenant(state: &AppState, spec: &str) -> anyhow::Result<()> {
+    let text = match spec.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => spec.to_owned(),
+    };
+    let req: crate::api::tenants::CreateTenant =
+        serde_json::from_str(&text).context("not a tenant: the body of POST /api/tenants")?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from tenants where subdomain = $1)")
+            .bind(req.subdomain.trim().to_lowercase())
+            .fetch_one(&state.db)
+            .await?;
+    if exists {
+        return Ok(());
+    }
+    let ctx = crate::context::Ctx {
+        request_id: "bootstrap".to_owned(),
+        correlation_id: uuid::Uuid::now_v7().to_string(),
+        client_ip: None,
+        traceparent: None,
+    };
+    let tenant = crate::api::tenants::create_tenant(state, &ctx, req)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(tenant = %tenant["subdomain"], "bootstrap tenant created");
+    Ok(())
 }
 
 /// Make sure `app`'s service client exists with `secret`: left as it is when its stored secret

@@ -387,6 +387,21 @@ fn the_wrapper_creates_every_apps_service_client_from_the_apps_own_secret() {
             "compose: the wrapper does not create {app}'s service client with its secret"
         );
     }
+    // And the tenant the README sends users to exists: compose creates it at the first start,
+    // on a plan with every app.
+    let tenant = compose["services"]["wrapper"]["environment"]["WRAPPER_BOOTSTRAP_TENANT"]
+        .as_str()
+        .unwrap_or_default();
+    let parsed: serde_json::Value = serde_json::from_str(tenant).expect("a tenant");
+    let _: wrapper::api::tenants::CreateTenant =
+        serde_json::from_str(tenant).expect("the body of POST /api/tenants");
+    assert_eq!(parsed["subdomain"], "acme");
+    for app in apps {
+        assert!(
+            parsed["features"].as_array().unwrap().contains(&app.into()),
+            "acme lacks {app}"
+        );
+    }
     let wrapper = yaml_documents("deploy/k8s/wrapper.yaml");
     let deployment = wrapper.iter().find(|d| d["kind"] == "Deployment").unwrap();
     let pod = &deployment["spec"]["template"]["spec"];

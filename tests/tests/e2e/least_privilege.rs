@@ -828,3 +828,44 @@ async fn service_clients_come_from_the_configuration_at_start_idempotently() -> 
     std::fs::remove_file(secret_file)?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_first_tenant_comes_from_the_configuration_once() -> anyhow::Result<()> {
+    let spec = json!({"name": "Acme", "subdomain": "acme", "plan": "pro",
+                      "features": ["crm", "hrms"],
+                      "admin": {"email": "admin@acme.test", "fullName": "First Admin",
+                                "password": PASSWORD}})
+    .to_string();
+    let mut w = spawn_wrapper_with(|s| {
+        s.bootstrap_tenant = Some(wrapper::config::Secret(spec.clone()));
+    })
+    .await?;
+    let token = w.login("admin@acme.test", PASSWORD, Some("acme")).await?;
+    let tenants = w.get_ok("/api/tenants", &w.root).await;
+    assert_eq!(
+        tenants["items"].as_array().map(Vec::len),
+        Some(1),
+        "{tenants}"
+    );
+    assert!(!token.is_empty());
+    // Started again: the tenant is there already, nothing is added or changed.
+    w.restart().await?;
+    assert_eq!(w.count("tenants").await, 1);
+    assert_eq!(
+        w.count("users").await,
+        2,
+        "the platform admin and the tenant's admin"
+    );
+    // A spec that is not a tenant stops the start with the reason.
+    let mut settings = w.settings_for_test();
+    settings.listen = "127.0.0.1:0".parse()?;
+    settings.bootstrap_tenant = Some(wrapper::config::Secret(r#"{"name": "x"}"#.into()));
+    let refused = wrapper::startup::Application::build(settings).await;
+    assert!(
+        refused
+            .err()
+            .is_some_and(|e| format!("{e:#}").contains("WRAPPER_BOOTSTRAP_TENANT")),
+        "a bad bootstrap tenant was accepted"
+    );
+    Ok(())
+}

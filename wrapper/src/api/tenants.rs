@@ -87,11 +87,12 @@ struct FirstAdmin {
     password: String,
 }
 
+/// A tenant to create (the API's body; also `WRAPPER_BOOTSTRAP_TENANT`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CreateTenant {
+pub struct CreateTenant {
     name: String,
-    subdomain: String,
+    pub(crate) subdomain: String,
     domain: Option<String>,
     plan: Option<String>,
     #[serde(default)]
@@ -108,6 +109,20 @@ async fn create(
     ApiJson(req): ApiJson<CreateTenant>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     caller.require_platform_admin()?;
+    Ok((
+        StatusCode::CREATED,
+        Json(create_tenant(&state, &ctx, req).await?),
+    ))
+}
+
+/// Create the tenant `req` describes (the caller is allowed to): checked field by field, with
+/// its admin role, its first admin if given, and their events; the tenant as the API answers
+/// it, with `adminRoleId` and `adminUserId`.
+pub async fn create_tenant(
+    state: &AppState,
+    ctx: &Ctx,
+    req: CreateTenant,
+) -> ApiResult<serde_json::Value> {
     let name = validate::short_text("name", &req.name, 100)?;
     let subdomain = validate::subdomain("subdomain", &req.subdomain)?;
     let plan = validate::short_text("plan", req.plan.as_deref().unwrap_or("free"), 40)?;
@@ -115,7 +130,7 @@ async fn create(
     let domain = req
         .domain
         .as_deref()
-        .map(|d| custom_domain(&state, d))
+        .map(|d| custom_domain(state, d))
         .transpose()?;
     let admin = match &req.admin {
         Some(a) => {
@@ -158,7 +173,7 @@ async fn create(
     let tenant = TenantState::from(fetch(&mut tx, tenant_id).await?);
     outbox::record(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         (tenant_id, 1),
         Event::TenantCreated,
@@ -187,7 +202,7 @@ async fn create(
         )])?;
     outbox::record(
         &mut tx,
-        &ctx,
+        ctx,
         tenant_id,
         (role.id, 1),
         Event::RoleCreated,
@@ -207,8 +222,8 @@ async fn create(
             active: true,
             deleted_at: None,
         };
-        super::users::insert(&mut tx, &ctx, &user, Some(hash)).await?;
-        super::memberships::grant(&mut tx, &ctx, tenant_id, user.id, role.id).await?;
+        super::users::insert(&mut tx, ctx, &user, Some(hash)).await?;
+        super::memberships::grant(&mut tx, ctx, tenant_id, user.id, role.id).await?;
         admin_user_id = Some(user.id);
     }
     tx.commit().await?;
@@ -216,7 +231,7 @@ async fn create(
     let mut body = serde_json::to_value(&tenant).map_err(anyhow::Error::from)?;
     body["adminRoleId"] = serde_json::json!(role.id);
     body["adminUserId"] = serde_json::json!(admin_user_id);
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok(body)
 }
 
 #[utoipa::path(get, path = "/api/tenants", tag = "tenants", params(PageQuery), responses((status = 200, description = "A page of tenants", body = Page<TenantState>)))]
