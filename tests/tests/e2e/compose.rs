@@ -496,4 +496,27 @@ fn the_edge_and_the_wrapper_serve_one_parent_domain_and_the_cluster_waits_for_a_
         "cookie-domain"
     );
     assert_eq!(var("WRAPPER_RELAY_WAIT_REPLICAS").unwrap()["value"], "1");
+    // TLS at the Ingress, for the same parent domain; the edge behind it takes the client from
+    // the range the wrapper trusts too.
+    let ingress = yaml_documents("deploy/k8s/ingress.yaml").remove(0);
+    let wildcard = format!("*{domain}");
+    assert_eq!(ingress["spec"]["tls"][0]["hosts"][0], wildcard.as_str());
+    assert_eq!(ingress["spec"]["rules"][0]["host"], wildcard.as_str());
+    assert!(ingress["spec"]["tls"][0]["secretName"].is_string());
+    assert_eq!(
+        var("WRAPPER_TRUSTED_PROXIES").unwrap()["valueFrom"]["configMapKeyRef"]["key"],
+        "trusted-proxies"
+    );
+    let edge_conf = edge["data"]["nginx.conf"].as_str().unwrap_or_default();
+    for range in config["data"]["trusted-proxies"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+    {
+        assert!(
+            edge_conf.contains(&format!("set_real_ip_from {range};")),
+            "the edge does not take the client from behind {range}"
+        );
+    }
+    assert!(edge_conf.contains("proxy_set_header X-Forwarded-Proto $forwarded_proto;"));
 }
