@@ -160,6 +160,32 @@ impl Suite {
         })
     }
 
+    /// Tenant `subdomain` with 1,000 credits for the CRM and one CRM account (Initech, owned
+    /// by its admin) created through the edge: the lazy load, the fast path and the event
+    /// stream have all run once. The tenant and its edge.
+    pub async fn tenant_with_a_crm_account(
+        &self,
+        subdomain: &str,
+    ) -> anyhow::Result<(crate::wrapper_app::TestTenant, Edge)> {
+        let tenant = self.wrapper.create_tenant(subdomain).await;
+        self.wrapper.fund_app(&tenant, "crm", 1000).await;
+        let edge = self.edge(subdomain);
+        let (status, account) = edge
+            .send(
+                reqwest::Method::POST,
+                "/crm/accounts",
+                &tenant.admin,
+                Some(serde_json::json!({"name": "Initech", "value": 5000,
+                                        "ownerId": tenant.admin_id})),
+            )
+            .await?;
+        anyhow::ensure!(
+            status == reqwest::StatusCode::CREATED,
+            "creating the account: {status} {account}"
+        );
+        Ok((tenant, edge))
+    }
+
     /// `http://<tenant>.yourapp.test:<port><path>`, the address a browser uses.
     pub fn url(&self, tenant: &str, path: &str) -> String {
         format!("http://{tenant}.yourapp.test:{}{path}", self.nginx.port)

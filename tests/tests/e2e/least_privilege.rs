@@ -39,18 +39,7 @@ async fn forged_purge_erasure_and_credit_entries_on_the_streams_change_nothing()
 -> anyhow::Result<()> {
     let suite = Suite::start(|_| {}).await?;
     let w = &suite.wrapper;
-    let acme = w.create_tenant("acme").await;
-    w.fund_app(&acme, "crm", 1000).await;
-    let edge = suite.edge("acme");
-    let (status, account) = edge
-        .send(
-            Method::POST,
-            "/crm/accounts",
-            &acme.admin,
-            Some(json!({"name": "Initech", "value": 5000, "ownerId": acme.admin_id})),
-        )
-        .await?;
-    assert_eq!(status, StatusCode::CREATED, "{account}");
+    let (acme, edge) = suite.tenant_with_a_crm_account("acme").await?;
     // A tenant without the CRM: a forged consumption for it must charge nothing.
     let bare_id = w.create_tenant_with("bare", &[]).await.id;
     let ledger_before: i64 = w.count("credit_ledger").await;

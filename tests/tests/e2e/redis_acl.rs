@@ -29,18 +29,7 @@ async fn apps_on_their_own_redis_users_work_end_to_end_and_are_refused_beyond_th
 
     // Everything still works: lazy load, the fast path (the app's own credit stream, charged by
     // the wrapper), events applied, status reports.
-    let acme = w.create_tenant("acme").await;
-    w.fund_app(&acme, "crm", 1000).await;
-    let edge = suite.edge("acme");
-    let (status, account) = edge
-        .send(
-            Method::POST,
-            "/crm/accounts",
-            &acme.admin,
-            Some(json!({"name": "Initech", "value": 5000, "ownerId": acme.admin_id})),
-        )
-        .await?;
-    assert_eq!(status, StatusCode::CREATED, "{account}");
+    let (acme, edge) = suite.tenant_with_a_crm_account("acme").await?;
     eventually(Duration::from_secs(20), || async {
         let ledger = w
             .get_ok(
