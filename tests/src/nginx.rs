@@ -91,7 +91,7 @@ impl Nginx {
         rate: Option<u32>,
         upstreams: &Upstreams,
     ) -> anyhow::Result<Self> {
-        Self::start_inner(port, burst, rate, None, upstreams).await
+        Self::start_inner(port, burst, rate, None, None, upstreams).await
     }
 
     /// Like [`start_upstreams`](Self::start_upstreams), connecting to the upstreams from
@@ -103,7 +103,18 @@ impl Nginx {
         proxy_bind: &str,
         upstreams: &Upstreams,
     ) -> anyhow::Result<Self> {
-        Self::start_inner(port, burst, None, Some(proxy_bind), upstreams).await
+        Self::start_inner(port, burst, None, Some(proxy_bind), None, upstreams).await
+    }
+
+    /// Like [`start_upstreams`](Self::start_upstreams), also routing the apps of `extra_apps`
+    /// (a file of `name port` lines, as `NGINX_EXTRA_APPS` gives `nginx/render`): an app
+    /// outside this repository, on its own loopback port.
+    pub async fn start_with_extra_apps(
+        port: u16,
+        upstreams: &Upstreams,
+        extra_apps: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        Self::start_inner(port, None, None, None, Some(extra_apps), upstreams).await
     }
 
     async fn start_inner(
@@ -111,6 +122,7 @@ impl Nginx {
         burst: Option<u32>,
         rate: Option<u32>,
         proxy_bind: Option<&str>,
+        extra_apps: Option<&std::path::Path>,
         upstreams: &Upstreams,
     ) -> anyhow::Result<Self> {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -127,6 +139,7 @@ impl Nginx {
             .env("NGINX_SIGN_IN_BURST", burst.unwrap_or(10).to_string())
             .envs(rate.map(|r| ("NGINX_RATE", format!("{r}r/s"))))
             .envs(proxy_bind.map(|b| ("NGINX_PROXY_BIND", b.to_owned())))
+            .envs(extra_apps.map(|f| ("NGINX_EXTRA_APPS", f.as_os_str().to_owned())))
             .output()
             .await
             .context("running nginx/render")?;

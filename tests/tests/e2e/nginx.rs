@@ -209,3 +209,32 @@ async fn one_client_is_limited_whatever_host_it_names_and_unrouted_paths_are_pro
     }
     Ok(())
 }
+
+/// An app developed outside this repository is routed by the edge from a list of its own
+/// (`NGINX_EXTRA_APPS`), with no edit to `nginx/apps`, the tests or the demo; the listed apps
+/// the run does not start need no port either (their list port is used).
+#[tokio::test]
+async fn an_app_outside_the_repository_is_routed_from_an_extra_list() -> anyhow::Result<()> {
+    let notes = echo("notes").await?;
+    let list = std::env::temp_dir().join(unique_name());
+    std::fs::write(&list, format!("# my app\nnotes {}\n", notes.addr.port()))?;
+    let upstreams = tsync_e2e::nginx::Upstreams {
+        wrapper: vec![free_port()?],
+        crm: vec![free_port()?],
+        hrms: vec![free_port()?],
+        projects: vec![free_port()?],
+    };
+    let nginx = Nginx::start_with_extra_apps(free_port()?, &upstreams, &list).await?;
+    let seen: Value = reqwest::Client::new()
+        .get(format!("{}/notes/people?x=1", nginx.url()))
+        .header("host", "acme.yourapp.test")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(seen["app"], "notes");
+    assert_eq!(seen["path"], "/people", "the /notes prefix is stripped");
+    assert_eq!(seen["headers"]["x-tenant"], "acme");
+    std::fs::remove_file(list)?;
+    Ok(())
+}
