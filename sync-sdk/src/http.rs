@@ -20,7 +20,15 @@ use crate::{
 /// Set on responses served from local data while the wrapper is unreachable.
 pub const DEGRADED_HEADER: &str = "x-tsync-degraded";
 
+pub use sync_web::body::{BodyError, JsonBody};
 pub use sync_web::problem::{problem, problems_only};
+
+/// `bytes` as a JSON body of `T`, or [`AppError::Body`] naming the field at fault (an object,
+/// no NUL in any string, fitting `T`: the wrapper's own rules). For handlers that also need the
+/// raw bytes; others take [`JsonBody`] as an extractor.
+pub fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    Ok(sync_web::body::parse(bytes)?)
+}
 
 /// An app handler's failure, answered as a problem (`IntoResponse`), so handlers return
 /// `AppResult<T>` and use `?` on store, Mongo and credit errors.
@@ -34,6 +42,10 @@ pub enum AppError {
         /// Why.
         message: String,
     },
+    /// The JSON body does not fit (400 naming the field, e.g. `memberIds[2]`); nothing was
+    /// written. `?` on [`parse_body`] gives it.
+    #[error(transparent)]
+    Body(#[from] sync_web::body::BodyError),
     /// Not found (404).
     #[error("{0}")]
     NotFound(&'static str),
@@ -79,6 +91,7 @@ impl IntoResponse for AppError {
             AppError::Invalid { field, message } => {
                 problem(StatusCode::BAD_REQUEST, Some(field), &message)
             }
+            AppError::Body(refused) => refused.into_response(),
             AppError::NotFound(what) => problem(StatusCode::NOT_FOUND, None, what),
             AppError::Forbidden(why) => problem(StatusCode::FORBIDDEN, None, why),
             AppError::Conflict { field, message } => problem(StatusCode::CONFLICT, field, &message),

@@ -135,6 +135,9 @@ pub async fn spawn_wrapper_with(adjust: impl FnOnce(&mut Settings)) -> anyhow::R
     settings.cookie_secure = false;
     settings.cookie_domain = Some(".yourapp.test".into());
     settings.db_max_connections = 30;
+    // Many wrappers share two cores while the suite runs: a hash may wait long for its slot.
+    // The bound itself is tested with its own short wait (least_privilege).
+    settings.password_hash_wait_ms = 20_000;
     settings.bootstrap_admin_email = Some(ROOT_EMAIL.into());
     settings.bootstrap_admin_password = Some(wrapper::config::Secret(PASSWORD.into()));
     settings.key_encryption_keys = Some(wrapper::config::Secret(TEST_KEK.into()));

@@ -26,67 +26,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-/// A parsed JSON body as `T`: refused, naming the field, when any string in it (key or value)
-/// holds a NUL character, which PostgreSQL cannot store as text, or when it does not fit `T`.
+/// A parsed JSON body as `T`, or a problem naming the field (the rules of
+/// `sync_web::body::typed`, which the apps' bodies follow too: an object, no NUL in any string,
+/// fitting `T`).
 pub fn typed_body<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    // serde would also read a struct from an array (`[null, null]`): every body is an object.
-    if !value.is_object() {
-        return Err(ApiError::invalid("body", "must be a JSON object"));
-    }
-    if let Some(field) = nul_field(&value, String::new()) {
-        return Err(ApiError::invalid(
-            &field,
-            "must not contain NUL characters (\\u0000)",
-        ));
-    }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let message = e.inner().to_string();
-        // A missing or unknown field is reported at its parent; name the field itself.
-        let named = ["missing field `", "unknown field `"]
-            .iter()
-            .find_map(|p| message.split(p).nth(1))
-            .and_then(|rest| rest.split('`').next());
-        let field = match (path.as_str(), named) {
-            (".", Some(name)) => name.to_owned(),
-            (_, Some(name)) => format!("{path}.{name}"),
-            (".", None) => "body".to_owned(),
-            (_, None) => path,
-        };
-        ApiError::invalid(&field, message)
-    })
-}
-
-/// The path (`a.b[2].c`, or the key itself) of the first string holding a NUL.
-fn nul_field(value: &serde_json::Value, at: String) -> Option<String> {
-    use serde_json::Value;
-    let named = |at: &str| {
-        if at.is_empty() {
-            "body".to_owned()
-        } else {
-            at.to_owned()
-        }
-    };
-    match value {
-        Value::String(s) if s.contains('\0') => Some(named(&at)),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| nul_field(v, format!("{at}[{i}]"))),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let path = if at.is_empty() {
-                k.clone()
-            } else {
-                format!("{at}.{k}")
-            };
-            if k.contains('\0') {
-                Some(named(&at))
-            } else {
-                nul_field(v, path)
-            }
-        }),
-        _ => None,
-    }
+    sync_web::body::typed(value).map_err(|e| ApiError::invalid(&e.field, e.message))
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

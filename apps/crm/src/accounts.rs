@@ -100,10 +100,6 @@ struct NewAccount {
     owner_id: Uuid,
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> AppResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| AppError::invalid("body", e.to_string()))
-}
-
 fn valid_name(name: &str) -> AppResult<String> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
@@ -134,7 +130,7 @@ pub(crate) async fn create(
 ) -> Response {
     let t = user.tenant_id;
     let checked = (|| {
-        let req: NewAccount = body(&bytes)?;
+        let req: NewAccount = sync_sdk::http::parse_body(&bytes)?;
         AppResult::Ok((
             valid_name(&req.name)?,
             valid_value(req.value)?,
@@ -197,7 +193,7 @@ pub(crate) async fn update(
 ) -> Response {
     let t = user.tenant_id;
     let checked = (|| {
-        let change: AccountChange = body(&bytes)?;
+        let change: AccountChange = sync_sdk::http::parse_body(&bytes)?;
         let mut set = Document::new();
         if let Some(name) = &change.name {
             set.insert("name", valid_name(name)?);

@@ -71,8 +71,7 @@ struct NewEmployee {
 }
 
 fn new_employee(body: &[u8]) -> AppResult<NewEmployee> {
-    let req: NewEmployee =
-        serde_json::from_slice(body).map_err(|e| AppError::invalid("body", e.to_string()))?;
+    let req: NewEmployee = sync_sdk::http::parse_body(body)?;
     if req.department.trim().is_empty() || req.department.len() > 100 {
         return Err(AppError::invalid("department", "must be 1-100 characters"));
     }

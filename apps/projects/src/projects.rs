@@ -144,8 +144,7 @@ struct NewProject {
 }
 
 fn checked(bytes: &[u8]) -> AppResult<(String, Vec<Uuid>)> {
-    let req: NewProject = sync_sdk::serde_json::from_slice(bytes)
-        .map_err(|e| AppError::invalid("body", e.to_string()))?;
+    let req: NewProject = sync_sdk::http::parse_body(bytes)?;
     let name = req.name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(AppError::invalid("name", "must be 1-200 characters"));

@@ -9,12 +9,14 @@
 //! * [`csrf`] — the Origin check for cookie-authenticated writes, and reading session cookies
 //!   and bearer tokens;
 //! * [`problem`] — `application/problem+json` answers and the middleware that makes every
-//!   refusal one.
+//!   refusal one;
+//! * [`body`] — JSON bodies whose every refusal names the field ([`body::JsonBody`]).
 //!
 //! It knows nothing about tenants, stores or streams: apps reach it through `sync-sdk`
 //! (`sync_sdk::{html, csrf, web, http}`), which adds sessions and tenant-aware serving.
 #![warn(missing_docs)]
 
+pub mod body;
 pub mod csrf;
 pub mod html;
 pub mod page;

@@ -449,3 +449,50 @@ async fn account_creation_takes_the_credit_fast_path_where_mirrored() -> anyhow:
     assert_eq!(consumptions, 1, "the ledger charged it once");
     Ok(())
 }
+
+/// Every app reads bodies with the wrapper's rules (`sync_sdk::http::parse_body`, the same code
+/// as the API's): a bad body is 400 naming the field, not "body" for everything.
+#[tokio::test]
+async fn the_apps_name_the_field_a_bad_body_fails_at() -> anyhow::Result<()> {
+    let suite = Suite::start(|_| {}).await?;
+    let acme = suite
+        .wrapper
+        .create_tenant_with("acme", &["crm", "hrms", "projects"])
+        .await;
+    let edge = suite.edge("acme");
+    for (path, body, field) in [
+        (
+            "/crm/accounts",
+            json!({"name": "Initech", "value": "lots", "ownerId": acme.admin_id}),
+            "value",
+        ),
+        (
+            "/crm/accounts",
+            json!({"name": "Initech", "value": 1, "ownerId": acme.admin_id, "extra": 1}),
+            "extra",
+        ),
+        (
+            "/crm/accounts",
+            json!({"name": "Initech", "value": 1}),
+            "ownerId",
+        ),
+        (
+            "/projects/projects",
+            json!({"name": "Apollo", "memberIds": [acme.admin_id, "not-a-uuid"]}),
+            "memberIds[1]",
+        ),
+        ("/hrms/employees", json!(["not", "an", "object"]), "body"),
+        (
+            "/hrms/employees",
+            json!({"userId": acme.admin_id, "department": "Ops\u{0}", "salary": 1}),
+            "department",
+        ),
+    ] {
+        let (status, problem) = edge
+            .send(Method::POST, path, &acme.admin, Some(body))
+            .await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {problem}");
+        assert_eq!(problem["field"], field, "{path}: {problem}");
+    }
+    Ok(())
+}
