@@ -144,8 +144,18 @@ impl Nginx {
             .await
             .context("running nginx/render")?;
         anyhow::ensure!(rendered.status.success(), "nginx/render failed");
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, rendered.stdout)?;
+        Self::run(port, prefix, &String::from_utf8(rendered.stdout)?).await
+    }
+
+    /// nginx running `conf` (a whole configuration, listening on `127.0.0.1:port`) in
+    /// `prefix` (its logs, pid and temp files, made here and removed when it stops): for a test
+    /// that maps a deployment file's configuration itself.
+    pub async fn run(port: u16, prefix: PathBuf, conf: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(prefix.join("logs"))?;
+        std::fs::create_dir_all(prefix.join("tmp"))?;
+        let conf_path = prefix.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let conf = conf_path;
         let bin = std::env::var("NGINX_BIN").unwrap_or_else(|_| "nginx".into());
         let child = Command::new(&bin)
             .arg("-p")

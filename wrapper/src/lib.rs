@@ -7,6 +7,7 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod command;
 pub mod config;
 pub mod context;
 pub mod credit_ingest;

@@ -1,9 +1,11 @@
 //! A service as its own process, for tests that SIGKILL one, configured by environment as
 //! the shipped binaries are:
 //!
-//! * `replica wrapper`: the wrapper serving (its `WRAPPER_*`, `DATABASE_URL`, `REDIS_URL`, …).
-//! * `replica crm` / `replica hrms`: the app (`CRM_LISTEN` / `HRMS_LISTEN` and the SDK's
-//!   `AppArgs` variables).
+//! * `replica wrapper [ARGS…]`: the `wrapper` binary with these arguments (serving when there are
+//!   none; `replica wrapper redis-acl apply`, `replica wrapper migrate`), configured by its
+//!   `WRAPPER_*`, `DATABASE_URL`, `REDIS_URL`, ….
+//! * `replica crm` / `replica hrms` / `replica projects`: the app (`CRM_LISTEN` / `HRMS_LISTEN`
+//!   / `PROJECTS_LISTEN` and the SDK's `AppArgs` variables).
 //! * `replica consume`: the SDK consumer applying into a Postgres store (`DATABASE_URL` of
 //!   the store, `REDIS_URL`, `TSYNC_NAMESPACE`, `TSYNC_PARTITIONS`, `TSYNC_APP`,
 //!   `HANDLER_DELAY_MS`: how long the handler takes per event, `TSYNC_BATCH`: entries per
@@ -42,9 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = sync_sdk::telemetry::init_with_default(&role, false, "warn");
     match Some(role.as_str()).filter(|r| !r.is_empty()) {
         Some("wrapper") => {
-            let cli = wrapper::config::Cli::parse_from(["wrapper"]);
-            let app = wrapper::startup::Application::build(cli.settings).await?;
-            app.run_until_stopped(CancellationToken::new()).await
+            let args = std::iter::once("wrapper".to_owned()).chain(std::env::args().skip(2));
+            wrapper::command::run(wrapper::config::Cli::parse_from(args)).await
         }
         Some("crm") => {
             let settings = crm::Settings::parse_from(["crm"]);
@@ -54,8 +55,12 @@ async fn main() -> anyhow::Result<()> {
             let settings = hrms::Settings::parse_from(["hrms"]);
             hrms::build(settings).await?.run_until_ctrl_c().await
         }
+        Some("projects") => {
+            let settings = projects::Settings::parse_from(["projects"]);
+            projects::build(settings).await?.run_until_ctrl_c().await
+        }
         Some("consume") => consume().await,
-        other => anyhow::bail!("usage: replica wrapper|crm|hrms|consume (not {other:?})"),
+        other => anyhow::bail!("usage: replica wrapper|crm|hrms|projects|consume (not {other:?})"),
     }
 }
 

@@ -1,6 +1,6 @@
-//! docker-compose.yml cannot run here (no Docker engine), so this checks it against the
-//! binaries: service names, ports, and every environment variable of wrapper, crm, hrms and projects is a
-//! flag of that binary (read from its clap definition, i.e. what `--help` prints). Then the
+//! The deployment files' shape (deployment.rs runs them as processes). docker-compose.yml is
+//! checked against the binaries: service names, ports, and every environment variable of
+//! wrapper, crm, hrms and projects is a flag of that binary (read from its clap definition, i.e. what `--help` prints). Then the
 //! Kubernetes manifests (deploy/k8s, validated against the Kubernetes schema by scripts/test)
 //! against compose: the same images, ports and variables; and the Dockerfile's promises.
 
@@ -127,9 +127,14 @@ fn compose_matches_the_binaries_flags_and_ports() {
 
 /// Every YAML document of `path` (relative to the repository) as JSON, read by PyYAML from the
 /// validators' venv (scripts/services).
-fn yaml_documents(path: &str) -> Vec<serde_json::Value> {
+/// The YAML documents of `path` (relative to the repository, or absolute) as JSON.
+pub(crate) fn yaml_documents(path: &str) -> Vec<serde_json::Value> {
     let python = std::env::var("VALIDATORS_PYTHON").unwrap_or_else(|_| "python3".into());
-    let full = format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"));
+    let full = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))
+    };
     let out = std::process::Command::new(&python)
         .args([
             "-c",
@@ -204,10 +209,48 @@ fn compose_shape(compose: &serde_json::Value, name: &str) -> Shape {
     )
 }
 
+/// The apps of `nginx/apps` (name, port): the one list of the suite's apps.
+pub(crate) fn listed_apps() -> Vec<(String, u64)> {
+    let list = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../nginx/apps"))
+        .expect("nginx/apps");
+    list.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, port) = l.split_once(char::is_whitespace).expect("name port");
+            (name.to_owned(), port.trim().parse().expect("a port"))
+        })
+        .collect()
+}
+
 #[test]
 fn kubernetes_runs_the_images_ports_and_variables_compose_runs() {
     let compose = yaml_documents("docker-compose.yml").remove(0);
-    for name in ["wrapper", "crm", "hrms", "projects", "nginx"] {
+    // Every app of nginx/apps, on its port there, and nothing else: the list is the one source
+    // of the app names and ports compose, Kubernetes and the edge use.
+    let apps = listed_apps();
+    let images = |services: &serde_json::Map<String, serde_json::Value>| -> BTreeSet<String> {
+        services
+            .values()
+            .filter_map(|s| s["image"].as_str()?.strip_prefix("tenantsync/"))
+            .filter_map(|i| i.split(':').next().map(str::to_owned))
+            .filter(|b| b != "wrapper")
+            .collect()
+    };
+    assert_eq!(
+        images(compose["services"].as_object().unwrap()),
+        apps.iter().map(|(n, _)| n.clone()).collect(),
+        "compose runs the apps of nginx/apps"
+    );
+    for (name, port) in &apps {
+        assert_eq!(
+            compose_shape(&compose, name).1,
+            BTreeSet::from([*port]),
+            "compose: {name} is not on its port of nginx/apps"
+        );
+    }
+    let names = apps.iter().map(|(n, _)| n.as_str());
+    for name in std::iter::once("wrapper").chain(names).chain(["nginx"]) {
         let (k8s, local) = (k8s_shape(name), compose_shape(&compose, name));
         assert_eq!(k8s.0, local.0, "{name}: image");
         assert_eq!(k8s.1, local.1, "{name}: ports");
@@ -317,7 +360,10 @@ fn connects_as(url: &str, service: &str, secret: &str) -> bool {
 
 #[test]
 fn every_service_connects_to_redis_as_its_own_acl_user_in_compose_and_kubernetes() {
-    let services = ["wrapper", "crm", "hrms", "projects"];
+    let listed = listed_apps();
+    let services: Vec<&str> = std::iter::once("wrapper")
+        .chain(listed.iter().map(|(n, _)| n.as_str()))
+        .collect();
     let compose = yaml_documents("docker-compose.yml").remove(0);
     let job = &compose["services"]["redis-acl"];
     assert_eq!(job["command"], serde_json::json!(["redis-acl", "apply"]));
@@ -326,7 +372,7 @@ fn every_service_connects_to_redis_as_its_own_acl_user_in_compose_and_kubernetes
             .as_str()
             .unwrap_or_default(),
     );
-    for service in services {
+    for &service in &services {
         let url = compose["services"][service]["environment"]["REDIS_URL"]
             .as_str()
             .unwrap_or_default();
@@ -343,7 +389,7 @@ fn every_service_connects_to_redis_as_its_own_acl_user_in_compose_and_kubernetes
     let secrets = yaml_documents("deploy/k8s/secrets.yaml").remove(0);
     let data = &secrets["stringData"];
     let users = acl_users(data["redis-acl-users"].as_str().unwrap_or_default());
-    for service in services {
+    for &service in &services {
         let url = data[format!("{service}-redis-url")]
             .as_str()
             .unwrap_or_default();
@@ -372,14 +418,15 @@ fn every_service_connects_to_redis_as_its_own_acl_user_in_compose_and_kubernetes
 
 #[test]
 fn the_wrapper_creates_every_apps_service_client_from_the_apps_own_secret() {
-    let apps = ["crm", "hrms", "projects"];
+    let listed = listed_apps();
+    let apps: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
     let compose = yaml_documents("docker-compose.yml").remove(0);
     let clients = acl_users(
         compose["services"]["wrapper"]["environment"]["WRAPPER_BOOTSTRAP_SERVICE_CLIENTS"]
             .as_str()
             .unwrap_or_default(),
     );
-    for app in apps {
+    for &app in &apps {
         let secret = &compose["services"][app]["environment"]["APP_SERVICE_SECRET"];
         assert_eq!(
             clients.get(app).map(String::as_str),
@@ -396,7 +443,7 @@ fn the_wrapper_creates_every_apps_service_client_from_the_apps_own_secret() {
     let _: wrapper::api::tenants::CreateTenant =
         serde_json::from_str(tenant).expect("the body of POST /api/tenants");
     assert_eq!(parsed["subdomain"], "acme");
-    for app in apps {
+    for &app in &apps {
         assert!(
             parsed["features"].as_array().unwrap().contains(&app.into()),
             "acme lacks {app}"
@@ -415,7 +462,7 @@ fn the_wrapper_creates_every_apps_service_client_from_the_apps_own_secret() {
         .as_str()
         .unwrap_or_default();
     let items = pod["volumes"][0]["secret"]["items"].as_array().unwrap();
-    for app in apps {
+    for &app in &apps {
         let docs = yaml_documents(&format!("deploy/k8s/{app}.yaml"));
         let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
         let app_env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -11,6 +11,7 @@ mod consumer;
 mod contract_docs;
 mod credits;
 mod crm;
+mod deployment;
 mod grants;
 mod lazy_load;
 mod least_privilege;
