@@ -235,6 +235,7 @@ impl<H: Handler> AppKit<H> {
             credits: self.credits.clone(),
             suite: self.suite.clone(),
             app: Arc::new(app),
+            name: self.name.as_str().into(),
         }
     }
 
@@ -333,6 +334,8 @@ pub struct AppState<T> {
     pub suite: Arc<SuiteApps>,
     /// The app's own state.
     pub app: Arc<T>,
+    /// The app's name (its manifest's): its credit scope and service account.
+    pub name: Arc<str>,
 }
 
 impl<T> AppState<T> {
@@ -385,6 +388,7 @@ impl<T> Clone for AppState<T> {
             credits: self.credits.clone(),
             suite: self.suite.clone(),
             app: self.app.clone(),
+            name: self.name.clone(),
         }
     }
 }

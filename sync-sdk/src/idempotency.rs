@@ -8,6 +8,9 @@
 //! of `201`, nothing charged again: the wrapper answers a repeated operation id with its first
 //! receipt), and the same key with another body is a `409` naming the header.
 //!
+//! [`insert_paid`] does all of it in one call (charge the app's operation, then insert the
+//! document with its id and `tenantId` set): what a handler of a paid create should use.
+//!
 //! ```no_run
 //! # use sync_sdk::{http::AppResult, idempotency::{IdempotencyKey, insert_once}};
 //! # use mongodb::bson::{Document, doc};
@@ -121,4 +124,53 @@ pub async fn insert_once(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A paid, retry-safe create in one call: charge `operation` (one unit, at the tenant's price)
+/// to the app of `state`, for `caller` (the signed-in user of the tenant), under the key's resource id ([`IdempotencyKey::resource_id`]), then
+/// insert `doc` once with that id as `_id` and the tenant's id as `tenantId` (any `_id` or
+/// `tenantId` it had is replaced: a document of another tenant cannot be made here). The
+/// caller is recorded in the ledger. Answers as [`insert_once`]: `201` with the document when
+/// created now; a retry with the same key and the same `same` fields is `200` with the stored
+/// one and charged nothing again (the wrapper answers a repeated operation id with its first
+/// receipt); the same key with other fields is `409`. Without credits: `402` and nothing
+/// inserted.
+///
+/// ```no_run
+/// # use sync_sdk::{app::{AppState, LoadedTenant}, http::AppResult, idempotency::{IdempotencyKey, insert_paid}};
+/// # use sync_sdk::mongodb::bson::{Document, doc};
+/// # async fn create(s: AppState<()>, tenant: LoadedTenant, key: IdempotencyKey,
+/// #     notes: sync_sdk::mongodb::Collection<Document>) -> AppResult<()> {
+/// let note = doc! {"title": "Minutes", "authorId": tenant.user.user_id.to_string()};
+/// let (status, stored) =
+///     insert_paid(&s, &tenant.user, "notes.create", &notes, &key, note, &["title"]).await?;
+/// # Ok(()) }
+/// ```
+pub async fn insert_paid<T>(
+    state: &crate::app::AppState<T>,
+    caller: &crate::auth::TenantUser,
+    operation: &str,
+    collection: &Collection<Document>,
+    key: &IdempotencyKey,
+    mut doc: Document,
+    same: &[&str],
+) -> AppResult<(StatusCode, Document)> {
+    let t = caller.tenant_id;
+    let id = key.resource_id(t);
+    state
+        .credits
+        .consume_as(
+            Some(caller.user_id),
+            t,
+            &state.name,
+            operation,
+            &id.to_string(),
+            1,
+        )
+        .await?;
+    doc.insert("_id", id.to_string());
+    doc.insert("tenantId", t.to_string());
+    let mut same: Vec<&str> = same.to_vec();
+    same.push("tenantId");
+    insert_once(collection, doc, key, &same).await
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sync_sdk::{
     auth::TenantUser,
     http::{AppError, AppResult, PageQuery, serve_tenant},
-    idempotency::{IdempotencyKey, insert_once},
+    idempotency::{IdempotencyKey, insert_paid},
     store::{live_user, mongo::MongoStore},
 };
 use uuid::Uuid;
@@ -141,20 +141,14 @@ pub(crate) async fn create(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    // With an Idempotency-Key, a retry names the same account and the same credit operation:
-    // created once, charged once.
-    let id = key.resource_id(t);
     serve_tenant(&s.loader, t, |_| async {
         live_owner(&s.store, t, owner_id).await?;
-        // Charged to the caller: usage reports break consumption down by user.
-        let caller = Some(user.user_id);
-        s.credits
-            .consume_as(caller, t, "crm", CREATE_ACCOUNT, &id.to_string(), 1)
-            .await?;
-        let doc = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
-        "value": value, "ownerId": owner_id.to_string()};
-        let same = ["tenantId", "name", "value", "ownerId"];
-        let (status, stored) = insert_once(&s.accounts, doc, &key, &same).await?;
+        // Charged to the caller (usage reports break consumption down by user) and created
+        // once, however often the client retries with its Idempotency-Key.
+        let doc = doc! {"name": &name, "value": value, "ownerId": owner_id.to_string()};
+        let same = ["name", "value", "ownerId"];
+        let (status, stored) =
+            insert_paid(&s, &user, CREATE_ACCOUNT, &s.accounts, &key, doc, &same).await?;
         AppResult::Ok((status, Json(Account::load(&s.store, t, &stored).await)))
     })
     .await

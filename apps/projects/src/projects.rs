@@ -13,10 +13,10 @@ use sync_sdk::{
     },
     contract::UserState,
     http::{AppError, AppResult, PageQuery},
-    idempotency::{IdempotencyKey, insert_once},
+    idempotency::{IdempotencyKey, insert_paid},
     mongodb::bson::{Document, doc},
     serde_json::Value,
-    store::{Person, mongo::MongoStore, person, users},
+    store::{Person, mongo::MongoStore, person, person_view, users},
     uuid::Uuid,
 };
 
@@ -42,42 +42,9 @@ pub struct Project {
     pub orphaned: std::collections::BTreeMap<String, String>,
 }
 
-/// A user referenced by a project, as the synced copy has them now.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Member {
-    /// The user id.
-    pub id: Uuid,
-    /// Their name; "[Deleted User]" once deleted or missing.
-    pub name: String,
-    /// Their email while they are live.
-    pub email: Option<String>,
-    /// `live`, `deactivated`, `deleted` or `missing`.
-    pub status: &'static str,
-}
-
-impl Member {
-    async fn load(store: &MongoStore, tenant: Uuid, id: Uuid) -> Self {
-        let found = person(store, tenant, id).await;
-        let status = match &found {
-            Person::Live(_) => "live",
-            Person::Deactivated(_) => "deactivated",
-            Person::Deleted(_) => "deleted",
-            Person::Missing => "missing",
-        };
-        let (name, email) = match found {
-            Person::Live(u) => (u.full_name, Some(u.email)),
-            Person::Deactivated(u) => (u.full_name, None),
-            Person::Deleted(_) | Person::Missing => ("[Deleted User]".to_owned(), None),
-        };
-        Self {
-            id,
-            name,
-            email,
-            status,
-        }
-    }
-}
+/// A user referenced by a project, as the synced copy has them now (the SDK's view: name,
+/// address while live, status).
+pub type Member = sync_sdk::store::PersonView;
 
 fn ids(d: &Document, field: &str) -> Vec<Uuid> {
     d.get_array(field)
@@ -95,7 +62,7 @@ impl Project {
             .unwrap_or_default();
         let mut members = Vec::new();
         for id in ids(d, "memberIds") {
-            members.push(Member::load(store, tenant, id).await);
+            members.push(person_view(store, tenant, id).await);
         }
         let mut orphaned = std::collections::BTreeMap::new();
         if let Ok(reason) = d.get_str("ownerOrphaned") {
@@ -111,7 +78,7 @@ impl Project {
         Project {
             id: d.get_str("_id").unwrap_or_default().to_owned(),
             name: d.get_str("name").unwrap_or_default().to_owned(),
-            owner: Member::load(store, tenant, owner).await,
+            owner: person_view(store, tenant, owner).await,
             members,
             orphaned,
         }
@@ -179,17 +146,21 @@ pub(crate) async fn create(
             });
         }
     }
-    // With an Idempotency-Key a retry names the same project and the same credit operation.
-    let id = key.resource_id(t);
-    let caller = Some(tenant.user.user_id);
-    s.credits
-        .consume_as(caller, t, "projects", CREATE_PROJECT, &id.to_string(), 1)
-        .await?;
+    // Charged once and created once, however often the client retries with its key.
     let member_ids: Vec<String> = members.iter().map(Uuid::to_string).collect();
-    let project = doc! {"_id": id.to_string(), "tenantId": t.to_string(), "name": &name,
-    "ownerId": tenant.user.user_id.to_string(), "memberIds": member_ids};
-    let same = ["tenantId", "name", "ownerId", "memberIds"];
-    let (status, stored) = insert_once(&s.projects, project, &key, &same).await?;
+    let project = doc! {"name": &name, "ownerId": tenant.user.user_id.to_string(),
+    "memberIds": member_ids};
+    let same = ["name", "ownerId", "memberIds"];
+    let (status, stored) = insert_paid(
+        &s,
+        &tenant.user,
+        CREATE_PROJECT,
+        &s.projects,
+        &key,
+        project,
+        &same,
+    )
+    .await?;
     Ok((status, Json(Project::load(&s.store, t, &stored).await)))
 }
 

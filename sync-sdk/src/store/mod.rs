@@ -240,6 +240,72 @@ pub async fn person<S: TenantStore>(store: &S, tenant_id: Uuid, id: Uuid) -> Per
     user(store, tenant_id, id).await.into()
 }
 
+/// Where a referenced user stands, as a [`PersonView`] says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PersonStatus {
+    /// Active and not deleted.
+    Live,
+    /// Deactivated by a tenant admin.
+    Deactivated,
+    /// Deleted upstream.
+    Deleted,
+    /// Not in the tenant's synced copy.
+    Missing,
+}
+
+/// A referenced user (an owner, a member, an author) as an app shows them, serializable as is
+/// (`{"id", "name", "email", "status"}`): the name while the user exists upstream
+/// ("[Deleted User]" once deleted or missing), the address only while they are live. Made
+/// from the synced copy at read time, so a change, a deactivation or an erasure at the wrapper
+/// shows without the app storing anything about the person.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PersonView {
+    /// The user id.
+    pub id: Uuid,
+    /// Their name; "[Deleted User]" once deleted or missing.
+    pub name: String,
+    /// Their address while they are live.
+    pub email: Option<String>,
+    /// `live`, `deactivated`, `deleted` or `missing`.
+    pub status: PersonStatus,
+}
+
+/// What [`PersonView::name`] says of a deleted or missing user.
+pub const DELETED_USER: &str = "[Deleted User]";
+
+impl Person {
+    /// User `id` as an app shows them.
+    pub fn view(self, id: Uuid) -> PersonView {
+        let (status, name, email) = match self {
+            Person::Live(u) => (PersonStatus::Live, u.full_name, Some(u.email)),
+            Person::Deactivated(u) => (PersonStatus::Deactivated, u.full_name, None),
+            Person::Deleted(_) => (PersonStatus::Deleted, DELETED_USER.to_owned(), None),
+            Person::Missing => (PersonStatus::Missing, DELETED_USER.to_owned(), None),
+        };
+        PersonView {
+            id,
+            name,
+            email,
+            status,
+        }
+    }
+}
+
+impl From<crate::contract::UserState> for PersonView {
+    /// A synced user as an app shows them (a page of [`users`] in a people picker).
+    fn from(user: crate::contract::UserState) -> Self {
+        let id = user.id;
+        Person::from(Some(user)).view(id)
+    }
+}
+
+/// User `id` of `tenant_id` as an app shows them ([`PersonView`]), from the synced copy.
+pub async fn person_view<S: TenantStore>(store: &S, tenant_id: Uuid, id: Uuid) -> PersonView {
+    person(store, tenant_id, id).await.view(id)
+}
+
 /// A page of `tenant_id`'s synced users (deleted ones included; see [`Person`]), in id order,
 /// after the user id `after`: the typed listing an app shows in a member picker.
 pub async fn users<S: TenantStore>(

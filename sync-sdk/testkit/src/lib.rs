@@ -30,6 +30,8 @@ use tokio::{
 };
 use uuid::Uuid;
 
+pub mod hub;
+
 /// Prefix of every per-test database, Mongo database and Redis namespace.
 pub const TEST_PREFIX: &str = "tsync_t_";
 

@@ -13,6 +13,7 @@ mod credits;
 mod crm;
 mod deployment;
 mod grants;
+mod guide_app;
 mod lazy_load;
 mod least_privilege;
 mod lifecycle;
