@@ -94,6 +94,8 @@
 pub mod app;
 #[cfg(feature = "axum")]
 pub mod auth;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod consumer;
 pub mod credits;
 pub use sync_contract::dlq;

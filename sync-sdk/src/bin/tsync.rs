@@ -1,127 +1,18 @@
 //! `tsync`: operator tooling for Tenantsync apps: dead letters and consumer-group lag.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use fred::prelude::*;
 use std::{io::Write, sync::Arc, time::Duration};
 
 use sync_sdk::{
+    cli::{Cli, Command, DlqAction},
     contract::StreamKeys,
-    dlq::{self, Filter},
+    dlq,
     fullsync::{FieldReferences, FullSync, Integrity, NoIntegrity},
     loader::{Loader, WrapperClient, WrapperConfig},
     status,
     store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
 };
-use uuid::Uuid;
-
-/// Tenantsync operator CLI.
-#[derive(Debug, Parser)]
-#[command(name = "tsync", version, about)]
-struct Cli {
-    /// Redis holding the streams.
-    #[arg(
-        long,
-        env = "REDIS_URL",
-        hide_env_values = true,
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
-    /// Key namespace.
-    #[arg(long, env = "TSYNC_NAMESPACE", default_value = "tsync")]
-    namespace: String,
-    /// Partition count.
-    #[arg(long, env = "TSYNC_PARTITIONS", default_value_t = 8)]
-    partitions: u32,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Dead letters of an app.
-    Dlq {
-        /// The app (consumer group), e.g. `crm`.
-        #[arg(long, env = "TSYNC_APP")]
-        app: String,
-        #[command(subcommand)]
-        action: DlqAction,
-    },
-    /// Lag and pending counts of every group on every partition.
-    Lag,
-    /// What every live replica of an app reports (readers, lag, pending, parked tenants,
-    /// re-syncs, tenants loaded), the re-syncs not yet done and the dead letters waiting.
-    Status {
-        /// The app (consumer group); every app with a group when not given.
-        #[arg(long, env = "TSYNC_APP")]
-        app: Option<String>,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run the full sync of an app's store now (digest compare, repair, integrity counts).
-    FullSync {
-        /// The app, e.g. `crm` (also its service client id).
-        #[arg(long, env = "TSYNC_APP")]
-        app: String,
-        /// The wrapper's base URL.
-        #[arg(long, env = "WRAPPER_URL", default_value = "http://127.0.0.1:8080")]
-        wrapper_url: String,
-        /// The app's service client secret.
-        #[arg(long, env = "TSYNC_SERVICE_SECRET", hide_env_values = true)]
-        client_secret: String,
-        /// The app's store: a `postgres://` or `mongodb://` URL (Mongo: the database is `--mongo-db`).
-        #[arg(long, env = "TSYNC_STORE_URL", hide_env_values = true)]
-        store_url: String,
-        /// The Mongo database of the store.
-        #[arg(long, env = "TSYNC_MONGO_DB", default_value = "app")]
-        mongo_db: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum DlqAction {
-    /// List dead letters (one line each).
-    List {
-        /// At most this many.
-        #[arg(long)]
-        count: Option<u64>,
-    },
-    /// Show one dead letter in full (JSON).
-    Show {
-        /// Its DLQ entry id.
-        id: String,
-    },
-    /// Put dead letters back on their streams.
-    Redrive(FilterArgs),
-    /// Delete dead letters.
-    Purge(FilterArgs),
-}
-
-#[derive(Debug, clap::Args)]
-struct FilterArgs {
-    /// Only this event type.
-    #[arg(long)]
-    event_type: Option<String>,
-    /// Only this tenant.
-    #[arg(long)]
-    tenant: Option<Uuid>,
-    /// Required to act on every dead letter when no filter is given.
-    #[arg(long)]
-    all: bool,
-}
-
-impl FilterArgs {
-    fn filter(&self) -> anyhow::Result<Filter> {
-        anyhow::ensure!(
-            self.all || self.event_type.is_some() || self.tenant.is_some(),
-            "give --event-type, --tenant or --all"
-        );
-        Ok(Filter {
-            event_type: self.event_type.clone(),
-            tenant_id: self.tenant,
-        })
-    }
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

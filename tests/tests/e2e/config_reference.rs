@@ -65,6 +65,7 @@ fn reference() -> String {
     collect("crm", crm::Settings::command(), &mut vars);
     collect("hrms", hrms::Settings::command(), &mut vars);
     collect("projects", projects::Settings::command(), &mut vars);
+    collect("tsync", sync_sdk::cli::Cli::command(), &mut vars);
     let mut out = format!(
         "{BEGIN}\n\n| Variable | Read by | Default | Meaning |\n| --- | --- | --- | --- |\n"
     );
