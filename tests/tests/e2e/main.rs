@@ -12,6 +12,7 @@ mod contract_docs;
 mod credits;
 mod crm;
 mod deployment;
+mod erasure;
 mod grants;
 mod guide_app;
 mod lazy_load;

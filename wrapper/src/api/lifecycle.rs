@@ -15,6 +15,7 @@
 //! * `GET /api/operations/{id}`: the operation with every registered app's receipt.
 //! * `PUT /api/sync/operations/{id}/receipt`: an app's receipt (service tokens).
 
+use crate::domain::users::AdminGuard;
 use axum::{
     Json,
     extract::{Path, State},
@@ -83,6 +84,7 @@ async fn erase_user(
         .await?
         .id;
     let mut tx = state.db.begin().await?;
+    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
     let email: Option<String> = sqlx::query_scalar(
         "select email from users where tenant_id = $1 and id = $2 and email not like '%@erased.invalid'
          for update",
@@ -104,6 +106,7 @@ async fn erase_user(
     .bind(sync_contract::ERASED_NAME)
     .fetch_one(&mut *tx)
     .await?;
+    guard.after(&mut tx).await?;
     let aggregate = (user_id, row.version);
     let tombstone = UserState::from(row);
     scrub(&mut tx, tenant_id, user_id, &email, &tombstone).await?;

@@ -1,5 +1,6 @@
 //! Memberships: a user holding a role. Granting and revoking are audited role changes.
 
+use crate::domain::users::AdminGuard;
 use crate::error::OnConstraint;
 use axum::{
     Json,
@@ -218,6 +219,7 @@ pub(crate) async fn revoke_membership(
     membership_id: Uuid,
 ) -> ApiResult<MembershipState> {
     let mut tx = state.db.begin().await?;
+    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
     let row: MembershipRow = sqlx::query_as(&format!(
         "update memberships set active = false, version = version + 1, updated_at = now()
          where tenant_id = $1 and id = $2 and active returning {COLUMNS}"
@@ -227,6 +229,7 @@ pub(crate) async fn revoke_membership(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("membership"))?;
+    guard.after(&mut tx).await?;
     let aggregate = (row.id, row.version);
     let membership = MembershipState::from(row);
     outbox::record(

@@ -60,7 +60,7 @@ const REFUSALS: &[(u16, &str)] = &[
     (408, "The request took longer than the server's timeout"),
     (
         409,
-        "Conflicts with existing state (a duplicate, a taken domain), or a per-tenant limit is reached (`limit` names its setting)",
+        "Conflicts with existing state (a duplicate, a taken domain, the tenant's last admin), or a per-tenant limit is reached (`limit` names its setting)",
     ),
     (413, "The body is larger than the limit"),
     (415, "The body is not JSON"),

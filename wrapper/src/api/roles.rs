@@ -1,6 +1,7 @@
 //! Roles of a tenant: named sets of permissions. The built-in `admin` role (permission
 //! `tenant.admin`) makes its holders tenant admins and cannot be deleted.
 
+use crate::domain::users::AdminGuard;
 use crate::error::OnConstraint;
 use axum::{
     Json,
@@ -240,6 +241,7 @@ pub(crate) async fn update_role(
         .transpose()?;
     let perms = req.permissions.as_deref().map(permissions).transpose()?;
     let mut tx = state.db.begin().await?;
+    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
     let row: RoleRow = sqlx::query_as(&format!(
         "update roles set name = coalesce($3, name), permissions = coalesce($4, permissions),
                 version = version + 1, updated_at = now()
@@ -253,6 +255,7 @@ pub(crate) async fn update_role(
     .await
     .on_constraint(&[("roles_name_unique", "name", "a role with this name already exists")])?
     .ok_or(ApiError::NotFound("editable role"))?;
+    guard.after(&mut tx).await?;
     let aggregate = (role_id, row.version);
     let role = RoleState::from(row);
     outbox::record(
@@ -294,6 +297,7 @@ pub(crate) async fn delete_role(
     role_id: Uuid,
 ) -> ApiResult<RoleState> {
     let mut tx = state.db.begin().await?;
+    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
     let row: RoleRow = sqlx::query_as(&format!(
         "update roles set deleted = true, version = version + 1, updated_at = now()
          where tenant_id = $1 and id = $2 and not deleted and name <> 'admin' returning {ROLE_COLUMNS}"
@@ -303,6 +307,7 @@ pub(crate) async fn delete_role(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("deletable role"))?;
+    guard.after(&mut tx).await?;
     let aggregate = (role_id, row.version);
     let role = RoleState::from(row);
     outbox::record(

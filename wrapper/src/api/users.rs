@@ -1,6 +1,7 @@
 //! Users of a tenant: create, list (paged), read, update, soft delete. Responses and events
 //! carry [`UserState`], which has no field for a password hash, MFA secret or token.
 
+use crate::domain::users::AdminGuard;
 use crate::error::OnConstraint;
 use axum::{
     Json,
@@ -240,6 +241,7 @@ pub(crate) async fn update_user(
         None => None,
     };
     let mut tx = state.db.begin().await?;
+    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
     let before: Option<(String, bool)> = sqlx::query_as(
         "select email, active from users where tenant_id = $1 and id = $2 and deleted_at is null for update",
     )
@@ -278,6 +280,7 @@ pub(crate) async fn update_user(
     } else {
         Event::UserUpdated(user.clone())
     };
+    guard.after(&mut tx).await?;
     outbox::append(&mut tx, ctx, tenant_id, aggregate, event).await?;
     tx.commit().await?;
     Ok(user)
@@ -294,6 +297,7 @@ async fn soft_delete(
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
     let mut tx = state.db.begin().await?;
+    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
     let row: UserRow = sqlx::query_as(&format!(
         "update users set deleted_at = now(), active = false, version = version + 1, updated_at = now()
          where tenant_id = $1 and id = $2 and deleted_at is null returning {USER_COLUMNS}"
@@ -303,6 +307,7 @@ async fn soft_delete(
     .fetch_optional(&mut *tx)
     .await?
     .ok_or(ApiError::NotFound("user"))?;
+    guard.after(&mut tx).await?;
     let aggregate = (user_id, row.version);
     let user = UserState::from(row);
     outbox::record(

@@ -59,3 +59,61 @@ pub(crate) async fn ensure_active_tenant(db: &mut PgConnection, tenant_id: Uuid)
         None => Err(ApiError::NotFound("tenant")),
     }
 }
+
+/// The rule that a tenant keeps an administrator: a change that may take the last one away (a
+/// user deactivated, deleted or erased, a membership revoked, a role's `tenant.admin` removed
+/// or the role deleted) takes a guard before it and checks it after, in one transaction. The
+/// guard serialises such changes per tenant (a transaction-scoped advisory lock), so two
+/// admins deactivating each other at once cannot both succeed. A platform admin offboards a
+/// tenant by suspending or deleting the tenant, not by this path.
+pub(crate) struct AdminGuard {
+    tenant_id: Uuid,
+    had_admin: bool,
+}
+
+/// The statement taking tenant `$1`'s admin lock (held to the end of the transaction): every
+/// change that may take an admin away takes it first.
+pub const ADMIN_LOCK: &str =
+    "select pg_advisory_xact_lock(hashtextextended('tenant-admins:' || $1::text, 0))";
+
+/// Whether `tenant_id` has an active admin (an active user with an active membership in a
+/// role granting `tenant.admin`).
+async fn has_admin(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<bool> {
+    Ok(sqlx::query_scalar(
+        "select exists(select 1 from users u
+           join memberships m on m.user_id = u.id and m.active
+           join roles r on r.id = m.role_id and not r.deleted
+          where u.tenant_id = $1 and u.active and u.deleted_at is null and r.permissions ? $2)",
+    )
+    .bind(tenant_id)
+    .bind(crate::auth::TENANT_ADMIN_PERMISSION)
+    .fetch_one(db)
+    .await?)
+}
+
+impl AdminGuard {
+    /// Before the change: take the tenant's admin lock, note whether it has an admin now.
+    pub(crate) async fn before(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<Self> {
+        sqlx::query(ADMIN_LOCK)
+            .bind(tenant_id)
+            .execute(&mut *db)
+            .await?;
+        Ok(Self {
+            tenant_id,
+            had_admin: has_admin(db, tenant_id).await?,
+        })
+    }
+
+    /// After the change: refuse it (409, the transaction is to be dropped) when it took the
+    /// tenant's last admin away.
+    pub(crate) async fn after(self, db: &mut PgConnection) -> ApiResult<()> {
+        if self.had_admin && !has_admin(db, self.tenant_id).await? {
+            return Err(ApiError::Conflict(
+                "this would leave the tenant without an admin: make another user an admin first \
+                 (a platform admin can suspend or delete the tenant)"
+                    .to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
