@@ -44,6 +44,8 @@ pub struct Suite {
     pub projects_db: mongodb::Database,
     /// Projects' full sync (owners and members checked).
     pub projects_full_sync: Arc<FullSync<MongoStore, sync_sdk::app::DeclaredChecks>>,
+    /// The MongoDB databases of the CRM, the HRMS and Projects (in that order).
+    pub mongo_dbs: Vec<String>,
     stop: CancellationToken,
 }
 
@@ -105,9 +107,14 @@ impl Suite {
             ..app_args(&wrapper, SERVICE_SECRET)
         };
         let stop = CancellationToken::new();
+        let (crm_args, hrms_args) = (args("crm"), args("hrms"));
+        let mut mongo_dbs: Vec<String> = [&crm_args, &hrms_args]
+            .iter()
+            .filter_map(|a| a.mongo_db.clone())
+            .collect();
         let crm = crm::build(crm::Settings {
             listen: "127.0.0.1:0".parse()?,
-            app: args("crm"),
+            app: crm_args,
         })
         .await?;
         let crm_port = crm.addr().port();
@@ -115,13 +122,14 @@ impl Suite {
         tokio::spawn(crm.run_until_stopped(stop.clone()));
         let hrms = hrms::build(hrms::Settings {
             listen: "127.0.0.1:0".parse()?,
-            app: args("hrms"),
+            app: hrms_args,
         })
         .await?;
         let hrms_port = hrms.addr().port();
         let hrms_full_sync = hrms.full_sync();
         tokio::spawn(hrms.run_until_stopped(stop.clone()));
         let projects_args = args("projects");
+        mongo_dbs.extend(projects_args.mongo_db.clone());
         let projects_db = mongodb::Client::with_uri_str(&projects_args.mongodb_url)
             .await?
             .database(projects_args.mongo_db.as_deref().unwrap_or("projects"));
@@ -154,6 +162,7 @@ impl Suite {
             hrms_full_sync,
             projects_full_sync,
             projects_db,
+            mongo_dbs,
             crm_url: format!("http://127.0.0.1:{crm_port}"),
             hrms_url: format!("http://127.0.0.1:{hrms_port}"),
             stop,

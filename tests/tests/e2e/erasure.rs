@@ -214,3 +214,303 @@ async fn two_admins_removed_at_once_leave_one() -> anyhow::Result<()> {
     assert_eq!(admins, 1);
     Ok(())
 }
+
+/// Every key of `namespace` on the test Redis (every master of a cluster) with its content as
+/// text: streams entry by entry, hashes, strings, sets, sorted sets and lists.
+async fn redis_dump(namespace: &str) -> anyhow::Result<Vec<(String, String)>> {
+    use fred::{prelude::*, types::scan::Scanner};
+    use futures_util::TryStreamExt;
+    let redis = tsync_e2e::redis_client(&tsync_e2e::redis_url()).await?;
+    let pattern = format!("{namespace}*");
+    let mut keys: Vec<String> = Vec::new();
+    if redis.is_clustered() {
+        let mut pages = redis.scan_cluster(pattern.as_str(), Some(500), None);
+        while let Some(mut page) = pages.try_next().await? {
+            if let Some(found) = page.take_results() {
+                keys.extend(found.into_iter().filter_map(|k| k.into_string()));
+            }
+            page.next();
+        }
+    } else {
+        let mut pages = redis.scan(pattern.as_str(), Some(500), None);
+        while let Some(mut page) = pages.try_next().await? {
+            if let Some(found) = page.take_results() {
+                keys.extend(found.into_iter().filter_map(|k| k.into_string()));
+            }
+            page.next();
+        }
+    }
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for key in keys {
+        let kind: String = redis.r#type(key.as_str()).await?;
+        let content: fred::types::Value = match kind.as_str() {
+            "stream" => redis.xrange(key.as_str(), "-", "+", None).await?,
+            "hash" => redis.hgetall(key.as_str()).await?,
+            "string" => redis.get(key.as_str()).await?,
+            "set" => redis.smembers(key.as_str()).await?,
+            "zset" => {
+                redis
+                    .zrange(key.as_str(), 0, -1, None, false, None, true)
+                    .await?
+            }
+            "list" => redis.lrange(key.as_str(), 0, -1).await?,
+            _ => fred::types::Value::Null,
+        };
+        out.push((key, format!("{content:?}")));
+    }
+    Ok(out)
+}
+
+/// `(collection, documents)` of every collection of MongoDB database `name` holding `needle`.
+async fn mongo_hits(name: &str, needle: &str) -> anyhow::Result<Vec<(String, usize)>> {
+    let client = mongodb::Client::with_uri_str(tsync_e2e::mongodb_url()).await?;
+    let db = client.database(name);
+    let mut found = Vec::new();
+    for collection in db.list_collection_names().await? {
+        let mut cursor = db
+            .collection::<mongodb::bson::Document>(&collection)
+            .find(mongodb::bson::doc! {})
+            .await?;
+        let mut hits = 0;
+        while cursor.advance().await? {
+            let doc = cursor.deserialize_current()?;
+            if doc
+                .to_string()
+                .to_lowercase()
+                .contains(&needle.to_lowercase())
+            {
+                hits += 1;
+            }
+        }
+        if hits > 0 {
+            found.push((collection, hits));
+        }
+    }
+    Ok(found)
+}
+
+/// A user with two addresses and two names, failed sign-ins with both addresses, webhook
+/// deliveries of their events (one endpoint failing, so its deliveries stay pending), documents
+/// in every app and a dead letter of their first event, erased: afterwards no value that
+/// identified them is in a full dump of the wrapper's database, in any collection of any app's
+/// database, or in any key of the namespace on Redis; the operation lists what went where.
+#[tokio::test]
+async fn an_erased_user_is_in_no_table_collection_delivery_dead_letter_or_stream()
+-> anyhow::Result<()> {
+    use std::time::Duration;
+    use tsync_e2e::suite::Suite;
+    let suite = Suite::start(|s| {
+        s.webhook_insecure_hosts = vec!["127.0.0.1".into()];
+        s.lifecycle_resend_secs = 1;
+    })
+    .await?;
+    let w = &suite.wrapper;
+    let acme = w
+        .create_tenant_with("acme", &["crm", "hrms", "projects"])
+        .await;
+    w.fund_app(&acme, "crm", 100).await;
+    w.fund_app(&acme, "projects", 100).await;
+    let edge = suite.edge("acme");
+    let t = acme.id;
+    let tag = &Uuid::new_v4().simple().to_string()[..8];
+    let (email1, email2) = (
+        format!("ada.{tag}@acme.test"),
+        format!("countess.{tag}@acme.test"),
+    );
+    let (name1, name2) = (format!("Ada Byron {tag}"), format!("Ada Lovelace {tag}"));
+    let values = [&email1, &email2, &name1, &name2];
+
+    // Webhooks: one endpoint that answers, one nobody listens on (its deliveries stay pending).
+    let ok = tsync_e2e::serve(
+        axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" })),
+    )
+    .await?;
+    let dead = format!("http://127.0.0.1:{}/hook", tsync_e2e::free_port()?);
+    let types = json!([
+        "user.created",
+        "user.email_changed",
+        "user.updated",
+        "user.erased"
+    ]);
+    for url in [format!("{}/hook", ok.url()), dead] {
+        let body = json!({"url": url, "eventTypes": types});
+        let (status, reply) = call(
+            w,
+            Method::POST,
+            &format!("/api/tenants/{t}/webhooks"),
+            &acme.admin,
+            body,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{reply}");
+    }
+
+    // The user, then a second address and a second name.
+    let (status, ada) = call(
+        w,
+        Method::POST,
+        &format!("/api/tenants/{t}/users"),
+        &acme.admin,
+        json!({"email": email1, "fullName": name1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ada}");
+    let ada: Uuid = serde_json::from_value(ada["id"].clone())?;
+    let user = format!("/api/tenants/{t}/users/{ada}");
+    for change in [json!({"email": email2}), json!({"fullName": name2})] {
+        let (status, reply) = call(w, Method::PATCH, &user, &acme.admin, change).await;
+        assert_eq!(status, StatusCode::OK, "{reply}");
+    }
+    // Failed sign-ins with both addresses.
+    for email in [&email1, &email2] {
+        let (status, _) = w
+            .call(
+                Method::POST,
+                "/auth/login",
+                None,
+                Some(json!({"email": email, "password": "Wrong-Password-1", "tenant": "acme"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    // Documents in every app.
+    let posted = [
+        (
+            "/crm/accounts",
+            json!({"name": "Analytical Engines", "value": 10, "ownerId": ada}),
+        ),
+        (
+            "/hrms/employees",
+            json!({"userId": ada, "department": "Mathematics", "salary": 1}),
+        ),
+        (
+            "/projects/projects",
+            json!({"name": "Notes on the Engine", "memberIds": [ada]}),
+        ),
+    ];
+    for (path, body) in posted {
+        let (status, reply) = edge
+            .send(Method::POST, path, &acme.admin, Some(body))
+            .await?;
+        assert!(status.is_success(), "{path}: {status} {reply}");
+    }
+    for db in &suite.mongo_dbs {
+        tsync_e2e::eventually(Duration::from_secs(20), || async {
+            mongo_hits(db, &name2).await.is_ok_and(|h| !h.is_empty())
+        })
+        .await?;
+    }
+    // A dead letter of the user's first event in the CRM's queue, as its consumer writes one.
+    let keys = sync_sdk::contract::StreamKeys::new(
+        w.state.settings.namespace.clone(),
+        w.state.settings.partitions,
+    )
+    .expect("keys");
+    let redis = tsync_e2e::redis_client(&tsync_e2e::redis_url()).await?;
+    let stream = keys.events_for(t);
+    let entry = tsync_e2e::eventually_some(Duration::from_secs(10), || async {
+        use fred::prelude::*;
+        let all: Vec<(String, std::collections::HashMap<String, String>)> =
+            redis.xrange(stream.as_str(), "-", "+", None).await.ok()?;
+        all.into_iter()
+            .find(|(_, f)| f.get("envelope").is_some_and(|e| e.contains(&email1)))
+    })
+    .await?;
+    let letter =
+        sync_sdk::contract::dlq::DeadLetter::new(&stream, &entry.0, &entry.1, "a test's".into(), 5);
+    sync_sdk::contract::dlq::push(&redis, &keys, "crm", &letter).await?;
+    // Deliveries of the user's events exist, the failing endpoint's pending.
+    tsync_e2e::eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, i64>(
+            "select count(*) from webhook_deliveries where tenant_id = $1 and status = 'pending'
+               and strpos(body, $2) > 0",
+        )
+        .bind(t)
+        .bind(&email1)
+        .fetch_one(&w.db.pool)
+        .await
+        .is_ok_and(|n| n > 0)
+    })
+    .await?;
+    let before = redis_dump(&keys.namespace().to_owned()).await?;
+    assert!(
+        before.iter().any(|(_, c)| c.contains(&email1)),
+        "the test put nothing on Redis"
+    );
+
+    // Erased, and confirmed by every app.
+    let (status, operation) = call(
+        w,
+        Method::POST,
+        &format!("{user}/erase"),
+        &acme.admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
+    let location = format!(
+        "/api/operations/{}",
+        operation["id"].as_str().unwrap_or_default()
+    );
+    let done = tsync_e2e::eventually_some(Duration::from_secs(60), || async {
+        let (_, op) = w
+            .call(Method::GET, &location, Some(&acme.admin), None)
+            .await;
+        (op["status"] == "done").then_some(op)
+    })
+    .await?;
+
+    // Every store, scanned for every value.
+    let dump = tokio::process::Command::new("pg_dump")
+        .args(["--data-only", "--no-owner", "--dbname", &w.db.url])
+        .output()
+        .await?;
+    assert!(
+        dump.status.success(),
+        "pg_dump: {}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let dump = String::from_utf8_lossy(&dump.stdout).to_lowercase();
+    let redis_now = redis_dump(keys.namespace()).await?;
+    for value in values {
+        let v = value.to_lowercase();
+        let lines: Vec<&str> = dump.lines().filter(|l| l.contains(&v)).collect();
+        assert!(
+            lines.is_empty(),
+            "{value} in the wrapper's database: {lines:?}"
+        );
+        for db in &suite.mongo_dbs {
+            let hits = mongo_hits(db, value).await?;
+            assert!(hits.is_empty(), "{value} in {db}: {hits:?}");
+        }
+        let keys_with: Vec<&String> = redis_now
+            .iter()
+            .filter(|(_, c)| c.to_lowercase().contains(&v))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(keys_with.is_empty(), "{value} on Redis in {keys_with:?}");
+    }
+    // The proof lists what was removed where.
+    let result = &done["result"];
+    assert!(
+        result["wrapper"]["webhook_deliveries"].as_u64() > Some(0),
+        "{done}"
+    );
+    assert!(result["wrapper"]["outbox"].as_u64() > Some(0), "{done}");
+    assert!(
+        result["redis"]["eventEntriesDeleted"].as_u64() >= Some(3),
+        "{done}"
+    );
+    assert_eq!(result["redis"]["deadLettersDeleted"], 1, "{done}");
+    for app in ["crm", "hrms", "projects"] {
+        let receipt = done["apps"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["app"] == app))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(receipt["status"], "done", "{app}: {done}");
+    }
+    Ok(())
+}

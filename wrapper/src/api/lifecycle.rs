@@ -23,7 +23,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sync_contract::{Event, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
@@ -109,7 +109,7 @@ async fn erase_user(
     guard.after(&mut tx).await?;
     let aggregate = (user_id, row.version);
     let tombstone = UserState::from(row);
-    scrub(&mut tx, tenant_id, user_id, &email, &tombstone).await?;
+    let wrapper_part = scrub(&mut tx, tenant_id, user_id, &email, &tombstone).await?;
     outbox::record(
         &mut tx,
         &ctx,
@@ -127,6 +127,12 @@ async fn erase_user(
         Some(admin),
     )
     .await?;
+    // The wrapper's part of the proof; Redis's is added when every app has confirmed.
+    sqlx::query("update lifecycle_operations set result = $2 where id = $1")
+        .bind(id)
+        .bind(json!({"wrapper": wrapper_part}))
+        .execute(&mut *tx)
+        .await?;
     audit(
         &mut tx,
         &ctx,
@@ -160,57 +166,134 @@ async fn audit(
     crate::audit::record(tx, ctx, entry).await;
 }
 
-/// Remove `email` wherever else the wrapper keeps it: linked identities, sign-in counters, the
-/// audit log (replaced by the user's id) and retained events of the user (their payload becomes
-/// the tombstone: the relay may not have published them yet, and published ones are kept for a
-/// while).
+/// Remove or replace every copy of user `user_id`'s personal data the wrapper's database holds
+/// besides the user row: every address and name they ever had (their events in the outbox
+/// hold each state they went through) in the outbox, webhook deliveries (stored and pending:
+/// a pending one is then sent with the tombstone), the audit log (an address or a name becomes
+/// the user's id), sign-in throttle counters, linked identities and the tenant's exports.
+/// Returns what it changed per table: the wrapper's part of the operation's proof.
 async fn scrub(
     tx: &mut sqlx::PgConnection,
     tenant_id: Uuid,
     user_id: Uuid,
     email: &str,
     tombstone: &UserState,
-) -> Result<(), sqlx::Error> {
+) -> Result<Value, sqlx::Error> {
+    let user = user_id.to_string();
+    // Every state the user went through: their addresses and names.
+    let states: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "select distinct envelope::jsonb -> 'payload' ->> 'email',
+                         envelope::jsonb -> 'payload' ->> 'fullName'
+         from outbox where tenant_id = $1 and event_type like 'user.%'
+           and envelope::jsonb ->> 'aggregateId' = $2",
+    )
+    .bind(tenant_id)
+    .bind(&user)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut emails: Vec<String> = states.iter().filter_map(|s| s.0.clone()).collect();
+    emails.push(email.to_owned());
+    let mut names: Vec<String> = states.iter().filter_map(|s| s.1.clone()).collect();
+    for list in [&mut emails, &mut names] {
+        list.retain(|v| !v.is_empty() && v != sync_contract::ERASED_NAME);
+        list.sort_by_key(|v| v.to_lowercase());
+        list.dedup_by_key(|v| v.to_lowercase());
+    }
+    let mut changed = serde_json::Map::new();
+    let mut count = |table: &str, n: u64| {
+        let before = changed.get(table).and_then(Value::as_u64).unwrap_or(0);
+        changed.insert(table.to_owned(), json!(before + n));
+    };
     // Exports of the tenant hold the person's data too.
     for table in ["export_parts", "export_archives"] {
-        sqlx::query(&format!(
+        let n = sqlx::query(&format!(
             "delete from {table} where operation_id in
                  (select id from lifecycle_operations where tenant_id = $1)"
         ))
         .bind(tenant_id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        count(table, n);
     }
-    sqlx::query("delete from user_identities where user_id = $1")
+    let n = sqlx::query("delete from user_identities where user_id = $1")
         .bind(user_id)
         .execute(&mut *tx)
-        .await?;
-    sqlx::query("delete from sign_in_failures where lower(key) = lower($1)")
-        .bind(format!("account:{tenant_id}:{email}"))
+        .await?
+        .rows_affected();
+    count("user_identities", n);
+    let counters: Vec<String> = emails
+        .iter()
+        .map(|e| format!("account:{tenant_id}:{}", e.to_lowercase()))
+        .collect();
+    let n = sqlx::query("delete from sign_in_failures where lower(key) = any($1)")
+        .bind(&counters)
         .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "update audit_log set target = case when lower(target) = lower($2) then $3 else target end,
-             details = replace(details::text, $2, $3)::jsonb
-         where tenant_id = $1 and (lower(target) = lower($2) or strpos(details::text, $2) > 0)",
-    )
-    .bind(tenant_id)
-    .bind(email)
-    .bind(user_id.to_string())
-    .execute(&mut *tx)
-    .await?;
+        .await?
+        .rows_affected();
+    count("sign_in_failures", n);
+    // The audit log keeps what happened, with the user's id where an address or a name was:
+    // an address anywhere in the tenant's entries, a name in the entries about the user.
+    for value in &emails {
+        let n = sqlx::query(
+            "update audit_log set target = case when lower(target) = lower($2) then $3 else target end,
+                 details = replace(details::text, $2, $3)::jsonb
+             where tenant_id = $1 and (lower(target) = lower($2) or strpos(details::text, $2) > 0)",
+        )
+        .bind(tenant_id)
+        .bind(value)
+        .bind(&user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        count("audit_log", n);
+    }
+    for value in &names {
+        let n = sqlx::query(
+            "update audit_log set details = replace(details::text, $2, $3)::jsonb
+             where tenant_id = $1 and strpos(details::text, $2) > 0
+               and (target = $3 or strpos(details::text, $3) > 0)",
+        )
+        .bind(tenant_id)
+        .bind(
+            serde_json::to_string(value)
+                .unwrap_or_default()
+                .trim_matches('"'),
+        )
+        .bind(&user)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        count("audit_log", n);
+    }
+    // The user's events: in the outbox and in every webhook delivery of them (stored, pending
+    // or dead), their payload becomes the tombstone.
     let payload = serde_json::to_value(tombstone).unwrap_or(Value::Null);
-    sqlx::query(
+    let n = sqlx::query(
         "update outbox set envelope = jsonb_set(envelope::jsonb, '{payload}', $3)::text
          where tenant_id = $1 and event_type like 'user.%'
            and envelope::jsonb ->> 'aggregateId' = $2",
     )
     .bind(tenant_id)
-    .bind(user_id.to_string())
-    .bind(payload)
+    .bind(&user)
+    .bind(&payload)
     .execute(&mut *tx)
-    .await?;
-    Ok(())
+    .await?
+    .rows_affected();
+    count("outbox", n);
+    let n = sqlx::query(
+        "update webhook_deliveries set body = jsonb_set(body::jsonb, '{payload}', $3)::text
+         where tenant_id = $1 and event_type like 'user.%'
+           and body::jsonb ->> 'aggregateId' = $2",
+    )
+    .bind(tenant_id)
+    .bind(&user)
+    .bind(&payload)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    count("webhook_deliveries", n);
+    Ok(Value::Object(changed))
 }
 
 /// Purge an archived tenant now, without waiting for the grace period (platform admins).

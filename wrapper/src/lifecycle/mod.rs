@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub mod export;
+pub mod redis_copies;
 
 /// What an operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,14 +196,14 @@ pub async fn complete_if_answered(
     id: Uuid,
 ) -> anyhow::Result<bool> {
     let mut tx = db.begin().await?;
-    let row: Option<(String, Uuid)> = sqlx::query_as(
-        "select kind, tenant_id from lifecycle_operations
+    let row: Option<(String, Uuid, Option<Uuid>, Option<Value>)> = sqlx::query_as(
+        "select kind, tenant_id, subject, result from lifecycle_operations
          where id = $1 and status = 'pending' for update",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((kind, tenant_id)) = row else {
+    let Some((kind, tenant_id, subject, so_far)) = row else {
         return Ok(false);
     };
     let waiting: i64 = sqlx::query_scalar(
@@ -222,6 +223,34 @@ pub async fn complete_if_answered(
         json!({"rowsDeleted": rows, "redisKeysDeleted": keys_removed})
     } else if kind == Kind::ExportTenant.as_str() {
         crate::lifecycle::export::package(&mut tx, id, tenant_id).await?
+    } else if kind == Kind::EraseUser.as_str()
+        && let Some(user_id) = subject
+    {
+        // Every app confirmed: what Redis still holds of the person goes now, or the
+        // operation waits for the groups that have not read it (the resend loop asks again).
+        let apps: Vec<String> = sqlx::query_scalar("select name from applications order by name")
+            .fetch_all(&mut *tx)
+            .await?;
+        let copies = redis_copies::erase(redis, keys, &apps, tenant_id, user_id).await?;
+        let mut result = so_far.unwrap_or_else(|| json!({}));
+        let redis_part = &mut result["redis"];
+        let add = |v: &Value, n: u64| v.as_u64().unwrap_or(0) + n;
+        *redis_part = json!({
+            "eventEntriesDeleted": add(&redis_part["eventEntriesDeleted"], copies.events_deleted),
+            "deadLettersDeleted": add(&redis_part["deadLettersDeleted"], copies.dead_letters_deleted),
+            "eventEntriesWaiting": copies.events_waiting,
+        });
+        if copies.events_waiting > 0 {
+            // Kept for the next round; the operation stays pending.
+            sqlx::query("update lifecycle_operations set result = $2 where id = $1")
+                .bind(id)
+                .bind(&result)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(false);
+        }
+        result
     } else {
         json!({})
     };
