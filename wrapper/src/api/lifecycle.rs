@@ -204,18 +204,20 @@ async fn scrub(
         let before = changed.get(table).and_then(Value::as_u64).unwrap_or(0);
         changed.insert(table.to_owned(), json!(before + n));
     };
-    // Exports of the tenant hold the person's data too.
-    for table in ["export_parts", "export_archives"] {
-        let n = sqlx::query(&format!(
-            "delete from {table} where operation_id in
-                 (select id from lifecycle_operations where tenant_id = $1)"
-        ))
-        .bind(tenant_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        count(table, n);
-    }
+    // Exports of the tenant hold the person's data too: a pending one loses their lines (the
+    // rest of it is still the tenant's), a built archive is deleted (export again).
+    let values: Vec<String> = emails.iter().chain(&names).cloned().collect();
+    let n = crate::lifecycle::export::drop_person(tx, tenant_id, user_id, &values).await?;
+    count("export_parts (lines)", n);
+    let n = sqlx::query(
+        "delete from export_archives where operation_id in
+             (select id from lifecycle_operations where tenant_id = $1)",
+    )
+    .bind(tenant_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    count("export_archives", n);
     let n = sqlx::query("delete from user_identities where user_id = $1")
         .bind(user_id)
         .execute(&mut *tx)

@@ -222,6 +222,18 @@ pub async fn complete_if_answered(
         let keys_removed = purge_redis(redis, keys, tenant_id).await?;
         json!({"rowsDeleted": rows, "redisKeysDeleted": keys_removed})
     } else if kind == Kind::ExportTenant.as_str() {
+        // An erasure of the tenant still pending may have parts of this export to take the
+        // person out of (uploaded by an app before it carried the erasure out): wait for it.
+        let erasing: bool = sqlx::query_scalar(
+            "select exists(select 1 from lifecycle_operations
+                           where tenant_id = $1 and kind = 'erase_user' and status = 'pending')",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if erasing {
+            return Ok(false);
+        }
         crate::lifecycle::export::package(&mut tx, id, tenant_id).await?
     } else if kind == Kind::EraseUser.as_str()
         && let Some(user_id) = subject
@@ -233,6 +245,13 @@ pub async fn complete_if_answered(
             .await?;
         let copies = redis_copies::erase(redis, keys, &apps, tenant_id, user_id).await?;
         let mut result = so_far.unwrap_or_else(|| json!({}));
+        // Every app has carried the erasure out, so every export part it uploaded before is
+        // here: the person's synced record leaves the tenant's pending exports.
+        let lines = export::drop_person(&mut tx, tenant_id, user_id, &[]).await?;
+        let before = result["wrapper"]["export_parts (lines)"]
+            .as_u64()
+            .unwrap_or(0);
+        result["wrapper"]["export_parts (lines)"] = json!(before + lines);
         let redis_part = &mut result["redis"];
         let add = |v: &Value, n: u64| v.as_u64().unwrap_or(0) + n;
         *redis_part = json!({
