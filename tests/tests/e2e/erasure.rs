@@ -729,3 +729,68 @@ async fn an_export_overlapping_an_erasure_leaves_the_person_out() -> anyhow::Res
     }
     Ok(())
 }
+
+/// An export larger than one stored chunk (1 MiB) is stored in several and downloaded whole,
+/// its length announced, every file intact.
+#[tokio::test]
+async fn a_large_export_is_stored_and_streamed_in_chunks() -> anyhow::Result<()> {
+    use std::time::Duration;
+    use tsync_e2e::wrapper_app::spawn_wrapper_with;
+    let w = spawn_wrapper_with(|s| s.lifecycle_resend_secs = 1).await?;
+    let acme = w.create_tenant("acme").await;
+    let t = acme.id;
+    let users = 6_000;
+    sqlx::query(
+        "insert into users (id, tenant_id, email, full_name, email_verified, active,
+                            is_platform_admin, version, created_at, updated_at)
+         select gen_random_uuid(), $1, 'user' || g || '@acme.test', 'A Rather Long Name For Bulk ' || g,
+                false, true, false, 1, now(), now()
+         from generate_series(1, $2) g",
+    )
+    .bind(t)
+    .bind(users)
+    .execute(&w.db.pool)
+    .await?;
+    let (status, op) = call(
+        &w,
+        Method::POST,
+        &format!("/api/tenants/{t}/export"),
+        &acme.admin,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let location = format!("/api/operations/{}", op["id"].as_str().unwrap_or_default());
+    let done = tsync_e2e::eventually_some(Duration::from_secs(30), || async {
+        let (_, op) = w
+            .call(Method::GET, &location, Some(&acme.admin), None)
+            .await;
+        (op["status"] == "done").then_some(op)
+    })
+    .await?;
+    assert!(
+        done["result"]["chunks"].as_u64() >= Some(2),
+        "{}",
+        done["result"]
+    );
+    let response = w
+        .http
+        .get(format!("{}{location}/archive", w.url))
+        .bearer_auth(&acme.admin)
+        .send()
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let announced = response.content_length();
+    let bytes = response.bytes().await?;
+    assert_eq!(announced, Some(bytes.len() as u64));
+    assert_eq!(
+        done["result"]["archiveBytes"].as_u64(),
+        Some(bytes.len() as u64)
+    );
+    let files = untar(&bytes)?;
+    let lines = files
+        .get("wrapper/users.jsonl")
+        .map_or(0, |f| f.lines().count());
+    assert_eq!(lines, users as usize + 1, "{:?}", files.keys());
+    Ok(())
+}

@@ -22,6 +22,7 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sync_contract::{Event, UserState};
@@ -210,14 +211,14 @@ async fn scrub(
     let n = crate::lifecycle::export::drop_person(tx, tenant_id, user_id, &values).await?;
     count("export_parts (lines)", n);
     let n = sqlx::query(
-        "delete from export_archives where operation_id in
+        "delete from export_archive_chunks where operation_id in
              (select id from lifecycle_operations where tenant_id = $1)",
     )
     .bind(tenant_id)
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    count("export_archives", n);
+    count("export_archive_chunks", n);
     let n = sqlx::query("delete from user_identities where user_id = $1")
         .bind(user_id)
         .execute(&mut *tx)
@@ -494,15 +495,26 @@ async fn export_archive(
         .await?
         .ok_or(ApiError::NotFound("operation"))?;
     authorize_operation(&state, &ctx, &caller, &operation).await?;
-    let archive = lifecycle::export::archive(&state.db, operation_id)
+    let (chunks, size) = lifecycle::export::archive_chunks(&state.db, operation_id)
         .await?
         .ok_or(ApiError::NotFound("finished export"))?;
     let name = format!(
         "attachment; filename=\"tenant-{}-{operation_id}.tar\"",
         operation.tenant_id
     );
-    let mut response = archive.into_response();
+    // Streamed a stored chunk at a time.
+    let db = state.db.clone();
+    let body = futures_util::stream::iter(chunks).then(move |seq| {
+        let db = db.clone();
+        async move {
+            lifecycle::export::archive_chunk(&db, operation_id, seq)
+                .await
+                .map(axum::body::Bytes::from)
+        }
+    });
+    let mut response = axum::body::Body::from_stream(body).into_response();
     let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-tar"),

@@ -24,8 +24,7 @@ use keys::TokenKind;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "tsync_session";
-/// The permission that makes a role's holders tenant admins.
-pub const TENANT_ADMIN_PERMISSION: &str = "tenant.admin";
+pub use crate::domain::users::TENANT_ADMIN_PERMISSION;
 
 /// A signed-in user, as the database sees them now.
 #[derive(Debug, Clone)]

@@ -71,6 +71,9 @@ pub(crate) struct AdminGuard {
     had_admin: bool,
 }
 
+/// The permission that makes a role's holders tenant admins.
+pub const TENANT_ADMIN_PERMISSION: &str = "tenant.admin";
+
 /// The statement taking tenant `$1`'s admin lock (held to the end of the transaction): every
 /// change that may take an admin away takes it first.
 pub const ADMIN_LOCK: &str =
@@ -86,7 +89,7 @@ async fn has_admin(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<bool> {
           where u.tenant_id = $1 and u.active and u.deleted_at is null and r.permissions ? $2)",
     )
     .bind(tenant_id)
-    .bind(crate::auth::TENANT_ADMIN_PERMISSION)
+    .bind(TENANT_ADMIN_PERMISSION)
     .fetch_one(db)
     .await?)
 }

@@ -1,7 +1,8 @@
 //! A tenant's export: the wrapper's rows of the tenant and what every app uploaded, as one tar
 //! archive of JSON Lines files — `wrapper/<table>.jsonl`, `<app>/<collection>.jsonl` — built
-//! once every registered app confirmed, kept in `export_archives` for the tenant's admins to
-//! download (`GET /api/operations/{id}/archive`).
+//! once every registered app confirmed, kept in `export_archive_chunks` (1 MiB each) for the
+//! tenant's admins to download (`GET /api/operations/{id}/archive`, streamed a chunk at a
+//! time). Neither the packaging nor a download holds the whole tenant in memory.
 //!
 //! What goes in is an allow-list: each table's columns are named below, so a column added
 //! later (a new secret, a token, a key) is left out until someone decides it is the tenant's
@@ -143,89 +144,192 @@ pub async fn store_part(
     Ok(stored == 1)
 }
 
-/// Build and store the archive of export `operation_id` of `tenant_id` inside `tx`; returns
-/// the line count of every file and the archive's size.
+/// The size of one stored chunk of a built archive.
+const CHUNK: usize = 1 << 20;
+
+/// Build export `operation_id` of `tenant_id` inside `tx` and store it as chunks of at most
+/// 1 MiB; returns the line count of every file and the archive's size. Rows are streamed
+/// from Postgres into a file of a temporary directory, one file of the archive at a time, and
+/// the archive is stored a chunk at a time: memory holds one row or one uploaded part and one
+/// chunk, whatever the tenant's size (the disk holds the archive while it is built).
 pub async fn package(
     tx: &mut PgConnection,
     operation_id: Uuid,
     tenant_id: Uuid,
 ) -> anyhow::Result<Value> {
-    let mut archive = tar::Builder::new(Vec::new());
+    use futures_util::TryStreamExt;
+    use std::io::{BufWriter, Read, Write};
+    let dir = Scratch::new(operation_id)?;
+    let tar_path = dir.0.join("archive.tar");
+    let mut archive = tar::Builder::new(BufWriter::new(std::fs::File::create(&tar_path)?));
     let mut files = serde_json::Map::new();
+    let file_path = dir.0.join("file");
     for (table, columns, filter, order) in TABLES {
+        let mut out = BufWriter::new(std::fs::File::create(&file_path)?);
+        let mut count = 0u64;
         // Built from the constants above, never from input.
-        let rows: Vec<String> = sqlx::query_scalar(&export_query(table, columns, filter, order))
+        let query = export_query(table, columns, filter, order);
+        let mut rows = sqlx::query_scalar::<_, String>(&query)
             .bind(tenant_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let path = format!("wrapper/{table}.jsonl");
-        let mut content = rows.join("\n").into_bytes();
-        if !content.is_empty() {
-            content.push(b'\n');
+            .fetch(&mut *tx);
+        while let Some(row) = rows.try_next().await? {
+            out.write_all(row.as_bytes())?;
+            out.write_all(b"\n")?;
+            count += 1;
         }
-        append(&mut archive, &path, &content)?;
-        files.insert(path, json!(rows.len()));
+        drop(rows);
+        out.flush()?;
+        drop(out);
+        let path = format!("wrapper/{table}.jsonl");
+        append_file(&mut archive, &path, &file_path)?;
+        files.insert(path, json!(count));
     }
-    let parts: Vec<(String, String, i64, Vec<u8>)> = sqlx::query_as(
-        "select source, collection, lines, content from export_parts
+    // The apps' parts, one chunk read at a time; the chunks of one collection make one file.
+    let index: Vec<(String, String, i32, i64)> = sqlx::query_as(
+        "select source, collection, chunk, lines from export_parts
          where operation_id = $1 order by source, collection, chunk",
     )
     .bind(operation_id)
     .fetch_all(&mut *tx)
     .await?;
-    // Chunks of one collection become one file.
-    let mut current: Option<(String, Vec<u8>, i64)> = None;
-    for (source, collection, lines, content) in parts {
+    let mut current: Option<(String, BufWriter<std::fs::File>, i64)> = None;
+    for (source, collection, chunk, lines) in index {
         let path = format!("{source}/{collection}.jsonl");
-        match &mut current {
-            Some((p, buffer, count)) if *p == path => {
-                buffer.extend_from_slice(&content);
-                *count += lines;
-            }
-            _ => {
-                if let Some((p, buffer, count)) = current.take() {
-                    append(&mut archive, &p, &buffer)?;
-                    files.insert(p, json!(count));
-                }
-                current = Some((path, content, lines));
-            }
+        if current.as_ref().is_some_and(|(p, _, _)| *p != path)
+            && let Some((p, mut out, count)) = current.take()
+        {
+            out.flush()?;
+            drop(out);
+            append_file(&mut archive, &p, &file_path)?;
+            files.insert(p, json!(count));
+        }
+        if current.is_none() {
+            current = Some((path, BufWriter::new(std::fs::File::create(&file_path)?), 0));
+        }
+        let content: Vec<u8> = sqlx::query_scalar(
+            "select content from export_parts
+             where operation_id = $1 and source = $2 and collection = $3 and chunk = $4",
+        )
+        .bind(operation_id)
+        .bind(&source)
+        .bind(&collection)
+        .bind(chunk)
+        .fetch_one(&mut *tx)
+        .await?;
+        if let Some((_, out, count)) = &mut current {
+            out.write_all(&content)?;
+            *count += lines;
         }
     }
-    if let Some((p, buffer, count)) = current {
-        append(&mut archive, &p, &buffer)?;
+    if let Some((p, mut out, count)) = current {
+        out.flush()?;
+        drop(out);
+        append_file(&mut archive, &p, &file_path)?;
         files.insert(p, json!(count));
     }
-    let bytes = archive.into_inner()?;
-    sqlx::query("insert into export_archives (operation_id, content) values ($1, $2)")
+    archive.into_inner()?.flush()?;
+    // Stored a chunk at a time.
+    let mut reader = std::fs::File::open(&tar_path)?;
+    let mut buffer = vec![0u8; CHUNK];
+    let (mut seq, mut total) = (0i32, 0u64);
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = reader.read(&mut buffer[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        sqlx::query(
+            "insert into export_archive_chunks (operation_id, seq, content) values ($1, $2, $3)",
+        )
         .bind(operation_id)
-        .bind(&bytes)
+        .bind(seq)
+        .bind(&buffer[..filled])
         .execute(&mut *tx)
         .await?;
+        seq += 1;
+        total += filled as u64;
+        if filled < CHUNK {
+            break;
+        }
+    }
     sqlx::query("delete from export_parts where operation_id = $1")
         .bind(operation_id)
         .execute(&mut *tx)
         .await?;
-    Ok(json!({"files": files, "archiveBytes": bytes.len()}))
+    Ok(json!({"files": files, "archiveBytes": total, "chunks": seq}))
 }
 
-fn append(archive: &mut tar::Builder<Vec<u8>>, path: &str, content: &[u8]) -> std::io::Result<()> {
+/// A directory of the system's temporary one for one packaging, removed when dropped.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(operation_id: Uuid) -> std::io::Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("tsync-export-{operation_id}-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Append the file at `source` to `archive` as `path`.
+fn append_file<W: std::io::Write>(
+    archive: &mut tar::Builder<W>,
+    path: &str,
+    source: &std::path::Path,
+) -> std::io::Result<()> {
+    let mut file = std::fs::File::open(source)?;
     let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
+    header.set_size(file.metadata()?.len());
     header.set_mode(0o644);
     header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
     header.set_cksum();
-    archive.append_data(&mut header, path, content)
+    archive.append_data(&mut header, path, &mut file)
 }
 
-/// The archive of export `operation_id`, once built.
-pub async fn archive(
+/// The chunk numbers of the archive of export `operation_id` and its size, once built.
+pub async fn archive_chunks(
     db: &sqlx::PgPool,
     operation_id: Uuid,
-) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    sqlx::query_scalar("select content from export_archives where operation_id = $1")
-        .bind(operation_id)
-        .fetch_optional(db)
-        .await
+) -> Result<Option<(Vec<i32>, i64)>, sqlx::Error> {
+    let chunks: Vec<(i32, i64)> = sqlx::query_as(
+        "select seq, octet_length(content)::bigint from export_archive_chunks
+         where operation_id = $1 order by seq",
+    )
+    .bind(operation_id)
+    .fetch_all(db)
+    .await?;
+    if chunks.is_empty() {
+        return Ok(None);
+    }
+    let size = chunks.iter().map(|c| c.1).sum();
+    Ok(Some((chunks.into_iter().map(|c| c.0).collect(), size)))
+}
+
+/// Chunk `seq` of the archive of export `operation_id`.
+pub async fn archive_chunk(
+    db: &sqlx::PgPool,
+    operation_id: Uuid,
+    seq: i32,
+) -> Result<Vec<u8>, sqlx::Error> {
+    sqlx::query_scalar(
+        "select content from export_archive_chunks where operation_id = $1 and seq = $2",
+    )
+    .bind(operation_id)
+    .bind(seq)
+    .fetch_one(db)
+    .await
 }
 
 /// Take an erased person out of the tenant's pending exports: every uploaded line that holds

@@ -20,7 +20,7 @@ use sync_testkit::*;
 use super::flag;
 
 /// Resident memory of `pid` in MiB: (now, peak), from /proc/<pid>/status.
-fn rss(pid: u32) -> (f64, f64) {
+pub(crate) fn rss(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kib = |key: &str| {
         status

@@ -34,6 +34,8 @@
 //!
 //! `cargo run --release -p tsync-e2e --bin bench -- sign-in --wrapper-bin target/release/wrapper`
 //!
+//! export: one tenant's export (100,000 users by default) with the wrapper binary as a process:
+//! the time to package and to download it, and the process's resident memory around both.
 //! sign-in: 200 concurrent password sign-ins to one account, round after round, against the
 //! wrapper binary as a process: throughput, latency, answers and resident memory.
 //!
@@ -42,6 +44,7 @@
 //! steady write rate.
 
 mod bench_e2e;
+mod bench_export;
 mod bench_sign_in;
 mod plots;
 
@@ -88,9 +91,10 @@ async fn main() -> anyhow::Result<()> {
         Some("pages") => pages(events).await,
         Some("e2e") => bench_e2e::e2e(&args).await,
         Some("sign-in") => bench_sign_in::sign_in(&args).await,
+        Some("export") => bench_export::export(&args).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] [--tenants N] | consumer [--events N] [--tenants N] | load [--events USERS] [--runs N] [--store postgres|mongo] | tenants [--tenants N] [--events USERS_EACH] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30] | sign-in [--wrapper-bin PATH] [--label NAME] [--concurrency 200] [--rounds 5]"
+                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] [--tenants N] | consumer [--events N] [--tenants N] | load [--events USERS] [--runs N] [--store postgres|mongo] | tenants [--tenants N] [--events USERS_EACH] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30] | sign-in [--wrapper-bin PATH] [--label NAME] [--concurrency 200] [--rounds 5] | export [--wrapper-bin PATH] [--label NAME] [--users 100000]"
             );
             std::process::exit(2);
         }
