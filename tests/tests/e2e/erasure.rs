@@ -100,6 +100,12 @@ async fn the_last_admin_cannot_be_taken_away_by_any_path() -> anyhow::Result<()>
         before,
         "an event of a refused change"
     );
+    // A platform admin still offboards the tenant as a whole.
+    let other = w.create_tenant("offboarded").await;
+    let tenant = format!("/api/tenants/{}", other.id);
+    let (status, archived) = call(&w, Method::DELETE, &tenant, &w.root, json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{archived}");
+    assert_eq!(archived["status"], "archived", "{archived}");
 
     // A custom role granting tenant.admin held by the only other admin: taking the permission
     // away or deleting the role would leave no admin once the first is gone.

@@ -85,7 +85,10 @@ pub struct Operation {
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// When it completed.
     pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// What the wrapper itself removed when it completed.
+    /// What the wrapper itself did: for an erasure, `wrapper` (rows changed or removed per
+    /// table, at once) and `redis` (event entries and dead letters deleted once every app
+    /// confirmed, entries still waiting for a consumer group); for a purge, rows and keys
+    /// deleted; for an export, its files and size. With `apps`, the proof of the operation.
     pub result: Value,
     /// Every registered app with its receipt (or `pending`).
     pub apps: Vec<AppStatus>,
