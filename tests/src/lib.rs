@@ -46,3 +46,32 @@ pub async fn challenge_server()
     .await?;
     Ok((server, served))
 }
+
+/// `(collection, documents)` of every collection of MongoDB database `name` with a document
+/// holding `needle`.
+pub async fn mongo_docs_with(name: &str, needle: &str) -> anyhow::Result<Vec<(String, usize)>> {
+    let client = mongodb::Client::with_uri_str(crate::mongodb_url()).await?;
+    let db = client.database(name);
+    let mut found = Vec::new();
+    for collection in db.list_collection_names().await? {
+        let mut cursor = db
+            .collection::<mongodb::bson::Document>(&collection)
+            .find(mongodb::bson::doc! {})
+            .await?;
+        let mut hits = 0;
+        while cursor.advance().await? {
+            let doc = cursor.deserialize_current()?;
+            if doc
+                .to_string()
+                .to_lowercase()
+                .contains(&needle.to_lowercase())
+            {
+                hits += 1;
+            }
+        }
+        if hits > 0 {
+            found.push((collection, hits));
+        }
+    }
+    Ok(found)
+}

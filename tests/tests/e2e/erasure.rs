@@ -269,34 +269,6 @@ async fn redis_dump(namespace: &str) -> anyhow::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// `(collection, documents)` of every collection of MongoDB database `name` holding `needle`.
-async fn mongo_hits(name: &str, needle: &str) -> anyhow::Result<Vec<(String, usize)>> {
-    let client = mongodb::Client::with_uri_str(tsync_e2e::mongodb_url()).await?;
-    let db = client.database(name);
-    let mut found = Vec::new();
-    for collection in db.list_collection_names().await? {
-        let mut cursor = db
-            .collection::<mongodb::bson::Document>(&collection)
-            .find(mongodb::bson::doc! {})
-            .await?;
-        let mut hits = 0;
-        while cursor.advance().await? {
-            let doc = cursor.deserialize_current()?;
-            if doc
-                .to_string()
-                .to_lowercase()
-                .contains(&needle.to_lowercase())
-            {
-                hits += 1;
-            }
-        }
-        if hits > 0 {
-            found.push((collection, hits));
-        }
-    }
-    Ok(found)
-}
-
 /// A user with two addresses and two names, failed sign-ins with both addresses, webhook
 /// deliveries of their events (one endpoint failing, so its deliveries stay pending), documents
 /// in every app and a dead letter of their first event, erased: afterwards no value that
@@ -404,7 +376,9 @@ async fn an_erased_user_is_in_no_table_collection_delivery_dead_letter_or_stream
     }
     for db in &suite.mongo_dbs {
         tsync_e2e::eventually(Duration::from_secs(20), || async {
-            mongo_hits(db, &name2).await.is_ok_and(|h| !h.is_empty())
+            tsync_e2e::mongo_docs_with(db, &name2)
+                .await
+                .is_ok_and(|h| !h.is_empty())
         })
         .await?;
     }
@@ -488,7 +462,7 @@ async fn an_erased_user_is_in_no_table_collection_delivery_dead_letter_or_stream
             "{value} in the wrapper's database: {lines:?}"
         );
         for db in &suite.mongo_dbs {
-            let hits = mongo_hits(db, value).await?;
+            let hits = tsync_e2e::mongo_docs_with(db, value).await?;
             assert!(hits.is_empty(), "{value} in {db}: {hits:?}");
         }
         let keys_with: Vec<&String> = redis_now
@@ -674,7 +648,9 @@ async fn an_export_overlapping_an_erasure_leaves_the_person_out() -> anyhow::Res
     assert!(status.is_success(), "{reply}");
     for db in &suite.mongo_dbs[..2] {
         tsync_e2e::eventually(Duration::from_secs(20), || async {
-            mongo_hits(db, &email).await.is_ok_and(|h| !h.is_empty())
+            tsync_e2e::mongo_docs_with(db, &email)
+                .await
+                .is_ok_and(|h| !h.is_empty())
         })
         .await?;
     }

@@ -153,35 +153,6 @@ async fn wrapper_rows_with(
     Ok(found)
 }
 
-/// `(collection, documents)` of every collection of MongoDB database `name` with a document
-/// holding `needle`.
-async fn mongo_docs_with(name: &str, needle: &str) -> anyhow::Result<Vec<(String, usize)>> {
-    let client = mongodb::Client::with_uri_str(mongodb_url()).await?;
-    let db = client.database(name);
-    let mut found = Vec::new();
-    for collection in db.list_collection_names().await? {
-        let mut cursor = db
-            .collection::<mongodb::bson::Document>(&collection)
-            .find(mongodb::bson::doc! {})
-            .await?;
-        let mut hits = 0;
-        while cursor.advance().await? {
-            let doc = cursor.deserialize_current()?;
-            if doc
-                .to_string()
-                .to_lowercase()
-                .contains(&needle.to_lowercase())
-            {
-                hits += 1;
-            }
-        }
-        if hits > 0 {
-            found.push((collection, hits));
-        }
-    }
-    Ok(found)
-}
-
 /// Poll operation `location` until it is done; returns it.
 async fn until_done(hub: &Hub, location: &str) -> anyhow::Result<serde_json::Value> {
     eventually_some(Duration::from_secs(60), || async {
@@ -232,7 +203,7 @@ async fn an_erased_user_is_deleted_user_everywhere_and_their_email_is_in_no_stor
         .await?;
     for db in &hub.mongo_dbs {
         eventually(Duration::from_secs(10), || async {
-            mongo_docs_with(db, &email)
+            tsync_e2e::mongo_docs_with(db, &email)
                 .await
                 .is_ok_and(|f| !f.is_empty())
         })
@@ -280,7 +251,7 @@ async fn an_erased_user_is_deleted_user_everywhere_and_their_email_is_in_no_stor
     let rows = wrapper_rows_with(&hub.db.pool, &email, &[]).await?;
     assert!(rows.is_empty(), "the email is still in {rows:?}");
     for db in &hub.mongo_dbs {
-        let docs = mongo_docs_with(db, &email).await?;
+        let docs = tsync_e2e::mongo_docs_with(db, &email).await?;
         assert!(docs.is_empty(), "the email is still in {db}: {docs:?}");
     }
     let audit = wrapper_rows_with(&hub.db.pool, &user_id, &[]).await?;
@@ -321,7 +292,7 @@ async fn a_purge_reaches_an_app_that_was_down_and_leaves_nothing_of_the_tenant_a
 
     for db in &hub.mongo_dbs {
         assert!(
-            !mongo_docs_with(db, &tenant).await?.is_empty(),
+            !tsync_e2e::mongo_docs_with(db, &tenant).await?.is_empty(),
             "{db} holds nothing yet"
         );
     }
@@ -370,7 +341,7 @@ async fn a_purge_reaches_an_app_that_was_down_and_leaves_nothing_of_the_tenant_a
     // Nothing of the tenant remains: no document in either app, no Redis key, no wrapper row
     // but the audit log (and the operation with its receipts, the proof).
     for db in &hub.mongo_dbs {
-        let docs = mongo_docs_with(db, &tenant).await?;
+        let docs = tsync_e2e::mongo_docs_with(db, &tenant).await?;
         assert!(docs.is_empty(), "{db} still holds {docs:?}");
     }
     let keys = tenant_keys().await;
@@ -635,7 +606,9 @@ async fn an_archived_tenant_is_restorable_until_its_grace_period_ends_then_purge
     );
     for db in &hub.mongo_dbs {
         assert!(
-            mongo_docs_with(db, &hub.tenant_id).await?.is_empty(),
+            tsync_e2e::mongo_docs_with(db, &hub.tenant_id)
+                .await?
+                .is_empty(),
             "{db}"
         );
     }

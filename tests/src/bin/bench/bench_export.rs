@@ -6,15 +6,15 @@
 //! the export, after packaging and after the download. Run it against two builds
 //! (`--wrapper-bin`) to compare them.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sync_testkit::*;
 
-use super::{bench_sign_in::rss, flag};
+use super::{
+    bench_sign_in::{rss, start_wrapper},
+    flag,
+};
 
 pub async fn export(args: &[String]) -> anyhow::Result<()> {
     let bin = flag(args, "--wrapper-bin").unwrap_or("target/release/wrapper");
@@ -23,36 +23,11 @@ pub async fn export(args: &[String]) -> anyhow::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
     let db = fresh_database().await?;
-    let port = free_port()?;
-    let url = format!("http://127.0.0.1:{port}");
     let password = "Bench-Export-Pass-1";
-    let mut child = tokio::process::Command::new(bin)
-        .env("DATABASE_URL", &db.url)
-        .env("REDIS_URL", redis_url())
-        .env("TSYNC_NAMESPACE", redis_namespace())
-        .env("WRAPPER_LISTEN", format!("127.0.0.1:{port}"))
-        .env(
-            "WRAPPER_KEY_ENCRYPTION_KEYS",
-            tsync_e2e::wrapper_app::TEST_KEK,
-        )
-        .env("WRAPPER_COOKIE_SECURE", "false")
-        .env("WRAPPER_BOOTSTRAP_ADMIN_EMAIL", "root@bench.test")
-        .env("WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", password)
-        .env("WRAPPER_LIFECYCLE_RESEND_SECS", "1")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let extra = [("WRAPPER_LIFECYCLE_RESEND_SECS", "1".to_owned())];
+    let (mut child, url) = start_wrapper(bin, &db, password, &extra).await?;
     let pid = child.id().unwrap_or(0);
     let http = reqwest::Client::new();
-    eventually(Duration::from_secs(60), || async {
-        http.get(format!("{url}/health"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await?;
     let sign_in = |body: serde_json::Value| {
         let http = http.clone();
         let url = format!("{url}/auth/login");

@@ -33,20 +33,18 @@ pub(crate) fn rss(pid: u32) -> (f64, f64) {
     (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
 }
 
-pub async fn sign_in(args: &[String]) -> anyhow::Result<()> {
-    let bin = flag(args, "--wrapper-bin").unwrap_or("target/release/wrapper");
-    let label = flag(args, "--label").unwrap_or(bin);
-    let concurrency: usize = flag(args, "--concurrency")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(200);
-    let rounds: usize = flag(args, "--rounds")
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5);
-    let db = fresh_database().await?;
+/// The wrapper binary `bin` as a process on database `db` (its platform admin
+/// `root@bench.test` with `password`, and `extra` variables), once it answers `/health`; its
+/// URL. Killed when the child is dropped.
+pub(crate) async fn start_wrapper(
+    bin: &str,
+    db: &TestDatabase,
+    password: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<(tokio::process::Child, String)> {
     let port = free_port()?;
     let url = format!("http://127.0.0.1:{port}");
-    let password = "Bench-Sign-In-Pass-1";
-    let mut child = tokio::process::Command::new(bin)
+    let child = tokio::process::Command::new(bin)
         .env("DATABASE_URL", &db.url)
         .env("REDIS_URL", redis_url())
         .env("TSYNC_NAMESPACE", redis_namespace())
@@ -58,21 +56,13 @@ pub async fn sign_in(args: &[String]) -> anyhow::Result<()> {
         .env("WRAPPER_COOKIE_SECURE", "false")
         .env("WRAPPER_BOOTSTRAP_ADMIN_EMAIL", "root@bench.test")
         .env("WRAPPER_BOOTSTRAP_ADMIN_PASSWORD", password)
-        .env("WRAPPER_SIGN_IN_ACCOUNT_FAILURES", "100000000")
-        .env("WRAPPER_SIGN_IN_SOURCE_FAILURES", "100000000")
-        .env(
-            "WRAPPER_DB_MAX_CONNECTIONS",
-            std::env::var("BENCH_DB_CONNECTIONS").unwrap_or_else(|_| "50".into()),
-        )
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let pid = child.id().unwrap_or(0);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
+    let http = reqwest::Client::new();
     eventually(Duration::from_secs(60), || async {
         http.get(format!("{url}/health"))
             .send()
@@ -80,6 +70,33 @@ pub async fn sign_in(args: &[String]) -> anyhow::Result<()> {
             .is_ok_and(|r| r.status().is_success())
     })
     .await?;
+    Ok((child, url))
+}
+
+pub async fn sign_in(args: &[String]) -> anyhow::Result<()> {
+    let bin = flag(args, "--wrapper-bin").unwrap_or("target/release/wrapper");
+    let label = flag(args, "--label").unwrap_or(bin);
+    let concurrency: usize = flag(args, "--concurrency")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200);
+    let rounds: usize = flag(args, "--rounds")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
+    let db = fresh_database().await?;
+    let password = "Bench-Sign-In-Pass-1";
+    let extra = [
+        ("WRAPPER_SIGN_IN_ACCOUNT_FAILURES", "100000000".to_owned()),
+        ("WRAPPER_SIGN_IN_SOURCE_FAILURES", "100000000".to_owned()),
+        (
+            "WRAPPER_DB_MAX_CONNECTIONS",
+            std::env::var("BENCH_DB_CONNECTIONS").unwrap_or_else(|_| "50".into()),
+        ),
+    ];
+    let (mut child, url) = start_wrapper(bin, &db, password, &extra).await?;
+    let pid = child.id().unwrap_or(0);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let login = |body: serde_json::Value| {
         let http = http.clone();
         let url = format!("{url}/auth/login");
