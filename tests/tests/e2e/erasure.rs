@@ -18,6 +18,25 @@ async fn call(
     w.call(method, path, Some(token), body).await
 }
 
+/// Operation `operation` (as `POST` answered it) polled as `token` until it is done (60 s): the
+/// operation, and its path.
+async fn until_done(
+    w: &TestApp,
+    token: &str,
+    operation: &Value,
+) -> anyhow::Result<(Value, String)> {
+    let location = format!(
+        "/api/operations/{}",
+        operation["id"].as_str().unwrap_or_default()
+    );
+    let done = tsync_e2e::eventually_some(std::time::Duration::from_secs(60), || async {
+        let (_, op) = w.call(Method::GET, &location, Some(token), None).await;
+        (op["status"] == "done").then_some(op)
+    })
+    .await?;
+    Ok((done, location))
+}
+
 /// The number of `user.*`, `membership.*` and `role.*` events of `tenant` in the outbox.
 async fn events(w: &TestApp, tenant: &TestTenant) -> i64 {
     sqlx::query_scalar("select count(*) from outbox where tenant_id = $1")
@@ -430,17 +449,7 @@ async fn an_erased_user_is_in_no_table_collection_delivery_dead_letter_or_stream
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{operation}");
-    let location = format!(
-        "/api/operations/{}",
-        operation["id"].as_str().unwrap_or_default()
-    );
-    let done = tsync_e2e::eventually_some(Duration::from_secs(60), || async {
-        let (_, op) = w
-            .call(Method::GET, &location, Some(&acme.admin), None)
-            .await;
-        (op["status"] == "done").then_some(op)
-    })
-    .await?;
+    let (done, _) = until_done(w, &acme.admin, &operation).await?;
 
     // Every store, scanned for every value.
     let dump = tokio::process::Command::new("pg_dump")
@@ -514,7 +523,6 @@ fn untar(bytes: &[u8]) -> anyhow::Result<std::collections::BTreeMap<String, Stri
 /// not exported, nor are webhook secrets, their key ids or password hashes.
 #[tokio::test]
 async fn an_export_is_single_and_hands_out_no_secret() -> anyhow::Result<()> {
-    use std::time::Duration;
     use tsync_e2e::wrapper_app::spawn_wrapper_with;
     let w = spawn_wrapper_with(|s| {
         s.lifecycle_resend_secs = 1;
@@ -567,14 +575,7 @@ async fn an_export_is_single_and_hands_out_no_secret() -> anyhow::Result<()> {
     sqlx::query("delete from applications where name = 'slow'")
         .execute(&w.db.pool)
         .await?;
-    let location = format!("/api/operations/{}", one["id"].as_str().unwrap_or_default());
-    tsync_e2e::eventually(Duration::from_secs(20), || async {
-        w.call(Method::GET, &location, Some(&acme.admin), None)
-            .await
-            .1["status"]
-            == "done"
-    })
-    .await?;
+    let (_, location) = until_done(&w, &acme.admin, &one).await?;
     let archive = w
         .http
         .get(format!("{}{location}/archive", w.url))
@@ -673,20 +674,8 @@ async fn an_export_overlapping_an_erasure_leaves_the_person_out() -> anyhow::Res
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{erase}");
-    let admin = acme.admin.clone();
-    let done = |id: Value| {
-        let admin = admin.clone();
-        async move {
-            let location = format!("/api/operations/{}", id.as_str().unwrap_or_default());
-            tsync_e2e::eventually(Duration::from_secs(60), || async {
-                w.call(Method::GET, &location, Some(&admin), None).await.1["status"] == "done"
-            })
-            .await
-            .map(|()| location)
-        }
-    };
-    done(erase["id"].clone()).await?;
-    let location = done(export["id"].clone()).await?;
+    until_done(w, &acme.admin, &erase).await?;
+    let (_, location) = until_done(w, &acme.admin, &export).await?;
     let archive = w
         .http
         .get(format!("{}{location}/archive", w.url))
@@ -716,7 +705,6 @@ async fn an_export_overlapping_an_erasure_leaves_the_person_out() -> anyhow::Res
 /// its length announced, every file intact.
 #[tokio::test]
 async fn a_large_export_is_stored_and_streamed_in_chunks() -> anyhow::Result<()> {
-    use std::time::Duration;
     use tsync_e2e::wrapper_app::spawn_wrapper_with;
     let w = spawn_wrapper_with(|s| s.lifecycle_resend_secs = 1).await?;
     let acme = w.create_tenant("acme").await;
@@ -742,14 +730,7 @@ async fn a_large_export_is_stored_and_streamed_in_chunks() -> anyhow::Result<()>
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{op}");
-    let location = format!("/api/operations/{}", op["id"].as_str().unwrap_or_default());
-    let done = tsync_e2e::eventually_some(Duration::from_secs(30), || async {
-        let (_, op) = w
-            .call(Method::GET, &location, Some(&acme.admin), None)
-            .await;
-        (op["status"] == "done").then_some(op)
-    })
-    .await?;
+    let (done, location) = until_done(&w, &acme.admin, &op).await?;
     assert!(
         done["result"]["chunks"].as_u64() >= Some(2),
         "{}",

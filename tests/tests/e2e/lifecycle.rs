@@ -696,8 +696,14 @@ async fn an_app_registered_while_an_operation_is_pending_must_confirm_it_too() -
         .send()
         .await?;
     assert_eq!(answered.status(), StatusCode::NO_CONTENT);
-    let op = read().await?;
-    assert_eq!(op["status"], "done", "{op}");
+    // Done once the wrapper has also removed the user's stream entries, which waits for every
+    // consumer group to have acknowledged them (the HRMS was just restarted).
+    let op = eventually_some(Duration::from_secs(30), || async {
+        let op = read().await.ok()?;
+        (op["status"] == "done").then_some(op)
+    })
+    .await?;
+    assert_eq!(receipt_of(&op, "reports")["status"], "done", "{op}");
     // A user token cannot answer for an app.
     let refused = hub
         .http
