@@ -372,6 +372,16 @@ async fn an_erased_user_is_in_no_table_collection_delivery_dead_letter_or_stream
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
+    // And one typed where platform admins sign in (no tenant), in capitals.
+    let (status, _) = w
+        .call(
+            Method::POST,
+            "/auth/login",
+            None,
+            Some(json!({"email": email1.to_uppercase(), "password": "Wrong-Password-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Documents in every app.
     let posted = [
         (

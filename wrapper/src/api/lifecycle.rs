@@ -225,9 +225,17 @@ async fn scrub(
         .await?
         .rows_affected();
     count("user_identities", n);
+    // The tenant's counters, and the platform's: an address typed where platform admins sign
+    // in is the person's too.
     let counters: Vec<String> = emails
         .iter()
-        .map(|e| format!("account:{tenant_id}:{}", e.to_lowercase()))
+        .flat_map(|e| {
+            let e = e.to_lowercase();
+            [
+                format!("account:{tenant_id}:{e}"),
+                format!("account:platform:{e}"),
+            ]
+        })
         .collect();
     let n = sqlx::query("delete from sign_in_failures where lower(key) = any($1)")
         .bind(&counters)
@@ -236,34 +244,37 @@ async fn scrub(
         .rows_affected();
     count("sign_in_failures", n);
     // The audit log keeps what happened, with the user's id where an address or a name was:
-    // an address anywhere in the tenant's entries, a name in the entries about the user.
+    // an address anywhere in the tenant's entries and in the platform's (a sign-in attempt on
+    // the admin host), a name in the entries about the user.
     for value in &emails {
         let n = sqlx::query(
             "update audit_log set target = case when lower(target) = lower($2) then $3 else target end,
-                 details = replace(details::text, $2, $3)::jsonb
-             where tenant_id = $1 and (lower(target) = lower($2) or strpos(details::text, $2) > 0)",
+                 details = regexp_replace(details::text, $4, $3, 'gi')::jsonb
+             where (tenant_id = $1 or tenant_id is null)
+               and (lower(target) = lower($2) or strpos(lower(details::text), lower($2)) > 0)",
         )
         .bind(tenant_id)
         .bind(value)
         .bind(&user)
+        .bind(literal_pattern(value))
         .execute(&mut *tx)
         .await?
         .rows_affected();
         count("audit_log", n);
     }
     for value in &names {
+        // As it appears inside the JSON text.
+        let escaped = serde_json::to_string(value).unwrap_or_default();
+        let escaped = escaped.trim_matches('"');
         let n = sqlx::query(
-            "update audit_log set details = replace(details::text, $2, $3)::jsonb
-             where tenant_id = $1 and strpos(details::text, $2) > 0
+            "update audit_log set details = regexp_replace(details::text, $4, $3, 'gi')::jsonb
+             where tenant_id = $1 and strpos(lower(details::text), lower($2)) > 0
                and (target = $3 or strpos(details::text, $3) > 0)",
         )
         .bind(tenant_id)
-        .bind(
-            serde_json::to_string(value)
-                .unwrap_or_default()
-                .trim_matches('"'),
-        )
+        .bind(escaped)
         .bind(&user)
+        .bind(literal_pattern(escaped))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -297,6 +308,19 @@ async fn scrub(
     .rows_affected();
     count("webhook_deliveries", n);
     Ok(Value::Object(changed))
+}
+
+/// A regular expression matching `value` literally (every character that is not a letter or a
+/// digit escaped), for a case-insensitive replacement.
+fn literal_pattern(value: &str) -> String {
+    let mut pattern = String::with_capacity(value.len() * 2);
+    for c in value.chars() {
+        if !c.is_alphanumeric() {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern
 }
 
 /// Purge an archived tenant now, without waiting for the grace period (platform admins).
