@@ -246,7 +246,16 @@ pub async fn complete_if_answered(
         let apps: Vec<String> = sqlx::query_scalar("select name from applications order by name")
             .fetch_all(&mut *tx)
             .await?;
-        let copies = redis_copies::erase(redis, keys, &apps, tenant_id, user_id).await?;
+        let since: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+            "select min(created_at) from outbox
+             where tenant_id = $1 and event_type like 'user.%'
+               and envelope::jsonb ->> 'aggregateId' = $2",
+        )
+        .bind(tenant_id)
+        .bind(user_id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let copies = redis_copies::erase(redis, keys, &apps, tenant_id, user_id, since).await?;
         let mut result = so_far.unwrap_or_else(|| json!({}));
         // Every app has carried the erasure out, so every export part it uploaded before is
         // here: the person's synced record leaves the tenant's pending exports.

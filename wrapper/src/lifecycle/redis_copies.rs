@@ -48,13 +48,15 @@ fn id_of(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-/// Every entry of `stream`, a page at a time, as `(id, fields)`.
+/// Every entry of `stream` from id `start` (`-`: the first), a page at a time, as
+/// `(id, fields)`.
 async fn entries(
     redis: &Client,
     stream: &str,
+    start: &str,
 ) -> Result<Vec<(String, HashMap<String, String>)>, Error> {
     let mut out = Vec::new();
-    let mut start = "-".to_owned();
+    let mut start = start.to_owned();
     loop {
         let page: Vec<(String, HashMap<String, String>)> = redis
             .xrange(stream, start.as_str(), "+", Some(1_000))
@@ -72,19 +74,27 @@ async fn entries(
 }
 
 /// Delete what Redis holds of user `user_id` of `tenant_id` that may be deleted now (see the
-/// module docs); `apps` are the registered apps (their dead-letter streams).
+/// module docs); `apps` are the registered apps (their dead-letter streams). `since`: when the
+/// user's first event was written (the outbox keeps it), so the partition stream is read from
+/// an hour before that (entry ids are the time Redis appended them; the hour covers clocks
+/// that disagree) instead of from its start; None reads it all.
 pub async fn erase(
     redis: &Client,
     keys: &StreamKeys,
     apps: &[String],
     tenant_id: Uuid,
     user_id: Uuid,
+    since: Option<chrono::DateTime<chrono::Utc>>,
 ) -> Result<RedisCopies, Error> {
     let (tenant, user) = (tenant_id.to_string(), user_id.to_string());
     let mut found = RedisCopies::default();
 
     let stream = keys.events_for(tenant_id);
-    let candidates: Vec<String> = entries(redis, &stream)
+    let start = since.map_or_else(
+        || "-".to_owned(),
+        |t| format!("{}-0", (t.timestamp_millis() - 3_600_000).max(0)),
+    );
+    let candidates: Vec<String> = entries(redis, &stream, &start)
         .await?
         .into_iter()
         .filter(|(_, f)| {
@@ -129,7 +139,7 @@ pub async fn erase(
 
     for app in apps {
         let dlq = keys.dlq(app);
-        let letters: Vec<String> = entries(redis, &dlq)
+        let letters: Vec<String> = entries(redis, &dlq, "-")
             .await?
             .into_iter()
             .filter(|(_, f)| {
