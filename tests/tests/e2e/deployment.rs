@@ -1078,3 +1078,20 @@ async fn the_kubernetes_manifests_run_the_demo_through_their_edge() -> anyhow::R
     stack.ingress_client = Some("203.0.113.7".into());
     walk(&stack, "203.0.113.7").await
 }
+
+#[test]
+fn a_host_is_mapped_only_where_it_is_the_whole_name_and_port() {
+    let to = "127.0.0.1:4000";
+    assert_eq!(
+        replace_bounded("redis://u:p@redis:6379/0", "redis:6379", to),
+        "redis://u:p@127.0.0.1:4000/0"
+    );
+    assert_eq!(
+        replace_bounded("http://xredis:6379 redis:63790", "redis:6379", to),
+        "http://xredis:6379 redis:63790"
+    );
+    assert_eq!(
+        replace_bounded("a,redis:6379,b", "redis:6379", to),
+        "a,127.0.0.1:4000,b"
+    );
+}
