@@ -241,7 +241,12 @@ pub(crate) async fn update_user(
         None => None,
     };
     let mut tx = state.db.begin().await?;
-    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
+    // Only a deactivation can take an admin away: other changes (an address, a name) keep the
+    // write path as it was.
+    let guard = match req.active {
+        Some(false) => Some(AdminGuard::before(&mut tx, tenant_id).await?),
+        _ => None,
+    };
     let before: Option<(String, bool)> = sqlx::query_as(
         "select email, active from users where tenant_id = $1 and id = $2 and deleted_at is null for update",
     )
@@ -280,7 +285,9 @@ pub(crate) async fn update_user(
     } else {
         Event::UserUpdated(user.clone())
     };
-    guard.after(&mut tx).await?;
+    if let Some(guard) = guard {
+        guard.after(&mut tx).await?;
+    }
     outbox::append(&mut tx, ctx, tenant_id, aggregate, event).await?;
     tx.commit().await?;
     Ok(user)
