@@ -254,7 +254,10 @@ async fn deactivated_deleted_and_removed_access_is_refused_by_every_app_at_once(
 
     // Deactivation.
     let (carol, carol_token) = wrapper.create_member(&acme, "carol@acme.test").await;
-    assert!(all_served(carol_token.clone()).await);
+    // Served once every app has the new user (its creation travels like any change).
+    eventually(Duration::from_secs(10), || all_served(carol_token.clone()))
+        .await
+        .expect("a new member is served by every app");
     let at = Instant::now();
     wrapper
         .send_ok(
@@ -269,7 +272,10 @@ async fn deactivated_deleted_and_removed_access_is_refused_by_every_app_at_once(
 
     // Soft delete.
     let (dave, dave_token) = wrapper.create_member(&acme, "dave@acme.test").await;
-    assert!(all_served(dave_token.clone()).await);
+    // Served once every app has the new user (its creation travels like any change).
+    eventually(Duration::from_secs(10), || all_served(dave_token.clone()))
+        .await
+        .expect("a new member is served by every app");
     let at = Instant::now();
     let (status, _) = wrapper
         .call(
