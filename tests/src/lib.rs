@@ -75,3 +75,17 @@ pub async fn mongo_docs_with(name: &str, needle: &str) -> anyhow::Result<Vec<(St
     }
     Ok(found)
 }
+
+/// The files of a tar archive, by path.
+pub fn untar(bytes: &[u8]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut reader = tar::Archive::new(bytes);
+    for entry in reader.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut entry, &mut text)?;
+        files.insert(path, text);
+    }
+    Ok(files)
+}

@@ -105,18 +105,9 @@ impl TestHub {
             })?;
         let wrapper_url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let health = format!("{wrapper_url}/health");
-        eventually(Duration::from_secs(60), || {
-            let (http, health) = (http.clone(), health.clone());
-            async move {
-                http.get(health)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await
-        .context("the wrapper did not become ready")?;
+        healthy(&http, &wrapper_url)
+            .await
+            .context("the wrapper did not become ready")?;
         let mut hub = Self {
             wrapper_url,
             app: app.to_owned(),
@@ -322,18 +313,9 @@ impl TestHub {
             http: self.http.clone(),
             _child: child,
         };
-        let health = format!("{}/health", app.url);
-        eventually(Duration::from_secs(60), || {
-            let (http, health) = (app.http.clone(), health.clone());
-            async move {
-                http.get(health)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }
-        })
-        .await
-        .with_context(|| format!("{exe} did not answer /health"))?;
+        healthy(&app.http, &app.url)
+            .await
+            .with_context(|| format!("{exe} did not answer /health"))?;
         Ok(app)
     }
 
@@ -341,6 +323,21 @@ impl TestHub {
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
+}
+
+/// Wait (60 s at most) until `base` answers `GET /health` with a 2xx.
+async fn healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let health = format!("{base}/health");
+    eventually(Duration::from_secs(60), || {
+        let (http, health) = (http.clone(), health.clone());
+        async move {
+            http.get(health)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    })
+    .await
 }
 
 fn uuid_of(v: &Value, field: &str) -> anyhow::Result<Uuid> {

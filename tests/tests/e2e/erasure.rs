@@ -514,20 +514,6 @@ async fn an_erased_user_is_in_no_table_collection_delivery_dead_letter_or_stream
     Ok(())
 }
 
-/// The files of a tar archive, by path.
-fn untar(bytes: &[u8]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let mut files = std::collections::BTreeMap::new();
-    let mut reader = tar::Archive::new(bytes);
-    for entry in reader.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut entry, &mut text)?;
-        files.insert(path, text);
-    }
-    Ok(files)
-}
-
 /// A repeated export request while one is pending answers the pending one; the archive holds
 /// the tenant's rows by an allow-list of columns: a secret column a later migration adds is
 /// not exported, nor are webhook secrets, their key ids or password hashes.
@@ -593,7 +579,7 @@ async fn an_export_is_single_and_hands_out_no_secret() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(archive.status(), StatusCode::OK);
-    let files = untar(&archive.bytes().await?)?;
+    let files = tsync_e2e::untar(&archive.bytes().await?)?;
     assert!(
         files
             .get("wrapper/users.jsonl")
@@ -693,7 +679,7 @@ async fn an_export_overlapping_an_erasure_leaves_the_person_out() -> anyhow::Res
         .send()
         .await?;
     assert_eq!(archive.status(), StatusCode::OK);
-    let files = untar(&archive.bytes().await?)?;
+    let files = tsync_e2e::untar(&archive.bytes().await?)?;
     // The tenant's records are there, from every app…
     let lines = |path: &str| files.get(path).map_or(0, |t| t.lines().count());
     assert_eq!(lines("crm/app.accounts.jsonl"), 1, "{:?}", files.keys());
@@ -760,7 +746,7 @@ async fn a_large_export_is_stored_and_streamed_in_chunks() -> anyhow::Result<()>
         done["result"]["archiveBytes"].as_u64(),
         Some(bytes.len() as u64)
     );
-    let files = untar(&bytes)?;
+    let files = tsync_e2e::untar(&bytes)?;
     let lines = files
         .get("wrapper/users.jsonl")
         .map_or(0, |f| f.lines().count());

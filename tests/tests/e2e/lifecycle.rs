@@ -484,16 +484,7 @@ async fn an_export_holds_exactly_the_tenants_records_from_the_wrapper_and_both_a
         .await?;
     assert_eq!(archive.status(), StatusCode::OK);
     assert_eq!(archive.headers()["content-type"], "application/x-tar");
-    let bytes = archive.bytes().await?;
-    let mut files = std::collections::BTreeMap::new();
-    let mut reader = tar::Archive::new(bytes.as_ref());
-    for entry in reader.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut entry, &mut text)?;
-        files.insert(path, text);
-    }
+    let files = tsync_e2e::untar(&archive.bytes().await?)?;
     let lines = |path: &str| files.get(path).map_or(0, |t| t.lines().count());
     // Exactly its records: as many users as the wrapper has, its one account and one employee.
     let users: i64 = sqlx::query_scalar("select count(*) from users where tenant_id = $1")
