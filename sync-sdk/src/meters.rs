@@ -50,8 +50,16 @@ pub fn describe(app: &str, partitions: u32) {
         "Time the app's handler took per batch."
     );
     describe_histogram!(
+        "tsync_consumer_lookup_seconds",
+        "Time a batch's two store lookups took (watermarks and recorded event ids, sent together)."
+    );
+    describe_histogram!(
+        "tsync_consumer_apply_seconds",
+        "Time a batch's store write took (apply_batch, until the store confirmed it)."
+    );
+    describe_histogram!(
         "tsync_consumer_batch_size",
-        "Events applied per store transaction."
+        "Events applied per store write (one apply_batch)."
     );
     describe_gauge!(
         "tsync_consumer_pending",

@@ -257,7 +257,9 @@ impl Hub {
     }
 }
 
-async fn login(
+/// A bearer token of `email` (password [`PASSWORD`]) in tenant `tenant` (a subdomain), or a
+/// platform admin's with `None`.
+pub async fn login(
     http: &reqwest::Client,
     wrapper: &str,
     tenant: Option<&str>,

@@ -280,10 +280,14 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
             .flat_map(|q| q.events.iter().map(|p| p.envelope.event_id))
             .collect();
         // Both lookups at once: one round trip of latency instead of two.
-        let looked_up = match tokio::join!(
+        let started = std::time::Instant::now();
+        let looked_up = tokio::join!(
             self.store.sync_states(&tenants),
             self.store.processed_among(&ids)
-        ) {
+        );
+        metrics::histogram!("tsync_consumer_lookup_seconds", "app" => self.config.app.clone())
+            .record(started.elapsed().as_secs_f64());
+        let looked_up = match looked_up {
             (Ok(states), Ok(done)) => Ok((states, done)),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
@@ -498,7 +502,11 @@ impl<S: TenantStore, H: Handler> Consumer<S, H> {
         }
         metrics::histogram!("tsync_consumer_batch_size", "app" => self.config.app.clone())
             .record(batch.len() as f64);
-        match self.store.apply_batch(&batch).await {
+        let started = std::time::Instant::now();
+        let applied = self.store.apply_batch(&batch).await;
+        metrics::histogram!("tsync_consumer_apply_seconds", "app" => self.config.app.clone())
+            .record(started.elapsed().as_secs_f64());
+        match applied {
             Ok(outcomes) => {
                 let applied = plans
                     .iter()

@@ -461,18 +461,24 @@ pub trait TenantStore: Send + Sync + 'static {
         }
     }
 
-    /// Apply events in one store transaction: record every event id, write each aggregate's
-    /// newest state if it is newer than the stored one, raise each tenant's `last_seq`. Returns
-    /// one outcome per event, in order. Inside a batch an event id seen earlier in the batch is
-    /// [`Applied::Duplicate`], and an event superseded by a newer version of its aggregate in
-    /// the same batch is [`Applied::Stale`] (the end state is what applying them one by one
-    /// gives). On error nothing is recorded, so the batch (or any part of it) can be retried.
+    /// Apply events: write each aggregate's newest state if it is newer than the stored one,
+    /// raise each tenant's `last_seq`, record every event id. Returns one outcome per event, in
+    /// order. Inside a batch an event id seen earlier in the batch is [`Applied::Duplicate`],
+    /// and an event superseded by a newer version of its aggregate in the same batch is
+    /// [`Applied::Stale`] (the end state is what applying them one by one gives).
+    ///
+    /// An event id must never be recorded without its effect (a redelivery would then skip
+    /// it): record it in the same atomic write (Postgres: one statement) or after the effect
+    /// is stored (MongoDB). An error may leave part of the batch written, so every write must
+    /// be idempotent (versions, `$max`, ids): the batch, or any part of it, is then retried.
+    /// The outcome is [`Applied::Applied`] for the call whose write changed the state; when
+    /// the same event is applied concurrently, the others report it duplicate (or stale).
     fn apply_batch(
         &self,
         envelopes: &[Envelope],
     ) -> impl Future<Output = Result<Vec<Applied>, StoreError>> + Send;
 
-    /// Apply one event atomically: a batch of one.
+    /// Apply one event: a batch of one.
     fn apply(
         &self,
         envelope: &Envelope,
@@ -650,6 +656,27 @@ impl BatchPlan {
             writes,
             last_seqs,
         }
+    }
+
+    /// Every event that carries state, in batch order: (event id, kind, id, tenant, version,
+    /// state). A store that learns which ids were recorded before inside its own write picks
+    /// the newest per aggregate among the others itself.
+    pub fn candidates(envelopes: &[Envelope]) -> Vec<(Uuid, EntityKind, Uuid, Uuid, i64, Value)> {
+        envelopes
+            .iter()
+            .filter_map(|e| {
+                let (kind, id) = EntityKind::of(&e.event)?;
+                let state = e.event.payload_json();
+                Some((
+                    e.event_id,
+                    kind,
+                    id,
+                    e.tenant_id,
+                    e.aggregate_version,
+                    state,
+                ))
+            })
+            .collect()
     }
 
     /// Event ids to record: the fresh ones, sorted (one lock order), with their tenant.

@@ -1,12 +1,14 @@
 //! [`TenantStore`] on MongoDB. One collection per entity kind (`{_id, tenantId, version,
-//! state}`), `tsync_sync` (per-tenant watermarks) and `tsync_processed` (event ids). A batch
-//! runs in one multi-document transaction (MongoDB needs a replica set for that) of a few
-//! round trips whatever its size: insert the event ids (an id recorded meanwhile fails it, and
-//! the batch is tried again looking the recorded ones up first), read the
-//! current versions per kind, delete the documents a newer version replaces and insert the
-//! newer versions (per kind), and one multi-statement `update` for the watermarks. Transient transaction errors (write conflicts) are retried here a few times;
-//! beyond that the error goes back to the consumer, which keeps retrying without counting it
-//! against the event.
+//! state}`), `tsync_sync` (per-tenant watermarks) and `tsync_processed` (event ids).
+//!
+//! A batch costs the same three write commands whatever its size, in two round trips and no
+//! transaction: one `update` per entity kind of guarded upserts (a document is written only
+//! where its stored version is older, and only in its own tenant) together with one `update`
+//! of the watermarks (`$max`), then one unordered `insert` of the event ids. Every statement
+//! is idempotent on its own, so no multi-document transaction is needed (and no replica set):
+//! a crash between the writes leaves the events unrecorded, and their redelivery finds the
+//! state written (stale, nothing changes) and records them. Errors go back to the consumer,
+//! which retries transient ones without counting them against the event.
 
 use mongodb::{
     Client, ClientSession, Collection, Database, IndexModel,
@@ -182,153 +184,116 @@ impl MongoStore {
         self.db.collection("tsync_processed")
     }
 
-    /// One attempt at a batch, in a transaction of `session`.
-    async fn apply_batch_once(
-        &self,
-        session: &mut ClientSession,
-        envelopes: &[Envelope],
-        look_up_recorded: bool,
-    ) -> Result<Vec<Applied>, BatchError> {
-        session.start_transaction().await?;
-        let fresh = BatchPlan::fresh(envelopes, &HashSet::new());
-        let seen_before: HashSet<Uuid> = if look_up_recorded {
-            let ids: Vec<String> = fresh.iter().map(|f| f.0.to_string()).collect();
-            self.ids_in(session, &self.processed(), &ids)
-                .await?
-                .into_keys()
-                .collect()
-        } else {
-            HashSet::new()
-        };
-        let plan = BatchPlan::new(envelopes, &seen_before);
-        let now = bson::DateTime::now();
-        let records: Vec<Document> = fresh
-            .iter()
-            .filter(|f| !seen_before.contains(&f.0))
-            .map(|(id, tenant)| doc! {"_id": id.to_string(), "tenantId": tenant.to_string(), "at": now})
-            .collect();
-        if !records.is_empty() {
-            self.processed()
-                .insert_many(records)
-                .session(&mut *session)
-                .await
-                .map_err(|e| match is_duplicate_key(&e) && !look_up_recorded {
-                    true => BatchError::Recorded,
-                    false => e.into(),
-                })?;
-        }
-        let changed = self.write_newer(session, &plan.writes).await?;
-        let watermarks = plan
-            .last_seqs
-            .iter()
-            .map(|(tenant, seq)| doc! {"q": {"_id": tenant.to_string()}, "u": {"$max": {"lastSeq": *seq}}})
-            .collect();
-        self.update_many_statements(session, "tsync_sync", watermarks)
-            .await?;
-        commit(session).await?;
-        Ok(plan.outcomes(changed))
-    }
-
     /// Write each aggregate of `writes` (event or item index, kind, id, tenant, version, state)
-    /// whose version is newer than the stored one, inside the session's transaction: per kind,
-    /// one lookup of the current versions, one `delete` of the documents replaced and one
-    /// `insert` of the newer versions, whatever the number (an upsert per document costs a
-    /// statement each). Returns the indexes written.
+    /// whose version is newer than the stored one: per kind, one `update` command of guarded
+    /// upserts (`{_id, tenantId, version < v}`, `$set` version and state). A document that is
+    /// as new or newer, or that belongs to another tenant, does not match, and the upsert's
+    /// insert fails on `_id` (duplicate key): that statement wrote nothing. No read before, no
+    /// transaction: each statement is atomic and idempotent. Returns the indexes written.
     async fn write_newer(
         &self,
-        session: &mut ClientSession,
         writes: &[(usize, EntityKind, Uuid, Uuid, i64, serde_json::Value)],
-    ) -> Result<Vec<usize>, BatchError> {
+    ) -> Result<Vec<usize>, StoreError> {
         let mut changed = Vec::new();
         for kind in EntityKind::ALL {
             let writes: Vec<_> = writes.iter().filter(|w| w.1 == kind).collect();
-            if writes.is_empty() {
-                continue;
-            }
-            let ids: Vec<String> = writes.iter().map(|w| w.2.to_string()).collect();
-            let coll = self.entities(kind);
-            let current = self.ids_in(session, &coll, &ids).await?;
-            let mut replaced = Vec::new();
-            let mut docs = Vec::new();
-            for (i, _, id, tenant, version, state) in writes {
-                match current.get(id) {
-                    Some(v) if *v >= *version => continue,
-                    Some(_) => replaced.push(id.to_string()),
-                    None => {}
+            for slice in writes.chunks(STATEMENTS_PER_COMMAND) {
+                let mut statements = Vec::with_capacity(slice.len());
+                for (_, _, id, tenant, version, state) in slice {
+                    let state = bson::to_bson(state)
+                        .map_err(|e| StoreError::permanent(format!("state of {id}: {e}")))?;
+                    statements.push(doc! {
+                        "q": {"_id": id.to_string(), "tenantId": tenant.to_string(),
+                            "version": {"$lt": *version}},
+                        "u": {"$set": {"version": *version, "state": state}},
+                        "upsert": true,
+                    });
                 }
-                let state = bson::to_bson(state)
-                    .map_err(|e| BatchError::Refused(format!("state of {id}: {e}")))?;
-                let (id, tenant) = (id.to_string(), tenant.to_string());
-                docs.push(
-                    doc! {"_id": id, "tenantId": tenant, "version": *version, "state": state},
+                let command = doc! {"update": kind.name(), "updates": statements, "ordered": false};
+                let not_written = self.write_command(command).await?;
+                changed.extend(
+                    slice
+                        .iter()
+                        .enumerate()
+                        .filter(|(n, _)| !not_written.contains(n))
+                        .map(|(_, w)| w.0),
                 );
-                changed.push(*i);
-            }
-            for slice in replaced.chunks(IDS_PER_LOOKUP) {
-                coll.delete_many(doc! {"_id": {"$in": slice}})
-                    .session(&mut *session)
-                    .await?;
-            }
-            if !docs.is_empty() {
-                coll.insert_many(docs)
-                    .session(&mut *session)
-                    .await
-                    .map_err(BatchError::from_write)?;
             }
         }
         Ok(changed)
     }
 
-    /// `_id → version` (0 where a document has none) of the documents of `coll` among `ids`.
-    async fn ids_in(
-        &self,
-        session: &mut ClientSession,
-        coll: &Collection<Document>,
-        ids: &[String],
-    ) -> Result<HashMap<Uuid, i64>, MongoError> {
-        let found = by_ids(coll, ids, Some(doc! {"version": 1}), Some(session)).await?;
-        Ok(found
-            .iter()
-            .filter_map(|d| {
-                let id = d.get_str("_id").ok()?.parse().ok()?;
-                Some((id, d.get_i64("version").unwrap_or(0)))
-            })
-            .collect())
+    /// Record the event ids `fresh` (id, tenant) as processed, in one unordered `insert`;
+    /// returns the ids that were recorded before (their insert hit the `_id` index).
+    async fn record(&self, fresh: &[(Uuid, Uuid)]) -> Result<HashSet<Uuid>, StoreError> {
+        let now = bson::DateTime::now();
+        let mut seen_before = HashSet::new();
+        for slice in fresh.chunks(STATEMENTS_PER_COMMAND) {
+            let documents: Vec<Document> = slice
+                .iter()
+                .map(|(id, tenant)| doc! {"_id": id.to_string(), "tenantId": tenant.to_string(), "at": now})
+                .collect();
+            let command =
+                doc! {"insert": "tsync_processed", "documents": documents, "ordered": false};
+            let duplicates = self.write_command(command).await?;
+            seen_before.extend(duplicates.into_iter().map(|n| slice[n].0));
+        }
+        Ok(seen_before)
     }
 
-    /// One `update` command of many statements, inside the session's transaction.
-    async fn update_many_statements(
-        &self,
-        session: &mut ClientSession,
-        collection: &str,
-        updates: Vec<Document>,
-    ) -> Result<(), BatchError> {
-        if updates.is_empty() {
-            return Ok(());
+    /// Run an unordered write command; returns the indexes of its statements that hit a
+    /// unique index (duplicate key). Data the server refuses is a permanent error, any other
+    /// write error a transient one (the statements that succeeded are idempotent and are sent
+    /// again with the retry).
+    async fn write_command(&self, command: Document) -> Result<HashSet<usize>, StoreError> {
+        let collection = command
+            .keys()
+            .next()
+            .map(|k| command.get_str(k).unwrap_or(k).to_owned())
+            .unwrap_or_default();
+        let reply = self.db.run_command(command).await.map_err(mongo_err)?;
+        if let Ok(concern) = reply.get_document("writeConcernError") {
+            let message = concern.get_str("errmsg").unwrap_or("write concern error");
+            return Err(StoreError::transient(format!("{collection}: {message}")));
         }
-        let reply = self
-            .db
-            .run_command(doc! {"update": collection, "updates": updates, "ordered": true})
-            .session(&mut *session)
-            .await?;
-        if let Some(first) = reply
+        let mut duplicates = HashSet::new();
+        for error in reply
             .get_array("writeErrors")
-            .ok()
-            .and_then(|errors| errors.first())
-            .and_then(|e| e.as_document())
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e.as_document())
         {
-            let code = first.get_i32("code").unwrap_or(0);
-            let message = first.get_str("errmsg").unwrap_or("write error");
-            let message = format!("{collection}: write error {code}: {message}");
-            return Err(if REFUSED_DATA.contains(&code) {
-                BatchError::Refused(message)
-            } else {
-                BatchError::Mongo(MongoError::custom(message))
-            });
+            let code = error.get_i32("code").unwrap_or(0);
+            let index = error
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok());
+            match index {
+                Some(index) if code == DUPLICATE_KEY => {
+                    duplicates.insert(index);
+                }
+                _ => {
+                    let message = error.get_str("errmsg").unwrap_or("write error");
+                    let message = format!("{collection}: write error {code}: {message}");
+                    return Err(if REFUSED_DATA.contains(&code) {
+                        StoreError::permanent(message)
+                    } else {
+                        StoreError::transient(message)
+                    });
+                }
+            }
         }
-        Ok(())
+        Ok(duplicates)
     }
 }
+
+/// Statements per write command: a batch's statements go in commands of this many, well
+/// under the server's 16 MB message and 100,000-statement limits.
+const STATEMENTS_PER_COMMAND: usize = 1_000;
+
+/// The server's duplicate key error.
+const DUPLICATE_KEY: i32 = 11000;
 
 /// How many ids one `{_id: {$in: [...]}}` lookup carries. A batch spread over many tenants
 /// looks up hundreds of ids at once; the MongoDB-wire test server checks every document it
@@ -337,12 +302,11 @@ impl MongoStore {
 const IDS_PER_LOOKUP: usize = 128;
 
 /// The documents of `coll` whose `_id` is among `ids` (with `projection`), in slices of
-/// [`IDS_PER_LOOKUP`], inside `session` when there is one.
+/// [`IDS_PER_LOOKUP`].
 async fn by_ids(
     coll: &Collection<Document>,
     ids: &[String],
     projection: Option<Document>,
-    mut session: Option<&mut ClientSession>,
 ) -> Result<Vec<Document>, MongoError> {
     let mut out = Vec::new();
     for slice in ids.chunks(IDS_PER_LOOKUP) {
@@ -350,117 +314,18 @@ async fn by_ids(
         if let Some(projection) = &projection {
             find = find.projection(projection.clone());
         }
-        match session.as_deref_mut() {
-            Some(session) => {
-                let mut cursor = find.session(&mut *session).await?;
-                while cursor.advance(&mut *session).await? {
-                    out.push(cursor.deserialize_current()?);
-                }
-            }
-            None => {
-                let mut cursor = find.await?;
-                while cursor.advance().await? {
-                    out.push(cursor.deserialize_current()?);
-                }
-            }
+        let mut cursor = find.await?;
+        while cursor.advance().await? {
+            out.push(cursor.deserialize_current()?);
         }
     }
     Ok(out)
-}
-
-/// Why a batch failed: the driver, the server refusing one statement's data, or an event id
-/// recorded already (the batch is tried again, looking the recorded ids up first).
-enum BatchError {
-    Mongo(MongoError),
-    Refused(String),
-    Recorded,
-}
-
-impl From<MongoError> for BatchError {
-    fn from(e: MongoError) -> Self {
-        Self::Mongo(e)
-    }
-}
-
-/// Commit the session's transaction (a commit whose result is unknown is sent again).
-async fn commit(session: &mut ClientSession) -> Result<(), BatchError> {
-    loop {
-        match session.commit_transaction().await {
-            Err(e) if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) => continue,
-            other => return Ok(other?),
-        }
-    }
-}
-
-/// How a store transaction is retried: a transient transaction error (a write conflict) is
-/// tried again a few times with a growing pause before it goes back to the caller as
-/// transient; [`BatchError::Recorded`] is tried again once, looking the recorded ids up.
-#[derive(Default)]
-struct Retry {
-    failures: u64,
-    recorded_before: bool,
-}
-
-impl Retry {
-    /// After a failed attempt: abort it, then `Ok` to try again or the error to give up with.
-    async fn after(
-        &mut self,
-        session: &mut ClientSession,
-        e: BatchError,
-    ) -> Result<(), StoreError> {
-        let _ = session.abort_transaction().await;
-        match e {
-            BatchError::Recorded if !self.recorded_before => {
-                self.recorded_before = true;
-                Ok(())
-            }
-            BatchError::Mongo(e)
-                if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && self.failures < 4 =>
-            {
-                self.failures += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(10 * self.failures)).await;
-                Ok(())
-            }
-            e => Err(e.into()),
-        }
-    }
-}
-
-impl From<BatchError> for StoreError {
-    fn from(e: BatchError) -> Self {
-        match e {
-            BatchError::Mongo(e) => mongo_err(e),
-            BatchError::Refused(message) => StoreError::permanent(message),
-            BatchError::Recorded => StoreError::transient("an event id was recorded meanwhile"),
-        }
-    }
-}
-
-impl BatchError {
-    /// A write's error: data the server refuses for good is `Refused`, the rest retried.
-    fn from_write(e: MongoError) -> Self {
-        if mongo_err(e.clone()).permanent {
-            Self::Refused(e.to_string())
-        } else {
-            Self::Mongo(e)
-        }
-    }
 }
 
 fn sync_state_of(d: &Document) -> SyncState {
     SyncState {
         snapshot_seq: d.get_i64("snapshotSeq").unwrap_or(0),
         last_seq: d.get_i64("lastSeq").unwrap_or(0),
-    }
-}
-
-fn is_duplicate_key(e: &MongoError) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match e.kind.as_ref() {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        ErrorKind::InsertMany(i) => i.write_errors.iter().flatten().any(|w| w.code == 11000),
-        _ => e.to_string().contains("E11000") || e.to_string().contains("duplicate key"),
     }
 }
 
@@ -503,30 +368,13 @@ impl TenantStore for MongoStore {
         tenant_id: Uuid,
         items: Vec<SnapshotItem>,
     ) -> Result<(), StoreError> {
-        // One transaction per page: a write conflict (a replica applying the same tenant, or a
-        // killed one's transaction the server has not reaped yet) fails fast and the page is
-        // tried again, instead of a plain write the server would keep retrying on its own.
         let writes: Vec<_> = items
             .into_iter()
             .enumerate()
             .map(|(i, (kind, id, version, state))| (i, kind, id, tenant_id, version, state))
             .collect();
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let mut session = self.client.start_session().await.map_err(mongo_err)?;
-        let mut retry = Retry::default();
-        loop {
-            let written = async {
-                session.start_transaction().await?;
-                self.write_newer(&mut session, &writes).await?;
-                commit(&mut session).await
-            };
-            match written.await {
-                Ok(()) => return Ok(()),
-                Err(e) => retry.after(&mut session, e).await?,
-            }
-        }
+        self.write_newer(&writes).await?;
+        Ok(())
     }
 
     async fn loaded_tenants(&self) -> Result<Vec<Uuid>, StoreError> {
@@ -581,7 +429,7 @@ impl TenantStore for MongoStore {
 
     async fn processed_among(&self, event_ids: &[Uuid]) -> Result<HashSet<Uuid>, StoreError> {
         let ids: Vec<String> = event_ids.iter().map(Uuid::to_string).collect();
-        let found = by_ids(&self.processed(), &ids, Some(doc! {"_id": 1}), None)
+        let found = by_ids(&self.processed(), &ids, Some(doc! {"_id": 1}))
             .await
             .map_err(mongo_err)?;
         Ok(found
@@ -592,9 +440,7 @@ impl TenantStore for MongoStore {
 
     async fn sync_states(&self, tenants: &[Uuid]) -> Result<HashMap<Uuid, SyncState>, StoreError> {
         let ids: Vec<String> = tenants.iter().map(Uuid::to_string).collect();
-        let found = by_ids(&self.sync(), &ids, None, None)
-            .await
-            .map_err(mongo_err)?;
+        let found = by_ids(&self.sync(), &ids, None).await.map_err(mongo_err)?;
         Ok(found
             .iter()
             .filter_map(|d| Some((d.get_str("_id").ok()?.parse().ok()?, sync_state_of(d))))
@@ -605,20 +451,32 @@ impl TenantStore for MongoStore {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        // The consumer skips the ids it found recorded before it applies, so the batch first
-        // goes without looking them up again; one recorded meanwhile (another replica, a
-        // redelivery) fails the insert, and the batch is retried with the lookup.
-        let mut session = self.client.start_session().await.map_err(mongo_err)?;
-        let mut retry = Retry::default();
-        loop {
-            match self
-                .apply_batch_once(&mut session, envelopes, retry.recorded_before)
-                .await
-            {
-                Ok(outcomes) => return Ok(outcomes),
-                Err(e) => retry.after(&mut session, e).await?,
+        // The state first, then the watermark with it, then the ids: each write is idempotent
+        // (guarded by version, `$max`, `_id`), so a crash between them leaves the events
+        // unrecorded and their redelivery finds the state written (stale) and records them.
+        let planned = BatchPlan::new(envelopes, &HashSet::new());
+        let watermarks: Vec<Document> = planned
+            .last_seqs
+            .iter()
+            .map(|(tenant, seq)| doc! {"q": {"_id": tenant.to_string()}, "u": {"$max": {"lastSeq": *seq}}})
+            .collect();
+        let watermarks = async {
+            match watermarks.is_empty() {
+                true => Ok(HashSet::new()),
+                false => {
+                    let command =
+                        doc! {"update": "tsync_sync", "updates": watermarks, "ordered": false};
+                    self.write_command(command).await
+                }
             }
-        }
+        };
+        let (changed, _) = tokio::try_join!(self.write_newer(&planned.writes), watermarks)?;
+        let seen_before = self
+            .record(&BatchPlan::fresh(envelopes, &HashSet::new()))
+            .await?;
+        // An event recorded before (or by a concurrent apply) is a duplicate; one whose state
+        // this call wrote is applied even so (the concurrent apply then wrote nothing).
+        Ok(BatchPlan::new(envelopes, &seen_before).outcomes(changed))
     }
 
     async fn get(

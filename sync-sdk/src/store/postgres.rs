@@ -127,7 +127,8 @@ impl TenantStore for PostgresStore {
                  select k, i, $5, v, s from unnest($1::text[], $2::uuid[], $3::bigint[], $4::jsonb[])
                    as t(k, i, v, s)
                  on conflict (kind, id) do update set version = excluded.version, state = excluded.state
-                 where tsync_entities.version < excluded.version",
+                 where tsync_entities.version < excluded.version
+                   and tsync_entities.tenant_id = excluded.tenant_id",
             )
             .bind(kinds)
             .bind(ids)
@@ -213,73 +214,78 @@ impl TenantStore for PostgresStore {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.db.begin().await.map_err(err)?;
+        // One statement, so one round trip and atomic without BEGIN/COMMIT: record the event
+        // ids; of the events recorded now, the newest per aggregate is written where the stored
+        // version is older (and the row is the event's tenant's); the watermarks move up.
+        // Locks are taken in one order by every batch (ids sorted, then (kind, id) sorted).
         let fresh = BatchPlan::fresh(envelopes, &HashSet::new());
         let (ids, tenants): (Vec<Uuid>, Vec<Uuid>) = fresh.into_iter().unzip();
-        let recorded: Vec<Uuid> = sqlx::query_scalar(
-            "insert into tsync_processed (event_id, tenant_id)
-             select * from unnest($1::uuid[], $2::uuid[])
-             on conflict do nothing returning event_id",
+        let candidates = BatchPlan::candidates(envelopes);
+        let planned = BatchPlan::new(envelopes, &HashSet::new());
+        let (seq_tenants, seqs): (Vec<Uuid>, Vec<i64>) = planned.last_seqs.iter().copied().unzip();
+        let rows: Vec<(bool, Uuid, Option<String>)> = sqlx::query_as(
+            "with recorded as (
+                insert into tsync_processed (event_id, tenant_id)
+                select * from unnest($1::uuid[], $2::uuid[])
+                on conflict do nothing returning event_id
+             ),
+             newest as (
+                select distinct on (c.kind, c.id) c.kind, c.id, c.tenant_id, c.version, c.state
+                from unnest($3::uuid[], $4::text[], $5::uuid[], $6::uuid[], $7::bigint[], $8::jsonb[])
+                    with ordinality as c(event_id, kind, id, tenant_id, version, state, n)
+                join recorded r on r.event_id = c.event_id
+                order by c.kind, c.id, c.version desc, c.n
+             ),
+             written as (
+                insert into tsync_entities (kind, id, tenant_id, version, state)
+                select kind, id, tenant_id, version, state from newest order by kind, id
+                on conflict (kind, id) do update set version = excluded.version, state = excluded.state
+                where tsync_entities.version < excluded.version
+                  and tsync_entities.tenant_id = excluded.tenant_id
+                returning kind, id
+             ),
+             moved as (
+                update tsync_sync s set last_seq = greatest(s.last_seq, t.seq)
+                from unnest($9::uuid[], $10::bigint[]) as t(tenant_id, seq)
+                where s.tenant_id = t.tenant_id
+             )
+             select true, event_id, null from recorded
+             union all select false, id, kind from written",
         )
         .bind(&ids)
         .bind(&tenants)
-        .fetch_all(&mut *tx)
+        .bind(candidates.iter().map(|c| c.0).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.1.name()).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.2).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.3).collect::<Vec<_>>())
+        .bind(candidates.iter().map(|c| c.4).collect::<Vec<_>>())
+        .bind(
+            candidates
+                .iter()
+                .map(|c| sqlx::types::Json(&c.5))
+                .collect::<Vec<_>>(),
+        )
+        .bind(seq_tenants)
+        .bind(seqs)
+        .fetch_all(&self.db)
         .await
         .map_err(err)?;
-        let recorded: HashSet<Uuid> = recorded.into_iter().collect();
+        let recorded: HashSet<Uuid> = rows.iter().filter(|r| r.0).map(|r| r.1).collect();
+        let written: HashSet<(&str, Uuid)> = rows
+            .iter()
+            .filter_map(|r| Some((r.2.as_deref()?, r.1)))
+            .collect();
         let seen_before: HashSet<Uuid> = ids
             .into_iter()
             .filter(|id| !recorded.contains(id))
             .collect();
         let plan = BatchPlan::new(envelopes, &seen_before);
-        let mut changed = Vec::new();
-        if !plan.writes.is_empty() {
-            let kinds: Vec<&str> = plan.writes.iter().map(|w| w.1.name()).collect();
-            let ids: Vec<Uuid> = plan.writes.iter().map(|w| w.2).collect();
-            let tenants: Vec<Uuid> = plan.writes.iter().map(|w| w.3).collect();
-            let versions: Vec<i64> = plan.writes.iter().map(|w| w.4).collect();
-            let states: Vec<sqlx::types::Json<&serde_json::Value>> = plan
-                .writes
-                .iter()
-                .map(|w| sqlx::types::Json(&w.5))
-                .collect();
-            let written: Vec<(String, Uuid)> = sqlx::query_as(
-                "insert into tsync_entities (kind, id, tenant_id, version, state)
-                 select * from unnest($1::text[], $2::uuid[], $3::uuid[], $4::bigint[], $5::jsonb[])
-                 on conflict (kind, id) do update set version = excluded.version, state = excluded.state
-                 where tsync_entities.version < excluded.version
-                 returning kind, id",
-            )
-            .bind(kinds)
-            .bind(ids)
-            .bind(tenants)
-            .bind(versions)
-            .bind(states)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err)?;
-            let written: HashSet<(String, Uuid)> = written.into_iter().collect();
-            changed.extend(
-                plan.writes
-                    .iter()
-                    .filter(|w| written.contains(&(w.1.name().to_owned(), w.2)))
-                    .map(|w| w.0),
-            );
-        }
-        if !plan.last_seqs.is_empty() {
-            let (tenants, seqs): (Vec<Uuid>, Vec<i64>) = plan.last_seqs.iter().copied().unzip();
-            sqlx::query(
-                "update tsync_sync s set last_seq = greatest(s.last_seq, t.seq)
-                 from unnest($1::uuid[], $2::bigint[]) as t(tenant_id, seq)
-                 where s.tenant_id = t.tenant_id",
-            )
-            .bind(tenants)
-            .bind(seqs)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        }
-        tx.commit().await.map_err(err)?;
+        let changed: Vec<usize> = plan
+            .writes
+            .iter()
+            .filter(|w| written.contains(&(w.1.name(), w.2)))
+            .map(|w| w.0)
+            .collect();
         Ok(plan.outcomes(changed))
     }
 

@@ -648,6 +648,34 @@ pub async fn store_conformance<S: sync_sdk::store::TenantStore>(store: &S) -> an
         store.get(EntityKind::User, other, user).await?.is_none(),
         "another tenant sees nothing"
     );
+    // An event naming the same aggregate under another tenant (a forged or corrupted entry)
+    // writes nothing, however new its version; upsert_many (a snapshot page) neither.
+    let forged = user_event(other, user, 9, 1, "forged@x.test");
+    anyhow::ensure!(
+        store.apply(&forged).await? != Applied::Applied,
+        "an aggregate of one tenant is not overwritten by an event of another"
+    );
+    store
+        .upsert_many(
+            other,
+            vec![(
+                EntityKind::User,
+                user,
+                10,
+                serde_json::json!({"email": "forged@x.test"}),
+            )],
+        )
+        .await?;
+    let kept = store.get(EntityKind::User, tenant, user).await?;
+    anyhow::ensure!(
+        kept.as_ref()
+            .is_some_and(|v| v.version == 3 && v.state["email"] == "v3@x.test"),
+        "the tenant's aggregate is untouched: {kept:?}"
+    );
+    anyhow::ensure!(
+        store.get(EntityKind::User, other, user).await?.is_none(),
+        "the other tenant got nothing either"
+    );
     anyhow::ensure!(
         store.sync_state(other).await?.is_none(),
         "loading one tenant loads no other"

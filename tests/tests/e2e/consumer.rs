@@ -46,7 +46,8 @@ async fn mongo_store_passes_the_conformance_suite() -> anyhow::Result<()> {
 async fn concurrent_applies_have_one_effect<S: TenantStore>(store: Arc<S>) -> anyhow::Result<()> {
     let tenant = Uuid::now_v7();
     store.mark_loaded(tenant, 0).await?;
-    let event = user_event(tenant, Uuid::now_v7(), 1, 1, "a@x.test");
+    let user = Uuid::now_v7();
+    let event = user_event(tenant, user, 1, 1, "a@x.test");
     let outcomes = futures_util::future::join_all((0..8).map(|_| store.apply(&event))).await;
     let applied = outcomes
         .iter()
@@ -56,7 +57,21 @@ async fn concurrent_applies_have_one_effect<S: TenantStore>(store: Arc<S>) -> an
         .iter()
         .filter(|o| matches!(o, Ok(Applied::Duplicate)))
         .count();
-    assert_eq!((applied, duplicates), (1, 7), "{outcomes:?}");
+    // Exactly one apply wrote the state. The others find the event recorded (duplicate); on
+    // MongoDB, where the state is written before the id is recorded, the apply that records
+    // it may not be the one that wrote it, and then reports what it found: stale.
+    let stale = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(Applied::Stale)))
+        .count();
+    assert_eq!(applied, 1, "{outcomes:?}");
+    assert!(
+        duplicates >= 6 && stale <= 1 && applied + duplicates + stale == 8,
+        "{outcomes:?}"
+    );
+    assert!(store.is_processed(event.event_id).await?);
+    let stored = store.get(EntityKind::User, tenant, user).await?;
+    assert_eq!(stored.map(|v| v.version), Some(1));
     Ok(())
 }
 

@@ -724,19 +724,21 @@ async fn a_resync_with_the_wrapper_down_completes_when_it_returns() -> anyhow::R
     Ok(())
 }
 
-/// A transaction holding the tenant's watermark document makes every write of the consumer
-/// for that tenant a write conflict (MongoDB-wire server), while events arrive and a re-sync of
-/// the tenant is asked for. With one handler attempt allowed, counting a conflict against an
-/// event would dead-letter it: nothing is dead-lettered, and once the conflict ends the store
-/// equals the wrapper.
+/// Every write of the tenants' watermarks fails (a validator on `tsync_sync` refuses them, code
+/// 121: the store is writable again once it is removed, like a write conflict that ends), while
+/// events arrive and a re-sync of the tenant is asked for. With one handler attempt allowed,
+/// counting that store error against an event would dead-letter it: nothing is dead-lettered,
+/// and once the store takes writes again it equals the wrapper.
 #[tokio::test]
 async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Result<()> {
-    use mongodb::bson::{Document, doc};
+    use mongodb::bson::doc;
     use sync_sdk::store::mongo::MongoStore;
     let wrapper = spawn_wrapper().await?;
     wrapper::startup::upsert_service_client(&wrapper.db.pool, "crm", SECRET).await?;
     let store = Arc::new(MongoStore::new(fresh_mongo().await?));
     store.init().await?;
+    let validator =
+        |rule: mongodb::bson::Document| doc! {"collMod": "tsync_sync", "validator": rule};
     let client = crm_client(wrapper.url.clone(), 1000, Duration::from_secs(10));
     let loader = Loader::new(client, store.clone())
         .with_resync_backoff(Duration::from_millis(100), Duration::from_millis(500));
@@ -757,15 +759,8 @@ async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Resu
 
     let t = wrapper.create_tenant("conflict").await;
     loader.ensure_tenant(t.id).await?;
-    let sync = store.database().collection::<Document>("tsync_sync");
-    let mut blocker = store.database().client().start_session().await?;
-    blocker.start_transaction().await?;
-    sync.update_one(
-        doc! {"_id": t.id.to_string()},
-        doc! {"$set": {"held": true}},
-    )
-    .session(&mut blocker)
-    .await?;
+    let refuse = validator(doc! {"held": {"$exists": true}});
+    store.database().run_command(refuse).await?;
     for i in 0..5 {
         wrapper
             .create_member(&t, &format!("m{i}@conflict.test"))
@@ -786,7 +781,7 @@ async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Resu
             .create_member(&t, &format!("m{i}@conflict.test"))
             .await;
     }
-    blocker.abort_transaction().await?;
+    store.database().run_command(validator(doc! {})).await?;
     eventually(Duration::from_secs(30), || async {
         loader.pending_resyncs().is_empty() && store_matches(&wrapper, store.as_ref(), t.id).await
     })

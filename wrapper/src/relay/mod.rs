@@ -586,28 +586,38 @@ impl Relay {
     /// Mark rows published, under the lease's epoch: fails with [`Fenced`] once a newer leader
     /// took the partition over.
     pub async fn mark(&self, lease: &Lease, ids: &[i64]) -> anyhow::Result<()> {
-        let mut tx = self.db.begin().await?;
-        // Shared with other markers, exclusive with a new leader raising the epoch: once raised,
-        // no older leader marks anything.
-        let current: Option<i64> = sqlx::query_scalar(
-            "select epoch from relay_epochs where namespace = $1 and partition = $2 for share",
+        // One statement (one round trip, its own transaction): the epoch row is locked shared
+        // with other markers and exclusive with a new leader raising it, so once raised no
+        // older leader marks anything.
+        let deleted = sqlx::query(
+            "delete from outbox_pending where id = any($1)
+               and exists (select 1 from relay_epochs
+                           where namespace = $2 and partition = $3 and epoch = $4 for share)",
         )
+        .bind(ids)
         .bind(self.keys.namespace())
         .bind(lease.partition as i32)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if current != Some(lease.epoch) {
-            return Err(Fenced {
-                partition: lease.partition,
-                epoch: lease.epoch,
-            }
-            .into());
-        }
-        sqlx::query("delete from outbox_pending where id = any($1)")
-            .bind(ids)
-            .execute(&mut *tx)
+        .bind(lease.epoch)
+        .execute(&self.db)
+        .await?
+        .rows_affected();
+        if deleted == 0 && !ids.is_empty() {
+            // Nothing marked: fenced, or marked already (then the epoch is still ours).
+            let current: Option<i64> = sqlx::query_scalar(
+                "select epoch from relay_epochs where namespace = $1 and partition = $2",
+            )
+            .bind(self.keys.namespace())
+            .bind(lease.partition as i32)
+            .fetch_optional(&self.db)
             .await?;
-        tx.commit().await?;
+            if current != Some(lease.epoch) {
+                return Err(Fenced {
+                    partition: lease.partition,
+                    epoch: lease.epoch,
+                }
+                .into());
+            }
+        }
         metrics::counter!("tsync_relay_published_total", "partition" => lease.partition.to_string())
             .increment(ids.len() as u64);
         Ok(())
