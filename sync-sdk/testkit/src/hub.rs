@@ -326,7 +326,7 @@ impl TestHub {
 }
 
 /// Wait (60 s at most) until `base` answers `GET /health` with a 2xx.
-async fn healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub async fn healthy(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let health = format!("{base}/health");
     eventually(Duration::from_secs(60), || {
         let (http, health) = (http.clone(), health.clone());

@@ -183,7 +183,8 @@ pub async fn run(options: &Options) -> anyhow::Result<Vec<Phase>> {
 
 /// `bench compare --base DIR [--head DIR] [--runs 2] [e2e flags]`: `bench e2e` with the base
 /// build's binaries and with the head's (default: beside this `bench`), alternating, `--runs`
-/// times each, under this one harness; one table of every run.
+/// times each, under this one harness; one table of every run, the breakdown and the plots of
+/// the head's last run.
 pub async fn compare(args: &[String]) -> anyhow::Result<()> {
     let mut options = Options::parse(args)?;
     options.plots = false;
@@ -209,6 +210,14 @@ pub async fn compare(args: &[String]) -> anyhow::Result<()> {
         .map(|(label, phases)| (label.as_str(), phases.as_slice()))
         .collect();
     print_table(&options.store, &runs);
+    if let Some((_, phases)) = results
+        .iter()
+        .rev()
+        .find(|(label, _)| label.starts_with("head"))
+    {
+        print_breakdown(phases);
+        crate::plots::e2e(&options.store, &phases_for_plot(phases))?;
+    }
     Ok(())
 }
 
@@ -474,20 +483,11 @@ fn spawn(program: &Path, args: &[&str], env: &[Var], log: &str) -> anyhow::Resul
         .with_context(|| format!("starting {}", program.display()))
 }
 
-/// Wait (60 s at most) until `url` answers `/health` with 200.
+/// Wait (60 s at most) until `url` answers `/health`.
 async fn healthy(http: &reqwest::Client, url: &str, what: &str) -> anyhow::Result<()> {
-    let health = format!("{url}/health");
-    eventually(Duration::from_secs(60), || {
-        let (http, health) = (http.clone(), health.clone());
-        async move {
-            http.get(health)
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        }
-    })
-    .await
-    .with_context(|| format!("{what} at {url} did not become healthy"))
+    sync_testkit::hub::healthy(http, url)
+        .await
+        .with_context(|| format!("{what} at {url} did not become healthy"))
 }
 
 impl Suite {
@@ -937,41 +937,20 @@ async fn eventually_notified(seen: &Seen, limit: Duration, done: impl Fn() -> bo
     }
 }
 
-/// Stamp every write's entry when it appears in `stream` (XREAD from the stream's end).
+/// Stamp every write's entry when it appears in `stream`.
 async fn watch_stream(
     stream: String,
     seen: Arc<Seen>,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use fred::types::streams::XReadResponse;
     let redis = redis_client(&redis_url()).await?;
-    let newest: Vec<(String, HashMap<String, String>)> =
-        redis.xrevrange(&stream, "+", "-", Some(1)).await?;
-    let mut last = newest
-        .first()
-        .map_or_else(|| "0-0".to_owned(), |e| e.0.clone());
-    Ok(tokio::spawn(async move {
-        while !stop.is_cancelled() {
-            let reply: Option<XReadResponse<String, String, String, String>> = redis
-                .xread_map(Some(1000), Some(200), stream.clone(), last.clone())
-                .await
-                .ok();
-            let now = Instant::now();
-            for (_, entries) in reply.unwrap_or_default() {
-                for (id, fields) in entries {
-                    last = id.clone();
-                    let Ok(envelope) = sync_sdk::contract::Envelope::from_stream_fields(fields)
-                    else {
-                        continue;
-                    };
-                    if let sync_sdk::contract::Event::UserUpdated(user) = envelope.event {
-                        seen.in_stream(format!("{stream} {id}"), user.full_name, now);
-                    }
-                }
-            }
+    let name = stream.clone();
+    crate::follow_stream(redis, stream, stop, move |id, envelope, at| {
+        if let sync_sdk::contract::Event::UserUpdated(user) = envelope.event {
+            seen.in_stream(format!("{name} {id}"), user.full_name, at);
         }
-        let _ = redis.quit().await;
-    }))
+    })
+    .await
 }
 
 /// Stamp each app's acknowledgements of the namespace's stream entries, from Redis `MONITOR`

@@ -25,12 +25,18 @@
 //! verified, tenant bound, data from the store), 16 at a time, sent to the apps directly with
 //! the `X-Tenant` header nginx would add (nginx's per-tenant limit would cap the rate).
 //!
-//! `cargo run --release -p tsync-e2e --bin bench -- e2e --store postgres|mongo`
+//! `cargo build --release -p wrapper -p crm -p hrms -p tsync-e2e --bin wrapper --bin crm --bin
+//! hrms --bin replica --bin bench && target/release/bench e2e --store mongo|postgres`
 //!
-//! e2e: writes through the wrapper's REST API (20 tenants, 100 users) at fixed rates and then
-//! as fast as 64 writers go (a burst); for each phase the time from the REST response to the
-//! change being committed in the app's store (HDR histogram), the backlog over time and the
-//! catch-up time after the load stops; plots in `docs/bench/`.
+//! e2e: the wrapper, the CRM and the HRMS binaries as processes (or, on Postgres, the SDK
+//! consumer as two processes), 20 tenants of 5 users; single changes on an idle suite, writes
+//! through the wrapper's REST API at fixed rates (`--rates 50,100,200,400`, `--seconds 20`),
+//! then 64 writers (`--burst 20`); per phase the REST latency, the time until each app has the
+//! change, convergence after the load, the relay's share, the apps' store lookups and writes,
+//! and what each event cost the store and Redis; plots in `docs/bench/` (see `bench_e2e.rs`).
+//!
+//! `scripts/bench-compare REVISION [e2e flags]` (or `bench compare --base DIR [--head DIR]
+//! [--runs 2]`): the same harness over a base build's binaries and the head's, alternating.
 //!
 //! `cargo run --release -p tsync-e2e --bin bench -- sign-in --wrapper-bin target/release/wrapper`
 //!
@@ -95,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
         Some("export") => bench_export::export(&args).await,
         _ => {
             eprintln!(
-                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] [--tenants N] | consumer [--events N] [--tenants N] | load [--events USERS] [--runs N] [--store postgres|mongo] | tenants [--tenants N] [--events USERS_EACH] | credits [--events N] | pages [--events N] | e2e [--store postgres|mongo] [--rates 100,200,400] [--seconds 15] [--burst 30] | sign-in [--wrapper-bin PATH] [--label NAME] [--concurrency 200] [--rounds 5] | export [--wrapper-bin PATH] [--label NAME] [--users 100000]"
+                "usage: bench relay [--events N] [--batch N] [--wait REPLICAS] [--tenants N] | consumer [--events N] [--tenants N] | load [--events USERS] [--runs N] [--store postgres|mongo] | tenants [--tenants N] [--events USERS_EACH] | credits [--events N] | pages [--events N] | e2e [--store mongo|postgres] [--bin-dir DIR] [--rates 50,100,200,400] [--seconds 20] [--burst 20] [--singles 50] | compare --base DIR [--head DIR] [--runs 2] [e2e flags] | sign-in [--wrapper-bin PATH] [--label NAME] [--concurrency 200] [--rounds 5] | export [--wrapper-bin PATH] [--label NAME] [--users 100000]"
             );
             std::process::exit(2);
         }
@@ -274,32 +280,12 @@ async fn relay(
             received.clone(),
             reader_stop.clone(),
         );
-        readers.push(tokio::spawn(async move {
-            // Start after the stream's current last entry ("$" per call would miss entries
-            // arriving between calls).
-            let newest: Vec<(String, HashMap<String, String>)> = redis
-                .xrevrange(&stream, "+", "-", Some(1))
-                .await
-                .unwrap_or_default();
-            let mut last = newest
-                .first()
-                .map_or_else(|| "0-0".to_owned(), |e| e.0.clone());
-            while !stop.is_cancelled() {
-                let reply: Option<XReadResponse<String, String, String, String>> = redis
-                    .xread_map(Some(1000), Some(200), stream.clone(), last.clone())
-                    .await
-                    .ok();
-                let now = Instant::now();
-                for (_, entries) in reply.unwrap_or_default() {
-                    for (id, fields) in entries {
-                        last = id;
-                        if let Ok(env) = sync_sdk::contract::Envelope::from_stream_fields(fields) {
-                            received.lock().unwrap().insert(env.event_id, now);
-                        }
-                    }
-                }
-            }
-        }));
+        readers.push(
+            follow_stream(redis, stream, stop, move |_, envelope, at| {
+                received.lock().unwrap().insert(envelope.event_id, at);
+            })
+            .await?,
+        );
     }
     let rate = 200u32;
     let started = Instant::now();
@@ -340,6 +326,40 @@ async fn relay(
     cancel.cancel();
     running.await?;
     Ok(())
+}
+
+/// Follow `stream` from its current end (XREAD; "$" per call would miss entries arriving
+/// between calls) until `stop`, calling `seen` with each entry's id, its envelope (an entry that
+/// does not decode is passed over) and when it was read.
+pub(crate) async fn follow_stream(
+    redis: Client,
+    stream: String,
+    stop: CancellationToken,
+    mut seen: impl FnMut(String, sync_sdk::contract::Envelope, Instant) + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let newest: Vec<(String, HashMap<String, String>)> =
+        redis.xrevrange(&stream, "+", "-", Some(1)).await?;
+    let mut last = newest
+        .first()
+        .map_or_else(|| "0-0".to_owned(), |e| e.0.clone());
+    Ok(tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let reply: Option<XReadResponse<String, String, String, String>> = redis
+                .xread_map(Some(1000), Some(200), stream.clone(), last.clone())
+                .await
+                .ok();
+            let now = Instant::now();
+            for (_, entries) in reply.unwrap_or_default() {
+                for (id, fields) in entries {
+                    last = id.clone();
+                    if let Ok(envelope) = sync_sdk::contract::Envelope::from_stream_fields(fields) {
+                        seen(id, envelope, now);
+                    }
+                }
+            }
+        }
+        let _ = redis.quit().await;
+    }))
 }
 
 /// Seconds Redis has spent running `command` so far (`INFO commandstats`; a script's time
