@@ -658,6 +658,19 @@ impl BatchPlan {
         }
     }
 
+    /// The highest seq per tenant among `envelopes`, sorted by tenant (what the watermarks move
+    /// to when every event is fresh), without serializing any state.
+    pub fn last_seqs(envelopes: &[Envelope]) -> Vec<(Uuid, i64)> {
+        let mut last: HashMap<Uuid, i64> = HashMap::new();
+        for e in envelopes {
+            let seq = last.entry(e.tenant_id).or_insert(e.seq);
+            *seq = (*seq).max(e.seq);
+        }
+        let mut last: Vec<_> = last.into_iter().collect();
+        last.sort();
+        last
+    }
+
     /// Every event that carries state, in batch order: (event id, kind, id, tenant, version,
     /// state). A store that learns which ids were recorded before inside its own write picks
     /// the newest per aggregate among the others itself.

@@ -221,8 +221,8 @@ impl TenantStore for PostgresStore {
         let fresh = BatchPlan::fresh(envelopes, &HashSet::new());
         let (ids, tenants): (Vec<Uuid>, Vec<Uuid>) = fresh.into_iter().unzip();
         let candidates = BatchPlan::candidates(envelopes);
-        let planned = BatchPlan::new(envelopes, &HashSet::new());
-        let (seq_tenants, seqs): (Vec<Uuid>, Vec<i64>) = planned.last_seqs.iter().copied().unzip();
+        let (seq_tenants, seqs): (Vec<Uuid>, Vec<i64>) =
+            BatchPlan::last_seqs(envelopes).into_iter().unzip();
         let rows: Vec<(bool, Uuid, Option<String>)> = sqlx::query_as(
             "with recorded as (
                 insert into tsync_processed (event_id, tenant_id)
