@@ -13,7 +13,8 @@
 //!   its own credit stream — the one the wrapper charges to it and nobody else). It cannot
 //!   write the event or lifecycle streams, the shared credit stream, sign-out markers, the
 //!   wrapper's keys or another app's keys, and has no administrative or dangerous command.
-//! * **The wrapper** (`<namespace>-wrapper`) may do anything non-dangerous under the namespace.
+//! * **The wrapper** (`<namespace>-wrapper`) may do anything non-dangerous under the namespace,
+//!   transactions included (the relay's fenced publication).
 //!
 //! What the ACL cannot say: a consumer group name is an argument, not a key, so an app can
 //! still read or acknowledge with another app's group on the shared streams (it then hides
@@ -106,9 +107,14 @@ pub fn app_rules(keys: &StreamKeys, app: &str) -> Vec<String> {
 /// every command but the administrative and dangerous ones.
 pub fn wrapper_rules(keys: &StreamKeys) -> Vec<String> {
     let mut rules = base_rules();
-    rules.push(format!("(~{}:* {OWN})", keys.namespace()));
+    // The relay's fenced publication is a transaction that watches the partition's epoch key.
+    rules.extend(TRANSACTION.iter().map(|r| (*r).to_owned()));
+    rules.push(format!("(~{}:* {OWN} +watch)", keys.namespace()));
     rules
 }
+
+/// Transactions (`MULTI` … `EXEC`, keyless); `WATCH` goes with the keys it may watch.
+const TRANSACTION: &[&str] = &["+multi", "+exec", "+discard", "+unwatch"];
 
 /// The rules of `user` (an app's name, or `wrapper`).
 pub fn rules_of(keys: &StreamKeys, user: &str) -> Vec<String> {

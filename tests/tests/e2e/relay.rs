@@ -363,6 +363,72 @@ async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() 
     Ok(())
 }
 
+/// The fence's race: leader A has read the epoch and queued its batch when B takes the
+/// partition over (raising the epoch in Redis) and publishes. A's `EXEC` then appends nothing
+/// and A learns it is fenced: the stream holds every event once, B's, in order.
+#[tokio::test]
+async fn a_take_over_between_a_leaders_epoch_check_and_its_append_voids_the_append()
+-> anyhow::Result<()> {
+    use wrapper::relay::Fenced;
+    let f = fixture(1).await?;
+    let redis = redis_client(&redis_url()).await?;
+    let mut cfg = config(&f.db);
+    cfg.batch_size = 20;
+    let a = Relay::new(
+        f.db.pool.clone(),
+        redis.clone(),
+        f.keys.clone(),
+        cfg.clone(),
+    );
+    let b = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
+    let partition = f.keys.partition_of(f.tenants[0]);
+    commit_round_robin(&f, 40).await?;
+
+    let mut lease_a = a.acquire_lease(partition).await?.expect("A leads");
+    a.take_over(&lease_a).await?;
+    let pid = lease_a.backend_pid().await?;
+    let (reached, release) = a.hold_next_exec();
+    let publishing = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            let result = a.publish_unmarked(&lease_a).await;
+            (result, lease_a)
+        })
+    };
+    reached.await.context("A reached its EXEC")?;
+    sqlx::query("select pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&f.db.pool)
+        .await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let lease_b = loop {
+        if let Some(lease) = b.acquire_lease(partition).await? {
+            break lease;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "B never got the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(b.take_over(&lease_b).await?, 0, "nothing was published yet");
+    assert_eq!(b.publish_batch(&lease_b).await?, 20);
+
+    let _ = release.send(());
+    let (result, _lease_a) = publishing.await?;
+    let refused = result.expect_err("A's append is voided by the new epoch");
+    assert!(refused.is::<Fenced>(), "{refused:#}");
+    assert_eq!(
+        read_all_events(&redis, &f.keys).await?.len(),
+        20,
+        "only B's batch"
+    );
+
+    while b.publish_batch(&lease_b).await? > 0 {}
+    let events = read_all_events(&redis, &f.keys).await?;
+    assert_eq!(check_per_tenant_order(&events), 40);
+    assert_eq!(events.len(), 40, "nothing was published twice");
+    assert_eq!(unpublished(&f).await, 0);
+    Ok(())
+}
+
 /// Redis replication is asynchronous: entries a master acknowledged and had not replicated die
 /// with it. Under a steady write load, the link from the master of a partition's stream to its
 /// replica is cut (so what follows is not replicated), a few more entries are appended, and the

@@ -12,8 +12,10 @@
 //!   Postgres advisory lock on a dedicated connection; when that replica dies its connection
 //!   closes, the lock is released and another replica takes the partition over. Taking over
 //!   raises the partition's epoch (`relay_epochs`) and sets it in Redis beside the stream
-//!   before anything else; every publication is one script that refuses an older epoch, and
-//!   rows are marked only under the current epoch. So a leader that lost its lock without
+//!   before anything else; every publication is one transaction on the lease's own Redis
+//!   connection that `WATCH`es the epoch key, reads it, and appends only if no newer epoch is
+//!   there and nobody changed it before `EXEC` (native XADDs: a Lua script appending them cost
+//!   Redis four times as much), and rows are marked only under the current epoch. So a leader that lost its lock without
 //!   noticing (a paused process, a cut connection) can no longer publish. What it published
 //!   and could not mark is found at the stream's tail by the new leader and marked, not sent
 //!   again.
@@ -43,7 +45,10 @@ use std::{
     time::Duration,
 };
 
-use fred::{prelude::*, types::scripts::Script};
+use fred::{
+    prelude::*,
+    types::{ClusterHash, CustomCommand, scripts::Script},
+};
 use rand::Rng;
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgListener};
 use sync_contract::{StreamKeys, stream_fields};
@@ -101,6 +106,30 @@ pub struct Lease {
     conn: PgConnection,
     partition: u32,
     epoch: i64,
+    /// The Redis connection the fenced publications go through: `WATCH` belongs to a
+    /// connection, so it is the lease's alone. Made on first use, dropped after any error.
+    bus: tokio::sync::Mutex<Publisher>,
+}
+
+/// A lease's own Redis connection (none yet, or dropped after an error); closed with the lease.
+#[derive(Default)]
+struct Publisher(Option<Client>);
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            close_aside(client);
+        }
+    }
+}
+
+/// Close a Redis client in the background: QUIT on a broken connection may wait for its timeout.
+fn close_aside(client: Client) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(PUBLISHER_CONNECT, client.quit()).await;
+        });
+    }
 }
 
 impl Lease {
@@ -114,12 +143,23 @@ impl Lease {
         self.epoch
     }
 
+    /// Close the lock connection (releasing the partition) and the publishing connection.
+    async fn close(self) {
+        let _ = self.conn.close().await;
+    }
+
     /// The Postgres backend of the lock connection (to cut it in tests).
     pub async fn backend_pid(&mut self) -> Result<i32, sqlx::Error> {
         sqlx::query_scalar("select pg_backend_pid()")
             .fetch_one(&mut self.conn)
             .await
     }
+}
+
+/// See [`Relay::hold_next_exec`].
+struct ExecHold {
+    reached: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// A publication refused because a newer leader took the partition over.
@@ -140,7 +180,8 @@ pub struct Relay {
     config: RelayConfig,
     wake: Notify,
     trim: Script,
-    publish: Script,
+    /// A publication to stop before its `EXEC` (tests: [`Relay::hold_next_exec`]).
+    exec_hold: std::sync::Mutex<Option<ExecHold>>,
     /// Partitions this relay leads now.
     held: AtomicU32,
     /// The most it should lead: ⌈partitions / live relays⌉.
@@ -156,11 +197,27 @@ impl Relay {
             config,
             wake: Notify::new(),
             trim: Script::from_lua(include_str!("trim.lua")),
-            publish: Script::from_lua(include_str!("publish.lua")),
+            exec_hold: std::sync::Mutex::new(None),
             held: AtomicU32::new(0),
             fair_share: AtomicU32::new(keys.partitions()),
             keys,
         })
+    }
+
+    /// Stop this relay's next publication after it read the epoch and queued its commands,
+    /// before `EXEC`: the first returned channel says it got there, sending on the second lets
+    /// it go on. For tests of the fence's race.
+    #[doc(hidden)]
+    pub fn hold_next_exec(
+        &self,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached, reached_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release) = tokio::sync::oneshot::channel();
+        *self.exec_hold.lock().expect("not poisoned") = Some(ExecHold { reached, release });
+        (reached_rx, release_tx)
     }
 
     /// How many partitions this relay leads now.
@@ -328,6 +385,7 @@ impl Relay {
             conn,
             partition,
             epoch,
+            bus: tokio::sync::Mutex::default(),
         }))
     }
 
@@ -409,7 +467,7 @@ impl Relay {
             }
             if self.claim_step_down() {
                 tracing::info!(partition, "relay: stepping down to its fair share");
-                let _ = lease.conn.close().await;
+                lease.close().await;
                 return true;
             }
             if last_check.elapsed() >= Duration::from_secs(1) {
@@ -459,7 +517,7 @@ impl Relay {
                 _ = tokio::time::sleep(self.config.poll_interval) => {},
             }
         }
-        let _ = lease.conn.close().await;
+        lease.close().await;
         false
     }
 
@@ -522,34 +580,135 @@ impl Relay {
         Ok(ids)
     }
 
-    /// One call of the fenced publish script: the entries, all or none; none only fences.
+    /// Append `entries` to the partition's stream, all or none, fenced by the lease's epoch;
+    /// none only fences (raises the epoch in Redis). Returns how many were appended.
+    ///
+    /// One transaction on the lease's own connection: `WATCH` the epoch key, `GET` it, refuse
+    /// if it is newer than ours, else `MULTI`, raise it if older, the XADDs, `EXEC`. A new
+    /// leader raising the epoch in between makes `EXEC` append nothing; then it is read again.
+    /// The connection neither reconnects nor follows a redirection on its own (either would
+    /// resend the queued commands without the `WATCH`): any error fails the call and the next
+    /// one opens a new connection.
     async fn publish_entries(
         &self,
         lease: &Lease,
         entries: Vec<Vec<(&'static str, String)>>,
     ) -> anyhow::Result<usize> {
-        let keys = self.keys.relay_publish_keys(lease.partition);
-        let mut args = vec![lease.epoch.to_string()];
-        for fields in entries {
-            args.push((fields.len() * 2).to_string());
-            for (name, value) in fields {
-                args.push(name.to_owned());
-                args.push(value);
+        let mut bus = lease.bus.lock().await;
+        let result = self.publish_on(lease, &mut bus.0, &entries).await;
+        if result.as_ref().is_err_and(|e| !e.is::<Fenced>())
+            && let Some(broken) = bus.0.take()
+        {
+            close_aside(broken);
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        lease: &Lease,
+        bus: &mut Option<Client>,
+        entries: &[Vec<(&'static str, String)>],
+    ) -> anyhow::Result<usize> {
+        let client = match bus {
+            Some(client) => client.clone(),
+            None => {
+                let mut config = self.redis.client_config();
+                // Refuse at once while disconnected, rather than queue for a reconnection.
+                config.fail_fast = true;
+                let mut connection = self.redis.connection_config().clone();
+                connection.max_redirections = 0;
+                connection.max_command_attempts = 1;
+                let client = Client::new(
+                    config,
+                    Some(self.redis.perf_config()),
+                    Some(connection),
+                    None,
+                );
+                tokio::time::timeout(PUBLISHER_CONNECT, client.init())
+                    .await
+                    .map_err(|_| {
+                        anyhow::anyhow!("connecting the publisher to Redis timed out")
+                    })??;
+                *bus = Some(client.clone());
+                client
+            }
+        };
+        let stream = self.keys.events(lease.partition);
+        let epoch_key = self.keys.relay_epoch(lease.partition);
+        // A changed epoch key aborts EXEC: a new leader (fenced below) or, rarely, an older one
+        // fencing itself; a few rounds settle it.
+        let slot = sync_contract::hash_slot(&stream);
+        // Untyped where fred's typed command would take the pipeline's placeholder (or a
+        // transaction's `QUEUED`) for a refusal.
+        let command = |name| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
+        for _ in 0..8 {
+            let watched = client.pipeline();
+            let _: () = watched
+                .custom(command("WATCH"), vec![epoch_key.as_str()])
+                .await?;
+            let _: () = watched.get(&epoch_key).await?;
+            let (_, current): (Value, Option<i64>) = watched.all().await?;
+            let current = current.unwrap_or(0);
+            if current > lease.epoch {
+                let _: () = client.unwatch().await?;
+                return Err(Fenced {
+                    partition: lease.partition,
+                    epoch: lease.epoch,
+                }
+                .into());
+            }
+            let raise = current < lease.epoch;
+            if !raise && entries.is_empty() {
+                let _: () = client.unwatch().await?;
+                return Ok(0);
+            }
+            let hold = self.exec_hold.lock().expect("not poisoned").take();
+            if let Some(hold) = hold {
+                let _ = hold.reached.send(());
+                let _ = hold.release.await;
+            }
+            // MULTI … EXEC sent as one pipeline (fred's own transactions flush the socket after
+            // every queued command, which cost more than the appends).
+            let pipeline = client.pipeline();
+            let _: () = pipeline
+                .custom(command("MULTI"), Vec::<Value>::new())
+                .await?;
+            if raise {
+                let args: Vec<Value> = vec![epoch_key.as_str().into(), lease.epoch.into()];
+                let _: () = pipeline.custom(command("SET"), args).await?;
+            }
+            for fields in entries {
+                let _: () = pipeline
+                    .xadd(&stream, false, None::<()>, "*", fields.clone())
+                    .await?;
+            }
+            let _: () = pipeline
+                .custom(command("EXEC"), Vec::<Value>::new())
+                .await?;
+            let mut replies: Vec<Result<Value, Error>> = pipeline.try_all().await;
+            if let Some(failed) = replies.iter().find_map(|r| r.as_ref().err()) {
+                // A queued command refused (EXEC then aborts the whole transaction) or EXEC failed.
+                return Err(failed.clone().into());
+            }
+            match replies.pop() {
+                // The epoch key changed after WATCH: read it again.
+                Some(Ok(Value::Null)) => continue,
+                Some(Ok(Value::Array(done))) => {
+                    let wanted = entries.len() + usize::from(raise);
+                    anyhow::ensure!(
+                        done.len() == wanted
+                            && done
+                                .iter()
+                                .all(|r| matches!(r, Value::String(_) | Value::Bytes(_))),
+                        "EXEC answered {done:?} for {wanted} commands"
+                    );
+                    return Ok(entries.len());
+                }
+                other => anyhow::bail!("EXEC answered {other:?}"),
             }
         }
-        let reply: Result<Vec<String>, Error> = self
-            .publish
-            .evalsha_with_reload(&self.redis, keys, args)
-            .await;
-        match reply {
-            Ok(ids) => Ok(ids.len()),
-            Err(e) if e.details().contains("FENCED") => Err(Fenced {
-                partition: lease.partition,
-                epoch: lease.epoch,
-            }
-            .into()),
-            Err(e) => Err(e.into()),
-        }
+        anyhow::bail!("the epoch key kept changing under the publication")
     }
 
     /// With `wait_replicas > 0`: block until that many replicas of the stream's master have
@@ -684,6 +843,9 @@ impl Relay {
 
 /// The advisory-lock class of a namespace, so two deployments sharing a database do not share
 /// leadership.
+/// How long the publisher's own connection may take to open (or to close).
+const PUBLISHER_CONNECT: Duration = Duration::from_secs(5);
+
 /// The second key of the relays' shared membership lock (partition locks use 0..partitions).
 const MEMBERSHIP_LOCK: i32 = i32::MAX;
 
