@@ -13,8 +13,9 @@ use crate::{
     contract::{AppManifest, StreamKeys},
     credits::offline::CreditClient,
     fullsync::{FullSync, Integrity, NoIntegrity},
-    loader::{Loader, WrapperClient, WrapperConfig},
+    loader::Loader,
     store::mongo::MongoStore,
+    wrapper_client::{WrapperClient, WrapperConfig},
 };
 
 pub use crate::fullsync::FieldReferences;

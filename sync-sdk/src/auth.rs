@@ -162,7 +162,7 @@ pub struct Jwks {
     min_refresh: Duration,
     max_age: Duration,
     keys: RwLock<Keys>,
-    audit: Option<Arc<crate::loader::WrapperClient>>,
+    audit: Option<Arc<crate::wrapper_client::WrapperClient>>,
     revocations: Option<(fred::clients::Client, crate::contract::StreamKeys)>,
     revocation_policy: RevocationPolicy,
     sessions: Option<Arc<dyn SessionCheck>>,
@@ -185,7 +185,7 @@ struct Jwk {
 
 impl Jwks {
     /// Keys from `wrapper_url/.well-known/jwks.json` (several wrappers may be listed, comma-
-    /// separated, as for [`WrapperClient`](crate::loader::WrapperClient)), for tokens issued by `issuer`. The set is
+    /// separated, as for [`WrapperClient`](crate::wrapper_client::WrapperClient)), for tokens issued by `issuer`. The set is
     /// fetched again when a token names an unknown key (at most once per `min_refresh`) and
     /// when it is older than `max_age` (so a retired key stops verifying).
     pub fn new(
@@ -244,7 +244,7 @@ impl Jwks {
         issuer: &str,
         min_refresh: Duration,
         max_age: Duration,
-        client: Arc<crate::loader::WrapperClient>,
+        client: Arc<crate::wrapper_client::WrapperClient>,
     ) -> Arc<Self> {
         let mut jwks = Arc::into_inner(Self::new(wrapper_url, issuer, min_refresh, max_age))
             .expect("a fresh Arc has one owner");
@@ -459,8 +459,8 @@ impl<S: crate::store::TenantStore> SyncedSessions<S> {
 
     async fn check_now(&self, tenant_id: Uuid, user_id: Uuid) -> Result<Vec<String>, AuthError> {
         use crate::{
-            loader::LoadError,
             store::{UserAccess, user_access},
+            wrapper_client::LoadError,
         };
         match self.loader.ensure_tenant(tenant_id).await {
             Ok(_) => {}

@@ -17,8 +17,9 @@ use uuid::Uuid;
 
 use crate::{
     contract::StreamKeys,
-    loader::{LoadError, Loader},
+    loader::Loader,
     store::{EntityKind, TenantStore, digest},
+    wrapper_client::LoadError,
 };
 
 /// The default schedule: every night at 02:00 UTC (seconds field first).

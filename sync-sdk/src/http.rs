@@ -13,8 +13,9 @@ use axum::{
 use uuid::Uuid;
 
 use crate::{
-    loader::{Availability, LoadError, Loader},
+    loader::{Availability, Loader},
     store::{SyncState, TenantStore},
+    wrapper_client::LoadError,
 };
 
 /// Set on responses served from local data while the wrapper is unreachable.

@@ -222,7 +222,7 @@ impl LifecycleWorker {
                     )
                     .await;
             }
-            Err(crate::loader::LoadError::NotFound) => {
+            Err(crate::wrapper_client::LoadError::NotFound) => {
                 return self
                     .dead_letter(
                         stream,
@@ -259,7 +259,7 @@ impl LifecycleWorker {
                 outcome.is_ok()
             }
             // The wrapper forgot the operation: nothing left to confirm.
-            Err(crate::loader::LoadError::NotFound) => true,
+            Err(crate::wrapper_client::LoadError::NotFound) => true,
             Err(e) => {
                 tracing::warn!(operation = %command.operation, error = %e,
                     "lifecycle: receipt not sent; retried");

@@ -28,16 +28,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fred::prelude::{Client, Error, HashesInterface};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     consumer::{Resync, ResyncHook, TenantTurn},
+    contract::StreamKeys,
     store::{StoreError, SyncState, TenantStore},
-};
-
-pub use crate::wrapper_client::{
-    LoadError, RemoteDigest, SnapshotPage, WrapperClient, WrapperConfig,
+    wrapper_client::{LoadError, WrapperClient},
 };
 
 /// The loader as the consumer's [`Resync`].
@@ -89,7 +88,7 @@ pub struct Loader<S> {
     staleness: Duration,
     resyncs: Mutex<HashSet<Uuid>>,
     resync_backoff: (Duration, Duration),
-    journal: std::sync::OnceLock<crate::status::ResyncJournal>,
+    journal: std::sync::OnceLock<ResyncJournal>,
     feature: std::sync::OnceLock<String>,
 }
 
@@ -236,7 +235,7 @@ impl<S: TenantStore> Loader<S> {
 
     /// Keep the re-syncs in `journal` too (in Redis, where they outlive the process and a live
     /// replica takes over those of a dead one). Set once; later calls are ignored.
-    pub fn journal_resyncs(&self, journal: crate::status::ResyncJournal) {
+    pub fn journal_resyncs(&self, journal: ResyncJournal) {
         let _ = self.journal.set(journal);
     }
 
@@ -359,5 +358,65 @@ impl<S: TenantStore> Loader<S> {
             .sync_state(tenant_id)
             .await?
             .ok_or_else(|| LoadError::Store(StoreError::transient("tenant vanished after loading")))
+    }
+}
+
+/// The re-syncs of an app not yet done, in Redis: tenant → the replica retrying it.
+#[derive(Clone)]
+pub struct ResyncJournal {
+    redis: Client,
+    key: String,
+    replica: String,
+}
+
+impl ResyncJournal {
+    /// The journal of `app`, written as `replica`.
+    pub fn new(redis: Client, keys: &StreamKeys, app: &str, replica: &str) -> Self {
+        Self {
+            redis,
+            key: keys.resyncs(app),
+            replica: replica.to_owned(),
+        }
+    }
+
+    /// Note that this replica retries `tenant`'s re-sync. A failure to write is logged, not
+    /// fatal: the re-sync itself goes on.
+    pub async fn record(&self, tenant: Uuid) {
+        let written: Result<i64, Error> = self
+            .redis
+            .hset(&self.key, (tenant.to_string(), self.replica.as_str()))
+            .await;
+        if let Err(e) = written {
+            tracing::warn!(%tenant, error = %e, "re-sync journal: could not record");
+        }
+    }
+
+    /// Note that `tenant`'s re-sync is done.
+    pub async fn done(&self, tenant: Uuid) {
+        let removed: Result<i64, Error> = self.redis.hdel(&self.key, tenant.to_string()).await;
+        if let Err(e) = removed {
+            tracing::warn!(%tenant, error = %e, "re-sync journal: could not clear");
+        }
+    }
+
+    /// Every re-sync not yet done, with the replica that retries it.
+    pub async fn pending(&self) -> Result<Vec<(Uuid, String)>, Error> {
+        let all: std::collections::HashMap<String, String> = self.redis.hgetall(&self.key).await?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(t, r)| Some((t.parse().ok()?, r)))
+            .collect())
+    }
+
+    /// The re-syncs whose replica is not among `live` (and is not this one): a replica that
+    /// died with them pending.
+    pub async fn orphaned(&self, live: &HashSet<String>) -> Result<Vec<Uuid>, Error> {
+        Ok(self
+            .pending()
+            .await?
+            .into_iter()
+            .filter(|(_, r)| *r != self.replica && !live.contains(r))
+            .map(|(t, _)| t)
+            .collect())
     }
 }

@@ -23,7 +23,7 @@ use uuid::Uuid;
 use crate::{
     consumer::{Consumer, Handler, HealthReport},
     contract::StreamKeys,
-    loader::Loader,
+    loader::{Loader, ResyncJournal},
     store::TenantStore,
 };
 
@@ -97,66 +97,6 @@ pub async fn read_fresh(
     }
     fresh.sort_by(|a, b| a.replica.cmp(&b.replica));
     Ok(fresh)
-}
-
-/// The re-syncs of an app not yet done, in Redis: tenant → the replica retrying it.
-#[derive(Clone)]
-pub struct ResyncJournal {
-    redis: Client,
-    key: String,
-    replica: String,
-}
-
-impl ResyncJournal {
-    /// The journal of `app`, written as `replica`.
-    pub fn new(redis: Client, keys: &StreamKeys, app: &str, replica: &str) -> Self {
-        Self {
-            redis,
-            key: keys.resyncs(app),
-            replica: replica.to_owned(),
-        }
-    }
-
-    /// Note that this replica retries `tenant`'s re-sync. A failure to write is logged, not
-    /// fatal: the re-sync itself goes on.
-    pub async fn record(&self, tenant: Uuid) {
-        let written: Result<i64, Error> = self
-            .redis
-            .hset(&self.key, (tenant.to_string(), self.replica.as_str()))
-            .await;
-        if let Err(e) = written {
-            tracing::warn!(%tenant, error = %e, "re-sync journal: could not record");
-        }
-    }
-
-    /// Note that `tenant`'s re-sync is done.
-    pub async fn done(&self, tenant: Uuid) {
-        let removed: Result<i64, Error> = self.redis.hdel(&self.key, tenant.to_string()).await;
-        if let Err(e) = removed {
-            tracing::warn!(%tenant, error = %e, "re-sync journal: could not clear");
-        }
-    }
-
-    /// Every re-sync not yet done, with the replica that retries it.
-    pub async fn pending(&self) -> Result<Vec<(Uuid, String)>, Error> {
-        let all: std::collections::HashMap<String, String> = self.redis.hgetall(&self.key).await?;
-        Ok(all
-            .into_iter()
-            .filter_map(|(t, r)| Some((t.parse().ok()?, r)))
-            .collect())
-    }
-
-    /// The re-syncs whose replica is not among `live` (and is not this one): a replica that
-    /// died with them pending.
-    pub async fn orphaned(&self, live: &HashSet<String>) -> Result<Vec<Uuid>, Error> {
-        Ok(self
-            .pending()
-            .await?
-            .into_iter()
-            .filter(|(_, r)| *r != self.replica && !live.contains(r))
-            .map(|(t, _)| t)
-            .collect())
-    }
 }
 
 /// Writes one replica's report every [`REPORT_EVERY`] and takes over the re-syncs of replicas

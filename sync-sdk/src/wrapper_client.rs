@@ -20,6 +20,25 @@ use uuid::Uuid;
 
 use crate::store::{EntityKind, SnapshotItem, StoreError};
 
+/// The wrapper's refusal of a consumption (nothing charged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The balance does not cover it.
+    #[error("insufficient credits: balance {balance}")]
+    Insufficient {
+        /// The balance at the wrapper.
+        balance: i64,
+    },
+    /// The operation has no price for this tenant, or the request was invalid.
+    #[error("refused by the wrapper: {field}: {detail}")]
+    Refused {
+        /// The field at fault, e.g. `operationCode`.
+        field: String,
+        /// Why.
+        detail: String,
+    },
+}
+
 /// Why a tenant could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -337,7 +356,7 @@ impl WrapperClient {
         operation_code: &str,
         operation_id: &str,
         quantity: i64,
-    ) -> Result<Result<Value, crate::credits::offline::CreditError>, LoadError> {
+    ) -> Result<Result<Value, Refusal>, LoadError> {
         self.consume_as(
             None,
             tenant_id,
@@ -358,8 +377,7 @@ impl WrapperClient {
         operation_code: &str,
         operation_id: &str,
         quantity: i64,
-    ) -> Result<Result<Value, crate::credits::offline::CreditError>, LoadError> {
-        use crate::credits::offline::CreditError;
+    ) -> Result<Result<Value, Refusal>, LoadError> {
         let url = "/api/credits/consume";
         let mut body = serde_json::json!({
             "tenantId": tenant_id, "application": application, "quantity": quantity,
@@ -373,10 +391,10 @@ impl WrapperClient {
             .await?;
         match status {
             200 => Ok(Ok(reply)),
-            402 => Ok(Err(CreditError::Insufficient {
+            402 => Ok(Err(Refusal::Insufficient {
                 balance: reply["balance"].as_i64().unwrap_or(0),
             })),
-            400 | 422 => Ok(Err(CreditError::Refused {
+            400 | 422 => Ok(Err(Refusal::Refused {
                 field: reply["field"].as_str().unwrap_or("body").to_owned(),
                 detail: reply["detail"].as_str().unwrap_or("refused").to_owned(),
             })),

@@ -5,8 +5,8 @@
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::keys::KeyStore,
     config::{AdminCommand, Cli, Command, KeysCommand, RedisAclCommand, ServiceClientCommand},
+    identity::keys::KeyStore,
     startup,
 };
 
@@ -51,7 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(KeysCommand::NewKek) => {
-            println!("{}", crate::auth::keys::Keks::generate()?);
+            println!("{}", crate::identity::keys::Keks::generate()?);
             Ok(())
         }
         Command::Keys(command) => {

@@ -19,9 +19,9 @@ use uuid::Uuid;
 
 use crate::{
     context::Ctx,
-    domain::credits::{Consumption, charge},
     error::ApiError,
     mirror::Mirror,
+    model::credits::{Consumption, charge},
 };
 
 /// The consumer group of the wrapper on the credit streams.
@@ -317,7 +317,7 @@ impl CreditIngest {
         }
         // Only for a tenant whose plan has the app: an entry naming another tenant (forged,
         // or written for a tenant that lost the app) charges nothing.
-        match crate::domain::apps::require_tenant_has_app(&self.db, &application, tenant_id).await {
+        match crate::model::apps::require_tenant_has_app(&self.db, &application, tenant_id).await {
             Ok(()) => {}
             Err(e @ (ApiError::FeatureMissing { .. } | ApiError::NotFound(_))) => {
                 return Err(Ingest::Refused(e.to_string()));

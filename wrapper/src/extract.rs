@@ -94,6 +94,14 @@ impl PageQuery {
             Some(_) => Err(ApiError::invalid("limit", "must be between 1 and 500")),
         }
     }
+
+    /// The page to read, its size validated.
+    pub fn keyset(&self) -> Result<crate::model::paging::Keyset, ApiError> {
+        Ok(crate::model::paging::Keyset {
+            cursor: self.cursor,
+            limit: self.limit()?,
+        })
+    }
 }
 
 /// One page of a list.

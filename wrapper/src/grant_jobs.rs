@@ -19,12 +19,12 @@ use uuid::Uuid;
 
 use crate::{
     context::Ctx,
-    domain::{
+    error::{ApiError, ApiResult},
+    mirror::{MIRROR_COLUMNS, Mirror, MirrorGrant},
+    model::{
         credits::{LedgerEntry, NewEntry, insert_entry},
         grants::{self, Recurrence},
     },
-    error::{ApiError, ApiResult},
-    mirror::{MIRROR_COLUMNS, Mirror, MirrorGrant},
     outbox::{self, Aggregate},
 };
 

@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use crate::{
     api,
-    auth::{keys::KeyStore, password},
     config::Settings,
-    domain::hosts::DomainCache,
+    identity::{keys::KeyStore, password},
+    model::hosts::DomainCache,
     validate,
 };
 

@@ -9,9 +9,9 @@ use sync_telemetry::PrometheusHandle;
 
 use crate::{
     config::Settings,
-    domain::hosts::DomainCache,
     error::{ApiError, ApiResult},
     identity::keys::KeyStore,
+    model::hosts::DomainCache,
 };
 
 /// Everything a handler may need; cheap to clone.

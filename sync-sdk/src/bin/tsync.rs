@@ -9,9 +9,10 @@ use sync_sdk::{
     contract::StreamKeys,
     dlq,
     fullsync::{FieldReferences, FullSync, Integrity, NoIntegrity},
-    loader::{Loader, WrapperClient, WrapperConfig},
+    loader::Loader,
     status,
     store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
+    wrapper_client::{WrapperClient, WrapperConfig},
 };
 
 #[tokio::main]

@@ -4,7 +4,7 @@
 //! price authority (the tenant's credit config for the operation, else the default the app
 //! declared in its manifest), and an operation with no price is refused.
 //!
-//! * **Direct** ([`crate::loader::WrapperClient::consume`]): the wrapper charges its ledger in
+//! * **Direct** ([`crate::wrapper_client::WrapperClient::consume`]): the wrapper charges its ledger in
 //!   one transaction; idempotent by operation id; a 402 carries the balance.
 //! * **Fast path** ([`CreditMirror`]): the app's allocation is mirrored in Redis, grant by
 //!   grant, and one Lua script checks the operation id, prices the operation from the price

@@ -10,8 +10,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::{
-    loader::{LoadError, WrapperClient},
     store::{StoreError, TenantStore},
+    wrapper_client::{LoadError, Refusal, WrapperClient},
 };
 
 /// A consumption made while the wrapper was unreachable.
@@ -95,6 +95,15 @@ pub enum CreditError {
     /// The queue failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<Refusal> for CreditError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Insufficient { balance } => Self::Insufficient { balance },
+            Refusal::Refused { field, detail } => Self::Refused { field, detail },
+        }
+    }
 }
 
 /// What a consumption did.
@@ -297,7 +306,7 @@ impl<Q: CreditQueue + TenantStore> CreditClient<Q> {
             .await
         {
             Ok(Ok(entry)) => Ok(Consumed::Charged(entry)),
-            Ok(Err(refusal)) => Err(refusal),
+            Ok(Err(refusal)) => Err(refusal.into()),
             Err(LoadError::Unavailable(reason)) => {
                 tracing::warn!(%tenant_id, application, %reason, "wrapper unreachable: offline credits");
                 let Some(amount) = self

@@ -448,7 +448,7 @@ mod fast_path {
     async fn the_wrapper_prices_every_consumption_on_both_paths() -> anyhow::Result<()> {
         use sync_sdk::{
             credits::offline::{Consumed, CreditClient, CreditError},
-            loader::{WrapperClient, WrapperConfig},
+            wrapper_client::{WrapperClient, WrapperConfig},
         };
         let rig = rig("priced", false).await?;
         let t = rig.tenant.id;
@@ -616,10 +616,7 @@ mod fast_path {
 
 #[tokio::test]
 async fn the_sdk_direct_path_charges_exactly_28_of_64_concurrent_consumes() -> anyhow::Result<()> {
-    use sync_sdk::{
-        credits::offline::CreditError,
-        loader::{WrapperClient, WrapperConfig},
-    };
+    use sync_sdk::wrapper_client::{Refusal, WrapperClient, WrapperConfig};
     let app = spawn_wrapper().await?;
     let (t, _) = funded(&app, "sdkdirect").await;
     let client = WrapperClient::new(WrapperConfig {
@@ -638,7 +635,7 @@ async fn the_sdk_direct_path_charges_exactly_28_of_64_concurrent_consumes() -> a
     let charged = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
     let refused = results
         .iter()
-        .filter(|r| matches!(r, Ok(Err(CreditError::Insufficient { balance })) if *balance < 35))
+        .filter(|r| matches!(r, Ok(Err(Refusal::Insufficient { balance })) if *balance < 35))
         .count();
     assert_eq!((charged, refused), (28, 36));
     assert_eq!(crm_balance(&app, &t).await, 20);
@@ -662,8 +659,8 @@ mod offline {
 
     use sync_sdk::{
         credits::offline::{Consumed, CreditClient, CreditError, CreditQueue},
-        loader::{WrapperClient, WrapperConfig},
         store::{TenantStore, mongo::MongoStore, postgres::PostgresStore},
+        wrapper_client::{WrapperClient, WrapperConfig},
     };
     use sync_testkit::{fresh_database, fresh_mongo};
 

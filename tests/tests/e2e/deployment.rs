@@ -1022,7 +1022,7 @@ fn kubernetes_plan() -> anyhow::Result<Plan> {
     }
     secrets.insert(
         "key-encryption-keys".into(),
-        wrapper::auth::keys::Keks::generate()?,
+        wrapper::identity::keys::Keks::generate()?,
     );
     let domain = config.get("cookie-domain").cloned().unwrap_or_default();
     secrets.insert(

@@ -190,7 +190,7 @@ async fn two_admins_removed_at_once_leave_one() -> anyhow::Result<()> {
 
     // The test's transaction: the second admin deactivated, not committed yet.
     let mut tx = w.db.pool.begin().await?;
-    sqlx::query(wrapper::domain::users::ADMIN_LOCK)
+    sqlx::query(wrapper::model::users::ADMIN_LOCK)
         .bind(t)
         .execute(&mut *tx)
         .await?;

@@ -694,8 +694,8 @@ async fn an_offline_replay_cannot_spend_a_grant_that_expired_while_the_wrapper_w
 -> anyhow::Result<()> {
     use sync_sdk::{
         credits::offline::{Consumed, CreditClient},
-        loader::{WrapperClient, WrapperConfig},
         store::postgres::PostgresStore,
+        wrapper_client::{WrapperClient, WrapperConfig},
     };
     let mut app = spawn_wrapper_with(|s| s.credit_grants_secs = 1).await?;
     let (t, _) = tenant_with_crm(&app, "offgrants").await;

@@ -9,8 +9,9 @@ use sync_sdk::{
     consumer::{Consumer, ConsumerConfig, NoHandler},
     contract::StreamKeys,
     fullsync::{FullSync, Integrity, NoIntegrity, Orphan, OrphanReason, Reference},
-    loader::{Availability, LoadError, Loader, WrapperClient, WrapperConfig},
+    loader::{Availability, Loader},
     store::{EntityKind, TenantStore, postgres::PostgresStore},
+    wrapper_client::{LoadError, WrapperClient, WrapperConfig},
 };
 use tokio_util::sync::CancellationToken;
 use tsync_e2e::{wrapper_app::*, *};
@@ -800,7 +801,10 @@ async fn a_write_conflict_during_a_resync_dead_letters_nothing() -> anyhow::Resu
 /// what only a re-sync repairs (a row the app lost), without waiting for the nightly sync.
 #[tokio::test]
 async fn a_resync_pending_in_a_dead_replica_is_taken_over_by_a_live_one() -> anyhow::Result<()> {
-    use sync_sdk::status::{AppStatus, ResyncJournal, StatusReporter};
+    use sync_sdk::{
+        loader::ResyncJournal,
+        status::{AppStatus, StatusReporter},
+    };
     let (wrapper, db, store, keys) = crm_side().await?;
     let t = wrapper.create_tenant("takeover").await;
     let (member, _) = wrapper.create_member(&t, "m@takeover.test").await;

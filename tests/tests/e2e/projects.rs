@@ -399,8 +399,9 @@ async fn cli_full_sync(suite: &Suite) -> anyhow::Result<sync_sdk::fullsync::Repo
     use std::sync::Arc;
     use sync_sdk::{
         fullsync::{FieldReferences, FullSync},
-        loader::{Loader, WrapperClient, WrapperConfig},
+        loader::Loader,
         store::mongo::MongoStore,
+        wrapper_client::{WrapperClient, WrapperConfig},
     };
     let client = WrapperClient::new(WrapperConfig {
         base_url: suite.wrapper.url.clone(),

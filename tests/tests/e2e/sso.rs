@@ -16,7 +16,7 @@ use tsync_e2e::{
     *,
 };
 use uuid::Uuid;
-use wrapper::auth::keys::{Claims, TokenKind};
+use wrapper::identity::keys::{Claims, TokenKind};
 
 /// A session token of `tenant`'s admin that expired an hour ago, signed with the wrapper's key.
 async fn expired_session(w: &TestApp, tenant: &TestTenant) -> anyhow::Result<String> {

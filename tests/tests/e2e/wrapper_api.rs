@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tsync_e2e::wrapper_app::*;
 use uuid::Uuid;
-use wrapper::auth::keys::{Claims, TokenKind};
+use wrapper::identity::keys::{Claims, TokenKind};
 
 fn id_of(v: &Value) -> Uuid {
     serde_json::from_value(v["id"].clone()).expect("an id")

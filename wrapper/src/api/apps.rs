@@ -13,8 +13,8 @@ use crate::{
     audit,
     auth::Caller,
     context::Ctx,
-    domain::apps,
     error::{ApiError, ApiResult},
+    model::apps,
     state::AppState,
 };
 

@@ -177,7 +177,7 @@ async fn report(
         .resolve_tenant_ref(&state.db, &event.tenant)
         .await?
         .ok_or(ApiError::invalid("tenant", "no such tenant"))?;
-    crate::domain::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
+    crate::model::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
     let namespaced = format!("{app}:{action}");
     let entry = crate::audit::Entry {
         tenant_id: Some(tenant_id),

@@ -67,7 +67,7 @@ pub(crate) async fn all(db: &mut PgConnection, tenant_id: Uuid) -> ApiResult<Vec
 
 /// The fast path's price table follows the new price at once (reconciliation repairs a failure).
 async fn publish_prices(state: &AppState, tenant_id: Uuid, application: &str) {
-    if let Err(e) = crate::domain::apps::publish_prices(
+    if let Err(e) = crate::model::apps::publish_prices(
         &state.db,
         &state.redis,
         &state.stream_keys,

@@ -46,12 +46,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(delete_threshold))
 }
 
-use crate::domain::apps;
-use crate::domain::credits::{
+use crate::model::apps;
+use crate::model::credits::{
     Allocation, Consumption, LEDGER_COLUMNS, LedgerEntry, MAX_AMOUNT, POOL, amount, app_scope,
     charge, charged, record_allocation,
 };
-use crate::domain::grants::{
+use crate::model::grants::{
     CreditGrant, CreditThreshold, DEFAULT_PRIORITY, GRANT_COLUMNS, Recurrence, THRESHOLD_COLUMNS,
     Terms,
 };
@@ -479,7 +479,7 @@ async fn authorize_read(
         Caller::Service { app } => {
             apps::require_tenant_has_app(&state.db, app, tenant).await?;
             Ok(CreditReader::App {
-                scope: crate::domain::credits::app_scope(app),
+                scope: crate::model::credits::app_scope(app),
             })
         }
         Caller::User(_) => {
@@ -752,7 +752,7 @@ async fn set_threshold(
     }
     let mut tx = state.db.begin().await?;
     // Each threshold is checked on every change of its balance and may fire at once.
-    crate::domain::limits::Limit {
+    crate::model::limits::Limit {
         setting: "WRAPPER_MAX_THRESHOLDS_PER_BALANCE",
         what: "thresholds per balance",
         max: state.settings.max_thresholds_per_balance,
@@ -775,8 +775,8 @@ async fn set_threshold(
     .bind(req.value)
     .fetch_one(&mut *tx)
     .await?;
-    if let Some(balance) = crate::domain::grants::lock_balance(&mut tx, tenant, &scope).await? {
-        crate::domain::grants::check_thresholds(&mut tx, &ctx, tenant, &scope, balance).await?;
+    if let Some(balance) = crate::model::grants::lock_balance(&mut tx, tenant, &scope).await? {
+        crate::model::grants::check_thresholds(&mut tx, &ctx, tenant, &scope, balance).await?;
     }
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(threshold)))

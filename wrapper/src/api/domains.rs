@@ -42,7 +42,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The path a custom domain serves its challenge token under.
 pub const CHALLENGE_PATH: &str = "/.well-known/tenantsync-challenge/";
 
-pub use crate::domain::hosts::{DomainCache, DomainInfo, NEGATIVE_TTL};
+pub use crate::model::hosts::{DomainCache, DomainInfo, NEGATIVE_TTL};
 
 #[utoipa::path(get, path = "/api/domains/{host}", tag = "domains", responses((status = 200, description = "The tenant a host names (app service tokens and platform admins)", body = DomainInfo)))]
 async fn lookup(

@@ -15,7 +15,7 @@
 //! * `GET /api/operations/{id}`: the operation with every registered app's receipt.
 //! * `PUT /api/sync/operations/{id}/receipt`: an app's receipt (service tokens).
 
-use crate::domain::users::AdminGuard;
+use crate::model::users::AdminGuard;
 use axum::{
     Json,
     extract::{Path, State},
@@ -480,7 +480,7 @@ async fn export_part(
     let mut tx = state.db.begin().await?;
     // One app's parts of one export, counted under a lock per (export, app); a part sent
     // again replaces itself and does not count twice.
-    let limit = crate::domain::limits::Limit {
+    let limit = crate::model::limits::Limit {
         setting: "WRAPPER_MAX_EXPORT_PARTS",
         what: "parts per app and export",
         max: state.settings.max_export_parts,

@@ -19,8 +19,6 @@ use uuid::Uuid;
 
 use super::ApiQuery;
 use super::{
-    memberships::{self, MembershipRow},
-    roles::{ROLE_COLUMNS, RoleRow},
     tenants::{TENANT_COLUMNS, TenantRow},
     users::{USER_COLUMNS, UserRow},
 };
@@ -29,6 +27,7 @@ use crate::{
     auth::Caller,
     context::Ctx,
     error::{ApiError, ApiResult},
+    model::{self, ids::TenantId},
     state::AppState,
 };
 use sync_contract::{MembershipState, RoleState, TenantState, UserState};
@@ -81,7 +80,7 @@ async fn snapshot(
         Some(_) => return Err(ApiError::invalid("limit", "must be between 1 and 10000")),
     };
     // An app loads only tenants whose plan has its feature.
-    crate::domain::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
+    crate::model::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
@@ -126,17 +125,12 @@ async fn snapshot(
         "nextCursor": next_cursor,
     });
     if q.cursor.is_none() {
-        let roles: Vec<RoleRow> = sqlx::query_as(&format!(
-            "select {ROLE_COLUMNS} from roles where tenant_id = $1 order by id"
-        ))
-        .bind(tenant_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let roles = model::roles::all_of(&mut tx, TenantId(tenant_id)).await?;
         let mut permissions: Vec<String> = Vec::new();
         let roles: Vec<Versioned<RoleState>> = roles
             .into_iter()
             .map(|r| {
-                let r: Versioned<RoleState> = versioned(r.version, r);
+                let r: Versioned<RoleState> = versioned(r.version(), r);
                 if !r.state.deleted {
                     permissions.extend(r.state.permissions.iter().cloned());
                 }
@@ -145,16 +139,10 @@ async fn snapshot(
             .collect();
         permissions.sort();
         permissions.dedup();
-        let members: Vec<MembershipRow> = sqlx::query_as(&format!(
-            "select {} from memberships where tenant_id = $1 order by id",
-            memberships::COLUMNS
-        ))
-        .bind(tenant_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        let members = model::memberships::all_of(&mut tx, TenantId(tenant_id)).await?;
         let members: Vec<Versioned<MembershipState>> = members
             .into_iter()
-            .map(|m| versioned(m.version, m))
+            .map(|m| versioned(m.version(), m))
             .collect();
         let settings: Option<(i64, Value)> =
             sqlx::query_as(r#"select version, "values" from settings where tenant_id = $1"#)
@@ -208,7 +196,7 @@ async fn digest(
     let Caller::Service { app } = &caller else {
         return Err(ApiError::Forbidden("app service tokens only"));
     };
-    crate::domain::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
+    crate::model::apps::require_tenant_has_app(&state.db, app, tenant_id).await?;
     let mut tx = state.db.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)

@@ -9,15 +9,19 @@ use axum::{
 };
 use serde::Deserialize;
 use sqlx::PgConnection;
-use sync_contract::{Event, RoleState, TenantState, TenantStatus, UserState};
+use sync_contract::{Event, TenantState, TenantStatus, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
 use crate::{
-    auth::{Access, Caller, TENANT_ADMIN_PERMISSION, UserCaller},
+    auth::{Access, Caller, UserCaller},
     context::Ctx,
     error::{ApiError, ApiResult},
+    model::{
+        self,
+        ids::{RoleId, TenantId, UserId},
+    },
     outbox,
     state::AppState,
     validate,
@@ -181,34 +185,7 @@ pub async fn create_tenant(
     )
     .await?;
 
-    let role = RoleState {
-        id: Uuid::now_v7(),
-        tenant_id,
-        name: "admin".into(),
-        permissions: vec![TENANT_ADMIN_PERMISSION.into()],
-        deleted: false,
-    };
-    sqlx::query("insert into roles (id, tenant_id, name, permissions) values ($1, $2, $3, $4)")
-        .bind(role.id)
-        .bind(tenant_id)
-        .bind(&role.name)
-        .bind(sqlx::types::Json(&role.permissions))
-        .execute(&mut *tx)
-        .await
-        .on_constraint(&[(
-            "roles_name_unique",
-            "name",
-            "a role with this name already exists",
-        )])?;
-    outbox::record(
-        &mut tx,
-        ctx,
-        tenant_id,
-        (role.id, 1),
-        Event::RoleCreated,
-        &role,
-    )
-    .await?;
+    let role = model::roles::create_admin(&mut tx, ctx, TenantId(tenant_id)).await?;
 
     let mut admin_user_id = None;
     if let Some((email, full_name, hash)) = admin {
@@ -223,7 +200,14 @@ pub async fn create_tenant(
             deleted_at: None,
         };
         super::users::insert(&mut tx, ctx, &user, Some(hash)).await?;
-        super::memberships::grant(&mut tx, ctx, tenant_id, user.id, role.id).await?;
+        model::memberships::grant(
+            &mut tx,
+            ctx,
+            TenantId(tenant_id),
+            UserId(user.id),
+            RoleId(role.id),
+        )
+        .await?;
         admin_user_id = Some(user.id);
     }
     tx.commit().await?;

@@ -1,8 +1,8 @@
 //! Users of a tenant: create, list (paged), read, update, soft delete. Responses and events
 //! carry [`UserState`], which has no field for a password hash, MFA secret or token.
 
-use crate::domain::users::AdminGuard;
 use crate::error::OnConstraint;
+use crate::model::users::AdminGuard;
 use axum::{
     Json,
     extract::{Path, State},
@@ -14,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
-pub(crate) use crate::domain::users::{ensure_active_tenant, insert};
+pub(crate) use crate::model::users::{ensure_active_tenant, insert};
 use crate::{
     auth::{Access, Caller},
     context::Ctx,

@@ -89,7 +89,7 @@ async fn create(
     let secret = crate::webhooks::new_secret()?;
     let mut tx = state.db.begin().await?;
     super::users::ensure_active_tenant(&mut tx, tenant).await?;
-    crate::domain::limits::Limit {
+    crate::model::limits::Limit {
         setting: "WRAPPER_MAX_WEBHOOK_ENDPOINTS",
         what: "active webhook endpoints per tenant",
         max: state.settings.max_webhook_endpoints,

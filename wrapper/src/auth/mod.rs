@@ -10,21 +10,21 @@
 //! tenant with the path's tenant; a mismatch is a 403 and an audit entry, whether or not the
 //! other tenant exists.
 
-pub use crate::identity::{keys, password};
 pub mod oidc;
 pub mod pages;
 pub mod routes;
+pub mod session;
 pub mod throttle;
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use uuid::Uuid;
 
+use crate::identity::keys::{self, TokenKind};
 use crate::{audit, context::Ctx, error::ApiError, state::AppState};
-use keys::TokenKind;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "tsync_session";
-pub use crate::domain::users::TENANT_ADMIN_PERMISSION;
+use crate::model::users::TENANT_ADMIN_PERMISSION;
 
 /// A signed-in user, as the database sees them now.
 #[derive(Debug, Clone)]

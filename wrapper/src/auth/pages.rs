@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use crate::{
     context::Ctx,
-    domain::hosts::DomainInfo,
     error::{ApiError, ApiResult},
+    model::hosts::DomainInfo,
     state::AppState,
 };
 
@@ -211,7 +211,7 @@ async fn session_user(
     let token = sync_web::csrf::cookie(headers, super::SESSION_COOKIE)?;
     let claims = state.keys.verify(token).await.ok()?;
     let user_id: Uuid = claims.sub.parse().ok()?;
-    let valid = claims.kind == super::keys::TokenKind::User
+    let valid = claims.kind == crate::identity::keys::TokenKind::User
         && claims.tid == tenant_id
         && !super::is_revoked(state, &claims.jti).await.unwrap_or(true)
         && super::load_user_caller(state, user_id)
@@ -238,9 +238,7 @@ pub(crate) async fn portal(State(state): State<AppState>, headers: HeaderMap) ->
     // The registered apps (their manifests) the tenant has the feature for, then the
     // configured ones not registered yet: the same list as every app's dashboard.
     let registered = match state.db.acquire().await {
-        Ok(mut conn) => crate::domain::apps::all(&mut conn)
-            .await
-            .unwrap_or_default(),
+        Ok(mut conn) => crate::model::apps::all(&mut conn).await.unwrap_or_default(),
         Err(_) => Vec::new(),
     };
     let configured = sync_web::page::Pages::parse_suite(&state.settings.portal_apps);
@@ -343,48 +341,50 @@ pub(crate) async fn login_form(
         Ok(r) => r,
         Err(refused) => return refused.into_response(),
     };
-    let result: ApiResult<Response> = async {
-        let (tenant, tenant_id) = sign_in_scope(state, headers).await?;
-        let email = form.email.trim().to_lowercase();
-        let user = match super::routes::check_password(state, ctx, tenant_id, &email, form.password)
-            .await
-        {
-            Err(ApiError::TooManyRequests { retry_after }) => {
+    let result: ApiResult<Response> =
+        async {
+            let (tenant, tenant_id) = sign_in_scope(state, headers).await?;
+            let email = form.email.trim().to_lowercase();
+            let user =
+                match super::session::check_password(state, ctx, tenant_id, &email, form.password)
+                    .await
+                {
+                    Err(ApiError::TooManyRequests { retry_after }) => {
+                        return Ok(render_login(
+                            state,
+                            tenant.as_ref(),
+                            &return_to,
+                            &email,
+                            Some(&format!(
+                                "Too many failed attempts. Try again in {retry_after} seconds."
+                            )),
+                            StatusCode::TOO_MANY_REQUESTS,
+                        ));
+                    }
+                    other => other?,
+                };
+            let Some(user_id) = user else {
                 return Ok(render_login(
                     state,
                     tenant.as_ref(),
                     &return_to,
                     &email,
-                    Some(&format!(
-                        "Too many failed attempts. Try again in {retry_after} seconds."
-                    )),
-                    StatusCode::TOO_MANY_REQUESTS,
+                    Some("The email or password is not right."),
+                    StatusCode::UNAUTHORIZED,
                 ));
-            }
-            other => other?,
-        };
-        let Some(user_id) = user else {
-            return Ok(render_login(
+            };
+            let token = super::session::session_token(state, user_id, tenant_id, email).await?;
+            let mut response = see_other(&return_to);
+            super::session::set_cookie(
                 state,
-                tenant.as_ref(),
-                &return_to,
-                &email,
-                Some("The email or password is not right."),
-                StatusCode::UNAUTHORIZED,
-            ));
-        };
-        let token = super::routes::session_token(state, user_id, tenant_id, email).await?;
-        let mut response = see_other(&return_to);
-        super::routes::set_cookie(
-            state,
-            &mut response,
-            &token,
-            state.settings.session_ttl_secs as i64,
-            tenant_id.is_none(),
-        );
-        Ok(response)
-    }
-    .await;
+                &mut response,
+                &token,
+                state.settings.session_ttl_secs as i64,
+                tenant_id.is_none(),
+            );
+            Ok(response)
+        }
+        .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use sync_contract::StreamKeys;
 use uuid::Uuid;
 
-use crate::domain::grants::GrantDraw;
+use crate::model::grants::GrantDraw;
 
 /// A mirror that did not match the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -231,8 +231,8 @@ impl Mirror {
     /// Reset `app`'s mirror for `tenant` to the ledger unless it already matches; the
     /// correction made, if any. Also republishes the app's prices for the tenant.
     pub async fn reconcile(&self, tenant: Uuid, app: &str) -> anyhow::Result<Option<Correction>> {
-        crate::domain::apps::publish_prices(&self.db, &self.redis, &self.keys, tenant, app).await?;
-        let scope = crate::domain::credits::app_scope(app);
+        crate::model::apps::publish_prices(&self.db, &self.redis, &self.keys, tenant, app).await?;
+        let scope = crate::model::credits::app_scope(app);
         let keys = self.keys.credit_mirror_keys(tenant, app);
         for _attempt in 0..5 {
             // The mirror first, then what is in flight, then the ledger: a consumption

@@ -119,26 +119,6 @@ pub(crate) async fn insert_entry(tx: &mut PgConnection, e: NewEntry<'_>) -> ApiR
 
 use grants::check_thresholds;
 
-/// Add `amount` to a balance (creating it); returns (balance, version).
-pub(crate) async fn credit(
-    tx: &mut PgConnection,
-    tenant: Uuid,
-    scope: &str,
-    amount: i64,
-) -> ApiResult<(i64, i64)> {
-    Ok(sqlx::query_as(
-        "insert into credit_balances (tenant_id, scope, balance) values ($1, $2, $3)
-         on conflict (tenant_id, scope) do update
-           set balance = credit_balances.balance + excluded.balance, version = credit_balances.version + 1
-         returning balance, version",
-    )
-    .bind(tenant)
-    .bind(scope)
-    .bind(amount)
-    .fetch_one(tx)
-    .await?)
-}
-
 /// Credits going into a balance: a new grant under `terms`, or, for a move from the tenant's
 /// pool to an application, child grants of the pool's grants drawn (`from_pool`).
 pub(crate) struct Allocation<'a> {

@@ -359,8 +359,28 @@ pub async fn add_grant(
     .bind(next_renewal)
     .execute(&mut *tx)
     .await?;
-    let (balance, version) = super::credits::credit(tx, tenant, scope, amount).await?;
+    let (balance, version) = credit(tx, tenant, scope, amount).await?;
     Ok((id, balance, version))
+}
+
+/// Add `amount` to a balance (creating it); returns (balance, version).
+pub(crate) async fn credit(
+    tx: &mut PgConnection,
+    tenant: Uuid,
+    scope: &str,
+    amount: i64,
+) -> ApiResult<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "insert into credit_balances (tenant_id, scope, balance) values ($1, $2, $3)
+         on conflict (tenant_id, scope) do update
+           set balance = credit_balances.balance + excluded.balance, version = credit_balances.version + 1
+         returning balance, version",
+    )
+    .bind(tenant)
+    .bind(scope)
+    .bind(amount)
+    .fetch_one(tx)
+    .await?)
 }
 
 /// The terms of an existing grant (for a child grant: the parent's, without recurrence).

@@ -42,8 +42,9 @@ use hdrhistogram::Histogram;
 use mongodb::bson::{Document, doc};
 use serde_json::json;
 use sync_sdk::{
-    loader::{Loader, WrapperClient, WrapperConfig},
+    loader::Loader,
     store::postgres::PostgresStore,
+    wrapper_client::{WrapperClient, WrapperConfig},
 };
 use sync_testkit::*;
 use tokio::process::{Child, Command};

@@ -19,9 +19,13 @@ use uuid::Uuid;
 
 use super::{Host, TenantAdmin, back_to, internal, nav, refused_on};
 use crate::{
-    api::{memberships, roles},
     context::Ctx,
     error::ApiError,
+    model::{
+        ids::{MembershipId, RoleId, TenantId, UserId},
+        memberships,
+        roles::{self, Permissions, RoleName},
+    },
     state::AppState,
 };
 
@@ -112,14 +116,13 @@ async fn create_role(
     admin: TenantAdmin,
     Form(form): Form<RoleForm>,
 ) -> Response {
-    let req = roles::CreateRole {
-        name: form.name,
-        permissions: super::word_list(&form.permissions),
+    let created = async {
+        let name = RoleName::parse(&form.name)?;
+        let permissions = Permissions::parse(&super::word_list(&form.permissions))?;
+        let (actor, tenant) = (UserId(admin.user.id), TenantId(admin.id));
+        roles::create(&state.db, &ctx, actor, tenant, name, permissions).await
     };
-    back_to(
-        ROLES,
-        roles::create_role(&state, &ctx, admin.user.id, admin.id, req).await,
-    )
+    back_to(ROLES, created.await)
 }
 
 #[utoipa::path(post, path = "/admin/roles/{role_id}", tag = "pages", params(("role_id" = Uuid, Path, description = "The role")), request_body(content = RoleForm, content_type = "application/x-www-form-urlencoded"), responses((status = 303, description = "Saved (`role.updated`): back to the roles page"), (status = 400, description = "Refused, naming the field", body = String, content_type = "text/html"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such editable role here (the admin role is not editable)", body = String, content_type = "text/html"), (status = 409, description = "A role with this name exists", body = String, content_type = "text/html")))]
@@ -130,14 +133,23 @@ async fn update_role(
     Path(role_id): Path<Uuid>,
     Form(form): Form<RoleForm>,
 ) -> Response {
-    let req = roles::UpdateRole {
-        name: Some(form.name),
-        permissions: Some(super::word_list(&form.permissions)),
+    let updated = async {
+        let name = RoleName::parse(&form.name)?;
+        let permissions = Permissions::parse(&super::word_list(&form.permissions))?;
+        let (actor, tenant) = (UserId(admin.user.id), TenantId(admin.id));
+        let role = RoleId(role_id);
+        roles::update(
+            &state.db,
+            &ctx,
+            actor,
+            tenant,
+            role,
+            Some(name),
+            Some(permissions),
+        )
+        .await
     };
-    back_to(
-        ROLES,
-        roles::update_role(&state, &ctx, admin.user.id, admin.id, role_id, req).await,
-    )
+    back_to(ROLES, updated.await)
 }
 
 #[utoipa::path(post, path = "/admin/roles/{role_id}/delete", tag = "pages", params(("role_id" = Uuid, Path, description = "The role")), responses((status = 303, description = "Deleted (`role.deleted`): back to the roles page"), (status = 403, description = "Not an admin here, or not from this origin", body = String, content_type = "text/html"), (status = 404, description = "No such deletable role here", body = String, content_type = "text/html")))]
@@ -149,7 +161,14 @@ async fn delete_role(
 ) -> Response {
     back_to(
         ROLES,
-        roles::delete_role(&state, &ctx, admin.user.id, admin.id, role_id).await,
+        roles::delete(
+            &state.db,
+            &ctx,
+            UserId(admin.user.id),
+            TenantId(admin.id),
+            RoleId(role_id),
+        )
+        .await,
     )
 }
 
@@ -304,7 +323,15 @@ async fn grant(
     };
     back_to(
         MEMBERSHIPS,
-        memberships::grant_audited(&state, &ctx, admin.user.id, admin.id, user_id, role_id).await,
+        memberships::grant_audited(
+            &state.db,
+            &ctx,
+            UserId(admin.user.id),
+            TenantId(admin.id),
+            UserId(user_id),
+            RoleId(role_id),
+        )
+        .await,
     )
 }
 
@@ -317,6 +344,13 @@ async fn revoke(
 ) -> Response {
     back_to(
         MEMBERSHIPS,
-        memberships::revoke_membership(&state, &ctx, admin.user.id, admin.id, membership_id).await,
+        memberships::revoke(
+            &state.db,
+            &ctx,
+            UserId(admin.user.id),
+            TenantId(admin.id),
+            MembershipId(membership_id),
+        )
+        .await,
     )
 }

@@ -85,8 +85,8 @@ pub(crate) async fn find_or_create(
                 active: true,
                 deleted_at: None,
             };
-            crate::domain::users::ensure_active_tenant(&mut tx, tenant_id).await?;
-            crate::domain::users::insert(&mut tx, ctx, &new, None).await?;
+            crate::model::users::ensure_active_tenant(&mut tx, tenant_id).await?;
+            crate::model::users::insert(&mut tx, ctx, &new, None).await?;
             new.id
         }
         None => {

@@ -422,9 +422,9 @@ async fn signed_in(
     flow: &Flow,
     (user_id, email): (Uuid, String),
 ) -> crate::error::ApiResult<Response> {
-    let token = super::routes::session_token(state, user_id, Some(flow.tenant_id), email).await?;
+    let token = super::session::session_token(state, user_id, Some(flow.tenant_id), email).await?;
     let mut response = see_other(&flow.return_to);
-    super::routes::set_cookie(
+    super::session::set_cookie(
         state,
         &mut response,
         &token,
