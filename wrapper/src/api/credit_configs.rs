@@ -128,7 +128,7 @@ async fn upsert(
         ));
     }
     let mut tx = state.db.begin().await?;
-    super::users::ensure_active_tenant(&mut tx, tenant_id).await?;
+    crate::model::users::ensure_active_tenant(&mut tx, tenant_id).await?;
     let row: ConfigRow = sqlx::query_as(&format!(
         "insert into credit_configs (id, tenant_id, application, operation_code, cost)
          values ($1, $2, $3, $4, $5)

@@ -202,7 +202,7 @@ async fn allocate(
         (None, None) => (POOL.to_owned(), None),
     };
     let mut tx = state.db.begin().await?;
-    super::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
+    crate::model::users::ensure_active_tenant(&mut tx, req.tenant_id).await?;
     let into = Allocation {
         tenant_id: req.tenant_id,
         scope: &scope,
@@ -279,7 +279,7 @@ pub(crate) async fn move_to_application(
     let application = validate::short_text("application", application, 40)?;
     let scope = app_scope(&application);
     let mut tx = state.db.begin().await?;
-    super::users::ensure_active_tenant(&mut tx, tenant).await?;
+    crate::model::users::ensure_active_tenant(&mut tx, tenant).await?;
     let into = Allocation {
         tenant_id: tenant,
         scope: &scope,

@@ -29,15 +29,16 @@ use sync_contract::{Event, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{
-    ApiJson,
-    users::{USER_COLUMNS, UserRow},
-};
+use super::ApiJson;
 use crate::{
     auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
     lifecycle::{self, Kind, Operation},
+    model::{
+        self,
+        ids::{TenantId, UserId},
+    },
     outbox,
     state::AppState,
 };
@@ -86,29 +87,9 @@ async fn erase_user(
         .id;
     let mut tx = state.db.begin().await?;
     let guard = AdminGuard::before(&mut tx, tenant_id).await?;
-    let email: Option<String> = sqlx::query_scalar(
-        "select email from users where tenant_id = $1 and id = $2 and email not like '%@erased.invalid'
-         for update",
-    )
-    .bind(tenant_id)
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let email = email.ok_or(ApiError::NotFound("user"))?;
-    let row: UserRow = sqlx::query_as(&format!(
-        "update users set email = $3, full_name = $4, avatar_url = null, password_hash = null,
-             email_verified = false, active = false, deleted_at = coalesce(deleted_at, now()),
-             version = version + 1, updated_at = now()
-         where tenant_id = $1 and id = $2 returning {USER_COLUMNS}"
-    ))
-    .bind(tenant_id)
-    .bind(user_id)
-    .bind(sync_contract::erased_email(user_id))
-    .bind(sync_contract::ERASED_NAME)
-    .fetch_one(&mut *tx)
-    .await?;
+    let (email, row) = model::users::erase(&mut tx, TenantId(tenant_id), UserId(user_id)).await?;
     guard.after(&mut tx).await?;
-    let aggregate = (user_id, row.version);
+    let aggregate = (user_id, row.version());
     let tombstone = UserState::from(row);
     let wrapper_part = scrub(&mut tx, tenant_id, user_id, &email, &tombstone).await?;
     outbox::record(

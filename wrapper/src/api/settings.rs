@@ -84,7 +84,7 @@ pub(crate) async fn replace_settings(
         ));
     }
     let mut tx = state.db.begin().await?;
-    super::users::ensure_active_tenant(&mut tx, tenant_id).await?;
+    crate::model::users::ensure_active_tenant(&mut tx, tenant_id).await?;
     let version: i64 = sqlx::query_scalar(
         r#"insert into settings (tenant_id, "values") values ($1, $2)
            on conflict (tenant_id) do update

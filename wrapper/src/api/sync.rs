@@ -18,16 +18,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::ApiQuery;
-use super::{
-    tenants::{TENANT_COLUMNS, TenantRow},
-    users::{USER_COLUMNS, UserRow},
-};
+use super::tenants::{TENANT_COLUMNS, TenantRow};
 use crate::{
     audit,
     auth::Caller,
     context::Ctx,
     error::{ApiError, ApiResult},
-    model::{self, ids::TenantId},
+    model::{self, ids::TenantId, paging::Keyset},
     state::AppState,
 };
 use sync_contract::{MembershipState, RoleState, TenantState, UserState};
@@ -98,20 +95,16 @@ async fn snapshot(
         .bind(tenant_id)
         .fetch_one(&mut *tx)
         .await?;
-    let users: Vec<UserRow> = sqlx::query_as(&format!(
-        "select {USER_COLUMNS} from users
-         where tenant_id = $1 and id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') order by id limit $3"
-    ))
-    .bind(tenant_id)
-    .bind(q.cursor)
-    .bind(limit + 1)
-    .fetch_all(&mut *tx)
-    .await?;
+    let keyset = Keyset {
+        cursor: q.cursor,
+        limit,
+    };
+    let users = model::users::snapshot_page(&mut tx, TenantId(tenant_id), keyset).await?;
     let more = users.len() as i64 > limit;
     let users: Vec<Versioned<UserState>> = users
         .into_iter()
         .take(limit as usize)
-        .map(|u| versioned(u.version, u))
+        .map(|u| versioned(u.version(), u))
         .collect();
     let next_cursor = if more {
         users.last().map(|u| u.state.id)

@@ -199,7 +199,7 @@ pub async fn create_tenant(
             active: true,
             deleted_at: None,
         };
-        super::users::insert(&mut tx, ctx, &user, Some(hash)).await?;
+        crate::model::users::insert(&mut tx, ctx, &user, Some(hash)).await?;
         model::memberships::grant(
             &mut tx,
             ctx,

@@ -1,25 +1,25 @@
 //! Users of a tenant: create, list (paged), read, update, soft delete. Responses and events
 //! carry [`UserState`], which has no field for a password hash, MFA secret or token.
 
-use crate::error::OnConstraint;
-use crate::model::users::AdminGuard;
 use axum::{
     Json,
     extract::{Path, State},
     http::StatusCode,
 };
 use serde::Deserialize;
-use sync_contract::{Event, UserState};
+use sync_contract::UserState;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{ApiJson, ApiQuery, Page, PageQuery};
-pub(crate) use crate::model::users::{ensure_active_tenant, insert};
 use crate::{
     auth::{Access, Caller},
     context::Ctx,
     error::{ApiError, ApiResult},
-    outbox::{self, Aggregate},
+    model::{
+        ids::{TenantId, UserId},
+        users::{self, UserChange, ensure_active_tenant, insert},
+    },
     state::AppState,
     validate,
 };
@@ -30,37 +30,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list, create))
         .routes(routes!(read, update, soft_delete))
 }
-
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct UserRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    email: String,
-    full_name: String,
-    avatar_url: Option<String>,
-    email_verified: bool,
-    active: bool,
-    deleted_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub(crate) version: i64,
-}
-
-impl From<UserRow> for UserState {
-    fn from(r: UserRow) -> Self {
-        UserState {
-            id: r.id,
-            tenant_id: r.tenant_id,
-            email: r.email,
-            full_name: r.full_name,
-            avatar_url: r.avatar_url,
-            email_verified: r.email_verified,
-            active: r.active,
-            deleted_at: r.deleted_at,
-        }
-    }
-}
-
-pub(crate) const USER_COLUMNS: &str =
-    "id, tenant_id, email, full_name, avatar_url, email_verified, active, deleted_at, version";
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -141,24 +110,14 @@ async fn list(
     caller
         .authorize(&state, &ctx, tenant_id, Access::Read)
         .await?;
-    let limit = PageQuery {
+    let keyset = PageQuery {
         cursor: q.cursor,
         limit: q.limit,
     }
-    .limit()?;
-    let rows: Vec<UserRow> = sqlx::query_as(&format!(
-        "select {USER_COLUMNS} from users
-         where tenant_id = $1 and id > coalesce($2::uuid, '00000000-0000-0000-0000-000000000000') and ($3 or deleted_at is null)
-         order by id limit $4"
-    ))
-    .bind(tenant_id)
-    .bind(q.cursor)
-    .bind(q.include_deleted.unwrap_or(false))
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await?;
-    let items = rows.into_iter().map(UserState::from).collect();
-    Ok(Json(Page::from_rows(items, limit, |u| u.id)))
+    .keyset()?;
+    let include_deleted = q.include_deleted.unwrap_or(false);
+    let items = users::page(&state.db, TenantId(tenant_id), keyset, include_deleted).await?;
+    Ok(Json(Page::from_rows(items, keyset.limit, |u| u.id)))
 }
 
 #[utoipa::path(get, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", responses((status = 200, description = "The user", body = UserState)))]
@@ -171,25 +130,19 @@ async fn read(
     caller
         .authorize(&state, &ctx, tenant_id, Access::Read)
         .await?;
-    let row: UserRow = sqlx::query_as(&format!(
-        "select {USER_COLUMNS} from users where tenant_id = $1 and id = $2"
+    Ok(Json(
+        users::get(&state.db, TenantId(tenant_id), UserId(user_id)).await?,
     ))
-    .bind(tenant_id)
-    .bind(user_id)
-    .fetch_optional(&state.db)
-    .await?
-    .ok_or(ApiError::NotFound("user"))?;
-    Ok(Json(row.into()))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub(crate) struct UpdateUser {
-    pub(crate) email: Option<String>,
-    pub(crate) full_name: Option<String>,
-    pub(crate) avatar_url: Option<String>,
-    pub(crate) active: Option<bool>,
-    pub(crate) password: Option<String>,
+struct UpdateUser {
+    email: Option<String>,
+    full_name: Option<String>,
+    avatar_url: Option<String>,
+    active: Option<bool>,
+    password: Option<String>,
 }
 
 #[utoipa::path(patch, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", request_body = UpdateUser, responses((status = 200, description = "The user", body = UserState)))]
@@ -216,7 +169,7 @@ async fn update(
 
 /// Change a user of `tenant_id` (the caller is allowed to), with the event the change is:
 /// `user.deactivated`, `user.email_changed` or `user.updated`. The API and the console call it.
-pub(crate) async fn update_user(
+async fn update_user(
     state: &AppState,
     ctx: &Ctx,
     tenant_id: Uuid,
@@ -240,57 +193,14 @@ pub(crate) async fn update_user(
         }
         None => None,
     };
-    let mut tx = state.db.begin().await?;
-    // Only a deactivation can take an admin away: other changes (an address, a name) keep the
-    // write path as it was.
-    let guard = match req.active {
-        Some(false) => Some(AdminGuard::before(&mut tx, tenant_id).await?),
-        _ => None,
+    let change = UserChange {
+        email,
+        full_name,
+        avatar_url: req.avatar_url,
+        active: req.active,
+        password_hash: hash,
     };
-    let before: Option<(String, bool)> = sqlx::query_as(
-        "select email, active from users where tenant_id = $1 and id = $2 and deleted_at is null for update",
-    )
-    .bind(tenant_id)
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (old_email, was_active) = before.ok_or(ApiError::NotFound("user"))?;
-    let row: UserRow = sqlx::query_as(&format!(
-        "update users set email = coalesce($3, email), full_name = coalesce($4, full_name),
-                avatar_url = coalesce($5, avatar_url), active = coalesce($6, active),
-                password_hash = coalesce($7, password_hash),
-                email_verified = case when $3 is not null and $3 <> email then false else email_verified end,
-                version = version + 1, updated_at = now()
-         where tenant_id = $1 and id = $2 returning {USER_COLUMNS}"
-    ))
-    .bind(tenant_id)
-    .bind(user_id)
-    .bind(&email)
-    .bind(full_name)
-    .bind(req.avatar_url)
-    .bind(req.active)
-    .bind(hash)
-    .fetch_one(&mut *tx)
-    .await
-    .on_constraint(&[("users_email_unique", "email", "a user with this email already exists")])?;
-    let aggregate = Aggregate {
-        id: user_id,
-        version: row.version,
-    };
-    let user = UserState::from(row);
-    let event = if was_active && !user.active {
-        Event::UserDeactivated(user.clone())
-    } else if user.email != old_email {
-        Event::UserEmailChanged(user.clone())
-    } else {
-        Event::UserUpdated(user.clone())
-    };
-    if let Some(guard) = guard {
-        guard.after(&mut tx).await?;
-    }
-    outbox::append(&mut tx, ctx, tenant_id, aggregate, event).await?;
-    tx.commit().await?;
-    Ok(user)
+    users::update(&state.db, ctx, TenantId(tenant_id), UserId(user_id), change).await
 }
 
 #[utoipa::path(delete, path = "/api/tenants/{tenant_id}/users/{user_id}", tag = "users", responses((status = 200, description = "The soft-deleted user", body = UserState)))]
@@ -303,29 +213,7 @@ async fn soft_delete(
     caller
         .authorize(&state, &ctx, tenant_id, Access::Admin)
         .await?;
-    let mut tx = state.db.begin().await?;
-    let guard = AdminGuard::before(&mut tx, tenant_id).await?;
-    let row: UserRow = sqlx::query_as(&format!(
-        "update users set deleted_at = now(), active = false, version = version + 1, updated_at = now()
-         where tenant_id = $1 and id = $2 and deleted_at is null returning {USER_COLUMNS}"
+    Ok(Json(
+        users::soft_delete(&state.db, &ctx, TenantId(tenant_id), UserId(user_id)).await?,
     ))
-    .bind(tenant_id)
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound("user"))?;
-    guard.after(&mut tx).await?;
-    let aggregate = (user_id, row.version);
-    let user = UserState::from(row);
-    outbox::record(
-        &mut tx,
-        &ctx,
-        tenant_id,
-        aggregate,
-        Event::UserDeleted,
-        &user,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Json(user))
 }

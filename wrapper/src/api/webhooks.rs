@@ -88,7 +88,7 @@ async fn create(
     }
     let secret = crate::webhooks::new_secret()?;
     let mut tx = state.db.begin().await?;
-    super::users::ensure_active_tenant(&mut tx, tenant).await?;
+    crate::model::users::ensure_active_tenant(&mut tx, tenant).await?;
     crate::model::limits::Limit {
         setting: "WRAPPER_MAX_WEBHOOK_ENDPOINTS",
         what: "active webhook endpoints per tenant",

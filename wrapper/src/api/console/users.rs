@@ -174,15 +174,16 @@ async fn deactivate_user(
     Path(user_id): Path<Uuid>,
 ) -> Response {
     let tenant = admin.id;
-    let req = crate::api::users::UpdateUser {
-        email: None,
-        full_name: None,
-        avatar_url: None,
+    let change = crate::model::users::UserChange {
         active: Some(false),
-        password: None,
+        ..Default::default()
     };
+    let (tenant, user) = (
+        crate::model::ids::TenantId(tenant),
+        crate::model::ids::UserId(user_id),
+    );
     back_to(
         "/admin/users",
-        crate::api::users::update_user(&state, &ctx, tenant, user_id, req).await,
+        crate::model::users::update(&state.db, &ctx, tenant, user, change).await,
     )
 }
