@@ -52,6 +52,25 @@ async fn commit_round_robin(f: &Fixture, total: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `relay`'s lease of `partition` once the lock is free (a cut backend releases it when it
+/// has exited: polled).
+async fn lease_once_released(
+    relay: &Relay,
+    partition: u32,
+) -> anyhow::Result<wrapper::relay::Lease> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(lease) = relay.acquire_lease(partition).await? {
+            return Ok(lease);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the lock was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn unpublished(f: &Fixture) -> i64 {
     sqlx::query_scalar("select count(*) from outbox_pending")
         .fetch_one(&f.db.pool)
@@ -326,15 +345,7 @@ async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() 
         .bind(pid)
         .execute(&f.db.pool)
         .await?;
-    // The lock is released when the cut backend has exited: poll for it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let lease_b = loop {
-        if let Some(lease) = b.acquire_lease(partition).await? {
-            break lease;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "B never got the lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let lease_b = lease_once_released(&b, partition).await?;
     assert!(lease_b.epoch() > lease_a.epoch());
 
     // A carries on: marking its batch is refused under B's epoch.
@@ -400,14 +411,7 @@ async fn a_take_over_between_a_leaders_epoch_check_and_its_append_voids_the_appe
         .bind(pid)
         .execute(&f.db.pool)
         .await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let lease_b = loop {
-        if let Some(lease) = b.acquire_lease(partition).await? {
-            break lease;
-        }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "B never got the lock");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let lease_b = lease_once_released(&b, partition).await?;
     assert_eq!(b.take_over(&lease_b).await?, 0, "nothing was published yet");
     assert_eq!(b.publish_batch(&lease_b).await?, 20);
 

@@ -1,9 +1,9 @@
 //! Keyset paging, written once: rows after the cursor's id, in id order, one more than the
 //! page so the caller knows whether another page follows.
 //!
-//! The seek is `id > coalesce($n::uuid, nil)`, never `($n is null or id > $n)`: the latter is
-//! a filter in Postgres's generic plan (used after five executions of a prepared statement), so
-//! every page would scan the tenant's index from its start.
+//! The seek is `id > coalesce($n::uuid, nil)`, never a test of the cursor for null or'd with
+//! the comparison: that is a filter in Postgres's generic plan (used after five executions of a
+//! prepared statement), so every page would scan the tenant's index from its start.
 
 use uuid::Uuid;
 

@@ -108,23 +108,7 @@ pub async fn create(
     };
     let mut tx = db.begin().await?;
     ensure_active_tenant(&mut tx, tenant.0).await?;
-    sqlx::query("insert into roles (id, tenant_id, name, permissions) values ($1, $2, $3, $4)")
-        .bind(role.id)
-        .bind(tenant)
-        .bind(&role.name)
-        .bind(sqlx::types::Json(&role.permissions))
-        .execute(&mut *tx)
-        .await
-        .on_constraint(&NAME_TAKEN)?;
-    outbox::record(
-        &mut tx,
-        ctx,
-        tenant.0,
-        (role.id, 1),
-        Event::RoleCreated,
-        &role,
-    )
-    .await?;
+    insert(&mut tx, ctx, &role).await?;
     audit_change(&mut tx, ctx, actor, &role, "role.created").await;
     tx.commit().await?;
     Ok(role)
@@ -144,16 +128,30 @@ pub async fn create_admin(
         permissions: vec![TENANT_ADMIN_PERMISSION.into()],
         deleted: false,
     };
+    insert(tx, ctx, &role).await?;
+    Ok(role)
+}
+
+/// Insert a new role with its `role.created` event.
+async fn insert(tx: &mut PgConnection, ctx: &Ctx, role: &RoleState) -> ApiResult<()> {
     sqlx::query("insert into roles (id, tenant_id, name, permissions) values ($1, $2, $3, $4)")
         .bind(role.id)
-        .bind(tenant)
+        .bind(role.tenant_id)
         .bind(&role.name)
         .bind(sqlx::types::Json(&role.permissions))
         .execute(&mut *tx)
         .await
         .on_constraint(&NAME_TAKEN)?;
-    outbox::record(tx, ctx, tenant.0, (role.id, 1), Event::RoleCreated, &role).await?;
-    Ok(role)
+    outbox::record(
+        tx,
+        ctx,
+        role.tenant_id,
+        (role.id, 1),
+        Event::RoleCreated,
+        role,
+    )
+    .await?;
+    Ok(())
 }
 
 async fn audit_change(
