@@ -191,7 +191,13 @@ async fn activate(
     how: &str,
 ) -> ApiResult<TenantState> {
     let mut tx = state.db.begin().await?;
-    let tenant = super::tenants::set_active_domain(&mut tx, ctx, tenant_id, domain).await?;
+    let tenant = crate::model::tenants::set_active_domain(
+        &mut tx,
+        ctx,
+        crate::model::ids::TenantId(tenant_id),
+        domain,
+    )
+    .await?;
     tx.commit().await?;
     state.domains.invalidate();
     audit_domain(state, ctx, tenant_id, actor, domain, "success", how).await;

@@ -18,7 +18,6 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::ApiQuery;
-use super::tenants::{TENANT_COLUMNS, TenantRow};
 use crate::{
     audit,
     auth::Caller,
@@ -82,19 +81,7 @@ async fn snapshot(
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
-    // A tenant being purged is gone for the apps: loading it again would bring back what
-    // they just deleted.
-    let tenant: TenantRow = sqlx::query_as(&format!(
-        "select {TENANT_COLUMNS} from tenants where id = $1 and status <> 'purging'"
-    ))
-    .bind(tenant_id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or(ApiError::NotFound("tenant"))?;
-    let watermark: i64 = sqlx::query_scalar("select last_seq from tenants where id = $1")
-        .bind(tenant_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    let (tenant, watermark) = model::tenants::for_snapshot(&mut tx, TenantId(tenant_id)).await?;
     let keyset = Keyset {
         cursor: q.cursor,
         limit,
@@ -142,7 +129,7 @@ async fn snapshot(
                 .bind(tenant_id)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let tenant_version = tenant.version;
+        let tenant_version = tenant.version();
         body["tenant"] = json!(versioned::<_, TenantState>(tenant_version, tenant));
         body["roles"] = json!(roles);
         body["permissions"] = json!(permissions);

@@ -1,15 +1,13 @@
 //! Tenants: create (platform admins, with the built-in admin role and optionally a first
 //! admin), read, update, archive. Each change is one transaction with its events.
 
-use crate::error::OnConstraint;
 use axum::{
     Json,
     extract::{Path, State},
     http::StatusCode,
 };
 use serde::Deserialize;
-use sqlx::PgConnection;
-use sync_contract::{Event, TenantState, TenantStatus, UserState};
+use sync_contract::{TenantState, UserState};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
@@ -21,8 +19,8 @@ use crate::{
     model::{
         self,
         ids::{RoleId, TenantId, UserId},
+        tenants::{self, NewTenant, TenantChange, Transition},
     },
-    outbox,
     state::AppState,
     validate,
 };
@@ -35,52 +33,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(suspend))
         .routes(routes!(resume))
         .routes(routes!(restore))
-}
-
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct TenantRow {
-    id: Uuid,
-    name: String,
-    subdomain: String,
-    domain: Option<String>,
-    plan: String,
-    features: sqlx::types::Json<Vec<String>>,
-    theme: serde_json::Value,
-    status: String,
-    pub(crate) version: i64,
-}
-
-impl From<TenantRow> for TenantState {
-    fn from(r: TenantRow) -> Self {
-        TenantState {
-            id: r.id,
-            name: r.name,
-            subdomain: r.subdomain,
-            domain: r.domain,
-            plan: r.plan,
-            features: r.features.0,
-            theme: r.theme,
-            status: match r.status.as_str() {
-                // Purging: gone for everyone but the purge.
-                "archived" | "purging" => TenantStatus::Archived,
-                "suspended" => TenantStatus::Suspended,
-                _ => TenantStatus::Active,
-            },
-        }
-    }
-}
-
-pub(crate) const TENANT_COLUMNS: &str =
-    "id, name, subdomain, domain, plan, features, theme, status, version";
-
-pub(crate) async fn fetch(db: &mut PgConnection, id: Uuid) -> ApiResult<TenantRow> {
-    sqlx::query_as(&format!(
-        "select {TENANT_COLUMNS} from tenants where id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(db)
-    .await?
-    .ok_or(ApiError::NotFound("tenant"))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -151,39 +103,18 @@ pub async fn create_tenant(
     };
 
     let tenant_id = Uuid::now_v7();
+    let new = NewTenant {
+        id: TenantId(tenant_id),
+        name,
+        subdomain,
+        domain,
+        plan,
+        features: req.features,
+        theme: req.theme.unwrap_or_else(|| serde_json::json!({})),
+        partition: state.stream_keys.partition_of(tenant_id),
+    };
     let mut tx = state.db.begin().await?;
-    sqlx::query(
-        "insert into tenants (id, name, subdomain, domain, plan, features, theme, partition)
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(tenant_id)
-    .bind(&name)
-    .bind(&subdomain)
-    .bind(&domain)
-    .bind(&plan)
-    .bind(sqlx::types::Json(&req.features))
-    .bind(req.theme.clone().unwrap_or_else(|| serde_json::json!({})))
-    .bind(state.stream_keys.partition_of(tenant_id) as i32)
-    .execute(&mut *tx)
-    .await
-    .on_constraint(&[
-        (
-            "tenants_subdomain_key",
-            "subdomain",
-            "this subdomain is taken",
-        ),
-        ("tenants_domain_key", "domain", "this domain is taken"),
-    ])?;
-    let tenant = TenantState::from(fetch(&mut tx, tenant_id).await?);
-    outbox::record(
-        &mut tx,
-        ctx,
-        tenant_id,
-        (tenant_id, 1),
-        Event::TenantCreated,
-        &tenant,
-    )
-    .await?;
+    let tenant = tenants::insert(&mut tx, ctx, new).await?;
 
     let role = model::roles::create_admin(&mut tx, ctx, TenantId(tenant_id)).await?;
 
@@ -225,16 +156,9 @@ async fn list(
     ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<TenantState>>> {
     caller.require_platform_admin()?;
-    let limit = page.limit()?;
-    let rows: Vec<TenantRow> = sqlx::query_as(&format!(
-        "select {TENANT_COLUMNS} from tenants where id > coalesce($1::uuid, '00000000-0000-0000-0000-000000000000') order by id limit $2"
-    ))
-    .bind(page.cursor)
-    .bind(limit + 1)
-    .fetch_all(&state.db)
-    .await?;
-    let items = rows.into_iter().map(TenantState::from).collect();
-    Ok(Json(Page::from_rows(items, limit, |t| t.id)))
+    let keyset = page.keyset()?;
+    let items = tenants::page(&state.db, keyset).await?;
+    Ok(Json(Page::from_rows(items, keyset.limit, |t| t.id)))
 }
 
 #[utoipa::path(get, path = "/api/tenants/{tenant_id}", tag = "tenants", responses((status = 200, description = "The tenant", body = TenantState)))]
@@ -248,7 +172,9 @@ async fn read(
         .authorize(&state, &ctx, tenant_id, Access::Read)
         .await?;
     let mut conn = state.db.acquire().await?;
-    Ok(Json(fetch(&mut conn, tenant_id).await?.into()))
+    Ok(Json(
+        tenants::get(&mut conn, TenantId(tenant_id)).await?.into(),
+    ))
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -310,56 +236,22 @@ pub(crate) async fn update_tenant(
     let (active_domain, pending_domain) = match domain {
         Some(d) if user.platform_admin => (Some(d), None),
         Some(d) => {
-            let taken: bool = sqlx::query_scalar(
-                "select exists(select 1 from tenants where domain = $1 and id <> $2)",
-            )
-            .bind(&d)
-            .bind(tenant_id)
-            .fetch_one(&state.db)
-            .await?;
-            if taken {
+            if tenants::domain_taken(&state.db, &d, TenantId(tenant_id)).await? {
                 return Err(ApiError::Conflict("this domain is taken".into()));
             }
             (None, Some(d))
         }
         None => (None, None),
     };
-    let mut tx = state.db.begin().await?;
-    let row: Option<TenantRow> = sqlx::query_as(&format!(
-        "update tenants set name = coalesce($2, name), domain = coalesce($3, domain),
-                plan = coalesce($4, plan), features = coalesce($5, features),
-                theme = coalesce($6, theme), version = version + 1, updated_at = now(),
-                pending_domain = case when $3::text is not null then null
-                                      else coalesce($7, pending_domain) end,
-                domain_challenge = case when $3::text is not null then null
-                                        when $7::text is not null
-                                        then replace(gen_random_uuid()::text, '-', '')
-                                        else domain_challenge end
-         where id = $1 and status = 'active' returning {TENANT_COLUMNS}"
-    ))
-    .bind(tenant_id)
-    .bind(name)
-    .bind(&active_domain)
-    .bind(plan)
-    .bind(req.features.as_ref().map(sqlx::types::Json))
-    .bind(&req.theme)
-    .bind(&pending_domain)
-    .fetch_optional(&mut *tx)
-    .await
-    .on_constraint(&[("tenants_domain_key", "domain", "this domain is taken")])?;
-    let row = row.ok_or(ApiError::NotFound("active tenant"))?;
-    let aggregate = (tenant_id, row.version);
-    let tenant = TenantState::from(row);
-    outbox::record(
-        &mut tx,
-        ctx,
-        tenant_id,
-        aggregate,
-        Event::TenantUpdated,
-        &tenant,
-    )
-    .await?;
-    tx.commit().await?;
+    let change = TenantChange {
+        name,
+        active_domain,
+        pending_domain,
+        plan,
+        features: req.features,
+        theme: req.theme,
+    };
+    let tenant = tenants::update(&state.db, ctx, TenantId(tenant_id), change).await?;
     state.domains.invalidate();
     Ok(tenant)
 }
@@ -371,35 +263,9 @@ fn custom_domain(state: &AppState, value: &str) -> ApiResult<String> {
     Ok(domain)
 }
 
-/// Make the pending `domain` the tenant's active custom domain, with its `tenant.updated` event.
-pub(crate) async fn set_active_domain(
-    tx: &mut PgConnection,
-    ctx: &Ctx,
-    tenant_id: Uuid,
-    domain: &str,
-) -> ApiResult<TenantState> {
-    let row: Option<TenantRow> = sqlx::query_as(&format!(
-        "update tenants set domain = $2, pending_domain = null, domain_challenge = null,
-                version = version + 1, updated_at = now()
-         where id = $1 and status = 'active' and pending_domain = $2 returning {TENANT_COLUMNS}"
-    ))
-    .bind(tenant_id)
-    .bind(domain)
-    .fetch_optional(&mut *tx)
-    .await
-    .on_constraint(&[("tenants_domain_key", "domain", "this domain is taken")])?;
-    let row = row.ok_or(ApiError::Conflict(
-        "the pending domain changed meanwhile".into(),
-    ))?;
-    let aggregate = (tenant_id, row.version);
-    let tenant = TenantState::from(row);
-    outbox::record(tx, ctx, tenant_id, aggregate, Event::TenantUpdated, &tenant).await?;
-    Ok(tenant)
-}
-
 #[utoipa::path(delete, path = "/api/tenants/{tenant_id}", tag = "tenants", responses((status = 200, description = "The archived tenant", body = TenantState)))]
 async fn archive(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
-    ARCHIVE.run(&s, &ctx, &caller, id.0).await
+    run(&tenants::ARCHIVE, &s, &ctx, &caller, id.0).await
 }
 
 /// Suspend a tenant (platform admins): the wrapper refuses its sign-ins and sessions at once,
@@ -407,20 +273,20 @@ async fn archive(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -
 /// kept). Resume with `POST /api/tenants/{id}/resume`.
 #[utoipa::path(post, path = "/api/tenants/{tenant_id}/suspend", tag = "tenants", responses((status = 200, description = "The suspended tenant", body = TenantState)))]
 async fn suspend(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
-    SUSPEND.run(&s, &ctx, &caller, id.0).await
+    run(&tenants::SUSPEND, &s, &ctx, &caller, id.0).await
 }
 
 /// Resume a suspended tenant (platform admins): `tenant.resumed`, and its users are served again.
 #[utoipa::path(post, path = "/api/tenants/{tenant_id}/resume", tag = "tenants", responses((status = 200, description = "The resumed tenant", body = TenantState)))]
 async fn resume(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
-    RESUME.run(&s, &ctx, &caller, id.0).await
+    run(&tenants::RESUME, &s, &ctx, &caller, id.0).await
 }
 
 /// Restore an archived tenant within its grace period (platform admins; offboarding, see
 /// `api::lifecycle`).
 #[utoipa::path(post, path = "/api/tenants/{tenant_id}/restore", tag = "lifecycle", responses((status = 200, description = "The restored tenant", body = TenantState)))]
 async fn restore(s: State<AppState>, ctx: Ctx, caller: Caller, id: Path<Uuid>) -> TenantReply {
-    RESTORE.run(&s, &ctx, &caller, id.0).await
+    run(&tenants::RESTORE, &s, &ctx, &caller, id.0).await
 }
 
 type TenantReply = ApiResult<Json<TenantState>>;
@@ -434,79 +300,26 @@ pub(crate) async fn suspend_or_resume(
     tenant_id: Uuid,
     suspend: bool,
 ) -> TenantReply {
-    let transition = if suspend { &SUSPEND } else { &RESUME };
-    transition.run(state, ctx, caller, tenant_id).await
+    let transition = if suspend {
+        &tenants::SUSPEND
+    } else {
+        &tenants::RESUME
+    };
+    run(transition, state, ctx, caller, tenant_id).await
 }
 
-const ARCHIVE: Transition = Transition {
-    from: &["active"],
-    to: "archived",
-    event: Event::TenantArchived,
-    refused: "active tenant",
-};
-const SUSPEND: Transition = Transition {
-    from: &["active"],
-    to: "suspended",
-    event: Event::TenantSuspended,
-    refused: "active tenant",
-};
-const RESUME: Transition = Transition {
-    from: &["suspended"],
-    to: "active",
-    event: Event::TenantResumed,
-    refused: "suspended tenant",
-};
-const RESTORE: Transition = Transition {
-    from: &["archived"],
-    to: "active",
-    event: Event::TenantUpdated,
-    refused: "archived tenant",
-};
-
-/// A change of a tenant's status by a platform admin, with its event and audit entry, in one
-/// transaction; 404 when the tenant is not in one of the `from` statuses.
-struct Transition {
-    from: &'static [&'static str],
-    to: &'static str,
-    event: fn(TenantState) -> Event,
-    refused: &'static str,
-}
-
-impl Transition {
-    async fn run(
-        &self,
-        state: &AppState,
-        ctx: &Ctx,
-        caller: &Caller,
-        tenant_id: Uuid,
-    ) -> TenantReply {
-        let admin = caller.require_platform_admin()?.id;
-        let mut tx = state.db.begin().await?;
-        let row: Option<TenantRow> = sqlx::query_as(&format!(
-            "update tenants set status = $2, version = version + 1, updated_at = now(),
-                 archived_at = case when $2 = 'archived' then now() end
-             where id = $1 and status = any($3) returning {TENANT_COLUMNS}"
-        ))
-        .bind(tenant_id)
-        .bind(self.to)
-        .bind(self.from)
-        .fetch_optional(&mut *tx)
+/// Apply `transition` for `caller` (platform admins only).
+async fn run(
+    transition: &Transition,
+    state: &AppState,
+    ctx: &Ctx,
+    caller: &Caller,
+    tenant_id: Uuid,
+) -> TenantReply {
+    let admin = UserId(caller.require_platform_admin()?.id);
+    let tenant = transition
+        .apply(&state.db, ctx, admin, TenantId(tenant_id))
         .await?;
-        let row = row.ok_or(ApiError::NotFound(self.refused))?;
-        let aggregate = (tenant_id, row.version);
-        let tenant = TenantState::from(row);
-        outbox::record(&mut tx, ctx, tenant_id, aggregate, self.event, &tenant).await?;
-        let entry = crate::audit::Entry {
-            tenant_id: Some(tenant_id),
-            actor_id: Some(admin),
-            action: "tenant_status",
-            target: Some(tenant_id.to_string()),
-            outcome: "success",
-            details: serde_json::json!({"status": self.to}),
-        };
-        crate::audit::record(&mut *tx, ctx, entry).await;
-        tx.commit().await?;
-        state.domains.invalidate();
-        Ok(Json(tenant))
-    }
+    state.domains.invalidate();
+    Ok(Json(tenant))
 }

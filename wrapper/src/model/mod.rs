@@ -17,4 +17,5 @@ pub mod limits;
 pub mod memberships;
 pub mod paging;
 pub mod roles;
+pub mod tenants;
 pub mod users;
