@@ -124,19 +124,16 @@ async fn snapshot(
             .into_iter()
             .map(|m| versioned(m.version(), m))
             .collect();
-        let settings: Option<(i64, Value)> =
-            sqlx::query_as(r#"select version, "values" from settings where tenant_id = $1"#)
-                .bind(tenant_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let settings = model::settings::versioned(&mut tx, TenantId(tenant_id)).await?;
         let tenant_version = tenant.version();
         body["tenant"] = json!(versioned::<_, TenantState>(tenant_version, tenant));
         body["roles"] = json!(roles);
         body["permissions"] = json!(permissions);
         body["memberships"] = json!(members);
-        body["settings"] = settings.map_or(Value::Null, |(version, values)| {
-            json!({"version": version, "state": {"tenantId": tenant_id, "values": values}})
-        });
+        body["settings"] = settings.map_or(
+            Value::Null,
+            |(version, state)| json!({"version": version, "state": state}),
+        );
         let configs: Vec<Versioned<sync_contract::CreditConfigState>> =
             super::credit_configs::all(&mut tx, tenant_id)
                 .await?

@@ -17,5 +17,6 @@ pub mod limits;
 pub mod memberships;
 pub mod paging;
 pub mod roles;
+pub mod settings;
 pub mod tenants;
 pub mod users;

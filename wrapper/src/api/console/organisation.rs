@@ -15,7 +15,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{Host, TenantAdmin, back_to, internal, nav, refused_on};
 use crate::{
-    api::{domains, settings, tenants},
+    api::{domains, tenants},
     context::Ctx,
     error::ApiError,
     state::AppState,
@@ -172,10 +172,12 @@ async fn replace_settings(
             );
         }
     };
-    back_to(
-        PAGE,
-        settings::replace_settings(&state, &ctx, admin.id, values).await,
-    )
+    let replaced = async {
+        let values = crate::model::settings::Values::parse(values)?;
+        let tenant = crate::model::ids::TenantId(admin.id);
+        crate::model::settings::replace(&state.db, &ctx, tenant, values).await
+    };
+    back_to(PAGE, replaced.await)
 }
 
 /// The organisation's new name, or the custom domain it asks for.
