@@ -610,38 +610,11 @@ impl Relay {
         bus: &mut Option<Client>,
         entries: &[Vec<(&'static str, String)>],
     ) -> anyhow::Result<usize> {
-        let client = match bus {
-            Some(client) => client.clone(),
-            None => {
-                let mut config = self.redis.client_config();
-                // Refuse at once while disconnected, rather than queue for a reconnection.
-                config.fail_fast = true;
-                let mut connection = self.redis.connection_config().clone();
-                connection.max_redirections = 0;
-                connection.max_command_attempts = 1;
-                let client = Client::new(
-                    config,
-                    Some(self.redis.perf_config()),
-                    Some(connection),
-                    None,
-                );
-                tokio::time::timeout(PUBLISHER_CONNECT, client.init())
-                    .await
-                    .map_err(|_| {
-                        anyhow::anyhow!("connecting the publisher to Redis timed out")
-                    })??;
-                *bus = Some(client.clone());
-                client
-            }
-        };
-        let stream = self.keys.events(lease.partition);
+        let client = self.publisher(bus).await?;
         let epoch_key = self.keys.relay_epoch(lease.partition);
+        let command = untyped(&self.keys.events(lease.partition));
         // A changed epoch key aborts EXEC: a new leader (fenced below) or, rarely, an older one
         // fencing itself; a few rounds settle it.
-        let slot = sync_contract::hash_slot(&stream);
-        // Untyped where fred's typed command would take the pipeline's placeholder (or a
-        // transaction's `QUEUED`) for a refusal.
-        let command = |name| CustomCommand::new_static(name, ClusterHash::Custom(slot), false);
         for _ in 0..8 {
             let watched = client.pipeline();
             let _: () = watched
@@ -668,47 +641,86 @@ impl Relay {
                 let _ = hold.reached.send(());
                 let _ = hold.release.await;
             }
-            // MULTI … EXEC sent as one pipeline (fred's own transactions flush the socket after
-            // every queued command, which cost more than the appends).
-            let pipeline = client.pipeline();
-            let _: () = pipeline
-                .custom(command("MULTI"), Vec::<Value>::new())
-                .await?;
-            if raise {
-                let args: Vec<Value> = vec![epoch_key.as_str().into(), lease.epoch.into()];
-                let _: () = pipeline.custom(command("SET"), args).await?;
-            }
-            for fields in entries {
-                let _: () = pipeline
-                    .xadd(&stream, false, None::<()>, "*", fields.clone())
-                    .await?;
-            }
-            let _: () = pipeline
-                .custom(command("EXEC"), Vec::<Value>::new())
-                .await?;
-            let mut replies: Vec<Result<Value, Error>> = pipeline.try_all().await;
-            if let Some(failed) = replies.iter().find_map(|r| r.as_ref().err()) {
-                // A queued command refused (EXEC then aborts the whole transaction) or EXEC failed.
-                return Err(failed.clone().into());
-            }
-            match replies.pop() {
-                // The epoch key changed after WATCH: read it again.
-                Some(Ok(Value::Null)) => continue,
-                Some(Ok(Value::Array(done))) => {
-                    let wanted = entries.len() + usize::from(raise);
-                    anyhow::ensure!(
-                        done.len() == wanted
-                            && done
-                                .iter()
-                                .all(|r| matches!(r, Value::String(_) | Value::Bytes(_))),
-                        "EXEC answered {done:?} for {wanted} commands"
-                    );
-                    return Ok(entries.len());
-                }
-                other => anyhow::bail!("EXEC answered {other:?}"),
+            if let Some(appended) = self.append_watched(&client, lease, entries, raise).await? {
+                return Ok(appended);
             }
         }
         anyhow::bail!("the epoch key kept changing under the publication")
+    }
+
+    /// The lease's own connection, opened on first use: it neither reconnects nor follows a
+    /// redirection on its own and refuses at once while disconnected.
+    async fn publisher(&self, bus: &mut Option<Client>) -> anyhow::Result<Client> {
+        if let Some(client) = bus {
+            return Ok(client.clone());
+        }
+        let mut config = self.redis.client_config();
+        config.fail_fast = true;
+        let mut connection = self.redis.connection_config().clone();
+        connection.max_redirections = 0;
+        connection.max_command_attempts = 1;
+        let client = Client::new(
+            config,
+            Some(self.redis.perf_config()),
+            Some(connection),
+            None,
+        );
+        tokio::time::timeout(PUBLISHER_CONNECT, client.init())
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting the publisher to Redis timed out"))??;
+        *bus = Some(client.clone());
+        Ok(client)
+    }
+
+    /// `MULTI`, the epoch raised (`raise`), the XADDs, `EXEC`, sent as one pipeline (fred's own
+    /// transactions flush the socket after every queued command, which cost more than the
+    /// appends). How many were appended; None when the watched epoch key changed (nothing was).
+    async fn append_watched(
+        &self,
+        client: &Client,
+        lease: &Lease,
+        entries: &[Vec<(&'static str, String)>],
+        raise: bool,
+    ) -> anyhow::Result<Option<usize>> {
+        let stream = self.keys.events(lease.partition);
+        let command = untyped(&stream);
+        let pipeline = client.pipeline();
+        let _: () = pipeline
+            .custom(command("MULTI"), Vec::<Value>::new())
+            .await?;
+        if raise {
+            let epoch_key = self.keys.relay_epoch(lease.partition);
+            let args: Vec<Value> = vec![epoch_key.into(), lease.epoch.into()];
+            let _: () = pipeline.custom(command("SET"), args).await?;
+        }
+        for fields in entries {
+            let _: () = pipeline
+                .xadd(&stream, false, None::<()>, "*", fields.clone())
+                .await?;
+        }
+        let _: () = pipeline
+            .custom(command("EXEC"), Vec::<Value>::new())
+            .await?;
+        let mut replies: Vec<Result<Value, Error>> = pipeline.try_all().await;
+        if let Some(failed) = replies.iter().find_map(|r| r.as_ref().err()) {
+            // A queued command refused (EXEC then aborts the whole transaction) or EXEC failed.
+            return Err(failed.clone().into());
+        }
+        match replies.pop() {
+            Some(Ok(Value::Null)) => Ok(None),
+            Some(Ok(Value::Array(done))) => {
+                let wanted = entries.len() + usize::from(raise);
+                anyhow::ensure!(
+                    done.len() == wanted
+                        && done
+                            .iter()
+                            .all(|r| matches!(r, Value::String(_) | Value::Bytes(_))),
+                    "EXEC answered {done:?} for {wanted} commands"
+                );
+                Ok(Some(entries.len()))
+            }
+            other => anyhow::bail!("EXEC answered {other:?}"),
+        }
     }
 
     /// With `wait_replicas > 0`: block until that many replicas of the stream's master have
@@ -843,6 +855,13 @@ impl Relay {
 
 /// The advisory-lock class of a namespace, so two deployments sharing a database do not share
 /// leadership.
+/// A command sent untyped to the node of `key`'s slot: fred's typed WATCH, SET, MULTI and EXEC
+/// would take a pipeline's placeholder (or a transaction's `QUEUED`) for a refusal.
+fn untyped(key: &str) -> impl Fn(&'static str) -> CustomCommand + use<> {
+    let slot = sync_contract::hash_slot(key);
+    move |name| CustomCommand::new_static(name, ClusterHash::Custom(slot), false)
+}
+
 /// How long the publisher's own connection may take to open (or to close).
 const PUBLISHER_CONNECT: Duration = Duration::from_secs(5);
 
