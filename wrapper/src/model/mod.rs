@@ -20,3 +20,4 @@ pub mod roles;
 pub mod settings;
 pub mod tenants;
 pub mod users;
+pub mod webhooks;
