@@ -168,29 +168,48 @@ impl Nginx {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {bin} (run scripts/services)"))?;
-        eventually(Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "nginx did not listen; see {}",
-                prefix.join("logs/error.log").display()
-            )
-        })?;
-        Ok(Self {
+        // Ready when *this* nginx listens: it writes its pid file only after binding every
+        // port. An answer on the port alone could come from another suite's server that took
+        // the same free port first (this one then retries binding and exits).
+        let pid_file = pid_file_of(&std::fs::read_to_string(&conf)?, &prefix);
+        let mut nginx = Self {
             port,
             prefix,
             _child: child,
+        };
+        let listening = eventually(Duration::from_secs(10), || {
+            let pid_file = pid_file.clone();
+            async move {
+                pid_file.exists()
+                    && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+            }
         })
+        .await;
+        let alive = matches!(nginx._child.try_wait(), Ok(None));
+        if listening.is_err() || !alive {
+            // Its prefix goes with it: say what its log said.
+            let log =
+                std::fs::read_to_string(nginx.prefix.join("logs/error.log")).unwrap_or_default();
+            anyhow::bail!("nginx did not listen on {port}: {}", log.trim());
+        }
+        Ok(nginx)
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+}
+
+/// Where the configuration `conf` (run in `prefix`) has nginx write its pid: its `pid`
+/// directive, else nginx's default `logs/nginx.pid` under the prefix.
+fn pid_file_of(conf: &str, prefix: &std::path::Path) -> PathBuf {
+    conf.lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix("pid ").and_then(|v| v.strip_suffix(';')))
+        .map_or_else(|| prefix.join("logs/nginx.pid"), |p| prefix.join(p.trim()))
 }
 
 impl Drop for Nginx {

@@ -238,3 +238,15 @@ async fn an_app_outside_the_repository_is_routed_from_an_extra_list() -> anyhow:
     std::fs::remove_file(list)?;
     Ok(())
 }
+
+/// A port taken by another server (a parallel suite's nginx, say) is not this nginx ready: the
+/// fixture waits for its own pid file, written only once it bound, and refuses to start.
+#[tokio::test]
+async fn an_nginx_whose_port_is_taken_does_not_pass_for_ready() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port();
+    let started = Nginx::start_on(port, 1, 1, 1).await;
+    let error = started.err().expect("the port answers, but not this nginx");
+    assert!(format!("{error:#}").contains("did not listen"), "{error:#}");
+    Ok(())
+}
