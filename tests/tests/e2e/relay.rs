@@ -52,6 +52,17 @@ async fn commit_round_robin(f: &Fixture, total: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Two relays over the fixture's database and Redis, batches of 20: A, the leader to fence, and
+/// B, the one taking over; with the Redis client they share.
+async fn two_relays(f: &Fixture) -> anyhow::Result<(Client, Arc<Relay>, Arc<Relay>)> {
+    let redis = redis_client(&redis_url()).await?;
+    let mut cfg = config(&f.db);
+    cfg.batch_size = 20;
+    let relay = |cfg| Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
+    let (a, b) = (relay(cfg.clone()), relay(cfg));
+    Ok((redis, a, b))
+}
+
 /// `relay`'s lease of `partition` once the lock is free (a cut backend releases it when it
 /// has exited: polled).
 async fn lease_once_released(
@@ -322,16 +333,7 @@ async fn a_leader_that_lost_its_lock_is_fenced_and_nothing_is_published_twice() 
 {
     use wrapper::relay::Fenced;
     let f = fixture(1).await?;
-    let redis = redis_client(&redis_url()).await?;
-    let mut cfg = config(&f.db);
-    cfg.batch_size = 20;
-    let a = Relay::new(
-        f.db.pool.clone(),
-        redis.clone(),
-        f.keys.clone(),
-        cfg.clone(),
-    );
-    let b = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
+    let (redis, a, b) = two_relays(&f).await?;
     let partition = f.keys.partition_of(f.tenants[0]);
     commit_round_robin(&f, 80).await?;
 
@@ -382,16 +384,7 @@ async fn a_take_over_between_a_leaders_epoch_check_and_its_append_voids_the_appe
 -> anyhow::Result<()> {
     use wrapper::relay::Fenced;
     let f = fixture(1).await?;
-    let redis = redis_client(&redis_url()).await?;
-    let mut cfg = config(&f.db);
-    cfg.batch_size = 20;
-    let a = Relay::new(
-        f.db.pool.clone(),
-        redis.clone(),
-        f.keys.clone(),
-        cfg.clone(),
-    );
-    let b = Relay::new(f.db.pool.clone(), redis.clone(), f.keys.clone(), cfg);
+    let (redis, a, b) = two_relays(&f).await?;
     let partition = f.keys.partition_of(f.tenants[0]);
     commit_round_robin(&f, 40).await?;
 
